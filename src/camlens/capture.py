@@ -1,0 +1,329 @@
+"""Finding layers and classifier weights, and capturing activations with hooks that never outlive their owner.
+
+Everything here is model-agnostic: a GAP classifier is recognised by what its forward pass does (one traced
+call, checked numerically), not by attribute names, so torchvision, timm and user models go through one path.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Callable, Literal, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+LayerSpec = Union[str, nn.Module]
+
+
+class CamlensError(ValueError):
+    """A problem with the caller's model, layer, classes or input, with a message meant for people."""
+
+
+class NotAGapClassifierError(CamlensError):
+    """The model does not end in global average pooling followed by one linear layer, so CAM does not apply."""
+
+
+def output_logits(output: Any) -> Tensor:
+    """The (B, C) class scores inside a model's output: a tensor, the first tensor of a tuple or list,
+    ``output["logits"]``/``output["out"]`` of a dict, or ``output.logits`` of an object."""
+    if isinstance(output, Tensor):
+        return output
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], Tensor):
+        return output[0]
+    if isinstance(output, dict):
+        for key in ("logits", "out"):
+            if isinstance(output.get(key), Tensor):
+                return output[key]
+    if isinstance(getattr(output, "logits", None), Tensor):
+        return output.logits
+    raise CamlensError(
+        f"cannot find class scores in the model output of type {type(output).__name__}; "
+        "return a tensor, a tuple whose first item is the logits, a dict with 'logits', or pass target=callable"
+    )
+
+
+def resolve_module(model: nn.Module, layer: LayerSpec) -> tuple[str, nn.Module]:
+    """(qualified name, module) for a layer given by name (``"layer4"``, ``"features.7"``) or as the module itself."""
+    if isinstance(layer, nn.Module):
+        for name, module in model.named_modules():
+            if module is layer:
+                return name, module
+        raise CamlensError(f"layer {type(layer).__name__} is not a submodule of {type(model).__name__}")
+    modules = dict(model.named_modules())
+    if layer in modules:
+        return layer, modules[layer]
+    near = [n for n in modules if n and (layer in n or n.split(".")[-1] == layer.split(".")[-1])][:6]
+    hint = f"; close names: {', '.join(near)}" if near else "; list them with camlens.layer_names(model)"
+    raise CamlensError(f"no layer named {layer!r} in {type(model).__name__}{hint}")
+
+
+def layer_names(model: nn.Module) -> list[str]:
+    """Qualified names of every submodule, in definition order: what ``layer=`` accepts."""
+    return [name for name, _ in model.named_modules() if name]
+
+
+class LayerCapture:
+    """A forward hook on one module that keeps its latest output (or input) per thread.
+
+    Storage is thread-local, so one capture serves concurrent forward passes; the hook is removed by ``close``
+    (or the ``with`` block), also when the forward raised.  ``transform`` may replace the output seen by the rest
+    of the network (used by gradient methods to start the autograd graph at this layer).
+    """
+
+    def __init__(
+        self,
+        module: nn.Module,
+        *,
+        where: Literal["output", "input"] = "output",
+        transform: Callable[[Tensor], Tensor] | None = None,
+    ) -> None:
+        self._local = threading.local()
+        self._transform = transform
+        if where == "output":
+            self._handle = module.register_forward_hook(self._on_output)
+        else:
+            self._handle = module.register_forward_pre_hook(self._on_input)
+
+    def _on_output(self, module: nn.Module, args: tuple, output: Any) -> Any:
+        if self._transform is not None:
+            output = self._transform(output)
+        self._local.value = output
+        return output
+
+    def _on_input(self, module: nn.Module, args: tuple) -> None:
+        self._local.value = args[0]
+
+    def pop(self) -> Tensor:
+        """The tensor captured by this thread's last forward pass; the reference is dropped so no graph lingers."""
+        value = getattr(self._local, "value", None)
+        if value is None:
+            raise CamlensError("the target layer did not run during the forward pass; check the layer name")
+        self._local.value = None
+        return value
+
+    def close(self) -> None:
+        self._handle.remove()
+
+    def __enter__(self) -> "LayerCapture":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@dataclass
+class _Call:
+    name: str
+    module: nn.Module
+    input: Any
+    output: Any
+
+
+def trace_calls(model: nn.Module, x: Tensor, keep_last: int = 64, run: Callable | None = None) -> tuple[list[_Call], Any]:
+    """Run ``model(x)`` once with a hook on every submodule; return the last ``keep_last`` calls in completion
+    order (a container completes after its children) and the model output.  Only that tail is kept alive."""
+    calls: deque[_Call] = deque(maxlen=keep_last)
+    handles = []
+
+    def hook(name: str) -> Callable:
+        def record(module: nn.Module, args: tuple, output: Any) -> None:
+            calls.append(_Call(name, module, args[0] if args else None, output))
+
+        return record
+
+    try:
+        for name, module in model.named_modules():
+            if name:
+                handles.append(module.register_forward_hook(hook(name)))
+        output = run(x) if run is not None else model(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return list(calls), output
+
+
+def _is_classifier(module: nn.Module, num_classes: int) -> bool:
+    if isinstance(module, nn.Linear):
+        return module.out_features == num_classes
+    if isinstance(module, nn.Conv2d):
+        return module.out_channels == num_classes and module.kernel_size == (1, 1) and module.groups == 1
+    return False
+
+
+def _is_spatial(t: Any) -> bool:
+    return isinstance(t, Tensor) and t.ndim == 4 and t.shape[-2] * t.shape[-1] > 1
+
+
+def _outermost_name(calls: Sequence[_Call], tensor: Tensor, default: str) -> str:
+    """Containers return their last child's tensor: name the outermost module that produced ``tensor``,
+    passing over pass-through modules (eval-mode Dropout, Identity) that return their input unchanged."""
+    passthrough = None
+    for call in reversed(calls):
+        if call.output is tensor:
+            if call.input is not tensor:
+                return call.name
+            passthrough = passthrough or call.name
+    return passthrough or default
+
+
+def _close(a: Tensor, b: Tensor) -> bool:
+    """Equal up to the rounding of the lowest precision involved (fp32: 1e-4, fp16/bf16: 2e-2, relative)."""
+    tol = 2e-2 if min(a.element_size(), b.element_size()) <= 2 else 1e-4
+    a, b = a.double(), b.double()
+    return bool(((a - b).abs().max() <= tol * b.abs().max().clamp_min(1.0)).item())
+
+
+@dataclass(frozen=True)
+class GapHead:
+    """How a GAP classifier turns the feature map f (B, K, h, w) into logits (B, C), found and checked by
+    :func:`locate_gap_head`.  Four shapes are recognised (ReLU before pooling: DenseNet; LayerNorm after pooling:
+    ConvNeXt; 1x1 conv classifier before pooling, optionally with ReLU: SqueezeNet):
+
+    - ``logits = W · mean_xy(act(f)) + b``
+    - ``logits = W · LN(mean_xy(act(f))) + b``
+    - ``logits = mean_xy(cls_act(W f + b))`` when ``pooled_last``
+    """
+
+    layer_name: str
+    layer: nn.Module
+    capture: Literal["output", "input"]
+    classifier_name: str
+    weight: Tensor  # (C, K)
+    bias: Tensor  # (C,)
+    feature_act: Literal["identity", "relu"] = "identity"
+    norm: nn.LayerNorm | None = None
+    pooled_last: bool = False
+    class_act: Literal["identity", "relu"] = "identity"
+
+    def class_maps(self, features: Tensor, classes: Tensor) -> tuple[Tensor, Tensor]:
+        """Maps M (B, N, h, w) for ``classes`` (B, N) and offsets (B, N) with ``M.mean((-2, -1)) + offset == logit``.
+
+        The map is M_c = sum_k w_k^c f_k (Zhou et al., CVPR 2016).  With a LayerNorm after pooling the per-sample
+        mean mu and deviation sigma of the pooled vector are folded in exactly:
+        M_c = sum_k w_k^c gamma_k (f_k - mu) / sigma, offset_c = w^c · beta + b_c.
+        """
+        with torch.autocast(features.device.type, enabled=False):
+            return self._class_maps(features, classes)
+
+    def _class_maps(self, features: Tensor, classes: Tensor) -> tuple[Tensor, Tensor]:
+        f = features.float() if features.dtype in (torch.float16, torch.bfloat16) else features
+        if self.feature_act == "relu":
+            f = F.relu(f)
+        w = self.weight.to(f)[classes]  # (B, N, K)
+        b = self.bias.to(f)[classes]  # (B, N)
+        if self.pooled_last:
+            maps = torch.einsum("bnk,bkhw->bnhw", w, f) + b[..., None, None]
+            if self.class_act == "relu":
+                maps = F.relu(maps)
+            return maps, torch.zeros_like(b)
+        if self.norm is not None:
+            pooled = f.mean((-2, -1))
+            mu = pooled.mean(-1)
+            sigma = torch.sqrt(pooled.var(-1, unbiased=False) + self.norm.eps)
+            gamma = self.norm.weight.to(f) if self.norm.weight is not None else torch.ones_like(pooled[0])
+            beta = self.norm.bias.to(f) if self.norm.bias is not None else torch.zeros_like(pooled[0])
+            b = b + w @ beta
+            w = w * gamma / sigma[:, None, None]
+            f = f - mu[:, None, None, None]
+        return torch.einsum("bnk,bkhw->bnhw", w, f), b
+
+
+def _classifier_weights(module: nn.Module) -> tuple[Tensor, Tensor]:
+    weight = module.weight.detach().flatten(1)
+    bias = module.bias.detach() if module.bias is not None else weight.new_zeros(weight.shape[0])
+    return weight, bias
+
+
+def locate_gap_head(
+    model: nn.Module,
+    x: Tensor,
+    layer: LayerSpec | None = None,
+    classifier: LayerSpec | None = None,
+) -> tuple[GapHead, Tensor, Any]:
+    """Find the final feature layer and the linear classifier of a GAP network from one forward pass on ``x``,
+    and prove the head is GAP + linear by recomputing the classifier's input from the features.
+
+    Returns the head, the captured features of this pass and the model output, so the first call costs no
+    extra forward pass.  Raises :class:`NotAGapClassifierError` with the reason otherwise.
+    """
+    layer_mod = resolve_module(model, layer)[1] if layer is not None else None
+    cls_mod = resolve_module(model, classifier)[1] if classifier is not None else None
+    calls, output = trace_calls(model, x, keep_last=10**6 if layer_mod is not None else 64)
+    logits = output_logits(output)
+    if logits.ndim != 2:
+        raise NotAGapClassifierError(f"model output has shape {tuple(logits.shape)}, expected (batch, classes)")
+    num_classes = logits.shape[1]
+
+    cls_index = None
+    for i in range(len(calls) - 1, -1, -1):
+        if (cls_mod is not None and calls[i].module is cls_mod) or (
+            cls_mod is None and _is_classifier(calls[i].module, num_classes)
+        ):
+            cls_index = i
+            break
+    if cls_index is None:
+        what = "the given classifier did not run" if cls_mod is not None else (
+            f"no Linear or 1x1 Conv2d with {num_classes} outputs runs at the end of the forward pass"
+        )
+        raise NotAGapClassifierError(f"{type(model).__name__}: {what}; CAM needs GAP + linear, use GradCAM instead")
+    cls_call = calls[cls_index]
+    weight, bias = _classifier_weights(cls_call.module)
+    cls_input = cls_call.input
+
+    if _is_spatial(cls_input) and isinstance(cls_call.module, nn.Conv2d):
+        # SqueezeNet: a 1x1 conv classifier on the spatial map, then (ReLU and) average pooling.
+        feats = cls_input
+        name = _outermost_name(calls[:cls_index], feats, cls_call.name)
+        # Recomputed rather than read from the call record: an in-place ReLU may already have changed that.
+        class_maps = torch.einsum("ck,bkhw->bchw", weight.to(feats), feats) + bias.to(feats)[:, None, None]
+        for class_act in ("identity", "relu"):
+            pooled = (F.relu(class_maps) if class_act == "relu" else class_maps).mean((-2, -1))
+            if _close(pooled, logits):
+                head = GapHead(name, cls_call.module, "input", cls_call.name, weight, bias,
+                               pooled_last=True, class_act=class_act)
+                return head, feats, output
+        raise NotAGapClassifierError(
+            f"{type(model).__name__}: the 1x1 conv classifier {cls_call.name!r} is not followed by average pooling"
+        )
+
+    if layer_mod is not None:
+        feat_index = next((i for i in range(cls_index - 1, -1, -1) if calls[i].module is layer_mod), None)
+        if feat_index is None:
+            raise CamlensError(f"layer {layer!r} did not run before the classifier {cls_call.name!r}")
+    else:
+        feat_index = next((i for i in range(cls_index - 1, -1, -1) if _is_spatial(calls[i].output)), None)
+        if feat_index is None:
+            raise NotAGapClassifierError(
+                f"{type(model).__name__}: no spatial feature map (B, K, h, w) with h*w > 1 before {cls_call.name!r}; "
+                "use a larger input or give layer="
+            )
+    feats = calls[feat_index].output
+    name = calls[feat_index].name if layer_mod is not None else _outermost_name(calls[:cls_index], feats, calls[feat_index].name)
+    between = calls[feat_index + 1 : cls_index]
+    z = cls_input.flatten(1) if isinstance(cls_input, Tensor) else None
+    if z is None or not isinstance(feats, Tensor) or feats.ndim != 4 or feats.shape[1] != z.shape[1]:
+        found = ", ".join(f"{c.name} ({type(c.module).__name__})" for c in between[-8:]) or "nothing"
+        raise NotAGapClassifierError(
+            f"{type(model).__name__} is not a GAP + linear classifier: between the feature map of {name!r} "
+            f"({tuple(feats.shape)}) and {cls_call.name!r} ({tuple(weight.shape)}) it runs {found}. "
+            "CAM applies only to GAP + one linear layer; use GradCAM (or another gradient method) for this model"
+        )
+    norms = [c.module for c in between if isinstance(c.module, nn.LayerNorm)]
+    norm = norms[-1] if len(norms) == 1 else None
+    for feature_act in ("identity", "relu"):
+        pooled = (F.relu(feats) if feature_act == "relu" else feats).float().mean((-2, -1))
+        if norm is not None:
+            pooled = F.layer_norm(pooled, pooled.shape[-1:], norm.weight, norm.bias, norm.eps)
+        if _close(pooled, z):
+            head = GapHead(name, calls[feat_index].module, "output", cls_call.name, weight, bias,
+                           feature_act=feature_act, norm=norm)
+            return head, feats, output
+    found = ", ".join(f"{c.name} ({type(c.module).__name__})" for c in between[-8:]) or "only functional ops"
+    raise NotAGapClassifierError(
+        f"{type(model).__name__}: the input of {cls_call.name!r} is not the global average of {name!r} "
+        f"(between them: {found}); CAM needs GAP + linear, use GradCAM for this model "
+        "(and call model.eval() first: dropout in training mode breaks the check)"
+    )

@@ -1,0 +1,110 @@
+"""The result type and base class shared by every method of the CAM family."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar, Sequence, Union
+
+import torch
+from torch import Tensor, nn
+
+from ..capture import CamlensError, LayerCapture, LayerSpec
+
+ClassSpec = Union[None, int, str, Sequence[int], Sequence[Sequence[int]], Tensor]
+Target = Callable[[Any], Tensor]
+
+
+@dataclass
+class CAMResult:
+    """What every method returns for a batch of B images and N explained classes (or targets) per image.
+
+    ``maps`` are raw: exact to the method's formula at the layer's resolution, with no ReLU, normalization or
+    resizing applied (see :func:`camlens.normalize` and :func:`camlens.upsample`).  For CAM, ``bias`` holds the
+    offsets that make ``maps.mean((-2, -1)) + bias`` equal the explained logits exactly.
+    """
+
+    logits: Tensor  # (B, C)
+    classes: Tensor  # (B, N) long; -1 where a target callable was explained
+    maps: Tensor  # (B, N, h, w)
+    layer: str
+    bias: Tensor | None = None  # (B, N)
+
+    @property
+    def scores(self) -> Tensor:
+        """Softmax probabilities of the explained classes, (B, N)."""
+        return self.logits.float().softmax(-1).gather(1, self.classes.clamp_min(0))
+
+    def to(self, device: torch.device | str) -> "CAMResult":
+        move = lambda t: None if t is None else t.to(device)  # noqa: E731
+        return CAMResult(move(self.logits), move(self.classes), move(self.maps), self.layer, move(self.bias))
+
+
+def select_classes(logits: Tensor, classes: ClassSpec = None, topk: int = 1) -> Tensor:
+    """The (B, N) long tensor of classes to explain.
+
+    ``classes``: None (the ``topk`` highest logits), an int (that class for every sample), a sequence with one
+    class per sample, a sequence of sequences (N per sample), a tensor of shape (B,) or (B, N), or ``"all"``.
+    """
+    batch, num_classes = logits.shape
+    device = logits.device
+    if classes is None:
+        if not 1 <= topk <= num_classes:
+            raise CamlensError(f"topk={topk} must be between 1 and the number of classes ({num_classes})")
+        return logits.topk(topk, dim=1).indices
+    if isinstance(classes, str):
+        if classes != "all":
+            raise CamlensError(f"classes={classes!r}: use an int, a list of ints, a tensor or 'all'")
+        return torch.arange(num_classes, device=device).expand(batch, num_classes)
+    if isinstance(classes, int):
+        out = torch.full((batch, 1), classes, dtype=torch.long, device=device)
+    else:
+        out = torch.as_tensor(classes, dtype=torch.long, device=device)
+        if out.ndim == 1:
+            out = out[:, None]
+        if out.ndim != 2 or out.shape[0] != batch:
+            raise CamlensError(
+                f"classes has shape {tuple(out.shape)}; give one class per sample ({batch}) or a ({batch}, N) table"
+            )
+    if out.numel() and (out.min() < 0 or out.max() >= num_classes):
+        raise CamlensError(f"class index out of range: the model has {num_classes} classes (0..{num_classes - 1})")
+    return out
+
+
+class Explainer:
+    """Base class: holds the model and the hooks it placed, and removes them on ``close`` or at the end of a
+    ``with`` block (also when the block raised).  Subclasses implement ``__call__(x, classes=None, *, topk=1)``
+    returning a :class:`CAMResult`.
+    """
+
+    name: ClassVar[str] = ""
+    needs_gradients: ClassVar[bool] = False
+
+    def __init__(self, model: nn.Module, layer: LayerSpec | Sequence[LayerSpec] | None = None) -> None:
+        self.model = model
+        self.layer = layer
+        self._captures: list[LayerCapture] = []
+        self._setup_lock = threading.Lock()
+
+    def close(self) -> None:
+        """Remove every hook this explainer placed on the model."""
+        for capture in self._captures:
+            capture.close()
+        self._captures.clear()
+
+    def __enter__(self) -> "Explainer":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        captures = getattr(self, "_captures", None)
+        if captures:
+            self.close()
+
+    def __call__(self, x: Tensor, classes: ClassSpec = None, *, topk: int = 1) -> CAMResult:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(model={type(self.model).__name__}, layer={self.layer!r})"
