@@ -1,0 +1,108 @@
+"""Reading image files, which are untrusted input: every failure becomes one :class:`ImageError` line."""
+
+from __future__ import annotations
+
+import glob
+import io
+import warnings
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+from torch import Tensor
+
+from ..capture import CamlensError
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+DEFAULT_MAX_PIXELS = 50_000_000
+
+
+class ImageError(CamlensError):
+    """An image that cannot be used, with the reason."""
+
+
+def decode_image(data: bytes | Path | str, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Decode bytes or a file into an RGB PIL image, by content (never by name), EXIF orientation applied.
+
+    Grayscale, palette and 16-bit images are converted; transparent images are composited over white.
+    """
+    source = io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else str(data)
+    if isinstance(data, (bytes, bytearray)) and not data:
+        raise ImageError("empty file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(source) as img:
+                width, height = img.size
+                if width * height > max_pixels:
+                    raise ImageError(f"{width}x{height} is over the limit of {max_pixels} pixels")
+                img.load()
+                img = ImageOps.exif_transpose(img)
+                return _to_rgb(img)
+    except ImageError:
+        raise
+    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise ImageError(_reason(err)) from err
+    except (OSError, ValueError, SyntaxError, EOFError) as err:  # PIL's decoders raise these on corrupt data
+        raise ImageError(f"corrupt or truncated image ({err})") from err
+
+
+def _reason(err: Exception) -> str:
+    if isinstance(err, UnidentifiedImageError):
+        return "not an image in a supported format"
+    return f"too many pixels ({err})"
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(img, dtype=np.float64)
+        peak = 65535.0 if img.mode.startswith("I;16") else max(float(arr.max()), 1.0)
+        return Image.fromarray((arr / peak * 255).clip(0, 255).astype(np.uint8)).convert("RGB")
+    return img.convert("RGB")
+
+
+def to_tensor(img: Image.Image) -> Tensor:
+    """(3, H, W) float32 in [0, 1]."""
+    return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).float().div_(255)
+
+
+def load_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Tensor:
+    """An image file as a (3, H, W) float32 tensor in [0, 1]; :class:`ImageError` naming the file otherwise."""
+    path = Path(path)
+    if not path.exists():
+        raise ImageError(f"{path}: no such file")
+    if path.is_dir():
+        raise ImageError(f"{path}: is a folder")
+    try:
+        return to_tensor(decode_image(path, max_pixels))
+    except ImageError as err:
+        raise ImageError(f"{path}: {err}") from None
+
+
+def expand_paths(specs: Iterable[str | Path]) -> tuple[list[Path], list[str]]:
+    """Files, folders (searched recursively for image suffixes) and glob patterns, in order, without repeats.
+
+    Returns the paths and one error line per spec that matched nothing, so the caller can go on with the rest.
+    """
+    found: dict[Path, None] = {}
+    errors = []
+    for spec in specs:
+        spec = str(spec)
+        path = Path(spec)
+        if path.is_dir():
+            matches = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        elif path.exists() or not glob.has_magic(spec):
+            matches = [path]
+        else:
+            matches = sorted(Path(p) for p in glob.glob(spec, recursive=True) if Path(p).is_file())
+        if not matches:
+            errors.append(f"{spec}: matched no image files")
+        for match in matches:
+            found.setdefault(match, None)
+    return list(found), errors

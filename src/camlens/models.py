@@ -1,0 +1,287 @@
+"""Getting a model from a string or a checkpoint, with its class names and its preprocessing.
+
+One entry point, :func:`load_model`, serves the CLI, the web app and the library: ``--arch`` (torchvision names,
+``timm:NAME``, or the small CPU network ``gapnet``) with ``--weights``, or ``--checkpoint`` (camlens safetensors
+checkpoints describe themselves; plain ``.pt``/``.pth`` state dicts are read with ``weights_only=True``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .capture import CamlensError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+STL10_CLASSES = ("airplane", "bird", "car", "cat", "deer", "dog", "horse", "monkey", "ship", "truck")
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """Resize to ``size`` (whole image, no crop, so maps align with the original image) and normalize.
+
+    Takes float images in [0, 1], (3, H, W) or (B, 3, H, W); returns (B, 3, h, w) float32.
+    """
+
+    size: tuple[int, int] | None = (224, 224)
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+
+    def __call__(self, images: Tensor) -> Tensor:
+        x = images if images.ndim == 4 else images[None]
+        x = x.float()
+        if self.size is not None and tuple(x.shape[-2:]) != tuple(self.size):
+            x = F.interpolate(x, size=self.size, mode="bilinear", align_corners=False, antialias=True)
+        mean = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, device=x.device).view(1, -1, 1, 1)
+        return (x - mean) / std
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> "Preprocess":
+        size = data.get("size")
+        return cls(tuple(size) if size else None, tuple(data["mean"]), tuple(data["std"]))
+
+
+@dataclass
+class LoadedModel:
+    """A model in eval mode with what is needed to feed it and to name its outputs."""
+
+    model: nn.Module
+    class_names: list[str]
+    preprocess: Preprocess
+    arch: str
+    meta: dict = field(default_factory=dict)
+
+
+def _block(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+class GapNet(nn.Module):
+    """A small CNN that trains in a minute on two CPU cores: conv blocks -> global average pooling -> linear.
+
+    Three 2x poolings give a feature map of stride 8 (8x8 for 64 px input), fine enough for CAM boxes.
+    """
+
+    def __init__(self, num_classes: int = 10, width: int = 32, in_channels: int = 3) -> None:
+        super().__init__()
+        w = width
+        self.features = nn.Sequential(
+            _block(in_channels, w), _block(w, w), nn.MaxPool2d(2),
+            _block(w, 2 * w), _block(2 * w, 2 * w), nn.MaxPool2d(2),
+            _block(2 * w, 4 * w), _block(4 * w, 4 * w), nn.MaxPool2d(2),
+            _block(4 * w, 4 * w),
+        )
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(4 * w, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(self.pool(self.features(x)).flatten(1))
+
+
+def _torchvision_weights(arch: str, weights: str):
+    from torchvision.models import get_model_weights
+
+    try:
+        enum = get_model_weights(arch)
+    except (KeyError, ValueError) as err:
+        raise CamlensError(f"unknown torchvision architecture {arch!r}") from err
+    name = weights.split(".")[-1]
+    try:
+        return enum[name] if name != "DEFAULT" else enum.DEFAULT
+    except KeyError as err:
+        choices = ", ".join(["DEFAULT", *enum.__members__])
+        raise CamlensError(f"no weights {weights!r} for {arch}; choose from {choices} or 'none'") from err
+
+
+def build_model(arch: str, num_classes: int | None = None, weights: str | None = None) -> nn.Module:
+    """A model by name: ``gapnet``, any torchvision classification builder (``resnet50``) or ``timm:NAME``.
+
+    ``weights``: None/``"none"`` for random initialization; a torchvision weight name (``DEFAULT``,
+    ``IMAGENET1K_V2``, ``ResNet50_Weights.IMAGENET1K_V2``), or ``pretrained`` for timm.
+    """
+    pretrained = weights not in (None, "none", "None")
+    if arch == "gapnet":
+        if pretrained:
+            raise CamlensError("gapnet has no pretrained weights; train it with `camlens train` or use --weights none")
+        return GapNet(num_classes or 10)
+    if arch.startswith("timm:"):
+        try:
+            import timm
+        except ImportError as err:
+            raise CamlensError("timm is not installed: pip install 'camlens[timm]'") from err
+        kwargs = {"num_classes": num_classes} if num_classes is not None else {}
+        try:
+            return timm.create_model(arch[5:], pretrained=pretrained, **kwargs)
+        except RuntimeError as err:
+            raise CamlensError(f"timm model {arch[5:]!r}: {err}") from err
+    import torchvision.models as tvm
+
+    if arch not in tvm.list_models(module=tvm):
+        raise CamlensError(f"unknown architecture {arch!r}: use a torchvision classification model, timm:NAME or gapnet")
+    if not pretrained:
+        return tvm.get_model(arch, weights=None, **({"num_classes": num_classes} if num_classes else {}))
+    enum = _torchvision_weights(arch, weights)
+    if num_classes is not None and num_classes != len(enum.meta["categories"]):
+        raise CamlensError(f"{enum} has {len(enum.meta['categories'])} classes, not {num_classes}")
+    try:
+        return tvm.get_model(arch, weights=enum)
+    except (OSError, RuntimeError) as err:  # urllib's URLError is an OSError
+        raise CamlensError(
+            f"cannot download {enum} ({err.__class__.__name__}); offline, put {enum.url.rsplit('/', 1)[-1]} in "
+            f"{Path(torch.hub.get_dir()) / 'checkpoints'} or use --checkpoint FILE or --weights none"
+        ) from err
+
+
+def read_class_names(spec: str | Sequence[str] | None, num_classes: int) -> list[str]:
+    """Class names from a list, a built-in list (``imagenet``, ``stl10``), or a text file with one name a line."""
+    if spec is None:
+        return [str(i) for i in range(num_classes)]
+    if not isinstance(spec, str):
+        names = list(spec)
+    elif spec == "stl10":
+        names = list(STL10_CLASSES)
+    elif spec == "imagenet":
+        from torchvision.models import ResNet50_Weights
+
+        names = list(ResNet50_Weights.IMAGENET1K_V2.meta["categories"])
+    else:
+        path = Path(spec)
+        if not path.is_file():
+            raise CamlensError(f"--classes {spec!r}: not a file, nor one of the built-in lists imagenet, stl10")
+        names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if len(names) != num_classes:
+        raise CamlensError(f"{len(names)} class names given for a model with {num_classes} classes")
+    return names
+
+
+def _num_classes_from_state(state: dict[str, Tensor]) -> int:
+    """The classifier is registered last in every supported architecture: its weight's first dim."""
+    weights = [v for k, v in state.items() if k.endswith("weight") and v.ndim in (2, 4)]
+    if not weights:
+        raise CamlensError("the checkpoint holds no linear or conv weights")
+    return int(weights[-1].shape[0])
+
+
+def _read_state(path: Path) -> tuple[dict[str, Tensor], dict]:
+    if not path.is_file():
+        raise CamlensError(f"checkpoint {str(path)!r} does not exist")
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+        from safetensors.torch import load_file
+
+        with safe_open(str(path), framework="pt") as f:
+            meta = json.loads((f.metadata() or {}).get("camlens", "{}"))
+        return load_file(str(path)), meta
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # pickle errors come in many types; weights_only refuses anything but tensors
+        raise CamlensError(f"cannot read checkpoint {str(path)!r} as a weights-only state dict: {err}") from err
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict):
+        raise CamlensError(f"checkpoint {str(path)!r} is not a state dict")
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    return state, {}
+
+
+def save_checkpoint(
+    path: str | Path,
+    model: nn.Module,
+    *,
+    arch: str,
+    class_names: Sequence[str],
+    preprocess: Preprocess,
+    extra: dict | None = None,
+) -> Path:
+    """Write ``model``'s weights as safetensors, with arch, class names and preprocessing in its metadata, so
+    ``load_model(checkpoint=path)`` alone rebuilds it."""
+    from safetensors.torch import save_model
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"arch": arch, "class_names": list(class_names), "preprocess": preprocess.to_json(), **(extra or {})}
+    save_model(model, str(path), metadata={"camlens": json.dumps(meta)})
+    return path
+
+
+def load_model(
+    checkpoint: str | Path | None = None,
+    *,
+    arch: str | None = None,
+    weights: str | None = "DEFAULT",
+    classes: str | Sequence[str] | None = None,
+    size: int | Sequence[int] | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    device: str | torch.device = "cpu",
+) -> LoadedModel:
+    """A ready model (eval mode, on ``device``) with class names and preprocessing.
+
+    Precedence: explicit arguments, then the checkpoint's metadata, then the pretrained weights' metadata,
+    then ImageNet defaults at 224 px.
+    """
+    meta: dict = {}
+    if checkpoint is not None:
+        state, meta = _read_state(Path(checkpoint))
+        arch = arch or meta.get("arch")
+        if arch is None:
+            raise CamlensError(f"{checkpoint}: no architecture recorded in the checkpoint; pass --arch")
+        model = build_model(arch, _num_classes_from_state(state))
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as err:
+            first = str(err).strip().splitlines()
+            raise CamlensError(f"{checkpoint} does not fit {arch}: {first[1] if len(first) > 1 else first[0]}") from err
+        names = meta.get("class_names")
+        base = Preprocess.from_json(meta["preprocess"]) if "preprocess" in meta else Preprocess()
+    else:
+        if arch is None:
+            raise CamlensError("give --checkpoint FILE or --arch NAME")
+        model = build_model(arch, None, weights)
+        names, base = None, Preprocess()
+        pretrained = weights not in (None, "none", "None")
+        if pretrained and not arch.startswith("timm:") and arch != "gapnet":
+            enum = _torchvision_weights(arch, weights)
+            names = list(enum.meta["categories"])
+            crop = getattr(enum.transforms(), "crop_size", [224])
+            base = Preprocess((crop[0], crop[0]))
+        elif pretrained and arch.startswith("timm:"):
+            cfg = getattr(model, "pretrained_cfg", {}) or {}
+            size_t = tuple(cfg.get("input_size", (3, 224, 224))[1:])
+            base = Preprocess(size_t, tuple(cfg.get("mean", IMAGENET_MEAN)), tuple(cfg.get("std", IMAGENET_STD)))
+            names = "imagenet" if cfg.get("num_classes") == 1000 else None
+    model.eval().to(device)
+    num_classes = _output_classes(model, names)
+    if classes is not None or not isinstance(names, list):
+        names = read_class_names(classes if classes is not None else names, num_classes)
+    if size is not None:
+        size = (size, size) if isinstance(size, int) else tuple(size)
+    preprocess = Preprocess(
+        size if size is not None else base.size,
+        tuple(mean) if mean is not None else base.mean,
+        tuple(std) if std is not None else base.std,
+    )
+    return LoadedModel(model, names, preprocess, arch, meta)
+
+
+def _output_classes(model: nn.Module, names: object) -> int:
+    if isinstance(names, list):
+        return len(names)
+    for module in reversed(list(model.modules())):
+        if isinstance(module, nn.Linear):
+            return module.out_features
+        if isinstance(module, nn.Conv2d) and module.kernel_size == (1, 1):
+            return module.out_channels
+    raise CamlensError("cannot tell the number of classes of this model; pass --classes FILE")
