@@ -314,9 +314,11 @@ def locate_gap_head(
     norms = [c.module for c in between if isinstance(c.module, nn.LayerNorm)]
     norm = norms[-1] if len(norms) == 1 else None
     for feature_act in ("identity", "relu"):
-        pooled = (F.relu(feats) if feature_act == "relu" else feats).float().mean((-2, -1))
+        f = feats.to(torch.promote_types(feats.dtype, torch.float32))
+        pooled = (F.relu(f) if feature_act == "relu" else f).mean((-2, -1))
         if norm is not None:
-            pooled = F.layer_norm(pooled, pooled.shape[-1:], norm.weight, norm.bias, norm.eps)
+            w, b = (None if t is None else t.to(pooled) for t in (norm.weight, norm.bias))
+            pooled = F.layer_norm(pooled, pooled.shape[-1:], w, b, norm.eps)
         if _close(pooled, z):
             head = GapHead(name, calls[feat_index].module, "output", cls_call.name, weight, bias,
                            feature_act=feature_act, norm=norm)

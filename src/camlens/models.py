@@ -165,12 +165,15 @@ def read_class_names(spec: str | Sequence[str] | None, num_classes: int) -> list
     return names
 
 
-def _num_classes_from_state(state: dict[str, Tensor]) -> int:
-    """The classifier is registered last in every supported architecture: its weight's first dim."""
-    weights = [v for k, v in state.items() if k.endswith("weight") and v.ndim in (2, 4)]
-    if not weights:
-        raise CamlensError("the checkpoint holds no linear or conv weights")
-    return int(weights[-1].shape[0])
+def _num_classes_from_state(arch: str, state: dict[str, Tensor]) -> int:
+    """The row count of the classifier's weight in ``state``; the classifier is the last linear or 1x1 conv
+    module of the architecture (found on a default-sized instance, since state dict key order is not reliable)."""
+    probe = build_model(arch)
+    names = [n for n, m in probe.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    key = f"{names[-1]}.weight" if names else None
+    if key not in state:
+        raise CamlensError(f"the checkpoint has no classifier weight {key!r} for {arch}")
+    return int(state[key].shape[0])
 
 
 def _read_state(path: Path) -> tuple[dict[str, Tensor], dict]:
@@ -238,13 +241,13 @@ def load_model(
         arch = arch or meta.get("arch")
         if arch is None:
             raise CamlensError(f"{checkpoint}: no architecture recorded in the checkpoint; pass --arch")
-        model = build_model(arch, _num_classes_from_state(state))
+        names = meta.get("class_names")
+        model = build_model(arch, len(names) if names else _num_classes_from_state(arch, state))
         try:
             model.load_state_dict(state)
         except RuntimeError as err:
             first = str(err).strip().splitlines()
             raise CamlensError(f"{checkpoint} does not fit {arch}: {first[1] if len(first) > 1 else first[0]}") from err
-        names = meta.get("class_names")
         base = Preprocess.from_json(meta["preprocess"]) if "preprocess" in meta else Preprocess()
     else:
         if arch is None:
