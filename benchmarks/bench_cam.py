@@ -1,0 +1,76 @@
+"""CAM cost against a plain inference forward pass, torchcam's CAM and the classic numpy recipe, in one run.
+
+    python benchmarks/bench_cam.py [--arch resnet50] [--batch 8] [--size 224] [--repeats 15]
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import torch
+import torchvision.models as tvm
+
+import camlens
+from common import header, interleaved, report
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--arch", default="resnet50")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--repeats", type=int, default=15)
+    args = parser.parse_args()
+    header(f"CAM vs plain forward: {args.arch}, batch {args.batch}, {args.size} px, CPU")
+
+    torch.manual_seed(0)
+    model = tvm.get_model(args.arch, weights=None).eval()
+    x = torch.randn(args.batch, 3, args.size, args.size)
+
+    def forward():
+        with torch.inference_mode():
+            model(x)
+
+    cam = camlens.CAM(model)
+
+    def camlens_cam():
+        cam(x, topk=1)
+
+    from torchcam.methods import CAM as TorchcamCAM
+
+    peer_model = tvm.get_model(args.arch, weights=None).eval()
+    peer_model.load_state_dict(model.state_dict())
+    peer = TorchcamCAM(peer_model, target_layer="layer4", fc_layer="fc", input_shape=(3, args.size, args.size))
+
+    def torchcam_cam():
+        with torch.inference_mode():
+            logits = peer_model(x)
+        peer(logits.argmax(1).tolist(), logits)
+
+    feats = {}
+    hook = model.layer4.register_forward_hook(lambda m, i, o: feats.__setitem__("f", o))
+    weight = list(model.parameters())[-2].detach().numpy()
+
+    def numpy_recipe():
+        """The hand-written recipe CAM users start from: hook, forward, loop over channels in numpy."""
+        with torch.inference_mode():
+            logits = model(x)
+        f = feats["f"].numpy()
+        for i, c in enumerate(logits.argmax(1).tolist()):
+            m = np.zeros(f.shape[2:], dtype=np.float32)
+            for k in range(f.shape[1]):
+                m += weight[c, k] * f[i, k]
+
+    times = interleaved(
+        {"plain forward (inference_mode)": forward, "camlens.CAM": camlens_cam,
+         "torchcam CAM": torchcam_cam, "numpy recipe": numpy_recipe},
+        args.repeats,
+    )
+    hook.remove()
+    cam.close()
+    report(times, "plain forward (inference_mode)")
+
+
+if __name__ == "__main__":
+    main()
