@@ -50,25 +50,36 @@ def make_explainer(loaded, method: str, layers: Sequence[str] | None):
 def cmd_explain(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from . import distributed
     from .data.images import expand_paths
     from .pipeline import RenderOptions, explain_files
 
-    paths, missing = expand_paths(args.paths)
-    for line in missing:
-        _fail(line)
-    loaded = load_from_args(args)
-    out = Path(args.out)
-    render = RenderOptions(args.colormap, args.alpha, args.classic, args.figure, args.format)
-    with make_explainer(loaded, args.method, args.layer) as explainer, tqdm(
-        total=len(paths), unit="img", disable=args.quiet, file=sys.stderr
-    ) as bar:
-        summary = explain_files(
-            loaded, explainer, paths, out, classes=args.target_class, topk=args.topk,
-            batch_size=args.batch_size, workers=args.workers, max_pixels=args.max_pixels, render=render,
-            on_error=lambda line: bar.write(f"camlens: skipped {line}", file=sys.stderr), progress=bar.update,
-        )
-    done = len(summary.records)
-    print(f"explained {done} image(s) into {out}/ (summary.json, summary.csv); {len(summary.errors) + len(missing)} failed")
+    ctx = distributed.setup(args.device)
+    try:
+        paths, missing = expand_paths(args.paths)
+        for line in missing if ctx.is_main else []:
+            _fail(line)
+        args.device = str(ctx.device)
+        loaded = load_from_args(args)
+        out = Path(args.out)
+        render = RenderOptions(args.colormap, args.alpha, args.classic, args.figure, args.format)
+        run_key = {k: getattr(args, k) for k in ("checkpoint", "arch", "weights", "class_names", "size", "mean", "std",
+                                                 "method", "layer", "topk", "target_class", "alpha", "colormap",
+                                                 "classic", "figure", "format", "max_pixels")}
+        bar = tqdm(total=len(distributed.shard(paths, ctx)), unit="img", disable=args.quiet or not ctx.is_main,
+                   file=sys.stderr)
+        with make_explainer(loaded, args.method, args.layer) as explainer, bar:
+            summary = explain_files(
+                loaded, explainer, paths, out, classes=args.target_class, topk=args.topk,
+                batch_size=args.batch_size, workers=args.workers, max_pixels=args.max_pixels, render=render,
+                run_key=run_key, resume=not args.restart, ctx=ctx,
+                on_error=lambda line: bar.write(f"camlens: skipped {line}", file=sys.stderr), progress=bar.update,
+            )
+    finally:
+        distributed.teardown()
+    if ctx.is_main:
+        print(f"explained {len(summary.records)} image(s) into {out}/ (summary.json, summary.csv); "
+              f"{len(summary.errors) + len(missing)} failed")
     return 1 if summary.errors or missing else 0
 
 
@@ -94,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-pixels", type=int, default=50_000_000, help="refuse larger images")
     p.add_argument("--out", default="camlens-out", help="output folder (default: camlens-out)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--restart", action="store_true", help="redo everything instead of resuming in --out")
     p.set_defaults(func=cmd_explain)
     return parser
 

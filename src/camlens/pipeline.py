@@ -6,6 +6,7 @@ Bad files never stop the run: each becomes one error line in the summary, the re
 from __future__ import annotations
 
 import csv
+import io
 import json
 import re
 from concurrent.futures import ThreadPoolExecutor
@@ -16,8 +17,10 @@ from typing import Callable, Iterator, Sequence
 import torch
 from torch import Tensor
 
+from .capture import CamlensError
 from .data.images import DEFAULT_MAX_PIXELS, ImageError, load_image
 from .methods.base import ClassSpec, Explainer
+from .distributed import Context, ProgressLog, barrier, gather, shard, write_atomic
 from .models import LoadedModel
 from .render import overlay, save_image, three_panel_figure
 
@@ -40,13 +43,15 @@ class Summary:
 
     def write(self, out_dir: Path) -> None:
         out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "summary.json").write_text(json.dumps({"images": self.records, "errors": self.errors}, indent=2))
-        with open(out_dir / "summary.csv", "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["file", "rank", "class", "label", "score", "overlay"])
-            for rec in self.records:
-                for rank, pred in enumerate(rec["explained"], 1):
-                    writer.writerow([rec["file"], rank, pred["class"], pred["label"], f"{pred['score']:.6f}", pred["overlay"]])
+        write_atomic(out_dir / "summary.json", json.dumps({"images": self.records, "errors": self.errors}, indent=2))
+        rows = io.StringIO()
+        writer = csv.writer(rows)
+        writer.writerow(["file", "rank", "class", "label", "score", "overlay"])
+        for rec in self.records:
+            for rank, pred in enumerate(rec["explained"], 1):
+                score = "" if pred["score"] is None else f"{pred['score']:.6f}"
+                writer.writerow([rec["file"], rank, pred["class"], pred["label"], score, pred["overlay"]])
+        write_atomic(out_dir / "summary.csv", rows.getvalue())
 
 
 def _safe(name: str) -> str:
@@ -74,6 +79,17 @@ def _load_batches(
             yield batch
 
 
+def output_stems(paths: Sequence[Path]) -> dict[Path, str]:
+    """File-name stems for outputs, unique and fixed by the whole path list (so any sharding names alike)."""
+    stems: dict[Path, str] = {}
+    used: set[str] = set()
+    for index, path in enumerate(paths):
+        stem = _safe(path.stem)
+        stems[path] = stem if stem not in used else f"{stem}_{index}"
+        used.add(stems[path])
+    return stems
+
+
 def explain_files(
     loaded: LoadedModel,
     explainer: Explainer,
@@ -86,35 +102,85 @@ def explain_files(
     workers: int = 2,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     render: RenderOptions = RenderOptions(),
+    run_key: dict | None = None,
+    resume: bool = True,
+    ctx: Context | None = None,
     on_error: Callable[[str], None] = lambda line: None,
     progress: Callable[[int], None] = lambda n: None,
 ) -> Summary:
     """Explain every file: one overlay per image and explained class in ``out_dir``, named
-    ``<stem>_<rank>_<label>.<format>``; returns the summary (also written as summary.json and summary.csv)."""
-    device = next(loaded.model.parameters()).device
-    summary = Summary()
-    used_stems: set[str] = set()
-    for batch in _load_batches(paths, batch_size, workers, max_pixels):
-        good = []
+    ``<stem>_<rank>_<label>.<format>``; returns the summary (written by the main rank as summary.json and .csv).
+
+    Under torchrun each rank takes a strided shard of ``paths``.  Finished images are logged per rank in
+    ``out_dir/.progress``; with ``resume`` a rerun with the same ``run_key`` skips them, so an interrupted run
+    completes to the same outputs as an uninterrupted one.
+    """
+    ctx = ctx or Context(0, 1, 0, next(loaded.model.parameters()).device)
+    progress_dir = out_dir / ".progress"
+    previous = _previous_entries(progress_dir, run_key or {}, resume, ctx)
+    finished = {entry["file"] for entry in previous}
+    todo = [p for p in shard(paths, ctx) if str(p) not in finished]
+    progress(len(shard(paths, ctx)) - len(todo))
+    log = ProgressLog(progress_dir, ctx)
+    stems = output_stems(paths)
+    entries: list[dict] = []
+    for batch in _load_batches(todo, batch_size, workers, max_pixels):
+        done, good = [], []
         for path, item in batch:
             if isinstance(item, ImageError):
-                summary.errors.append(str(item))
+                done.append({"file": str(path), "error": str(item)})
                 on_error(str(item))
             else:
                 good.append((path, item))
         if good:
-            x = torch.cat([loaded.preprocess(img.to(device)) for _, img in good])
+            x = torch.cat([loaded.preprocess(img.to(ctx.device)) for _, img in good])
             per_sample = classes if isinstance(classes, (int, str)) or classes is None else [classes] * len(good)
             res = explainer(x, per_sample, topk=topk)
             probs = res.logits.float().softmax(-1)
             for i, (path, img) in enumerate(good):
-                stem = _safe(path.stem)
-                while stem in used_stems:
-                    stem = stem + "_"
-                used_stems.add(stem)
-                summary.records.append(_write_image(loaded, res, probs, i, path, img, stem, out_dir, render))
+                done.append({"file": str(path), "record": _write_image(loaded, res, probs, i, path, img, stems[path], out_dir, render)})
+        log.append(done)
+        entries.extend(done)
         progress(len(batch))
-    summary.write(out_dir)
+    gathered = [e for rank_entries in gather(entries, ctx) for e in rank_entries]
+    summary = _merge(paths, previous + gathered)
+    if ctx.is_main:
+        summary.write(out_dir)
+    barrier(ctx)
+    return summary
+
+
+def _previous_entries(progress_dir: Path, run_key: dict, resume: bool, ctx: Context) -> list[dict]:
+    key_file = progress_dir / "run.json"
+    if resume and key_file.exists():
+        if json.loads(key_file.read_text()) != run_key:
+            raise CamlensError(
+                f"{progress_dir.parent} holds results of a run with other options; use --restart or another --out"
+            )
+        return ProgressLog.read_all(progress_dir)
+    barrier(ctx)  # every rank has checked the old key before the main rank replaces it
+    if ctx.is_main:
+        if progress_dir.exists():
+            for old in progress_dir.glob("*.jsonl"):
+                old.unlink()
+        progress_dir.mkdir(parents=True, exist_ok=True)
+        write_atomic(key_file, json.dumps(run_key))
+    barrier(ctx)
+    return []
+
+
+def _merge(paths: Sequence[Path], entries: list[dict]) -> Summary:
+    """One summary in input order, whatever ranks and runs the entries came from."""
+    by_file = {e["file"]: e for e in entries}
+    summary = Summary()
+    for path in paths:
+        entry = by_file.get(str(path))
+        if entry is None:
+            continue
+        if "error" in entry:
+            summary.errors.append(entry["error"])
+        else:
+            summary.records.append(entry["record"])
     return summary
 
 
