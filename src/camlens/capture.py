@@ -329,3 +329,112 @@ def locate_gap_head(
         f"(between them: {found}); CAM needs GAP + linear, use GradCAM for this model "
         "(and call model.eval() first: dropout in training mode breaks the check)"
     )
+
+
+def _output_tensors(output: Any) -> list[Tensor]:
+    if isinstance(output, Tensor):
+        return [output]
+    if isinstance(output, dict):
+        output = list(output.values())
+    if isinstance(output, (tuple, list)):
+        return [t for item in output for t in _output_tensors(item)]
+    logits = getattr(output, "logits", None)
+    return [logits] if isinstance(logits, Tensor) else []
+
+
+def find_spatial_layer(model: nn.Module, x: Tensor, keep_last: int = 256) -> str:
+    """Name of the layer chosen when none is given: the module that runs last (in completion order) among those
+    whose output is a spatial map (B, K, h, w) with h*w > 1 and is not itself the model output; of nested
+    modules returning the same tensor, the outermost is named (``layer4`` rather than ``layer4.1.relu``).
+
+    Token models (ViT, Swin) have no such layer near their end: give ``layer=`` (see :func:`tokens_to_grid`).
+    """
+    with torch.no_grad():
+        calls, output = trace_calls(model, x, keep_last=keep_last)
+    finals = _output_tensors(output)
+    for i in range(len(calls) - 1, -1, -1):
+        out = calls[i].output
+        if _is_spatial(out) and not any(out is t for t in finals):
+            return _outermost_name(calls[:i + 1], out, calls[i].name)
+    raise CamlensError(
+        f"{type(model).__name__}: no module among the last {keep_last} calls outputs a spatial map (B, K, h, w); "
+        "give layer= (see camlens.layer_names(model)), with reshape= for token models"
+    )
+
+
+def tokens_to_grid(tokens: Tensor, input_size: Sequence[int] | None = None, prefix_tokens: int | None = None) -> Tensor:
+    """Token outputs as spatial maps (B, D, h, w), for ``reshape=`` of the layer methods.
+
+    - (B, h, w, D), channels last (Swin): permuted to (B, D, h, w).
+    - (B, T, D) (ViT): the first ``prefix_tokens`` (class, distillation, register tokens) are dropped and the rest
+      laid out row by row on an h x w grid.  When ``prefix_tokens`` is None it is the smallest p in 0..16 such that
+      T - p tokens tile a grid with the aspect ratio of ``input_size`` (H, W) (square without it), i.e. h * w = T - p
+      and H * w == W * h.
+    """
+    if tokens.ndim == 4:
+        return tokens.permute(0, 3, 1, 2)
+    if tokens.ndim != 3:
+        raise CamlensError(f"tokens_to_grid expects (B, T, D) tokens or (B, h, w, D) maps, got {tuple(tokens.shape)}")
+    batch, count, dim = tokens.shape
+    height, width = (1, 1) if input_size is None else (int(input_size[-2]), int(input_size[-1]))
+    candidates = [prefix_tokens] if prefix_tokens is not None else range(min(count - 1, 16) + 1)
+    for prefix in candidates:
+        n = count - prefix
+        h = max(1, round((n * height / width) ** 0.5))
+        w = n // h
+        if h * w == n and height * w == width * h and n > 1:
+            return tokens[:, prefix:].reshape(batch, h, w, dim).permute(0, 3, 1, 2)
+    raise CamlensError(
+        f"cannot lay {count} tokens on a grid with the aspect ratio of the input {height}x{width}; "
+        "pass prefix_tokens= (e.g. reshape=functools.partial(camlens.tokens_to_grid, prefix_tokens=1))"
+    )
+
+
+class _Hook:
+    """One module's forward hook of a :class:`HookSet`; copying a model (``copy.deepcopy``) keeps it shared."""
+
+    def __init__(self, owner: "HookSet", index: int) -> None:
+        self.owner, self.index = owner, index
+
+    def __call__(self, module: nn.Module, args: tuple, output: Any) -> Any:
+        return self.owner._dispatch(self.index, output)
+
+    def __deepcopy__(self, memo: dict) -> "_Hook":
+        return self
+
+
+class HookSet:
+    """Forward hooks on several modules that act only inside :meth:`active` in the calling thread.
+
+    Outside it (another thread, or the user's own forward passes) the hooks return the output untouched, so an
+    explainer can keep its hooks for its lifetime without changing the model.  Inside, ``fn(index, output)``
+    sees each hooked module's output (``index`` into ``modules``) and may return a replacement.
+    """
+
+    def __init__(self, modules: Sequence[nn.Module]) -> None:
+        self._local = threading.local()
+        self._handles = [module.register_forward_hook(_Hook(self, i)) for i, module in enumerate(modules)]
+
+    def _dispatch(self, index: int, output: Any) -> Any:
+        fn = getattr(self._local, "fn", None)
+        return None if fn is None else fn(index, output)
+
+    def active(self, fn: Callable[[int, Any], Any]) -> "_Active":
+        return _Active(self._local, fn)
+
+    def close(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+
+class _Active:
+    def __init__(self, local: threading.local, fn: Callable) -> None:
+        self._local, self._fn = local, fn
+
+    def __enter__(self) -> None:
+        self._previous = getattr(self._local, "fn", None)
+        self._local.fn = self._fn
+
+    def __exit__(self, *exc: object) -> None:
+        self._local.fn = self._previous

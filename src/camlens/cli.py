@@ -83,6 +83,48 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 1 if summary.errors or missing else 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        import uvicorn  # noqa: F401
+
+        from .web import create_app, serve
+    except ImportError as err:
+        raise CamlensError(f"`camlens serve` needs the web extra ({err.name} is missing): pip install 'camlens[web]'") from err
+    loaded = load_from_args(args)
+    name = Path(args.checkpoint).name if args.checkpoint else args.arch
+    app = create_app(loaded, max_upload_bytes=int(args.max_upload_mb * 2**20), max_pixels=args.max_pixels,
+                     workers=args.workers, max_batch=args.max_batch, max_side=args.max_side, model_name=name)
+    sock = serve.listen(args.host, args.port)
+    if args.host not in serve.LOOPBACK:
+        _fail(f"warning: listening on {args.host}: anyone who can reach it can upload images to this model")
+    print(f"camlens: serving {name} at {serve.url(sock)} (Ctrl+C to stop)", flush=True)
+    serve.run(app, sock, args.log_level)
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .train import train
+
+    result = train(
+        args.data, arch=args.arch, weights=args.weights, out=args.out, epochs=args.epochs,
+        batch_size=args.batch_size, lr=args.lr, image_size=args.size, num_train=args.num_train,
+        num_val=args.num_val, val_fraction=args.val_fraction, seed=args.seed, device=args.device,
+        resume=args.resume, download=args.download, workers=args.workers, progress=not args.quiet,
+    )
+    print(f"checkpoint: {result.checkpoint} (val acc {result.best_val_acc:.2%}, epoch {result.best_epoch}); "
+          f"use it with --checkpoint {result.checkpoint}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    kwargs = {k: getattr(args, k) for k in ("epochs", "num_train", "seed") if getattr(args, k) is not None}
+    result = run_demo(args.out, device=args.device, progress=not args.quiet, **kwargs)
+    print(f"test accuracy {result.test_accuracy:.2%}; open {result.report} in a browser")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="camlens", description="Class Activation Maps for PyTorch models.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -107,6 +149,49 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--restart", action="store_true", help="redo everything instead of resuming in --out")
     p.set_defaults(func=cmd_explain)
+
+    p = sub.add_parser("serve", help="a web page and HTTP API that explain uploaded images")
+    add_model_args(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default: 8000; 0 picks a free one)")
+    p.add_argument("--workers", type=int, default=2, help="model threads, and as many decode/render threads (default: 2)")
+    p.add_argument("--max-batch", type=int, default=1,
+                   help="batch up to N requests that arrive together (default: 1, results bit-identical to one by one)")
+    p.add_argument("--max-upload-mb", type=float, default=20, help="refuse larger uploads (default: 20)")
+    p.add_argument("--max-pixels", type=int, default=40_000_000, help="refuse larger images (default: 40000000)")
+    p.add_argument("--max-side", type=int, default=1024, help="render overlays at most this many pixels wide or high")
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("train", help="train or fine-tune a GAP classifier; writes a self-describing checkpoint")
+    p.add_argument("--data", default="builtin",
+                   help="builtin, stl10 (binary files under ./data), stl10:ROOT, or an ImageFolder tree (default: builtin)")
+    p.add_argument("--arch", default="gapnet", help="gapnet, a torchvision name (resnet18) or timm:NAME (default: gapnet)")
+    p.add_argument("--weights", default="none", help="pretrained weights to fine-tune from, e.g. DEFAULT (default: none)")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, help="peak learning rate (default: 3e-3 from scratch, 3e-4 fine-tuning)")
+    p.add_argument("--size", type=int, help="training image size (default: 64 builtin, 96 stl10, 224 folders)")
+    p.add_argument("--num-train", type=int, help="use this many training images")
+    p.add_argument("--num-val", type=int, help="use this many validation images")
+    p.add_argument("--val-fraction", type=float, default=0.1, help="held-out share of a single ImageFolder tree")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps")
+    p.add_argument("--workers", type=int, default=0, help="image decoding processes for ImageFolder data")
+    p.add_argument("--download", action="store_true", help="download STL-10 when no local copy is found")
+    p.add_argument("--resume", action="store_true", help="continue the run recorded in --out")
+    p.add_argument("--out", default="camlens-train", help="output folder (default: camlens-train)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("demo", help="train gapnet on the built-in dataset, explain held-out images, write an HTML report")
+    p.add_argument("--out", default="demo-out", help="output folder (default: demo-out)")
+    p.add_argument("--epochs", type=int, help="training epochs (default: the demo's setting)")
+    p.add_argument("--num-train", type=int, help="training images (default: the demo's setting)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_demo)
     return parser
 
 

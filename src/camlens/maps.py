@@ -35,3 +35,24 @@ def upsample(maps: Tensor, size: int | Sequence[int], mode: str = "bilinear") ->
     align = False if mode in ("bilinear", "bicubic") else None
     out = F.interpolate(flat, size=size, mode=mode, align_corners=align)
     return out.to(dtype).reshape(*lead, *size)
+
+
+def fuse(maps: Sequence[Tensor], mode: str = "max", size: int | Sequence[int] | None = None) -> Tensor:
+    """Combine maps of the same images from several layers, each (..., h_i, w_i), into one (..., H, W).
+
+    Rule: each map is min-max normalized (:func:`normalize`), bilinearly upsampled to ``size`` (default: the
+    largest height and the largest width among them), and the results are combined elementwise by ``"max"``
+    (as torchcam's ``fuse_cams``) or ``"mean"`` (as pytorch-grad-cam's multi-layer aggregation).  The result is
+    in [0, 1]; a single map is only normalized.
+    """
+    if not maps:
+        raise ValueError("fuse needs at least one map")
+    if mode not in ("max", "mean"):
+        raise ValueError(f"fuse mode {mode!r}: use 'max' or 'mean'")
+    if size is None:
+        size = (max(m.shape[-2] for m in maps), max(m.shape[-1] for m in maps))
+    elif isinstance(size, int):
+        size = (size, size)
+    scaled = [normalize(m) if tuple(m.shape[-2:]) == tuple(size) else upsample(normalize(m), size) for m in maps]
+    stacked = torch.stack(scaled)
+    return stacked.amax(0) if mode == "max" else stacked.mean(0)

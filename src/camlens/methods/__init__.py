@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
-from .activation import CAM
+from .activation import CAM, ISCAM, SSCAM, AblationCAM, ScoreCAM
 from .base import CAMResult, Explainer, select_classes
+from .decomposition import EigenCAM
+from .gradient import GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, XGradCAM
+from .layered import LayerExplainer
 
-METHODS: dict[str, type[Explainer]] = {cls.name: cls for cls in (CAM,)}
+METHODS: dict[str, type[Explainer]] = {
+    cls.name: cls
+    for cls in (CAM, GradCAM, GradCAMPlusPlus, XGradCAM, LayerCAM, HiResCAM, ScoreCAM, SSCAM, ISCAM, AblationCAM, EigenCAM)
+}
 
 
 def get_method(name: str) -> type[Explainer]:
@@ -16,4 +22,22 @@ def get_method(name: str) -> type[Explainer]:
     return METHODS[key]
 
 
-__all__ = ["CAM", "CAMResult", "Explainer", "METHODS", "get_method", "select_classes"]
+__all__ = [
+    "AblationCAM",
+    "CAM",
+    "CAMResult",
+    "EigenCAM",
+    "Explainer",
+    "GradCAM",
+    "GradCAMPlusPlus",
+    "HiResCAM",
+    "ISCAM",
+    "LayerCAM",
+    "LayerExplainer",
+    "METHODS",
+    "SSCAM",
+    "ScoreCAM",
+    "XGradCAM",
+    "get_method",
+    "select_classes",
+]

@@ -1,14 +1,19 @@
-"""Methods that weight activations without gradients: CAM."""
+"""Methods that weight activations without gradients: CAM, and the perturbation methods Score-CAM (with its
+smoothed SS-CAM and integrated IS-CAM variants) and Ablation-CAM."""
 
 from __future__ import annotations
 
-from typing import Sequence
+import warnings
+from typing import Any, Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..capture import GapHead, LayerCapture, LayerSpec, locate_gap_head, output_logits
+from ..capture import CamlensError, GapHead, LayerCapture, LayerSpec, locate_gap_head, output_logits
+from ..maps import upsample
 from .base import CAMResult, ClassSpec, Explainer, select_classes
+from .layered import LayerExplainer, Reshape, Scorer
 
 
 class CAM(Explainer):
@@ -57,4 +62,298 @@ class CAM(Explainer):
         return CAMResult(logits=logits, classes=chosen, maps=maps, layer=self.head.layer_name, bias=bias)
 
 
-__all__: Sequence[str] = ["CAM"]
+
+
+def _check_eval(model: nn.Module, method: str) -> None:
+    if model.training:
+        raise CamlensError(
+            f"{method} runs perturbed copies of each image in one batch; in training mode batch statistics and "
+            "dropout would mix them: call model.eval() first"
+        )
+
+
+def _min_max(a: Tensor) -> Tensor:
+    """(A_k - min A_k) / (max A_k - min A_k) per map of a (B, K, h, w), in float32; 0 for a constant map."""
+    flat = a.float().flatten(2)
+    low = flat.amin(-1, keepdim=True)
+    span = flat.amax(-1, keepdim=True) - low
+    safe = torch.where(span > 0, span, torch.ones_like(span))
+    return torch.where(span > 0, (flat - low) / safe, torch.zeros_like(flat)).view(a.shape)
+
+
+class _InferenceCopy:
+    """An inference-optimized copy of a CPU float32 eval-mode model for the many perturbed passes: conv-BN
+    folding and oneDNN layout by ``torch.fx.experimental.optimization.optimize_for_inference``.  It is used only
+    after it reproduced the model's output on the unperturbed batch (max abs difference <= 1e-4 * max(1, max |y|)),
+    and rebuilt when a parameter or buffer changed; otherwise the model itself runs."""
+
+    def __init__(self) -> None:
+        self._key: tuple | None = None
+        self._copy: nn.Module | None = None
+
+    def get(self, model: nn.Module, x: Tensor, output: Any) -> Callable[[Tensor], Any]:
+        tensors = list(model.parameters()) + list(model.buffers())
+        if x.device.type != "cpu" or x.dtype != torch.float32 or any(
+            t.device.type != "cpu" or (t.is_floating_point() and t.dtype != torch.float32) for t in tensors
+        ):
+            return model
+        key = tuple((id(t), t._version) for t in tensors)
+        if key != self._key:
+            self._key, self._copy = key, self._build(model, x, output)
+        return self._copy if self._copy is not None else model
+
+    @staticmethod
+    def _build(model: nn.Module, x: Tensor, output: Any) -> nn.Module | None:
+        from torch.fx.experimental.optimization import optimize_for_inference
+
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                fast = optimize_for_inference(model)
+                expected = output_logits(output).float()
+                got = output_logits(fast(x)).float()
+        except Exception:  # not traceable by torch.fx, unsupported op, odd output: run the model itself
+            return None
+        if got.shape != expected.shape or (got - expected).abs().max() > 1e-4 * max(1.0, expected.abs().max().item()):
+            return None
+        return fast
+
+
+class ScoreCAM(LayerExplainer):
+    """Score-CAM (Wang et al., CVPR Workshops 2020, "Score-CAM: Score-Weighted Visual Explanations for
+    Convolutional Neural Networks").
+
+    H_k = Up(s(A_k)) with s(A) = (A - min A) / (max A - min A) taken at the layer's resolution (H_k = 0 for a
+    constant A_k) and Up the bilinear upsampling to the input size (align_corners=False, :func:`camlens.upsample`);
+    y_k = y(X * H_k), the explained score of the input masked by H_k;
+    alpha_k = softmax_k(y_k - y(X_b)), with the baseline X_b = 0 = X * 0 (softmax over channels, so the baseline
+    cancels);  M = ReLU(sum_k alpha_k A_k).  The ReLU is part of the paper's formula.
+
+    This is torchcam's version (normalize, then upsample).  pytorch-grad-cam upsamples with align_corners=True and
+    normalizes at input resolution, so its masks differ slightly; the official code weights by class
+    probabilities instead of a softmax over channels.  Identical masks give identical scores, so each distinct
+    mask of an image is scored once: all constant channels share the baseline pass.  Masked passes run in
+    batches of ``batch_size`` (through an inference-optimized copy of the model on CPU, ``optimize``); a target
+    callable sees batches of masked copies and must act row by row.  Passes per image: 1 + distinct masks (<= K).
+    """
+
+    name = "scorecam"
+    dedupe = True  # identical masks are scored once
+    variants = 1  # masked passes per mask, averaged (SS-CAM's noise draws, IS-CAM's integration steps)
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layer: LayerSpec | Sequence[LayerSpec] | None = None,
+        *,
+        reshape: Reshape | None = None,
+        fuse: str = "max",
+        batch_size: int = 64,
+        optimize: bool = True,
+    ) -> None:
+        super().__init__(model, layer, reshape=reshape, fuse=fuse)
+        if batch_size < 1:
+            raise CamlensError(f"batch_size={batch_size} must be at least 1")
+        self.batch_size = batch_size
+        self.optimize = optimize
+        self._fast = _InferenceCopy()
+
+    def _explain(self, x: Tensor, output: Any, acts: list[Tensor], scorer: Scorer) -> list[Tensor]:
+        _check_eval(self.model, type(self).__name__)
+        forward = self._fast.get(self.model, x, output) if self.optimize else self.model
+        maps = []
+        for act in acts:
+            a = self._spatial(act, x)
+            with torch.no_grad():
+                scores = self._channel_scores(x, _min_max(a), scorer, forward)  # (B, K, N)
+            alpha = scores.softmax(1)
+            maps.append(F.relu(torch.einsum("bkn,bkhw->bnhw", alpha, a.float())))
+        return maps
+
+    def _channel_scores(self, x: Tensor, masks: Tensor, scorer: Scorer, forward: Callable) -> Tensor:
+        batch, channels = masks.shape[:2]
+        if not self.dedupe:
+            rows = torch.arange(batch, device=x.device).repeat_interleave(channels)
+            return self._score_masks(x, masks.flatten(0, 1), rows, scorer, forward).view(batch, channels, -1)
+        distinct, rows, index = [], [], []
+        offset = 0
+        for b in range(batch):
+            unique, inverse = torch.unique(masks[b].flatten(1), dim=0, return_inverse=True)
+            distinct.append(unique)
+            rows.append(torch.full((len(unique),), b, dtype=torch.long, device=x.device))
+            index.append(inverse + offset)
+            offset += len(unique)
+        unique_masks = torch.cat(distinct).view(-1, *masks.shape[-2:])
+        scores = self._score_masks(x, unique_masks, torch.cat(rows), scorer, forward)
+        return scores[torch.cat(index)].view(batch, channels, -1)
+
+    def _score_masks(self, x: Tensor, masks: Tensor, rows: Tensor, scorer: Scorer, forward: Callable) -> Tensor:
+        """Mean over the method's mask variants of the explained scores of x[rows[j]] * Up(masks[j]): (J, N)."""
+        out = []
+        for start in range(0, len(masks), self.batch_size):
+            part = slice(start, start + self.batch_size)
+            up = upsample(masks[part][:, None], x.shape[-2:]).to(x.dtype)
+            images = x[rows[part]]
+            total = None
+            for variant in range(self.variants):
+                y = scorer(forward(images * self._vary(up, variant)), rows[part]).float()
+                total = y if total is None else total + y
+            out.append(total / self.variants)
+        return torch.cat(out)
+
+    def _vary(self, mask: Tensor, variant: int) -> Tensor:
+        return mask
+
+
+class SSCAM(ScoreCAM):
+    """SS-CAM (Wang, Naidu et al., 2020, "SS-CAM: Smoothed Score-CAM for Sharper Visual Feature Localization"),
+    smoothing on the masks as torchcam 0.5.0 does:
+
+    y_k = (1/n) sum_i y(X * (H_k + delta_i)), delta_i ~ N(0, std^2) per pixel, drawn from ``generator``;
+    alpha_k = softmax_k(y_k - y(X_b));  M = ReLU(sum_k alpha_k A_k)  (ReLU in the formula).
+    Every channel is scored (the noise makes masks distinct).  Passes per image: 1 + n * K.
+    """
+
+    name = "sscam"
+    dedupe = False
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layer: LayerSpec | Sequence[LayerSpec] | None = None,
+        *,
+        reshape: Reshape | None = None,
+        fuse: str = "max",
+        batch_size: int = 64,
+        optimize: bool = True,
+        num_samples: int = 35,
+        std: float = 2.0,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__(model, layer, reshape=reshape, fuse=fuse, batch_size=batch_size, optimize=optimize)
+        self.variants = num_samples
+        self.std = std
+        self.generator = generator
+
+    def _vary(self, mask: Tensor, variant: int) -> Tensor:
+        noise = torch.randn(mask.shape, generator=self.generator, dtype=mask.dtype, device=mask.device)
+        return mask + self.std * noise
+
+
+class ISCAM(ScoreCAM):
+    """IS-CAM (Naidu et al., 2020, "IS-CAM: Integrated Score-CAM for axiomatic-based explanations"), with the
+    accumulated mask schedule of torchcam 0.5.0 (M <- M + (i/n) H_k at step i):
+
+    y_k = (1/n) sum_{i=1..n} y(X * c_i H_k), c_i = sum_{j=1..i} j/n = i(i+1)/(2n);
+    alpha_k = softmax_k(y_k - y(X_b));  M = ReLU(sum_k alpha_k A_k)  (ReLU in the formula).
+    Identical masks are scored once, as in Score-CAM.  Passes per image: 1 + n * distinct masks.
+    """
+
+    name = "iscam"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layer: LayerSpec | Sequence[LayerSpec] | None = None,
+        *,
+        reshape: Reshape | None = None,
+        fuse: str = "max",
+        batch_size: int = 64,
+        optimize: bool = True,
+        num_samples: int = 10,
+    ) -> None:
+        super().__init__(model, layer, reshape=reshape, fuse=fuse, batch_size=batch_size, optimize=optimize)
+        self.variants = num_samples
+
+    def _vary(self, mask: Tensor, variant: int) -> Tensor:
+        i = variant + 1
+        return mask * (i * (i + 1) / (2 * self.variants))
+
+
+class AblationCAM(LayerExplainer):
+    """Ablation-CAM (Desai & Ramaswamy, WACV 2020, "Ablation-CAM: Visual Explanations for Deep Convolutional
+    Network via Gradient-free Localization").
+
+    y_k = the explained score with channel k of the layer's output set to 0 (for every position or token; with
+    ``reshape`` the channel is the output's last dim, as for tokens and channels-last maps);
+    w_k = (y - y_k) / y  (y - y_k where y == 0);  M = ReLU(sum_k w_k A_k).  The ReLU is part of the paper's
+    formula.  pytorch-grad-cam ablates with min(A) - 1e7 instead of 0 when the layer's minimum is not 0.
+
+    Only the layers after the target layer are re-run: the ablated copies replace the layer's output inside one
+    pass on the original batch (when the rest of the network mixes the layer's output with earlier tensors of
+    the original batch size, the input is repeated instead).  Passes per image: 1 + K tail passes.
+    """
+
+    name = "ablationcam"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layer: LayerSpec | Sequence[LayerSpec] | None = None,
+        *,
+        reshape: Reshape | None = None,
+        fuse: str = "max",
+        batch_size: int = 64,
+    ) -> None:
+        super().__init__(model, layer, reshape=reshape, fuse=fuse)
+        self.batch_size = batch_size
+        self._repeat_input = False
+
+    def _explain(self, x: Tensor, output: Any, acts: list[Tensor], scorer: Scorer) -> list[Tensor]:
+        _check_eval(self.model, "AblationCAM")
+        batch = x.shape[0]
+        with torch.no_grad():
+            base = scorer(output, torch.arange(batch, device=x.device)).float()[:, None]  # (B, 1, N)
+            maps = []
+            for index, act in enumerate(acts):
+                ablated = self._ablated_scores(x, index, act, scorer)  # (B, K, N)
+                diff = base - ablated
+                safe = torch.where(base != 0, base, torch.ones_like(base))
+                weights = torch.where(base != 0, diff / safe, diff)
+                a = self._spatial(act, x).float()
+                maps.append(F.relu(torch.einsum("bkn,bkhw->bnhw", weights, a)))
+        return maps
+
+    def _ablated_scores(self, x: Tensor, index: int, act: Tensor, scorer: Scorer) -> Tensor:
+        batch = x.shape[0]
+        channel_dim = -1 if self.reshape is not None else 1
+        channels = act.shape[channel_dim]
+        per_pass = max(1, self.batch_size // batch)
+        scores = []
+        for start in range(0, channels, per_pass):
+            ks = torch.arange(start, min(start + per_pass, channels), device=act.device)
+            copies = act.unsqueeze(0).repeat(len(ks), *([1] * act.ndim))  # (M, B, ...) ablation-major
+            keep = torch.ones(len(ks), channels, dtype=act.dtype, device=act.device)
+            keep[torch.arange(len(ks)), ks] = 0
+            shape = [len(ks)] + [1] * act.ndim
+            shape[channel_dim if channel_dim < 0 else channel_dim + 1] = channels
+            ablated = (copies * keep.view(shape)).flatten(0, 1)
+            rows = torch.arange(batch, device=x.device).repeat(len(ks))
+            out = self._run_ablated(x, index, ablated, len(ks))
+            scores.append(scorer(out, rows).float().view(len(ks), batch, -1))
+        return torch.cat(scores).transpose(0, 1)
+
+    def _run_ablated(self, x: Tensor, index: int, ablated: Tensor, copies: int) -> Any:
+        replace = lambda i, output: ablated if i == index else None  # noqa: E731
+        if not self._repeat_input:
+            try:
+                with self._hooks.active(replace):
+                    out = self.model(x)
+                if _output_rows(out) == len(ablated):
+                    return out
+            except RuntimeError:  # the tail mixes the layer with earlier tensors of the original batch size
+                pass
+            self._repeat_input = True
+        with self._hooks.active(replace):
+            return self.model(x.repeat(copies, *([1] * (x.ndim - 1))))
+
+
+def _output_rows(output: Any) -> int:
+    """Rows of the first tensor in a model output (its batch size)."""
+    try:
+        return output_logits(output).shape[0]
+    except CamlensError:
+        return -1
+
+
+__all__: Sequence[str] = ["AblationCAM", "CAM", "ISCAM", "SSCAM", "ScoreCAM"]

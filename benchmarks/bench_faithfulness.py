@@ -1,0 +1,123 @@
+"""Cost of each faithfulness metric in forward passes per image and seconds per image, one run, on the CPU.
+
+Forward passes are counted by a hook on the model (images seen / images evaluated); times are one run each, so
+expect a few % of noise.  The ratio column divides by the time per image of one plain inference pass over a batch of
+``--forward-batch`` images (the batch the metrics forward), so it reads "equivalent forward passes" and its excess
+over the pass count is the metric's own overhead; pytorch_grad_cam's
+implementation of the same metric (where it has one) runs on the same images and maps.
+
+    python benchmarks/bench_faithfulness.py [--arch resnet18] [--batch 8] [--size 112] [--steps 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Callable
+
+import numpy as np
+import scipy
+import torch
+import torchvision.models as tvm
+
+import camlens
+from camlens.metrics.faithfulness import (
+    FaithfulnessConfig,
+    confidence_change,
+    deletion_curve,
+    faithfulness_scores,
+    insertion_curve,
+    noisy_linear_imputation,
+    pointing_game,
+    randomization_check,
+    road,
+)
+from common import header
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--arch", default="resnet18")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--size", type=int, default=112)
+    parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--forward-batch", type=int, default=64, help="perturbed images per forward pass")
+    parser.add_argument("--no-peers", action="store_true", help="skip pytorch_grad_cam's metrics")
+    args = parser.parse_args()
+    header(f"faithfulness metrics: {args.arch} (random weights), {args.batch} images, {args.size} px, "
+           f"{args.steps} deletion/insertion steps, forward batch {args.forward_batch}, CPU")
+    print(f"# numpy {np.__version__} | scipy {scipy.__version__} | camlens {camlens.__version__}")
+
+    torch.manual_seed(0)
+    model = tvm.get_model(args.arch, weights=None).eval()
+    images = torch.randn(args.batch, 3, args.size, args.size)
+    with camlens.CAM(model) as cam:
+        result = cam(images)
+    maps = camlens.upsample(result.maps[:, 0], args.size)
+    classes = result.classes[:, 0]
+    boxes = torch.tensor([[args.size / 4, args.size / 4, 3 * args.size / 4, 3 * args.size / 4]]).expand(args.batch, 4)
+    seen = [0]
+    model.register_forward_pre_hook(lambda m, a: seen.__setitem__(0, seen[0] + a[0].shape[0]))
+    common = dict(batch_size=args.forward_batch)
+
+    def run(fn: Callable[[], object]) -> tuple[float, float]:
+        seen[0] = 0
+        start = time.perf_counter()
+        fn()
+        return (time.perf_counter() - start) / args.batch, seen[0] / args.batch
+
+    full = images.repeat((args.forward_batch + args.batch - 1) // args.batch, 1, 1, 1)[: args.forward_batch]
+
+    def forward():
+        with torch.no_grad():
+            model(full)
+
+    run(forward)  # warm-up
+    base = min(run(forward)[0] for _ in range(3)) * args.batch / args.forward_batch
+    percentages = (10, 20, 30, 40, 50, 60, 70, 80, 90)
+    holes = torch.stack([torch.rand(args.size, args.size) < p / 100 for p in percentages for _ in range(2)])
+    rows = {
+        f"plain forward ({args.forward_batch} images)": forward,
+        "average drop + increase": lambda: confidence_change(model, images, maps, classes, **common),
+        "deletion": lambda: deletion_curve(model, images, maps, classes, steps=args.steps, **common),
+        "insertion (blur)": lambda: insertion_curve(model, images, maps, classes, steps=args.steps, **common),
+        "road (9 percentages)": lambda: road(model, images, maps, classes, **common),
+        "  of which imputation (18/image)": lambda: [
+            noisy_linear_imputation(images[i:i + 1].expand(len(holes), -1, -1, -1), holes) for i in range(args.batch)
+        ],
+        "pointing game (box)": lambda: pointing_game(maps, boxes=boxes),
+        "faithfulness_scores (all)": lambda: faithfulness_scores(
+            model, images, maps, classes, boxes=boxes,
+            config=FaithfulnessConfig(steps=args.steps, batch_size=args.forward_batch)),
+        "randomization (CAM, every layer)": lambda: randomization_check(model, camlens.CAM, images, classes),
+    }
+    if not args.no_peers:
+        rows.update(peer_rows(model, images, maps, classes))
+    print(f"{'metric':<40}{'fwd/image':>10}{'s/image':>10}{'x forward':>11}")
+    for name, fn in rows.items():
+        seconds, passes = run(fn)
+        if fn is forward:
+            seconds, passes = seconds * args.batch / args.forward_batch, 1.0
+        print(f"{name:<40}{passes:>10.1f}{seconds:>10.4f}{seconds / base:>11.1f}")
+
+
+def peer_rows(model, images, maps, classes) -> dict[str, Callable[[], object]]:
+    from pytorch_grad_cam.metrics.cam_mult_image import DropInConfidence, IncreaseInConfidence
+    from pytorch_grad_cam.metrics.road import ROADCombined
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget
+
+    cams = camlens.normalize(maps).numpy()
+    targets = [ClassifierOutputSoftmaxTarget(int(c)) for c in classes]
+
+    def drop_increase():
+        DropInConfidence()(images, cams, targets, model)
+        IncreaseInConfidence()(images, cams, targets, model)
+
+    return {
+        "peer: grad-cam Drop + Increase": drop_increase,
+        "peer: grad-cam ROADCombined": lambda: ROADCombined()(images, cams, targets, model),
+    }
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,186 @@
+"""Speed of the CAM-family methods against plain inference and against pytorch-grad-cam and torchcam, in one run.
+
+1. Gradient methods at the last layer (resnet50, batch 8, 224 px, CPU, random weights): time per call relative
+   to a plain forward pass under torch.no_grad(), for camlens, pytorch-grad-cam and torchcam on the same
+   model and input.  Timings are interleaved and the median of ``--repeats`` rounds is reported.
+2. Score-CAM (resnet18, 1 image, 224 px, layer4, random weights): camlens (with and without its
+   inference-optimized copy) against both peers' Score-CAM (their default batch sizes), interleaved rounds,
+   with the max abs difference of the normalized maps (torchcam computes the same formula; pytorch-grad-cam
+   upsamples with align_corners=True and normalizes after upsampling, so its maps differ slightly).
+
+    python benchmarks/bench_methods.py                 # both parts, a few minutes on 2 cores
+    python benchmarks/bench_methods.py --repeats 3 --skip-scorecam
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import platform
+import statistics
+import time
+import warnings
+
+import torch
+import torchvision
+
+import camlens
+
+warnings.filterwarnings("ignore")
+os.environ.setdefault("TQDM_DISABLE", "1")  # pytorch-grad-cam's Score-CAM progress bars
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def _peers():
+    import pytorch_grad_cam as pgc
+    import torchcam
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+    from torchcam import methods as tc
+
+    from importlib.metadata import version
+
+    return pgc, tc, ClassifierOutputTarget, version("grad-cam"), torchcam.__version__
+
+
+def gradient_part(repeats: int) -> None:
+    pgc, tc, Target, _, _ = _peers()
+    torch.manual_seed(0)
+    model = torchvision.models.resnet50().eval()
+    x = torch.randn(8, 3, 224, 224)
+    with torch.no_grad():
+        classes = model(x).argmax(1).tolist()
+    targets = [Target(c) for c in classes]
+
+    # one copy of the same weights per library, so no library's hooks run in another's (or the plain) pass
+    mine, theirs_pgc, theirs_tc = (copy.deepcopy(model) for _ in range(3))
+    ours = {name: camlens.get_method(name)(mine, layer="layer4") for name in
+            ("gradcam", "gradcampp", "xgradcam", "layercam", "hirescam")}
+    pgc_gradcam = pgc.GradCAM(model=theirs_pgc, target_layers=[theirs_pgc.layer4])
+    tc_gradcam = tc.GradCAM(theirs_tc, target_layer="layer4")
+
+    def torchcam_call():
+        scores = theirs_tc(x)
+        tc_gradcam(class_idx=classes, scores=scores)
+        theirs_tc.zero_grad(set_to_none=True)
+
+    def plain():
+        with torch.no_grad():
+            model(x)
+
+    runs = {"plain forward (no_grad)": plain}
+    runs.update({f"camlens {name}": (lambda e=e: e(x, classes=classes)) for name, e in ours.items()})
+    runs["pytorch-grad-cam GradCAM"] = lambda: pgc_gradcam(input_tensor=x, targets=targets)
+    runs["torchcam GradCAM"] = torchcam_call
+    for fn in runs.values():  # warm-up: layer location, oneDNN primitive caches
+        fn()
+    times = {name: [] for name in runs}
+    names = list(runs)
+    for round_ in range(repeats):  # rotate the order so no method always follows the same one
+        for name in names[round_ % len(names):] + names[: round_ % len(names)]:
+            times[name].append(_timed(runs[name]))
+    base = statistics.median(times["plain forward (no_grad)"])
+    print(f"\n[1] gradient methods at layer4, resnet50, batch 8, 224 px, {repeats} rounds (median; order rotated)")
+    print(f"{'method':32s} {'seconds':>8s} {'x plain':>8s}")
+    for name, ts in times.items():
+        med = statistics.median(ts)
+        print(f"{name:32s} {med:8.3f} {med / base:8.2f}")
+    g = statistics.median(times["camlens gradcam"])
+    print(f"camlens GradCAM vs pytorch-grad-cam: {statistics.median(times['pytorch-grad-cam GradCAM']) / g:.2f}x faster, "
+          f"vs torchcam: {statistics.median(times['torchcam GradCAM']) / g:.2f}x faster")
+    pgc_gradcam.activations_and_grads.release()
+    tc_gradcam.remove_hooks()
+    for e in ours.values():
+        e.close()
+
+
+def scorecam_part(size: int, rounds: int) -> None:
+    pgc, tc, Target, _, _ = _peers()
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18().eval()
+    x = torch.randn(1, 3, size, size)
+    with torch.no_grad():
+        cls = int(model(x).argmax(1))
+    results = {}
+
+    def run_ours(optimize: bool):
+        with camlens.ScoreCAM(model, layer="layer4", optimize=optimize) as explainer:
+            return camlens.normalize(explainer(x, classes=[cls]).maps[0, 0])
+
+    def run_torchcam():
+        extractor = tc.ScoreCAM(model, target_layer="layer4")  # default batch_size=32
+        try:
+            with torch.no_grad():
+                model(x)
+            return extractor(class_idx=[cls])[0][0]
+        finally:
+            extractor.remove_hooks()
+
+    def run_pgc():
+        cam = pgc.ScoreCAM(model=model, target_layers=[model.layer4])  # default batch of 16
+        try:
+            return torch.from_numpy(cam(input_tensor=x, targets=[Target(cls)])[0])
+        finally:
+            cam.activations_and_grads.release()
+
+    runs = {
+        "camlens ScoreCAM": lambda: run_ours(True),
+        "camlens ScoreCAM optimize=False": lambda: run_ours(False),
+        "torchcam ScoreCAM": run_torchcam,
+        "pytorch-grad-cam ScoreCAM": run_pgc,
+    }
+    names = list(runs)
+    times = {name: [] for name in names}
+    for round_ in range(rounds):  # interleaved and rotated: the machine's load changes between runs
+        for name in names[round_ % len(names):] + names[: round_ % len(names)]:
+            start = time.perf_counter()
+            maps = runs[name]()
+            times[name].append(time.perf_counter() - start)
+            results[name] = (maps, 0.0)
+    results = {name: (maps, statistics.median(times[name])) for name, (maps, _) in results.items()}
+    ours, t_ours = results["camlens ScoreCAM"]
+    with torch.no_grad():
+        acts = {}
+        handle = model.layer4.register_forward_hook(lambda m, a, o: acts.__setitem__("a", o))
+        model(x)
+        handle.remove()
+    flat = acts["a"][0].flatten(1)
+    constant = int((flat.amax(1) == flat.amin(1)).sum())
+    distinct = len(torch.unique(flat, dim=0))
+    print(f"\n[2] Score-CAM, resnet18, 1 image, {size} px, layer4 (512 channels, {constant} constant, "
+          f"{distinct} distinct maps), median of {rounds} interleaved rounds")
+    print(f"{'method':34s} {'seconds':>8s} {'x camlens':>9s} max|diff| vs camlens (normalized)")
+    for name, (maps, t) in results.items():
+        mine = ours if maps.shape[-1] == ours.shape[-1] else camlens.normalize(camlens.upsample(ours, maps.shape[-2:]))
+        diff = f"{(maps - mine).abs().max().item():.2e}"
+        print(f"{name:34s} {t:8.2f} {t / t_ours:9.2f}  {diff}")
+    fastest_peer = min(results["torchcam ScoreCAM"][1], results["pytorch-grad-cam ScoreCAM"][1])
+    print(f"camlens ScoreCAM is {fastest_peer / t_ours:.2f}x faster than the faster peer")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=5, help="timed rounds for the gradient methods")
+    parser.add_argument("--skip-gradient", action="store_true")
+    parser.add_argument("--skip-scorecam", action="store_true")
+    parser.add_argument("--scorecam-size", type=int, default=224, help="input size of the Score-CAM comparison")
+    parser.add_argument("--scorecam-rounds", type=int, default=2, help="timed rounds of each Score-CAM")
+    args = parser.parse_args()
+    _, _, _, pgc_version, tc_version = _peers()
+    print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+          f"python {platform.python_version()}")
+    print(f"torch {torch.__version__}, torchvision {torchvision.__version__}, grad-cam {pgc_version}, "
+          f"torchcam {tc_version}, camlens {camlens.__version__}")
+    if not args.skip_gradient:
+        gradient_part(args.repeats)
+    if not args.skip_scorecam:
+        scorecam_part(args.scorecam_size, args.scorecam_rounds)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,7 @@
+"""Datasets and image reading.
+
+- ``images``: reading untrusted image files (``load_image``, ``ImageError``), expanding paths and globs.
+- ``builtin``: the built-in, procedurally generated localization dataset (``BuiltinDataset``).
+- ``stl10``: STL-10 from its binary files (``STL10``, ``read_split``).
+- ``folder``: ImageFolder trees (``folder_splits``).
+"""

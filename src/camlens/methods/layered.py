@@ -1,0 +1,268 @@
+"""Machinery shared by the methods that explain from one or more inner layers (Grad-CAM family, Score-CAM,
+Ablation-CAM, Eigen-CAM): which layers, hooks that act only inside a call, the forward pass that starts autograd
+at the layer, what is explained (classes or target callables), token reshapes and multi-layer fusion."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable, Sequence, Union
+
+import torch
+from torch import Tensor, nn
+
+from ..capture import (
+    CamlensError,
+    HookSet,
+    LayerSpec,
+    _outermost_name,
+    find_spatial_layer,
+    output_logits,
+    resolve_module,
+    trace_calls,
+)
+from ..maps import fuse
+from .base import CAMResult, ClassSpec, Explainer, select_classes
+
+Reshape = Callable[..., Tensor]
+TargetSpec = Union[None, Callable[[Any], Tensor], Sequence[Callable[[Any], Tensor]]]
+
+
+class Scorer:
+    """The explained scores of a model output, (R, N): logit ``classes[rows[r], n]`` of row r, or target n applied
+    to the whole output.  ``rows`` maps each output row to its source sample (perturbation methods run several
+    perturbed copies of a sample in one batch, so a target callable must act row by row)."""
+
+    def __init__(self, classes: Tensor | None = None, targets: Sequence[Callable[[Any], Tensor]] | None = None) -> None:
+        self.classes, self.targets = classes, targets
+
+    def __call__(self, output: Any, rows: Tensor) -> Tensor:
+        if self.targets is None:
+            logits = output_logits(output)
+            return logits.gather(1, self.classes.to(logits.device)[rows.to(logits.device)])
+        values = []
+        for target in self.targets:
+            value = target(output)
+            if not isinstance(value, Tensor) or value.shape != (len(rows),):
+                shape = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+                raise CamlensError(f"target must return one scalar per sample, shape ({len(rows)},); it returned {shape}")
+            values.append(value)
+        return torch.stack(values, 1)
+
+
+def _reshape_takes_size(fn: Reshape) -> bool:
+    try:
+        params = [p for p in inspect.signature(fn).parameters.values()
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)]
+    except (TypeError, ValueError):
+        return False
+    return len(params) >= 2 or any(p.kind == p.VAR_POSITIONAL for p in params)
+
+
+class LayerExplainer(Explainer):
+    """Base of the layer methods.  ``layer``: None (automatic, see :func:`camlens.capture.find_spatial_layer`;
+    for token models with ``reshape``, the last layer whose gradient reaches more than one token), a name, a
+    module, or a list of them (maps fused by :func:`camlens.fuse` with ``fuse`` = "max" or "mean").
+    ``reshape(output, input_size)`` (or ``reshape(output)``) turns a layer's output into (B, K, h, w), e.g.
+    :func:`camlens.tokens_to_grid` for ViT/Swin tokens.  The result's ``maps`` are raw per the method's formula
+    for one layer; fused maps are in [0, 1] by the fusion rule.
+
+    Subclasses implement ``_explain(x, output, acts, scorer)`` returning one (B, N, h, w) map tensor per layer.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layer: LayerSpec | Sequence[LayerSpec] | None = None,
+        *,
+        reshape: Reshape | None = None,
+        fuse: str = "max",
+    ) -> None:
+        super().__init__(model, layer)
+        if fuse not in ("max", "mean"):
+            raise CamlensError(f"fuse={fuse!r}: use 'max' or 'mean'")
+        self.reshape = reshape
+        self.fuse = fuse
+        self._reshape_size = reshape is not None and _reshape_takes_size(reshape)
+        self._hooks: HookSet | None = None
+        self.layer_names: list[str] = []
+
+    # ----- layers and hooks
+    def close(self) -> None:
+        super().close()
+        self._hooks = None
+
+    def _ensure_hooks(self, x: Tensor) -> HookSet:
+        hooks = self._hooks
+        if hooks is not None:
+            return hooks
+        with self._setup_lock:
+            if self._hooks is None:
+                if not self.layer_names:
+                    self.layer_names = self._choose_layers(x)
+                modules = [resolve_module(self.model, name)[1] for name in self.layer_names]
+                self._hooks = HookSet(modules)
+                self._captures.append(self._hooks)
+            return self._hooks
+
+    def _choose_layers(self, x: Tensor) -> list[str]:
+        if self.layer is None:
+            return [find_spatial_layer(self.model, x) if self.reshape is None else self._probe_token_layer(x)]
+        specs = list(self.layer) if isinstance(self.layer, (list, tuple)) else [self.layer]
+        if not specs:
+            raise CamlensError("layer=[] names no layer; give a name, a module, a list of them, or None")
+        return [resolve_module(self.model, spec)[0] for spec in specs]
+
+    def _probe_token_layer(self, x: Tensor) -> str:
+        """For token models: the last module whose reshaped output is a spatial map with the input's aspect ratio
+        and the channel width of the last such output (the residual stream), and whose gradient (of the top
+        logit) reaches more than one position; after a ViT's last attention only the class token carries the
+        prediction, so this is the last block's first normalization."""
+        if torch.is_inference_mode_enabled():
+            raise CamlensError("choosing a token layer needs gradients; call outside torch.inference_mode() or give layer=")
+        with torch.enable_grad():
+            calls, output = trace_calls(self.model, x.detach().requires_grad_(), keep_last=10**6)
+            candidates = []
+            for i, call in enumerate(calls):
+                if isinstance(call.output, Tensor) and call.output.requires_grad:
+                    try:
+                        grid = self._spatial(call.output.detach(), x)
+                    except (CamlensError, RuntimeError):
+                        continue
+                    h, w = grid.shape[-2:] if grid.ndim == 4 else (0, 0)
+                    if h * w > 1 and h * x.shape[-1] == w * x.shape[-2]:
+                        candidates.append((i, grid.shape[1]))
+            if not candidates:
+                raise CamlensError("no layer output becomes a spatial map with this reshape; give layer=")
+            candidates = [i for i, width in candidates if width == candidates[-1][1]]
+            score = output_logits(output).max(1).values.sum()
+            grads = torch.autograd.grad(score, [calls[i].output for i in candidates], allow_unused=True)
+        for i, grad in zip(reversed(candidates), reversed(grads)):
+            if grad is not None and (self._spatial(grad, x).abs().sum(1) > 0).flatten(1).sum(1).min() > 1:
+                return _outermost_name(calls[: i + 1], calls[i].output, calls[i].name)
+        raise CamlensError("no token layer receives gradient at more than one position; give layer=")
+
+    def _spatial(self, t: Tensor, x: Tensor) -> Tensor:
+        """A layer output (B, ...) as (B, K, h, w), through ``reshape`` when given."""
+        if self.reshape is not None:
+            t = self.reshape(t, tuple(x.shape[-2:])) if self._reshape_size else self.reshape(t)
+        if t.ndim != 4:
+            raise CamlensError(
+                f"layer output has shape {tuple(t.shape)}, not (B, K, h, w); pass reshape= "
+                "(camlens.tokens_to_grid for ViT/Swin tokens) or pick a convolutional layer"
+            )
+        return t
+
+    # ----- the forward pass
+    def _forward(self, x: Tensor, grad: bool) -> tuple[Any, list[Tensor]]:
+        """One forward pass: the model output and each layer's output.  With ``grad``, everything before the
+        first hooked layer to run goes without autograd; its output becomes a leaf that requires grad and
+        autograd records from there on (the later layers' outputs are non-leaf tensors of that graph).  The
+        network continues on a clone, so in-place ops after the layer (inplace ReLU) leave the capture intact."""
+        hooks = self._ensure_hooks(x)
+        store: dict[int, Tensor] = {}
+        started = False
+
+        def capture(index: int, output: Any) -> Tensor:
+            nonlocal started
+            if not isinstance(output, Tensor):
+                raise CamlensError(
+                    f"layer {self.layer_names[index]!r} returns {type(output).__name__}, not a tensor; pick a layer "
+                    "whose output is a tensor"
+                )
+            if grad and not started:
+                started = True
+                torch.set_grad_enabled(True)  # undone when the surrounding no_grad block exits
+                output = output.detach().requires_grad_()
+            store[index] = output
+            return output.clone()
+
+        with hooks.active(capture), torch.no_grad():
+            output = self.model(x)
+        missing = [name for i, name in enumerate(self.layer_names) if i not in store]
+        if missing:
+            raise CamlensError(f"layer {missing[0]!r} did not run during the forward pass; check the layer name")
+        return output, [store[i] for i in range(len(self.layer_names))]
+
+    def _select(
+        self, x: Tensor, output: Any, classes: ClassSpec, topk: int, target: TargetSpec
+    ) -> tuple[Tensor, Tensor, Scorer]:
+        batch = x.shape[0]
+        if target is None:
+            logits = output_logits(output)
+            if logits.ndim != 2:
+                raise CamlensError(
+                    f"model output has shape {tuple(logits.shape)}, not (batch, classes); explain it with target=callable"
+                )
+            chosen = select_classes(logits.detach(), classes, topk)
+            return logits, chosen, Scorer(classes=chosen)
+        if classes is not None:
+            raise CamlensError("give either classes or target, not both")
+        targets = [target] if callable(target) else list(target)
+        if not targets or not all(callable(t) for t in targets):
+            raise CamlensError("target must be a callable (model output -> (B,) scores) or a list of them")
+        scorer = Scorer(targets=targets)
+        try:
+            logits = output_logits(output)
+        except CamlensError:
+            logits = scorer(output, torch.arange(batch))
+        chosen = torch.full((batch, len(targets)), -1, dtype=torch.long, device=x.device)
+        return logits, chosen, scorer
+
+    def __call__(
+        self, x: Tensor, classes: ClassSpec = None, *, topk: int = 1, target: TargetSpec = None
+    ) -> CAMResult:
+        """Explain ``classes`` (see :func:`camlens.methods.base.select_classes`; default the ``topk`` best) or the
+        scalar(s) returned by ``target`` (callable or list of callables: model output -> (B,)); maps (B, N, h, w)."""
+        if self.needs_gradients and torch.is_inference_mode_enabled():
+            raise CamlensError(
+                f"{type(self).__name__} needs gradients, which torch.inference_mode() forbids; call it outside "
+                "inference_mode (torch.no_grad() is fine) or use a gradient-free method (CAM, ScoreCAM, EigenCAM)"
+            )
+        output, acts = self._forward(x, self.needs_gradients)
+        logits, chosen, scorer = self._select(x, output, classes, topk, target)
+        per_layer = self._explain(x, output, acts, scorer)
+        maps = per_layer[0] if len(per_layer) == 1 else fuse(per_layer, self.fuse)
+        return CAMResult(
+            logits=logits.detach(), classes=chosen, maps=maps.detach(), layer="+".join(self.layer_names)
+        )
+
+    def _explain(self, x: Tensor, output: Any, acts: list[Tensor], scorer: Scorer) -> list[Tensor]:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(model={type(self.model).__name__}, layer={self.layer!r})"
+
+
+def score_gradients(scores: Tensor, inputs: Sequence[Tensor], names: Sequence[str]) -> list[Tensor]:
+    """d scores[b, n] / d inputs[b], shaped (B, N, *input.shape[1:]) per input, from one backward pass.
+
+    Samples are assumed independent (a model in eval mode), so the sum over the batch separates them; the N
+    explained scores of a sample get one vector-Jacobian product each, batched with ``is_grads_batched``."""
+    if not scores.requires_grad:
+        raise CamlensError(
+            f"the explained score does not depend on layer {names[0]!r} through autograd: the layer runs after "
+            "the output, or the model detaches or disables gradients after it; pick a layer that feeds the output"
+        )
+    count = scores.shape[1]
+    if count == 1:
+        grads = torch.autograd.grad(scores.sum(), list(inputs), allow_unused=True)
+        grads = [None if g is None else g.unsqueeze(1) for g in grads]
+    else:
+        pick = torch.eye(count, dtype=scores.dtype, device=scores.device)[:, None, :].expand(count, *scores.shape)
+        try:
+            grads = torch.autograd.grad(
+                scores, list(inputs), pick, retain_graph=True, is_grads_batched=True, allow_unused=True
+            )
+        except RuntimeError:  # a backward op without a batching rule: one product per explained score instead
+            per_slot = [
+                torch.autograd.grad(scores[:, n].sum(), list(inputs), retain_graph=n < count - 1, allow_unused=True)
+                for n in range(count)
+            ]
+            grads = [None if slot[0] is None else torch.stack(slot, 0) for slot in zip(*per_slot)]
+        grads = [None if g is None else g.movedim(0, 1) for g in grads]
+    for grad, name in zip(grads, names):
+        if grad is None:
+            raise CamlensError(
+                f"no gradient reaches layer {name!r} from the explained score; pick a layer that feeds the output"
+            )
+    return grads

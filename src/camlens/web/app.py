@@ -1,0 +1,249 @@
+"""The ASGI app of `camlens serve`: the page, ``POST /api/explain``, ``GET /api/info`` and ``GET /healthz``.
+
+Uploads are untrusted: they are read into memory under a size limit (never written to disk), decoded by content
+with a pixel limit, and every failure is a 4xx JSON ``{"error": ...}``.  Decoding and rendering run in a small
+thread pool, the model in :class:`~camlens.web.engine.ModelWorkers`; the event loop only waits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import AsyncIterator, Callable, Mapping
+
+from fastapi import FastAPI, Request
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from torch import Tensor
+
+from .. import __version__
+from ..capture import CamlensError, layer_names, resolve_module
+from ..data.images import ImageError, decode_image, to_tensor
+from ..methods import METHODS, get_method
+from ..models import LoadedModel
+from .engine import ExplainerCache, JobKey, ModelWorkers
+from .payload import explain_payload, for_display
+from .upload import FORM_OVERHEAD, BadRequest, read_form
+
+STATIC = Path(__file__).parent / "static"
+log = logging.getLogger("camlens.web")
+
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data: blob:; object-src 'none'; "
+                               "base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+}
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_upload_bytes: int
+    max_pixels: int
+    max_topk: int
+    max_side: int
+    max_pending: int
+
+
+@dataclass(frozen=True)
+class Options:
+    method: str
+    layer: str | None
+    target: int | None
+    topk: int
+    alpha: float
+
+
+def _error(status: int, message: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+def _int(params: Mapping[str, str], name: str) -> int | None:
+    raw = params.get(name, "").strip()
+    if not raw:
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        raise BadRequest(400, f"{name}={raw!r} is not an integer") from None
+
+
+def parse_options(params: Mapping[str, str], loaded: LoadedModel, max_topk: int) -> Options:
+    """Validate ``method``, ``layer``, ``topk``, ``class`` and ``alpha`` (query or form fields)."""
+    try:
+        method = get_method(params.get("method", "").strip() or "cam").name
+    except ValueError as err:
+        raise BadRequest(400, str(err)) from None
+    layer = params.get("layer", "").strip()
+    layer = None if layer in ("", "auto") else layer
+    if layer is not None:
+        try:
+            resolve_module(loaded.model, layer)
+        except CamlensError as err:
+            raise BadRequest(400, f"{err} (GET /api/info lists the layers)") from None
+    num_classes = len(loaded.class_names)
+    top_limit = min(max_topk, num_classes)
+    topk = _int(params, "topk")
+    topk = 1 if topk is None else topk
+    if not 1 <= topk <= top_limit:
+        raise BadRequest(400, f"topk={topk} must be between 1 and {top_limit}")
+    target = _class(params.get("class", "").strip(), loaded.class_names)
+    raw_alpha = params.get("alpha", "").strip() or "0.5"
+    try:
+        alpha = float(raw_alpha)
+    except ValueError:
+        alpha = math.nan
+    if not 0.0 <= alpha <= 1.0:
+        raise BadRequest(400, f"alpha={raw_alpha!r} must be a number between 0 and 1")
+    return Options(method, layer, target, 1 if target is not None else topk, alpha)
+
+
+def _class(raw: str, names: list[str]) -> int | None:
+    """A class index, or a class label; None when empty."""
+    if not raw:
+        return None
+    if raw.lstrip("-").isdigit():
+        index = int(raw)
+        if not 0 <= index < len(names):
+            raise BadRequest(400, f"class={index} is out of range: the model has {len(names)} classes (0..{len(names) - 1})")
+        return index
+    if raw in names:
+        return names.index(raw)
+    raise BadRequest(400, f"class={raw!r} is neither a class index nor a label (GET /api/info lists them)")
+
+
+def _decode(data: bytes, max_pixels: int, max_side: int, loaded: LoadedModel) -> tuple[Tensor, Tensor, tuple[int, int]]:
+    """The model's input (1, 3, h, w), the image scaled for display, and the image's (width, height); the full
+    size image is dropped here, so a request waiting for the model holds only small tensors."""
+    image = to_tensor(decode_image(data, max_pixels))
+    return loaded.preprocess(image), for_display(image, max_side), (image.shape[-1], image.shape[-2])
+
+
+def create_app(
+    loaded: LoadedModel,
+    *,
+    max_upload_bytes: int = 20 * 2**20,
+    max_pixels: int = 40_000_000,
+    workers: int = 2,
+    max_batch: int = 1,
+    max_side: int = 1024,
+    max_topk: int = 10,
+    max_pending: int = 64,
+    max_explainers: int = 4,
+    model_name: str | None = None,
+) -> FastAPI:
+    """The app around one loaded model.
+
+    ``workers`` threads run the model (and as many others decode uploads and render answers); ``max_batch`` > 1
+    lets a model thread batch requests that arrive together; ``max_pending`` requests at most are held at once (more get 503);
+    overlays are rendered at most ``max_side`` pixels on the longer side.
+    """
+    limits = Limits(max_upload_bytes, max_pixels, max_topk, max_side, max_pending)
+    name = model_name or loaded.arch
+    device = next(loaded.model.parameters()).device
+    engine = ModelWorkers(ExplainerCache(loaded.model, max_explainers), device, workers, max_batch)
+    pool = ThreadPoolExecutor(max(1, workers), thread_name_prefix="camlens-io")
+    pending = 0
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        close()
+
+    def close() -> None:
+        engine.close()
+        pool.shutdown(wait=True)
+
+    app = FastAPI(title="camlens", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
+                  openapi_url=None)
+    app.state.engine = engine
+    app.state.close = close
+
+    async def in_pool(fn: Callable, *args, **kwargs):
+        return await asyncio.get_running_loop().run_in_executor(pool, lambda: fn(*args, **kwargs))
+
+    @app.middleware("http")
+    async def security_headers(request: Request, call_next):
+        response = await call_next(request)
+        response.headers.update(SECURITY_HEADERS)
+        return response
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        return _error(exc.status_code, str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception) -> Response:
+        log.exception("internal error on %s %s", request.method, request.url.path)
+        return _error(500, "internal error; the server log has the details")
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> FileResponse:
+        return FileResponse(STATIC / "index.html", media_type="text/html")
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/healthz")
+    async def healthz() -> dict:
+        return {"status": "ok"}
+
+    @app.get("/api/info")
+    async def info() -> dict:
+        return {
+            "model": name,
+            "arch": loaded.arch,
+            "classes": loaded.class_names,
+            "methods": [{"name": key, "gradients": cls.needs_gradients} for key, cls in sorted(METHODS.items())],
+            "default_method": "cam",
+            "layers": layer_names(loaded.model),
+            "input_size": list(loaded.preprocess.size)[::-1] if loaded.preprocess.size else None,
+            "limits": {"max_upload_bytes": max_upload_bytes, "max_pixels": max_pixels, "max_topk": max_topk},
+            "version": __version__,
+        }
+
+    @app.post("/api/explain")
+    async def explain(request: Request) -> Response:
+        nonlocal pending
+        if pending >= limits.max_pending:
+            return _error(503, f"busy: {pending} requests in progress; retry shortly", {"Retry-After": "1"})
+        pending += 1
+        try:
+            return await _explain(request)
+        except BadRequest as err:
+            return _error(err.status, str(err))
+        except ImageError as err:
+            return _error(422, f"cannot use the image: {err}")
+        finally:
+            pending -= 1
+
+    async def _explain(request: Request) -> Response:
+        length = request.headers.get("content-length", "")
+        if length.isdigit() and int(length) > limits.max_upload_bytes + FORM_OVERHEAD:
+            raise BadRequest(413, f"the request is over the limit of {limits.max_upload_bytes} bytes")
+        form = await read_form(request.headers.get("content-type", ""), request.stream(), limits.max_upload_bytes)
+        opts = parse_options({**request.query_params, **form.fields}, loaded, limits.max_topk)
+        if "file" not in form.files:
+            got = f" (got {', '.join(repr(k) for k in form.files)})" if form.files else ""
+            raise BadRequest(400, f"no file in the form field 'file'{got}")
+        data = form.files.pop("file")
+        if not data:
+            raise BadRequest(400, "the file is empty (0 bytes)")
+        x, shown, size = await in_pool(_decode, data, limits.max_pixels, limits.max_side, loaded)
+        del data
+        key = JobKey(opts.method, opts.layer, opts.target, opts.topk, tuple(x.shape[1:]))
+        try:
+            row = await asyncio.wrap_future(engine.submit(key, x))
+        except CamlensError as err:
+            where = f" at layer {opts.layer!r}" if opts.layer else ""
+            raise BadRequest(400, f"{opts.method}{where}: {err}") from None
+        body = await in_pool(explain_payload, shown, size, row, loaded.class_names, alpha=opts.alpha)
+        return JSONResponse({"model": name, "method": opts.method, **body})
+
+    return app

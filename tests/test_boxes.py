@@ -1,0 +1,249 @@
+"""Boxes from maps: the CAM paper's protocol on hand-made maps, and the one-pass WSOL sweep against OpenCV's
+per-threshold contour search (the protocol's own definition)."""
+
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from camlens.boxes import (
+    box_iou,
+    paper_boxes,
+    scale_boxes,
+    threshold_levels,
+    wsol_protocol_boxes,
+    wsol_quantize,
+    wsol_resize_boxes,
+    wsol_sweep,
+    wsol_thresholds,
+)
+from camlens.capture import CamlensError
+
+
+# ----------------------------------------------------------------------------------------------- IoU, scaling
+
+
+def test_iou_of_exclusive_boxes_counts_pixels():
+    # [0, 0, 2, 2] covers 4 pixels, [1, 0, 3, 2] covers 4, they share 2: IoU = 2 / 6
+    iou = box_iou(torch.tensor([[0, 0, 2, 2]]), torch.tensor([[1, 0, 3, 2], [0, 0, 2, 2], [2, 2, 4, 4]]))
+    assert iou.tolist() == [[pytest.approx(1 / 3), 1.0, 0.0]]
+
+
+def test_iou_of_zero_area_box_is_zero():
+    assert box_iou(torch.tensor([[0, 0, 0, 0]]), torch.tensor([[0, 0, 0, 0], [0, 0, 5, 5]])).tolist() == [[0.0, 0.0]]
+
+
+def test_scale_boxes_maps_pixel_edges_between_grids():
+    # columns 1..2 of a 4-wide grid are columns 2..5 of an 8-wide grid covering the same image
+    assert scale_boxes(torch.tensor([[1.0, 0.0, 3.0, 2.0]]), (2, 4), (6, 8)).tolist() == [[2.0, 0.0, 6.0, 6.0]]
+
+
+# ----------------------------------------------------------------------------------------------- paper protocol
+
+
+def test_paper_box_of_unimodal_map_covers_pixels_above_20_percent():
+    m = torch.zeros(6, 7)
+    m[1:4, 2:6] = 0.5
+    m[2, 3] = 1.0
+    m[5, 0] = 0.2  # exactly 20% of the max: not above it
+    assert paper_boxes(m).tolist() == [2.0, 1.0, 6.0, 4.0]
+
+
+def test_paper_box_takes_the_largest_of_several_components():
+    m = torch.zeros(8, 8)
+    m[0, 0] = 1.0  # the peak, alone
+    m[4:7, 3:7] = 0.6  # 12 pixels
+    m[0:2, 5:8] = 0.5  # 6 pixels
+    assert paper_boxes(m).tolist() == [3.0, 4.0, 7.0, 7.0]
+
+
+def test_paper_box_ties_go_to_the_first_component_in_raster_order():
+    m = torch.zeros(5, 5)
+    m[3:5, 0:2] = 1.0
+    m[0:2, 3:5] = 1.0  # same size, starts first in raster order
+    assert paper_boxes(m).tolist() == [3.0, 0.0, 5.0, 2.0]
+
+
+def test_paper_box_of_ring_spans_the_hole():
+    m = torch.ones(5, 6)
+    m[0, :] = m[:, 0] = 0.0
+    m[2, 2:4] = 0.0  # a hole inside the ring does not cut the component
+    assert paper_boxes(m).tolist() == [1.0, 1.0, 6.0, 5.0]
+
+
+def test_paper_connectivity_decides_whether_diagonal_pixels_join():
+    m = torch.zeros(5, 5)
+    m[0, 0] = m[1, 1] = m[2, 2] = 1.0  # a diagonal: one component of 3, or three of 1
+    m[4, 0] = m[4, 1] = 1.0  # a pair
+    assert paper_boxes(m, connectivity=8).tolist() == [0.0, 0.0, 3.0, 3.0]
+    assert paper_boxes(m, connectivity=4).tolist() == [0.0, 4.0, 2.0, 5.0]
+
+
+def test_paper_box_of_empty_and_constant_maps():
+    assert paper_boxes(torch.zeros(3, 4)).tolist() == [0.0, 0.0, 0.0, 0.0]
+    assert paper_boxes(torch.full((3, 4), 0.7)).tolist() == [0.0, 0.0, 4.0, 3.0]
+
+
+def test_paper_boxes_are_batched_and_scaled_to_the_original_image():
+    maps = torch.zeros(2, 3, 4, 4)
+    maps[1, 2, 1:3, 2:4] = 1.0
+    boxes = paper_boxes(maps, image_size=(40, 80))
+    assert boxes.shape == (2, 3, 4)
+    assert boxes[1, 2].tolist() == [40.0, 10.0, 80.0, 30.0]
+
+
+@pytest.mark.parametrize("bad", [torch.tensor([[0.0, float("nan")]]), torch.zeros(5), np.array([["a"]])])
+def test_paper_boxes_reject_nan_wrong_rank_and_non_numbers(bad):
+    with pytest.raises(CamlensError):
+        paper_boxes(bad)
+
+
+# ----------------------------------------------------------------------------------------------- WSOL sweep: reference
+
+
+def cv2_contours(q: np.ndarray, level: int) -> tuple[tuple[int, ...], Counter]:
+    """Choe et al.'s step at one threshold: exact boundingRect of the largest contour (contourArea, first
+    maximum in OpenCV's order) and the multiset of every contour's boundingRect, as [x, y, x + w, y + h]."""
+    cv2 = pytest.importorskip("cv2")
+    _, binary = cv2.threshold(q, level, 255, cv2.THRESH_BINARY)
+    contours = cv2.findContours(binary, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)[0]
+    if not contours:
+        return (0, 0, 0, 0), Counter()
+    x, y, w, h = cv2.boundingRect(max(contours, key=cv2.contourArea))
+    rects = Counter()
+    for c in contours:
+        cx, cy, cw, ch = cv2.boundingRect(c)
+        rects[(cx, cy, cx + cw, cy + ch)] += 1
+    return (x, y, x + w, y + h), rects
+
+
+def assert_sweep_matches_cv2(maps: np.ndarray, thresholds: np.ndarray) -> None:
+    sweep = wsol_sweep(maps, thresholds)
+    q = wsol_quantize(maps)
+    for b in range(q.shape[0]):
+        done = set()
+        for i, t in enumerate(thresholds):
+            level = int(t * q[b].max())
+            if level in done:
+                continue
+            done.add(level)
+            largest, rects = cv2_contours(q[b], level)
+            assert tuple(sweep.largest[b, i].tolist()) == largest, (b, t)
+            assert Counter(map(tuple, sweep.contours(b, i).tolist())) == rects, (b, t)
+
+
+def random_maps(rng: np.random.Generator, kind: str, b: int, h: int, w: int) -> np.ndarray:
+    if kind == "noise":
+        return rng.random((b, h, w))
+    if kind == "levels":  # few distinct values: plateaus, ties at the threshold, equal-area ties
+        return rng.integers(0, 5, (b, h, w)) / 4.0
+    if kind == "binary":
+        return (rng.random((b, h, w)) < 0.5).astype(np.float64)
+    coarse = torch.tensor(rng.standard_normal((b, 1, 4, 4)))
+    up = F.interpolate(coarse, size=(h, w), mode="bilinear", align_corners=False)[:, 0].numpy()
+    lo, hi = up.min((1, 2), keepdims=True), up.max((1, 2), keepdims=True)
+    return (up - lo) / (hi - lo)
+
+
+@pytest.mark.parametrize("kind", ["noise", "levels", "binary", "smooth"])
+def test_sweep_equals_opencv_per_threshold_search_on_random_maps(kind):
+    rng = np.random.default_rng({"noise": 0, "levels": 1, "binary": 2, "smooth": 3}[kind])
+    for _ in range(12):
+        h, w = (int(v) for v in rng.integers(1, 24, 2))
+        assert_sweep_matches_cv2(random_maps(rng, kind, int(rng.integers(1, 4)), h, w), wsol_thresholds(0.001))
+
+
+def test_sweep_equals_opencv_on_a_cam_sized_map():
+    rng = np.random.default_rng(4)
+    assert_sweep_matches_cv2(random_maps(rng, "smooth", 1, 96, 96), wsol_thresholds(0.01))
+
+
+# ----------------------------------------------------------------------------------------------- WSOL sweep: by hand
+
+
+def test_sweep_of_a_ring_lists_the_outer_border_and_the_hole():
+    m = np.zeros((7, 7))
+    m[1:6, 1:6] = 1.0
+    m[3, 3] = 0.0  # one-pixel hole
+    sweep = wsol_sweep(m, [0.5])
+    assert sweep.largest[0, 0].tolist() == [1, 1, 6, 6]
+    # the hole's contour runs through the ring pixels around it: its box is the hole grown by one pixel
+    assert sorted(map(tuple, sweep.contours(0, 0).tolist())) == [(1, 1, 6, 6), (2, 2, 5, 5)]
+
+
+def test_largest_contour_is_by_polygon_area_with_holes_filled_not_pixel_count():
+    m = np.zeros((9, 12))
+    m[1:8, 1:8] = 1.0
+    m[2:7, 2:7] = 0.0  # a 1-pixel thick square ring: 24 pixels, polygon area 36
+    m[1:6, 9:12] = 1.0  # a solid 5x3 block: 15 pixels, polygon area 8
+    m[7:9, 9:12] = 1.0  # 2x3 block: 6 pixels
+    assert wsol_sweep(m, [0.5]).largest[0, 0].tolist() == [1, 1, 8, 8]
+    m[0:9, 9:12] = 1.0  # 27 pixels, polygon area 16: more pixels than the ring but a smaller contour area
+    assert wsol_sweep(m, [0.5]).largest[0, 0].tolist() == [1, 1, 8, 8]
+
+
+def test_equal_contour_areas_go_to_the_component_starting_last():
+    m = np.zeros((6, 6))
+    m[0:2, 0:2] = 1.0
+    m[3:5, 3:5] = 1.0
+    assert wsol_sweep(m, [0.5]).largest[0, 0].tolist() == [3, 3, 5, 5]
+
+
+def test_threshold_ties_leave_the_pixel_out():
+    m = np.array([[0.0, 0.5, 1.0]])  # q = 0, 127, 255; t = 0.5 cuts at int(127.5) = 127
+    sweep = wsol_sweep(m, [0.5, 0.49])
+    assert sweep.levels.tolist() == [[127, 124]]
+    assert sweep.largest[0].tolist() == [[2, 0, 3, 1], [1, 0, 3, 1]]
+
+
+def test_protocol_boxes_grow_by_one_pixel_except_at_the_border():
+    boxes = torch.tensor([[1, 1, 4, 3], [2, 0, 10, 8], [0, 0, 0, 0]])
+    assert wsol_protocol_boxes(boxes, (8, 10)).tolist() == [[1, 1, 5, 4], [2, 0, 10, 8], [0, 0, 1, 1]]
+
+
+def test_all_zero_map_has_no_contour_and_scores_the_protocol_fallback_pixel():
+    sweep = wsol_sweep(np.zeros((2, 4, 5)))
+    assert (sweep.largest == 0).all() and sweep.boxes.shape[0] == 0
+    assert sweep.protocol_largest()[0, 0].tolist() == [0, 0, 1, 1]
+
+
+def test_constant_map_is_one_box_over_the_whole_map():
+    sweep = wsol_sweep(np.full((4, 6), 0.3), [0.0, 0.5, 0.999])
+    assert sweep.largest[0].tolist() == [[0, 0, 6, 4]] * 3
+
+
+def test_threshold_levels_truncate_like_the_protocol():
+    q = np.array([[[0, 200]]], dtype=np.uint8)
+    assert threshold_levels(q, np.array([0.0, 0.001, 0.5, 0.999])).tolist() == [[0, 0, 100, 199]]
+
+
+def test_quantization_truncates_in_float64():
+    assert wsol_quantize(np.array([[0.0, 0.5, 1.0, 0.999]], dtype=np.float32)).tolist() == [[0, 127, 255, 254]]
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (np.array([[0.0, 1.5]]), "must lie in \\[0, 1\\]"),
+        (np.array([[-0.1, 0.5]]), "must lie in \\[0, 1\\]"),
+        (np.array([[np.nan, 0.5]]), "NaN"),
+        (np.zeros((2, 2, 2, 2)), "\\(B, H, W\\)"),
+    ],
+)
+def test_sweep_rejects_bad_maps(bad, message):
+    with pytest.raises(CamlensError, match=message):
+        wsol_sweep(bad)
+
+
+def test_sweep_rejects_thresholds_outside_unit_interval():
+    with pytest.raises(CamlensError, match="thresholds"):
+        wsol_sweep(np.zeros((3, 3)), [0.5, 1.0])
+
+
+def test_ground_truth_resize_follows_choe_truncation():
+    # a 500x335 image box (inclusive 60,27..385,331 in their file) onto a 224x224 map
+    box = torch.tensor([[60.0, 27.0, 386.0, 332.0]])
+    expect = [int(60 * 224 / 500), int(27 * 224 / 335), int(385 * 224 / 500) + 1, int(331 * 224 / 335) + 1]
+    assert wsol_resize_boxes(box, (500, 335), (224, 224)).tolist() == [expect]

@@ -1,0 +1,164 @@
+"""The demo job and its HTML report: self-contained, consistent with the numbers it states, extensible.
+
+The full-size demo (targets: test accuracy >= 90%, GT-known Loc >= 75% and >= 25 points above a centred box,
+under 3 minutes) runs only with CAMLENS_FULL_DEMO=1, since it trains for about a minute.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import re
+from html.parser import HTMLParser
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from scipy import ndimage
+
+from camlens.demo import _top_confusions, confusion_matrix, run_demo
+from camlens.report import Example, Table, write_report
+
+
+class _Collect(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[tuple[str, dict]] = []
+        self.text: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append((tag, dict(attrs)))
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+@pytest.fixture(scope="module")
+def small_demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    seen = {}
+
+    def tables(result):
+        seen["result"] = result
+        return [("Localization <extra>", ("metric", "value"), [("made-up", 0.5)]),
+                Table("Methods", ("method", "x"), [("cam", 1)], note="a note")]
+
+    torch.manual_seed(0)
+    result = run_demo(out, epochs=1, num_train=200, num_val=40, num_test=60, num_examples=4,
+                      extra_tables=tables, progress=False, log=None)
+    return result, seen
+
+
+def test_report_is_one_self_contained_html_file(small_demo):
+    result, _ = small_demo
+    text = result.report.read_text(encoding="utf-8")
+    parser = _Collect()
+    parser.feed(text)
+    assert not re.search(r"<(script|link|iframe)\b", text, re.I)
+    assert "http://" not in text and "https://" not in text
+    images = [attrs["src"] for tag, attrs in parser.tags if tag == "img"]
+    wrong_later = int((result.predictions[4:] != result.labels[4:]).sum())
+    assert len(images) == 4 + min(8, wrong_later)  # the first 4 test images, then up to 8 mistakes
+    for src in images:
+        assert src.startswith("data:image/png;base64,")
+        png = Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1])))
+        assert png.format == "PNG" and png.size == (192, 192)
+
+
+def test_report_states_the_measured_numbers(small_demo):
+    result, _ = small_demo
+    text = result.report.read_text(encoding="utf-8")
+    assert f"{result.test_accuracy:.1%}" in text
+    assert result.confusion.sum() == 60
+    assert result.confusion.diag().sum() / 60 == pytest.approx(result.test_accuracy)
+    summary = json.loads((result.out_dir / "summary.json").read_text())
+    assert summary["test_accuracy"] == result.test_accuracy and summary["num_test"] == 60
+    assert summary["confusion"] == result.confusion.tolist()
+    assert result.checkpoint.is_file()
+
+
+def test_extra_tables_get_the_result_and_are_escaped(small_demo):
+    result, seen = small_demo
+    assert seen["result"] is result
+    text = result.report.read_text(encoding="utf-8")
+    assert "Localization &lt;extra&gt;" in text and "made-up" in text and "a note" in text
+    assert text.index("Localization &lt;extra&gt;") < text.index("Methods")
+
+
+def test_maps_are_the_cams_of_the_predicted_and_true_class(small_demo):
+    """CAM identity: mean(M_c) + b_c = logit_c, so differences of logits are differences of map means."""
+    result, _ = small_demo
+    bias = result.training.model.fc.bias.detach()
+    pred, true = result.predictions, result.labels
+    means = result.maps.mean((-2, -1))
+    rows = torch.arange(len(pred))
+    assert torch.allclose(means[:, 0] + bias[pred], result.logits[rows, pred], atol=1e-4)
+    assert torch.allclose(means[:, 1] + bias[true], result.logits[rows, true], atol=1e-4)
+
+
+def test_confusion_matrix_hand_case():
+    labels = torch.tensor([0, 0, 1, 2, 2, 2])
+    preds = torch.tensor([0, 1, 1, 2, 0, 2])
+    confusion = confusion_matrix(labels, preds, 3)
+    assert confusion.tolist() == [[1, 1, 0], [0, 1, 0], [1, 0, 2]]
+    confusion[2, 0] = 4
+    expected = "Most frequent mistakes: c taken for a (4); a taken for b (1)."
+    assert _top_confusions(confusion, ["a", "b", "c"]) == expected
+
+
+def test_write_report_accepts_plain_tuples_and_examples(tmp_path):
+    tile = torch.zeros(3, 10, 12)
+    path = write_report(tmp_path / "r.html", title="t <1>", figures=[("acc", "50%")],
+                        examples=[Example(tile, "cap", ["line"], ok=False)],
+                        tables=[("T", ["a", "b"], [[1.23456, "x&y"]])])
+    text = path.read_text()
+    assert "t &lt;1&gt;" in text and "1.235" in text and "x&amp;y" in text and 'class="bad"' in text
+
+
+# --- The full demo, opt-in: GT-known Loc measured with an independent box helper ----------------------------
+
+
+def paper_box(cam: np.ndarray, threshold: float = 0.2) -> list[int]:
+    """Zhou et al.'s box: the largest 4-connected component of the map above ``threshold`` x its max."""
+    keep = cam >= threshold * cam.max()
+    labels, count = ndimage.label(keep)
+    sizes = ndimage.sum(keep, labels, range(1, count + 1))
+    ys, xs = np.nonzero(labels == 1 + int(np.argmax(sizes)))
+    return [int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1]
+
+
+def iou(a, b) -> float:
+    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = w * h
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+
+def test_paper_box_and_iou_hand_cases():
+    cam = np.zeros((6, 6))
+    cam[1:3, 1:4] = 1.0  # the larger component
+    cam[5, 5] = 0.9
+    assert paper_box(cam) == [1, 1, 4, 3]
+    assert iou([0, 0, 2, 2], [1, 1, 3, 3]) == pytest.approx(1 / 7)
+
+
+@pytest.mark.skipif(os.environ.get("CAMLENS_FULL_DEMO") != "1", reason="set CAMLENS_FULL_DEMO=1 (about a minute)")
+def test_full_demo_meets_its_targets(tmp_path):
+    result = run_demo(tmp_path, progress=False)
+    maps = result.upsampled_maps(1).numpy()  # the true class: GT-known
+    gt = result.boxes.tolist()
+    loc = float(np.mean([iou(paper_box(m), g) >= 0.5 for m, g in zip(maps, gt)]))
+    size = result.images.shape[-1]
+    centre = {}
+    for frac in (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9):
+        lo, hi = size * (1 - frac) / 2, size * (1 + frac) / 2
+        centre[frac] = float(np.mean([iou([lo, lo, hi, hi], g) >= 0.5 for g in gt]))
+    best_centre = max(centre.values())
+    print(f"\ndemo: {result.seconds:.1f}s, test accuracy {result.test_accuracy:.2%}, GT-known Loc {loc:.2%}, "
+          f"best centred box {best_centre:.2%} ({centre})")
+    assert result.test_accuracy >= 0.90
+    assert loc >= 0.75 and loc - best_centre >= 0.25
+    assert result.seconds < 180

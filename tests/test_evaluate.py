@@ -1,0 +1,137 @@
+"""Evaluation drivers and the `camlens evaluate` / `camlens localize` commands, on tiny data the tests make."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from camlens.capture import CamlensError
+from camlens.cli import main
+from camlens.data.annotations import Annotations, read_wsol_metadata, write_wsol_metadata
+from camlens.evaluation import box_baselines, builtin_samples, evaluate_maps, evaluate_model, format_table, map_boxes
+from camlens.methods import CAM
+from camlens.models import GapNet, LoadedModel, Preprocess, save_checkpoint
+
+KEYS = {"top1_loc", "top5_loc", "gt_known_loc", "maxboxacc", "maxboxacc_v2", "pxap", "num_images", "best_threshold",
+        "maxboxacc_per_iou", "maxboxacc_v2_per_iou", "baselines"}
+
+
+def metadata_with_maps(tmp_path, perfect=True):
+    """Three 20x16 images with one box each, as a WSOL metadata folder, and 10x8 maps (half size)."""
+    boxes = [torch.tensor([[2.0, 2.0, 10.0, 8.0]]), torch.tensor([[10.0, 4.0, 20.0, 16.0]]), torch.tensor([[0.0, 0.0, 6.0, 6.0]])]
+    ann = Annotations(["c/0.jpg", "c/1.jpg", "d/2.jpg"], torch.tensor([0, 1, 0]), boxes, [(20, 16)] * 3)
+    meta = write_wsol_metadata(tmp_path / "meta", ann)
+    maps_dir = tmp_path / "maps"
+    for image_id, box in zip(ann.ids, boxes):
+        m = np.zeros((8, 10))
+        x0, y0, x1, y1 = (int(v) // 2 for v in box[0].tolist())
+        m[y0:y1, x0:x1] = 1.0 if perfect else 0.0
+        m[0, 0] = max(m[0, 0], 0.01)
+        (maps_dir / image_id).parent.mkdir(parents=True, exist_ok=True)
+        np.save(maps_dir / f"{image_id}.npy", m)
+    return meta, maps_dir
+
+
+def test_maps_that_cover_their_boxes_score_high(tmp_path):
+    meta, maps_dir = metadata_with_maps(tmp_path)
+    result = evaluate_maps(maps_dir, read_wsol_metadata(meta))
+    assert KEYS <= set(result)
+    assert result["num_images"] == 3 and result["top1_loc"] is None and result["pxap"] is None
+    assert result["maxboxacc"] == 100.0 and result["gt_known_loc"] == 100.0
+    assert result["baselines"]["best_fixed_box"]["gt_known_loc"] >= result["baselines"]["center_box"]["gt_known_loc"]
+
+
+def test_missing_and_extra_maps_are_errors(tmp_path):
+    meta, maps_dir = metadata_with_maps(tmp_path)
+    ann = read_wsol_metadata(meta)
+    np.save(maps_dir / "stray.npy", np.zeros((8, 10)))
+    with pytest.raises(CamlensError, match="not in the annotations, e.g. stray.npy"):
+        evaluate_maps(maps_dir, ann)
+    (maps_dir / "stray.npy").unlink()
+    (maps_dir / "d" / "2.jpg.npy").unlink()
+    with pytest.raises(CamlensError, match="no map for 1 image id"):
+        evaluate_maps(maps_dir, ann)
+
+
+@pytest.mark.parametrize("bad, message", [(np.full((8, 10), np.nan), "NaN"), (np.zeros((2, 8, 10)), "2-D"),
+                                          (np.full((8, 10), 1.5), "\\[0, 1\\]"), (np.zeros((8, 10), int), "floating")])
+def test_bad_maps_name_the_file(tmp_path, bad, message):
+    meta, maps_dir = metadata_with_maps(tmp_path)
+    np.save(maps_dir / "c" / "1.jpg.npy", bad)
+    with pytest.raises(CamlensError, match=message) as err:
+        evaluate_maps(maps_dir, read_wsol_metadata(meta))
+    assert "1.jpg.npy" in str(err.value)
+
+
+def test_baselines_by_hand():
+    # every ground truth is the central quarter: the center box hits all, and so does the best fixed box
+    boxes = [torch.tensor([[25.0, 10.0, 75.0, 30.0]]), torch.tensor([[10.0, 10.0, 30.0, 30.0]])]
+    out = box_baselines(boxes, [(100, 40), (40, 40)])
+    assert out["center_box"]["gt_known_loc"] == 100.0 and out["center_box"]["box"] == [0.25, 0.25, 0.75, 0.75]
+    assert out["best_fixed_box"]["gt_known_loc"] == 100.0
+    # a ground truth in the left half only: the best fixed box finds it, the center box does not
+    left = [torch.tensor([[0.0, 0.0, 8.0, 16.0]])] * 3
+    out = box_baselines(left, [(32, 16)] * 3)
+    assert out["center_box"]["gt_known_loc"] == 0.0 and out["best_fixed_box"]["per_iou"]["iou70"] == 100.0
+
+
+def tiny_model(num_classes=10):
+    torch.manual_seed(0)
+    model = GapNet(num_classes).eval()
+    return LoadedModel(model, [str(i) for i in range(num_classes)], Preprocess((32, 32)), "gapnet")
+
+
+def test_model_evaluation_on_builtin_reports_every_metric():
+    from camlens.data.builtin import BuiltinDataset
+
+    loaded = tiny_model()
+    ds = BuiltinDataset("test", num_images=6, image_size=32)
+    with CAM(loaded.model) as cam:
+        result = evaluate_model(loaded, cam, builtin_samples(ds), batch_size=4)
+    assert KEYS <= set(result) and result["num_images"] == 6
+    for key in ("top1_loc", "top5_loc", "gt_known_loc", "maxboxacc", "maxboxacc_v2", "pxap"):
+        assert 0.0 <= result[key] <= 100.0
+    assert result["top1_loc"] <= result["top5_loc"] <= result["gt_known_loc"]
+    table = format_table(result)
+    assert "MaxBoxAccV2" in table and "center box" in table and "best fixed box" in table
+
+
+def test_map_boxes_protocols():
+    m = torch.zeros(1, 6, 6)
+    m[0, 1:3, 1:4] = 1.0
+    assert map_boxes(m, "paper").tolist() == [[1.0, 1.0, 4.0, 3.0]]
+    assert map_boxes(m, "wsol", 0.5).tolist() == [[1.0, 1.0, 5.0, 4.0]]  # the protocol's one-pixel growth
+    with pytest.raises(CamlensError, match="unknown protocol"):
+        map_boxes(m, "nope")
+
+
+def test_maps_smaller_than_their_images_need_image_sizes(tmp_path):
+    meta, maps_dir = metadata_with_maps(tmp_path)
+    (meta / "image_sizes.txt").unlink()  # boxes are for 20x16 images, maps are 10x8
+    with pytest.raises(CamlensError, match="outside its 10x8 map"):
+        evaluate_maps(maps_dir, read_wsol_metadata(meta))
+
+
+def test_accumulator_state_sums_like_one_run():
+    from camlens.evaluation import Accumulators
+
+    rng = np.random.default_rng(3)
+    maps = torch.from_numpy(rng.random((4, 8, 8)))
+    boxes = [torch.tensor([[1.0, 1.0, 6.0, 5.0]])] * 4
+    masks = maps > 0.5
+    labels, logits = torch.tensor([0, 1, 2, 3]), torch.randn(4, 5)
+
+    def run(sl):
+        acc = Accumulators.create()
+        acc.loc.update(maps[sl], boxes[sl], labels[sl], logits[sl])
+        acc.box.update(maps[sl], boxes[sl])
+        acc.pixel.update(maps[sl], masks[sl])
+        return acc
+
+    whole, a, b = run(slice(0, 4)), run(slice(0, 1)), run(slice(1, 4))
+    summed = {k: a.state_dict()[k] + b.state_dict()[k] for k in whole.state_dict()}  # an all-reduce
+    restored = Accumulators.create()
+    restored.load_state_dict(summed)
+    assert restored.compute() == whole.compute()
