@@ -6,7 +6,7 @@ identical and prints the time ratio, measured in one run, interleaved.
     python benchmarks/bench_sweep.py [--size 224] [--grid 7] [--maps 16] [--repeats 3]
 
 Maps: CAM-like, a random (grid x grid) field upsampled bilinearly to size x size and min-max normalized (a
-ResNet CAM is 7x7 at 224 px; the built-in dataset's gapnet gives 8x8 at 64 px).  The reference does one contour
+ResNet CAM is 7x7 at 224 px; the built-in dataset's gapnet gives 16x16 at 64 px).  The reference does one contour
 search per threshold for both metrics (wsolevaluation runs one sweep per metric, i.e. twice this work).
 """
 

@@ -1,6 +1,7 @@
 """torchrun scale-out on CPU with gloo over loopback: results identical to a single process."""
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -10,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from camlens.distributed import Context, ProgressLog, shard
+from camlens.distributed import Context, ProgressLog, pack_counts, shard_batches, unpack_counts
 from camlens.models import GapNet, Preprocess, load_model, save_checkpoint
 
 
@@ -20,19 +21,29 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}  # torchrun's default; the single-process run matches it
+
+
 def _torchrun(nproc: int, *args, cwd):
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}", "--master-addr=127.0.0.1",
            f"--master-port={_free_port()}", "-m", "camlens", *map(str, args)]
-    return subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, timeout=240,
-                          env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, timeout=240, env=ONE_THREAD)
 
 
 @pytest.mark.parametrize("world", [2, 3])
-def test_shards_have_no_duplicates_no_gaps_and_balanced_sizes(world):
-    items = list(range(11))
-    parts = [shard(items, Context(r, world, r, torch.device("cpu"))) for r in range(world)]
-    assert sorted(i for p in parts for i in p) == items
+def test_batches_are_dealt_out_with_no_duplicates_no_gaps_and_the_single_process_composition(world):
+    single = shard_batches(11, 3, Context(0, 1, 0, torch.device("cpu")))
+    assert [b for _, b in single] == [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9, 10]]
+    parts = [shard_batches(11, 3, Context(r, world, r, torch.device("cpu"))) for r in range(world)]
+    assert sorted(j for p in parts for j, _ in p) == [0, 1, 2, 3]
+    assert sorted((j, b) for p in parts for j, b in p) == [(j, b) for j, b in single]  # same batches, dealt out
     assert max(map(len, parts)) - min(map(len, parts)) <= 1
+
+
+def test_packed_counts_round_trip_exactly():
+    counts = {"a": torch.arange(12).reshape(3, 4) * 10**12, "b": torch.zeros(0, dtype=torch.long)}
+    back = unpack_counts(__import__("json").loads(__import__("json").dumps(pack_counts(counts))))
+    assert all(torch.equal(back[k], counts[k]) for k in counts)
 
 
 def test_progress_log_ignores_a_torn_last_line(tmp_path):
@@ -47,7 +58,7 @@ def test_progress_log_ignores_a_torn_last_line(tmp_path):
 def images(tmp_path_factory):
     root = tmp_path_factory.mktemp("dist")
     torch.manual_seed(0)
-    save_checkpoint(root / "m.safetensors", GapNet(4).eval(), arch="gapnet", class_names=list("abcd"),
+    save_checkpoint(root / "m.safetensors", GapNet(10).eval(), arch="gapnet", class_names=list("abcdefghij"),
                     preprocess=Preprocess((32, 32), (0.5,) * 3, (0.25,) * 3))
     rng = np.random.default_rng(1)
     (root / "imgs").mkdir()
@@ -66,7 +77,7 @@ def _outputs(folder):
 def test_explain_with_two_and_three_ranks_equals_one_process(images):
     args = ["explain", "imgs", "--checkpoint", "m.safetensors", "--topk", "2", "--batch-size", "2", "--quiet"]
     single = subprocess.run([sys.executable, "-m", "camlens", *args, "--out", "one"], cwd=images,
-                            capture_output=True, text=True)
+                            capture_output=True, text=True, env=ONE_THREAD)
     assert single.returncode == 1 and "broken.png" in single.stderr  # one bad file, the rest done
     expected = _outputs(images / "one")
     assert len(expected[0]["images"]) == 7 and len(expected[1]) == 14
@@ -106,3 +117,46 @@ def test_interrupted_explain_resumes_to_identical_output(images, tmp_path):
         assert _outputs(tmp_path / "part") == _outputs(tmp_path / "full")
         with pytest.raises(Exception, match="other options"):
             explain_files(loaded, cam, paths, tmp_path / "part", topk=1, run_key={"k": 2})
+
+
+def test_evaluate_with_two_and_three_ranks_gives_the_single_process_metrics(images):
+    args = ["evaluate", "--checkpoint", "m.safetensors", "--num-images", "11", "--batch-size", "3",
+            "--faithfulness", "--steps", "4", "--pointing-tolerance", "4", "--quiet"]  # 4 batches, uneven over ranks
+    single = subprocess.run([sys.executable, "-m", "camlens", *args, "--json", "one.json"], cwd=images,
+                            capture_output=True, text=True, env=ONE_THREAD)
+    assert single.returncode == 0, single.stderr[-2000:]
+    expected = json.loads((images / "one.json").read_text())
+    assert expected["num_images"] == 11 and expected["insertion_auc"] is not None
+    for world in (2, 3):
+        proc = _torchrun(world, *args, "--json", f"w{world}.json", cwd=images)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert json.loads((images / f"w{world}.json").read_text()) == expected  # exactly, faithfulness included
+        assert proc.stdout.count("MaxBoxAcc ") == 1  # one table, from rank 0
+
+
+def test_interrupted_evaluate_resumes_to_the_same_metrics(images, tmp_path):
+    from camlens import GradCAM
+    from camlens.evaluation import dataset_samples, evaluate_model
+    from camlens.metrics.faithfulness import FaithfulnessConfig
+
+    loaded = load_model(images / "m.safetensors")
+    samples = dataset_samples("builtin", num_images=10)
+    config = FaithfulnessConfig(steps=4, tolerance=4)
+    run = dict(batch_size=3, faithfulness=config, run_key={"k": 1})
+    with GradCAM(loaded.model) as explainer:
+        full = evaluate_model(loaded, explainer, samples, **run)
+        calls = []
+
+        def crash_after_two_batches(n):
+            calls.append(n)
+            if len(calls) == 3:
+                raise KeyboardInterrupt
+
+        with pytest.raises(KeyboardInterrupt):
+            evaluate_model(loaded, explainer, samples, progress_dir=tmp_path, progress=crash_after_two_batches, **run)
+        redone = []
+        resumed = evaluate_model(loaded, explainer, samples, progress_dir=tmp_path, progress=redone.append, **run)
+        assert redone[0] == 6  # the first two batches came from the log
+        assert resumed == full
+        with pytest.raises(Exception, match="other options"):
+            evaluate_model(loaded, explainer, samples, progress_dir=tmp_path, batch_size=3, run_key={"k": 2})

@@ -10,8 +10,8 @@ from PIL import Image
 from camlens.capture import CamlensError
 from camlens.cli import main
 from camlens.data.annotations import Annotations, read_wsol_metadata, write_wsol_metadata
-from camlens.evaluation import box_baselines, builtin_samples, evaluate_maps, evaluate_model, format_table, map_boxes
-from camlens.methods import CAM
+from camlens.evaluation import box_baselines, BuiltinSamples, evaluate_maps, evaluate_model, format_table, map_boxes
+from camlens.methods import CAM, get_method
 from camlens.models import GapNet, LoadedModel, Preprocess, save_checkpoint
 
 KEYS = {"top1_loc", "top5_loc", "gt_known_loc", "maxboxacc", "maxboxacc_v2", "pxap", "num_images", "best_threshold",
@@ -89,7 +89,7 @@ def test_model_evaluation_on_builtin_reports_every_metric():
     loaded = tiny_model()
     ds = BuiltinDataset("test", num_images=6, image_size=32)
     with CAM(loaded.model) as cam:
-        result = evaluate_model(loaded, cam, builtin_samples(ds), batch_size=4)
+        result = evaluate_model(loaded, cam, BuiltinSamples(ds), batch_size=4)
     assert KEYS <= set(result) and result["num_images"] == 6
     for key in ("top1_loc", "top5_loc", "gt_known_loc", "maxboxacc", "maxboxacc_v2", "pxap"):
         assert 0.0 <= result[key] <= 100.0
@@ -135,3 +135,104 @@ def test_accumulator_state_sums_like_one_run():
     restored = Accumulators.create()
     restored.load_state_dict(summed)
     assert restored.compute() == whole.compute()
+
+
+# --------------------------------------------------------------------------------------------- the CLI
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ckpt")
+    torch.manual_seed(0)
+    model = GapNet(10).eval()
+    for m in model.modules():  # non-trivial batch norm statistics, so maps are not flat
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 2.0)
+    return save_checkpoint(root / "m.safetensors", model, arch="gapnet", class_names=[str(i) for i in range(10)],
+                           preprocess=Preprocess((32, 32), (0.5,) * 3, (0.25,) * 3))
+
+
+def test_localize_writes_the_boxes_of_the_maps_in_original_pixels(checkpoint, tmp_path, capsys):
+    from camlens.evaluation import image_maps
+    from camlens.models import load_model
+
+    rng = np.random.default_rng(0)
+    for name, (h, w) in {"a.png": (40, 56), "b.jpg": (33, 20)}.items():
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(tmp_path / name)
+    (tmp_path / "c.png").write_bytes(b"not an image")
+    out = tmp_path / "boxes"
+    code = main(["localize", str(tmp_path / "a.png"), str(tmp_path / "b.jpg"), str(tmp_path / "c.png"),
+                 "--checkpoint", str(checkpoint), "--topk", "2", "--out", str(out), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 1 and "c.png" in err and "Traceback" not in err  # one bad file, the rest done
+    records = json.loads((out / "boxes.json").read_text())["images"]
+    assert [r.get("error") is None for r in records] == [True, True, False]
+    loaded = load_model(checkpoint)
+    for rec in records[:2]:
+        from camlens.data.images import load_image
+
+        image = load_image(rec["file"])
+        with CAM(loaded.model) as cam:
+            res = cam(loaded.preprocess(image), topk=2)
+        expected = map_boxes(image_maps(res.maps, [image])[0], "paper", 0.2)
+        assert rec["size"] == [image.shape[-1], image.shape[-2]]
+        assert [e["class"] for e in rec["boxes"]] == res.classes[0].tolist()
+        assert [e["box"] for e in rec["boxes"]] == expected.tolist()
+        assert (out / rec["overlay"]).is_file()
+
+
+def test_evaluate_cli_json_equals_the_library_result(checkpoint, tmp_path):
+    from camlens.evaluation import dataset_samples
+    from camlens.models import load_model
+
+    target = tmp_path / "m.json"
+    assert main(["evaluate", "--checkpoint", str(checkpoint), "--num-images", "10", "--batch-size", "4",
+                 "--json", str(target), "--quiet"]) == 0
+    got = json.loads(target.read_text())
+    loaded = load_model(checkpoint)
+    with CAM(loaded.model) as cam:
+        expected = evaluate_model(loaded, cam, dataset_samples("builtin", num_images=10), batch_size=4)
+    assert KEYS <= set(got) and got["method"] == "cam"
+    assert {k: got[k] for k in KEYS} == json.loads(json.dumps({k: expected[k] for k in KEYS}))
+
+
+def test_evaluate_cli_scores_precomputed_maps(tmp_path, capsys):
+    meta, maps_dir = metadata_with_maps(tmp_path)
+    assert main(["evaluate", "--maps", str(maps_dir), "--metadata", str(meta), "--json", str(tmp_path / "r.json"),
+                 "--quiet"]) == 0
+    got = json.loads((tmp_path / "r.json").read_text())
+    assert got["maxboxacc"] == 100.0 and got["top1_loc"] is None and got["pxap"] is None
+    assert "MaxBoxAcc" in capsys.readouterr().out
+    assert main(["evaluate", "--maps", str(maps_dir)]) == 2
+    assert "go together" in capsys.readouterr().err
+
+
+def test_evaluate_faithfulness_means_equal_the_metrics_on_each_image(checkpoint, tmp_path):
+    from camlens.evaluation import dataset_samples
+    from camlens.metrics.faithfulness import FaithfulnessConfig, faithfulness_scores
+    from camlens.models import load_model
+
+    target = tmp_path / "f.json"
+    assert main(["evaluate", "--checkpoint", str(checkpoint), "--num-images", "6", "--batch-size", "4",
+                 "--method", "gradcam", "--faithfulness", "--steps", "8", "--pointing-tolerance", "3",
+                 "--json", str(target), "--quiet"]) == 0
+    got = json.loads(target.read_text())
+    loaded = load_model(checkpoint)
+    samples = [dataset_samples("builtin", num_images=6)[i] for i in range(6)]
+    config = FaithfulnessConfig(steps=8, tolerance=3)
+    per_image = {}
+    with get_method("gradcam")(loaded.model) as explainer:
+        for s in samples:  # one image at a time: the batching must not change the numbers beyond rounding
+            x = loaded.preprocess(s.image)
+            res = explainer(x, [s.label])
+            boxes = [s.boxes * 32 / 64]
+            for k, v in faithfulness_scores(loaded.model, x, res.maps[:, 0].detach(), [s.label], boxes=boxes,
+                                            config=config).items():
+                per_image.setdefault(k, []).append(float(v[0]))
+    for key in ("average_drop", "increase_in_confidence", "deletion_auc", "insertion_auc", "road"):
+        assert got[key] == pytest.approx(np.mean(per_image[key]), abs=1e-4), key
+    hits = {}
+    for s, hit in zip(samples, per_image["pointing_game"]):
+        hits.setdefault(s.label, []).append(hit)
+    assert got["pointing_game"] == pytest.approx(np.mean([np.mean(v) for v in hits.values()]))  # mean over classes

@@ -76,7 +76,7 @@ def test_preprocess_resizes_whole_image_and_normalizes():
     assert out.shape == (1, 3, 4, 4) and torch.allclose(out, torch.ones_like(out))
 
 
-def test_gapnet_is_a_cam_model_with_stride_8():
+def test_gapnet_is_a_cam_model_with_stride_4():
     with camlens.CAM(GapNet(5).eval()) as cam:
         res = cam(torch.rand(2, 3, 64, 64))
-    assert res.maps.shape == (2, 1, 8, 8) and res.layer == "features"
+    assert res.maps.shape == (2, 1, 16, 16) and res.layer == "features"

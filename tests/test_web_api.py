@@ -152,7 +152,7 @@ def test_every_format_and_mode_gives_the_models_own_scores_and_maps(client, load
         assert pred["score"] == pytest.approx(float(probs[pred["class"]]), abs=1e-6)
     assert [e["class"] for e in body["explained"]] == [p["class"] for p in body["predictions"][:2]]
     for e in body["explained"]:
-        assert e["map_size"] == [4, 4]  # stride 8 on a 32 px input
+        assert e["map_size"] == [8, 8]  # stride 4 on a 32 px input
         # the heatmap is this class's map, min-max normalized, resized to the image and coloured (one LUT step of slack)
         ref = _jet(F.interpolate(_norm(maps[e["class"]])[None, None], size=(40, 56), mode="bilinear",
                                  align_corners=False)[0, 0])
@@ -263,8 +263,8 @@ def test_every_registered_method_explains_the_top_classes(client, method):
     assert [e["class"] for e in body["explained"]] == [p["class"] for p in body["predictions"][:3]]
     for e in body["explained"]:
         assert e["label"] == CLASSES[e["class"]] and 0 < e["score"] < 1
-        x0, y0, x1, y1 = e["box"]
-        assert 0 <= x0 < x1 <= 56 and 0 <= y0 < y1 <= 40
+        x0, y0, x1, y1 = e["box"]  # the zero box where a random net's map has no positive part
+        assert e["box"] == [0, 0, 0, 0] or (0 <= x0 < x1 <= 56 and 0 <= y0 < y1 <= 40)
 
 
 def test_class_and_layer_can_come_from_the_query_or_the_form(client):

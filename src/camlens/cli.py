@@ -66,7 +66,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         run_key = {k: getattr(args, k) for k in ("checkpoint", "arch", "weights", "class_names", "size", "mean", "std",
                                                  "method", "layer", "topk", "target_class", "alpha", "colormap",
                                                  "classic", "figure", "format", "max_pixels")}
-        bar = tqdm(total=len(distributed.shard(paths, ctx)), unit="img", disable=args.quiet or not ctx.is_main,
+        bar = tqdm(total=sum(len(b) for _, b in distributed.shard_batches(len(paths), args.batch_size, ctx)), unit="img", disable=args.quiet or not ctx.is_main,
                    file=sys.stderr)
         with make_explainer(loaded, args.method, args.layer) as explainer, bar:
             summary = explain_files(
@@ -81,6 +81,75 @@ def cmd_explain(args: argparse.Namespace) -> int:
         print(f"explained {len(summary.records)} image(s) into {out}/ (summary.json, summary.csv); "
               f"{len(summary.errors) + len(missing)} failed")
     return 1 if summary.errors or missing else 0
+
+
+def cmd_localize(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .data.images import expand_paths
+    from .evaluation import localize_files
+
+    paths, missing = expand_paths(args.paths)
+    for line in missing:
+        _fail(line)
+    loaded = load_from_args(args)
+    out = Path(args.out)
+    bar = tqdm(total=len(paths), unit="img", disable=args.quiet, file=sys.stderr)
+    with make_explainer(loaded, args.method, args.layer) as explainer, bar:
+        records = localize_files(
+            loaded, explainer, paths, out, protocol=args.protocol, threshold=args.threshold, topk=args.topk,
+            progress=bar.update, on_error=lambda line: bar.write(f"camlens: skipped {line}", file=sys.stderr),
+        )
+    done = sum("error" not in r for r in records)
+    failed = len(records) - done + len(missing)
+    print(f"boxes for {done} image(s) in {out / 'boxes.json'}, overlays in {out}/; {failed} failed")
+    return 1 if failed else 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from . import distributed
+    from .evaluation import dataset_samples, evaluate_maps, evaluate_model, format_table, write_json
+
+    if args.maps or args.metadata:
+        from .data.annotations import find_annotations
+
+        if not (args.maps and args.metadata):
+            raise CamlensError("--maps DIR and --metadata DIR go together (score maps and their annotations)")
+        ann = find_annotations(args.metadata, args.split, None, image_root=args.images, mask_root=args.mask_root)
+        with tqdm(total=len(ann), unit="map", disable=args.quiet, file=sys.stderr) as bar:
+            result = evaluate_maps(args.maps, ann, paper_threshold=args.paper_threshold, progress=bar.update)
+    else:
+        from .metrics.faithfulness import FaithfulnessConfig
+
+        ctx = distributed.setup(args.device)
+        try:
+            args.device = str(ctx.device)
+            loaded = load_from_args(args)
+            samples = dataset_samples(args.data, args.split, num_images=args.num_images, images=args.images,
+                                      mask_root=args.mask_root, class_names=loaded.class_names)
+            config = FaithfulnessConfig(steps=args.steps, tolerance=args.pointing_tolerance) if args.faithfulness else None
+            run_key = {k: getattr(args, k) for k in ("checkpoint", "arch", "weights", "size", "mean", "std", "method",
+                                                     "layer", "data", "split", "paper_threshold", "faithfulness",
+                                                     "steps", "pointing_tolerance")}
+            share = sum(len(b) for _, b in distributed.shard_batches(len(samples), args.batch_size, ctx))
+            bar = tqdm(total=share, unit="img", disable=args.quiet or not ctx.is_main, file=sys.stderr)
+            with make_explainer(loaded, args.method, args.layer) as explainer, bar:
+                result = evaluate_model(
+                    loaded, explainer, samples, batch_size=args.batch_size, paper_threshold=args.paper_threshold,
+                    faithfulness=config, workers=args.workers, ctx=ctx, progress_dir=args.progress_dir,
+                    run_key=run_key, resume=not args.restart, progress=bar.update,
+                )
+        finally:
+            distributed.teardown()
+        if not ctx.is_main:
+            return 0
+        result["method"] = args.method
+    print(format_table(result))
+    if args.json:
+        print(f"metrics written to {write_json(result, args.json)}")
+    return 0
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -149,6 +218,47 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--restart", action="store_true", help="redo everything instead of resuming in --out")
     p.set_defaults(func=cmd_explain)
+
+    p = sub.add_parser("localize", help="boxes from maps (paper or WSOL protocol): boxes.json and overlays with boxes")
+    p.add_argument("paths", nargs="+", help="image files, folders or glob patterns")
+    add_model_args(p)
+    p.add_argument("--method", default="cam", help="cam, gradcam, ... (default: cam)")
+    p.add_argument("--layer", action="append", help="target layer name (repeat to fuse several layers)")
+    p.add_argument("--topk", type=int, default=1, help="boxes for the k best classes (default: 1)")
+    p.add_argument("--protocol", choices=["paper", "wsol"], default="paper",
+                   help="paper: largest component above threshold x max; wsol: largest contour at the threshold "
+                        "of the min-max normalized map, Choe et al.'s box convention (default: paper)")
+    p.add_argument("--threshold", type=float, default=0.2, help="the protocol's threshold (default: 0.2)")
+    p.add_argument("--out", default="camlens-boxes", help="output folder (default: camlens-boxes)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_localize)
+
+    p = sub.add_parser("evaluate", help="localization (and faithfulness) metrics on a labelled split, or of saved maps")
+    add_model_args(p)
+    p.add_argument("--method", default="cam", help="cam, gradcam, ... (default: cam)")
+    p.add_argument("--layer", action="append", help="target layer name (repeat to fuse several layers)")
+    p.add_argument("--data", default="builtin",
+                   help="builtin, or a folder of annotations: WSOL metadata, CUB-200-2011 or VOC/ImageNet XML")
+    p.add_argument("--split", default="test", help="split to evaluate (default: test)")
+    p.add_argument("--images", help="root folder of the images, where the annotations do not say")
+    p.add_argument("--mask-root", help="root folder of the mask files named in WSOL metadata")
+    p.add_argument("--num-images", type=int, help="evaluate the first N images only")
+    p.add_argument("--maps", help="score precomputed maps instead: a folder of <image_id>.npy in [0, 1]")
+    p.add_argument("--metadata", help="the annotations the --maps are scored against")
+    p.add_argument("--paper-threshold", type=float, default=0.2,
+                   help="threshold (fraction of the max) of the paper's boxes for Top-1/Top-5/GT-known Loc")
+    p.add_argument("--faithfulness", action="store_true",
+                   help="also Average Drop, Increase in Confidence, Deletion/Insertion AUC, ROAD, pointing game")
+    p.add_argument("--steps", type=int, default=100, help="deletion/insertion steps (default: 100)")
+    p.add_argument("--pointing-tolerance", type=int, default=15,
+                   help="pointing game tolerance in model-input pixels (default: 15)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--workers", type=int, default=0, help="data loading processes (default: 0, in the main process)")
+    p.add_argument("--progress-dir", help="log finished batches here; a rerun with the same folder resumes")
+    p.add_argument("--restart", action="store_true", help="ignore the progress in --progress-dir and start over")
+    p.add_argument("--json", help="also write the metrics to this JSON file")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("serve", help="a web page and HTTP API that explain uploaded images")
     add_model_args(p)

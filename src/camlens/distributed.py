@@ -1,23 +1,28 @@
 """Scale-out on torch.distributed, as launched by torchrun (also under Slurm or Kubernetes launchers).
 
-A run is one process per device; each takes a strided shard of the work (no duplicates, no gaps, sizes differ by at
-most one), and results are combined exactly: metrics from summed sufficient statistics, per-image records gathered
-to rank 0.  Without torchrun's environment everything degrades to a single process with no process group.
+A run is one process per device.  The work is cut into the batches a single process would run, and the batches are
+dealt out to the ranks round robin (no duplicates, no gaps, counts differ by at most one batch): every image is
+computed in the same batch whatever the number of ranks, so the numbers are bit-identical to a single-process run
+(a convolution's rounding can depend on what else is in the batch).  Results are combined exactly: metrics from
+summed integer statistics, per-image records gathered and put back in input order.  Without torchrun's
+environment everything degrades to a single process with no process group.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence, TypeVar
+from typing import Any, Sequence
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
-T = TypeVar("T")
-
+from .capture import CamlensError
 
 @dataclass(frozen=True)
 class Context:
@@ -56,9 +61,14 @@ def teardown() -> None:
         dist.destroy_process_group()
 
 
-def shard(items: Sequence[T], ctx: Context) -> list[T]:
-    """This rank's items: every ``world_size``-th one starting at ``rank``."""
-    return list(items[ctx.rank :: ctx.world_size])
+def shard_batches(count: int, batch_size: int, ctx: Context) -> list[tuple[int, list[int]]]:
+    """This rank's batches as ``(batch number, indices)``: the run's batches are consecutive runs of ``batch_size``
+    indices out of ``range(count)`` (the last may be shorter), and rank r takes batches r, r + world, ..."""
+    if batch_size < 1:
+        raise CamlensError(f"batch size {batch_size} must be at least 1")
+    starts = range(0, count, batch_size)
+    batches = [(j, list(range(s, min(s + batch_size, count)))) for j, s in enumerate(starts)]
+    return batches[ctx.rank :: ctx.world_size]
 
 
 def gather(obj: Any, ctx: Context) -> list[Any]:
@@ -118,6 +128,45 @@ class ProgressLog:
                 except json.JSONDecodeError:
                     continue  # the torn last line of a crashed rank; that item is redone
         return entries
+
+
+def resume_entries(progress_dir: Path, run_key: dict, resume: bool, ctx: Context) -> list[dict]:
+    """Entries that earlier runs logged in ``progress_dir`` (by any number of ranks) when ``resume`` and the
+    earlier run had the same ``run_key``; otherwise the folder is emptied and the new key recorded."""
+    key_file = progress_dir / "run.json"
+    if resume and key_file.exists():
+        if json.loads(key_file.read_text()) != run_key:
+            raise CamlensError(
+                f"{progress_dir} holds the progress of a run with other options; use --restart or another folder"
+            )
+        return ProgressLog.read_all(progress_dir)
+    barrier(ctx)  # every rank has checked the old key before the main rank replaces it
+    if ctx.is_main:
+        if progress_dir.exists():
+            for old in progress_dir.glob("*.jsonl"):
+                old.unlink()
+        progress_dir.mkdir(parents=True, exist_ok=True)
+        write_atomic(key_file, json.dumps(run_key))
+    barrier(ctx)
+    return []
+
+
+def pack_counts(tensors: dict[str, torch.Tensor]) -> dict[str, list]:
+    """Integer count tensors as JSON-safe ``[shape, base64(zlib(int64 bytes))]`` for progress logs."""
+    out = {}
+    for name, t in tensors.items():
+        raw = t.detach().cpu().to(torch.int64).numpy().tobytes()
+        out[name] = [list(t.shape), base64.b64encode(zlib.compress(raw)).decode("ascii")]
+    return out
+
+
+def unpack_counts(packed: dict[str, list]) -> dict[str, torch.Tensor]:
+    """The inverse of :func:`pack_counts`."""
+    out = {}
+    for name, (shape, data) in packed.items():
+        raw = np.frombuffer(zlib.decompress(base64.b64decode(data)), dtype=np.int64)
+        out[name] = torch.from_numpy(raw.copy()).reshape(shape)
+    return out
 
 
 def write_atomic(path: Path, text: str) -> None:

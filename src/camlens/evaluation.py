@@ -10,18 +10,21 @@ boxes mapped onto the map's grid as Choe et al. do (:func:`camlens.boxes.wsol_re
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from .boxes import box_iou, paper_boxes, wsol_resize_boxes, wsol_sweep
+from .boxes import box_iou, paper_boxes, scale_boxes, wsol_resize_boxes, wsol_sweep
 from .capture import CamlensError
 from .data.annotations import AnnotationError, Annotations, MaskFiles, load_mask
+from .distributed import Context, ProgressLog, gather, pack_counts, resume_entries, shard_batches, sum_tensors, unpack_counts
 from .maps import normalize, upsample
+from .metrics.faithfulness import FaithfulnessConfig, FaithfulnessTotals, faithfulness_scores
 from .metrics.localization import DEFAULT_IOUS, BoxAccuracy, ClassLocalization, PixelAP, _iou_key
 
 METRIC_ROWS = (
@@ -31,6 +34,15 @@ METRIC_ROWS = (
     ("MaxBoxAcc", "maxboxacc"),
     ("MaxBoxAccV2", "maxboxacc_v2"),
     ("PxAP", "pxap"),
+)
+
+FAITHFULNESS_ROWS = (
+    ("Average Drop %", "average_drop"),
+    ("Increase in Conf. %", "increase_in_confidence"),
+    ("Deletion AUC (lower)", "deletion_auc"),
+    ("Insertion AUC", "insertion_auc"),
+    ("ROAD (combined)", "road"),
+    ("Pointing game", "pointing_game"),
 )
 
 
@@ -128,15 +140,27 @@ class Sample:
     ignore: Tensor | None = None
 
 
-def annotation_samples(ann: Annotations, max_pixels: int | None = None) -> Iterator[Sample]:
-    """Images of an :class:`Annotations` set read from ``ann.root`` (or its in-memory masks), one by one."""
-    from .data.images import DEFAULT_MAX_PIXELS, load_image
+class AnnotationSamples(torch.utils.data.Dataset):
+    """The images of an :class:`Annotations` set read from ``ann.root`` (or its in-memory masks), by index."""
 
-    if ann.root is None:
-        raise CamlensError("these annotations have no image folder; pass the images' root folder (--images DIR)")
-    for i, image_id in enumerate(ann.ids):
+    def __init__(self, ann: Annotations, max_pixels: int | None = None) -> None:
+        from .data.images import DEFAULT_MAX_PIXELS
+
+        if ann.root is None:
+            raise CamlensError("these annotations have no image folder; pass the images' root folder (--images DIR)")
+        self.ann = ann
+        self.max_pixels = max_pixels or DEFAULT_MAX_PIXELS
+
+    def __len__(self) -> int:
+        return len(self.ann)
+
+    def __getitem__(self, i: int) -> Sample:
+        from .data.images import load_image
+
+        ann = self.ann
+        image_id = ann.ids[i]
         path = ann.root / image_id
-        image = load_image(path, max_pixels or DEFAULT_MAX_PIXELS)
+        image = load_image(path, self.max_pixels)
         h, w = image.shape[-2:]
         if ann.sizes[i] is not None and tuple(ann.sizes[i]) != (w, h):
             raise AnnotationError(f"{path}: the image is {w}x{h} but the annotations say {ann.sizes[i][0]}x{ann.sizes[i][1]}")
@@ -149,14 +173,21 @@ def annotation_samples(ann: Annotations, max_pixels: int | None = None) -> Itera
             mask, ignore = load_mask(spec, (h, w))
         elif isinstance(spec, Tensor):
             mask = spec.bool()
-        yield Sample(image_id, image, int(ann.labels[i]), ann.boxes[i], mask, ignore)
+        return Sample(image_id, image, int(ann.labels[i]), ann.boxes[i], mask, ignore)
 
 
-def builtin_samples(dataset) -> Iterator[Sample]:
-    """Samples of a :class:`camlens.data.builtin.BuiltinDataset`."""
-    for i in range(len(dataset)):
-        item = dataset[i]
-        yield Sample(item["id"], item["image"], int(item["label"]), item["box"].double().reshape(1, 4), item["mask"])
+class BuiltinSamples(torch.utils.data.Dataset):
+    """The samples of a :class:`camlens.data.builtin.BuiltinDataset`, by index."""
+
+    def __init__(self, dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> Sample:
+        item = self.dataset[i]
+        return Sample(item["id"], item["image"], int(item["label"]), item["box"].double().reshape(1, 4), item["mask"])
 
 
 def dataset_samples(
@@ -167,15 +198,18 @@ def dataset_samples(
     images: str | Path | None = None,
     mask_root: str | Path | None = None,
     class_names: Sequence[str] | None = None,
-) -> tuple[Iterator[Sample], int]:
-    """Samples and their count for ``data``: ``builtin`` (the built-in dataset's ``split``) or a folder that
+) -> AnnotationSamples | BuiltinSamples:
+    """The samples of ``data``: ``builtin`` (the built-in dataset's ``split``) or a folder that
     :func:`camlens.data.annotations.find_annotations` reads (images under ``images`` where the layout does not
     say).  ``num_images`` keeps the first n."""
     if data == "builtin":
         from .data.builtin import BuiltinDataset
 
         dataset = BuiltinDataset(split, num_images=num_images)  # type: ignore[arg-type]
-        return builtin_samples(dataset), len(dataset)
+        if class_names is not None and len(class_names) != len(dataset.classes):
+            raise CamlensError(f"the built-in dataset has {len(dataset.classes)} classes but the model has "
+                               f"{len(class_names)}; evaluate a model trained on it (camlens train --data builtin)")
+        return BuiltinSamples(dataset)
     from .data.annotations import find_annotations
 
     ann = find_annotations(data, split, class_names, image_root=images, mask_root=mask_root)
@@ -187,68 +221,142 @@ def dataset_samples(
                           ann.root, ann.class_names)
     if class_names is not None and len(ann) and int(ann.labels.max()) >= len(class_names):
         raise CamlensError(f"{data}: class label {int(ann.labels.max())} is out of range for a model with {len(class_names)} classes")
-    return annotation_samples(ann), len(ann)
+    return AnnotationSamples(ann)
 
 
-def _batches(samples: Iterator[Sample], size: int) -> Iterator[list[Sample]]:
-    batch: list[Sample] = []
-    for sample in samples:
-        batch.append(sample)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
-def class_maps(loaded, explainer, images: Sequence[Tensor], classes: Sequence[int] | None, topk: int = 1) -> tuple[list[Tensor], Tensor, Tensor]:
-    """Maps (N, h_i, w_i) per image, upsampled to each image's size and min-max normalized, for ``classes``
-    (one per image) or the top-``topk`` predictions; also the logits (B, C) and the explained classes (B, N)."""
+def explain_batch(loaded, explainer, images: Sequence[Tensor], classes: Sequence[int] | None, topk: int = 1):
+    """The model input (B, 3, h, w) and the explainer's result for ``images`` (each (3, H_i, W_i) in [0, 1]) and
+    ``classes`` (one per image) or the top-``topk`` predictions."""
     device = next(loaded.model.parameters()).device
-    x = torch.cat([loaded.preprocess(img.to(device)) for img in images])
-    res = explainer(x, None if classes is None else list(classes), topk=topk)
-    maps = []
-    for i, img in enumerate(images):
-        maps.append(normalize(upsample(res.maps[i].float(), img.shape[-2:])).cpu())
-    return maps, res.logits.detach().cpu(), res.classes.cpu()
+    x = torch.cat([loaded.preprocess(img.to(device, non_blocking=True)) for img in images])
+    return x, explainer(x, None if classes is None else list(classes), topk=topk)
+
+
+def image_maps(maps: Tensor, images: Sequence[Tensor]) -> list[Tensor]:
+    """Raw maps (B, N, h, w) upsampled (bilinear) to each image's size and min-max normalized, on the maps'
+    device and batched when the images share a size, then moved to the CPU: a list of (N, H_i, W_i)."""
+    sizes = [tuple(img.shape[-2:]) for img in images]
+    if len(set(sizes)) == 1:
+        return list(normalize(upsample(maps.float(), sizes[0])).cpu())
+    return [normalize(upsample(m.float(), size)).cpu() for m, size in zip(maps, sizes)]
+
+
+def _evaluate_batch(loaded, explainer, batch: Sequence[tuple[int, Sample]], acc: Accumulators,
+                    faithfulness: FaithfulnessConfig | None) -> list[dict]:
+    """Add one batch to ``acc``; returns its per-image records (index, ground truth for the baselines, and the
+    faithfulness values)."""
+    samples = [s for _, s in batch]
+    labels = torch.tensor([s.label for s in samples])
+    x, res = explain_batch(loaded, explainer, [s.image for s in samples], labels.tolist())
+    maps = image_maps(res.maps, [s.image for s in samples])
+    logits = res.logits.detach().float().cpu()
+    same_size = len({tuple(m.shape) for m in maps}) == 1
+    for group in [list(range(len(samples)))] if same_size else [[i] for i in range(len(samples))]:
+        stack = torch.cat([maps[i] for i in group])  # (g, H, W): one map per image
+        boxes = [samples[i].boxes for i in group]
+        acc.loc.update(stack, boxes, labels[group], logits[group])
+        acc.box.update(stack, boxes)
+        if all(samples[i].mask is not None for i in group):
+            ignore = [samples[i].ignore if samples[i].ignore is not None else torch.zeros_like(samples[i].mask) for i in group]
+            acc.pixel.update(stack, torch.stack([samples[i].mask for i in group]), torch.stack(ignore))
+    scores: dict[str, Tensor] = {}
+    if faithfulness is not None:
+        input_boxes = [scale_boxes(s.boxes, s.image.shape[-2:], x.shape[-2:]).to(x.device) for s in samples]
+        with torch.no_grad():
+            scores = faithfulness_scores(loaded.model, x, res.maps[:, 0].detach(), labels.to(x.device),
+                                         boxes=input_boxes, config=faithfulness)
+    return [{"index": index, "label": s.label, "boxes": s.boxes.tolist(),
+             "size": [int(s.image.shape[-1]), int(s.image.shape[-2])],
+             "faithfulness": {k: float(v[i]) for k, v in scores.items()}}
+            for i, (index, s) in enumerate(batch)]
 
 
 def evaluate_model(
     loaded,
     explainer,
-    samples: Iterator[Sample],
+    samples: torch.utils.data.Dataset,
     *,
     batch_size: int = 32,
     thresholds: np.ndarray | None = None,
     paper_threshold: float = 0.2,
+    faithfulness: FaithfulnessConfig | None = None,
+    workers: int = 0,
+    ctx: Context | None = None,
+    progress_dir: str | Path | None = None,
+    run_key: dict | None = None,
+    resume: bool = True,
     progress: Callable[[int], None] = lambda n: None,
 ) -> dict:
-    """Every localization metric of ``explainer`` (a CAM method on ``loaded.model``) on ``samples``, with the
-    box baselines on the same ground truth.  Maps are those of the ground-truth class."""
-    acc = Accumulators.create(thresholds, paper_threshold)
-    gt_boxes: list[Tensor] = []
-    sizes: list[tuple[int, int]] = []
+    """Every localization metric of ``explainer`` (a CAM method on ``loaded.model``) on ``samples`` (a dataset of
+    :class:`Sample`), with the box baselines on the same ground truth; with ``faithfulness``, also the means of
+    :func:`camlens.metrics.faithfulness_scores` (pointing game against the boxes, scaled to the model input).
+    Maps are those of the ground-truth class, for the localization and faithfulness metrics alike.
+
+    Under torchrun each rank runs its share of the batches (:func:`camlens.distributed.shard_batches`) and the
+    ranks' integer counts are summed, so the metrics equal a single-process run's exactly.  With
+    ``progress_dir``, every finished batch is logged there (counts and per-image values); a rerun with the same
+    ``run_key`` and ``resume`` skips those batches and gives the same result as an uninterrupted run.
+    """
+    ctx = ctx or Context(0, 1, 0, next(loaded.model.parameters()).device)
+    create = lambda: Accumulators.create(thresholds, paper_threshold)  # noqa: E731
+    key = {**(run_key or {}), "batch_size": batch_size, "num_images": len(samples)}
+    previous = resume_entries(Path(progress_dir), key, resume, ctx) if progress_dir is not None else []
+    finished = {e["batch"] for e in previous}
+    mine = shard_batches(len(samples), batch_size, ctx)
+    todo = [(j, batch) for j, batch in mine if j not in finished]
+    progress(sum(len(b) for j, b in mine if j in finished))
+    log = ProgressLog(Path(progress_dir), ctx) if progress_dir is not None else None
+    total = create()
+    records: list[dict] = []
+    if ctx.is_main:  # earlier runs' batches are counted once, by the main rank
+        for entry in {e["batch"]: e for e in previous}.values():
+            part = create()
+            part.load_state_dict(unpack_counts(entry["counts"]))
+            total.merge(part)
+            records.extend(entry["images"])
+    loader = torch.utils.data.DataLoader(
+        _Indexed(samples), batch_sampler=[batch for _, batch in todo], collate_fn=list, num_workers=workers,
+        pin_memory=ctx.device.type == "cuda",
+    )
     with torch.inference_mode(not explainer.needs_gradients):
-        for batch in _batches(samples, batch_size):
-            maps, logits, _ = class_maps(loaded, explainer, [s.image for s in batch], [s.label for s in batch])
-            labels = torch.tensor([s.label for s in batch])
-            same_size = len({tuple(m.shape) for m in maps}) == 1
-            groups = [list(range(len(batch)))] if same_size else [[i] for i in range(len(batch))]
-            for group in groups:
-                stack = torch.cat([maps[i] for i in group])  # (g, H, W): one map per image
-                boxes = [batch[i].boxes for i in group]
-                acc.loc.update(stack, boxes, labels[group], logits[group])
-                acc.box.update(stack, boxes)
-                if all(batch[i].mask is not None for i in group):
-                    ignore = [batch[i].ignore if batch[i].ignore is not None else torch.zeros_like(batch[i].mask) for i in group]
-                    acc.pixel.update(stack, torch.stack([batch[i].mask for i in group]), torch.stack(ignore))
-            for s in batch:
-                gt_boxes.append(s.boxes)
-                sizes.append((int(s.image.shape[-1]), int(s.image.shape[-2])))
+        for (j, _), batch in zip(todo, loader):
+            part = create()
+            images = _evaluate_batch(loaded, explainer, batch, part, faithfulness)
+            total.merge(part)
+            records.extend(images)
+            if log is not None:
+                log.append([{"batch": j, "counts": pack_counts(part.state_dict()), "images": images}])
             progress(len(batch))
-    result = acc.compute()
-    result["baselines"] = box_baselines(gt_boxes, sizes) if gt_boxes else {}
+    total.load_state_dict(sum_tensors(total.state_dict(), ctx))
+    records = sorted((r for rank in gather(records, ctx) for r in rank), key=lambda r: r["index"])
+    result = total.compute()
+    gt_boxes = [torch.tensor(r["boxes"], dtype=torch.float64) for r in records]
+    result["baselines"] = box_baselines(gt_boxes, [tuple(r["size"]) for r in records]) if records else {}
+    if faithfulness is not None:
+        result.update(_faithfulness_means(records))
     return result
+
+
+class _Indexed(torch.utils.data.Dataset):
+    """(index, sample) pairs, so a batch knows which images it holds."""
+
+    def __init__(self, samples: torch.utils.data.Dataset) -> None:
+        self.samples = samples
+
+    def __len__(self) -> int:
+        return len(self.samples)  # type: ignore[arg-type]
+
+    def __getitem__(self, i: int) -> tuple[int, Sample]:
+        return i, self.samples[i]
+
+
+def _faithfulness_means(records: Sequence[dict]) -> dict[str, float | None]:
+    """Dataset values from per-image ones, summed in image order (so any sharding gives the same floats)."""
+    totals = FaithfulnessTotals()
+    for r in records:
+        values = r["faithfulness"]
+        totals.update({k: torch.tensor([v], dtype=torch.float64) for k, v in values.items()}, [r["label"]])
+    return {k: (None if math.isnan(v) else v) for k, v in totals.summary().items()}
 
 
 # --------------------------------------------------------------------------------------------- precomputed maps
@@ -343,13 +451,18 @@ def evaluate_maps(
 
 
 def format_table(result: dict) -> str:
-    """The metrics as a text table, model next to the box baselines (in percent; '-' where not computable)."""
+    """The metrics as a text table, model next to the box baselines (in percent; '-' where not computable), then
+    the faithfulness metrics where computed."""
     base = result.get("baselines") or {}
     cols = ["model"] + [name.replace("_", " ") for name in base]
-    lines = [f"{'metric':<14}" + "".join(f"{c:>16}" for c in cols)]
+    lines = [f"{'metric':<22}" + "".join(f"{c:>16}" for c in cols)]
     for label, key in METRIC_ROWS:
         cells = [result.get(key)] + [b.get(key) for b in base.values()]
-        lines.append(f"{label:<14}" + "".join(f"{'-' if v is None else f'{v:.2f}':>16}" for v in cells))
+        lines.append(f"{label:<22}" + "".join(f"{'-' if v is None else f'{v:.2f}':>16}" for v in cells))
+    for label, key in FAITHFULNESS_ROWS:
+        if key in result:
+            value = result[key]
+            lines.append(f"{label:<22}" + f"{'-' if value is None else f'{value:.4f}':>16}")
     extra = [f"images: {result.get('num_images', 0)}"]
     if result.get("best_threshold") is not None:
         extra.append(f"best threshold (MaxBoxAcc): {result['best_threshold']:.3f}")
@@ -410,7 +523,8 @@ def localize_files(
                 records.append({"file": str(path), "error": str(err)})
                 progress(1)
                 continue
-            maps, logits, classes = class_maps(loaded, explainer, [image], None, topk)
+            _, res = explain_batch(loaded, explainer, [image], None, topk)
+            maps, logits, classes = image_maps(res.maps, [image]), res.logits.detach().cpu(), res.classes.cpu()
             boxes = map_boxes(maps[0], protocol, threshold)
             probs = logits.float().softmax(-1)[0]
             entries = []
@@ -430,12 +544,13 @@ def localize_files(
 
 __all__ = [
     "Accumulators",
+    "AnnotationSamples",
+    "BuiltinSamples",
     "Sample",
-    "annotation_samples",
     "box_baselines",
-    "builtin_samples",
     "dataset_samples",
-    "class_maps",
+    "explain_batch",
+    "image_maps",
     "evaluate_maps",
     "evaluate_model",
     "format_table",

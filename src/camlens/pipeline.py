@@ -20,7 +20,7 @@ from torch import Tensor
 from .capture import CamlensError
 from .data.images import DEFAULT_MAX_PIXELS, ImageError, load_image
 from .methods.base import ClassSpec, Explainer
-from .distributed import Context, ProgressLog, barrier, gather, shard, write_atomic
+from .distributed import Context, ProgressLog, barrier, gather, resume_entries, shard_batches, write_atomic
 from .models import LoadedModel
 from .render import overlay, save_image, three_panel_figure
 
@@ -59,7 +59,7 @@ def _safe(name: str) -> str:
 
 
 def _load_batches(
-    paths: Sequence[Path], batch_size: int, workers: int, max_pixels: int
+    batches: Sequence[Sequence[Path]], workers: int, max_pixels: int
 ) -> Iterator[list[tuple[Path, Tensor | ImageError]]]:
     def load(path: Path) -> Tensor | ImageError:
         try:
@@ -68,15 +68,9 @@ def _load_batches(
             return err
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        loaded = pool.map(load, paths)
-        batch: list[tuple[Path, Tensor | ImageError]] = []
-        for path, item in zip(paths, loaded):
-            batch.append((path, item))
-            if len(batch) == batch_size:
-                yield batch
-                batch = []
-        if batch:
-            yield batch
+        loaded = pool.map(load, [path for batch in batches for path in batch])
+        for batch in batches:
+            yield [(path, next(loaded)) for path in batch]
 
 
 def output_stems(paths: Sequence[Path]) -> dict[Path, str]:
@@ -111,20 +105,21 @@ def explain_files(
     """Explain every file: one overlay per image and explained class in ``out_dir``, named
     ``<stem>_<rank>_<label>.<format>``; returns the summary (written by the main rank as summary.json and .csv).
 
-    Under torchrun each rank takes a strided shard of ``paths``.  Finished images are logged per rank in
-    ``out_dir/.progress``; with ``resume`` a rerun with the same ``run_key`` skips them, so an interrupted run
-    completes to the same outputs as an uninterrupted one.
+    Under torchrun each rank takes its share of the batches (:func:`camlens.distributed.shard_batches`).
+    Finished batches are logged per rank in ``out_dir/.progress``; with ``resume`` a rerun with the same
+    ``run_key`` skips them, so an interrupted run completes to the same outputs as an uninterrupted one.
     """
     ctx = ctx or Context(0, 1, 0, next(loaded.model.parameters()).device)
     progress_dir = out_dir / ".progress"
-    previous = _previous_entries(progress_dir, run_key or {}, resume, ctx)
+    previous = resume_entries(progress_dir, {**(run_key or {}), "batch_size": batch_size}, resume, ctx)
     finished = {entry["file"] for entry in previous}
-    todo = [p for p in shard(paths, ctx) if str(p) not in finished]
-    progress(len(shard(paths, ctx)) - len(todo))
+    mine = [[paths[i] for i in batch] for _, batch in shard_batches(len(paths), batch_size, ctx)]
+    todo = [batch for batch in mine if not all(str(p) in finished for p in batch)]
+    progress(sum(map(len, mine)) - sum(map(len, todo)))
     log = ProgressLog(progress_dir, ctx)
     stems = output_stems(paths)
     entries: list[dict] = []
-    for batch in _load_batches(todo, batch_size, workers, max_pixels):
+    for batch in _load_batches(todo, workers, max_pixels):
         done, good = [], []
         for path, item in batch:
             if isinstance(item, ImageError):
@@ -148,25 +143,6 @@ def explain_files(
         summary.write(out_dir)
     barrier(ctx)
     return summary
-
-
-def _previous_entries(progress_dir: Path, run_key: dict, resume: bool, ctx: Context) -> list[dict]:
-    key_file = progress_dir / "run.json"
-    if resume and key_file.exists():
-        if json.loads(key_file.read_text()) != run_key:
-            raise CamlensError(
-                f"{progress_dir.parent} holds results of a run with other options; use --restart or another --out"
-            )
-        return ProgressLog.read_all(progress_dir)
-    barrier(ctx)  # every rank has checked the old key before the main rank replaces it
-    if ctx.is_main:
-        if progress_dir.exists():
-            for old in progress_dir.glob("*.jsonl"):
-                old.unlink()
-        progress_dir.mkdir(parents=True, exist_ok=True)
-        write_atomic(key_file, json.dumps(run_key))
-    barrier(ctx)
-    return []
 
 
 def _merge(paths: Sequence[Path], entries: list[dict]) -> Summary:
