@@ -1,5 +1,6 @@
-"""The main job, offline: train the small GAP CNN on the built-in dataset, explain held-out images with CAM and
-write a self-contained HTML report.
+"""The main job, offline: train the small GAP CNN on the built-in dataset, explain held-out images with CAM,
+score its boxes against the ground truth and two input-blind baselines, compare the CAM family on localization
+and faithfulness, and write a self-contained HTML report.
 
 ``run_demo`` returns everything it computed (test images, ground truth, logits, raw maps of the predicted and
 the true class) so callers can add their own sections to the report through ``extra_tables``.
@@ -17,8 +18,11 @@ import torch
 from torch import Tensor
 
 from . import report
+from .evaluation import METRIC_ROWS, BuiltinSamples, evaluate_model
 from .maps import upsample
-from .methods import CAM
+from .methods import CAM, get_method
+from .metrics.faithfulness import FaithfulnessConfig
+from .models import LoadedModel
 from .train import TrainResult, load_data, train
 
 DEMO_EPOCHS = 8
@@ -26,6 +30,16 @@ DEMO_TRAIN = 6000
 DEMO_VAL = 500
 DEMO_TEST = 1000
 ZOOM = 3  # gallery tiles are drawn at 3x the 64-pixel images
+DEMO_METHODS = ("cam", "gradcam", "gradcampp", "xgradcam", "layercam", "hirescam", "scorecam", "ablationcam", "eigencam")
+DEMO_COMPARE = 100  # test images per method in the comparison
+# 20 deletion/insertion steps, ROAD at 4 percentages, and the pointing game's 15 px at 224 px scaled to 64 px
+DEMO_FAITHFULNESS = FaithfulnessConfig(steps=20, road_percentages=(20.0, 40.0, 60.0, 80.0), tolerance=4)
+COMPARISON_COLUMNS = (
+    ("GT-known Loc", "gt_known_loc"), ("MaxBoxAccV2", "maxboxacc_v2"), ("PxAP", "pxap"),
+    ("Avg Drop % (lower)", "average_drop"), ("Increase %", "increase_in_confidence"),
+    ("Deletion (lower)", "deletion_auc"), ("Insertion", "insertion_auc"), ("ROAD", "road"),
+    ("Pointing game", "pointing_game"),
+)
 
 
 @dataclass
@@ -49,6 +63,8 @@ class DemoResult:
     logits: Tensor  # (N, C)
     maps: Tensor  # (N, 2, h, w)
     confusion: Tensor  # (C, C), rows true, columns predicted
+    localization: dict  # camlens.evaluation.evaluate_model on the test split, with baselines
+    methods: list[dict]  # per method: its name, seconds, and the metrics of evaluate_model with faithfulness
 
     @property
     def predictions(self) -> Tensor:
@@ -115,12 +131,16 @@ def run_demo(
     seed: int = 0,
     device: str = "cpu",
     num_examples: int = 24,
+    methods: Sequence[str] = DEMO_METHODS,
+    num_compare: int = DEMO_COMPARE,
     extra_tables: TablesArg = None,
     progress: bool = True,
     log: Callable[[str], None] | None = print,
 ) -> DemoResult:
-    """Train ``gapnet`` on the built-in dataset, explain ``num_test`` held-out images with CAM, and write
-    ``out_dir/report.html`` (plus ``out_dir/summary.json`` and the checkpoint under ``out_dir/model``).
+    """Train ``gapnet`` on the built-in dataset, explain ``num_test`` held-out images with CAM, evaluate its
+    localization on them, compare ``methods`` on the first ``num_compare`` of them (localization and
+    faithfulness), and write ``out_dir/report.html`` (plus ``out_dir/summary.json`` and the checkpoint under
+    ``out_dir/model``).
 
     ``extra_tables``: more report sections, as ``(title, header, rows)`` tables or a function of the
     :class:`DemoResult` returning them (computed after the maps, before the report is written).
@@ -154,11 +174,27 @@ def run_demo(
     confusion = confusion_matrix(test["labels"], logits.argmax(1), len(data.classes))
     say(f"test accuracy {accuracy:.2%} on {num_test} held-out images; CAMs in {timings['explain']:.1f}s")
 
+    tick = time.perf_counter()
+    loaded = LoadedModel(trained.model, list(data.classes), trained.preprocess, "gapnet")
+    with CAM(loaded.model) as cam:
+        localization = evaluate_model(loaded, cam, BuiltinSamples(test_set), batch_size=250)
+    timings["localization"] = time.perf_counter() - tick
+    say(f"GT-known Loc {localization['gt_known_loc']:.2f} (centred box "
+        f"{localization['baselines']['center_box']['gt_known_loc']:.2f}), MaxBoxAccV2 "
+        f"{localization['maxboxacc_v2']:.2f}, PxAP {localization['pxap']:.2f} in {timings['localization']:.1f}s")
+
+    tick = time.perf_counter()
+    compared = compare_methods(loaded, test_set, methods, num_compare)
+    timings["methods"] = time.perf_counter() - tick
+    if methods:
+        say(f"{len(methods)} methods compared on {min(num_compare, num_test)} images in {timings['methods']:.1f}s")
+
     result = DemoResult(out_dir, out_dir / "report.html", trained.checkpoint, accuracy, 0.0, timings, trained,
                         list(data.classes), test["images"], test["labels"], test["boxes"], test["masks"],
-                        test_set.ids, logits, maps, confusion)
+                        test_set.ids, logits, maps, confusion, localization, compared)
     tick = time.perf_counter()
-    tables = list(extra_tables(result) if callable(extra_tables) else (extra_tables or []))
+    tables = [_localization_table(localization)] + ([_methods_table(compared)] if compared else [])
+    tables += list(extra_tables(result) if callable(extra_tables) else (extra_tables or []))
     tables.append(_history_table(trained))
     result.seconds = time.perf_counter() - began
     _write(result, tables, num_examples)
@@ -167,6 +203,50 @@ def run_demo(
     _summary(result)
     say(f"report: {result.report}  ({result.seconds:.1f}s in all)")
     return result
+
+
+def compare_methods(loaded: LoadedModel, test_set, methods: Sequence[str], count: int) -> list[dict]:
+    """Localization and faithfulness (:data:`DEMO_FAITHFULNESS`) of each method on the first ``count`` images of
+    ``test_set``, maps of the true class."""
+    from .data.builtin import BuiltinDataset
+
+    subset = BuiltinSamples(BuiltinDataset("test", num_images=min(count, len(test_set)), seed=test_set.seed))
+    rows = []
+    for name in methods:
+        tick = time.perf_counter()
+        with get_method(name)(loaded.model) as explainer:
+            metrics = evaluate_model(loaded, explainer, subset, batch_size=50, faithfulness=DEMO_FAITHFULNESS)
+        rows.append({"method": name, "seconds": time.perf_counter() - tick, **metrics})
+    return rows
+
+
+def _localization_table(result: dict) -> report.Table:
+    base = result["baselines"]
+    rows = [(label, *(f"{v:.1f}" if v is not None else "-" for v in
+                      (result[key], base["center_box"].get(key), base["best_fixed_box"].get(key))))
+            for label, key in METRIC_ROWS]
+    return report.Table(
+        f"Localization on the {result['num_images']} test images (%)", ("metric", "gapnet + CAM", "centred box",
+                                                                        "best fixed box"), rows,
+        "Maps of the true class. Top-1/Top-5/GT-known Loc: the CAM paper's box (largest component above 20% of the "
+        "map's max), right when IoU >= 0.5. MaxBoxAcc, MaxBoxAccV2 and PxAP: Choe et al. (CVPR 2020), best over "
+        f"1000 thresholds (MaxBoxAcc's best: {result['best_threshold']:.3f}). Baselines ignore the image: the box "
+        "over the central half of each side, and the fixed box that scores best on these very images.")
+
+
+def _methods_table(rows: list[dict]) -> report.Table:
+    fmt = lambda v: "-" if v is None else f"{v:.3f}" if abs(v) < 10 else f"{v:.1f}"  # noqa: E731
+    body = [(r["method"], *(fmt(r.get(key)) for _, key in COMPARISON_COLUMNS), f"{r['seconds']:.1f}") for r in rows]
+    c = DEMO_FAITHFULNESS
+    return report.Table(
+        f"The CAM family on the first {rows[0]['num_images']} test images", ("method", *(h for h, _ in COMPARISON_COLUMNS),
+                                                                           "seconds"), body,
+        "Maps of the true class at the last conv layer. Localization in % as above. Average Drop % and Increase in "
+        "Confidence (Chattopadhay et al.): softmax score of the map-masked image. Deletion (to zeros) and Insertion "
+        f"(from a blur) AUC (Petsiuk et al.) over {c.steps} steps. ROAD (Rong et al.): mean of (LeRF - MoRF) / 2 softmax "
+        f"score with noisy linear imputation, removing {', '.join(f'{p:g}' for p in c.road_percentages)}%. Pointing game "
+        f"(Zhang et al.): the map's maximum within {c.tolerance} px of the true box, mean over classes. Seconds: "
+        "maps and every metric.")
 
 
 def _history_table(trained: TrainResult) -> report.Table:
@@ -227,5 +307,7 @@ def _summary(res: DemoResult) -> None:
         "report": str(res.report),
         "classes": res.class_names,
         "confusion": res.confusion.tolist(),
+        "localization": res.localization,
+        "methods": res.methods,
     }
     (res.out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
