@@ -1,49 +1,7 @@
-"""Metrics on maps: localization (boxes, masks)."""
+"""Metrics on maps: localization (boxes, masks) and faithfulness (perturbations, pointing, sanity)."""
 
-from .faithfulness import (
-    ConfidenceChange,
-    FaithfulnessConfig,
-    FaithfulnessTotals,
-    PerturbationCurve,
-    RandomizationResult,
-    RoadResult,
-    boxes_to_masks,
-    class_scores,
-    confidence_change,
-    deletion_curve,
-    faithfulness_scores,
-    insertion_curve,
-    noisy_linear_imputation,
-    pointing_game,
-    randomization_check,
-    rank_correlation,
-    rise_blur,
-    road,
-    ssim,
-)
+from . import faithfulness
+from .faithfulness import *  # noqa: F403
 from .localization import BoxAccuracy, ClassLocalization, PixelAP
 
-__all__ = [
-    "BoxAccuracy",
-    "ClassLocalization",
-    "ConfidenceChange",
-    "FaithfulnessConfig",
-    "FaithfulnessTotals",
-    "PerturbationCurve",
-    "PixelAP",
-    "RandomizationResult",
-    "RoadResult",
-    "boxes_to_masks",
-    "class_scores",
-    "confidence_change",
-    "deletion_curve",
-    "faithfulness_scores",
-    "insertion_curve",
-    "noisy_linear_imputation",
-    "pointing_game",
-    "randomization_check",
-    "rank_correlation",
-    "rise_blur",
-    "road",
-    "ssim",
-]
+__all__ = ["BoxAccuracy", "ClassLocalization", "PixelAP", *faithfulness.__all__]

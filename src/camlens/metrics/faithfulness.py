@@ -247,29 +247,44 @@ def _step_counts(pixels: int, steps: int) -> Tensor:
     return torch.tensor([k * pixels // steps for k in range(steps + 1)])
 
 
-def _perturbation_curve(
+def perturbation_curve(
     model: nn.Module,
     images: Tensor,
     maps: Tensor,
     classes: Tensor | Sequence[int] | int,
     *,
-    deletion: bool,
-    baseline: Baseline,
-    steps: int,
-    score: Score,
-    blur_kernel: int,
-    blur_sigma: float,
-    batch_size: int,
-    original_scores: Tensor | None,
+    mode: Literal["deletion", "insertion"],
+    steps: int = 100,
+    baseline: Baseline | None = None,
+    score: Score = "softmax",
+    blur_kernel: int = 11,
+    blur_sigma: float = 5.0,
+    batch_size: int = 64,
+    original_scores: Tensor | None = None,
 ) -> PerturbationCurve:
+    """Deletion or insertion (Petsiuk et al., BMVC 2018, "RISE").
+
+    ``deletion``: pixels are replaced by ``baseline`` (default "zeros", RISE's deletion substrate) in order of
+    decreasing map value; lower AUC is better.  ``insertion``: starting from ``baseline`` (default "blur", RISE's
+    blurred image, :func:`rise_blur`), the original pixels are put back in that order; higher AUC is better.
+
+    Step k = 0..S changes the first floor(k·N / S) pixels of the ranking (N = H·W; ties by row-major index), all
+    channels of a pixel at once; the curve is the class score at each step and the AUC integrates it by the
+    trapezoid rule over the fraction of pixels changed, from 0 to 1.  ``baseline``: "zeros" (zeros of the model
+    input), "mean" (per-image channel means), "blur" or a tensor.  RISE changed 224 pixels per step at 224², i.e.
+    ``steps=224``; the default 100 changes 1 % per step.  S forward passes per image (S + 1 without
+    ``original_scores``, the score of the unperturbed image, which sits at one end of the curve).
+    """
+    if mode not in ("deletion", "insertion"):
+        raise CamlensError(f"mode={mode!r}: use 'deletion' or 'insertion'")
     _check_model(model)
+    deletion = mode == "deletion"
     batch, _, height, width = images.shape
     classes = _as_classes(classes, batch, images.device)
     rank = _relevance_rank(_as_maps(maps, (height, width), batch))
-    substrate = _baseline(images, baseline, blur_kernel, blur_sigma)
+    substrate = _baseline(images, baseline or ("zeros" if deletion else "blur"), blur_kernel, blur_sigma)
     start, finish = (images, substrate) if deletion else (substrate, images)
     counts = _step_counts(height * width, steps).to(images.device)
-    # The unperturbed image sits at one end of the curve: reuse its score when the caller has it.
     known = 0 if deletion else steps
     todo = [k for k in range(steps + 1) if original_scores is None or k != known]
     todo_t = torch.tensor(todo, device=images.device)
@@ -289,60 +304,16 @@ def _perturbation_curve(
     return PerturbationCurve(fractions.float(), scores, auc)
 
 
-def deletion_curve(
-    model: nn.Module,
-    images: Tensor,
-    maps: Tensor,
-    classes: Tensor | Sequence[int] | int,
-    *,
-    steps: int = 100,
-    baseline: Baseline = "zeros",
-    score: Score = "softmax",
-    blur_kernel: int = 11,
-    blur_sigma: float = 5.0,
-    batch_size: int = 64,
-    original_scores: Tensor | None = None,
-) -> PerturbationCurve:
-    """Deletion (Petsiuk et al., BMVC 2018, "RISE"): pixels are replaced by ``baseline`` in order of decreasing
-    map value; lower AUC is better.
-
-    Step k = 0..S replaces the first floor(k·N / S) pixels of the ranking (N = H·W; ties by row-major index),
-    all channels of a pixel at once; the curve is the class score at each step and the AUC integrates it by the
-    trapezoid rule over the fraction of pixels replaced, from 0 to 1.  ``baseline``: "zeros" (RISE's deletion
-    substrate, zeros of the model input), "mean" (per-image channel means), "blur" (:func:`rise_blur`) or a
-    tensor.  RISE replaced 224 pixels per step at 224², i.e. ``steps=224``; the default 100 removes 1 % per step.
-    S forward passes per image (S + 1 without ``original_scores``, the score of the unperturbed image).
-    """
-    return _perturbation_curve(
-        model, images, maps, classes, deletion=True, baseline=baseline, steps=steps, score=score,
-        blur_kernel=blur_kernel, blur_sigma=blur_sigma, batch_size=batch_size, original_scores=original_scores,
-    )
+def deletion_curve(model: nn.Module, images: Tensor, maps: Tensor, classes: Tensor | Sequence[int] | int,
+                   **options: Any) -> PerturbationCurve:
+    """Deletion AUC (lower is better): :func:`perturbation_curve` with ``mode="deletion"`` (baseline "zeros")."""
+    return perturbation_curve(model, images, maps, classes, mode="deletion", **options)
 
 
-def insertion_curve(
-    model: nn.Module,
-    images: Tensor,
-    maps: Tensor,
-    classes: Tensor | Sequence[int] | int,
-    *,
-    steps: int = 100,
-    baseline: Baseline = "blur",
-    score: Score = "softmax",
-    blur_kernel: int = 11,
-    blur_sigma: float = 5.0,
-    batch_size: int = 64,
-    original_scores: Tensor | None = None,
-) -> PerturbationCurve:
-    """Insertion (Petsiuk et al., BMVC 2018, "RISE"): starting from ``baseline`` (default: RISE's blurred image,
-    :func:`rise_blur`), the original pixels are put back in order of decreasing map value; higher AUC is better.
-
-    Same steps, ranking and trapezoid AUC as :func:`deletion_curve`, with step k showing the first floor(k·N / S)
-    pixels of the original image.  S forward passes per image (S + 1 without ``original_scores``).
-    """
-    return _perturbation_curve(
-        model, images, maps, classes, deletion=False, baseline=baseline, steps=steps, score=score,
-        blur_kernel=blur_kernel, blur_sigma=blur_sigma, batch_size=batch_size, original_scores=original_scores,
-    )
+def insertion_curve(model: nn.Module, images: Tensor, maps: Tensor, classes: Tensor | Sequence[int] | int,
+                    **options: Any) -> PerturbationCurve:
+    """Insertion AUC (higher is better): :func:`perturbation_curve` with ``mode="insertion"`` (baseline "blur")."""
+    return perturbation_curve(model, images, maps, classes, mode="insertion", **options)
 
 
 # ------------------------------------------------------------------------------------------------- ROAD
@@ -859,6 +830,7 @@ __all__ = [
     "faithfulness_scores",
     "insertion_curve",
     "noisy_linear_imputation",
+    "perturbation_curve",
     "pointing_game",
     "randomization_check",
     "rank_correlation",
