@@ -80,3 +80,29 @@ def test_usage_errors_are_one_line_without_traceback(workspace):
     assert proc.returncode == 2 and "GradCAM" in proc.stderr and "Traceback" not in proc.stderr
     proc = _run("--debug", "explain", "imgs/rgb.jpg", "--arch", "nope", "--out", "x", cwd=workspace)
     assert "Traceback" in proc.stderr
+
+
+def test_fused_layers_are_the_fusion_rule_of_the_single_layer_maps(workspace):
+    import camlens
+    from camlens.cli import make_explainer
+    from camlens.models import load_model
+
+    loaded = load_model(workspace / "m.safetensors")
+    x = torch.rand(2, 3, 32, 32)
+    singles = []
+    for layer in ("features.2", "features.6"):
+        with make_explainer(loaded, "gradcam", [layer]) as one:
+            singles.append(one(x, [0, 2]).maps)
+    for rule in ("max", "mean"):
+        with make_explainer(loaded, "grad-cam", ["features.2", "features.6"], rule) as both:
+            torch.testing.assert_close(both(x, [0, 2]).maps, camlens.fuse(singles, rule))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--method", "nope"], "unknown method 'nope'; choose from"),
+    (["--method", "cam", "--layer", "features.2", "--layer", "features.6"], "fusing 2 layers needs"),
+])
+def test_bad_method_options_are_one_line_errors(workspace, args, message):
+    proc = _run("explain", "imgs/rgb.jpg", "--checkpoint", "m.safetensors", *args, "--out", "o", cwd=workspace)
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1

@@ -40,11 +40,26 @@ def load_from_args(args: argparse.Namespace):
     )
 
 
-def make_explainer(loaded, method: str, layers: Sequence[str] | None):
+def make_explainer(loaded, method: str, layers: Sequence[str] | None, fuse: str = "max"):
     from .methods import get_method
+    from .methods.layered import LayerExplainer
 
-    layer = None if not layers else (layers[0] if len(layers) == 1 else list(layers))
-    return get_method(method)(loaded.model, layer=layer)
+    cls = get_method(method)
+    if layers and len(layers) > 1:
+        if not issubclass(cls, LayerExplainer):
+            raise CamlensError(f"--method {method} explains one layer; fusing {len(layers)} layers needs a method "
+                               "such as gradcam, layercam or scorecam")
+        return cls(loaded.model, layer=list(layers), fuse=fuse)
+    return cls(loaded.model, layer=layers[0] if layers else None)
+
+
+def add_method_args(p: argparse.ArgumentParser) -> None:
+    """The CAM method and its target layers, shared by explain, localize and evaluate."""
+    p.add_argument("--method", default="cam", help="cam, gradcam, gradcampp, xgradcam, layercam, hirescam, scorecam, "
+                                                   "sscam, iscam, ablationcam, eigencam (default: cam)")
+    p.add_argument("--layer", action="append", help="target layer name (default: found automatically; repeat to fuse)")
+    p.add_argument("--fuse", "--target-layer-fuse", choices=["max", "mean"], default="max",
+                   help="how maps of several --layer are combined, after min-max normalizing and upsampling each")
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
@@ -64,11 +79,11 @@ def cmd_explain(args: argparse.Namespace) -> int:
         out = Path(args.out)
         render = RenderOptions(args.colormap, args.alpha, args.classic, args.figure, args.format)
         run_key = {k: getattr(args, k) for k in ("checkpoint", "arch", "weights", "class_names", "size", "mean", "std",
-                                                 "method", "layer", "topk", "target_class", "alpha", "colormap",
+                                                 "method", "layer", "fuse", "topk", "target_class", "alpha", "colormap",
                                                  "classic", "figure", "format", "max_pixels")}
-        bar = tqdm(total=sum(len(b) for _, b in distributed.shard_batches(len(paths), args.batch_size, ctx)), unit="img", disable=args.quiet or not ctx.is_main,
-                   file=sys.stderr)
-        with make_explainer(loaded, args.method, args.layer) as explainer, bar:
+        share = sum(len(b) for _, b in distributed.shard_batches(len(paths), args.batch_size, ctx))
+        with make_explainer(loaded, args.method, args.layer, args.fuse) as explainer, \
+                tqdm(total=share, unit="img", disable=args.quiet or not ctx.is_main, file=sys.stderr) as bar:
             summary = explain_files(
                 loaded, explainer, paths, out, classes=args.target_class, topk=args.topk,
                 batch_size=args.batch_size, workers=args.workers, max_pixels=args.max_pixels, render=render,
@@ -94,8 +109,8 @@ def cmd_localize(args: argparse.Namespace) -> int:
         _fail(line)
     loaded = load_from_args(args)
     out = Path(args.out)
-    bar = tqdm(total=len(paths), unit="img", disable=args.quiet, file=sys.stderr)
-    with make_explainer(loaded, args.method, args.layer) as explainer, bar:
+    with make_explainer(loaded, args.method, args.layer, args.fuse) as explainer, \
+            tqdm(total=len(paths), unit="img", disable=args.quiet, file=sys.stderr) as bar:
         records = localize_files(
             loaded, explainer, paths, out, protocol=args.protocol, threshold=args.threshold, topk=args.topk,
             progress=bar.update, on_error=lambda line: bar.write(f"camlens: skipped {line}", file=sys.stderr),
@@ -131,11 +146,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                                       mask_root=args.mask_root, class_names=loaded.class_names)
             config = FaithfulnessConfig(steps=args.steps, tolerance=args.pointing_tolerance) if args.faithfulness else None
             run_key = {k: getattr(args, k) for k in ("checkpoint", "arch", "weights", "size", "mean", "std", "method",
-                                                     "layer", "data", "split", "paper_threshold", "faithfulness",
+                                                     "layer", "fuse", "data", "split", "paper_threshold", "faithfulness",
                                                      "steps", "pointing_tolerance")}
             share = sum(len(b) for _, b in distributed.shard_batches(len(samples), args.batch_size, ctx))
-            bar = tqdm(total=share, unit="img", disable=args.quiet or not ctx.is_main, file=sys.stderr)
-            with make_explainer(loaded, args.method, args.layer) as explainer, bar:
+            with make_explainer(loaded, args.method, args.layer, args.fuse) as explainer, \
+                    tqdm(total=share, unit="img", disable=args.quiet or not ctx.is_main, file=sys.stderr) as bar:
                 result = evaluate_model(
                     loaded, explainer, samples, batch_size=args.batch_size, paper_threshold=args.paper_threshold,
                     faithfulness=config, workers=args.workers, ctx=ctx, progress_dir=args.progress_dir,
@@ -202,8 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("explain", help="write CAM overlays for image files, folders or globs")
     p.add_argument("paths", nargs="+", help="image files, folders or glob patterns")
     add_model_args(p)
-    p.add_argument("--method", default="cam", help="cam, gradcam, ... (default: cam)")
-    p.add_argument("--layer", action="append", help="target layer name (repeat to fuse several layers)")
+    add_method_args(p)
     p.add_argument("--topk", type=int, default=1, help="explain the k best classes (default: 1)")
     p.add_argument("--class", dest="target_class", type=int, help="explain this class index instead of the top-k")
     p.add_argument("--alpha", type=float, default=0.5, help="heatmap opacity (default: 0.5)")
@@ -222,8 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("localize", help="boxes from maps (paper or WSOL protocol): boxes.json and overlays with boxes")
     p.add_argument("paths", nargs="+", help="image files, folders or glob patterns")
     add_model_args(p)
-    p.add_argument("--method", default="cam", help="cam, gradcam, ... (default: cam)")
-    p.add_argument("--layer", action="append", help="target layer name (repeat to fuse several layers)")
+    add_method_args(p)
     p.add_argument("--topk", type=int, default=1, help="boxes for the k best classes (default: 1)")
     p.add_argument("--protocol", choices=["paper", "wsol"], default="paper",
                    help="paper: largest component above threshold x max; wsol: largest contour at the threshold "
@@ -235,8 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="localization (and faithfulness) metrics on a labelled split, or of saved maps")
     add_model_args(p)
-    p.add_argument("--method", default="cam", help="cam, gradcam, ... (default: cam)")
-    p.add_argument("--layer", action="append", help="target layer name (repeat to fuse several layers)")
+    add_method_args(p)
     p.add_argument("--data", default="builtin",
                    help="builtin, or a folder of annotations: WSOL metadata, CUB-200-2011 or VOC/ImageNet XML")
     p.add_argument("--split", default="test", help="split to evaluate (default: test)")

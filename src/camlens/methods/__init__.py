@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..capture import CamlensError
 from .activation import CAM, ISCAM, SSCAM, AblationCAM, ScoreCAM
 from .base import CAMResult, Explainer, select_classes
 from .decomposition import EigenCAM
@@ -15,10 +16,11 @@ METHODS: dict[str, type[Explainer]] = {
 
 
 def get_method(name: str) -> type[Explainer]:
-    """The explainer class registered under ``name`` (case and dashes ignored: ``grad-cam`` = ``gradcam``)."""
-    key = name.lower().replace("-", "").replace("_", "")
+    """The explainer class registered under ``name`` (case, dashes and underscores ignored, ``++`` read as
+    ``pp``: ``Grad-CAM++`` = ``gradcampp``)."""
+    key = name.lower().replace("-", "").replace("_", "").replace("++", "pp")
     if key not in METHODS:
-        raise ValueError(f"unknown method {name!r}; choose from {', '.join(sorted(METHODS))}")
+        raise CamlensError(f"unknown method {name!r}; choose from {', '.join(sorted(METHODS))}")
     return METHODS[key]
 
 
