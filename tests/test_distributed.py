@@ -68,6 +68,19 @@ def images(tmp_path_factory):
     return root
 
 
+def crash_after_two_batches():
+    """A progress callback that interrupts the run when the third batch is reported done (the first call reports
+    the work already done: none)."""
+    calls = []
+
+    def progress(n):
+        calls.append(n)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+
+    return progress
+
+
 def _outputs(folder):
     summary = json.loads((folder / "summary.json").read_text())
     files = {p.name: p.read_bytes() for p in folder.glob("*.png")}
@@ -98,16 +111,9 @@ def test_interrupted_explain_resumes_to_identical_output(images, tmp_path):
     paths, _ = expand_paths([images / "imgs"])
     with CAM(loaded.model) as cam:
         full = explain_files(loaded, cam, paths, tmp_path / "full", topk=2, batch_size=2, run_key={"k": 1})
-        calls = []
-
-        def crash_after_two_batches(n):
-            calls.append(n)
-            if len(calls) == 3:
-                raise KeyboardInterrupt
-
         with pytest.raises(KeyboardInterrupt):
             explain_files(loaded, cam, paths, tmp_path / "part", topk=2, batch_size=2, run_key={"k": 1},
-                          progress=crash_after_two_batches)
+                          progress=crash_after_two_batches())
         assert not (tmp_path / "part" / "summary.json").exists()
         redone = []
         resumed = explain_files(loaded, cam, paths, tmp_path / "part", topk=2, batch_size=2, run_key={"k": 1},
@@ -145,15 +151,8 @@ def test_interrupted_evaluate_resumes_to_the_same_metrics(images, tmp_path):
     run = dict(batch_size=3, faithfulness=config, run_key={"k": 1})
     with GradCAM(loaded.model) as explainer:
         full = evaluate_model(loaded, explainer, samples, **run)
-        calls = []
-
-        def crash_after_two_batches(n):
-            calls.append(n)
-            if len(calls) == 3:
-                raise KeyboardInterrupt
-
         with pytest.raises(KeyboardInterrupt):
-            evaluate_model(loaded, explainer, samples, progress_dir=tmp_path, progress=crash_after_two_batches, **run)
+            evaluate_model(loaded, explainer, samples, progress_dir=tmp_path, progress=crash_after_two_batches(), **run)
         redone = []
         resumed = evaluate_model(loaded, explainer, samples, progress_dir=tmp_path, progress=redone.append, **run)
         assert redone[0] == 6  # the first two batches came from the log
