@@ -143,13 +143,15 @@ def random_maps(rng: np.random.Generator, kind: str, b: int, h: int, w: int) -> 
         return (rng.random((b, h, w)) < 0.5).astype(np.float64)
     coarse = torch.tensor(rng.standard_normal((b, 1, 4, 4)))
     up = F.interpolate(coarse, size=(h, w), mode="bilinear", align_corners=False)[:, 0].numpy()
+    if kind == "relu":  # a CAM after ReLU: a flat zero background (pixels at level 0 never enter a component)
+        up = np.maximum(up, 0.0) + (up.max((1, 2), keepdims=True) <= 0)
     lo, hi = up.min((1, 2), keepdims=True), up.max((1, 2), keepdims=True)
-    return (up - lo) / (hi - lo)
+    return (up - lo) / np.where(hi > lo, hi - lo, 1.0)
 
 
-@pytest.mark.parametrize("kind", ["noise", "levels", "binary", "smooth"])
+@pytest.mark.parametrize("kind", ["noise", "levels", "binary", "smooth", "relu"])
 def test_sweep_equals_opencv_per_threshold_search_on_random_maps(kind):
-    rng = np.random.default_rng({"noise": 0, "levels": 1, "binary": 2, "smooth": 3}[kind])
+    rng = np.random.default_rng({"noise": 0, "levels": 1, "binary": 2, "smooth": 3, "relu": 5}[kind])
     for _ in range(12):
         h, w = (int(v) for v in rng.integers(1, 24, 2))
         assert_sweep_matches_cv2(random_maps(rng, kind, int(rng.integers(1, 4)), h, w), wsol_thresholds(0.001))
@@ -182,6 +184,20 @@ def test_largest_contour_is_by_polygon_area_with_holes_filled_not_pixel_count():
     assert wsol_sweep(m, [0.5]).largest[0, 0].tolist() == [1, 1, 8, 8]
     m[0:9, 9:12] = 1.0  # 27 pixels, polygon area 16: more pixels than the ring but a smaller contour area
     assert wsol_sweep(m, [0.5]).largest[0, 0].tolist() == [1, 1, 8, 8]
+
+
+def test_island_in_a_hole_and_its_own_hole_are_contours_and_the_ring_is_largest():
+    m = np.zeros((11, 16))
+    m[1:10, 1:10] = 1.0
+    m[2:9, 2:9] = 0.0  # a ring around a 7x7 hole: polygon area 64
+    m[3:8, 3:8] = 1.0  # a 5x5 island inside the hole, with its own 3x3 hole
+    m[4:7, 4:7] = 0.0
+    m[1:6, 11:16] = 1.0  # a separate 5x5 block (area 16, as the island)
+    sweep = wsol_sweep(m, [0.5])
+    assert sweep.largest[0, 0].tolist() == [1, 1, 10, 10]
+    expect = [(1, 1, 10, 10), (1, 1, 10, 10), (3, 3, 8, 8), (3, 3, 8, 8), (11, 1, 16, 6)]
+    assert sorted(map(tuple, sweep.contours(0, 0).tolist())) == expect
+    assert_sweep_matches_cv2(m[None], np.array([0.5]))
 
 
 def test_equal_contour_areas_go_to_the_component_starting_last():

@@ -32,15 +32,14 @@ The sweep is computed for every threshold in one pass instead of one contour sea
   largest is always an outer contour of a component not inside a hole, ties going to the component that starts
   last in raster order (OpenCV lists contours last-found first).
 
-How: every pixel points to its highest neighbour (ties by index), so each tree of that forest has its pixels
-above any level connected; trees that are never a component of their own (their saddle with a neighbour equals
-their own peak, e.g. plateau pieces) are folded into that neighbour; per-(tree, value) statistics cumulated over
-values give each tree's box, first pixel and area at every level; a Kruskal pass over the tree-to-tree saddles
-(highest first) says which trees form one component at each level.  Holes are the same construction on the
-inverted map with 4-connectivity (the padding ring is the outside).  A component's parent region is the one just
-above its first pixel, which nests components and holes at each level and gives filled areas by subtree sums.
-Costs are a few dozen vectorized passes over the pixels plus work proportional to the number of
-(component, level) pairs, instead of 1000 contour searches.
+How (:func:`_sweep_map`, compiled with numba): the component tree of the upper level sets ``{q > L}``
+(8-connected) and that of the background sets ``{q <= L}`` (4-connected, on the inverted map; the one-pixel
+padding ring is the outside) are built by union-find over the pixels in value order (Berger et al., ICIP 2007),
+with each node's box, first pixel and quad weight summed along the way.  A node is one component at every level
+from its parent's value to its own; its parent region at each of those levels is the node of the other tree just
+above its first pixel, found by walking up that tree, which nests components and holes at each level and gives
+filled areas by subtree sums.  Costs are two union-find passes over the pixels plus work proportional to the
+number of (contour, level) pairs, instead of 1000 contour searches.
 """
 
 from __future__ import annotations
@@ -48,6 +47,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
+import numba
 import numpy as np
 import torch
 from torch import Tensor
@@ -55,8 +55,6 @@ from torch import Tensor
 from .capture import CamlensError
 
 NUM_LEVELS = 255  # the levels L = 0..254 a threshold can cut at (foreground q > L; L = 255 leaves nothing)
-_IDX_BITS = 24
-_IDX_MASK = (1 << _IDX_BITS) - 1
 
 
 # --------------------------------------------------------------------------------------------- box utilities
@@ -193,276 +191,235 @@ def wsol_resize_boxes(boxes: Tensor, image_size: Sequence[int], map_size: Sequen
 
 
 # --------------------------------------------------------------------------------------------- one-pass sweep
+#
+# Work rows of one (hp * wp) padded canvas, all int32: the canvas, its inverse and the quad weights, then the
+# rows of the foreground tree and those of the background tree (see _max_tree), then the node order.
+_TREE_ROWS = 14
+_WORK_ROWS = 3 + 2 * _TREE_ROWS + 4
 
 
-@dataclass
-class _Components:
-    """Components of the upper level sets ``{v > L}``, L = 0..254, of a 2-D integer image ``v``.
-
-    Each entry is one component at one level: its level, first/last pixel in raster order (flat indices), column
-    range and summed pixel weight.  ``entry_at(levels, pixels)`` finds the entry holding a pixel at a level."""
-
-    level: np.ndarray
-    first: np.ndarray
-    last: np.ndarray
-    col0: np.ndarray
-    col1: np.ndarray
-    weight: np.ndarray
-    tree: np.ndarray  # (N,) tree of each pixel
-    label: np.ndarray  # (255, M) the representative tree of each tree's component, per level
-    entry_of: np.ndarray  # (255, M) entry of each representative tree, per level (-1: none)
-
-    def entry_at(self, levels: np.ndarray, pixels: np.ndarray) -> np.ndarray:
-        return self.entry_of[levels, self.label[levels, self.tree[pixels]]]
+@numba.njit(cache=True, nogil=True)
+def _find(zpar, x):
+    """Root of ``x`` in the union-find forest ``zpar``, halving the path on the way."""
+    while zpar[x] != x:
+        zpar[x] = zpar[zpar[x]]
+        x = zpar[x]
+    return x
 
 
-def _neighbour_max(key: np.ndarray, conn8: bool) -> np.ndarray:
-    """Max of each element and its 8 (or 4) neighbours; the border counts as 0."""
-    best = key.copy()
-    np.maximum(best[:, 1:], key[:, :-1], out=best[:, 1:])
-    np.maximum(best[:, :-1], key[:, 1:], out=best[:, :-1])
-    src = best.copy() if conn8 else key  # 8: separable 3x3 max; 4: the cross
-    np.maximum(best[1:], src[:-1], out=best[1:])
-    np.maximum(best[:-1], src[1:], out=best[:-1])
-    return best
+@numba.njit(cache=True, nogil=True)
+def _max_tree(val, wp, conn8, weight, work):
+    """Component tree of the upper level sets ``{val > L}`` of a flat (hp * wp) image with values 0..255,
+    8- or 4-connected: union-find over the pixels in decreasing value (Berger et al., ICIP 2007), indexed by
+    their rank in that order so that its bookkeeping is written sequentially.
 
-
-def _kruskal_labels(pairs: np.ndarray, saddles: np.ndarray, vmax: np.ndarray) -> np.ndarray:
-    """Trees joined across saddles, as a (255, M) table: at level L, each tree's representative when only the
-    saddles above L count (Kruskal, highest saddle first).  The representative is the member with the highest
-    peak, so it is itself non-empty at every level where its component exists."""
-    rep = np.arange(vmax.shape[0])
-    members: dict[int, list[int]] = {}
-    states, cut = [rep.copy()], []
-    order = np.argsort(-saddles, kind="stable")
-    ws = saddles[order].tolist()
-    for i, ((a, b), w) in enumerate(zip(pairs[order].tolist(), ws)):
-        ra, rb = int(rep[a]), int(rep[b])
-        if ra != rb:
-            keep, drop = (ra, rb) if (vmax[ra], -ra) > (vmax[rb], -rb) else (rb, ra)
-            moved = members.pop(drop, [drop])
-            rep[moved] = keep
-            members.setdefault(keep, [keep]).extend(moved)
-        if i + 1 == len(ws) or ws[i + 1] != w:
-            states.append(rep.copy())
-            cut.append(w)
-    # level L sees the merges at saddles >= L + 1
-    which = np.searchsorted(-np.asarray(cut, dtype=np.int64), -np.arange(1, NUM_LEVELS + 1), side="right")
-    return np.stack(states)[which]
-
-
-def _saddles(tree: np.ndarray, v: np.ndarray, conn8: bool, m: int) -> tuple[np.ndarray, np.ndarray]:
-    """Pairs of neighbouring trees (K, 2) and their saddle: the highest min(v_p, v_q) over adjacent pixels
-    p, q of the two trees (pairs whose saddle is 0 are dropped: they never meet above a level)."""
-    shifts = [((slice(None), slice(None, -1)), (slice(None), slice(1, None))),
-              ((slice(None, -1), slice(None)), (slice(1, None), slice(None)))]
+    Fills the rows of ``work`` (14, n) and returns them: ``rank_of`` each pixel; per rank its ``level`` (value)
+    and ``parent`` (the canonical rank of the node just above, i.e. of lower value; the root points to itself);
+    per canonical rank (the last of a node's flat zone) its node's first/last pixel, column range and summed
+    weight, and its ``base`` and ``low``: the node is the component of ``{val > L}`` for L in
+    ``[low, level)`` (``low``: its parent's level; 0 for a root, a component of ``{val > 0}``), entries
+    ``base + L - low`` (-1 elsewhere).
+    The number of entries is returned last."""
+    n = val.shape[0]
+    (rank_of, pixel, level, parent, zpar, height, latest,
+     first, last, col0, col1, wsum, base, low) = work[0], work[1], work[2], work[3], work[4], work[5], work[6], \
+        work[7], work[8], work[9], work[10], work[11], work[12], work[13]
+    start = np.zeros(257, np.int64)
+    for p in range(n):
+        start[256 - val[p]] += 1
+    count = n - start[256]  # pixels of value 0 are in no set {val > L}: they are ranked last and left out
+    for x in range(256):
+        start[x + 1] += start[x]
+    for p in range(n):  # highest value first, raster order within a value
+        x = 255 - val[p]
+        rank_of[p] = start[x]
+        pixel[start[x]] = p
+        start[x] += 1
     if conn8:
-        shifts += [((slice(None, -1), slice(None, -1)), (slice(1, None), slice(1, None))),
-                   ((slice(None, -1), slice(1, None)), (slice(1, None), slice(None, -1)))]
-    codes = []
-    for sa, sb in shifts:
-        ta, tb = tree[sa], tree[sb]
-        cross = ta != tb
-        a, b = ta[cross].astype(np.int64), tb[cross].astype(np.int64)
-        codes.append((np.minimum(a, b) * m + np.maximum(a, b)) * 256 + np.minimum(v[sa][cross], v[sb][cross]))
-    return _top_saddles(np.concatenate(codes), m)
+        offsets = np.array([-wp - 1, -wp, -wp + 1, -1, 1, wp - 1, wp, wp + 1], np.int32)
+    else:
+        offsets = np.array([-wp, -1, 1, wp], np.int32)
+    # zpar: union-find forest (by height) over the pixels seen so far, kept in raster order so that a pixel's
+    # neighbours are next to it in memory; latest: per union-find root, the latest rank of its set, which
+    # holds the set's statistics and is where the set hangs in the tree
+    for i in range(count):
+        p = pixel[i]
+        level[i] = val[p]
+        parent[i] = i
+        zpar[p] = p
+        height[p] = 0
+        latest[p] = i
+        zp = p
+        c = p % wp
+        first[i] = last[i] = p
+        col0[i] = col1[i] = c
+        wsum[i] = weight[p]
+        inner = wp <= p < n - wp and 0 < c < wp - 1
+        for d in offsets:
+            q = p + d
+            if not inner and (q < 0 or q >= n or abs(q % wp - c) > 1):
+                continue
+            x = q if rank_of[q] < i else p  # a neighbour not seen (yet) stands for p itself (no branch)
+            if zpar[x] == zp:
+                continue
+            zq = _find(zpar, x)
+            if zq == zp:
+                continue
+            m = latest[zq]
+            parent[m] = i
+            first[i] = min(first[i], first[m])
+            last[i] = max(last[i], last[m])
+            col0[i] = min(col0[i], col0[m])
+            col1[i] = max(col1[i], col1[m])
+            wsum[i] += wsum[m]
+            if height[zp] < height[zq]:
+                zp, zq = zq, zp
+            zpar[zq] = zp
+            latest[zp] = i
+            if height[zp] == height[zq]:
+                height[zp] += 1
+    base[count:] = -1
+    total = 0
+    for i in range(count - 1, -1, -1):  # roots first: parents are canonical before their children look at them
+        q = parent[i]
+        if level[parent[q]] == level[q]:
+            parent[i] = parent[q]
+        q = parent[i]
+        if q == i or level[q] != level[i]:
+            low[i] = level[q] if q != i else 0
+            base[i] = total
+            total += level[i] - low[i]
+        else:
+            base[i] = -1
+    return rank_of, level, parent, first, last, col0, col1, wsum, base, low, total
 
 
-def _top_saddles(code: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
-    """Decode ``(lo * m + hi) * 256 + saddle`` codes into pairs and the highest saddle of each pair."""
-    code = np.sort(code)
-    pair = code >> 8
-    top = np.ones(pair.shape, bool)
-    top[:-1] = pair[1:] != pair[:-1]
-    code = code[top & (code & 255 > 0)]
-    return np.stack([(code >> 8) // m, (code >> 8) % m], axis=1), code & 255
-
-
-def _absorb(pairs: np.ndarray, saddles: np.ndarray, vmax: np.ndarray) -> np.ndarray:
-    """Merge every tree that is never a component of its own: one whose saddle with a neighbour equals its own
-    peak is joined to that neighbour at every level where it is non-empty.  Each such tree is folded into its
-    highest such neighbour (by peak, then index), repeatedly, so plateaus split by the index tie-break become
-    one tree.  Returns the new compact tree id of every old tree."""
-    m = vmax.shape[0]
-    mapping = np.arange(m)
-    while True:
-        a, b = pairs[:, 0], pairs[:, 1]
-        trivial = saddles == np.minimum(vmax[a], vmax[b])
-        if not trivial.any():
-            return mapping
-        key = vmax * m + np.arange(m)
-        a, b = a[trivial], b[trivial]
-        src, dst = np.where(key[a] < key[b], a, b), np.where(key[a] < key[b], b, a)
-        best = key.copy()
-        np.maximum.at(best, src, key[dst])
-        target = best % m
-        while True:
-            nxt = target[target]
-            if np.array_equal(nxt, target):
-                break
-            target = nxt
-        is_root = target == np.arange(m)
-        new = (np.cumsum(is_root) - 1)[target]
-        mapping, vmax, m = new[mapping], vmax[is_root], int(is_root.sum())
-        lo, hi = np.minimum(new[pairs[:, 0]], new[pairs[:, 1]]), np.maximum(new[pairs[:, 0]], new[pairs[:, 1]])
-        keep = lo != hi
-        pairs, saddles = _top_saddles((lo[keep] * m + hi[keep]) * 256 + saddles[keep], m)
-
-
-def _level_components(v: np.ndarray, conn8: bool, weight: np.ndarray) -> _Components:
-    """All components of ``{v > L}`` for L = 0..254 (8- or 4-connected) of a 2-D uint8 image whose border
-    pixels are 0, with the per-pixel ``weight`` summed over each component."""
-    h, w = v.shape
-    n = h * w
-    if n > _IDX_MASK:
-        raise CamlensError(f"map canvas of {n} pixels is too large for one sweep; use fewer or smaller maps per call")
-    idx = np.arange(n, dtype=np.int32)
-    key = (v.astype(np.uint32) << _IDX_BITS) | idx.reshape(h, w).view(np.uint32)
-    # steepest ascent: each pixel points to its highest neighbour (ties by index); the roots are the peaks
-    parent = (_neighbour_max(key, conn8).ravel() & _IDX_MASK).view(np.int32)
-    root = parent
-    while True:
-        nxt = np.take(root, root)
-        if np.array_equal(nxt, root):
-            break
-        root = nxt
-    is_root = parent == idx
-    tree = np.take(np.cumsum(is_root, dtype=np.int32) - 1, root)
-    flat_v = v.ravel()
-    vmax = flat_v[is_root].astype(np.int64)
-    pairs, saddles = _saddles(tree.reshape(h, w), v, conn8, vmax.shape[0])
-    mapping = _absorb(pairs, saddles, vmax)
-    m = int(mapping.max()) + 1
-    tree = np.take(mapping.astype(np.int32), tree)
-    peak = np.zeros(m, np.int64)
-    np.maximum.at(peak, mapping, vmax)
-    lo, hi = np.minimum(mapping[pairs[:, 0]], mapping[pairs[:, 1]]), np.maximum(mapping[pairs[:, 0]], mapping[pairs[:, 1]])
-    keep = lo != hi
-    pairs, saddles = _top_saddles((lo[keep] * m + hi[keep]) * 256 + saddles[keep], m)
-    label = _kruskal_labels(pairs, saddles, peak)
-
-    # per (tree, value) bins, then cumulated from the top value down: column j covers pixels with v >= j
-    g = torch.from_numpy((tree * np.int32(256) + flat_v).astype(np.int64))
-    t_idx, t_cols = torch.from_numpy(idx), torch.from_numpy(idx % np.int32(w))
-    tables = []
-    for src, how, init, acc in ((t_idx, "amin", n, np.minimum), (t_idx, "amax", -1, np.maximum),
-                                (t_cols, "amin", w, np.minimum), (t_cols, "amax", -1, np.maximum)):
-        binned = torch.full((m * 256,), init, dtype=torch.int32).scatter_reduce_(0, g, src, how).numpy()
-        tables.append(acc.accumulate(binned.reshape(m, 256)[:, ::-1], axis=1)[:, ::-1])
-    wsum = np.bincount(g.numpy(), weights=weight, minlength=m * 256)
-    tables.append(np.cumsum(wsum.reshape(m, 256)[:, ::-1], axis=1)[:, ::-1].astype(np.int64))
-
-    # entries: (level, representative) for every representative that is non-empty at that level
-    lv = np.arange(NUM_LEVELS)[:, None]
-    alive = peak[None, :] > lv
-    is_entry = (label == np.arange(m)[None, :]) & alive
-    entry_of = np.full((NUM_LEVELS, m), -1, np.int64)
-    e_level, e_tree = np.nonzero(is_entry)
-    entry_of[e_level, e_tree] = np.arange(e_level.shape[0])
-    # an entry's statistics are its representative's, combined with those of the other trees it holds
-    p_level, p_tree = np.nonzero(alive & ~is_entry)
-    target = torch.from_numpy(entry_of[p_level, label[p_level, p_tree]])
-    stats = []
-    for table, how in zip(tables, ("amin", "amax", "amin", "amax", "sum")):
-        out = torch.from_numpy(table[e_tree, e_level + 1].astype(np.int64))
-        out.scatter_reduce_(0, target, torch.from_numpy(table[p_tree, p_level + 1].astype(np.int64)), how)
-        stats.append(out.numpy())
-    return _Components(e_level, *stats, tree=tree, label=label, entry_of=entry_of)
-
-
-def _quad_weights(c: np.ndarray) -> np.ndarray:
-    """Per pixel, the number of 2x2 quads in which it is one of the two lowest corners (ties by position).
+@numba.njit(cache=True, nogil=True)
+def _quad_weights(v, wp, k):
+    """Into ``k``, per pixel of the flat (hp * wp) canvas ``v``: the number of 2x2 quads in which it is one of
+    the two lowest corners (ties by corner order: top-left, top-right, bottom-left, bottom-right).
 
     A quad's share of a component's polygon area at level L is [its 3rd value > L] + [its 4th value > L]
     half-units, i.e. one half-unit per foreground pixel among its two lowest corners; below L, one half-unit per
     background pixel among them goes to that pixel's background region.  So summing these weights over a
     component's pixels gives twice its polygon area, at every level at once."""
-    v = c.astype(np.int16)
-    a, b, d, e = v[:-1, :-1], v[:-1, 1:], v[1:, :-1], v[1:, 1:]  # corner order: a < b < d < e on ties
-    low_a = (b < a).astype(np.int8) + (d < a) + (e < a) <= 1
-    low_b = (a <= b).astype(np.int8) + (d < b) + (e < b) <= 1
-    low_d = (a <= d).astype(np.int8) + (b <= d) + (e < d) <= 1
-    low_e = (a <= e).astype(np.int8) + (b <= e) + (d <= e) <= 1
-    k = np.zeros(c.shape, np.int64)
-    k[:-1, :-1] += low_a
-    k[:-1, 1:] += low_b
-    k[1:, :-1] += low_d
-    k[1:, 1:] += low_e
-    return k.ravel()
+    k[:] = 0  # the padding ring is never part of a component or a hole: its weights are not needed
+    for r in range(1, v.shape[0] // wp - 1):
+        for p in range(r * wp + 1, r * wp + wp - 1):
+            x = v[p]
+            k[p] = (
+                ((v[p - wp - 1] <= x) + (v[p - wp] <= x) + (v[p - 1] <= x) <= 1)  # p is the quad's bottom-right
+                + ((v[p - wp] <= x) + (v[p - wp + 1] <= x) + (v[p + 1] < x) <= 1)  # bottom-left
+                + ((v[p - 1] <= x) + (v[p + wp - 1] < x) + (v[p + wp] < x) <= 1)  # top-right
+                + ((v[p + 1] < x) + (v[p + wp] < x) + (v[p + wp + 1] < x) <= 1)  # top-left
+            )
 
 
-@dataclass
-class _CanvasSweep:
-    """Per-level results for B stacked maps: the largest contour's exact box (B, 255, 4) (zeros: no contour), and
-    every contour's exact box with its map and level."""
+@numba.njit(cache=True, nogil=True)
+def _holder(parent, level, i, at):
+    """The canonical rank of the node that holds rank ``i`` at level ``at`` (``level[i] > at``)."""
+    if parent[i] != i and level[parent[i]] == level[i]:
+        i = parent[i]
+    while parent[i] != i and level[parent[i]] > at:
+        i = parent[i]
+    return i
 
-    largest: np.ndarray
-    image: np.ndarray
-    level: np.ndarray
-    boxes: np.ndarray
 
-
-def _sweep_canvas(q: np.ndarray) -> _CanvasSweep:
-    """Contours of ``q > L`` for every level L = 0..254 of B uint8 maps (B, H, W), as OpenCV's RETR_TREE finds
-    them: exact bounding boxes of all outer and hole contours, and of the largest contour by contourArea."""
-    bsz, h, w = q.shape
-    hp, wp = h + 2, w + 2
-    canvas = np.zeros((bsz, hp, wp), np.uint8)
-    canvas[:, 1:-1, 1:-1] = q
-    canvas = canvas.reshape(bsz * hp, wp)
-    k = _quad_weights(canvas)
-    fg = _level_components(canvas, True, k)
-    bg = _level_components(255 - canvas, False, k)  # background {q <= L} is {255 - q > 254 - L}
-    nf = fg.level.shape[0]
-    outside = bg.first == 0  # the background component holding the padding
+@numba.njit(cache=True, nogil=True)
+def _sweep_map(q, work, largest):
+    """Contours of ``q > L`` for every level L = 0..254 of one uint8 map (h, w), as OpenCV's RETR_TREE finds
+    them.  Returns every contour's level and exact box (outer and hole borders) and fills ``largest`` (255, 4)
+    with the exact box of the largest contour per level (zeros: none)."""
+    h, w = q.shape
+    wp = w + 2
+    n = (h + 2) * wp
+    v, u, k = work[0], work[1], work[2]
+    v[:] = 0
+    for r in range(h):
+        for c in range(w):
+            v[(r + 1) * wp + c + 1] = q[r, c]
+    for p in range(n):
+        u[p] = 255 - v[p]  # background {q <= L} is {255 - q > 254 - L}
+    _quad_weights(v, wp, k)
+    frank, flevel, fpar, ffirst, flast, fcol0, fcol1, fw, fbase, flow, nf = _max_tree(
+        v, wp, True, k, work[3:3 + _TREE_ROWS])
+    brank, blevel, bpar, bfirst, blast, bcol0, bcol1, bw, bbase, blow, nb = _max_tree(
+        u, wp, False, k, work[3 + _TREE_ROWS:3 + 2 * _TREE_ROWS])
+    nodes = work[3 + 2 * _TREE_ROWS:].ravel()[:2 * n]
+    keys = work[3 + 2 * _TREE_ROWS:].ravel()[2 * n:]
 
     # nesting at each level: a component's parent is the background region just above its first pixel, a
-    # hole's parent the component just above its first pixel
-    parent = np.full(nf + bg.level.shape[0], -1, np.int64)
-    parent[:nf] = nf + bg.entry_at(NUM_LEVELS - 1 - fg.level, fg.first - wp)
-    holes = np.flatnonzero(~outside)
-    parent[nf + holes] = fg.entry_at(NUM_LEVELS - 1 - bg.level[holes], bg.first[holes] - wp)
-    filled = np.concatenate([fg.weight, bg.weight])
-    _add_subtrees(filled, parent)
+    # hole's parent the component just above its first pixel; the outside (holding pixel 0) has none (-1).
+    # Entries 0..nf-1 are the components', nf.. the background regions'.
+    up = np.full(nf + nb, -1, np.int32)
+    filled = np.empty(nf + nb, np.int64)
+    top = np.zeros(nf, np.bool_)
+    m = 0
+    for i in range(n):
+        if fbase[i] < 0 or flevel[i] == flow[i]:
+            continue
+        x = brank[ffirst[i] - wp]
+        for lv in range(flow[i], flevel[i]):  # background level 254 - lv falls: its region grows
+            x = _holder(bpar, blevel, x, 254 - lv)
+            e = fbase[i] + lv - flow[i]
+            up[e] = nf + bbase[x] + 254 - lv - blow[x]
+            top[e] = bfirst[x] == 0
+            filled[e] = fw[i]
+        nodes[m], keys[m] = i, -ffirst[i]
+        m += 1
+    nholes = 0
+    for i in range(n):
+        if bbase[i] < 0 or blevel[i] == blow[i]:
+            continue
+        e0 = nf + bbase[i] - blow[i]
+        filled[e0 + blow[i]:e0 + blevel[i]] = bw[i]
+        if bfirst[i] != 0:
+            x = frank[bfirst[i] - wp]
+            for bl in range(blow[i], blevel[i]):  # foreground level 254 - bl falls: its component grows
+                x = _holder(fpar, flevel, x, 254 - bl)
+                up[e0 + bl] = fbase[x] + 254 - bl - flow[x]
+            nholes += blevel[i] - blow[i]
+        nodes[m], keys[m] = -1 - i, -bfirst[i]
+        m += 1
+    # filled areas by subtree sums: a parent starts strictly before its children, so take nodes last-first
+    for j in np.argsort(keys[:m]):
+        i = nodes[j]
+        if i >= 0:
+            e0, e1 = fbase[i], fbase[i] + flevel[i] - flow[i]
+        else:
+            i = -1 - i
+            e0, e1 = nf + bbase[i], nf + bbase[i] + blevel[i] - blow[i]
+        for e in range(e0, e1):
+            if up[e] >= 0:
+                filled[up[e]] += filled[e]
 
-    # the largest contour per (map, level): top-level components, by filled area, then last raster start
-    top = np.flatnonzero(outside[parent[:nf] - nf])
-    img = fg.first[top] // wp // hp
-    group = img * NUM_LEVELS + fg.level[top]
-    order = np.lexsort((fg.first[top], filled[top], group))
-    last_of_group = np.ones(order.shape, bool)
-    last_of_group[:-1] = group[order][1:] != group[order][:-1]
-    win = top[order[last_of_group]]
-    largest = np.zeros((bsz, NUM_LEVELS, 4), np.int64)
-    largest[fg.first[win] // wp // hp, fg.level[win]] = _entry_boxes(fg, win, wp, hp, 0)
-
-    boxes = np.concatenate([_entry_boxes(fg, np.arange(nf), wp, hp, 0), _entry_boxes(bg, holes, wp, hp, 1)])
-    image = np.concatenate([fg.first // wp // hp, bg.first[holes] // wp // hp])
-    level = np.concatenate([fg.level, NUM_LEVELS - 1 - bg.level[holes]])
-    return _CanvasSweep(largest, image, level, boxes)
-
-
-def _entry_boxes(c: _Components, sel: np.ndarray, wp: int, hp: int, grow: int) -> np.ndarray:
-    """Exclusive-edge boxes in map coordinates of the entries ``sel``, grown by ``grow`` pixels per side."""
-    r0, r1 = c.first[sel] // wp, c.last[sel] // wp
-    off = r0 // hp * hp + 1  # first map row on the canvas
-    return np.stack([c.col0[sel] - 1 - grow, r0 - off - grow, c.col1[sel] + grow, r1 - off + 1 + grow], axis=1)
-
-
-def _add_subtrees(values: np.ndarray, parent: np.ndarray) -> None:
-    """In place: each node's value becomes the sum over its subtree (parent -1 marks roots)."""
-    n = parent.shape[0]
-    up = np.where(parent >= 0, parent, np.arange(n))
-    depth = (parent >= 0).astype(np.int64)
-    while True:
-        nxt = up[up]
-        if np.array_equal(nxt, up):
-            break
-        depth = depth + depth[up]
-        up = nxt
-    for d in range(int(depth.max(initial=0)), 0, -1):
-        at = np.flatnonzero(depth == d)
-        np.add.at(values, parent[at], values[at])
+    # every contour's exact box with its level; per level, the largest top-level component (ties: last start)
+    levels = np.empty(nf + nholes, np.int64)
+    boxes = np.empty((nf + nholes, 4), np.int64)
+    best = np.full(NUM_LEVELS, -1, np.int64)
+    best_first = np.zeros(NUM_LEVELS, np.int64)
+    largest[:] = 0
+    for i in range(n):
+        if fbase[i] < 0 or flevel[i] == flow[i]:
+            continue
+        x0, y0, x1, y1 = fcol0[i] - 1, ffirst[i] // wp - 1, fcol1[i], flast[i] // wp
+        for lv in range(flow[i], flevel[i]):
+            e = fbase[i] + lv - flow[i]
+            levels[e] = lv
+            boxes[e, 0], boxes[e, 1], boxes[e, 2], boxes[e, 3] = x0, y0, x1, y1
+            if top[e] and (filled[e] > best[lv] or (filled[e] == best[lv] and ffirst[i] > best_first[lv])):
+                best[lv], best_first[lv] = filled[e], ffirst[i]
+                largest[lv, 0], largest[lv, 1], largest[lv, 2], largest[lv, 3] = x0, y0, x1, y1
+    e = nf
+    for i in range(n):
+        if bbase[i] < 0 or blevel[i] == blow[i] or bfirst[i] == 0:
+            continue
+        x0, y0, x1, y1 = bcol0[i] - 2, bfirst[i] // wp - 2, bcol1[i] + 1, blast[i] // wp + 1  # grown by one
+        for bl in range(blow[i], blevel[i]):
+            levels[e] = 254 - bl
+            boxes[e, 0], boxes[e, 1], boxes[e, 2], boxes[e, 3] = x0, y0, x1, y1
+            e += 1
+    return levels, boxes
 
 
 # --------------------------------------------------------------------------------------------- public sweep
@@ -509,9 +466,6 @@ class ContourSweep:
         return self.boxes[(self.image == b) & (self.level == self.levels[b, i])]
 
 
-_CANVAS_PIXELS = 1 << 16  # maps per canvas: enough to amortize call overhead, small enough to stay in cache
-
-
 def wsol_sweep(maps: Tensor | np.ndarray, thresholds: Sequence[float] | np.ndarray | None = None) -> ContourSweep:
     """Contour boxes of maps in [0, 1], shape (H, W) or (B, H, W), at every threshold (default
     ``arange(0, 1, 0.001)``), as Choe et al.'s per-threshold OpenCV sweep finds them, computed in one pass.
@@ -526,22 +480,19 @@ def wsol_sweep(maps: Tensor | np.ndarray, thresholds: Sequence[float] | np.ndarr
     t = wsol_thresholds() if thresholds is None else np.asarray(thresholds, dtype=np.float64)
     levels = threshold_levels(q, t)
     bsz, h, w = q.shape
-    per = max(1, _CANVAS_PIXELS // ((h + 2) * (w + 2)))
-    largest, boxes, image, level = [], [], [], []
-    for start in range(0, bsz, per):
-        part = _sweep_canvas(q[start : start + per])
-        largest.append(part.largest)
-        boxes.append(part.boxes)
-        image.append(part.image + start)
-        level.append(part.level)
-    per_level = np.concatenate(largest)  # (B, 255, 4)
+    n = (h + 2) * (w + 2)
+    if n > 1 << 23:  # keeps pixel and (contour, level) indices within int32
+        raise CamlensError(f"maps of {h}x{w} pixels are too large for the sweep (at most 2**23); downsample them first")
+    work = np.empty((_WORK_ROWS, n), np.int32)  # shared by the maps: fresh memory per map costs page faults
+    per_level = np.zeros((bsz, NUM_LEVELS, 4), np.int64)
+    parts = [_sweep_map(m, work, per_level[b]) for b, m in enumerate(q)]
     at = np.minimum(levels, NUM_LEVELS - 1)  # an all-zero map cuts at level 0 and has no contour there
     return ContourSweep(
         thresholds=torch.from_numpy(t),
         size=(h, w),
         levels=torch.from_numpy(levels),
         largest=torch.from_numpy(np.take_along_axis(per_level, at[:, :, None], axis=1)),
-        boxes=torch.from_numpy(np.concatenate(boxes)),
-        image=torch.from_numpy(np.concatenate(image)),
-        level=torch.from_numpy(np.concatenate(level)),
+        boxes=torch.from_numpy(np.concatenate([p[1] for p in parts])),
+        image=torch.from_numpy(np.repeat(np.arange(bsz), [p[0].shape[0] for p in parts])),
+        level=torch.from_numpy(np.concatenate([p[0] for p in parts])),
     )
