@@ -11,7 +11,7 @@ from camlens.capture import CamlensError
 from camlens.cli import main
 from camlens.data.annotations import Annotations, read_wsol_metadata, write_wsol_metadata
 from camlens.evaluation import box_baselines, BuiltinSamples, evaluate_maps, evaluate_model, format_table, map_boxes
-from camlens.methods import CAM, get_method
+from camlens.methods import CAM, METHODS, get_method
 from camlens.models import GapNet, LoadedModel, Preprocess, save_checkpoint
 
 KEYS = {"top1_loc", "top5_loc", "gt_known_loc", "maxboxacc", "maxboxacc_v2", "pxap", "num_images", "best_threshold",
@@ -236,3 +236,15 @@ def test_evaluate_faithfulness_means_equal_the_metrics_on_each_image(checkpoint,
     for s, hit in zip(samples, per_image["pointing_game"]):
         hits.setdefault(s.label, []).append(hit)
     assert got["pointing_game"] == pytest.approx(np.mean([np.mean(v) for v in hits.values()]))  # mean over classes
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_evaluate_faithfulness_runs_for_every_method(checkpoint, tmp_path, method):
+    target = tmp_path / "f.json"
+    assert main(["evaluate", "--checkpoint", str(checkpoint), "--num-images", "3", "--method", method,
+                 "--faithfulness", "--steps", "2", "--road-percentages", "50", "--json", str(target), "--quiet"]) == 0
+    got = json.loads(target.read_text())
+    assert got["method"] == method and got["num_images"] == 3
+    for key in ("average_drop", "increase_in_confidence", "deletion_auc", "insertion_auc", "road", "pointing_game"):
+        assert got[key] is not None and np.isfinite(got[key]), key
+    assert 0 <= got["increase_in_confidence"] <= 100 and 0 <= got["pointing_game"] <= 1

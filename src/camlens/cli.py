@@ -144,10 +144,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             loaded = load_from_args(args)
             samples = dataset_samples(args.data, args.split, num_images=args.num_images, images=args.images,
                                       mask_root=args.mask_root, class_names=loaded.class_names)
-            config = FaithfulnessConfig(steps=args.steps, tolerance=args.pointing_tolerance) if args.faithfulness else None
+            config = FaithfulnessConfig(steps=args.steps, tolerance=args.pointing_tolerance,
+                                        road_percentages=tuple(args.road_percentages)) if args.faithfulness else None
             run_key = {k: getattr(args, k) for k in ("checkpoint", "arch", "weights", "size", "mean", "std", "method",
                                                      "layer", "fuse", "data", "split", "paper_threshold", "faithfulness",
-                                                     "steps", "pointing_tolerance")}
+                                                     "steps", "pointing_tolerance", "road_percentages")}
             share = sum(len(b) for _, b in distributed.shard_batches(len(samples), args.batch_size, ctx))
             with make_explainer(loaded, args.method, args.layer, args.fuse) as explainer, \
                     tqdm(total=share, unit="img", disable=args.quiet or not ctx.is_main, file=sys.stderr) as bar:
@@ -262,6 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--faithfulness", action="store_true",
                    help="also Average Drop, Increase in Confidence, Deletion/Insertion AUC, ROAD, pointing game")
     p.add_argument("--steps", type=int, default=100, help="deletion/insertion steps (default: 100)")
+    p.add_argument("--road-percentages", type=float, nargs="+", default=[10, 20, 30, 40, 50, 60, 70, 80, 90],
+                   help="ROAD: percentages of pixels removed (default: 10 20 ... 90)")
     p.add_argument("--pointing-tolerance", type=int, default=15,
                    help="pointing game tolerance in model-input pixels (default: 15)")
     p.add_argument("--batch-size", type=int, default=32)
