@@ -3,8 +3,9 @@
 1. Gradient methods at the last layer (resnet50, batch 8, 224 px, CPU, random weights): time per call relative
    to a plain forward pass under torch.no_grad(), for camlens, pytorch-grad-cam and torchcam on the same
    model and input.  Timings are interleaved and the median of ``--repeats`` rounds is reported.
-2. Score-CAM (resnet18, 1 image, 224 px, layer4, random weights): camlens (with and without its
-   inference-optimized copy) against both peers' Score-CAM (their default batch sizes), interleaved rounds,
+2. Score-CAM (resnet18, 1 image (``--scorecam-batch``), 224 px, layer4, random weights): camlens (exact, with and without its
+   inference-optimized copy, and the opt-in bfloat16 ``approximate=True``) against both peers' Score-CAM (their
+   default batch sizes), each built per call, one untimed warm-up call each, then interleaved rotated rounds;
    with the max abs difference of the normalized maps (torchcam computes the same formula; pytorch-grad-cam
    upsamples with align_corners=True and normalizes after upsampling, so its maps differ slightly).
 
@@ -99,43 +100,46 @@ def gradient_part(repeats: int) -> None:
         e.close()
 
 
-def scorecam_part(size: int, rounds: int) -> None:
+def scorecam_part(size: int, rounds: int, batch: int) -> None:
     pgc, tc, Target, _, _ = _peers()
     torch.manual_seed(0)
     model = torchvision.models.resnet18().eval()
-    x = torch.randn(1, 3, size, size)
+    x = torch.randn(batch, 3, size, size)
     with torch.no_grad():
-        cls = int(model(x).argmax(1))
+        classes = model(x).argmax(1).tolist()
     results = {}
 
-    def run_ours(optimize: bool):
-        with camlens.ScoreCAM(model, layer="layer4", optimize=optimize) as explainer:
-            return camlens.normalize(explainer(x, classes=[cls]).maps[0, 0])
+    def run_ours(optimize: bool, approximate: bool = False):
+        with camlens.ScoreCAM(model, layer="layer4", optimize=optimize, approximate=approximate) as explainer:
+            return camlens.normalize(explainer(x, classes=classes).maps[:, 0])
 
     def run_torchcam():
         extractor = tc.ScoreCAM(model, target_layer="layer4")  # default batch_size=32
         try:
             with torch.no_grad():
                 model(x)
-            return extractor(class_idx=[cls])[0][0]
+            return extractor(class_idx=classes)[0]
         finally:
             extractor.remove_hooks()
 
     def run_pgc():
         cam = pgc.ScoreCAM(model=model, target_layers=[model.layer4])  # default batch of 16
         try:
-            return torch.from_numpy(cam(input_tensor=x, targets=[Target(cls)])[0])
+            return torch.from_numpy(cam(input_tensor=x, targets=[Target(c) for c in classes]))
         finally:
             cam.activations_and_grads.release()
 
     runs = {
         "camlens ScoreCAM": lambda: run_ours(True),
         "camlens ScoreCAM optimize=False": lambda: run_ours(False),
+        "camlens ScoreCAM approximate=True": lambda: run_ours(True, approximate=True),
         "torchcam ScoreCAM": run_torchcam,
         "pytorch-grad-cam ScoreCAM": run_pgc,
     }
     names = list(runs)
     times = {name: [] for name in names}
+    for fn in runs.values():  # warm-up: camlens' per-model pass copies, oneDNN primitive caches
+        fn()
     for round_ in range(rounds):  # interleaved and rotated: the machine's load changes between runs
         for name in names[round_ % len(names):] + names[: round_ % len(names)]:
             start = time.perf_counter()
@@ -149,18 +153,24 @@ def scorecam_part(size: int, rounds: int) -> None:
         handle = model.layer4.register_forward_hook(lambda m, a, o: acts.__setitem__("a", o))
         model(x)
         handle.remove()
-    flat = acts["a"][0].flatten(1)
-    constant = int((flat.amax(1) == flat.amin(1)).sum())
-    distinct = len(torch.unique(flat, dim=0))
-    print(f"\n[2] Score-CAM, resnet18, 1 image, {size} px, layer4 (512 channels, {constant} constant, "
-          f"{distinct} distinct maps), median of {rounds} interleaved rounds")
+    flat = acts["a"].flatten(2)
+    constant = int((flat.amax(2) == flat.amin(2)).sum())
+    distinct = sum(len(torch.unique(masks, dim=0)) for masks in camlens.normalize(acts["a"]).flatten(2))
+    print(f"\n[2] Score-CAM, resnet18, {batch} image(s), {size} px, layer4 ({batch} x 512 channels, {constant} "
+          f"constant, {distinct} distinct maps), median of {rounds} interleaved rounds")
     print(f"{'method':34s} {'seconds':>8s} {'x camlens':>9s} max|diff| vs camlens (normalized)")
     for name, (maps, t) in results.items():
         mine = ours if maps.shape[-1] == ours.shape[-1] else camlens.normalize(camlens.upsample(ours, maps.shape[-2:]))
         diff = f"{(maps - mine).abs().max().item():.2e}"
         print(f"{name:34s} {t:8.2f} {t / t_ours:9.2f}  {diff}")
     fastest_peer = min(results["torchcam ScoreCAM"][1], results["pytorch-grad-cam ScoreCAM"][1])
-    print(f"camlens ScoreCAM is {fastest_peer / t_ours:.2f}x faster than the faster peer")
+    print(f"camlens ScoreCAM is {fastest_peer / t_ours:.2f}x faster than the faster peer (exact); "
+          f"approximate=True: {fastest_peer / results['camlens ScoreCAM approximate=True'][1]:.2f}x")
+    for name in ("camlens ScoreCAM", "camlens ScoreCAM approximate=True"):
+        paired = [min(a, b) / c for a, b, c in
+                  zip(times["torchcam ScoreCAM"], times["pytorch-grad-cam ScoreCAM"], times[name])]
+        print(f"{name}: per-round ratios faster peer / camlens {' '.join(f'{r:.2f}' for r in paired)}, "
+              f"median {statistics.median(paired):.2f}")
 
 
 def main() -> None:
@@ -169,7 +179,8 @@ def main() -> None:
     parser.add_argument("--skip-gradient", action="store_true")
     parser.add_argument("--skip-scorecam", action="store_true")
     parser.add_argument("--scorecam-size", type=int, default=224, help="input size of the Score-CAM comparison")
-    parser.add_argument("--scorecam-rounds", type=int, default=2, help="timed rounds of each Score-CAM")
+    parser.add_argument("--scorecam-rounds", type=int, default=3, help="timed rounds of each Score-CAM")
+    parser.add_argument("--scorecam-batch", type=int, default=1, help="images per Score-CAM call")
     args = parser.parse_args()
     _, _, _, pgc_version, tc_version = _peers()
     print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
@@ -179,7 +190,7 @@ def main() -> None:
     if not args.skip_gradient:
         gradient_part(args.repeats)
     if not args.skip_scorecam:
-        scorecam_part(args.scorecam_size, args.scorecam_rounds)
+        scorecam_part(args.scorecam_size, args.scorecam_rounds, args.scorecam_batch)
 
 
 if __name__ == "__main__":

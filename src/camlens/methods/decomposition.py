@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from ..capture import LayerSpec
-from .layered import LayerExplainer, Reshape, Scorer
+from .layered import LayerExplainer, LayerOptions, Scorer
+
+if TYPE_CHECKING:  # typing.Unpack is Python 3.11+
+    from typing_extensions import Unpack
 
 
 class EigenCAM(LayerExplainer):
@@ -29,16 +32,14 @@ class EigenCAM(LayerExplainer):
         model: nn.Module,
         layer: LayerSpec | Sequence[LayerSpec] | None = None,
         *,
-        reshape: Reshape | None = None,
-        fuse: str = "max",
         center: bool = False,
+        **options: Unpack[LayerOptions],
     ) -> None:
-        super().__init__(model, layer, reshape=reshape, fuse=fuse)
+        super().__init__(model, layer, **options)
         self.center = center
 
     def _explain(self, x: Tensor, output: Any, acts: list[Tensor], scorer: Scorer) -> list[Tensor]:
-        count = scorer.classes.shape[1] if scorer.targets is None else len(scorer.targets)
-        return [self._project(self._spatial(act, x)).unsqueeze(1).expand(-1, count, -1, -1) for act in acts]
+        return [self._project(self._spatial(act, x)).unsqueeze(1).expand(-1, scorer.count, -1, -1) for act in acts]
 
     def _project(self, a: Tensor) -> Tensor:
         batch, _, height, width = a.shape

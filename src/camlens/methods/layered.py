@@ -5,7 +5,7 @@ at the layer, what is explained (classes or target callables), token reshapes an
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable, Sequence, Union
+from typing import Any, Callable, Sequence, TypedDict, Union
 
 import torch
 from torch import Tensor, nn
@@ -27,6 +27,14 @@ Reshape = Callable[..., Tensor]
 TargetSpec = Union[None, Callable[[Any], Tensor], Sequence[Callable[[Any], Tensor]]]
 
 
+class LayerOptions(TypedDict, total=False):
+    """The keyword options of every layer method (see :class:`LayerExplainer`); subclasses take their own options
+    and pass these on with ``**options``."""
+
+    reshape: Reshape | None
+    fuse: str
+
+
 class Scorer:
     """The explained scores of a model output, (R, N): logit ``classes[rows[r], n]`` of row r, or target n applied
     to the whole output.  ``rows`` maps each output row to its source sample (perturbation methods run several
@@ -34,6 +42,11 @@ class Scorer:
 
     def __init__(self, classes: Tensor | None = None, targets: Sequence[Callable[[Any], Tensor]] | None = None) -> None:
         self.classes, self.targets = classes, targets
+
+    @property
+    def count(self) -> int:
+        """N, the explained scores per sample."""
+        return self.classes.shape[1] if self.targets is None else len(self.targets)
 
     def __call__(self, output: Any, rows: Tensor) -> Tensor:
         if self.targets is None:
