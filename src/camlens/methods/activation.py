@@ -322,6 +322,9 @@ class ISCAM(ScoreCAM):
         return mask * (i * (i + 1) / (2 * self.variants))
 
 
+ABLATION_ELEMENTS = 2**25  # ablated activation values per pass (128 MiB in float32)
+
+
 class AblationCAM(_PerturbationMethod):
     """Ablation-CAM (Desai & Ramaswamy, WACV 2020, "Ablation-CAM: Visual Explanations for Deep Convolutional
     Network via Gradient-free Localization").
@@ -333,7 +336,8 @@ class AblationCAM(_PerturbationMethod):
 
     Only the layers after the target layer are re-run: the ablated copies replace the layer's output inside one
     pass on the original batch (when the rest of the network mixes the layer's output with earlier tensors of
-    the original batch size, the input is repeated instead).  Passes per image: 1 + K tail passes.
+    the original batch size, the input is repeated instead).  Passes per image: 1 + K tail passes, batched as
+    many copies a pass as :data:`ABLATION_ELEMENTS` activation values allow.
     """
 
     name = "ablationcam"
@@ -350,7 +354,9 @@ class AblationCAM(_PerturbationMethod):
         batch = x.shape[0]
         channel_dim = -1 if self.reshape is not None else 1
         channels = act.shape[channel_dim]
-        per_pass = max(1, self.batch_size // batch)
+        # every pass re-runs the layers before the target on the original batch, so take as many ablated copies a
+        # pass as ABLATION_ELEMENTS activation values allow (at least batch_size rows)
+        per_pass = min(channels, max(1, self.batch_size // batch, ABLATION_ELEMENTS // act.numel()))
         scores = []
         for start in range(0, channels, per_pass):
             ks = torch.arange(start, min(start + per_pass, channels), device=act.device)
