@@ -230,7 +230,7 @@ def _localization_table(result: dict) -> report.Table:
         f"Localization on the {result['num_images']} test images (%)", ("metric", "gapnet + CAM", "centred box",
                                                                         "best fixed box"), rows,
         "Maps of the true class. Top-1/Top-5/GT-known Loc: the CAM paper's box (largest component above 20% of the "
-        "map's max), right when IoU >= 0.5. MaxBoxAcc, MaxBoxAccV2 and PxAP: Choe et al. (CVPR 2020), best over "
+        "raw map's max), right when IoU >= 0.5. MaxBoxAcc, MaxBoxAccV2 and PxAP: Choe et al. (CVPR 2020), best over "
         f"1000 thresholds (MaxBoxAcc's best: {result['best_threshold']:.3f}). Baselines ignore the image: the box "
         "over the central half of each side, and the fixed box that scores best on these very images.")
 

@@ -1,8 +1,11 @@
 """Localization evaluation: a model and a CAM method over a dataset, or precomputed score maps, fed to every
 WSOL metric (:mod:`camlens.metrics.localization`), with box baselines on the same data; and boxes for files.
 
-Maps from a model are computed for the ground-truth class, upsampled (bilinear) to the original image size and
-min-max normalized, so every box and metric lives in the original pixel grid of the annotations.  Precomputed
+Maps from a model are computed for the ground-truth class and upsampled (bilinear) to the original image size, so
+every box and metric lives in the original pixel grid of the annotations.  The CAM paper's boxes (Top-1/Top-5/
+GT-known Loc) threshold that raw map at 20% of its maximum, as the paper states; Choe et al.'s sweep and PxAP take
+it min-max normalized, as their protocol states.  (Normalizing first would move the paper's threshold to 20% of
+the way up from the map's minimum, which is a different rule for maps with negative values such as CAM.)  Precomputed
 maps (Choe et al.'s layout: one ``<image_id>.npy`` per image) are scored as given, in [0, 1], with ground-truth
 boxes mapped onto the map's grid as Choe et al. do (:func:`camlens.boxes.wsol_resize_boxes`).
 """
@@ -232,13 +235,15 @@ def explain_batch(loaded, explainer, images: Sequence[Tensor], classes: Sequence
     return x, explainer(x, None if classes is None else list(classes), topk=topk)
 
 
-def image_maps(maps: Tensor, images: Sequence[Tensor]) -> list[Tensor]:
-    """Raw maps (B, N, h, w) upsampled (bilinear) to each image's size and min-max normalized, on the maps'
-    device and batched when the images share a size, then moved to the CPU: a list of (N, H_i, W_i)."""
+def image_maps(maps: Tensor, images: Sequence[Tensor], normalized: bool = True) -> list[Tensor]:
+    """Raw maps (B, N, h, w) upsampled (bilinear) to each image's size, and min-max normalized unless not
+    ``normalized``, on the maps' device and batched when the images share a size, then moved to the CPU: a list of
+    (N, H_i, W_i)."""
+    post = normalize if normalized else (lambda m: m)
     sizes = [tuple(img.shape[-2:]) for img in images]
     if len(set(sizes)) == 1:
-        return list(normalize(upsample(maps.float(), sizes[0])).cpu())
-    return [normalize(upsample(m.float(), size)).cpu() for m, size in zip(maps, sizes)]
+        return list(post(upsample(maps.detach().float(), sizes[0])).cpu())
+    return [post(upsample(m.detach().float(), size)).cpu() for m, size in zip(maps, sizes)]
 
 
 def _evaluate_batch(loaded, explainer, batch: Sequence[tuple[int, Sample]], acc: Accumulators,
@@ -248,13 +253,14 @@ def _evaluate_batch(loaded, explainer, batch: Sequence[tuple[int, Sample]], acc:
     samples = [s for _, s in batch]
     labels = torch.tensor([s.label for s in samples])
     x, res = explain_batch(loaded, explainer, [s.image for s in samples], labels.tolist())
-    maps = image_maps(res.maps, [s.image for s in samples])
+    raw = image_maps(res.maps, [s.image for s in samples], normalized=False)
     logits = res.logits.detach().float().cpu()
-    same_size = len({tuple(m.shape) for m in maps}) == 1
+    same_size = len({tuple(m.shape) for m in raw}) == 1
     for group in [list(range(len(samples)))] if same_size else [[i] for i in range(len(samples))]:
-        stack = torch.cat([maps[i] for i in group])  # (g, H, W): one map per image
+        raw_stack = torch.cat([raw[i] for i in group])  # (g, H, W): one map per image
+        stack = normalize(raw_stack)
         boxes = [samples[i].boxes for i in group]
-        acc.loc.update(stack, boxes, labels[group], logits[group])
+        acc.loc.update(raw_stack, boxes, labels[group], logits[group])
         acc.box.update(stack, boxes)
         if all(samples[i].mask is not None for i in group):
             ignore = [samples[i].ignore if samples[i].ignore is not None else torch.zeros_like(samples[i].mask) for i in group]
@@ -481,8 +487,9 @@ def write_json(result: dict, path: str | Path) -> Path:
 
 
 def map_boxes(maps: Tensor, protocol: str = "paper", threshold: float = 0.2) -> Tensor:
-    """Boxes (N, 4) for normalized maps (N, H, W): the paper protocol (``threshold`` of the max, largest
-    connected component, exact box) or ``wsol`` (the largest contour at ``threshold`` as Choe et al. score it)."""
+    """Boxes (N, 4) for maps (N, H, W): the paper protocol (``threshold`` of the max of the raw map, largest
+    connected component, exact box) or ``wsol`` (the largest contour at ``threshold`` of the min-max normalized
+    map, as Choe et al. score it)."""
     if protocol == "paper":
         return paper_boxes(maps, threshold)
     if protocol == "wsol":
@@ -524,15 +531,16 @@ def localize_files(
                 progress(1)
                 continue
             _, res = explain_batch(loaded, explainer, [image], None, topk)
-            maps, logits, classes = image_maps(res.maps, [image]), res.logits.detach().cpu(), res.classes.cpu()
-            boxes = map_boxes(maps[0], protocol, threshold)
+            maps = image_maps(res.maps, [image], normalized=protocol != "paper")[0]
+            logits, classes = res.logits.detach().cpu(), res.classes.cpu()
+            boxes = map_boxes(maps, protocol, threshold)
             probs = logits.float().softmax(-1)[0]
             entries = []
             for rank, (cls, box) in enumerate(zip(classes[0].tolist(), boxes.tolist()), 1):
                 entries.append({"rank": rank, "class": cls, "label": loaded.class_names[cls],
                                 "score": float(probs[cls]), "box": [float(v) for v in box]})
             drawn = [e["box"] for e in entries if e["box"][2] > e["box"][0] and e["box"][3] > e["box"][1]]
-            picture = overlay(image, maps[0][0]) if entries else image
+            picture = overlay(image, maps[0]) if entries else image
             name = f"{stems[path]}_boxes.png"
             save_image(draw_boxes(picture, drawn, colors=("lime", "red", "yellow", "cyan", "magenta")), out_dir / name)
             records.append({"file": str(path), "size": [int(image.shape[-1]), int(image.shape[-2])],

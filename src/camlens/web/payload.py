@@ -37,11 +37,11 @@ def for_display(image: Tensor, max_side: int) -> Tensor:
     return F.interpolate(image[None], size=size, mode="bilinear", align_corners=False, antialias=True)[0].clamp(0, 1)
 
 
-def paper_box(heat01: Tensor, width: int, height: int) -> list[float]:
-    """The paper's box (Zhou et al., CVPR 2016, sec. 3.1) on the shown heatmap ``heat01`` (h, w) in [0, 1]: the
-    largest 8-connected component above 20% of the max, as ``[x0, y0, x1, y1]`` in the pixels of the
-    ``width`` x ``height`` image (exclusive right and bottom edges); ``[0, 0, 0, 0]`` when the map is constant."""
-    return paper_boxes(heat01, 0.2, image_size=(height, width)).tolist()
+def paper_box(heat: Tensor, width: int, height: int) -> list[float]:
+    """The paper's box (Zhou et al., CVPR 2016, sec. 3.1) on the raw map ``heat`` (h, w) upsampled to the shown
+    size: the largest 8-connected component above 20% of the max, as ``[x0, y0, x1, y1]`` in the pixels of the
+    ``width`` x ``height`` image (exclusive right and bottom edges); ``[0, 0, 0, 0]`` when no pixel is above."""
+    return paper_boxes(heat, 0.2, image_size=(height, width)).tolist()
 
 
 def explain_payload(
@@ -66,13 +66,14 @@ def explain_payload(
     explained = []
     for n, cls in enumerate(row.classes.tolist()):
         cam = row.maps[n].float()
-        heat01 = upsample(normalize(cam), (dh, dw))
+        heat = upsample(cam, (dh, dw))
+        heat01 = normalize(heat)
         explained.append({
             "class": cls,
             "label": class_names[cls],
             "score": float(probs[cls]),
             "map_size": [int(cam.shape[-1]), int(cam.shape[-2])],
-            "box": paper_box(heat01, width, height),
+            "box": paper_box(heat, width, height),
             "overlay": data_url(overlay(shown, cam, alpha=alpha)),
             "heatmap": data_url(colorize(heat01)),
         })
