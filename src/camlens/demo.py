@@ -41,6 +41,7 @@ COMPARISON_COLUMNS = (
     ("Deletion (lower)", "deletion_auc"), ("Insertion", "insertion_auc"), ("ROAD", "road"),
     ("Pointing game", "pointing_game"),
 )
+FRACTIONS = {"deletion_auc", "insertion_auc", "road", "pointing_game"}  # the others are percentages
 
 
 @dataclass
@@ -236,8 +237,11 @@ def _localization_table(result: dict) -> report.Table:
 
 
 def _methods_table(rows: list[dict]) -> report.Table:
-    fmt = lambda v: "-" if v is None else f"{v:.3f}" if abs(v) < 10 else f"{v:.1f}"  # noqa: E731
-    body = [(r["method"], *(fmt(r.get(key)) for _, key in COMPARISON_COLUMNS), f"{r['seconds']:.1f}") for r in rows]
+    def fmt(key: str, value: float | None) -> str:
+        return "-" if value is None else f"{value:.3f}" if key in FRACTIONS else f"{value:.1f}"
+
+    body = [(r["method"], *(fmt(key, r.get(key)) for _, key in COMPARISON_COLUMNS), f"{r['seconds']:.1f}")
+            for r in rows]
     c = DEMO_FAITHFULNESS
     return report.Table(
         f"The CAM family on the first {rows[0]['num_images']} test images", ("method", *(h for h, _ in COMPARISON_COLUMNS),
