@@ -141,6 +141,13 @@ def random_maps(rng: np.random.Generator, kind: str, b: int, h: int, w: int) -> 
         return rng.integers(0, 5, (b, h, w)) / 4.0
     if kind == "binary":
         return (rng.random((b, h, w)) < 0.5).astype(np.float64)
+    if kind in ("rings", "egg"):  # interior minima and maxima: holes that open onto the outside at saddles, islands
+        y, x = np.mgrid[0:h, 0:w][:, None] + rng.random((2, b, 1, 1)) * np.array([h, w])[:, None, None, None]
+        f = rng.uniform(0.4, 1.5, (b, 1, 1))
+        up = np.cos(f * np.hypot(y - h / 2, x - w / 2)) if kind == "rings" else np.sin(f * x) * np.sin(f * y)
+        up = up + 0.05 * rng.standard_normal(up.shape) * (rng.random((b, 1, 1)) < 0.5)  # half of them rough
+        steps = rng.choice([4, 16, 256], (b, 1, 1))  # few levels: wide plateaus and ties
+        return np.floor(np.clip((up + 1.2) / 2.4, 0, 1) * steps) / steps
     coarse = torch.tensor(rng.standard_normal((b, 1, 4, 4)))
     up = F.interpolate(coarse, size=(h, w), mode="bilinear", align_corners=False)[:, 0].numpy()
     if kind == "relu":  # a CAM after ReLU: a flat zero background (pixels at level 0 never enter a component)
@@ -149,17 +156,21 @@ def random_maps(rng: np.random.Generator, kind: str, b: int, h: int, w: int) -> 
     return (up - lo) / np.where(hi > lo, hi - lo, 1.0)
 
 
-@pytest.mark.parametrize("kind", ["noise", "levels", "binary", "smooth", "relu"])
+KINDS = {"noise": 0, "levels": 1, "binary": 2, "smooth": 3, "relu": 5, "rings": 6, "egg": 7}  # kind: seed
+
+
+@pytest.mark.parametrize("kind", KINDS)
 def test_sweep_equals_opencv_per_threshold_search_on_random_maps(kind):
-    rng = np.random.default_rng({"noise": 0, "levels": 1, "binary": 2, "smooth": 3, "relu": 5}[kind])
+    rng = np.random.default_rng(KINDS[kind])
     for _ in range(12):
         h, w = (int(v) for v in rng.integers(1, 24, 2))
         assert_sweep_matches_cv2(random_maps(rng, kind, int(rng.integers(1, 4)), h, w), wsol_thresholds(0.001))
 
 
-def test_sweep_equals_opencv_on_a_cam_sized_map():
+@pytest.mark.parametrize("kind", ["smooth", "rings", "egg"])
+def test_sweep_equals_opencv_on_a_cam_sized_map(kind):
     rng = np.random.default_rng(4)
-    assert_sweep_matches_cv2(random_maps(rng, "smooth", 1, 96, 96), wsol_thresholds(0.01))
+    assert_sweep_matches_cv2(random_maps(rng, kind, 1, 96, 96), wsol_thresholds(0.01))
 
 
 # ----------------------------------------------------------------------------------------------- WSOL sweep: by hand
