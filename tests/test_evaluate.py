@@ -261,3 +261,33 @@ def test_evaluate_faithfulness_runs_for_every_method(checkpoint, tmp_path, metho
     for key in ("average_drop", "increase_in_confidence", "deletion_auc", "insertion_auc", "road", "pointing_game"):
         assert got[key] is not None and np.isfinite(got[key]), key
     assert 0 <= got["increase_in_confidence"] <= 100 and 0 <= got["pointing_game"] <= 1
+
+
+def test_evaluate_on_a_metadata_folder_with_loader_workers_matches_the_images_in_memory(checkpoint, tmp_path):
+    """The same images written as PNG files (lossless) under a WSOL metadata folder, read by two DataLoader
+    workers, give exactly the metrics of the images evaluated from memory."""
+    from camlens.data.builtin import BuiltinDataset
+    from camlens.evaluation import Sample
+    from camlens.models import load_model
+    from camlens.render import save_image
+
+    data = BuiltinDataset("test", num_images=7)
+    samples = []
+    for i in range(len(data)):
+        item = data[i]
+        image_id = f"c{item['label']}/{i}.png"
+        (tmp_path / "imgs" / image_id).parent.mkdir(parents=True, exist_ok=True)
+        save_image(item["image"], tmp_path / "imgs" / image_id)
+        samples.append(Sample(image_id, item["image"], item["label"], item["box"].double().round().reshape(1, 4)))
+    ann = Annotations([s.image_id for s in samples], torch.tensor([s.label for s in samples]),
+                      [s.boxes for s in samples], [(64, 64)] * len(samples))
+    meta = write_wsol_metadata(tmp_path / "meta", ann)
+    target = tmp_path / "m.json"
+    assert main(["evaluate", "--checkpoint", str(checkpoint), "--data", str(meta), "--images", str(tmp_path / "imgs"),
+                 "--workers", "2", "--batch-size", "3", "--json", str(target), "--quiet"]) == 0
+    loaded = load_model(checkpoint)
+    with CAM(loaded.model) as cam:
+        expected = evaluate_model(loaded, cam, samples, batch_size=3)
+    got = json.loads(target.read_text())
+    assert got["num_images"] == 7 and got["pxap"] is None
+    assert {k: got[k] for k in KEYS} == json.loads(json.dumps({k: expected[k] for k in KEYS}))
