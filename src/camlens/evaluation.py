@@ -142,6 +142,11 @@ class Sample:
     mask: Tensor | None = None
     ignore: Tensor | None = None
 
+    def pin_memory(self) -> "Sample":
+        """The sample with its image in page-locked memory (what ``DataLoader(pin_memory=True)`` calls), so the
+        copy to the GPU can overlap the previous batch's work."""
+        return Sample(self.image_id, self.image.pin_memory(), self.label, self.boxes, self.mask, self.ignore)
+
 
 class AnnotationSamples(torch.utils.data.Dataset):
     """The images of an :class:`Annotations` set read from ``ann.root`` (or its in-memory masks), by index."""
@@ -327,11 +332,11 @@ def evaluate_model(
     with torch.inference_mode(not explainer.needs_gradients):
         for (j, _), batch in zip(todo, loader):
             part = create()
-            images = _evaluate_batch(loaded, explainer, batch, part, faithfulness)
+            batch_records = _evaluate_batch(loaded, explainer, batch, part, faithfulness)
             total.merge(part)
-            records.extend(images)
+            records.extend(batch_records)
             if log is not None:
-                log.append([{"batch": j, "counts": pack_counts(part.state_dict()), "images": images}])
+                log.append([{"batch": j, "counts": pack_counts(part.state_dict()), "images": batch_records}])
             progress(len(batch))
     total.load_state_dict(sum_tensors(total.state_dict(), ctx))
     records = sorted((r for rank in gather(records, ctx) for r in rank), key=lambda r: r["index"])
