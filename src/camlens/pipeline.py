@@ -17,7 +17,6 @@ from typing import Callable, Iterator, Sequence
 import torch
 from torch import Tensor
 
-from .capture import CamlensError
 from .data.images import DEFAULT_MAX_PIXELS, ImageError, load_image
 from .methods.base import ClassSpec, Explainer
 from .distributed import Context, ProgressLog, barrier, gather, resume_entries, shard_batches, write_atomic

@@ -205,7 +205,7 @@ def write_wsol_metadata(folder: str | Path, ann: Annotations) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "image_ids.txt").write_text("".join(f"{i}\n" for i in ann.ids))
-    (folder / "class_labels.txt").write_text("".join(f"{i},{int(l)}\n" for i, l in zip(ann.ids, ann.labels)))
+    (folder / "class_labels.txt").write_text("".join(f"{i},{int(label)}\n" for i, label in zip(ann.ids, ann.labels)))
     if all(s is not None for s in ann.sizes):
         (folder / "image_sizes.txt").write_text("".join(f"{i},{s[0]},{s[1]}\n" for i, s in zip(ann.ids, ann.sizes)))
     lines = []
