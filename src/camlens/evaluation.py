@@ -25,7 +25,9 @@ from torch import Tensor
 from .boxes import box_iou, paper_boxes, scale_boxes, wsol_resize_boxes, wsol_sweep
 from .capture import CamlensError
 from .data.annotations import AnnotationError, Annotations, MaskFiles, load_mask
-from .distributed import Context, ProgressLog, gather, pack_counts, resume_entries, shard_batches, sum_tensors, unpack_counts
+from .distributed import (
+    Context, ProgressLog, gather, pack_counts, resume_entries, shard_batches, sum_tensors, unpack_counts, write_atomic,
+)
 from .maps import normalize, upsample
 from .metrics.faithfulness import FaithfulnessConfig, FaithfulnessTotals, faithfulness_scores
 from .metrics.localization import DEFAULT_IOUS, BoxAccuracy, ClassLocalization, PixelAP, _iou_key
@@ -482,9 +484,10 @@ def format_table(result: dict) -> str:
 
 
 def write_json(result: dict, path: str | Path) -> Path:
+    """``result`` as JSON at ``path``, written atomically (a crash leaves the old file or none, never half)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2))
+    write_atomic(path, json.dumps(result, indent=2))
     return path
 
 
