@@ -264,23 +264,29 @@ def test_evaluate_faithfulness_runs_for_every_method(checkpoint, tmp_path, metho
 
 
 def test_evaluate_on_a_metadata_folder_with_loader_workers_matches_the_images_in_memory(checkpoint, tmp_path):
-    """The same images written as PNG files (lossless) under a WSOL metadata folder, read by two DataLoader
-    workers, give exactly the metrics of the images evaluated from memory."""
+    """The same images (of mixed sizes) written as PNG files (lossless) under a WSOL metadata folder, read by two
+    DataLoader workers, give exactly the metrics of the images evaluated from memory."""
     from camlens.data.builtin import BuiltinDataset
     from camlens.evaluation import Sample
     from camlens.models import load_model
     from camlens.render import save_image
 
+    from camlens.boxes import scale_boxes
+    from camlens.maps import upsample
+
     data = BuiltinDataset("test", num_images=7)
     samples = []
-    for i in range(len(data)):
+    sizes = [(64, 64), (80, 48), (64, 64), (50, 72), (64, 64), (96, 96), (40, 64)]  # (H, W): mixed sizes in batches
+    for i, size in enumerate(sizes):
         item = data[i]
+        image = (upsample(item["image"], size).clamp(0, 1) * 255).round() / 255  # what the PNG file holds
+        boxes = scale_boxes(item["box"].double().reshape(1, 4), (64, 64), size).round()
         image_id = f"c{item['label']}/{i}.png"
         (tmp_path / "imgs" / image_id).parent.mkdir(parents=True, exist_ok=True)
-        save_image(item["image"], tmp_path / "imgs" / image_id)
-        samples.append(Sample(image_id, item["image"], item["label"], item["box"].double().round().reshape(1, 4)))
+        save_image(image, tmp_path / "imgs" / image_id)
+        samples.append(Sample(image_id, image, item["label"], boxes))
     ann = Annotations([s.image_id for s in samples], torch.tensor([s.label for s in samples]),
-                      [s.boxes for s in samples], [(64, 64)] * len(samples))
+                      [s.boxes for s in samples], [(w, h) for h, w in sizes])
     meta = write_wsol_metadata(tmp_path / "meta", ann)
     target = tmp_path / "m.json"
     assert main(["evaluate", "--checkpoint", str(checkpoint), "--data", str(meta), "--images", str(tmp_path / "imgs"),
