@@ -161,12 +161,8 @@ class BoxAccuracy(_Counts):
             1, levels[..., None].expand(-1, -1, 4), sweep.largest)
         level_iou = paired_iou(wsol_protocol_boxes(by_level, sweep.size)[:, :, None], padded[:, None]).amax(2)
         best_largest = level_iou.gather(1, levels)  # (B, T)
-        # every contour at its level, then the best per (map, level), read at each threshold's level
-        contours = wsol_protocol_boxes(sweep.boxes, sweep.size)
-        best = paired_iou(contours[:, None], padded[sweep.image]).amax(1)
-        per_level = torch.zeros(bsz * 256, dtype=torch.float64)
-        per_level.scatter_reduce_(0, sweep.image * 256 + sweep.level, best, "amax")
-        best_any = per_level.view(bsz, 256).gather(1, levels)
+        # the best of every contour at each level, read at each threshold's level
+        best_any = sweep.best_iou_by_level(gts).gather(1, levels)
         # a map without any contour: the protocol scores its fallback box at every threshold
         has_contour = torch.zeros(bsz, dtype=torch.bool)
         has_contour[sweep.image] = True
