@@ -159,3 +159,20 @@ def test_interrupted_evaluate_resumes_to_the_same_metrics(images, tmp_path):
         assert resumed == full
         with pytest.raises(Exception, match="other options"):
             evaluate_model(loaded, explainer, samples, progress_dir=tmp_path, batch_size=3, run_key={"k": 2})
+
+
+def test_a_crashing_rank_says_which_rank_and_how_to_resume(images, monkeypatch, capsys):
+    import camlens.pipeline
+    from camlens.cli import main
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(camlens.pipeline, "explain_files", crash)
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.chdir(images)
+    with pytest.raises(RuntimeError, match="disk full"):  # the traceback still reaches torchrun's report
+        main(["explain", "imgs", "--checkpoint", "m.safetensors", "--quiet", "--out", "crash"])
+    err = capsys.readouterr().err
+    assert "rank 1 failed (RuntimeError: disk full)" in err and "rerunning the same command resumes" in err
+    assert not (images / "crash" / "summary.json").exists()

@@ -4,11 +4,15 @@ block in :func:`build_parser`."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
 from .capture import CamlensError
+
+
+RESUMABLE = {"explain": "progress in --out/.progress", "evaluate": "progress in --progress-dir, when given"}
 
 
 def _fail(message: str) -> None:
@@ -334,6 +338,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         _fail("interrupted")
         return 130
+    except Exception as err:  # a crash: under torchrun, say which rank and how to go on; the traceback follows
+        if "RANK" in os.environ and args.command in RESUMABLE:
+            _fail(f"rank {os.environ['RANK']} failed ({type(err).__name__}: {err}); finished batches are logged, "
+                  f"so rerunning the same command resumes ({RESUMABLE[args.command]})")
+        raise
 
 
 if __name__ == "__main__":
