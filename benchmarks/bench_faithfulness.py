@@ -4,7 +4,9 @@ Forward passes are counted by a hook on the model (images seen / images evaluate
 expect a few % of noise.  The ratio column divides by the time per image of one plain inference pass over a batch of
 ``--forward-batch`` images (the batch the metrics forward), so it reads "equivalent forward passes" and its excess
 over the pass count is the metric's own overhead; pytorch_grad_cam's
-implementation of the same metric (where it has one) runs on the same images and maps.
+implementation of the same metric (where it has one) runs on the same images and maps.  The imputation row
+is followed by scipy's default sparse solve (COLAMD ordering, partial pivoting) of the same linear systems, the
+solver camlens used before its nested-dissection order.
 
     python benchmarks/bench_faithfulness.py [--arch resnet18] [--batch 8] [--size 112] [--steps 100]
 """
@@ -17,12 +19,14 @@ from typing import Callable
 
 import numpy as np
 import scipy
+import scipy.sparse.linalg
 import torch
 import torchvision.models as tvm
 
 import camlens
 from camlens.metrics.faithfulness import (
     FaithfulnessConfig,
+    _imputation_system,
     confidence_change,
     deletion_curve,
     faithfulness_scores,
@@ -84,6 +88,10 @@ def main() -> None:
         "road (9 percentages)": lambda: road(model, images, maps, classes, **common),
         "  of which imputation (18/image)": lambda: [
             noisy_linear_imputation(images[i:i + 1].expand(len(holes), -1, -1, -1), holes) for i in range(args.batch)
+        ],
+        "  same systems, scipy spsolve (COLAMD)": lambda: [
+            scipy.sparse.linalg.spsolve(*_imputation_system(hole, image)[:2])
+            for image in images.double().numpy() for hole in holes.numpy()
         ],
         "pointing game (box)": lambda: pointing_game(maps, boxes=boxes),
         "faithfulness_scores (all)": lambda: faithfulness_scores(

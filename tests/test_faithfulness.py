@@ -33,6 +33,7 @@ from camlens.metrics.faithfulness import (
     FaithfulnessConfig,
     FaithfulnessTotals,
     ROAD_NEIGHBOUR_WEIGHTS,
+    _dissection_rank,
     _relevance_rank,
     boxes_to_masks,
     confidence_change,
@@ -302,6 +303,69 @@ def test_linear_imputation_reproduces_a_linear_ramp_inside_the_image():
     missing[0, 5, 1] = True
     out = noisy_linear_imputation(image, missing, noise=0.0)
     torch.testing.assert_close(out, image, atol=1e-10, rtol=0)
+
+
+def dense_imputation(image: np.ndarray, missing: np.ndarray) -> np.ndarray:
+    """Reference: the neighbour-mean equations of every missing pixel as a dense system, solved by numpy."""
+    channels, height, width = image.shape
+    ids = [(r, c) for r in range(height) for c in range(width) if missing[r, c]]
+    var = {pixel: k for k, pixel in enumerate(ids)}
+    matrix, rhs = np.zeros((len(ids), len(ids))), np.zeros((len(ids), channels))
+    for k, (r, c) in enumerate(ids):
+        for dr, dc, w in ROAD_NEIGHBOUR_WEIGHTS:
+            if 0 <= r + dr < height and 0 <= c + dc < width:
+                matrix[k, k] += w
+                if missing[r + dr, c + dc]:
+                    matrix[k, var[r + dr, c + dc]] -= w
+                else:
+                    rhs[k] += w * image[:, r + dr, c + dc]
+    out = image.copy()
+    if ids:
+        rows, cols = zip(*ids)
+        out[:, rows, cols] = np.linalg.solve(matrix, rhs).T
+    return out
+
+
+def imputation_cases():
+    g = torch.Generator().manual_seed(11)
+    border = torch.zeros(12, 15, dtype=torch.bool)
+    border[:5, :] = True  # a band along the whole top edge
+    border[4:, 11:] = True  # and down the right edge, joined to it
+    column = torch.zeros(9, 10, dtype=torch.bool)
+    column[:, 4] = True  # splits the kept pixels in two
+    one_kept = torch.ones(7, 8, dtype=torch.bool)
+    one_kept[6, 7] = False
+    return [
+        torch.rand(9, 11, generator=g) < 0.3,
+        torch.rand(16, 16, generator=g) < 0.9,
+        torch.rand(23, 17, generator=g) < 0.9,
+        torch.rand(1, 10, generator=g) < 0.6,
+        torch.rand(13, 1, generator=g) < 0.6,
+        border, column, one_kept,
+    ]
+
+
+@pytest.mark.parametrize("case", range(8))
+def test_imputation_matches_a_dense_solve_of_the_neighbour_mean_equations(case):
+    missing = imputation_cases()[case]
+    image = torch.randn(1, 3, *missing.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(case))
+    ours = noisy_linear_imputation(image, missing[None], noise=0.0)[0]
+    np.testing.assert_allclose(ours.numpy(), dense_imputation(image[0].numpy(), missing.numpy()), atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 9), (9, 1), (2, 2), (5, 3), (17, 40), (112, 112)])
+def test_dissection_order_is_a_permutation_of_the_pixels(shape):
+    rank = _dissection_rank(*shape)
+    assert np.array_equal(np.sort(rank), np.arange(shape[0] * shape[1]))
+
+
+def test_imputation_does_not_depend_on_the_memory_layout_of_the_images():
+    image = torch.randn(2, 3, 10, 12)
+    missing = random_mask((2, 10, 12), 0.7, seed=2)
+    plain = noisy_linear_imputation(image, missing, 0.05, torch.Generator().manual_seed(1))
+    strided = image.transpose(2, 3).contiguous().transpose(2, 3)  # column-major pixels
+    assert torch.equal(noisy_linear_imputation(strided, missing, 0.05, torch.Generator().manual_seed(1)), plain)
+    assert not torch.equal(plain[:, :, missing[0]], image[:, :, missing[0]])
 
 
 def test_imputation_noise_has_the_requested_scale_on_removed_pixels_only():

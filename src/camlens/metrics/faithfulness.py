@@ -18,6 +18,7 @@ most-relevant-first and the least-relevant-first orders.
 from __future__ import annotations
 
 import copy
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal, Mapping, Sequence, Union
@@ -319,14 +320,45 @@ def insertion_curve(model: nn.Module, images: Tensor, maps: Tensor, classes: Ten
 # ------------------------------------------------------------------------------------------------- ROAD
 
 
+@functools.lru_cache(maxsize=8)
+def _dissection_rank(height: int, width: int) -> np.ndarray:
+    """Position of every row-major pixel in a nested-dissection order of the grid (George, SIAM J. Numer. Anal.
+    1973): each rectangle lists its two halves, then the middle line that separates them (across the longer side;
+    no 8-neighbour edge crosses a full line).  Eliminating in this order keeps the Cholesky fill at
+    O(n log n), for any subset of pixels too, since a line still separates whatever pixels remain."""
+    order: list[np.ndarray] = []
+
+    def dissect(r0: int, r1: int, c0: int, c1: int) -> None:
+        if (r1 - r0) * (c1 - c0) <= 16 or min(r1 - r0, c1 - c0) < 3:
+            order.append((np.arange(r0, r1)[:, None] * width + np.arange(c0, c1)).ravel())
+        elif r1 - r0 >= c1 - c0:
+            mid = (r0 + r1) // 2
+            dissect(r0, mid, c0, c1)
+            dissect(mid + 1, r1, c0, c1)
+            order.append(mid * width + np.arange(c0, c1))
+        else:
+            mid = (c0 + c1) // 2
+            dissect(r0, r1, c0, mid)
+            dissect(r0, r1, mid + 1, c1)
+            order.append(np.arange(r0, r1) * width + mid)
+
+    dissect(0, height, 0, width)
+    rank = np.empty(height * width, dtype=np.int64)
+    rank[np.concatenate(order)] = np.arange(height * width)
+    rank.flags.writeable = False
+    return rank
+
+
 def _imputation_system(
     missing: np.ndarray, image: np.ndarray
 ) -> tuple[scipy.sparse.csc_matrix, np.ndarray, np.ndarray]:
     """For the missing pixels u of one image: s_i u_i − Σ_{j missing} w_ij u_j = Σ_{j kept} w_ij x_j, with s_i
-    the sum of the weights of pixel i's in-image neighbours.  Returns (A, right-hand sides (n, C), pixel ids)."""
+    the sum of the weights of pixel i's in-image neighbours.  Returns (A, right-hand sides (n, C), pixel ids), the
+    unknowns numbered in :func:`_dissection_rank` order."""
     height, width = missing.shape
     flat_missing = missing.ravel()
     ids = np.flatnonzero(flat_missing)
+    ids = ids[np.argsort(_dissection_rank(height, width)[ids])]
     var = np.full(height * width, -1, dtype=np.int64)
     var[ids] = np.arange(ids.size)
     rows, cols = np.divmod(ids, width)
@@ -362,25 +394,31 @@ def noisy_linear_imputation(
     standard deviation ``noise`` (absolute, in the units of ``images``) is added to the imputed pixels only.
 
     The coupled equations form a sparse symmetric positive definite system per image (non-singular as long as one
-    pixel is kept), solved exactly with scipy's sparse LU in float64 on the CPU.  Returns a new tensor.  ROAD's
-    reference code adds noise 0.01 to images in [0, 1] before normalization; for inputs normalized by a standard
-    deviation s, noise 0.01 / s is the same perturbation.
+    pixel is kept: every removed region then borders a kept pixel), solved exactly in float64 on the CPU by scipy's
+    sparse LU, all channels at once, in nested-dissection order without pivoting (stable for SPD matrices).
+    Returns a new tensor.  ROAD's reference code adds noise 0.01 to images in [0, 1] before normalization; for
+    inputs normalized by a standard deviation s, noise 0.01 / s is the same perturbation.
     """
     if missing.shape != (images.shape[0], *images.shape[-2:]):
         expected = (images.shape[0], *images.shape[-2:])
         raise CamlensError(f"missing has shape {tuple(missing.shape)}; expected {expected} (True = removed pixel)")
-    out = images.detach().to("cpu", torch.float64).clone()
+    out = images.detach().to("cpu", torch.float64).clone(memory_format=torch.contiguous_format)
+    pixels = out.numpy().reshape(*out.shape[:2], -1)  # shares memory with out; numpy scatters ~10x faster here
     holes = missing.detach().cpu().bool().numpy()
     for n in range(out.shape[0]):
         if not holes[n].any():
             continue
         if holes[n].all():
             raise CamlensError("noisy linear imputation needs at least one kept pixel; remove less than 100 %")
-        matrix, rhs, ids = _imputation_system(holes[n], out[n].numpy())
-        solution = torch.from_numpy(np.asarray(scipy.sparse.linalg.spsolve(matrix, rhs)).reshape(ids.size, -1))
+        matrix, rhs, ids = _imputation_system(holes[n], pixels[n].reshape(out.shape[1:]))
+        factors = scipy.sparse.linalg.splu(
+            matrix, permc_spec="NATURAL", diag_pivot_thresh=0.0, options={"SymmetricMode": True}
+        )
+        back = np.argsort(ids)  # row-major again, so that noise draws land on the same pixels whatever the order
+        ids, solution = ids[back], factors.solve(rhs)[back]
         if noise:
-            solution = solution + noise * torch.randn(solution.shape, generator=generator, dtype=torch.float64)
-        out[n].view(out.shape[1], -1)[:, torch.from_numpy(ids)] = solution.T
+            solution += noise * torch.randn(solution.shape, generator=generator, dtype=torch.float64).numpy()
+        pixels[n][:, ids] = solution.T
     return out.to(images.device, images.dtype)
 
 
