@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from camlens.boxes import (
     box_iou,
+    paired_iou,
     paper_boxes,
     scale_boxes,
     threshold_levels,
@@ -223,6 +224,39 @@ def test_threshold_ties_leave_the_pixel_out():
     sweep = wsol_sweep(m, [0.5, 0.49])
     assert sweep.levels.tolist() == [[127, 124]]
     assert sweep.largest[0].tolist() == [[2, 0, 3, 1], [1, 0, 3, 1]]
+
+
+@pytest.mark.parametrize("kind", ["smooth", "rings", "levels"])
+def test_protocol_ious_equal_paired_iou_of_the_largest_and_of_every_contour(kind):
+    # reference: at each threshold, paired_iou (float64 torch) of the protocol's largest box, and of every contour
+    # of that threshold (the fallback box for a map without contours), with every ground-truth box of the map
+    rng = np.random.default_rng(KINDS[kind])
+    h, w = 19, 23
+    maps = np.concatenate([random_maps(rng, kind, 3, h, w), np.zeros((1, h, w))])  # the last map: no contour
+    thresholds = wsol_thresholds(0.01)
+    sweep = wsol_sweep(maps, thresholds)
+    gts = []
+    for _ in range(4):  # 1-3 boxes per map, fractional corners as after scaling
+        xy = rng.uniform(0, [w, h], (int(rng.integers(1, 4)), 2))
+        gts.append(torch.tensor(np.concatenate([xy, xy + rng.uniform(1, [w, h], xy.shape)], 1)))
+    gts[3][0] = torch.tensor([0.0, 0.0, 1.5, 2.0])  # overlaps the fallback pixel [0, 0, 1, 1]: IoU 1/3
+    largest, best = sweep.protocol_ious(gts)
+    by_level = sweep.best_iou_by_level(gts)
+    protocol = sweep.protocol_largest()
+    for b, gt in enumerate(gts):
+        for i in range(len(thresholds)):
+            expect_largest = paired_iou(protocol[b, i][None], gt).max()
+            contours = wsol_protocol_boxes(sweep.contours(b, i), (h, w))
+            expect_best = paired_iou(contours[:, None], gt[None]).max() if len(contours) else torch.tensor(0.0)
+            assert largest[b, i] == expect_largest
+            assert by_level[b, sweep.levels[b, i]] == expect_best
+            assert best[b, i] == (expect_best if (sweep.image == b).any() else expect_largest)
+    assert (sweep.image == 3).sum() == 0 and (largest[3] >= 1 / 3).all() and best[3].eq(largest[3]).all()
+
+
+def test_protocol_ious_reject_a_wrong_number_of_ground_truth_lists():
+    with pytest.raises(CamlensError, match="ground-truth box lists"):
+        wsol_sweep(np.ones((2, 3, 3))).protocol_ious([torch.tensor([[0, 0, 1, 1]])])
 
 
 def test_protocol_boxes_grow_by_one_pixel_except_at_the_border():

@@ -239,10 +239,11 @@ def _node_at(lv, m, nn, level, parent, first, last, col0, col1, wsum):
 
 
 @numba.njit(cache=True, nogil=True)
-def _component_tree(v, wp, offsets, order, colw, j0, j1, step, holes, rows):
-    """Component tree by union-find over pixels in value order (Berger et al., ICIP 2007) on the padded canvas
-    ``v`` (values 0..255, a zero ring): ``order[j0:j1:step]`` are the pixels to add, ``colw`` their column * 8 +
-    quad weight, ``offsets`` the neighbours (8 or 4, a tuple so that the loop over them is unrolled).
+def _component_tree(wp, offsets, order, starts, colw, holes, rows):
+    """Component tree by union-find over pixels in value order (Berger et al., ICIP 2007) on a padded canvas
+    of width ``wp``: ``order`` holds its interior pixels by decreasing value, value ``255 - r`` at positions
+    ``starts[r]:starts[r + 1]``, ``colw`` their column * 8 + quad weight, ``offsets`` the neighbours (8 or 4, a
+    tuple so that the loop over them is unrolled).
 
     ``holes=False``: the foreground tree, of the 8-connected upper level sets ``{v > L}``, pixels in decreasing
     value, a node's level its value.  ``holes=True``: the hole tree, of the 4-connected background sets
@@ -253,8 +254,9 @@ def _component_tree(v, wp, offsets, order, colw, j0, j1, step, holes, rows):
     Nodes are numbered as made, so a parent comes after its children.  A pixel whose added neighbours all hang
     from one root (checked without a find) joins that set: into its newest node if that has the pixel's level,
     else into a new node, the newest's parent; that is most pixels, and a map has far fewer nodes than pixels.
-    Otherwise the sets are merged by finds, the newest nodes of two sets under one node at the pixel's level (one
-    of theirs if at that level, the younger).  Fills ``rows`` (13, n): per pixel its ``node_of`` (-1: none, e.g.
+    Otherwise the sets are merged by finds (each neighbour then points at its root, so that the pixels next to it
+    take the first way again), the newest nodes of two sets under one node at the pixel's level (one of theirs if
+    at that level, the younger).  Fills ``rows`` (13, n): per pixel its ``node_of`` (-1: none, e.g.
     the outside), the forest ``zpar`` with ``height`` and, per root, the ``latest`` node of its set; per node
     its ``level``, ``parent`` (-1: the outside), first/last pixel, column range and summed quad weight (over its
     subtree; all kept by the youngest node of a flat zone, the canonical one), and, per canonical node, ``base``
@@ -264,7 +266,7 @@ def _component_tree(v, wp, offsets, order, colw, j0, j1, step, holes, rows):
     (node_of, zpar, height, latest, level, parent, first, last, col0, col1, wsum, base, low) = (
         rows[0], rows[1], rows[2], rows[3], rows[4], rows[5], rows[6], rows[7], rows[8], rows[9], rows[10],
         rows[11], rows[12])
-    n = v.shape[0]
+    n = rows.shape[1]
     node_of[:] = -1
     zpar[:] = -1  # -1: not added yet
     if holes:
@@ -273,62 +275,68 @@ def _component_tree(v, wp, offsets, order, colw, j0, j1, step, holes, rows):
         zpar[wp - 1:n - wp:wp] = 0
         zpar[wp:n - wp:wp] = 0
     nn = 0
-    for j in range(j0, j1, step):
-        p = order[j]
-        lv = 255 - v[p] if holes else v[p]
-        zp, lo = -1, n
-        for d in offsets:
-            zx = zpar[p + d]
-            zp, lo = max(zp, zx), min(lo, zx if zx >= 0 else n)
-        if zp >= 0 and not (lo == zp and zpar[zp] == zp):  # neighbours in several sets (or not at the root)
-            zp = -1
+    # indices known to be >= 0 are made unsigned on the hot path: numba checks signed ones for wraparound
+    for i in range(255):  # the values 255..1 down, or 0..254 up
+        r = 255 - i if holes else i
+        lv = r if holes else 255 - r
+        j0, j1, step = (starts[r + 1] - 1, starts[r] - 1, -1) if holes else (starts[r], starts[r + 1], 1)
+        for j in range(j0, j1, step):
+            ju = np.uint64(j)
+            p = order[ju]
+            zp, lo = -1, np.uint32(0xFFFFFFFF)  # lo: the least set, -1 (not added) being the largest as unsigned
             for d in offsets:
-                zx = zpar[p + d]
-                if zx < 0 or zx == zp:
-                    continue
-                zx = _find(zpar, zx)
-                if zx == zp:
-                    continue
-                if zp < 0:
-                    zp = zx
-                elif zx == 0 or zp == 0:  # a hole meets the outside: it ends at this level
-                    if zp == 0:
-                        zp, zx = zx, zp
-                    m = latest[zp]
-                    parent[m], low[m] = -1, lv
-                    zpar[zp] = 0
-                    zp = 0
-                else:
-                    a, nn = _node_at(lv, latest[zp], nn, level, parent, first, last, col0, col1, wsum)
-                    a, b = min(a, latest[zx]), max(a, latest[zx])  # a newest node above level lv is older
-                    parent[a] = b
-                    first[b] = min(first[b], first[a])
-                    last[b] = max(last[b], last[a])
-                    col0[b] = min(col0[b], col0[a])
-                    col1[b] = max(col1[b], col1[a])
-                    wsum[b] += wsum[a]
-                    if height[zp] < height[zx]:
-                        zp, zx = zx, zp
-                    zpar[zx] = zp
-                    if height[zp] == height[zx]:
-                        height[zp] += 1
-                    latest[zp] = b
-        c, wt = colw[j] >> 3, colw[j] & 7
-        if zp < 0:  # no neighbour added yet: p starts a set
-            level[nn], parent[nn] = lv, nn
-            first[nn], last[nn], col0[nn], col1[nn], wsum[nn] = p, p, c, c, wt
-            zpar[p], height[p], latest[p], node_of[p] = p, 0, nn, nn
-            nn += 1
-        elif zp > 0:  # p joins the set: its newest node, or a new one at p's level
-            nd, nn = _node_at(lv, latest[zp], nn, level, parent, first, last, col0, col1, wsum)
-            first[nd] = min(first[nd], p)
-            last[nd] = max(last[nd], p)
-            col0[nd] = min(col0[nd], c)
-            col1[nd] = max(col1[nd], c)
-            wsum[nd] += wt
-            zpar[p], latest[zp], node_of[p] = zp, nd, nd
-        else:
-            zpar[p] = 0
+                zx = zpar[np.uint64(p + d)]
+                zp, lo = max(zp, zx), min(lo, np.uint32(zx))
+            if zp >= 0 and not (lo == zp and zpar[np.uint64(zp)] == zp):
+                zp = -1  # neighbours in several sets, or not at the root
+                for d in offsets:
+                    zx = zpar[p + d]
+                    if zx < 0 or zx == zp:
+                        continue
+                    zx = zpar[p + d] = _find(zpar, zx)
+                    if zx == zp:
+                        continue
+                    if zp < 0:
+                        zp = zx
+                    elif zx == 0 or zp == 0:  # a hole meets the outside: it ends at this level
+                        if zp == 0:
+                            zp, zx = zx, zp
+                        m = latest[zp]
+                        parent[m], low[m] = -1, lv
+                        zpar[zp] = 0
+                        zp = 0
+                    else:
+                        a, nn = _node_at(lv, latest[zp], nn, level, parent, first, last, col0, col1, wsum)
+                        a, b = min(a, latest[zx]), max(a, latest[zx])  # a newest node above level lv is older
+                        parent[a] = b
+                        first[b] = min(first[b], first[a])
+                        last[b] = max(last[b], last[a])
+                        col0[b] = min(col0[b], col0[a])
+                        col1[b] = max(col1[b], col1[a])
+                        wsum[b] += wsum[a]
+                        if height[zp] < height[zx]:
+                            zp, zx = zx, zp
+                        zpar[zx] = zp
+                        if height[zp] == height[zx]:
+                            height[zp] += 1
+                        latest[zp] = b
+            c, wt = colw[ju] >> 3, colw[ju] & 7
+            if zp < 0:  # no neighbour added yet: p starts a set
+                level[nn], parent[nn] = lv, nn
+                first[nn], last[nn], col0[nn], col1[nn], wsum[nn] = p, p, c, c, wt
+                zpar[p], height[p], latest[p], node_of[p] = p, 0, nn, nn
+                nn += 1
+            elif zp > 0:  # p joins the set: its newest node, or a new one at p's level
+                nd, nn = _node_at(lv, latest[np.uint64(zp)], nn, level, parent, first, last, col0, col1, wsum)
+                k, pu = np.uint64(nd), np.uint64(p)
+                first[k] = min(first[k], p)
+                last[k] = max(last[k], p)
+                col0[k] = min(col0[k], c)
+                col1[k] = max(col1[k], c)
+                wsum[k] += wt
+                zpar[pu], latest[np.uint64(zp)], node_of[pu] = zp, nd, nd
+            else:
+                zpar[np.uint64(p)] = 0
     total = 0
     for i in range(nn - 1, -1, -1):  # parents first: canonical before their children look at them
         pa = parent[i]
@@ -354,16 +362,18 @@ def _quad_weights(v, wp, k):
     background pixel among them goes to that pixel's background region.  So summing these weights over a
     component's pixels gives twice its polygon area, at every level at once."""
     for r in range(1, v.shape[0] // wp - 1):
-        for p in range(r * wp + 1, r * wp + wp - 1):
-            x = v[p]
+        a = v[(r - 1) * wp:(r + 2) * wp]  # rows r - 1, r, r + 1
+        for c in range(1, wp - 1):
+            x = a[wp + c]
             # each neighbour below p in the corner order's ties: before p (up, left) if <=, after it if <
-            ul, u, ur, le = v[p - wp - 1] <= x, v[p - wp] <= x, v[p - wp + 1] <= x, v[p - 1] <= x
-            ri, dl, d, dr = v[p + 1] < x, v[p + wp - 1] < x, v[p + wp] < x, v[p + wp + 1] < x
-            k[p] = (
-                (np.int32(ul) + u + le <= 1)  # p is the quad's bottom-right
-                + (np.int32(u) + ur + ri <= 1)  # bottom-left
-                + (np.int32(le) + dl + d <= 1)  # top-right
-                + (np.int32(ri) + d + dr <= 1)  # top-left
+            ul, u, ur = np.int32(a[c - 1] <= x), np.int32(a[c] <= x), np.int32(a[c + 1] <= x)
+            le, ri = np.int32(a[wp + c - 1] <= x), np.int32(a[wp + c + 1] < x)
+            dl, d, dr = np.int32(a[2 * wp + c - 1] < x), np.int32(a[2 * wp + c] < x), np.int32(a[2 * wp + c + 1] < x)
+            k[r * wp + c] = (
+                np.int32(ul + u + le <= 1)  # p is the quad's bottom-right
+                + np.int32(u + ur + ri <= 1)  # bottom-left
+                + np.int32(le + dl + d <= 1)  # top-right
+                + np.int32(ri + d + dr <= 1)  # top-left
             )
 
 
@@ -381,15 +391,16 @@ def _holder(parent, level, low, i, at):
 
 
 @numba.njit(cache=True, nogil=True)
-def _sweep_map(q, work, largest):
+def _sweep_map(q, work, at, largest):
     """Contours of ``q > L`` for every level L = 0..254 of one uint8 map (h, w), as OpenCV's RETR_TREE finds
-    them.  Returns every contour's level and exact box (outer and hole borders) and fills ``largest`` (255, 4)
-    with the exact box of the largest contour per level (zeros: none)."""
+    them.  Returns every contour's level and exact box (outer and hole borders) and fills ``largest`` (T, 4)
+    with the exact box of the largest contour at each level of ``at`` (T,) (zeros: none)."""
     h, w = q.shape
     wp = w + 2
     n = (h + 2) * wp
     v, order, k, colw = work[0], work[1], work[2], work[3]
     count = np.zeros(256, np.int64)
+    starts = np.empty(257, np.int64)
     v[:wp] = 0
     v[n - wp:] = 0
     for r in range(h):
@@ -399,10 +410,10 @@ def _sweep_map(q, work, largest):
             x = q[r, c]
             v[row + c + 1] = x
             count[255 - x] += 1
-    n255, n0 = count[0], count[255]
-    start = 0
+    starts[0] = 0
     for x in range(256):  # count becomes each value's first position in the order
-        start, count[x] = start + count[x], start
+        starts[x + 1] = starts[x] + count[x]
+        count[x] = starts[x]
     _quad_weights(v, wp, k)
     for r in range(h):  # counting sort: highest value first, raster order within a value
         for c in range(w):
@@ -412,8 +423,8 @@ def _sweep_map(q, work, largest):
             count[x] += 1
     frows, brows = work[4:4 + _TREE_ROWS], work[4 + _TREE_ROWS:]
     ring8 = (-wp - 1, -wp, -wp + 1, -1, 1, wp - 1, wp, wp + 1)
-    nfn, nf = _component_tree(v, wp, ring8, order, colw, 0, h * w - n0, 1, False, frows)  # values > 0, down
-    nbn, nb = _component_tree(v, wp, (-wp, -1, 1, wp), order, colw, h * w - 1, n255 - 1, -1, True, brows)  # < 255, up
+    nfn, nf = _component_tree(wp, ring8, order, starts, colw, False, frows)
+    nbn, nb = _component_tree(wp, (-wp, -1, 1, wp), order, starts, colw, True, brows)
     fnode, flevel, fpar, ffirst, flast, fcol0, fcol1, fw, fbase, flow = (
         frows[0], frows[4], frows[5], frows[6], frows[7], frows[8], frows[9], frows[10], frows[11], frows[12])
     bnode, blevel, bpar, bfirst, blast, bcol0, bcol1, bw, bbase, blow = (
@@ -467,7 +478,7 @@ def _sweep_map(q, work, largest):
     boxes = np.empty((nf + nb, 4), np.int64)
     best = np.full(NUM_LEVELS, -1, np.int64)
     best_first = np.zeros(NUM_LEVELS, np.int64)
-    largest[:] = 0
+    by_level = np.zeros((NUM_LEVELS, 4), np.int64)
     for i in range(nfn):
         if fbase[i] < 0 or flevel[i] == flow[i]:
             continue
@@ -478,7 +489,7 @@ def _sweep_map(q, work, largest):
             boxes[e, 0], boxes[e, 1], boxes[e, 2], boxes[e, 3] = x0, y0, x1, y1
             if up[e] < 0 and (filled[e] > best[lv] or (filled[e] == best[lv] and ffirst[i] > best_first[lv])):
                 best[lv], best_first[lv] = filled[e], ffirst[i]
-                largest[lv, 0], largest[lv, 1], largest[lv, 2], largest[lv, 3] = x0, y0, x1, y1
+                by_level[lv, 0], by_level[lv, 1], by_level[lv, 2], by_level[lv, 3] = x0, y0, x1, y1
     for i in range(nbn):
         if bbase[i] < 0 or blevel[i] == blow[i]:
             continue
@@ -487,6 +498,10 @@ def _sweep_map(q, work, largest):
         for bl in range(blow[i], blevel[i]):
             levels[e0 + bl] = 254 - bl
             boxes[e0 + bl, 0], boxes[e0 + bl, 1], boxes[e0 + bl, 2], boxes[e0 + bl, 3] = x0, y0, x1, y1
+    for i in range(at.shape[0]):
+        lv = at[i]
+        largest[i, 0], largest[i, 1], largest[i, 2], largest[i, 3] = (
+            by_level[lv, 0], by_level[lv, 1], by_level[lv, 2], by_level[lv, 3])
     return levels, boxes
 
 
@@ -537,35 +552,75 @@ class ContourSweep:
         """(B, 256) float64: at each level, the best IoU (:func:`paired_iou`, same arithmetic) of any contour of
         map b, in the protocol's convention (:func:`wsol_protocol_boxes`), with any of ``gt_boxes[b]`` (n_b, 4);
         0 where the level has no contour.  What MaxBoxAccV2 scores, in one pass over the contours."""
-        bsz = self.levels.shape[0]
-        counts = np.array([len(g) for g in gt_boxes], dtype=np.int64)
-        gts = np.zeros((bsz, max(1, int(counts.max(initial=0))), 4))
-        for b, g in enumerate(gt_boxes):
-            gts[b, : len(g)] = torch.as_tensor(g, dtype=torch.float64).reshape(-1, 4).numpy()
-        out = np.zeros(bsz * 256)
-        _best_iou_by_level(self.boxes.numpy().astype(np.float64), self.image.numpy(), self.level.numpy(), gts, counts,
-                           self.size[0], self.size[1], out)
-        return torch.from_numpy(out).view(bsz, 256)
+        gts, offsets = _gt_array(gt_boxes, self.levels.shape[0])
+        out = np.zeros(self.levels.shape[0] * 256)
+        _best_iou_by_level(self.boxes.numpy(), self.image.numpy(), self.level.numpy(), gts, offsets, self.size[0],
+                           self.size[1], out)
+        return torch.from_numpy(out).view(-1, 256)
+
+    def protocol_ious(self, gt_boxes: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
+        """What MaxBoxAcc and MaxBoxAccV2 score at each threshold: the best IoU (:func:`paired_iou`, same
+        arithmetic) with any of ``gt_boxes[b]`` (n_b, 4) of the largest contour (B, T), and of the best contour
+        (B, T), in the protocol's convention (:func:`wsol_protocol_boxes`).  A map without any contour scores
+        the protocol's fallback box (:meth:`protocol_largest`) in both."""
+        bsz, t = self.levels.shape
+        gts, offsets = _gt_array(gt_boxes, bsz)
+        by_level = np.zeros(bsz * 256)
+        _best_iou_by_level(self.boxes.numpy(), self.image.numpy(), self.level.numpy(), gts, offsets, self.size[0],
+                           self.size[1], by_level)
+        largest, best = np.empty((bsz, t)), np.empty((bsz, t))
+        _protocol_ious(self.largest.numpy(), self.levels.numpy(), np.bincount(self.image.numpy(), minlength=bsz),
+                       by_level.reshape(bsz, 256), gts, offsets, self.size[0], self.size[1], largest, best)
+        return torch.from_numpy(largest), torch.from_numpy(best)
+
+
+def _gt_array(gt_boxes: Sequence[Tensor], bsz: int) -> tuple[np.ndarray, np.ndarray]:
+    """Ground-truth boxes of B maps as one (sum n_b, 4) float64 array, map b's at ``offsets[b]:offsets[b + 1]``."""
+    if len(gt_boxes) != bsz:
+        raise CamlensError(f"got {len(gt_boxes)} ground-truth box lists for {bsz} maps")
+    gts = [torch.as_tensor(g, dtype=torch.float64).reshape(-1, 4) for g in gt_boxes]
+    offsets = np.zeros(bsz + 1, np.int64)
+    np.cumsum([g.shape[0] for g in gts], out=offsets[1:])
+    return (torch.cat(gts) if gts else torch.zeros(0, 4, dtype=torch.float64)).numpy(), offsets
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _protocol_iou(box, gts, g0, g1, height, width):
+    """Best :func:`paired_iou` of the exact box ``box`` (4,), made the protocol's (:func:`wsol_protocol_boxes`),
+    with ``gts[g0:g1]``; 0 if that is empty."""
+    x0, y0 = np.float64(box[0]), np.float64(box[1])
+    x1, y1 = min(box[2], width - 1) + 1.0, min(box[3], height - 1) + 1.0
+    area = max(x1 - x0, 0.0) * max(y1 - y0, 0.0)
+    best = 0.0
+    for g in range(g0, g1):
+        gx0, gy0, gx1, gy1 = gts[g, 0], gts[g, 1], gts[g, 2], gts[g, 3]
+        inter = max(min(x1, gx1) - max(x0, gx0), 0.0) * max(min(y1, gy1) - max(y0, gy0), 0.0)
+        union = area + max(gx1 - gx0, 0.0) * max(gy1 - gy0, 0.0) - inter
+        iou = inter / max(union, 1e-300) if union > 0 else 0.0
+        if iou > best:
+            best = iou
+    return best
 
 
 @numba.njit(cache=True, nogil=True)
-def _best_iou_by_level(boxes, image, level, gts, counts, height, width, out):
+def _best_iou_by_level(boxes, image, level, gts, offsets, height, width, out):
     for e in range(boxes.shape[0]):
         b = image[e]
-        x0, y0 = boxes[e, 0], boxes[e, 1]
-        x1, y1 = min(boxes[e, 2], width - 1) + 1.0, min(boxes[e, 3], height - 1) + 1.0
-        area = max(x1 - x0, 0.0) * max(y1 - y0, 0.0)
-        best = 0.0
-        for g in range(counts[b]):
-            gx0, gy0, gx1, gy1 = gts[b, g, 0], gts[b, g, 1], gts[b, g, 2], gts[b, g, 3]
-            inter = max(min(x1, gx1) - max(x0, gx0), 0.0) * max(min(y1, gy1) - max(y0, gy0), 0.0)
-            union = area + max(gx1 - gx0, 0.0) * max(gy1 - gy0, 0.0) - inter
-            iou = inter / max(union, 1e-300) if union > 0 else 0.0
-            if iou > best:
-                best = iou
+        best = _protocol_iou(boxes[e], gts, offsets[b], offsets[b + 1], height, width)
         k = b * 256 + level[e]
         if best > out[k]:
             out[k] = best
+
+
+@numba.njit(cache=True, nogil=True)
+def _protocol_ious(largest, levels, contours, by_level, gts, offsets, height, width, out_largest, out_best):
+    for b in range(largest.shape[0]):
+        for i in range(largest.shape[1]):
+            if i > 0 and levels[b, i] == levels[b, i - 1]:  # same level, same contours
+                out_largest[b, i], out_best[b, i] = out_largest[b, i - 1], out_best[b, i - 1]
+                continue
+            out_largest[b, i] = _protocol_iou(largest[b, i], gts, offsets[b], offsets[b + 1], height, width)
+            out_best[b, i] = by_level[b, min(levels[b, i], 255)] if contours[b] else out_largest[b, i]
 
 
 def wsol_sweep(maps: Tensor | np.ndarray, thresholds: Sequence[float] | np.ndarray | None = None) -> ContourSweep:
@@ -586,14 +641,14 @@ def wsol_sweep(maps: Tensor | np.ndarray, thresholds: Sequence[float] | np.ndarr
     if n > 1 << 23:  # keeps pixel and (contour, level) indices within int32
         raise CamlensError(f"maps of {h}x{w} pixels are too large for the sweep (at most 2**23); downsample them first")
     work = np.empty((_WORK_ROWS, n), np.int32)  # shared by the maps: fresh memory per map costs page faults
-    per_level = np.zeros((bsz, NUM_LEVELS, 4), np.int64)
-    parts = [_sweep_map(m, work, per_level[b]) for b, m in enumerate(q)]
+    largest = np.empty((bsz, t.shape[0], 4), np.int64)
     at = np.minimum(levels, NUM_LEVELS - 1)  # an all-zero map cuts at level 0 and has no contour there
+    parts = [_sweep_map(m, work, at[b], largest[b]) for b, m in enumerate(q)]
     return ContourSweep(
         thresholds=torch.from_numpy(t),
         size=(h, w),
         levels=torch.from_numpy(levels),
-        largest=torch.from_numpy(np.take_along_axis(per_level, at[:, :, None], axis=1)),
+        largest=torch.from_numpy(largest),
         boxes=torch.from_numpy(np.concatenate([p[1] for p in parts])),
         image=torch.from_numpy(np.repeat(np.arange(bsz), [p[0].shape[0] for p in parts])),
         level=torch.from_numpy(np.concatenate([p[0] for p in parts])),

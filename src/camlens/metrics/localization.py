@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..boxes import box_iou, paired_iou, paper_boxes, wsol_protocol_boxes, wsol_sweep, wsol_thresholds
+from ..boxes import box_iou, paper_boxes, wsol_sweep, wsol_thresholds
 from ..capture import CamlensError
 
 DEFAULT_IOUS = (0.3, 0.5, 0.7)
@@ -149,24 +149,8 @@ class BoxAccuracy(_Counts):
     def add_sweep(self, sweep, gt_boxes: Sequence[Tensor]) -> None:
         """Count a precomputed :class:`camlens.boxes.ContourSweep` (same thresholds)."""
         bsz = sweep.levels.shape[0]
-        gts = _check_boxes(gt_boxes, bsz)
-        padded = torch.zeros(bsz, max(g.shape[0] for g in gts), 4, dtype=torch.float64)  # zero boxes: IoU 0
-        for b, gt in enumerate(gts):
-            padded[b, : gt.shape[0]] = gt
+        best_largest, best_any = sweep.protocol_ious(_check_boxes(gt_boxes, bsz))  # (B, T) each
         ious = torch.tensor(self.ious, dtype=torch.float64)[:, None, None]
-        # the largest contour at each of the (at most 256) levels the thresholds cut at, against every ground-truth
-        # box of its map, read at each threshold's level
-        levels = sweep.levels.clamp(max=255)
-        by_level = torch.zeros(bsz, 256, 4, dtype=sweep.largest.dtype).scatter_(
-            1, levels[..., None].expand(-1, -1, 4), sweep.largest)
-        level_iou = paired_iou(wsol_protocol_boxes(by_level, sweep.size)[:, :, None], padded[:, None]).amax(2)
-        best_largest = level_iou.gather(1, levels)  # (B, T)
-        # the best of every contour at each level, read at each threshold's level
-        best_any = sweep.best_iou_by_level(gts).gather(1, levels)
-        # a map without any contour: the protocol scores its fallback box at every threshold
-        has_contour = torch.zeros(bsz, dtype=torch.bool)
-        has_contour[sweep.image] = True
-        best_any = torch.where(has_contour[:, None], best_any, best_largest)
         self.correct_largest += (best_largest[None] >= ious).sum(1)
         self.correct_any += (best_any[None] >= ious).sum(1)
         self.count += bsz
