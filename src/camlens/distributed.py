@@ -24,6 +24,7 @@ import torch.distributed as dist
 
 from .capture import CamlensError
 
+
 @dataclass(frozen=True)
 class Context:
     rank: int

@@ -81,7 +81,7 @@ class Accumulators:
 
     def compute(self) -> dict:
         out: dict = {"num_images": int(self.box.count) or int(self.loc.count)}
-        out.update(self.loc.compute() if int(self.loc.count) else {"top1_loc": None, "top5_loc": None, "gt_known_loc": None})
+        out.update(self.loc.compute())
         out.update(self.box.compute())
         out.update(self.pixel.compute())
         out["paper_threshold"] = self.loc.threshold
@@ -442,9 +442,7 @@ def evaluate_maps(
                 raise CamlensError(f"{image_id}: ground-truth box {ann.boxes[i].tolist()} lies outside its {w}x{h} map; "
                                    "give image sizes (image_sizes.txt) or the images (--images) so boxes are rescaled")
             acc.box.update(score[None], [boxes])
-            hit = (box_iou(paper_boxes(score, paper_threshold), boxes) >= 0.5).any()
-            acc.loc.gt_known += int(hit)
-            acc.loc.count += 1
+            acc.loc.update(score[None], [boxes])  # no predictions: GT-known Loc only
             gt_boxes.append(boxes)
             sizes.append((w, h))
         spec = ann.masks[i] if ann.masks else None
@@ -453,9 +451,6 @@ def evaluate_maps(
             acc.pixel.update(score[None], mask[None], ignore[None])
         progress(1)
     result = acc.compute()
-    result["top1_loc"] = result["top5_loc"] = None
-    if not gt_boxes:
-        result["gt_known_loc"] = None
     result["baselines"] = box_baselines(gt_boxes, sizes) if gt_boxes else {}
     return result
 

@@ -88,7 +88,7 @@ class ClassLocalization(_Counts):
     """Top-1 Loc, Top-5 Loc and GT-known Loc with the CAM paper's boxes (``threshold`` of the map's max, largest
     connected component), at IoU >= ``iou``."""
 
-    _names = ("top1", "top5", "gt_known", "count")
+    _names = ("top1", "top5", "gt_known", "count", "classified")
 
     def __init__(self, threshold: float = 0.2, iou: float = 0.5) -> None:
         self.threshold, self.iou = threshold, iou
@@ -96,26 +96,31 @@ class ClassLocalization(_Counts):
         self.top5 = torch.zeros((), dtype=torch.int64)
         self.gt_known = torch.zeros((), dtype=torch.int64)
         self.count = torch.zeros((), dtype=torch.int64)
+        self.classified = torch.zeros((), dtype=torch.int64)  # the maps that came with predictions
 
-    def update(self, maps: Tensor, gt_boxes: Sequence[Tensor], labels: Tensor, logits: Tensor) -> Tensor:
+    def update(self, maps: Tensor | np.ndarray, gt_boxes: Sequence[Tensor], labels: Tensor | None = None,
+               logits: Tensor | None = None) -> Tensor:
         """``maps`` (B, H, W): the ground-truth class's map of each image, in the pixel grid of ``gt_boxes``;
-        ``labels`` (B,), ``logits`` (B, C).  Returns the predicted boxes (B, 4)."""
+        ``labels`` (B,) and ``logits`` (B, C) for Top-1/Top-5 Loc (without them, e.g. for precomputed maps, only
+        GT-known Loc is counted).  Returns the predicted boxes (B, 4)."""
         maps = _batch_maps(maps)
         boxes = paper_boxes(maps, self.threshold)
         gts = _check_boxes(gt_boxes, boxes.shape[0])
         hit = torch.tensor([bool((box_iou(box, gt) >= self.iou).any()) for box, gt in zip(boxes, gts)])
-        labels = torch.as_tensor(labels).reshape(-1).cpu()
-        top = logits.detach().float().cpu().topk(min(5, logits.shape[1]), dim=1).indices
         self.gt_known += int(hit.sum())
-        self.top1 += int((hit & (top[:, 0] == labels)).sum())
-        self.top5 += int((hit & (top == labels[:, None]).any(1)).sum())
         self.count += boxes.shape[0]
+        if logits is not None:
+            labels = torch.as_tensor(labels).reshape(-1).cpu()
+            top = logits.detach().float().cpu().topk(min(5, logits.shape[1]), dim=1).indices
+            self.top1 += int((hit & (top[:, 0] == labels)).sum())
+            self.top5 += int((hit & (top == labels[:, None]).any(1)).sum())
+            self.classified += boxes.shape[0]
         return boxes
 
     def compute(self) -> dict[str, float | None]:
         return {
-            "top1_loc": _pct(self.top1, self.count),
-            "top5_loc": _pct(self.top5, self.count),
+            "top1_loc": _pct(self.top1, self.classified),
+            "top5_loc": _pct(self.top5, self.classified),
             "gt_known_loc": _pct(self.gt_known, self.count),
         }
 
