@@ -210,9 +210,7 @@ def run_demo(
 def compare_methods(loaded: LoadedModel, test_set, methods: Sequence[str], count: int) -> list[dict]:
     """Localization and faithfulness (:data:`DEMO_FAITHFULNESS`) of each method on the first ``count`` images of
     ``test_set``, maps of the true class."""
-    from .data.builtin import BuiltinDataset
-
-    subset = BuiltinSamples(BuiltinDataset("test", num_images=min(count, len(test_set)), seed=test_set.seed))
+    subset = torch.utils.data.Subset(BuiltinSamples(test_set), range(min(count, len(test_set))))
     rows = []
     for name in methods:
         tick = time.perf_counter()
