@@ -106,13 +106,14 @@ def test_gradcam_at_last_layer_is_relu_cam_over_positions(arch):
     assert torch.allclose(xg.maps, c.maps / positions, atol=1e-5, rtol=1e-3)
 
 
+@pytest.mark.parametrize("method,reference,batch_size", [(ScoreCAM, ref_scorecam, 40), (AblationCAM, ref_ablationcam, 50)])
 @pytest.mark.parametrize("arch,layer,size", [("tiny", "features", 8), ("resnet18", "layer2", 32)])
-def test_scorecam_matches_float64_reference(arch, layer, size):
+def test_perturbation_methods_match_their_float64_reference(method, reference, batch_size, arch, layer, size):
     model = _model(arch)
     x = torch.randn(2, 3, size, size)
-    with ScoreCAM(model, layer=layer, batch_size=40) as explainer:
+    with method(model, layer=layer, batch_size=batch_size) as explainer:
         res = explainer(x, topk=2)
-    assert_close(res.maps, ref_scorecam(model, layer, x, res.classes), what=f"scorecam on {arch}")
+    assert_close(res.maps, reference(model, layer, x, res.classes), what=f"{method.name} on {arch}")
 
 
 def test_scorecam_constant_channels_share_the_baseline_score():
@@ -165,15 +166,6 @@ def test_scorecam_approximate_mode_stays_within_its_stated_error():
     err = (camlens.normalize(got.maps) - camlens.normalize(want.maps)).abs().max().item()
     assert 0 < err <= 5e-3, f"bfloat16 passes moved the normalized map by {err:.3g} (docstring: <= 5e-3)"
     assert got.maps.dtype == torch.float32 and torch.equal(got.classes, want.classes)
-
-
-@pytest.mark.parametrize("arch,layer,size", [("tiny", "features", 8), ("resnet18", "layer2", 32)])
-def test_ablationcam_matches_float64_reference(arch, layer, size):
-    model = _model(arch)
-    x = torch.randn(2, 3, size, size)
-    with AblationCAM(model, layer=layer, batch_size=50) as explainer:
-        res = explainer(x, topk=2)
-    assert_close(res.maps, ref_ablationcam(model, layer, x, res.classes), what=f"ablationcam on {arch}")
 
 
 def test_ablationcam_repeats_the_input_when_the_tail_mixes_earlier_tensors():
