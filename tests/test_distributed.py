@@ -176,3 +176,18 @@ def test_a_crashing_rank_says_which_rank_and_how_to_resume(images, monkeypatch, 
     err = capsys.readouterr().err
     assert "rank 1 failed (RuntimeError: disk full)" in err and "rerunning the same command resumes" in err
     assert not (images / "crash" / "summary.json").exists()
+
+
+def test_each_rank_takes_the_gpu_of_its_local_rank(monkeypatch):
+    """`--device cuda` under torchrun becomes cuda:LOCAL_RANK (modulo the GPUs present), without a GPU here."""
+    from camlens import distributed
+
+    chosen = []
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
+    for local, expected in [("0", "cuda:0"), ("1", "cuda:1"), ("3", "cuda:1")]:
+        monkeypatch.setenv("LOCAL_RANK", local)
+        ctx = distributed.setup("cuda")
+        assert str(ctx.device) == expected and str(chosen[-1]) == expected
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert str(distributed.setup("cuda:0").device) == "cuda:0"  # an explicit index is kept
