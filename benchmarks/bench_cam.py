@@ -1,6 +1,6 @@
 """CAM cost against a plain inference forward pass, torchcam's CAM and the classic numpy recipe, in one run.
 
-    python benchmarks/bench_cam.py [--arch resnet50] [--batch 8] [--size 224] [--repeats 15]
+    python benchmarks/bench_cam.py [--arch resnet50] [--batch 8] [--size 224] [--repeats 15] [--device cuda]
 """
 
 from __future__ import annotations
@@ -21,12 +21,13 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
-    header(f"CAM vs plain forward: {args.arch}, batch {args.batch}, {args.size} px, CPU")
+    header(f"CAM vs plain forward: {args.arch}, batch {args.batch}, {args.size} px, {args.device}")
 
     torch.manual_seed(0)
-    model = tvm.get_model(args.arch, weights=None).eval()
-    x = torch.randn(args.batch, 3, args.size, args.size)
+    model = tvm.get_model(args.arch, weights=None).eval().to(args.device)
+    x = torch.randn(args.batch, 3, args.size, args.size, device=args.device)
 
     def forward():
         with torch.inference_mode():
@@ -39,7 +40,7 @@ def main() -> None:
 
     from torchcam.methods import CAM as TorchcamCAM
 
-    peer_model = tvm.get_model(args.arch, weights=None).eval()
+    peer_model = tvm.get_model(args.arch, weights=None).eval().to(args.device)
     peer_model.load_state_dict(model.state_dict())
     peer = TorchcamCAM(peer_model, target_layer="layer4", fc_layer="fc", input_shape=(3, args.size, args.size))
 
@@ -50,13 +51,13 @@ def main() -> None:
 
     feats = {}
     hook = model.layer4.register_forward_hook(lambda m, i, o: feats.__setitem__("f", o))
-    weight = list(model.parameters())[-2].detach().numpy()
+    weight = list(model.parameters())[-2].detach().cpu().numpy()
 
     def numpy_recipe():
         """The hand-written recipe CAM users start from: hook, forward, loop over channels in numpy."""
         with torch.inference_mode():
             logits = model(x)
-        f = feats["f"].numpy()
+        f = feats["f"].cpu().numpy()
         for i, c in enumerate(logits.argmax(1).tolist()):
             m = np.zeros(f.shape[2:], dtype=np.float32)
             for k in range(f.shape[1]):

@@ -1,16 +1,19 @@
 """Speed of the CAM-family methods against plain inference and against pytorch-grad-cam and torchcam, in one run.
 
-1. Gradient methods at the last layer (resnet50, batch 8, 224 px, CPU, random weights): time per call relative
-   to a plain forward pass under torch.no_grad(), for camlens, pytorch-grad-cam and torchcam on the same
-   model and input.  Timings are interleaved and the median of ``--repeats`` rounds is reported.
-2. Score-CAM (resnet18, 1 image (``--scorecam-batch``), 224 px, layer4, random weights): camlens (exact, with and without its
-   inference-optimized copy, and the opt-in bfloat16 ``approximate=True``) against both peers' Score-CAM (their
-   default batch sizes), each built per call, one untimed warm-up call each, then interleaved rotated rounds;
+1. Gradient methods at the last layer (resnet50, batch 8, 224 px, CPU or ``--device cuda``, random weights):
+   time per call relative to a plain forward pass under torch.no_grad(), for camlens, pytorch-grad-cam and
+   torchcam on the same model and input.  Timings are interleaved and the median of ``--repeats`` rounds is
+   reported.
+2. Score-CAM (resnet18, 1 image (``--scorecam-batch``), 224 px, layer4, random weights): camlens (exact, with
+   and without its inference-optimized copy, and the opt-in bfloat16 ``approximate=True`` and, on GPU,
+   ``approximate=torch.float16``) against both peers' Score-CAM (their default batch sizes), each built per
+   call, one untimed warm-up call each, then interleaved rotated rounds;
    with the max abs difference of the normalized maps (torchcam computes the same formula; pytorch-grad-cam
    upsamples with align_corners=True and normalizes after upsampling, so its maps differ slightly).
 
     python benchmarks/bench_methods.py                 # both parts, a few minutes on 2 cores
     python benchmarks/bench_methods.py --repeats 3 --skip-scorecam
+    python benchmarks/bench_methods.py --device cuda --scorecam-rows 256 512   # on a GPU (add --no-tf32)
 """
 
 from __future__ import annotations
@@ -27,14 +30,17 @@ import torch
 import torchvision
 
 import camlens
+from common import sync
 
 warnings.filterwarnings("ignore")
 os.environ.setdefault("TQDM_DISABLE", "1")  # pytorch-grad-cam's Score-CAM progress bars
 
 
 def _timed(fn) -> float:
+    sync()
     start = time.perf_counter()
     fn()
+    sync()
     return time.perf_counter() - start
 
 
@@ -49,11 +55,11 @@ def _peers():
     return pgc, tc, ClassifierOutputTarget, version("grad-cam"), torchcam.__version__
 
 
-def gradient_part(repeats: int) -> None:
+def gradient_part(repeats: int, device: torch.device) -> None:
     pgc, tc, Target, _, _ = _peers()
     torch.manual_seed(0)
-    model = torchvision.models.resnet50().eval()
-    x = torch.randn(8, 3, 224, 224)
+    model = torchvision.models.resnet50().eval().to(device)
+    x = torch.randn(8, 3, 224, 224, device=device)
     with torch.no_grad():
         classes = model(x).argmax(1).tolist()
     targets = [Target(c) for c in classes]
@@ -86,7 +92,8 @@ def gradient_part(repeats: int) -> None:
         for name in names[round_ % len(names):] + names[: round_ % len(names)]:
             times[name].append(_timed(runs[name]))
     base = statistics.median(times["plain forward (no_grad)"])
-    print(f"\n[1] gradient methods at layer4, resnet50, batch 8, 224 px, {repeats} rounds (median; order rotated)")
+    print(f"\n[1] gradient methods at layer4, resnet50, batch 8, 224 px, {device}, {repeats} rounds (median; order "
+          "rotated)")
     print(f"{'method':32s} {'seconds':>8s} {'x plain':>8s}")
     for name, ts in times.items():
         med = statistics.median(ts)
@@ -100,17 +107,18 @@ def gradient_part(repeats: int) -> None:
         e.close()
 
 
-def scorecam_part(size: int, rounds: int, batch: int) -> None:
+def scorecam_part(size: int, rounds: int, batch: int, device: torch.device, rows: list[int]) -> None:
     pgc, tc, Target, _, _ = _peers()
     torch.manual_seed(0)
-    model = torchvision.models.resnet18().eval()
-    x = torch.randn(batch, 3, size, size)
+    model = torchvision.models.resnet18().eval().to(device)
+    x = torch.randn(batch, 3, size, size, device=device)
     with torch.no_grad():
         classes = model(x).argmax(1).tolist()
     results = {}
 
-    def run_ours(optimize: bool, approximate: bool = False):
-        with camlens.ScoreCAM(model, layer="layer4", optimize=optimize, approximate=approximate) as explainer:
+    def run_ours(optimize: bool, approximate: bool | torch.dtype = False, batch_size: int | None = None):
+        with camlens.ScoreCAM(model, layer="layer4", optimize=optimize, approximate=approximate,
+                              batch_size=batch_size) as explainer:
             return camlens.normalize(explainer(x, classes=classes).maps[:, 0])
 
     def run_torchcam():
@@ -125,7 +133,7 @@ def scorecam_part(size: int, rounds: int, batch: int) -> None:
     def run_pgc():
         cam = pgc.ScoreCAM(model=model, target_layers=[model.layer4])  # default batch of 16
         try:
-            return torch.from_numpy(cam(input_tensor=x, targets=[Target(c) for c in classes]))
+            return torch.from_numpy(cam(input_tensor=x, targets=[Target(c) for c in classes])).to(device)
         finally:
             cam.activations_and_grads.release()
 
@@ -133,6 +141,9 @@ def scorecam_part(size: int, rounds: int, batch: int) -> None:
         "camlens ScoreCAM": lambda: run_ours(True),
         "camlens ScoreCAM optimize=False": lambda: run_ours(False),
         "camlens ScoreCAM approximate=True": lambda: run_ours(True, approximate=True),
+        **({"camlens ScoreCAM approximate=float16": lambda: run_ours(True, approximate=torch.float16)}
+           if device.type == "cuda" else {}),
+        **{f"camlens ScoreCAM batch_size={n}": (lambda n=n: run_ours(True, batch_size=n)) for n in rows},
         "torchcam ScoreCAM": run_torchcam,
         "pytorch-grad-cam ScoreCAM": run_pgc,
     }
@@ -142,8 +153,10 @@ def scorecam_part(size: int, rounds: int, batch: int) -> None:
         fn()
     for round_ in range(rounds):  # interleaved and rotated: the machine's load changes between runs
         for name in names[round_ % len(names):] + names[: round_ % len(names)]:
+            sync()
             start = time.perf_counter()
             maps = runs[name]()
+            sync()
             times[name].append(time.perf_counter() - start)
             results[name] = (maps, 0.0)
     results = {name: (maps, statistics.median(times[name])) for name, (maps, _) in results.items()}
@@ -156,21 +169,19 @@ def scorecam_part(size: int, rounds: int, batch: int) -> None:
     flat = acts["a"].flatten(2)
     constant = int((flat.amax(2) == flat.amin(2)).sum())
     distinct = sum(len(torch.unique(masks, dim=0)) for masks in camlens.normalize(acts["a"]).flatten(2))
-    print(f"\n[2] Score-CAM, resnet18, {batch} image(s), {size} px, layer4 ({batch} x 512 channels, {constant} "
+    print(f"\n[2] Score-CAM, resnet18, {batch} image(s), {size} px, {device}, layer4 ({batch} x 512 channels, {constant} "
           f"constant, {distinct} distinct maps), median of {rounds} interleaved rounds")
-    print(f"{'method':34s} {'seconds':>8s} {'x camlens':>9s} max|diff| vs camlens (normalized)")
+    print(f"{'method':38s} {'seconds':>8s} {'x camlens':>9s} max|diff| vs camlens (normalized)")
     for name, (maps, t) in results.items():
         mine = ours if maps.shape[-1] == ours.shape[-1] else camlens.normalize(camlens.upsample(ours, maps.shape[-2:]))
         diff = f"{(maps - mine).abs().max().item():.2e}"
-        print(f"{name:34s} {t:8.2f} {t / t_ours:9.2f}  {diff}")
-    fastest_peer = min(results["torchcam ScoreCAM"][1], results["pytorch-grad-cam ScoreCAM"][1])
-    print(f"camlens ScoreCAM is {fastest_peer / t_ours:.2f}x faster than the faster peer (exact); "
-          f"approximate=True: {fastest_peer / results['camlens ScoreCAM approximate=True'][1]:.2f}x")
-    for name in ("camlens ScoreCAM", "camlens ScoreCAM approximate=True"):
-        paired = [min(a, b) / c for a, b, c in
-                  zip(times["torchcam ScoreCAM"], times["pytorch-grad-cam ScoreCAM"], times[name])]
-        print(f"{name}: per-round ratios faster peer / camlens {' '.join(f'{r:.2f}' for r in paired)}, "
-              f"median {statistics.median(paired):.2f}")
+        print(f"{name:38s} {t:8.4f} {t / t_ours:9.2f}  {diff}")
+    print("speed-up over the faster peer (median of per-round ratios; the exact maps match torchcam's to 1e-4):")
+    for name in names:
+        if name.startswith("camlens"):
+            paired = [min(a, b) / c for a, b, c in
+                      zip(times["torchcam ScoreCAM"], times["pytorch-grad-cam ScoreCAM"], times[name])]
+            print(f"  {name:34s} {statistics.median(paired):5.2f}x   rounds: {' '.join(f'{r:.2f}' for r in paired)}")
 
 
 def main() -> None:
@@ -181,16 +192,31 @@ def main() -> None:
     parser.add_argument("--scorecam-size", type=int, default=224, help="input size of the Score-CAM comparison")
     parser.add_argument("--scorecam-rounds", type=int, default=3, help="timed rounds of each Score-CAM")
     parser.add_argument("--scorecam-batch", type=int, default=1, help="images per Score-CAM call")
+    parser.add_argument("--scorecam-rows", type=int, nargs="*", default=[],
+                        help="also time camlens' Score-CAM with these batch_size values (masked copies a pass)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--no-tf32", action="store_true",
+                        help="on GPU, float32 convolutions and matrix products without TF32 rounding")
+    parser.add_argument("--cudnn-benchmark", action="store_true",
+                        help="on GPU, let cuDNN time its algorithms per shape (for every library alike)")
     args = parser.parse_args()
+    device = torch.device(args.device)
+    torch.backends.cudnn.benchmark = args.cudnn_benchmark
+    if args.no_tf32:
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
     _, _, _, pgc_version, tc_version = _peers()
     print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
           f"python {platform.python_version()}")
+    if device.type == "cuda":
+        print(f"device: {torch.cuda.get_device_name(device)}, cuDNN TF32 {torch.backends.cudnn.allow_tf32}, "
+              f"matmul TF32 {torch.backends.cuda.matmul.allow_tf32}, cuDNN benchmark {args.cudnn_benchmark}")
     print(f"torch {torch.__version__}, torchvision {torchvision.__version__}, grad-cam {pgc_version}, "
           f"torchcam {tc_version}, camlens {camlens.__version__}")
     if not args.skip_gradient:
-        gradient_part(args.repeats)
+        gradient_part(args.repeats, device)
     if not args.skip_scorecam:
-        scorecam_part(args.scorecam_size, args.scorecam_rounds, args.scorecam_batch)
+        scorecam_part(args.scorecam_size, args.scorecam_rounds, args.scorecam_batch, device, args.scorecam_rows)
 
 
 if __name__ == "__main__":

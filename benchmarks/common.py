@@ -20,6 +20,12 @@ def header(title: str) -> None:
           f"python {platform.python_version()} | torch {torch.__version__} | torchvision {torchvision.__version__}")
 
 
+def sync() -> None:
+    """Wait for queued GPU work, so host clocks time it."""
+    if torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
 def interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 2) -> dict[str, list[float]]:
     """Run every function once per round, in turn, so drifts in machine speed hit all of them alike."""
     for _ in range(warmup):
@@ -28,8 +34,10 @@ def interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int 
     times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
+            sync()
             start = time.perf_counter()
             fn()
+            sync()
             times[name].append(time.perf_counter() - start)
     return times
 

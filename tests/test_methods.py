@@ -168,6 +168,11 @@ def test_scorecam_approximate_mode_stays_within_its_stated_error():
     assert got.maps.dtype == torch.float32 and torch.equal(got.classes, want.classes)
 
 
+def test_scorecam_rejects_a_precision_it_has_no_error_bound_for():
+    with pytest.raises(CamlensError, match=r"approximate=torch.float64: use False, True \(bfloat16\) or torch.float16"):
+        ScoreCAM(_model("tiny"), approximate=torch.float64)
+
+
 def test_ablationcam_repeats_the_input_when_the_tail_mixes_earlier_tensors():
     model = _model("resnet18")
     x = torch.randn(2, 3, 32, 32)

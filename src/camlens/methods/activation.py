@@ -85,36 +85,42 @@ class ScoreOptions(LayerOptions, total=False):
 
     batch_size: int | None
     optimize: bool
-    approximate: bool
+    approximate: bool | torch.dtype
 
 
 _copies: weakref.WeakKeyDictionary[nn.Module, dict[bool, tuple[tuple, PassModel | None]]] = weakref.WeakKeyDictionary()
 _copies_lock = threading.Lock()
 
 
-def pass_model(model: nn.Module, x: Tensor, output: Any, approximate: bool = False) -> PassModel:
+def pass_model(model: nn.Module, x: Tensor, output: Any, approximate: bool | torch.dtype = False) -> PassModel:
     """What the many masked passes of Score-CAM run through.
 
-    Exact (``approximate=False``): for a CPU float32 model, an inference-optimized copy (conv-BN folding and
-    oneDNN layout by ``torch.fx.experimental.optimization.optimize_for_inference``), used only after it
-    reproduced the model's output on the unperturbed batch ``x`` (max abs difference <= 1e-4 * max(1, max |y|));
-    otherwise the model itself.  Approximate: a bfloat16 channels-last copy (AMX / AVX512-BF16 matrix units on
-    CPU, tensor cores on GPU), inputs cast to bfloat16.  A copy is kept per model and mode while the model lives
-    and rebuilt when one of its parameters or buffers changed (in place, moved or replaced) or the input's device
-    or dtype did, so explainers made per call share it."""
+    Exact (``approximate=False``): for a float32 model, an inference-optimized copy, used only after it
+    reproduced the model's output on the unperturbed batch ``x`` (max abs difference <= 1e-4 * max(1, max |y|) on
+    CPU, 1e-2 on GPU); otherwise the model itself.  On CPU the copy has its convolutions and batch norms folded
+    and runs in oneDNN's layout (``torch.fx.experimental.optimization.optimize_for_inference``); on GPU they are
+    folded too, in channels-last layout while cuDNN may use TF32 (see ``_gpu_copy``).  Approximate: a copy with
+    batch norms folded, in channels-last layout and in bfloat16 (``approximate=True``; AMX / AVX512-BF16 matrix
+    units on CPU, tensor cores on GPU) or the dtype given (``torch.float16``: tensor cores on GPU), inputs cast
+    to it.  A copy is kept per model and mode while the model lives and rebuilt when one of its parameters or
+    buffers changed (in place, moved or replaced), the input's device or dtype did, or cuDNN's TF32 setting,
+    so explainers made per call share it."""
     tensors = [*model.parameters(), *model.buffers()]
-    key = (x.device, x.dtype, *((id(t), t._version, t.data_ptr(), t.dtype) for t in tensors))
+    layout = torch.backends.cudnn.allow_tf32 if x.is_cuda else None
+    key = (x.device, x.dtype, layout, *((id(t), t._version, t.data_ptr(), t.dtype) for t in tensors))
     with _copies_lock:
         built = _copies.setdefault(model, {}).get(approximate)
         if built is None or built[0] != key:
-            built = (key, _bfloat16_copy(model, x) if approximate else _optimized_copy(model, x, output, tensors))
+            built = (key, _low_precision_copy(model, x, torch.bfloat16 if approximate is True else approximate)
+                     if approximate else _optimized_copy(model, x, output, tensors))
             _copies[model][approximate] = built
     return built[1] or model
 
 
 def _optimized_copy(model: nn.Module, x: Tensor, output: Any, tensors: list[Tensor]) -> PassModel | None:
-    if x.device.type != "cpu" or x.dtype != torch.float32 or any(
-        t.device.type != "cpu" or (t.is_floating_point() and t.dtype != torch.float32) for t in tensors
+    on_cpu = x.device.type == "cpu"
+    if x.dtype != torch.float32 or (not on_cpu and x.ndim != 4) or any(
+        t.device != x.device or (t.is_floating_point() and t.dtype != torch.float32) for t in tensors
     ):
         return None
     from torch.fx.experimental.optimization import optimize_for_inference
@@ -122,20 +128,43 @@ def _optimized_copy(model: nn.Module, x: Tensor, output: Any, tensors: list[Tens
     try:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
-            fast = optimize_for_inference(model)
+            fast = optimize_for_inference(model) if on_cpu else _gpu_copy(model)
             expected = output_logits(output).float()
             got = output_logits(fast(x)).float()
     except Exception:  # not traceable by torch.fx, unsupported op, odd output: run the model itself
         return None
-    if got.shape != expected.shape or (got - expected).abs().max() > 1e-4 * max(1.0, expected.abs().max().item()):
+    # the check is for rewrites that change the function (those err by order 1), not for rounding: GPU
+    # convolutions round to TF32's 10 bits by PyTorch's default, differently for each layout
+    tolerance = 1e-4 if on_cpu else 1e-2
+    if got.shape != expected.shape or (got - expected).abs().max() > tolerance * max(1.0, expected.abs().max().item()):
         return None
     return fast
 
 
-def _bfloat16_copy(model: nn.Module, x: Tensor) -> PassModel:
+def _folded_copy(model: nn.Module) -> nn.Module:
+    """A copy with each batch norm folded into the convolution before it, when torch.fx can trace the model."""
+    from torch.fx.experimental.optimization import fuse
+
+    try:
+        return fuse(model)
+    except Exception:  # not traceable: keep the batch norms
+        return deepcopy(model)
+
+
+def _gpu_copy(model: nn.Module) -> PassModel:
+    """Batch norms folded, in channels-last layout when cuDNN may round to TF32 (its tensor-core kernels read that
+    layout; in plain float32 the default layout ran 1.1x faster on an H200)."""
+    copy = _folded_copy(model)
+    if not torch.backends.cudnn.allow_tf32:
+        return copy
+    copy = copy.to(memory_format=torch.channels_last)
+    return lambda images: copy(images.contiguous(memory_format=torch.channels_last))
+
+
+def _low_precision_copy(model: nn.Module, x: Tensor, dtype: torch.dtype) -> PassModel:
     layout = torch.channels_last if x.ndim == 4 else torch.contiguous_format
-    copy = deepcopy(model).to(torch.bfloat16, memory_format=layout)
-    return lambda images: copy(images.to(torch.bfloat16, memory_format=layout))
+    copy = _folded_copy(model).to(dtype, memory_format=layout)  # folded in float32, then rounded once
+    return lambda images: copy(images.to(dtype, memory_format=layout))
 
 
 class _PerturbationMethod(LayerExplainer):
@@ -189,16 +218,18 @@ class ScoreCAM(_PerturbationMethod):
     probabilities instead of a softmax over channels.  Identical masks give identical scores, so each distinct
     mask of an image is scored once: all constant channels share the baseline pass.  Masked passes run in
     batches of ``batch_size`` rows (None: 16 on CPU, where a pass's activations then stay in cache, resnet18 at
-    224 px running 10-15% faster per image than with 64 rows; 64 elsewhere) through :func:`pass_model` (an
-    inference-optimized copy of the model on CPU when ``optimize``); a target callable sees batches of masked
-    copies and must act row by row.  Passes per image: 1 + distinct masks (<= K).
+    224 px running 10-15% faster per image than with 64 rows; 256 on GPU, 1.1x faster than 64 on an H200)
+    through :func:`pass_model` (an inference-optimized copy of the model when ``optimize``); a target callable
+    sees batches of masked copies and must act row by row.  Passes per image: 1 + distinct masks (<= K).
 
-    ``approximate=True`` (opt-in) runs the masked passes in bfloat16: each y_k is then off by about 2^-8 |y_k|
-    (bfloat16 keeps 8 significant bits; rounding accumulates over the layers), which scales alpha_k by
-    exp(that error), so the error grows with the magnitude of the scores.  Measured max abs difference of the
-    normalized map from the exact one: 7e-4 on resnet18 at 224 px (random weights, benchmarks/bench_methods.py),
-    5e-4 in the tests, which bound it at 5e-3.  It is faster only where bfloat16 matrix units exist (AMX or
-    AVX512-BF16 on CPU: about 3x on resnet18; tensor cores on GPU).
+    ``approximate`` (opt-in) runs the masked passes in lower precision, through a copy with batch norms folded:
+    ``True`` in bfloat16 (8 significant bits), ``torch.float16`` in half precision (11 bits).  Each y_k is then off
+    by about 2^-bits |y_k| (rounding accumulates over the layers), which scales alpha_k by exp(that error), so the
+    error grows with the magnitude of the scores.  Measured max abs difference of the normalized map from the
+    exact one on resnet18 at 224 px (random weights, benchmarks/bench_methods.py): bfloat16 2e-4 to 7e-4 (tests
+    bound it at 5e-3), float16 4e-5 to 1e-4 (GPU tests bound it at 1e-4).  Faster only where matrix units for the
+    type exist: bfloat16 on AMX / AVX512-BF16 CPUs and GPU tensor cores, float16 on GPU tensor cores (2.6x the
+    faster peer on an H200, against 1.8x exact).
     """
 
     name = "scorecam"
@@ -212,10 +243,12 @@ class ScoreCAM(_PerturbationMethod):
         *,
         batch_size: int | None = None,
         optimize: bool = True,
-        approximate: bool = False,
+        approximate: bool | torch.dtype = False,
         **options: Unpack[LayerOptions],
     ) -> None:
         super().__init__(model, layer, batch_size=batch_size, **options)
+        if approximate not in (False, True, torch.bfloat16, torch.float16):
+            raise CamlensError(f"approximate={approximate!r}: use False, True (bfloat16) or torch.float16")
         self.optimize = optimize
         self.approximate = approximate
 
@@ -244,21 +277,27 @@ class ScoreCAM(_PerturbationMethod):
 
     def _score_masks(self, x: Tensor, masks: Tensor, rows: Tensor, scorer: Scorer, forward: PassModel) -> Tensor:
         """Mean over the method's mask variants of the explained scores of x[rows[j]] * Up(masks[j]): (J, N)."""
-        rows_per_pass = self.batch_size or (16 if x.device.type == "cpu" else 64)
-        out = []
-        for start in range(0, len(masks), rows_per_pass):
-            part = slice(start, start + rows_per_pass)
-            up = upsample(masks[part][:, None], x.shape[-2:]).to(x.dtype)
-            images = x[rows[part]]
-            total = None
-            for variant in range(self.variants):
-                y = scorer(forward(images * self._vary(up, variant)), rows[part]).float()
-                total = y if total is None else total + y
-            out.append(total / self.variants)
-        return torch.cat(out)
+        rows_per_pass = self.batch_size or (16 if x.device.type == "cpu" else 256)
+        total = None
+        for variant in range(self.variants):
+            noise = self._noise(len(masks), x)
+            scores = []
+            for start in range(0, len(masks), rows_per_pass):
+                part = slice(start, start + rows_per_pass)
+                up = self._vary(upsample(masks[part][:, None], x.shape[-2:]).to(x.dtype), variant)
+                if noise is not None:
+                    up = up + noise[part].to(x.device)
+                scores.append(scorer(forward(x[rows[part]] * up), rows[part]).float())
+            y = torch.cat(scores)
+            total = y if total is None else total + y
+        return total / self.variants
 
     def _vary(self, mask: Tensor, variant: int) -> Tensor:
         return mask
+
+    def _noise(self, count: int, x: Tensor) -> Tensor | None:
+        """Noise added to the ``count`` upsampled masks of one variant, (count, 1, H, W), or None."""
+        return None
 
 
 class SSCAM(ScoreCAM):
@@ -267,7 +306,9 @@ class SSCAM(ScoreCAM):
 
     y_k = (1/n) sum_i y(X * (H_k + delta_i)), delta_i ~ N(0, std^2) per pixel, drawn from ``generator``;
     alpha_k = softmax_k(y_k - y(X_b));  M = ReLU(sum_k alpha_k A_k)  (ReLU in the formula).
-    Every channel is scored (the noise makes masks distinct).  Passes per image: 1 + n * K.  Other options as
+    Every channel is scored (the noise makes masks distinct).  Passes per image: 1 + n * K.  The noise of each
+    draw is taken for all masks at once (K * H * W values per image: 100 MB for 512 channels at 224 px), so that
+    with one ``generator`` seed the maps do not depend on ``batch_size`` or the device.  Other options as
     :class:`ScoreCAM`.
     """
 
@@ -289,9 +330,12 @@ class SSCAM(ScoreCAM):
         self.std = std
         self.generator = generator
 
-    def _vary(self, mask: Tensor, variant: int) -> Tensor:
-        noise = torch.randn(mask.shape, generator=self.generator, dtype=mask.dtype, device=mask.device)
-        return mask + self.std * noise
+    def _noise(self, count: int, x: Tensor) -> Tensor:
+        # one draw per variant for all masks, where the generator lives: with one seed, each mask gets the same
+        # noise whatever the batch_size or the device
+        device = self.generator.device if self.generator is not None else x.device
+        shape = (count, 1, *x.shape[-2:])
+        return self.std * torch.randn(shape, generator=self.generator, dtype=x.dtype, device=device)
 
 
 class ISCAM(ScoreCAM):

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Everything that needs a CUDA GPU, in one go: the CUDA tests, then the CAM and method benchmarks on the GPU,
+# with PyTorch's default TF32 convolutions, in plain float32, and with cuDNN's autotuning.  Logs go to OUTDIR.
+#
+#     benchmarks/gpu.sh [OUTDIR]        # OUTDIR defaults to gpu-out
+set -u
+out=${1:-gpu-out}
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1 TQDM_DISABLE=1
+py=${PYTHON:-python3}
+methods="$py benchmarks/bench_methods.py --device cuda"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/gpu.txt"
+$py -m pytest tests/test_cuda.py -q -rs -p no:cacheprovider 2>&1 | tee "$out/cuda_tests.log"
+$py benchmarks/bench_cam.py --device cuda --repeats 30 2>&1 | tee "$out/cam.log"
+$methods --repeats 30 --scorecam-rounds 10 --scorecam-rows 64 512 2>&1 | tee "$out/methods_tf32.log"
+$methods --skip-gradient --scorecam-batch 8 --scorecam-rounds 5 --scorecam-rows 64 512 2>&1 \
+    | tee "$out/scorecam_batch8_tf32.log"
+$methods --no-tf32 --repeats 30 --scorecam-rounds 10 --scorecam-rows 64 2>&1 | tee "$out/methods_fp32.log"
+$methods --cudnn-benchmark --skip-gradient --scorecam-rounds 10 --scorecam-rows 64 2>&1 \
+    | tee "$out/scorecam_cudnn_benchmark.log"
