@@ -168,6 +168,31 @@ def test_scorecam_approximate_mode_stays_within_its_stated_error():
     assert got.maps.dtype == torch.float32 and torch.equal(got.classes, want.classes)
 
 
+class _FitsFourRows(nn.Module):
+    """A model whose device 'runs out of memory' on more than 4 rows a pass."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        if len(x) > 4:
+            raise torch.OutOfMemoryError("out of memory (simulated)")
+        return self.inner(x)
+
+
+def test_scorecam_default_batch_halves_until_the_passes_fit_in_memory():
+    model = _FitsFourRows(_model("resnet18")).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with ScoreCAM(model, layer="inner.layer3", optimize=False) as auto, ScoreCAM(
+        model, layer="inner.layer3", optimize=False, batch_size=4
+    ) as fixed:
+        assert torch.equal(auto(x, classes=[1, 2]).maps, fixed(x, classes=[1, 2]).maps)
+    with ScoreCAM(model, layer="inner.layer3", optimize=False, batch_size=8) as asked:  # the user's size stands
+        with pytest.raises(torch.OutOfMemoryError):
+            asked(x, classes=[1, 2])
+
+
 def test_scorecam_rejects_a_precision_it_has_no_error_bound_for():
     with pytest.raises(CamlensError, match=r"approximate=torch.float64: use False, True \(bfloat16\) or torch.float16"):
         ScoreCAM(_model("tiny"), approximate=torch.float64)
