@@ -88,7 +88,9 @@ class ScoreOptions(LayerOptions, total=False):
     approximate: bool | torch.dtype
 
 
-_copies: weakref.WeakKeyDictionary[nn.Module, dict[bool, tuple[tuple, PassModel | None]]] = weakref.WeakKeyDictionary()
+_copies: weakref.WeakKeyDictionary[nn.Module, dict[bool | torch.dtype, tuple[tuple, PassModel | None]]] = (
+    weakref.WeakKeyDictionary()
+)
 _copies_lock = threading.Lock()
 
 
@@ -219,9 +221,8 @@ class ScoreCAM(_PerturbationMethod):
     mask of an image is scored once: all constant channels share the baseline pass.  Masked passes run in
     batches of ``batch_size`` rows (None: 16 on CPU, where a pass's activations then stay in cache, resnet18 at
     224 px running 10-15% faster per image than with 64 rows; 256 on GPU, 1.1x faster than 64 on an H200, halved
-    while the GPU runs out of memory)
-    through :func:`pass_model` (an inference-optimized copy of the model when ``optimize``); a target callable
-    sees batches of masked copies and must act row by row.  Passes per image: 1 + distinct masks (<= K).
+    while the GPU runs out of memory) through :func:`pass_model` (an inference-optimized copy of the model when
+    ``optimize``); a target callable sees batches of masked copies and must act row by row.  Passes per image: 1 + distinct masks (<= K).
 
     ``approximate`` (opt-in) runs the masked passes in lower precision, through a copy with batch norms folded:
     ``True`` in bfloat16 (8 significant bits), ``torch.float16`` in half precision (11 bits).  Each y_k is then off
@@ -289,14 +290,16 @@ class ScoreCAM(_PerturbationMethod):
                 if noise is not None:
                     up = up + noise[part].to(x.device)
                 try:
-                    scores.append(scorer(forward(x[rows[part]] * up), rows[part]).float())
+                    y = scorer(forward(x[rows[part]] * up), rows[part]).float()
                 except torch.OutOfMemoryError:
                     if self.batch_size is not None or rows_per_pass == 1:
                         raise
+                    y = None
+                if y is None:  # outside the except block, whose traceback holds the failed pass's tensors
                     rows_per_pass //= 2  # the default is sized for common GPUs: halve it on smaller ones
-                    del up
                     torch.cuda.empty_cache()
                     continue
+                scores.append(y)
                 start += rows_per_pass
             y = torch.cat(scores)
             total = y if total is None else total + y
@@ -341,8 +344,7 @@ class SSCAM(ScoreCAM):
         self.generator = generator
 
     def _noise(self, count: int, x: Tensor) -> Tensor:
-        # one draw per variant for all masks, where the generator lives: with one seed, each mask gets the same
-        # noise whatever the batch_size or the device
+        # drawn where the generator lives, so that one seed gives the same noise on every device
         device = self.generator.device if self.generator is not None else x.device
         shape = (count, 1, *x.shape[-2:])
         return self.std * torch.randn(shape, generator=self.generator, dtype=x.dtype, device=device)
