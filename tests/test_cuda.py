@@ -8,21 +8,18 @@ from __future__ import annotations
 import gc
 import json
 import os
-import socket
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 import torch
 import torchvision
-from PIL import Image
 
 import camlens
+from _cli_setup import checkpoint_and_images, free_port
 from camlens import CAM, ScoreCAM
 from camlens.evaluation import Sample
 from camlens.methods.activation import pass_model
-from camlens.models import GapNet, Preprocess, save_checkpoint
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -122,23 +119,9 @@ def test_pinned_sample_keeps_its_values():
     assert pinned.image.is_pinned() and torch.equal(pinned.image, sample.image)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    root = tmp_path_factory.mktemp("gpu")
-    torch.manual_seed(0)
-    save_checkpoint(root / "m.safetensors", GapNet(10).eval(), arch="gapnet", class_names=list("abcdefghij"),
-                    preprocess=Preprocess((32, 32), (0.5,) * 3, (0.25,) * 3))
-    (root / "imgs").mkdir()
-    rng = np.random.default_rng(1)
-    for i in range(5):
-        Image.fromarray(rng.integers(0, 255, (24 + i, 30, 3), dtype=np.uint8)).save(root / "imgs" / f"im{i}.png")
-    return root
+    return checkpoint_and_images(tmp_path_factory.mktemp("gpu"), 5)
 
 
 EVALUATE = ["evaluate", "--checkpoint", "m.safetensors", "--num-images", "11", "--batch-size", "3",
@@ -154,7 +137,7 @@ def _camlens(*args, cwd, torchrun=False):
     """``python -m camlens ARGS`` (under torchrun with one process), float32 without TF32 as in these tests."""
     (cwd / "strict_fp32.py").write_text(STRICT_FP32)
     launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=1", "--master-addr=127.0.0.1",
-                f"--master-port={_free_port()}"] if torchrun else [sys.executable]
+                f"--master-port={free_port()}"] if torchrun else [sys.executable]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([*launcher, "strict_fp32.py", *args], cwd=cwd, capture_output=True, text=True, env=env,
                           timeout=300)

@@ -2,23 +2,15 @@
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
+from _cli_setup import checkpoint_and_images, free_port
 from camlens.distributed import Context, ProgressLog, pack_counts, shard_batches, unpack_counts
-from camlens.models import GapNet, Preprocess, load_model, save_checkpoint
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from camlens.models import load_model
 
 
 ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}  # torchrun's default; the single-process run matches it
@@ -26,7 +18,7 @@ ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}  # torchrun's default; the s
 
 def _torchrun(nproc: int, *args, cwd):
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}", "--master-addr=127.0.0.1",
-           f"--master-port={_free_port()}", "-m", "camlens", *map(str, args)]
+           f"--master-port={free_port()}", "-m", "camlens", *map(str, args)]
     return subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, timeout=240, env=ONE_THREAD)
 
 
@@ -56,14 +48,7 @@ def test_progress_log_ignores_a_torn_last_line(tmp_path):
 
 @pytest.fixture(scope="module")
 def images(tmp_path_factory):
-    root = tmp_path_factory.mktemp("dist")
-    torch.manual_seed(0)
-    save_checkpoint(root / "m.safetensors", GapNet(10).eval(), arch="gapnet", class_names=list("abcdefghij"),
-                    preprocess=Preprocess((32, 32), (0.5,) * 3, (0.25,) * 3))
-    rng = np.random.default_rng(1)
-    (root / "imgs").mkdir()
-    for i in range(7):  # 7 images: an uneven split over 2 and 3 ranks
-        Image.fromarray(rng.integers(0, 255, (24 + i, 30, 3), dtype=np.uint8)).save(root / "imgs" / f"im{i}.png")
+    root = checkpoint_and_images(tmp_path_factory.mktemp("dist"), 7)  # 7 images: an uneven split over 2 and 3 ranks
     (root / "imgs" / "broken.png").write_text("no")
     return root
 
