@@ -13,7 +13,7 @@
 
     python benchmarks/bench_methods.py                 # both parts, a few minutes on 2 cores
     python benchmarks/bench_methods.py --repeats 3 --skip-scorecam
-    python benchmarks/bench_methods.py --device cuda --scorecam-rows 256 512   # on a GPU (add --no-tf32)
+    python benchmarks/bench_methods.py --device cuda --scorecam-rows 64 512   # on a GPU (see benchmarks/gpu.sh)
 """
 
 from __future__ import annotations
@@ -169,14 +169,14 @@ def scorecam_part(size: int, rounds: int, batch: int, device: torch.device, rows
     flat = acts["a"].flatten(2)
     constant = int((flat.amax(2) == flat.amin(2)).sum())
     distinct = sum(len(torch.unique(masks, dim=0)) for masks in camlens.normalize(acts["a"]).flatten(2))
-    print(f"\n[2] Score-CAM, resnet18, {batch} image(s), {size} px, {device}, layer4 ({batch} x 512 channels, {constant} "
-          f"constant, {distinct} distinct maps), median of {rounds} interleaved rounds")
+    print(f"\n[2] Score-CAM, resnet18, {batch} image(s), {size} px, {device}, layer4 ({batch} x 512 channels, "
+          f"{constant} constant, {distinct} distinct maps), median of {rounds} interleaved rounds")
     print(f"{'method':38s} {'seconds':>8s} {'x camlens':>9s} max|diff| vs camlens (normalized)")
     for name, (maps, t) in results.items():
         mine = ours if maps.shape[-1] == ours.shape[-1] else camlens.normalize(camlens.upsample(ours, maps.shape[-2:]))
         diff = f"{(maps - mine).abs().max().item():.2e}"
         print(f"{name:38s} {t:8.4f} {t / t_ours:9.2f}  {diff}")
-    print("speed-up over the faster peer (median of per-round ratios; the exact maps match torchcam's to 1e-4):")
+    print("speed-up over the faster peer (median of per-round ratios):")
     for name in names:
         if name.startswith("camlens"):
             paired = [min(a, b) / c for a, b, c in
