@@ -36,12 +36,13 @@ warnings.filterwarnings("ignore")
 os.environ.setdefault("TQDM_DISABLE", "1")  # pytorch-grad-cam's Score-CAM progress bars
 
 
-def _timed(fn) -> float:
+def _timed(fn) -> tuple[float, object]:
+    """Seconds the call took, its queued GPU work included, and what it returned."""
     sync()
     start = time.perf_counter()
-    fn()
+    out = fn()
     sync()
-    return time.perf_counter() - start
+    return time.perf_counter() - start, out
 
 
 def _peers():
@@ -90,7 +91,7 @@ def gradient_part(repeats: int, device: torch.device) -> None:
     names = list(runs)
     for round_ in range(repeats):  # rotate the order so no method always follows the same one
         for name in names[round_ % len(names):] + names[: round_ % len(names)]:
-            times[name].append(_timed(runs[name]))
+            times[name].append(_timed(runs[name])[0])
     base = statistics.median(times["plain forward (no_grad)"])
     print(f"\n[1] gradient methods at layer4, resnet50, batch 8, 224 px, {device}, {repeats} rounds (median; order "
           "rotated)")
@@ -153,13 +154,10 @@ def scorecam_part(size: int, rounds: int, batch: int, device: torch.device, rows
         fn()
     for round_ in range(rounds):  # interleaved and rotated: the machine's load changes between runs
         for name in names[round_ % len(names):] + names[: round_ % len(names)]:
-            sync()
-            start = time.perf_counter()
-            maps = runs[name]()
-            sync()
-            times[name].append(time.perf_counter() - start)
-            results[name] = (maps, 0.0)
-    results = {name: (maps, statistics.median(times[name])) for name, (maps, _) in results.items()}
+            seconds, maps = _timed(runs[name])
+            times[name].append(seconds)
+            results[name] = maps
+    results = {name: (maps, statistics.median(times[name])) for name, maps in results.items()}
     ours, t_ours = results["camlens ScoreCAM"]
     with torch.no_grad():
         acts = {}
