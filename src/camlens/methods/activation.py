@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..capture import CamlensError, GapHead, LayerCapture, LayerSpec, locate_gap_head, output_logits
-from ..maps import upsample
+from ..maps import normalize, upsample
 from .base import CAMResult, ClassSpec, Explainer, select_classes
 from .layered import LayerExplainer, LayerOptions, Scorer
 
@@ -66,15 +66,6 @@ class CAM(Explainer):
             chosen = select_classes(logits, classes, topk)
             maps, bias = self.head.class_maps(features, chosen)
         return CAMResult(logits=logits, classes=chosen, maps=maps, layer=self.head.layer_name, bias=bias)
-
-
-def _min_max(a: Tensor) -> Tensor:
-    """(A_k - min A_k) / (max A_k - min A_k) per map of a (B, K, h, w), in float32; 0 for a constant map."""
-    flat = a.float().flatten(2)
-    low = flat.amin(-1, keepdim=True)
-    span = flat.amax(-1, keepdim=True) - low
-    safe = torch.where(span > 0, span, torch.ones_like(span))
-    return torch.where(span > 0, (flat - low) / safe, torch.zeros_like(flat)).view(a.shape)
 
 
 PassModel = Callable[[Tensor], Any]
@@ -257,7 +248,7 @@ class ScoreCAM(_PerturbationMethod):
     def _weights(self, x: Tensor, output: Any, index: int, act: Tensor, a: Tensor, scorer: Scorer) -> Tensor:
         fast = self.optimize or self.approximate
         forward = pass_model(self.model, x, output, self.approximate) if fast else self.model
-        return self._channel_scores(x, _min_max(a), scorer, forward).softmax(1).transpose(1, 2)
+        return self._channel_scores(x, normalize(a.float()), scorer, forward).softmax(1).transpose(1, 2)
 
     def _channel_scores(self, x: Tensor, masks: Tensor, scorer: Scorer, forward: PassModel) -> Tensor:
         """The mean explained scores of x * Up(masks) (B, K, N), each distinct mask of an image scored once."""
