@@ -1,0 +1,1 @@
+"""Training CAM networks: the loop, its training methods (``wsol``), selection by localization, search."""
