@@ -192,6 +192,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    if args.linear_probe is not None:
+        from .training.probe import run_linear_probe
+
+        run = run_linear_probe(
+            args.data, checkpoint=args.linear_probe or None, arch=args.arch, weights=args.weights, out=args.out,
+            image_size=args.size, num_train=args.num_train, num_val=args.num_val, batch_size=args.batch_size,
+            C=args.probe_c, seed=args.seed, device=args.device, workers=args.workers,
+        )
+        print(f"checkpoint: {run.checkpoint} (val acc {run.val_accuracy:.2%}); use it with --checkpoint {run.checkpoint}")
+        return 0
     from .train import train
 
     result = train(
@@ -311,6 +321,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the run recorded in --out")
     p.add_argument("--out", default="camlens-train", help="output folder (default: camlens-train)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--linear-probe", nargs="?", const="", metavar="CHECKPOINT",
+                   help="instead of training: fit a linear classifier on the frozen pooled features of a GAP network "
+                        "(the CHECKPOINT, else --arch/--weights), the CAM paper's generic localization; writes "
+                        "--out/probe.safetensors")
+    p.add_argument("--probe-c", type=float, default=1.0,
+                   help="inverse L2 strength of the probe's logistic regression, as scikit-learn's C (default: 1)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("demo", help="train gapnet on the built-in dataset, explain held-out images, write an HTML report")
