@@ -62,7 +62,7 @@ def build_network(name: str, num_classes: int | None = None, weights: str | None
     bound = signature.bind(1000 if num_classes is None else num_classes, weights, **options)
     bound.apply_defaults()
     model = builder(*bound.args, **bound.kwargs)
-    model.arch_options = {k: bound.arguments[k] for k in allowed}
+    setattr(model, "arch_options", {k: bound.arguments[k] for k in allowed})
     return model
 
 

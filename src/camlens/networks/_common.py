@@ -3,7 +3,7 @@ modules that were kept, fresh initialization of the rest, and the conv + ReLU + 
 
 from __future__ import annotations
 
-from typing import Literal, Mapping, Sequence
+from typing import Any, Literal, Mapping, Sequence, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -11,9 +11,10 @@ from torch import Tensor, nn
 from ..capture import CamlensError, _is_spatial, _output_tensors, trace_calls
 
 Init = Literal["he", "xavier", "gauss"]
+M = TypeVar("M", bound=nn.Module)
 
 
-def torchvision_skeleton(arch: str, **kwargs: object) -> nn.Module:
+def torchvision_skeleton(arch: str, **kwargs: Any) -> Any:
     """torchvision's ``arch`` with every tensor on the meta device: free to build (VGG16's 100M-weight fully
     connected layers are never allocated), :func:`materialize` gives real storage to what a builder keeps."""
     import torchvision.models as tvm
@@ -37,14 +38,14 @@ def pretrained_state(arch: str, weights: str | None) -> dict[str, Tensor] | None
 
 
 def materialize(
-    model: nn.Module,
+    model: M,
     skeleton: nn.Module,
     state: Mapping[str, Tensor] | None,
     *,
     init: Init,
     head: Sequence[str] = (),
     head_init: Init | None = None,
-) -> nn.Module:
+) -> M:
     """Give every tensor of ``model`` still on the meta device real (CPU) storage.
 
     A module taken over from ``skeleton`` receives the tensor that ``state`` (a torchvision state dict) holds

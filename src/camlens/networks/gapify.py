@@ -73,11 +73,12 @@ def _gap_head(model: nn.Module, size: int, device: torch.device) -> tuple[str, n
 
 
 def _reclassified(model: nn.Module, name: str, old: nn.Module, num_classes: int | None) -> nn.Module:
-    outputs = old.out_features if isinstance(old, nn.Linear) else old.out_channels  # type: ignore[union-attr]
+    outputs = old.out_features if isinstance(old, nn.Linear) else int(getattr(old, "out_channels"))
     if num_classes is None or num_classes == outputs:
-        model.new_layers = ()
+        setattr(model, "new_layers", ())
         return model
-    weight = old.weight  # type: ignore[union-attr]
+    weight = getattr(old, "weight")
+    assert isinstance(weight, Tensor)
     has_bias = getattr(old, "bias", None) is not None
     with torch.device("meta"):
         if isinstance(old, nn.Linear):
@@ -86,7 +87,7 @@ def _reclassified(model: nn.Module, name: str, old: nn.Module, num_classes: int 
             new = nn.Conv2d(weight.shape[1], num_classes, 1, bias=has_bias)
     materialize(new, new, None, init="he")
     replace_module(model, name, new.to(weight.device, weight.dtype))
-    model.new_layers = (name,)
+    setattr(model, "new_layers", (name,))
     return model
 
 

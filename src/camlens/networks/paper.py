@@ -34,6 +34,9 @@ class ImageNetToUnitRange(nn.Module):
     """x * std / 0.5 + (mean - 0.5) / 0.5 per channel: ImageNet-normalized input rescaled to the [-1, 1]
     normalization that torchvision's GoogLeNet weights expect (its ``transform_input``)."""
 
+    scale: Tensor
+    shift: Tensor
+
     def __init__(self) -> None:
         super().__init__()
         self.register_buffer("scale", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1) / 0.5, persistent=False)

@@ -12,6 +12,8 @@ torchvision's ImageNet weights (``weights="DEFAULT"`` or a weight name; Choe et 
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -66,7 +68,7 @@ def wsol_resnet50(num_classes: int = 1000, weights: str | None = None, *,
         state = {k: v for k, v in state.items() if not k.startswith("fc.")}
     materialize(net, net, state, init="xavier")
     net.new_layers = ("layer4", "fc")
-    return net
+    return net  # type: ignore[no-any-return]
 
 
 class _InceptionBStride1(nn.Module):
@@ -74,7 +76,7 @@ class _InceptionBStride1(nn.Module):
     convolutions and in its max pooling, so the block keeps the resolution (their ``InceptionB(288,
     kernel_size=3, stride=1, padding=1)``)."""
 
-    def __init__(self, block: nn.Module) -> None:
+    def __init__(self, block: Any) -> None:
         super().__init__()
         self.branch3x3 = block.branch3x3
         self.branch3x3dbl_1 = block.branch3x3dbl_1
@@ -96,7 +98,7 @@ class InceptionV3Wsol(nn.Module):
     GAP: the class maps come before the pooling, logit_c = mean_xy(SPG_A4(f))_c.  Like their code it feeds
     ImageNet-normalized input to the blocks (no ``transform_input``)."""
 
-    def __init__(self, base: nn.Module, width: int, num_classes: int, large_feature_map: bool) -> None:
+    def __init__(self, base: Any, width: int, num_classes: int, large_feature_map: bool) -> None:
         super().__init__()
         check_head(768, width, num_classes)
         self.Conv2d_1a_3x3 = base.Conv2d_1a_3x3

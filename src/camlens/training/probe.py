@@ -140,13 +140,14 @@ def linear_probe(
     weight, bias, iterations = fit_logistic(z, y, num_classes, C=C, max_iter=max_iter)
     fitted = time.perf_counter()
     old = resolve_module(model, name)[1]
-    param = old.weight  # type: ignore[union-attr]
+    like = getattr(old, "weight")
     k = weight.shape[1]
-    new: nn.Module = nn.Linear(k, num_classes) if isinstance(old, nn.Linear) else nn.Conv2d(k, num_classes, 1)
+    new = nn.Linear(k, num_classes) if isinstance(old, nn.Linear) else nn.Conv2d(k, num_classes, 1)
     with torch.no_grad():
-        new.weight.copy_(weight.view_as(new.weight))  # type: ignore[union-attr,operator]
-        new.bias.copy_(bias)  # type: ignore[union-attr,operator]
-    replace_module(model, name, new.to(param.device, param.dtype).eval())
+        new.weight.copy_(weight.view_as(new.weight))
+        assert new.bias is not None
+        new.bias.copy_(bias)
+    replace_module(model, name, new.to(like.device, like.dtype).eval())
     accuracy = float(((z @ weight.T + bias).argmax(1) == y).double().mean())
     return ProbeResult(model, name, accuracy, int(y.numel()), iterations, extracted - began, fitted - extracted)
 
