@@ -162,6 +162,7 @@ def test_pretrained_tensors_land_on_the_kept_modules(monkeypatch, name, arch, op
     own = model.state_dict()
     for mine, theirs in pairs.items():
         assert own[mine].data_ptr() == state[theirs].data_ptr(), f"{mine} must hold torchvision's {theirs}"
+    assert all(p.requires_grad for p in model.parameters()), "loaded weights stay trainable parameters"
     taken = {t.data_ptr() for t in state.values()}
     fresh = sorted(k for k, v in own.items() if v.data_ptr() not in taken and not k.endswith("num_batches_tracked"))
     assert fresh and all(k.startswith(tuple(n + "." for n in model.new_layers if n != "layer4")) for k in fresh), fresh
