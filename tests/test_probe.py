@@ -5,6 +5,8 @@ import numpy as np
 import pytest
 import torch
 from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 from torch import nn
 
 from camlens import CAM, CamlensError
@@ -41,7 +43,7 @@ def _images(n: int = 36, size: int = 24) -> list[tuple[torch.Tensor, torch.Tenso
 def test_probe_fits_the_pooled_features_and_keeps_the_cam_identity():
     model = GapNet(num_classes=10, width=4).eval()
     batches = _images()
-    result = linear_probe(model, batches, 3, C=2.0)
+    result = linear_probe(model, batches, 3, C=2.0, standardize=False)
     assert result.classifier == "fc" and model.fc.out_features == 3 and result.num_images == 36
     x = torch.cat([b[0] for b in batches])
     with torch.no_grad():
@@ -55,6 +57,17 @@ def test_probe_fits_the_pooled_features_and_keeps_the_cam_identity():
         res = cam(x[:4], topk=3)
     torch.testing.assert_close(res.maps.mean((-2, -1)) + res.bias, res.logits.gather(1, res.classes), rtol=0,
                                atol=1e-5)
+
+
+def test_standardized_probe_equals_a_scaler_and_logistic_regression_pipeline():
+    model = GapNet(num_classes=10, width=4).eval()
+    batches = _images()
+    linear_probe(model, batches, 3, C=0.3)
+    z, y, _ = pooled_features(model, batches)
+    ref = make_pipeline(StandardScaler(), LogisticRegression(C=0.3, tol=1e-12, max_iter=10_000)).fit(z.numpy(), y.numpy())
+    logits = (z @ model.fc.weight.detach().double().T + model.fc.bias.detach().double()).numpy()
+    np.testing.assert_allclose(torch.softmax(torch.from_numpy(logits), 1).numpy(), ref.predict_proba(z.numpy()),
+                               atol=1e-4, err_msg="the folded classifier on raw features is the fitted pipeline")
 
 
 class _ConvClassifierNet(nn.Module):

@@ -198,7 +198,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         run = run_linear_probe(
             args.data, checkpoint=args.linear_probe or None, arch=args.arch, weights=args.weights, out=args.out,
             image_size=args.size, num_train=args.num_train, num_val=args.num_val, batch_size=args.batch_size,
-            C=args.probe_c, seed=args.seed, device=args.device, workers=args.workers,
+            C=args.probe_c, standardize=not args.probe_raw, seed=args.seed, device=args.device, workers=args.workers,
         )
         print(f"checkpoint: {run.checkpoint} (val acc {run.val_accuracy:.2%}); use it with --checkpoint {run.checkpoint}")
         return 0
@@ -327,6 +327,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "--out/probe.safetensors")
     p.add_argument("--probe-c", type=float, default=1.0,
                    help="inverse L2 strength of the probe's logistic regression, as scikit-learn's C (default: 1)")
+    p.add_argument("--probe-raw", action="store_true",
+                   help="fit the probe on the raw pooled features instead of standardized ones")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("demo", help="train gapnet on the built-in dataset, explain held-out images, write an HTML report")

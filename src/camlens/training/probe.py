@@ -8,7 +8,8 @@ by full-batch L-BFGS, minimizing
     (1/N) sum_i -log softmax(W z_i + b)_{y_i} + ||W||^2 / (2 C N)
 
 which is scikit-learn's ``LogisticRegression(C=C)`` objective (C * sum of losses + ||W||^2 / 2, intercept not
-penalized) divided by C N: the same minimizer.  (The paper fits a linear SVM; the logistic loss gives
+penalized) divided by C N: the same minimizer.  :func:`linear_probe` standardizes z first (and folds the scaling
+back into W, b), as a scikit-learn pipeline with ``StandardScaler`` would.  (The paper fits a linear SVM; the logistic loss gives
 probabilities and a smooth problem.)  The fitted W, b replace the classifier, so logit_c = mean_xy(M_c) + b_c
 with M_c = sum_k w_k^c f_k, and ``camlens.CAM`` reads the maps of the new classes.
 """
@@ -128,16 +129,27 @@ def linear_probe(
     *,
     preprocess: Callable[[Tensor], Tensor] | None = None,
     C: float = 1.0,
+    standardize: bool = True,
     device: str | torch.device = "cpu",
     max_iter: int = 2000,
 ) -> ProbeResult:
     """Fit a new linear classifier with ``num_classes`` outputs on the frozen features of the GAP network
     ``model`` (see the module docstring) and put it in place of ``model``'s classifier, a ``Linear`` (or a 1x1
-    ``Conv2d`` where the old classifier was one); the backbone is not changed."""
+    ``Conv2d`` where the old classifier was one); the backbone is not changed.
+
+    ``standardize``: fit on z' = (z - mu) / sigma (per feature, over the training images; sigma = 1 where a
+    feature is constant), as scikit-learn's ``StandardScaler`` would, so ``C`` does not depend on the scale of
+    the features; the fit is then folded back exactly, W = W' / sigma and b = b' - W mu."""
     began = time.perf_counter()
     z, y, name = pooled_features(model, batches, preprocess=preprocess, device=device)
     extracted = time.perf_counter()
-    weight, bias, iterations = fit_logistic(z, y, num_classes, C=C, max_iter=max_iter)
+    mu, sigma = z.mean(0), z.std(0, unbiased=False)
+    sigma = torch.where(sigma > 0, sigma, torch.ones_like(sigma))
+    if not standardize:
+        mu, sigma = torch.zeros_like(mu), torch.ones_like(sigma)
+    scaled, bias, iterations = fit_logistic((z - mu) / sigma, y, num_classes, C=C, max_iter=max_iter)
+    weight = scaled / sigma
+    bias = bias - weight @ mu
     fitted = time.perf_counter()
     old = resolve_module(model, name)[1]
     like = getattr(old, "weight")
@@ -171,6 +183,7 @@ def run_linear_probe(
     num_val: int | None = None,
     batch_size: int = 64,
     C: float = 1.0,
+    standardize: bool = True,
     seed: int = 0,
     device: str | torch.device = "cpu",
     workers: int = 0,
@@ -194,9 +207,9 @@ def run_linear_probe(
     td = load_data(data, image_size=size, seed=seed, num_train=num_train, num_val=num_val)
     preprocess = Preprocess((td.image_size, td.image_size), base.mean, base.std)
     result = linear_probe(model, _batches(td.train, batch_size, None, workers), len(td.classes),
-                          preprocess=preprocess, C=C, device=device)
+                          preprocess=preprocess, C=C, standardize=standardize, device=device)
     val_accuracy, _ = evaluate(model, td.val, preprocess, device=device, workers=workers)
-    settings = {"C": C, "backbone": str(checkpoint) if checkpoint is not None else f"{arch} ({weights or 'random'})",
+    settings = {"C": C, "standardize": standardize, "backbone": str(checkpoint) if checkpoint is not None else f"{arch} ({weights or 'random'})",
                 "classifier": result.classifier, "train_images": result.num_images, "train_acc": result.train_accuracy,
                 "val_acc": val_accuracy, "iterations": result.iterations,
                 "seconds": result.extract_seconds + result.fit_seconds}
