@@ -3,7 +3,7 @@ modules that were kept, fresh initialization of the rest, and the conv + ReLU + 
 
 from __future__ import annotations
 
-from typing import Any, Literal, Mapping, Sequence, TypeVar
+from typing import Any, Callable, Literal, Mapping, Sequence, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -143,20 +143,25 @@ def check_head(channels: int, width: int, num_classes: int, groups: int = 1, dro
         raise CamlensError(f"dropout={dropout} must be in [0, 1)")
 
 
+def meta_forward(model: nn.Module) -> Callable[[Tensor], Any]:
+    """``x -> model(x)`` with every parameter and buffer swapped for a meta-device twin (through
+    ``torch.func.functional_call``): output shapes without copying the model or doing any arithmetic."""
+    from torch.func import functional_call
+
+    ghosts = {k: torch.empty_like(v, device="meta") for k, v in [*model.named_parameters(), *model.named_buffers()]}
+    return lambda x: functional_call(model, ghosts, (x,))
+
+
 def feature_resolution(model: nn.Module, size: int | tuple[int, int] = 224, in_channels: int = 3) -> tuple[int, int]:
     """(h, w) of the maps :class:`camlens.CAM` gives ``model`` for a ``size`` input: the spatial size of the last
     module output that is a map (B, K, h, w) with h*w > 1 and not the model output (the layer CAM finds, or the
-    1x1-conv class maps computed from it, of the same size).  The pass runs on the meta device through
-    ``torch.func.functional_call``: shapes only, no copy of the model, no arithmetic."""
-    from torch.func import functional_call
-
+    1x1-conv class maps computed from it, of the same size), from one pass on the meta device."""
     h, w = (size, size) if isinstance(size, int) else size
-    ghosts = {k: torch.empty_like(v, device="meta") for k, v in [*model.named_parameters(), *model.named_buffers()]}
     was_training = model.training
     model.eval()
     try:
         calls, output = trace_calls(model, torch.empty(1, in_channels, h, w, device="meta"), keep_last=256,
-                                    run=lambda x: functional_call(model, ghosts, (x,)))
+                                    run=meta_forward(model))
     finally:
         model.train(was_training)
     finals = _output_tensors(output)

@@ -9,13 +9,11 @@ as is, with only its classifier replaced when ``num_classes`` differs.
 
 from __future__ import annotations
 
-import copy
-
 import torch
 from torch import Tensor, nn
 
 from ..capture import CamlensError, NotAGapClassifierError, locate_gap_head, output_logits, resolve_module
-from ._common import ConvGapNet, materialize, replace_module
+from ._common import ConvGapNet, materialize, meta_forward, replace_module
 
 
 def gapify(
@@ -116,11 +114,15 @@ def _check_spatial(features: nn.Module, cut: str | None, size: int, device: torc
     """Channels of ``features``' output at ``size`` px, computed on the meta device; one-line errors when that
     output is not a (B, K, h, w) map or is 1x1."""
     where = f"the cut at {cut!r}" if cut is not None else f"the backbone {type(features).__name__}"
-    ghost = copy.deepcopy(features).to("meta").eval()
+    was_training = features.training
+    features.eval()
     try:
-        out = ghost(torch.empty(1, 3, size, size, device="meta"))
+        out = meta_forward(features)(torch.empty(1, 3, size, size, device="meta"))
     except Exception as err:  # shape errors come as RuntimeError, ValueError...
-        raise CamlensError(f"{where}: the backbone fails on a {size}x{size} input: {err}") from err
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CamlensError(f"{where}: the backbone fails on a {size}x{size} input: {first}") from err
+    finally:
+        features.train(was_training)
     if not isinstance(out, Tensor):
         try:
             out = output_logits(out)
