@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..capture import CamlensError, NotAGapClassifierError, locate_gap_head, output_logits, resolve_module
+from ..capture import CamlensError, locate_gap_head, output_logits, resolve_module
 from ._common import ConvGapNet, materialize, meta_forward, replace_module
 
 
@@ -30,8 +30,8 @@ def gapify(
     - ``cut`` given: the module graph up to and including module ``cut``, then conv 3x3 (``width``, ``groups``,
       He-initialized) -> ReLU -> GAP -> linear (N(0, 0.01)) with ``num_classes`` outputs: a
       :class:`ConvGapNet` whose ``features`` is the traced, cut graph (its layers, and so its parameters, are
-      ``model``'s own, not copies).  Feature map: the resolution of ``cut``'s output (checked at ``input_size`` px: it must be a
-      spatial map larger than 1x1).  ``new_layers == ("conv", "fc")``.
+      ``model``'s own, not copies).  Feature map: the resolution of ``cut``'s output (checked at ``input_size``
+      px: it must be a spatial map larger than 1x1).  ``new_layers == ("conv", "fc")``.
     - ``cut`` None and ``model`` ends in GAP + linear: ``model`` itself; when ``num_classes`` differs from its
       classifier's outputs that classifier is replaced by a fresh one (``new_layers == (its name,)``, else ``()``).
     - ``cut`` None otherwise: ``model`` is taken as the whole backbone (e.g. an ``nn.Sequential`` cut by hand).
@@ -46,7 +46,7 @@ def gapify(
         features = _cut(model, cut)
     if num_classes is None:
         raise CamlensError("gapify adds a new classifier: give num_classes")
-    channels = _check_spatial(features, cut, input_size, device)
+    channels = _check_spatial(features, cut, input_size)
     with torch.device("meta"):
         net = ConvGapNet(nn.Identity(), channels, width, num_classes, groups=groups)
     materialize(net, net, None, init="he")
@@ -61,9 +61,7 @@ def _gap_head(model: nn.Module, size: int, device: torch.device) -> tuple[str, n
     try:
         with torch.no_grad():
             head = locate_gap_head(model, torch.zeros(1, 3, size, size, device=device))[0]
-    except NotAGapClassifierError:
-        return None
-    except CamlensError:  # e.g. an output that holds no logits: not a classifier at all
+    except CamlensError:  # NotAGapClassifierError, or an output that holds no logits at all
         return None
     finally:
         model.train(was_training)
@@ -110,7 +108,7 @@ def _cut(model: nn.Module, cut: str) -> nn.Module:
     return traced
 
 
-def _check_spatial(features: nn.Module, cut: str | None, size: int, device: torch.device) -> int:
+def _check_spatial(features: nn.Module, cut: str | None, size: int) -> int:
     """Channels of ``features``' output at ``size`` px, computed on the meta device; one-line errors when that
     output is not a (B, K, h, w) map or is 1x1."""
     where = f"the cut at {cut!r}" if cut is not None else f"the backbone {type(features).__name__}"
