@@ -129,7 +129,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from . import distributed
-    from .evaluation import dataset_samples, evaluate_maps, evaluate_model, format_table, write_json
+    from .data.samples import dataset_samples
+    from .evaluation import evaluate_maps, evaluate_model, format_table, write_json
 
     if args.maps or args.metadata:
         from .data.annotations import find_annotations

@@ -18,7 +18,8 @@ import torch
 from torch import Tensor
 
 from . import report
-from .evaluation import METRIC_ROWS, BuiltinSamples, evaluate_model
+from .data.samples import BuiltinSamples
+from .evaluation import METRIC_ROWS, evaluate_model
 from .maps import upsample
 from .methods import CAM, get_method
 from .metrics.faithfulness import FaithfulnessConfig
