@@ -199,6 +199,7 @@ def evaluate_model(
     run_key: dict | None = None,
     resume: bool = True,
     progress: Callable[[int], None] = lambda n: None,
+    fixed_threshold: float | None = None,
 ) -> dict:
     """Every localization metric of ``explainer`` (a CAM method on ``loaded.model``) on ``samples`` (a dataset of
     :class:`Sample`), with the box baselines on the same ground truth; with ``faithfulness``, also the means of
@@ -209,6 +210,8 @@ def evaluate_model(
     ranks' integer counts are summed, so the metrics equal a single-process run's exactly.  With
     ``progress_dir``, every finished batch is logged there (counts and per-image values); a rerun with the same
     ``run_key`` and ``resume`` skips those batches and gives the same result as an uninterrupted run.
+    ``fixed_threshold`` (e.g. the one a checkpoint was selected with) adds the box accuracy at that threshold
+    (``box_acc_at_fixed_threshold``).
     """
     ctx = ctx or Context(0, 1, 0, next(loaded.model.parameters()).device)
     create = lambda: Accumulators.create(thresholds, paper_threshold)  # noqa: E731
@@ -243,6 +246,9 @@ def evaluate_model(
     total.load_state_dict(sum_tensors(total.state_dict(), ctx))
     records = sorted((r for rank in gather(records, ctx) for r in rank), key=lambda r: r["index"])
     result = total.compute()
+    if fixed_threshold is not None:
+        result["fixed_threshold"] = fixed_threshold
+        result["box_acc_at_fixed_threshold"] = total.box.accuracy_at(fixed_threshold)
     gt_boxes = [torch.tensor(r["boxes"], dtype=torch.float64) for r in records]
     result["baselines"] = box_baselines(gt_boxes, [tuple(r["size"]) for r in records]) if records else {}
     if faithfulness is not None:
@@ -323,17 +329,11 @@ def evaluate_maps(
     maps_dir = Path(maps_dir)
     if not maps_dir.is_dir():
         raise CamlensError(f"{maps_dir}: maps folder not found")
-    found = _map_files(maps_dir)
-    missing = [i for i in ann.ids if i not in found]
-    extra = sorted(found - set(ann.ids))
-    if missing:
-        raise CamlensError(f"{maps_dir}: no map for {len(missing)} image id(s), e.g. {missing[0]}.npy")
-    if extra:
-        raise CamlensError(f"{maps_dir}: {len(extra)} map(s) for image ids not in the annotations, e.g. {extra[0]}.npy")
+    names, naming = map_names(maps_dir, ann.ids)
     acc = Accumulators.create(thresholds, paper_threshold)
     gt_boxes, sizes = [], []
     for i, image_id in enumerate(ann.ids):
-        score = load_score_map(maps_dir / f"{image_id}.npy")
+        score = load_score_map(maps_dir / f"{names[i]}.npy")
         h, w = score.shape
         if ann.has_boxes:
             size = ann.sizes[i] or _image_size(ann, image_id)
@@ -352,7 +352,34 @@ def evaluate_maps(
         progress(1)
     result = acc.compute()
     result["baselines"] = box_baselines(gt_boxes, sizes) if gt_boxes else {}
+    result["map_naming"] = naming
     return result
+
+
+def map_names(maps_dir: Path, ids: Sequence[str]) -> tuple[list[str], str]:
+    """The map file (without ``.npy``, relative to ``maps_dir``) of each image id, and the naming found:
+    ``<image_id>.npy`` (what wsolevaluation's code loads) or, when every id's map is missing under that name,
+    ``<stem>.npy`` in ``maps_dir`` itself (what its docstring describes), provided no two ids share a stem.
+    Every image id needs a map and every map an id."""
+    found = _map_files(maps_dir)
+    candidates = [("<image_id>.npy", list(ids))]
+    stems = [Path(i).stem for i in ids]
+    if stems != list(ids) and len(set(stems)) == len(stems):
+        candidates.append(("<stem>.npy", stems))
+    for naming, names in candidates:
+        if all(n in found for n in names):
+            extra = sorted(found - set(names))
+            if extra:
+                raise CamlensError(f"{maps_dir}: {len(extra)} map(s) for image ids not in the annotations, "
+                                   f"e.g. {extra[0]}.npy")
+            return names, naming
+    missing = [i for i in ids if i not in found]
+    stem_note = ""
+    if stems != list(ids):
+        shared = len(stems) - len(set(stems))
+        stem_note = (f"; named by stem, {shared} id(s) share a stem, so that naming is ambiguous" if shared else
+                     f"; nor by stem, e.g. {stems[ids.index(missing[0])]}.npy")
+    raise CamlensError(f"{maps_dir}: no map for {len(missing)} image id(s), e.g. {missing[0]}.npy{stem_note}")
 
 
 # --------------------------------------------------------------------------------------------- reporting
@@ -375,6 +402,11 @@ def format_table(result: dict) -> str:
     if result.get("best_threshold") is not None:
         extra.append(f"best threshold (MaxBoxAcc): {result['best_threshold']:.3f}")
     extra.append(f"paper protocol threshold: {result.get('paper_threshold')}")
+    if result.get("box_acc_at_fixed_threshold") is not None:
+        extra.append(f"box accuracy at the checkpoint's threshold {result['fixed_threshold']:.3f}: "
+                     f"{result['box_acc_at_fixed_threshold']:.2f}")
+    if result.get("map_naming"):
+        extra.append(f"maps named {result['map_naming']}")
     return "\n".join(lines + ["; ".join(extra)])
 
 
@@ -463,4 +495,5 @@ __all__ = [
     "format_table",
     "localize_files",
     "map_boxes",
+    "map_names",
 ]
