@@ -204,11 +204,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    if args.linear_probe is not None:
+        from .training.probe import run_linear_probe
+
+        run = run_linear_probe(
+            args.data, checkpoint=args.linear_probe or None, arch=args.arch, weights=args.weights, out=args.out,
+            image_size=args.size, num_train=args.num_train, num_val=args.num_val, batch_size=args.batch_size,
+            C=args.probe_c, seed=args.seed, device=args.device, workers=args.workers,
+        )
+        print(f"checkpoint: {run.checkpoint} (val acc {run.val_accuracy:.2%}); use it with --checkpoint {run.checkpoint}")
+        return 0
     from . import distributed
     from .training import TrainConfig, train
 
     config = TrainConfig(
-        args.data, images=args.images, arch=args.arch, weights=args.weights, out=args.out, epochs=args.epochs,
+        args.data, images=args.images, arch=args.arch, arch_options=_arch_options(args.arch_option),
+        weights=args.weights, out=args.out, epochs=args.epochs,
         batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay,
         momentum=args.momentum, lr_decay_every=args.lr_decay_every, new_layer_lr_mult=args.new_layer_lr_mult,
         augment=args.augment, image_size=args.size, resize_size=args.resize_size, num_train=args.num_train,
@@ -228,6 +239,22 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"checkpoint: {result.checkpoint} ({chosen}, epoch {result.best_epoch}); "
               f"use it with --checkpoint {result.checkpoint}")
     return 0
+
+
+def _arch_options(items: Sequence[str] | None) -> dict:
+    """``KEY=VALUE`` builder options, each value read as JSON (numbers, true/false) or else as a string."""
+    import json
+
+    options = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise CamlensError(f"--arch-option {item!r}: expected KEY=VALUE, e.g. width=256")
+        try:
+            options[key] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key] = value
+    return options
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -324,7 +351,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "metadata folder (Choe et al.: train/ and val/ with image_ids.txt, class_labels.txt) "
                         "(default: builtin)")
     p.add_argument("--images", help="root folder the image ids of WSOL metadata are relative to")
-    p.add_argument("--arch", default="gapnet", help="gapnet, a torchvision name (resnet18) or timm:NAME (default: gapnet)")
+    p.add_argument("--arch-option", action="append", metavar="KEY=VALUE",
+                   help="a CAM network builder option, e.g. width=256, large_feature_map=true, backbone=resnet18 "
+                        "cut=layer2 for --arch gapify (repeat)")
+    p.add_argument("--arch", default="gapnet", help="gapnet, a CAM network (vgg16-cam, wsol-resnet50, gapify ...), a "
+                                                  "torchvision name (resnet18) or timm:NAME (default: gapnet)")
     p.add_argument("--weights", default="none", help="pretrained weights to fine-tune from, e.g. DEFAULT (default: none)")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=64)
@@ -362,6 +393,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the run recorded in --out")
     p.add_argument("--out", default="camlens-train", help="output folder (default: camlens-train)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--linear-probe", nargs="?", const="", metavar="CHECKPOINT",
+                   help="instead of training: fit a linear classifier on the frozen pooled features of a GAP network "
+                        "(the CHECKPOINT, else --arch/--weights), the CAM paper's generic localization; writes "
+                        "--out/probe.safetensors")
+    p.add_argument("--probe-c", type=float, default=1.0,
+                   help="inverse L2 strength of the probe's logistic regression, as scikit-learn's C (default: 1)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("demo", help="train gapnet on the built-in dataset, explain held-out images, write an HTML report")

@@ -42,9 +42,11 @@ def _save(path: Path, tensors: dict[str, Tensor], metadata: dict[str, str]) -> N
 
 
 def save_weights(path: Path, state: dict[str, Tensor], *, arch: str, class_names: list[str], preprocess: Preprocess,
-                 extra: dict[str, Any]) -> None:
+                 arch_options: dict[str, Any] | None, extra: dict[str, Any]) -> None:
     """A camlens checkpoint (the metadata of :func:`camlens.models.save_checkpoint`), written atomically."""
     meta = {"arch": arch, "class_names": list(class_names), "preprocess": preprocess.to_json(), **extra}
+    if arch_options:
+        meta["arch_options"] = dict(arch_options)
     _save(path, state, {"camlens": json.dumps(meta)})
 
 

@@ -7,7 +7,7 @@ learning rate of new layers (their ``lr_classifier_ratio``).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from ..capture import CamlensError
@@ -23,6 +23,9 @@ class TrainConfig:
 
     Data: ``data`` is ``builtin``, ``stl10`` / ``stl10:ROOT``, an ImageFolder tree or a Choe et al. metadata
     folder (``images``: the root the image ids are relative to); see :func:`camlens.training.data.load_data`.
+
+    Network: ``arch`` (``gapnet``, a CAM network of :data:`camlens.networks.NETWORKS` with its builder
+    ``arch_options``, a torchvision name or ``timm:NAME``), from scratch or from pretrained ``weights``.
 
     Optimization: ``optimizer="adamw"`` is AdamW with a linear warm-up and a cosine decay over the whole run
     (``lr`` default 3e-3 from scratch, 3e-4 fine-tuning; ``weight_decay`` 5e-4); ``"sgd"`` is Choe et al.'s SGD
@@ -48,6 +51,7 @@ class TrainConfig:
     data: str = "builtin"
     images: str | None = None
     arch: str = "gapnet"
+    arch_options: dict[str, Any] = field(default_factory=dict)
     weights: str | None = None
     out: str = "camlens-train"
     epochs: int = 10

@@ -31,6 +31,7 @@ from .. import distributed
 from ..capture import CamlensError
 from ..distributed import Context, barrier, shard_batches, sum_tensors
 from ..models import IMAGENET_MEAN, IMAGENET_STD, Preprocess, build_model
+from ..networks import NETWORKS, new_layer_names
 from .checkpoint import BEST, LAST, load_optimizer, load_resume, save_resume, save_weights, weights
 from .config import TrainConfig
 from .data import Augmentation, Split, TrainData, global_batches, load_batches, load_data, local_part
@@ -73,11 +74,6 @@ class TrainResult:
     selection: dict[str, Any] | None = None
 
 
-def new_layer_names(model: nn.Module) -> tuple[str, ...]:
-    """The qualified names of the layers a CAM network builder added (its ``new_layers``), or ()."""
-    return tuple(getattr(model, "new_layers", ()))
-
-
 def replace_classifier(model: nn.Module, num_classes: int) -> tuple[nn.Module, str]:
     """Give a pretrained model a fresh final Linear (or 1x1 conv) layer with ``num_classes`` outputs; returns the
     model and the replaced layer's name."""
@@ -98,8 +94,14 @@ def replace_classifier(model: nn.Module, num_classes: int) -> tuple[nn.Module, s
 
 
 def build_network(config: TrainConfig, num_classes: int) -> tuple[nn.Module, tuple[str, ...]]:
-    """``config.arch`` with ``num_classes`` outputs and the names of its new layers: from scratch, or from
-    pretrained ``weights`` with the classifier replaced (a new layer too)."""
+    """``config.arch`` with ``num_classes`` outputs and the names of its new layers: a CAM network (its backbone
+    from ``weights``, its head new), or a classifier from scratch, or from pretrained ``weights`` with the
+    classifier replaced (a new layer too)."""
+    if config.arch in NETWORKS:
+        model = build_model(config.arch, num_classes, config.weights, **config.arch_options)
+        return model, new_layer_names(model)
+    if config.arch_options:
+        raise CamlensError(f"{config.arch} takes no builder options (given: {', '.join(config.arch_options)})")
     if not config.pretrained:
         model = build_model(config.arch, num_classes)
         return model, new_layer_names(model)
@@ -174,7 +176,8 @@ def train(
            "batch_size": config.batch_size, "seed": config.seed, "num_train": len(td.train),
            "optimizer": config.optimizer, "augment": td.augment, "select_by": config.select_by,
            "method": method.config()}
-    meta = {"arch": config.arch, "class_names": td.classes, "preprocess": preprocess}
+    meta = {"arch": config.arch, "class_names": td.classes, "preprocess": preprocess,
+            "arch_options": getattr(model, "arch_options", None)}
     common = {"data": td.name, "wsol_method": method.config(), "new_layers": list(new_layers)}
     split_name = config.val_data or (f"{td.name}:val" if samples is not None else None)
     start, best_score, best_epoch, best_acc = 0, -math.inf, -1, -1.0
