@@ -194,7 +194,9 @@ def run_linear_probe(
     ``out/probe.safetensors``, a checkpoint that describes itself (arch, builder options, classes, preprocessing
     and the probe's settings)."""
     from ..models import Preprocess, build_model, load_model, save_checkpoint
-    from ..train import _batches, evaluate, load_data
+    from ..distributed import Context
+    from .data import global_batches, load_batches, load_data
+    from .loop import accuracy
 
     say = log or (lambda _: None)
     torch.manual_seed(seed)
@@ -204,11 +206,12 @@ def run_linear_probe(
         size = image_size or (base.size[0] if base.size else None)
     else:
         model, base, size = build_model(arch, None, weights), Preprocess(), image_size
-    td = load_data(data, image_size=size, seed=seed, num_train=num_train, num_val=num_val)
+    td = load_data(data, image_size=size, seed=seed, num_train=num_train, num_val=num_val, augment="none")
     preprocess = Preprocess((td.image_size, td.image_size), base.mean, base.std)
-    result = linear_probe(model, _batches(td.train, batch_size, None, workers), len(td.classes),
+    batches = global_batches(torch.arange(len(td.train)), batch_size)
+    result = linear_probe(model, load_batches(td.train, batches, workers), len(td.classes),
                           preprocess=preprocess, C=C, standardize=standardize, device=device)
-    val_accuracy, _ = evaluate(model, td.val, preprocess, device=device, workers=workers)
+    val_accuracy = accuracy(model, td.val, preprocess, Context(0, 1, 0, torch.device(device)), workers=workers)
     settings = {"C": C, "standardize": standardize, "backbone": str(checkpoint) if checkpoint is not None else f"{arch} ({weights or 'random'})",
                 "classifier": result.classifier, "train_images": result.num_images, "train_acc": result.train_accuracy,
                 "val_acc": val_accuracy, "iterations": result.iterations,
