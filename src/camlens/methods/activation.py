@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from ..capture import CamlensError, GapHead, LayerCapture, LayerSpec, locate_gap_head, output_logits
 from ..maps import normalize, upsample
 from .base import CAMResult, ClassSpec, Explainer, select_classes
-from .layered import LayerExplainer, LayerOptions, Scorer
+from .layered import LayerExplainer, LayerOptions, Scorer, no_autocast
 
 if TYPE_CHECKING:  # typing.Unpack is Python 3.11+
     from typing_extensions import Unpack
@@ -189,7 +189,8 @@ class _PerturbationMethod(LayerExplainer):
             for index, act in enumerate(acts):
                 a = self._spatial(act, x)
                 weights = self._weights(x, output, index, act, a, scorer)
-                maps.append(F.relu(torch.einsum("bnk,bk...->bn...", weights, a.float())))
+                with no_autocast(a):
+                    maps.append(F.relu(torch.einsum("bnk,bk...->bn...", weights.float(), a.float())))
         return maps
 
     def _weights(self, x: Tensor, output: Any, index: int, act: Tensor, a: Tensor, scorer: Scorer) -> Tensor:

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from ..capture import LayerSpec
-from .layered import LayerExplainer, LayerOptions, Scorer
+from .layered import LayerExplainer, LayerOptions, Scorer, no_autocast
 
 if TYPE_CHECKING:  # typing.Unpack is Python 3.11+
     from typing_extensions import Unpack
@@ -39,7 +39,8 @@ class EigenCAM(LayerExplainer):
         self.center = center
 
     def _explain(self, x: Tensor, output: Any, acts: list[Tensor], scorer: Scorer) -> list[Tensor]:
-        maps = [self._project(self._spatial(act, x)).unsqueeze(1) for act in acts]
+        with no_autocast(x):
+            maps = [self._project(self._spatial(act, x)).unsqueeze(1) for act in acts]
         return [m.expand(-1, scorer.count, *m.shape[2:]) for m in maps]
 
     def _project(self, a: Tensor) -> Tensor:

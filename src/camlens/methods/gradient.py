@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .layered import LayerExplainer, Scorer, score_gradients
+from .layered import LayerExplainer, Scorer, no_autocast, score_gradients
 
 
 class _GradientMethod(LayerExplainer):
@@ -32,7 +32,8 @@ class _GradientMethod(LayerExplainer):
             g = self._spatial(grad.flatten(0, 1), x).unflatten(0, grad.shape[:2])
             if a.dtype in (torch.float16, torch.bfloat16):
                 a, g = a.float(), g.float()
-            maps.append(self._combine(a, g))
+            with no_autocast(a):
+                maps.append(self._combine(a, g.to(a.dtype)))
         return maps
 
     def _combine(self, a: Tensor, g: Tensor) -> Tensor:

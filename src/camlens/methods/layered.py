@@ -62,6 +62,13 @@ class Scorer:
         return torch.stack(values, 1)
 
 
+def no_autocast(t: Tensor) -> torch.autocast:
+    """Map arithmetic (weights, einsums, projections) in float32 also inside the caller's ``torch.autocast``,
+    which would otherwise round those matrix products to bfloat16/float16 a second time; the model's own passes
+    keep running under the caller's autocast."""
+    return torch.autocast(t.device.type, enabled=False)
+
+
 def _reshape_takes_size(fn: Reshape) -> bool:
     try:
         params = [p for p in inspect.signature(fn).parameters.values()
