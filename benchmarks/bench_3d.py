@@ -7,8 +7,8 @@ warm-up calls; reported: the median seconds and the median over rounds of the ra
 torch.no_grad().  pytorch-grad-cam returns maps normalized and resized to the input (scipy zoom), camlens raw
 maps at the layer's resolution: the row "camlens gradcam + upsample" adds camlens' normalize + trilinear
 upsample to the input for a like-for-like comparison of cost (the two resizes interpolate differently, so the
-resized maps differ; the maps themselves are compared in tests/test_ndim.py).  pytorch-grad-cam's ScoreCAM and AblationCAM fail on 5-D
-inputs (grad-cam 1.5.7), so they are not in the table.
+resized maps differ; the maps themselves are compared in tests/test_ndim.py).  pytorch-grad-cam's ScoreCAM and
+AblationCAM fail on 5-D inputs (grad-cam 1.5.7), so they are not in the table.
 
     python benchmarks/bench_3d.py                      # about two minutes on 2 busy cores
     python benchmarks/bench_3d.py --repeats 9 --frames 16 --size 112

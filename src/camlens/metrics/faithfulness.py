@@ -440,8 +440,8 @@ def noisy_linear_imputation(
 def _road_is_2d(images: Tensor) -> None:
     if images.ndim != 4:
         raise CamlensError(
-            f"ROAD is defined for 2-D images (B, C, H, W) only (its imputation averages the 8 neighbours of a pixel), "
-            f"got inputs of shape {tuple(images.shape)}; use deletion/insertion for 1-D signals and 3-D volumes"
+            f"ROAD is defined for 2-D images (B, C, H, W) only (its imputation averages the 8 neighbours of a "
+            f"pixel), got inputs of shape {tuple(images.shape)}; use deletion/insertion for 1-D signals and 3-D volumes"
         )
 
 
@@ -552,8 +552,9 @@ def pointing_game(
     the masks' size, else the maps' size); maps are upsampled to it first.  A point hits when some ground-truth
     pixel lies at Euclidean distance < ``tolerance`` (strict, as TorchRay's reference benchmark) or the point is
     inside.  1-D signals and 3-D volumes: masks (B, L) or (B, D, H, W) (or ``size`` of that rank), distances
-    between samples or voxels; (B, 1, H, W) masks without ``size`` are read as 2-D.  Tied maxima: ``"all"`` (default) hits only when every tied maximum hits, so a flat map is not
-    rewarded; ``"any"`` when one of them does; ``"first"`` uses the first maximum in row-major order.  Returns
+    between samples or voxels; (B, 1, H, W) masks without ``size`` are read as 2-D.  Tied maxima: ``"all"``
+    (default) hits only when every tied maximum hits, so a flat map is not rewarded; ``"any"`` when one of them
+    does; ``"first"`` uses the first maximum in row-major order.  Returns
     (B,) float on the CPU: 1 hit, 0 miss, NaN where the image has no ground truth (skipped, as TorchRay).
     Per-class and mean accuracy: :class:`FaithfulnessTotals`.
     """
