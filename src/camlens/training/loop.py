@@ -28,7 +28,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .. import distributed
-from ..capture import CamlensError
+from ..capture import CamlensError, find_classifier
 from ..distributed import Context, barrier, shard_batches, sum_tensors
 from ..models import IMAGENET_MEAN, IMAGENET_STD, Preprocess, build_model
 from ..networks import NETWORKS, new_layer_names
@@ -75,19 +75,13 @@ class TrainResult:
 
 
 def replace_classifier(model: nn.Module, num_classes: int) -> tuple[nn.Module, str]:
-    """Give a pretrained model a fresh final Linear (or 1x1 conv) layer with ``num_classes`` outputs; returns the
-    model and the replaced layer's name."""
-    last = None
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Linear) or (isinstance(module, nn.Conv2d) and module.kernel_size == (1, 1)):
-            last = name, module
-    if last is None:
-        raise CamlensError(f"{type(model).__name__}: no final Linear or 1x1 conv layer to replace")
-    name, old = last
+    """Give a pretrained model a fresh classifier (:func:`camlens.capture.find_classifier`: a Linear, or a 1x1
+    convolution of any rank) with ``num_classes`` outputs; returns the model and the replaced layer's name."""
+    name, old = find_classifier(model)
     if isinstance(old, nn.Linear):
         new: nn.Module = nn.Linear(old.in_features, num_classes, bias=old.bias is not None)
     else:
-        new = nn.Conv2d(old.in_channels, num_classes, 1, bias=old.bias is not None)
+        new = type(old)(old.in_channels, num_classes, 1, bias=old.bias is not None)
     parent = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
     setattr(parent, name.rpartition(".")[2], new)
     return model, name
