@@ -209,9 +209,9 @@ def test_gapify_cuts_at_the_named_layer_and_adds_the_head():
 def test_gapify_returns_a_gap_classifier_unchanged_but_for_its_classes():
     model = tvm.resnet18(num_classes=10).eval()
     before = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("fc.")}
-    same = gapify(model, num_classes=10)
+    same = gapify(model, num_classes=10, input_size=64)
     assert same is model and new_layer_names(same) == ()
-    out = gapify(model, num_classes=3)
+    out = gapify(model, num_classes=3, input_size=64)
     assert out is model and out.fc.out_features == 3 and out.fc.in_features == 512 and new_layer_names(out) == ("fc",)
     after = out.state_dict()
     assert all(torch.equal(after[k], v) for k, v in before.items())

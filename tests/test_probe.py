@@ -24,7 +24,7 @@ def _blobs(n: int = 240, k: int = 10, c: int = 4) -> tuple[torch.Tensor, torch.T
 
 def test_fit_equals_scikit_learn_logistic_regression():
     x, y = _blobs()
-    weight, bias, _ = fit_logistic(x, y, 4, C=0.5)
+    weight, bias, _ = fit_logistic(x, y, 4, C=0.5, tol=1e-10)
     ref = LogisticRegression(C=0.5, tol=1e-12, max_iter=10_000).fit(x.numpy(), y.numpy())
     np.testing.assert_allclose(weight.numpy(), ref.coef_, atol=2e-6, err_msg="same objective, same minimizer")
     np.testing.assert_allclose(bias.numpy(), ref.intercept_ - ref.intercept_.mean(), atol=2e-6)
@@ -109,12 +109,13 @@ def test_cli_linear_probe_writes_a_self_describing_checkpoint(tmp_path, capsys):
     backbone = save_checkpoint(tmp_path / "g.safetensors", GapNet(10).eval(), arch="gapnet",
                                class_names=list("abcdefghij"), preprocess=Preprocess((32, 32)))
     code = main(["train", "--linear-probe", str(backbone), "--data", "builtin", "--num-train", "40", "--num-val", "20",
-                 "--out", str(tmp_path / "out"), "--quiet"])
+                 "--out", str(tmp_path / "out"), "--probe-raw", "--probe-c", "0.5", "--quiet"])
     assert code == 0 and "val acc" in capsys.readouterr().out
     loaded = load_model(tmp_path / "out" / PROBE)
     probe = loaded.meta["linear_probe"]
     assert loaded.arch == "gapnet" and loaded.preprocess.size == (32, 32) and probe["train_images"] == 40
     assert probe["backbone"] == str(backbone) and 0.0 <= probe["val_acc"] <= 1.0
+    assert probe["C"] == 0.5 and probe["standardize"] is False
     # the backbone is unchanged: only the classifier differs from the checkpoint it started from
     start = load_model(backbone).model.state_dict()
     assert all(torch.equal(v, start[k]) for k, v in loaded.model.state_dict().items() if not k.startswith("fc."))
