@@ -178,3 +178,26 @@ def test_explain_on_gpu_gives_the_cpu_classes_and_boxes(checkpoint):
     cpu, gpu = (json.loads((checkpoint / n / "summary.json").read_text()) for n in ("cpu", "gpu"))
     gpu.pop("device", None), cpu.pop("device", None)
     _close(gpu, cpu)
+
+
+@pytest.mark.parametrize("name", METHODS)
+@pytest.mark.parametrize("mode", ["autocast", "half_model"])
+def test_float16_maps_on_gpu_are_float32_and_within_the_stated_bound(name, mode):
+    """As tests/test_mixed_precision.py on CPU with bfloat16: float16 (11 significant bits) under autocast and on a
+    float16 model, held to the bfloat16 bounds (a looser bound than float16 needs)."""
+    from test_mixed_precision import bound, options, relative_error, small_net
+
+    model, x = small_net().to(GPU), torch.randn(2, 3, 16, 16, device=GPU)
+    with camlens.get_method(name)(model, **options(name)) as explainer:
+        want = explainer(x, topk=2)
+    if mode == "autocast":
+        with camlens.get_method(name)(model, **options(name)) as explainer, torch.autocast("cuda", dtype=torch.float16):
+            got = explainer(x, classes=want.classes)
+    else:
+        half = small_net().to(GPU)
+        half.load_state_dict(model.state_dict())
+        with camlens.get_method(name)(half.half(), **options(name)) as explainer:
+            got = explainer(x.half(), classes=want.classes)
+    assert got.maps.dtype == torch.float32
+    err = relative_error(got, want)
+    assert err <= bound(name), f"{name} {mode}: float16 maps differ by {err:.2e} of the map (bound {bound(name)})"

@@ -184,16 +184,44 @@ def trace_calls(model: nn.Module, x: Tensor, keep_last: int = 64, run: Callable 
     return list(calls), output
 
 
-def _is_classifier(module: nn.Module, num_classes: int) -> bool:
+_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def is_classifier(module: nn.Module, num_classes: int | None = None) -> bool:
+    """The one rule for "this module can be the classifier": a Linear, or a 1x1 (1x1x1, 1) convolution of any
+    spatial rank without groups (SqueezeNet's head), with ``num_classes`` outputs when that is given."""
     if isinstance(module, nn.Linear):
-        return module.out_features == num_classes
-    if isinstance(module, nn.Conv2d):
-        return module.out_channels == num_classes and module.kernel_size == (1, 1) and module.groups == 1
-    return False
+        outputs = module.out_features
+    elif isinstance(module, _CONVS) and module.groups == 1 and all(k == 1 for k in module.kernel_size):
+        outputs = module.out_channels
+    else:
+        return False
+    return num_classes is None or outputs == num_classes
 
 
-def _is_spatial(t: Any) -> bool:
-    return isinstance(t, Tensor) and t.ndim == 4 and t.shape[-2] * t.shape[-1] > 1
+def find_classifier(model: nn.Module, num_classes: int | None = None) -> tuple[str, nn.Module]:
+    """(qualified name, module) of the model's classifier found without running it: the last module in
+    definition order for which :func:`is_classifier` holds.  Used to read and replace classifiers; the CAM
+    head search (:func:`locate_gap_head`) applies the same rule to the modules in the order they run."""
+    found = None
+    for name, module in model.named_modules():
+        if name and is_classifier(module, num_classes):
+            found = name, module
+    if found is None:
+        outputs = f" with {num_classes} outputs" if num_classes is not None else ""
+        raise CamlensError(f"{type(model).__name__}: no Linear or 1x1 convolution{outputs} to take as the classifier")
+    return found
+
+
+def spatial_ranks(x: Tensor) -> tuple[int, ...]:
+    """The spatial ranks a layer output may have for input ``x``: its own (x is (B, C, *S) with len(S) in 1..3),
+    or any of 1, 2, 3 for other inputs (e.g. a raw waveform (B, L) that the model unsqueezes)."""
+    return (x.ndim - 2,) if 3 <= x.ndim <= 5 else (1, 2, 3)
+
+
+def _is_spatial(t: Any, ranks: Sequence[int] = (2,)) -> bool:
+    """A feature map (B, K, *S) of one of ``ranks`` with more than one position."""
+    return isinstance(t, Tensor) and t.ndim - 2 in ranks and t.shape[2:].numel() > 1
 
 
 def _outermost_name(calls: Sequence[_Call], tensor: Tensor, default: str) -> str:
@@ -217,13 +245,14 @@ def _close(a: Tensor, b: Tensor) -> bool:
 
 @dataclass(frozen=True)
 class GapHead:
-    """How a GAP classifier turns the feature map f (B, K, h, w) into logits (B, C), found and checked by
-    :func:`locate_gap_head`.  Four shapes are recognised (ReLU before pooling: DenseNet; LayerNorm after pooling:
-    ConvNeXt; 1x1 conv classifier before pooling, optionally with ReLU: SqueezeNet):
+    """How a GAP classifier turns the feature map f (B, K, *S) into logits (B, C), found and checked by
+    :func:`locate_gap_head`; S is (L,), (h, w) or (d, h, w) and mean_S the global average over it.  Four shapes
+    are recognised (ReLU before pooling: DenseNet; LayerNorm after pooling: ConvNeXt; 1x1 conv classifier
+    (Conv1d/2d/3d) before pooling, optionally with ReLU: SqueezeNet):
 
-    - ``logits = W · mean_xy(act(f)) + b``
-    - ``logits = W · LN(mean_xy(act(f))) + b``
-    - ``logits = mean_xy(cls_act(W f + b))`` when ``pooled_last``
+    - ``logits = W · mean_S(act(f)) + b``
+    - ``logits = W · LN(mean_S(act(f))) + b``
+    - ``logits = mean_S(cls_act(W f + b))`` when ``pooled_last``
     """
 
     layer_name: str
@@ -238,7 +267,7 @@ class GapHead:
     class_act: Literal["identity", "relu"] = "identity"
 
     def class_maps(self, features: Tensor, classes: Tensor) -> tuple[Tensor, Tensor]:
-        """Maps M (B, N, h, w) for ``classes`` (B, N) and offsets (B, N) with ``M.mean((-2, -1)) + offset == logit``.
+        """Maps M (B, N, *S) for ``classes`` (B, N) and offsets (B, N) with ``mean_S M + offset == logit``.
 
         The map is M_c = sum_k w_k^c f_k (Zhou et al., CVPR 2016).  With a LayerNorm after pooling the per-sample
         mean mu and deviation sigma of the pooled vector are folded in exactly:
@@ -253,21 +282,22 @@ class GapHead:
             f = F.relu(f)
         w = self.weight.to(f)[classes]  # (B, N, K)
         b = self.bias.to(f)[classes]  # (B, N)
+        spatial = tuple(range(2, f.ndim))
         if self.pooled_last:
-            maps = torch.einsum("bnk,bkhw->bnhw", w, f) + b[..., None, None]
+            maps = torch.einsum("bnk,bk...->bn...", w, f) + b.view(*b.shape, *(1 for _ in spatial))
             if self.class_act == "relu":
                 maps = F.relu(maps)
             return maps, torch.zeros_like(b)
         if self.norm is not None:
-            pooled = f.mean((-2, -1))
+            pooled = f.mean(spatial)
             mu = pooled.mean(-1)
             sigma = torch.sqrt(pooled.var(-1, unbiased=False) + self.norm.eps)
             gamma = self.norm.weight.to(f) if self.norm.weight is not None else torch.ones_like(pooled[0])
             beta = self.norm.bias.to(f) if self.norm.bias is not None else torch.zeros_like(pooled[0])
             b = b + w @ beta
             w = w * gamma / sigma[:, None, None]
-            f = f - mu[:, None, None, None]
-        return torch.einsum("bnk,bkhw->bnhw", w, f), b
+            f = f - mu.view(-1, 1, *(1 for _ in spatial))
+        return torch.einsum("bnk,bk...->bn...", w, f), b
 
 
 def _classifier_weights(module: nn.Module) -> tuple[Tensor, Tensor]:
@@ -299,27 +329,30 @@ def locate_gap_head(
     cls_index = None
     for i in range(len(calls) - 1, -1, -1):
         if (cls_mod is not None and calls[i].module is cls_mod) or (
-            cls_mod is None and _is_classifier(calls[i].module, num_classes)
+            cls_mod is None and is_classifier(calls[i].module, num_classes)
         ):
             cls_index = i
             break
     if cls_index is None:
         what = "the given classifier did not run" if cls_mod is not None else (
-            f"no Linear or 1x1 Conv2d with {num_classes} outputs runs at the end of the forward pass"
+            f"no Linear or 1x1 convolution with {num_classes} outputs runs at the end of the forward pass"
         )
         raise NotAGapClassifierError(f"{type(model).__name__}: {what}; CAM needs GAP + linear, use GradCAM instead")
     cls_call = calls[cls_index]
     weight, bias = _classifier_weights(cls_call.module)
     cls_input = cls_call.input
 
-    if _is_spatial(cls_input) and isinstance(cls_call.module, nn.Conv2d):
+    ranks = spatial_ranks(x)
+    if _is_spatial(cls_input, ranks) and isinstance(cls_call.module, _CONVS):
         # SqueezeNet: a 1x1 conv classifier on the spatial map, then (ReLU and) average pooling.
         feats = cls_input
         name = _outermost_name(calls[:cls_index], feats, cls_call.name)
+        spatial = tuple(range(2, feats.ndim))
         # Recomputed rather than read from the call record: an in-place ReLU may already have changed that.
-        class_maps = torch.einsum("ck,bkhw->bchw", weight.to(feats), feats) + bias.to(feats)[:, None, None]
+        class_maps = torch.einsum("ck,bk...->bc...", weight.to(feats), feats)
+        class_maps = class_maps + bias.to(feats).view(-1, *(1 for _ in spatial))
         for class_act in ("identity", "relu"):
-            pooled = (F.relu(class_maps) if class_act == "relu" else class_maps).mean((-2, -1))
+            pooled = (F.relu(class_maps) if class_act == "relu" else class_maps).mean(spatial)
             if _close(pooled, logits):
                 head = GapHead(name, cls_call.module, "input", cls_call.name, weight, bias,
                                pooled_last=True, class_act=class_act)
@@ -333,17 +366,18 @@ def locate_gap_head(
         if feat_index is None:
             raise CamlensError(f"layer {layer!r} did not run before the classifier {cls_call.name!r}")
     else:
-        feat_index = next((i for i in range(cls_index - 1, -1, -1) if _is_spatial(calls[i].output)), None)
+        feat_index = next((i for i in range(cls_index - 1, -1, -1) if _is_spatial(calls[i].output, ranks)), None)
         if feat_index is None:
             raise NotAGapClassifierError(
-                f"{type(model).__name__}: no spatial feature map (B, K, h, w) with h*w > 1 before {cls_call.name!r}; "
+                f"{type(model).__name__}: no spatial feature map (B, K, *S) of the input's rank with more than one "
+                f"position before {cls_call.name!r}; "
                 "use a larger input or give layer="
             )
     feats = calls[feat_index].output
     name = calls[feat_index].name if layer_mod is not None else _outermost_name(calls[:cls_index], feats, calls[feat_index].name)
     between = calls[feat_index + 1 : cls_index]
     z = cls_input.flatten(1) if isinstance(cls_input, Tensor) else None
-    if z is None or not isinstance(feats, Tensor) or feats.ndim != 4 or feats.shape[1] != z.shape[1]:
+    if z is None or not isinstance(feats, Tensor) or not 3 <= feats.ndim <= 5 or feats.shape[1] != z.shape[1]:
         found = ", ".join(f"{c.name} ({type(c.module).__name__})" for c in between[-8:]) or "nothing"
         raise NotAGapClassifierError(
             f"{type(model).__name__} is not a GAP + linear classifier: between the feature map of {name!r} "
@@ -354,7 +388,7 @@ def locate_gap_head(
     norm = norms[-1] if len(norms) == 1 else None
     for feature_act in ("identity", "relu"):
         f = feats.to(torch.promote_types(feats.dtype, torch.float32))
-        pooled = (F.relu(f) if feature_act == "relu" else f).mean((-2, -1))
+        pooled = (F.relu(f) if feature_act == "relu" else f).mean(tuple(range(2, f.ndim)))
         if norm is not None:
             w, b = (None if t is None else t.to(pooled) for t in (norm.weight, norm.bias))
             pooled = F.layer_norm(pooled, pooled.shape[-1:], w, b, norm.eps)
@@ -383,7 +417,8 @@ def _output_tensors(output: Any) -> list[Tensor]:
 
 def find_spatial_layer(model: nn.Module, x: Tensor, keep_last: int = 256) -> str:
     """Name of the layer chosen when none is given: the module that runs last (in completion order) among those
-    whose output is a spatial map (B, K, h, w) with h*w > 1 and is not itself the model output; of nested
+    whose output is a spatial map (B, K, *S) of the input's rank (:func:`spatial_ranks`) with more than one
+    position and is not itself the model output; of nested
     modules returning the same tensor, the outermost is named (``layer4`` rather than ``layer4.1.relu``).
 
     Token models (ViT, Swin) have no such layer near their end: give ``layer=`` (see :func:`tokens_to_grid`).
@@ -391,12 +426,13 @@ def find_spatial_layer(model: nn.Module, x: Tensor, keep_last: int = 256) -> str
     with torch.no_grad():
         calls, output = trace_calls(model, x, keep_last=keep_last)
     finals = _output_tensors(output)
+    ranks = spatial_ranks(x)
     for i in range(len(calls) - 1, -1, -1):
         out = calls[i].output
-        if _is_spatial(out) and not any(out is t for t in finals):
+        if _is_spatial(out, ranks) and not any(out is t for t in finals):
             return _outermost_name(calls[:i + 1], out, calls[i].name)
     raise CamlensError(
-        f"{type(model).__name__}: no module among the last {keep_last} calls outputs a spatial map (B, K, h, w); "
+        f"{type(model).__name__}: no module among the last {keep_last} calls outputs a spatial map (B, K, *S); "
         "give layer= (see camlens.layer_names(model)), with reshape= for token models"
     )
 

@@ -1,4 +1,8 @@
-"""Post-processing of raw maps: explicit, named steps that never modify their input."""
+"""Post-processing of raw maps: explicit, named steps that never modify their input.
+
+Maps of 1-D signals, 2-D images and 3-D volumes alike: the last ``spatial_dims`` dimensions (1, 2 or 3) form one
+map, every leading dimension indexes maps.
+"""
 
 from __future__ import annotations
 
@@ -8,40 +12,64 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .capture import CamlensError
 
-def normalize(maps: Tensor, eps: float = 0.0) -> Tensor:
-    """Min-max scale every map (over its last two dims) into [0, 1]: (M - min M) / (max M - min M).
+INTERPOLATION = {1: "linear", 2: "bilinear", 3: "trilinear"}
 
-    A constant map gives zeros, never NaN.  Works on any shape (..., h, w) and returns a new tensor.
+
+def _spatial_dims(maps: Tensor, spatial_dims: int) -> int:
+    if spatial_dims not in INTERPOLATION:
+        raise CamlensError(f"spatial_dims={spatial_dims}: maps are 1-D (signals), 2-D (images) or 3-D (volumes)")
+    if maps.ndim < spatial_dims:
+        raise CamlensError(f"maps of shape {tuple(maps.shape)} have fewer than spatial_dims={spatial_dims} dimensions")
+    return spatial_dims
+
+
+def normalize(maps: Tensor, eps: float = 0.0, *, spatial_dims: int = 2) -> Tensor:
+    """Min-max scale every map into [0, 1]: (M - min M) / (max M - min M), min and max taken over the map's last
+    ``spatial_dims`` dimensions (2: (..., h, w) images; 1: (..., L) signals; 3: (..., d, h, w) volumes; for a
+    :class:`camlens.CAMResult`, ``result.spatial_dims``).
+
+    A constant map gives zeros, never NaN.  Returns a new tensor of the input's shape.
     """
-    flat = maps.flatten(-2)
+    flat = maps.flatten(-_spatial_dims(maps, spatial_dims))
     low = flat.amin(-1, keepdim=True)
     span = flat.amax(-1, keepdim=True) - low
     scaled = torch.where(span > eps, (flat - low) / span.clamp_min(torch.finfo(flat.dtype).tiny), torch.zeros_like(flat))
     return scaled.view_as(maps)
 
 
-def upsample(maps: Tensor, size: int | Sequence[int], mode: str = "bilinear") -> Tensor:
-    """Resize maps (..., h, w) to ``size`` (an int for square, or (H, W)) by bilinear interpolation with
-    ``align_corners=False`` (pixel centres aligned, as PIL and OpenCV resize)."""
+def upsample(maps: Tensor, size: int | Sequence[int], mode: str | None = None) -> Tensor:
+    """Resize maps to ``size``: the last len(size) dimensions of ``maps`` are resized, (L,) for signals, (H, W)
+    for images (an int: square), (D, H, W) for volumes.  The default ``mode`` interpolates linearly along each
+    resized dimension (linear, bilinear, trilinear) with ``align_corners=False`` (sample centres aligned, as PIL
+    and OpenCV resize); any mode of ``torch.nn.functional.interpolate`` of that rank may be given."""
     if isinstance(size, int):
         size = (size, size)
-    size = (int(size[0]), int(size[1]))
-    lead = maps.shape[:-2]
-    flat = maps.reshape(-1, 1, *maps.shape[-2:])
+    size = tuple(int(s) for s in size)
+    rank = _spatial_dims(maps, len(size))
+    mode = INTERPOLATION[rank] if mode is None else mode
+    lead = maps.shape[: maps.ndim - rank]
+    flat = maps.reshape(-1, 1, *maps.shape[maps.ndim - rank :])
     dtype = flat.dtype
     if dtype in (torch.float16, torch.bfloat16) and flat.device.type == "cpu":
         flat = flat.float()
-    align = False if mode in ("bilinear", "bicubic") else None
-    out = F.interpolate(flat, size=size, mode=mode, align_corners=align)
+    align = False if mode in ("linear", "bilinear", "bicubic", "trilinear") else None
+    try:
+        out = F.interpolate(flat, size=size, mode=mode, align_corners=align)
+    except (NotImplementedError, ValueError) as err:
+        raise CamlensError(f"upsample mode={mode!r} does not resize {rank}-D maps: {err}".splitlines()[0]) from None
     return out.to(dtype).reshape(*lead, *size)
 
 
-def fuse(maps: Sequence[Tensor], mode: str = "max", size: int | Sequence[int] | None = None) -> Tensor:
-    """Combine maps of the same images from several layers, each (..., h_i, w_i), into one (..., H, W).
+def fuse(
+    maps: Sequence[Tensor], mode: str = "max", size: int | Sequence[int] | None = None, *, spatial_dims: int = 2
+) -> Tensor:
+    """Combine maps of the same images from several layers, each (..., *S_i) with S_i of ``spatial_dims``
+    sizes, into one (..., *S).
 
-    Rule: each map is min-max normalized (:func:`normalize`), bilinearly upsampled to ``size`` (default: the
-    largest height and the largest width among them), and the results are combined elementwise by ``"max"``
+    Rule: each map is min-max normalized (:func:`normalize`), upsampled to ``size`` (default: the largest size
+    along each dimension among them; :func:`upsample`), and the results are combined elementwise by ``"max"``
     (as torchcam's ``fuse_cams``) or ``"mean"`` (as pytorch-grad-cam's multi-layer aggregation).  The result is
     in [0, 1]; a single map is only normalized.
     """
@@ -50,9 +78,15 @@ def fuse(maps: Sequence[Tensor], mode: str = "max", size: int | Sequence[int] | 
     if mode not in ("max", "mean"):
         raise ValueError(f"fuse mode {mode!r}: use 'max' or 'mean'")
     if size is None:
-        size = (max(m.shape[-2] for m in maps), max(m.shape[-1] for m in maps))
+        size = tuple(max(m.shape[d] for m in maps) for d in range(-spatial_dims, 0))
     elif isinstance(size, int):
-        size = (size, size)
-    scaled = [normalize(m) if tuple(m.shape[-2:]) == tuple(size) else upsample(normalize(m), size) for m in maps]
+        size = (size,) * spatial_dims
+    if len(size) != spatial_dims:
+        raise CamlensError(f"fuse size {tuple(size)} has {len(size)} dimensions for {spatial_dims}-D maps")
+    scaled = [
+        normalize(m, spatial_dims=spatial_dims) if tuple(m.shape[-spatial_dims:]) == tuple(size)
+        else upsample(normalize(m, spatial_dims=spatial_dims), size)
+        for m in maps
+    ]
     stacked = torch.stack(scaled)
     return stacked.amax(0) if mode == "max" else stacked.mean(0)

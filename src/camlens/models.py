@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .capture import CamlensError
+from .capture import CamlensError, find_classifier
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -166,11 +166,9 @@ def read_class_names(spec: str | Sequence[str] | None, num_classes: int) -> list
 
 
 def _num_classes_from_state(arch: str, state: dict[str, Tensor]) -> int:
-    """The row count of the classifier's weight in ``state``; the classifier is the last linear or 1x1 conv
-    module of the architecture (found on a default-sized instance, since state dict key order is not reliable)."""
-    probe = build_model(arch)
-    names = [n for n, m in probe.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
-    key = f"{names[-1]}.weight" if names else None
+    """The row count of the classifier's weight in ``state``; the classifier is :func:`camlens.capture.find_classifier`
+    of the architecture (found on a default-sized instance, since state dict key order is not reliable)."""
+    key = f"{find_classifier(build_model(arch))[0]}.weight"
     if key not in state:
         raise CamlensError(f"the checkpoint has no classifier weight {key!r} for {arch}")
     return int(state[key].shape[0])
@@ -282,9 +280,8 @@ def load_model(
 def _output_classes(model: nn.Module, names: object) -> int:
     if isinstance(names, list):
         return len(names)
-    for module in reversed(list(model.modules())):
-        if isinstance(module, nn.Linear):
-            return module.out_features
-        if isinstance(module, nn.Conv2d) and module.kernel_size == (1, 1):
-            return module.out_channels
-    raise CamlensError("cannot tell the number of classes of this model; pass --classes FILE")
+    try:
+        classifier = find_classifier(model)[1]
+    except CamlensError:
+        raise CamlensError("cannot tell the number of classes of this model; pass --classes FILE") from None
+    return int(classifier.weight.shape[0])

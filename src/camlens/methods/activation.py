@@ -18,7 +18,7 @@ from ..capture import (
 )
 from ..maps import normalize, upsample
 from .base import CAMResult, ClassSpec, Explainer, select_classes
-from .layered import LayerExplainer, LayerOptions, Scorer
+from .layered import LayerExplainer, LayerOptions, Scorer, no_autocast
 
 if TYPE_CHECKING:  # typing.Unpack is Python 3.11+
     from typing_extensions import Unpack
@@ -163,7 +163,8 @@ def _low_precision_copy(model: nn.Module, x: Tensor, dtype: torch.dtype) -> Pass
 
 
 class _PerturbationMethod(LayerExplainer):
-    """M = ReLU(sum_k w_k A_k) with channel weights w_k (B, N, K) measured by extra passes of perturbed copies
+    """M = ReLU(sum_k w_k A_k) (A: (B, K, *S), any spatial rank) with channel weights w_k (B, N, K) measured by
+    extra passes of perturbed copies
     of each image, ``batch_size`` rows a pass; subclasses say how the weights are computed (``_weights``)."""
 
     def __init__(
@@ -190,11 +191,12 @@ class _PerturbationMethod(LayerExplainer):
             for index, act in enumerate(acts):
                 a = self._spatial(act, x)
                 weights = self._weights(x, output, index, act, a, scorer)
-                maps.append(F.relu(torch.einsum("bnk,bkhw->bnhw", weights, a.float())))
+                with no_autocast(a):
+                    maps.append(F.relu(torch.einsum("bnk,bk...->bn...", weights.float(), a.float())))
         return maps
 
     def _weights(self, x: Tensor, output: Any, index: int, act: Tensor, a: Tensor, scorer: Scorer) -> Tensor:
-        """w (B, N, K) for layer ``index``, whose output is ``act`` ((B, K, h, w) as ``a``)."""
+        """w (B, N, K) for layer ``index``, whose output is ``act`` ((B, K, *S) as ``a``)."""
         raise NotImplementedError
 
 
@@ -203,7 +205,8 @@ class ScoreCAM(_PerturbationMethod):
     Convolutional Neural Networks").
 
     H_k = Up(s(A_k)) with s(A) = (A - min A) / (max A - min A) taken at the layer's resolution (H_k = 0 for a
-    constant A_k) and Up the bilinear upsampling to the input size (align_corners=False, :func:`camlens.upsample`);
+    constant A_k) and Up the upsampling to the input size (align_corners=False, :func:`camlens.upsample`: linear
+    for 1-D signals, bilinear for images, trilinear for volumes; the layer has the input's rank);
     y_k = y(X * H_k), the explained score of the input masked by H_k;
     alpha_k = softmax_k(y_k - y(X_b)), with the baseline X_b = 0 = X * 0 (softmax over channels, so the baseline
     cancels);  M = ReLU(sum_k alpha_k A_k).  The ReLU is part of the paper's formula.
@@ -248,9 +251,15 @@ class ScoreCAM(_PerturbationMethod):
         self.approximate = approximate
 
     def _weights(self, x: Tensor, output: Any, index: int, act: Tensor, a: Tensor, scorer: Scorer) -> Tensor:
+        if a.ndim != x.ndim:
+            raise CamlensError(
+                f"{type(self).__name__} masks the input with the layer's maps: layer output {tuple(a.shape)} and "
+                f"input {tuple(x.shape)} must have the same spatial rank; pick a layer of the input's rank"
+            )
         fast = self.optimize or self.approximate
         forward = pass_model(self.model, x, output, self.approximate) if fast else self.model
-        return self._channel_scores(x, normalize(a.float()), scorer, forward).softmax(1).transpose(1, 2)
+        masks = normalize(a.float(), spatial_dims=a.ndim - 2)
+        return self._channel_scores(x, masks, scorer, forward).softmax(1).transpose(1, 2)
 
     def _channel_scores(self, x: Tensor, masks: Tensor, scorer: Scorer, forward: PassModel) -> Tensor:
         """The mean explained scores of x * Up(masks) (B, K, N), each distinct mask of an image scored once."""
@@ -266,7 +275,7 @@ class ScoreCAM(_PerturbationMethod):
             rows.append(torch.full((len(unique),), b, dtype=torch.long, device=x.device))
             index.append(inverse + offset)
             offset += len(unique)
-        unique_masks = torch.cat(distinct).view(-1, *masks.shape[-2:])
+        unique_masks = torch.cat(distinct).view(-1, *masks.shape[2:])
         scores = self._score_masks(x, unique_masks, torch.cat(rows), scorer, forward)
         return scores[torch.cat(index)].view(batch, channels, -1)
 
@@ -279,7 +288,7 @@ class ScoreCAM(_PerturbationMethod):
             scores, start = [], 0
             while start < len(masks):
                 part = slice(start, start + rows_per_pass)
-                up = self._vary(upsample(masks[part][:, None], x.shape[-2:]).to(x.dtype), variant)
+                up = self._vary(upsample(masks[part][:, None], x.shape[2:]).to(x.dtype), variant)
                 if noise is not None:
                     up = up + noise[part].to(x.device)
                 try:
@@ -302,7 +311,7 @@ class ScoreCAM(_PerturbationMethod):
         return mask
 
     def _noise(self, count: int, x: Tensor) -> Tensor | None:
-        """Noise added to the ``count`` upsampled masks of one variant, (count, 1, H, W), or None."""
+        """Noise added to the ``count`` upsampled masks of one variant, (count, 1, *input size), or None."""
         return None
 
 
@@ -310,7 +319,7 @@ class SSCAM(ScoreCAM):
     """SS-CAM (Wang, Naidu et al., 2020, "SS-CAM: Smoothed Score-CAM for Sharper Visual Feature Localization"),
     smoothing on the masks as torchcam 0.5.0 does:
 
-    y_k = (1/n) sum_i y(X * (H_k + delta_i)), delta_i ~ N(0, std^2) per pixel, drawn from ``generator``;
+    y_k = (1/n) sum_i y(X * (H_k + delta_i)), delta_i ~ N(0, std^2) per input position, drawn from ``generator``;
     alpha_k = softmax_k(y_k - y(X_b));  M = ReLU(sum_k alpha_k A_k)  (ReLU in the formula).
     Every channel is scored (the noise makes masks distinct).  Passes per image: 1 + n * K.  The noise of each
     draw is taken for all masks at once (K * H * W values per image: 100 MB for 512 channels at 224 px), so that
@@ -339,7 +348,7 @@ class SSCAM(ScoreCAM):
     def _noise(self, count: int, x: Tensor) -> Tensor:
         # drawn where the generator lives, so that one seed gives the same noise on every device
         device = self.generator.device if self.generator is not None else x.device
-        shape = (count, 1, *x.shape[-2:])
+        shape = (count, 1, *x.shape[2:])
         return self.std * torch.randn(shape, generator=self.generator, dtype=x.dtype, device=device)
 
 

@@ -20,16 +20,22 @@ class CAMResult:
     """What every method returns for a batch of B images and N explained classes (or targets) per image.
 
     ``maps`` are raw: exact to the method's formula at the layer's resolution, with no ReLU, normalization or
-    resizing applied (see :func:`camlens.normalize` and :func:`camlens.upsample`).  For CAM, ``bias`` holds the
-    offsets that make ``maps.mean((-2, -1)) + bias`` equal the explained logits exactly.
+    resizing applied (see :func:`camlens.normalize` and :func:`camlens.upsample`).  Maps are (B, N, *S) with S
+    the layer's positions: (L,) for 1-D signals, (h, w) for images, (d, h, w) for volumes.  For CAM, ``bias``
+    holds the offsets that make the mean of each map over S plus ``bias`` equal the explained logits exactly.
     """
 
     logits: Tensor  # (B, C)
     classes: Tensor  # (B, N) long; -1 where a target without a class (a callable, padding) was explained
-    maps: Tensor  # (B, N, h, w)
+    maps: Tensor  # (B, N, *S)
     layer: str
     bias: Tensor | None = None  # (B, N)
     target_scores: Tensor | None = None  # (B, N) the explained targets' scores, NaN where a target explains nothing
+
+    @property
+    def spatial_dims(self) -> int:
+        """len(S): 1 for signals, 2 for images, 3 for volumes (``camlens.normalize(maps, spatial_dims=...)``)."""
+        return self.maps.ndim - 2
 
     @property
     def scores(self) -> Tensor:

@@ -1,10 +1,11 @@
-"""The Grad-CAM family: maps from a layer's activations A (B, K, h, w) and the gradients g = dy/dA of the
-explained score y.
+"""The Grad-CAM family: maps from a layer's activations A (B, K, *S) and the gradients g = dy/dA of the
+explained score y, for S = (L,), (h, w) or (d, h, w).
 
 Gradients are computed from the target layer up only: the network before the layer runs without autograd, the
 layer's output becomes a leaf, and ``torch.autograd.grad`` differentiates with respect to that leaf alone (so
 parameters' ``.grad`` stay None and no graph outlives the call).  At the last layer this costs one forward pass
-plus the backward of the head.  Formulas below write sums over positions (i, j) of the h x w grid, Z = h * w.
+plus the backward of the head.  Formulas below write sums over positions (i, j) of the h x w grid, Z = h * w;
+on 1-D and 3-D layers the sums run over the L or d x h x w positions alike.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .layered import LayerExplainer, Scorer, score_gradients
+from .layered import LayerExplainer, Scorer, no_autocast, score_gradients
 
 
 class _GradientMethod(LayerExplainer):
@@ -31,17 +32,23 @@ class _GradientMethod(LayerExplainer):
             g = self._spatial(grad.flatten(0, 1), x).unflatten(0, grad.shape[:2])
             if a.dtype in (torch.float16, torch.bfloat16):
                 a, g = a.float(), g.float()
-            maps.append(self._combine(a, g))
+            with no_autocast(a):
+                maps.append(self._combine(a, g.to(a.dtype)))
         return maps
 
     def _combine(self, a: Tensor, g: Tensor) -> Tensor:
-        """Maps (B, N, h, w) from activations ``a`` (B, K, h, w) and gradients ``g`` (B, N, K, h, w)."""
+        """Maps (B, N, *S) from activations ``a`` (B, K, *S) and gradients ``g`` (B, N, K, *S)."""
         raise NotImplementedError
 
 
 def _weighted_sum(weights: Tensor, a: Tensor) -> Tensor:
-    """sum_k weights[b, n, k] * a[b, k] -> (B, N, h, w)."""
-    return torch.einsum("bnk,bkhw->bnhw", weights, a)
+    """sum_k weights[b, n, k] * a[b, k] -> (B, N, *S)."""
+    return torch.einsum("bnk,bk...->bn...", weights, a)
+
+
+def _positions(t: Tensor, leading: int) -> tuple[int, ...]:
+    """The spatial dimensions of ``t``: all after its first ``leading`` ones (B, K for A; B, N, K for g)."""
+    return tuple(range(leading, t.ndim))
 
 
 class GradCAM(_GradientMethod):
@@ -56,7 +63,7 @@ class GradCAM(_GradientMethod):
     name = "gradcam"
 
     def _combine(self, a: Tensor, g: Tensor) -> Tensor:
-        return F.relu(_weighted_sum(g.mean((-2, -1)), a))
+        return F.relu(_weighted_sum(g.mean(_positions(g, 3)), a))
 
 
 class GradCAMPlusPlus(_GradientMethod):
@@ -77,9 +84,10 @@ class GradCAMPlusPlus(_GradientMethod):
 
     def _combine(self, a: Tensor, g: Tensor) -> Tensor:
         g2 = g * g
-        denom = 2 * g2 + a.sum((-2, -1))[:, None, :, None, None] * g2 * g
+        total = a.sum(_positions(a, 2), keepdim=True)[:, None]  # (B, 1, K, 1...)
+        denom = 2 * g2 + total * g2 * g
         alpha = torch.where(denom != 0, g2 / torch.where(denom != 0, denom, torch.ones_like(denom)), torch.zeros_like(g))
-        return F.relu(_weighted_sum((alpha * F.relu(g)).sum((-2, -1)), a))
+        return F.relu(_weighted_sum((alpha * F.relu(g)).sum(_positions(g, 3)), a))
 
 
 class XGradCAM(_GradientMethod):
@@ -94,8 +102,8 @@ class XGradCAM(_GradientMethod):
     name = "xgradcam"
 
     def _combine(self, a: Tensor, g: Tensor) -> Tensor:
-        total = a.sum((-2, -1))[:, None]  # (B, 1, K)
-        numer = (g * a[:, None]).sum((-2, -1))
+        total = a.sum(_positions(a, 2))[:, None]  # (B, 1, K)
+        numer = (g * a[:, None]).sum(_positions(g, 3))
         safe = torch.where(total != 0, total, torch.ones_like(total))
         return _weighted_sum(torch.where(total != 0, numer / safe, torch.zeros_like(numer)), a)
 

@@ -87,6 +87,13 @@ class Scorer:
         return torch.stack(values, 1)
 
 
+def no_autocast(t: Tensor) -> torch.autocast:
+    """Map arithmetic (weights, einsums, projections) in float32 also inside the caller's ``torch.autocast``,
+    which would otherwise round those matrix products to bfloat16/float16 a second time; the model's own passes
+    keep running under the caller's autocast."""
+    return torch.autocast(t.device.type, enabled=False)
+
+
 def _reshape_takes_size(fn: Reshape) -> bool:
     try:
         params = [p for p in inspect.signature(fn).parameters.values()
@@ -104,7 +111,9 @@ class LayerExplainer(Explainer):
     :func:`camlens.tokens_to_grid` for ViT/Swin tokens.  The result's ``maps`` are raw per the method's formula
     for one layer; fused maps are in [0, 1] by the fusion rule.
 
-    Subclasses implement ``_explain(x, output, acts, scorer)`` returning one (B, N, h, w) map tensor per layer.
+    Layers may be 1-D (B, K, L), 2-D (B, K, h, w) or 3-D (B, K, d, h, w): maps are (B, N, *S) at the layer's
+    resolution S.  Subclasses implement ``_explain(x, output, acts, scorer)`` returning one (B, N, *S) map tensor
+    per layer.
     """
 
     def __init__(
@@ -180,13 +189,13 @@ class LayerExplainer(Explainer):
         raise CamlensError("no token layer receives gradient at more than one position; give layer=")
 
     def _spatial(self, t: Tensor, x: Tensor) -> Tensor:
-        """A layer output (B, ...) as (B, K, h, w), through ``reshape`` when given."""
+        """A layer output (B, ...) as (B, K, *S) with S = (L,), (h, w) or (d, h, w), through ``reshape`` when given."""
         if self.reshape is not None:
             t = self.reshape(t, tuple(x.shape[-2:])) if self._reshape_size else self.reshape(t)
-        if t.ndim != 4:
+        if not 3 <= t.ndim <= 5:
             raise CamlensError(
-                f"layer output has shape {tuple(t.shape)}, not (B, K, h, w); pass reshape= "
-                "(camlens.tokens_to_grid for ViT/Swin tokens) or pick a convolutional layer"
+                f"layer output has shape {tuple(t.shape)}, not (B, K, L), (B, K, h, w) or (B, K, d, h, w); "
+                "pass reshape= (camlens.tokens_to_grid for ViT/Swin tokens) or pick a convolutional layer"
             )
         return t
 
@@ -254,7 +263,7 @@ class LayerExplainer(Explainer):
         """Explain ``classes`` (see :func:`camlens.methods.base.select_classes`; default the ``topk`` best) or the
         scores of ``target``: a built-in target of :mod:`camlens.targets`, a callable (model output -> (B,), or
         ``(output, rows)`` -> (R,) with ``rows`` the source sample of each output row), or a list of them; maps
-        (B, N, h, w).  With targets, ``target_scores`` holds their scores on the input, NaN where a target explains
+        (B, N, *S).  With targets, ``target_scores`` holds their scores on the input, NaN where a target explains
         nothing for a sample (its map is zero)."""
         if self.needs_gradients and torch.is_inference_mode_enabled():
             raise CamlensError(
@@ -264,7 +273,9 @@ class LayerExplainer(Explainer):
         output, acts = self._forward(x, self.needs_gradients)
         logits, chosen, scorer = self._select(x, output, classes, topk, target)
         per_layer = self._explain(x, output, acts, scorer)
-        maps = per_layer[0] if len(per_layer) == 1 else fuse(per_layer, self.fuse)
+        if len({m.ndim for m in per_layer}) > 1:
+            raise CamlensError(f"layers {self.layer_names} give maps of different spatial ranks; fuse layers of one rank")
+        maps = per_layer[0] if len(per_layer) == 1 else fuse(per_layer, self.fuse, spatial_dims=per_layer[0].ndim - 2)
         values = None
         if scorer.targets is not None:
             with torch.no_grad():
