@@ -333,6 +333,15 @@ def default_layer(model: nn.Module) -> str | None:
     return f"{path}.{children[-1][0]}" if children else None
 
 
+def set_box_threshold(model: nn.Module, threshold: float) -> None:
+    """Keep the predicted boxes scoring at least ``threshold`` in a torchvision detector (Faster R-CNN's
+    ``roi_heads.score_thresh``, RetinaNet's and FCOS's ``score_thresh``): a weak detection can then be explained."""
+    owner = getattr(model, "roi_heads", model)
+    if not hasattr(owner, "score_thresh"):
+        raise CamlensError(f"{type(model).__name__} is not a torchvision detector: it has no box score threshold")
+    owner.score_thresh = threshold
+
+
 @dataclass(frozen=True)
 class TargetRecipe:
     """A target named on the command line or the web page, built per batch from each image's size (boxes are
@@ -439,4 +448,5 @@ __all__ = [
     "bind_targets",
     "default_layer",
     "parse_target",
+    "set_box_threshold",
 ]
