@@ -116,3 +116,24 @@ def test_volume_from_npy_is_explained_by_a_3d_model_and_written_as_npy(workspace
 def test_a_target_that_does_not_fit_is_a_one_line_error(workspace, monkeypatch, capsys, args, message):
     code, _, err = _explain(workspace, monkeypatch, capsys, "imgs/im0.png", *args, "--out", "bad")
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def _readme_blocks(language: str) -> list[str]:
+    text = (Path(__file__).parent.parent / "README.md").read_text()
+    section = text.split("## Targets: multi-label, segmentation, detection", 1)[1].split("\n## ", 1)[0]
+    return [block.split("```", 1)[0] for block in section.split(f"```{language}\n")[1:]]
+
+
+def test_readme_targets_examples_run(tmp_path, monkeypatch, capsys):
+    (python,) = _readme_blocks("python")
+    exec(compile(python, "README.md", "exec"), {})
+    (commands,) = _readme_blocks("bash")
+    monkeypatch.chdir(tmp_path)
+    rng = np.random.default_rng(0)
+    from PIL import Image
+
+    Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save("photo.png")
+    np.save("scan.npy", rng.random((4, 32, 32)).astype(np.float32))
+    for line in commands.strip().splitlines():
+        argv = line.split()[1:]
+        assert main([*argv, "--quiet", "--out", f"out{len(list(tmp_path.iterdir()))}"]) == 0, capsys.readouterr().err
