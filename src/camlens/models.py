@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -176,20 +176,21 @@ def _task_setup(model: nn.Module, arch: str, weights: str | None, size: tuple[in
     (their ``transform``), so they get [0, 1] images at ``size`` (default 800) and their internal resize is set
     to that size, so boxes are in the model input's pixels."""
     task = model_task(arch)
-    pretrained = weights not in (None, "none", "None")
-    enum = _torchvision_weights(arch, weights) if pretrained else None
+    enum = _torchvision_weights(arch, weights) if weights is not None and weights not in ("none", "None") else None
+    m: Any = model  # torchvision's attributes (roi_heads, head, classifier) are not typed
     if task == "detection":
-        head = getattr(model, "roi_heads", None)
+        head = getattr(m, "roi_heads", None)
         count = (head.box_predictor.cls_score.out_features if head is not None
-                 else model.head.classification_head.num_classes)
+                 else m.head.classification_head.num_classes)
         side = size or (800, 800)
-        model.transform.min_size, model.transform.max_size = (min(side),), max(side)
+        m.transform.min_size, m.transform.max_size = (min(side),), max(side)
         preprocess = Preprocess(side, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
     elif task == "segmentation":
-        count = model.classifier[-1].out_channels
+        count = int(m.classifier[-1].out_channels)
         preprocess = Preprocess(size or (520, 520))
     else:
-        count = model.fc.out_features if hasattr(model, "fc") else find_classifier(model)[1].weight.shape[0]
+        classifier: Any = m.fc if hasattr(m, "fc") else find_classifier(model)[1]
+        count = int(classifier.weight.shape[0])
         preprocess = Preprocess(size or (112, 112), (0.43216, 0.394666, 0.37645), (0.22803, 0.22145, 0.216989))
     names = list(enum.meta["categories"]) if enum is not None else [str(i) for i in range(count)]
     return names, preprocess
@@ -316,8 +317,8 @@ def load_model(
             base = Preprocess(size_t, tuple(cfg.get("mean", IMAGENET_MEAN)), tuple(cfg.get("std", IMAGENET_STD)))
             names = "imagenet" if cfg.get("num_classes") == 1000 else None
     if arch is not None and checkpoint is None and model_task(arch) != "classification":
-        size_t = None if size is None else ((size, size) if isinstance(size, int) else tuple(size))
-        names, base = _task_setup(model, arch, weights, size_t)
+        side = None if size is None else ((size, size) if isinstance(size, int) else (int(size[0]), int(size[-1])))
+        names, base = _task_setup(model, arch, weights, side)
         meta = {"task": model_task(arch)}
     model.eval().to(device)
     num_classes = _output_classes(model, names)

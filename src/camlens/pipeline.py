@@ -22,6 +22,7 @@ from .capture import CamlensError
 from .data.arrays import VOLUME_SHAPES, input_channels, input_rank, load_array, prepare_volume
 from .data.images import DEFAULT_MAX_PIXELS, ImageError, load_image
 from .methods.base import ClassSpec, Explainer
+from .methods.layered import LayerExplainer
 from .distributed import Context, ProgressLog, barrier, gather, resume_entries, shard_batches, write_atomic
 from .models import LoadedModel
 from .maps import upsample
@@ -149,6 +150,8 @@ def explain_files(
             x = torch.cat([_model_input(loaded, img.to(ctx.device), rank) for _, img in good])
             per_sample = classes if isinstance(classes, (int, str)) or classes is None else [classes] * len(good)
             if target is not None:
+                if not isinstance(explainer, LayerExplainer):
+                    raise CamlensError(f"{type(explainer).__name__} explains classes; a target needs a layer method")
                 sizes = [(int(img.shape[-1]), int(img.shape[-2])) for _, img in good]
                 res = explainer(x, target=target.build(sizes, x.shape[-2:]))
             else:

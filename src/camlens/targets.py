@@ -327,7 +327,7 @@ def default_layer(model: nn.Module) -> str | None:
     """The layer explained by default in torchvision's detection and segmentation models: the last stage of the
     backbone (``backbone.body.layer4`` for ResNet-FPN detectors, ``backbone.layer4`` for DeepLabV3 / FCN), whose
     output is one feature map per image; None for other models (automatic search)."""
-    backbone = getattr(model, "backbone", None)
+    backbone: Any = getattr(model, "backbone", None)
     path, module = ("backbone.body", backbone.body) if hasattr(backbone, "body") else ("backbone", backbone)
     children = list(module.named_children()) if isinstance(module, nn.Module) else []
     return f"{path}.{children[-1][0]}" if children else None

@@ -25,7 +25,7 @@ from ..targets import Target, bind_targets
 from .base import CAMResult, ClassSpec, Explainer, select_classes
 
 Reshape = Callable[..., Tensor]
-TargetSpec = Union[None, Callable[[Any], Tensor], Sequence[Callable[[Any], Tensor]]]
+TargetSpec = Union[None, Callable[..., Tensor], Sequence[Callable[..., Tensor]]]
 
 
 class LayerOptions(TypedDict, total=False):
@@ -61,7 +61,10 @@ class Scorer:
     @property
     def count(self) -> int:
         """N, the explained scores per sample."""
-        return self.classes.shape[1] if self.targets is None else len(self.targets)
+        if self.targets is not None:
+            return len(self.targets)
+        assert self.classes is not None
+        return self.classes.shape[1]
 
     def valid(self, batch: int, device: torch.device) -> Tensor | None:
         """(B, N) bool: False where a built-in target explains nothing for a sample; None when all do."""
@@ -75,6 +78,7 @@ class Scorer:
 
     def __call__(self, output: Any, rows: Tensor) -> Tensor:
         if self.targets is None:
+            assert self.classes is not None
             logits = output_logits(output)
             return logits.gather(1, self.classes.to(logits.device)[rows.to(logits.device)])
         values = []
@@ -247,14 +251,15 @@ class LayerExplainer(Explainer):
         targets = [target] if callable(target) else list(target)
         if not targets or not all(callable(t) for t in targets):
             raise CamlensError("target must be a callable (model output -> (B,) scores) or a list of them")
-        scorer = Scorer(targets=bind_targets(targets, output, x))
+        bound = bind_targets(targets, output, x)
+        scorer = Scorer(targets=bound)
         try:
             logits = output_logits(output)
         except CamlensError:
             with torch.no_grad():
                 logits = scorer(output, torch.arange(batch, device=x.device))
         chosen = torch.stack([t.classes(batch, x.device) if isinstance(t, Target) else
-                              torch.full((batch,), -1, dtype=torch.long, device=x.device) for t in scorer.targets], 1)
+                              torch.full((batch,), -1, dtype=torch.long, device=x.device) for t in bound], 1)
         return logits, chosen, scorer
 
     def __call__(
