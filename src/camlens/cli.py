@@ -78,6 +78,9 @@ def target_from_args(args: argparse.Namespace, loaded, explainer):
                                + (" or --method eigencam" if task == "detection" else ""))
         return None
     recipe = parse_target(args.target, loaded.class_names)
+    if args.topk != 1:
+        raise CamlensError("--topk ranks classes; with --target one target is explained (labels:T gives one map per "
+                           "positive label)")
     if not isinstance(explainer, LayerExplainer):
         raise CamlensError(f"--method {args.method} explains logits of --class/--topk; --target needs a layer method "
                            "(gradcam, hirescam, scorecam, ablationcam...)")
