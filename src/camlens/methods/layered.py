@@ -37,7 +37,8 @@ class LayerOptions(TypedDict, total=False):
 
 
 def _takes_rows(fn: Callable[..., Any]) -> bool:
-    """Whether a target callable takes ``(output, rows)`` rather than ``(output)``."""
+    """Whether a target callable takes ``(output, rows)`` rather than ``(output)``: a built-in target, or a
+    callable with two positional parameters without defaults (or one named ``rows``)."""
     if isinstance(fn, Target):
         return True
     try:
@@ -45,7 +46,8 @@ def _takes_rows(fn: Callable[..., Any]) -> bool:
                   if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)]
     except (TypeError, ValueError):
         return False
-    return len(params) >= 2 or any(p.kind == p.VAR_POSITIONAL for p in params)
+    required = [p for p in params if p.default is p.empty and p.kind != p.VAR_POSITIONAL]
+    return len(required) >= 2 or any(p.name == "rows" for p in params[1:2])
 
 
 class Scorer:
