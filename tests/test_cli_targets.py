@@ -96,7 +96,7 @@ def test_detection_model_by_name_explains_the_box_that_matches_the_given_one(wor
 
 def test_volume_from_npy_is_explained_by_a_3d_model_and_written_as_npy(workspace, monkeypatch, capsys):
     args = ["vol.npy", "flat.npy", "--arch", "r3d_18", "--weights", "none", "--size", "24", "--method", "gradcam",
-            "--out", "vol"]
+            "--figure", "--out", "vol"]
     code, summary, err = _explain(workspace, monkeypatch, capsys, *args)
     assert code == 1
     assert "flat.npy: an array of shape (24, 30) is not a volume" in err
@@ -104,6 +104,7 @@ def test_volume_from_npy_is_explained_by_a_3d_model_and_written_as_npy(workspace
     (entry,) = record["explained"]
     saved = np.load(workspace / "vol" / entry["overlay"].replace(".png", ".npy"))
     assert saved.shape == (6, 24, 24) and (workspace / "vol" / entry["overlay"]).is_file()
+    assert (workspace / "vol" / entry["figure"]).is_file()  # slices and the maximum-intensity projection
 
 
 @pytest.mark.parametrize("args, message", [

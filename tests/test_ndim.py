@@ -389,3 +389,148 @@ def test_fused_layer_maps_of_a_1d_network_are_in_unit_range_at_the_finest_layer(
         res = explainer(x)
     assert res.maps.shape == (2, 1, 16) and res.spatial_dims == 1
     assert res.maps.min() >= 0 and res.maps.max() <= 1
+
+
+# ------------------------------------------------------------------------------ faithfulness metrics
+
+
+def _linear_model(features: int, classes: int = 3) -> nn.Module:
+    torch.manual_seed(7)
+    return nn.Sequential(nn.Flatten(), nn.Linear(features, classes)).eval()
+
+
+def test_deletion_of_a_linear_logit_leaves_the_sum_over_the_samples_kept():
+    from camlens.metrics.faithfulness import deletion_curve
+
+    model, x = _linear_model(2 * 10), torch.randn(1, 2, 10)
+    relevance = torch.randn(1, 10)
+    curve = deletion_curve(model, x, relevance, 1, steps=10, score="logit")
+    w, b = model[1].weight[1].view(2, 10), model[1].bias[1]
+    order = relevance[0].argsort(descending=True, stable=True)
+    want = [b + (w * x[0])[:, order[k:]].sum() for k in range(11)]
+    torch.testing.assert_close(curve.scores[0], torch.stack(want).detach(), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("mode,baseline", [("deletion", "zeros"), ("insertion", "mean")])
+def test_perturbation_curves_of_a_volume_equal_those_of_its_voxels_as_a_signal(mode, baseline):
+    from camlens.metrics.faithfulness import perturbation_curve
+
+    model, volume = _linear_model(2 * 3 * 4 * 5), torch.randn(2, 2, 3, 4, 5)
+    maps = torch.rand(2, 1, 3, 4, 5)
+    options = dict(mode=mode, baseline=baseline, steps=7, batch_size=5)
+    as_volume = perturbation_curve(model, volume, maps, [0, 2], **options)
+    as_signal = perturbation_curve(model, volume.flatten(2), maps.flatten(2), [0, 2], **options)
+    torch.testing.assert_close(as_volume.scores, as_signal.scores)
+    torch.testing.assert_close(as_volume.fractions, as_signal.fractions)
+
+
+def test_average_drop_on_signals_masks_each_sample_by_the_normalized_map():
+    from camlens.metrics.faithfulness import confidence_change
+
+    model, x = _linear_model(2 * 8), torch.randn(3, 2, 8)
+    maps = torch.rand(3, 4)  # upsampled linearly to the 8 samples
+    change = confidence_change(model, x, maps, [0, 1, 2])
+    weights = normalize(upsample(maps, (8,)), spatial_dims=1)
+    with torch.no_grad():
+        masked = model(x * weights[:, None]).softmax(-1)[torch.arange(3), [0, 1, 2]]
+    torch.testing.assert_close(change.masked, masked)
+
+
+def test_rise_blur_of_a_volume_is_the_cube_of_its_1d_kernel():
+    from camlens.metrics.faithfulness import rise_blur
+
+    k1 = rise_blur(F.pad(torch.ones(1, 1, 1), (5, 5)))[0, 0]  # the 11-tap kernel, from a centred delta
+    plane = rise_blur(F.pad(torch.ones(1, 1, 1, 1), (5, 5, 5, 5)))[0, 0]
+    cube = rise_blur(F.pad(torch.ones(1, 1, 1, 1, 1), (5, 5, 5, 5, 5, 5)))[0, 0]
+    torch.testing.assert_close(plane, torch.outer(k1, k1))
+    torch.testing.assert_close(cube, k1[:, None, None] * k1[None, :, None] * k1[None, None, :])
+
+
+@pytest.mark.parametrize("tolerance,hit", [(5, 0.0), (6, 1.0)])
+def test_pointing_game_on_volumes_and_signals_uses_a_strict_euclidean_tolerance(tolerance, hit):
+    from camlens.metrics.faithfulness import pointing_game
+
+    masks = torch.zeros(1, 8, 8, 8, dtype=torch.bool)
+    masks[0, 1, 1, 1] = True
+    maps = torch.zeros(1, 8, 8, 8)
+    maps[0, 4, 5, 1] = 1.0  # distance sqrt(9 + 16) = 5 from the truth
+    assert pointing_game(maps, masks=masks, tolerance=tolerance).tolist() == [hit]
+    signal_masks = torch.zeros(1, 20, dtype=torch.bool)
+    signal_masks[0, 2] = True
+    signal_maps = torch.zeros(1, 1, 10)
+    signal_maps[0, 0, 4] = 1.0  # upsampled to 20 samples: peak at samples 8 and 9 (distances 6, 7)
+    assert pointing_game(signal_maps, masks=signal_masks, tolerance=tolerance + 2).tolist() == [hit]
+
+
+def test_what_stays_2d_says_so_in_one_line():
+    from camlens.boxes import paper_boxes, wsol_sweep
+    from camlens.metrics.faithfulness import FaithfulnessConfig, faithfulness_scores, pointing_game, road
+    from camlens.metrics.localization import BoxAccuracy
+
+    model, volume, maps = _linear_model(2 * 64), torch.randn(1, 2, 4, 4, 4), torch.rand(1, 4, 4, 4)
+    errors = []
+    for call in (
+        lambda: road(model, volume, maps, 0),
+        lambda: faithfulness_scores(model, volume, maps, 0),
+        lambda: pointing_game(maps, boxes=torch.tensor([[0.0, 0, 2, 2]]), size=(4, 4, 4)),
+        lambda: paper_boxes(torch.rand(1, 1, 4, 4, 4)),
+        lambda: wsol_sweep(maps),
+        lambda: BoxAccuracy().update(maps, [torch.tensor([[0.0, 0, 2, 2]])]),
+    ):
+        with pytest.raises(CamlensError) as err:
+            call()
+        errors.append(str(err.value))
+    assert all("2-D" in e and "\n" not in e for e in errors), errors
+    kept = FaithfulnessConfig(metrics=("average_drop", "deletion_auc", "insertion_auc"), steps=4)
+    assert set(faithfulness_scores(model, volume, maps, 0, config=kept)) == set(kept.metrics)
+
+
+# ------------------------------------------------------------------------------------------- figures
+
+
+def test_volume_panels_blend_one_map_scale_into_slices_and_the_maximum_projection():
+    from camlens.render import colorize, volume_panels
+
+    volume, cam = torch.rand(1, 9, 6, 5), torch.rand(3, 3, 3)
+    panels = volume_panels(volume, cam, slices=3, axis=0, alpha=0.4)
+    heat = upsample(normalize(cam, spatial_dims=3), (9, 6, 5))
+    assert panels.indices == [0, 4, 8] and panels.slices.shape == (3, 3, 6, 5)
+    torch.testing.assert_close(panels.mip_map, heat.amax(0))
+    grey = (volume - volume.min()) / (volume.max() - volume.min())
+    torch.testing.assert_close(panels.slices[1], (0.6 * grey[0, 4] + 0.4 * colorize(heat[4])).clamp(0, 1))
+    torch.testing.assert_close(panels.mip, (0.6 * grey[0].amax(0) + 0.4 * colorize(heat.amax(0))).clamp(0, 1))
+
+
+def test_figures_for_signals_volumes_and_images_are_written_by_rank(tmp_path):
+    from PIL import Image
+
+    from camlens.render import map_figure
+
+    paths = [
+        map_figure(torch.randn(2, 40), torch.rand(10), tmp_path / "signal.png", title="1-D"),
+        map_figure(torch.rand(1, 6, 8, 8), torch.rand(3, 4, 4), tmp_path / "volume.png", slices=4),
+        map_figure(torch.rand(3, 16, 16), torch.rand(4, 4), tmp_path / "image.png"),
+    ]
+    sizes = [Image.open(p).size for p in paths]
+    assert sizes[0] == (1000, 420) and sizes[2] == (1000, 360) and sizes[1][0] > sizes[1][1] > 0
+    with pytest.raises(CamlensError, match="no figure"):
+        map_figure(torch.rand(5), torch.rand(2), tmp_path / "x.png")
+
+
+# --------------------------------------------------------------------------------------- README
+
+
+def test_readme_examples_for_signals_volumes_and_mixed_precision_run(tmp_path, monkeypatch):
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    blocks = []
+    for title in ("1-D signals and 3-D volumes", "Mixed precision"):
+        section = text.split(f"\n## {title}\n", 1)[1].split("\n## ", 1)[0]
+        blocks += re.findall(r"```python\n(.*?)```", section, re.S)
+    assert len(blocks) == 3
+    monkeypatch.chdir(tmp_path)
+    for block in blocks:
+        exec(compile(block, "README.md", "exec"), {})
+    assert (tmp_path / "signal.png").stat().st_size > 0 and (tmp_path / "volume.png").stat().st_size > 0

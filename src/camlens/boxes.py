@@ -94,6 +94,14 @@ def scale_boxes(boxes: Tensor, from_size: Sequence[int], to_size: Sequence[int])
     return torch.as_tensor(boxes, dtype=torch.float64) * scale
 
 
+def boxes_are_2d(shape: Sequence[int], expected: str, what: str = "maps") -> CamlensError:
+    """The one-line error for maps that are not 2-D where boxes (paper boxes, the WSOL sweep) need them."""
+    return CamlensError(
+        f"boxes are 2-D only: {what} must be {expected}, got shape {tuple(shape)}; 1-D signals and 3-D volumes "
+        "have no boxes (use deletion, insertion or the pointing game with masks)"
+    )
+
+
 def _as_numpy_maps(maps: Tensor | np.ndarray, what: str = "maps", finite: bool = True) -> np.ndarray:
     arr = maps.detach().cpu().numpy() if isinstance(maps, Tensor) else np.asarray(maps)
     if arr.ndim < 2:
@@ -131,6 +139,8 @@ def paper_boxes(
     if connectivity not in (4, 8):
         raise CamlensError(f"connectivity={connectivity} must be 4 or 8")
     arr = _as_numpy_maps(maps).astype(np.float64, copy=False)
+    if arr.ndim > 4:
+        raise boxes_are_2d(arr.shape, "(h, w), (B, h, w) or (B, N, h, w)")
     lead, (h, w) = arr.shape[:-2], arr.shape[-2:]
     flat = arr.reshape(-1, h, w)
     structure = np.ones((3, 3), bool) if connectivity == 8 else ndimage.generate_binary_structure(2, 1)
@@ -633,7 +643,7 @@ def wsol_sweep(maps: Tensor | np.ndarray, thresholds: Sequence[float] | np.ndarr
     if q.ndim == 2:
         q = q[None]
     if q.ndim != 3:
-        raise CamlensError(f"maps must be (H, W) or (B, H, W); got shape {tuple(q.shape)}")
+        raise boxes_are_2d(q.shape, "(H, W) or (B, H, W)")
     t = wsol_thresholds() if thresholds is None else np.asarray(thresholds, dtype=np.float64)
     levels = threshold_levels(q, t)
     bsz, h, w = q.shape

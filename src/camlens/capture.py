@@ -370,8 +370,7 @@ def locate_gap_head(
         if feat_index is None:
             raise NotAGapClassifierError(
                 f"{type(model).__name__}: no spatial feature map (B, K, *S) of the input's rank with more than one "
-                f"position before {cls_call.name!r}; "
-                "use a larger input or give layer="
+                f"position before {cls_call.name!r}; use a larger input or give layer="
             )
     feats = calls[feat_index].output
     name = calls[feat_index].name if layer_mod is not None else _outermost_name(calls[:cls_index], feats, calls[feat_index].name)
@@ -418,8 +417,8 @@ def _output_tensors(output: Any) -> list[Tensor]:
 def find_spatial_layer(model: nn.Module, x: Tensor, keep_last: int = 256) -> str:
     """Name of the layer chosen when none is given: the module that runs last (in completion order) among those
     whose output is a spatial map (B, K, *S) of the input's rank (:func:`spatial_ranks`) with more than one
-    position and is not itself the model output; of nested
-    modules returning the same tensor, the outermost is named (``layer4`` rather than ``layer4.1.relu``).
+    position and is not itself the model output; of nested modules returning the same tensor, the outermost is
+    named (``layer4`` rather than ``layer4.1.relu``).
 
     Token models (ViT, Swin) have no such layer near their end: give ``layer=`` (see :func:`tokens_to_grid`).
     """

@@ -26,7 +26,7 @@ from .methods.layered import LayerExplainer
 from .distributed import Context, ProgressLog, barrier, gather, resume_entries, shard_batches, write_atomic
 from .models import LoadedModel
 from .maps import upsample
-from .render import overlay, save_image, three_panel_figure
+from .render import overlay, save_image, three_panel_figure, volume_figure, volume_panels
 from .targets import TargetRecipe
 
 
@@ -205,19 +205,18 @@ def _write_image(loaded, res, probs, i, path, img, stem, out_dir, render: Render
             continue
         name = f"{stem}_{rank}_{_safe(label)}.{render.image_format}"
         cam = res.maps[i, rank - 1]
-        if volume:  # the map at the volume's size as .npy, and the maximum-intensity projections overlaid
-            raw = upsample(cam.float(), tuple(img.shape[-3:]))
-            np.save(out_dir / f"{stem}_{rank}_{_safe(label)}.npy", raw.cpu().numpy())
-            shown, cam = img.amax(1).expand(3, *img.shape[-2:]), raw.amax(0)
+        if volume:  # the map at the volume's size as .npy; the overlay is the maximum-intensity projection
+            np.save(out_dir / f"{stem}_{rank}_{_safe(label)}.npy", upsample(cam.float(), tuple(img.shape[-3:])).cpu().numpy())
+            save_image(volume_panels(img, cam, colormap=render.colormap, alpha=render.alpha).mip, out_dir / name)
         else:
-            shown = img
-        save_image(overlay(shown, cam, colormap=render.colormap, alpha=render.alpha, classic=render.classic), out_dir / name)
+            save_image(overlay(img, cam, colormap=render.colormap, alpha=render.alpha, classic=render.classic), out_dir / name)
         score = value if value is not None else float(probs[i, cls]) if cls >= 0 else None
         entry = {"class": cls, "label": label, "score": score, "overlay": name}
         if render.figure:
             fig = f"{stem}_{rank}_{_safe(label)}_figure.png"
-            three_panel_figure(shown, cam, out_dir / fig, title=f"{label} ({entry['score']:.2f})",
-                               colormap=render.colormap, alpha=render.alpha)
+            figure = volume_figure if volume else three_panel_figure
+            title = label if score is None else f"{label} ({score:.2f})"
+            figure(img, cam, out_dir / fig, title=title, colormap=render.colormap, alpha=render.alpha)
             entry["figure"] = fig
         explained.append(entry)
     if probs.ndim != 2 or loaded.meta.get("task") in ("detection", "segmentation"):  # no image-level classes

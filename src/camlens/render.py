@@ -1,11 +1,14 @@
 """Colormaps, overlays, boxes and figures: the edge where maps become pictures.
 
 Tensors stay tensors until :func:`to_pil`/:func:`save_image`; matplotlib provides the colormap tables (and the
-three-panel figure), applied as a 256-entry lookup on the map's device.
+figures), applied as a 256-entry lookup on the map's device.  Images get the three-panel figure, 1-D signals a
+line plot of the map under the signal (:func:`signal_figure`), 3-D volumes a grid of slices and a
+maximum-intensity projection (:func:`volume_figure`); :func:`map_figure` picks by the input's rank.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Sequence
@@ -129,3 +132,140 @@ def three_panel_figure(
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    _pyplot().close(fig)
+    return path
+
+
+def _unit(t: Tensor) -> Tensor:
+    """Min-max over the whole tensor into [0, 1] (display scaling of a signal or a volume)."""
+    t = t.float()
+    span = t.max() - t.min()
+    return (t - t.min()) / span if span > 0 else torch.zeros_like(t)
+
+
+def signal_figure(
+    signal: Tensor, cam: Tensor, path: str | Path, *, title: str = "", colormap: str = "jet"
+) -> Path:
+    """A 1-D signal (C, L) or (L,) with its map beneath: the channels plotted against the sample index over a
+    band coloured by the map, and under them the map (L') min-max normalized and linearly upsampled to the L
+    samples (:func:`camlens.normalize`, :func:`camlens.upsample`) as a line in [0, 1]."""
+    if signal.ndim == 1:
+        signal = signal[None]
+    if signal.ndim != 2 or cam.ndim != 1:
+        raise CamlensError(f"signal_figure takes a signal (C, L) and a map (L',), got {tuple(signal.shape)} and "
+                           f"{tuple(cam.shape)}")
+    length = signal.shape[-1]
+    curve = upsample(normalize(cam.float(), spatial_dims=1), (length,)).cpu()
+    plt = _pyplot()
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 4.2), sharex=True, height_ratios=(2, 1))
+    values = signal.detach().float().cpu()
+    low, high = float(values.min()), float(values.max())
+    top.imshow(curve[None].numpy(), cmap=colormap, aspect="auto", alpha=0.35, vmin=0, vmax=1,
+               extent=(-0.5, length - 0.5, low, high if high > low else low + 1), interpolation="nearest")
+    for channel in values:
+        top.plot(channel.numpy(), linewidth=1)
+    top.set_ylabel("signal")
+    bottom.plot(curve.numpy(), color="crimson")
+    bottom.set_ylim(-0.05, 1.05)
+    bottom.set_ylabel("map")
+    bottom.set_xlabel("sample")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+@dataclass
+class VolumePanels:
+    """What :func:`volume_figure` draws: the slice ``indices`` along ``axis``, each slice of the volume with the
+    map blended on it (n, 3, H', W'), and the maximum-intensity projections along ``axis`` of the volume with that
+    of the map blended on (``mip``, (3, H', W')); ``mip_map`` is the map's projection itself, in [0, 1]."""
+
+    axis: int
+    indices: list[int]
+    slices: Tensor
+    mip: Tensor
+    mip_map: Tensor
+
+
+def volume_panels(
+    volume: Tensor, cam: Tensor, *, slices: int = 6, axis: int = 0, colormap: str = "jet", alpha: float = 0.5
+) -> VolumePanels:
+    """The panels of a 3-D volume (C, D, H, W) (C = 1 grey or 3 colour; or (D, H, W)) and its map (d, h, w): the
+    map is min-max normalized over the whole volume and trilinearly upsampled to (D, H, W) (one scale for every
+    slice); the volume is min-max scaled for display; ``slices`` evenly spaced slices along ``axis`` (0: depth)."""
+    if volume.ndim == 3:
+        volume = volume[None]
+    if volume.ndim != 4 or volume.shape[0] not in (1, 3) or cam.ndim != 3:
+        raise CamlensError(f"volume_panels takes a volume (C, D, H, W) with C = 1 or 3 and a map (d, h, w), got "
+                           f"{tuple(volume.shape)} and {tuple(cam.shape)}")
+    if axis not in (0, 1, 2) or slices < 1:
+        raise CamlensError(f"axis={axis} must be 0, 1 or 2 and slices={slices} at least 1")
+    if not 0.0 <= alpha <= 1.0:
+        raise CamlensError(f"alpha={alpha} must be between 0 and 1")
+    grey = _unit(volume.detach()).expand(3, *volume.shape[1:]).cpu()
+    heat = upsample(normalize(cam.detach().float(), spatial_dims=3), volume.shape[1:]).cpu()
+    count = volume.shape[1 + axis]
+    indices = sorted({round(i * (count - 1) / max(slices - 1, 1)) for i in range(slices)})
+
+    def blend(image: Tensor, map01: Tensor) -> Tensor:
+        return ((1 - alpha) * image + alpha * colorize(map01, colormap)).clamp(0, 1)
+
+    panels = torch.stack([blend(grey.select(1 + axis, i), heat.select(axis, i)) for i in indices])
+    mip_map = heat.amax(axis)
+    return VolumePanels(axis, indices, panels, blend(grey.amax(1 + axis), mip_map), mip_map)
+
+
+def volume_figure(
+    volume: Tensor,
+    cam: Tensor,
+    path: str | Path,
+    *,
+    slices: int = 6,
+    axis: int = 0,
+    title: str = "",
+    colormap: str = "jet",
+    alpha: float = 0.5,
+) -> Path:
+    """A 3-D volume and its map as one figure: the slices of :func:`volume_panels` in a grid, then the
+    maximum-intensity projection along ``axis`` (the map's largest value along each ray over the volume's)."""
+    panels = volume_panels(volume, cam, slices=slices, axis=axis, colormap=colormap, alpha=alpha)
+    images = [*panels.slices, panels.mip]
+    names = [f"{'dhw'[axis]} = {i}" for i in panels.indices] + ["max projection"]
+    columns = min(4, len(images))
+    rows = -(-len(images) // columns)
+    plt = _pyplot()
+    fig, axes = plt.subplots(rows, columns, figsize=(2.6 * columns, 2.8 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, image, name in zip(axes.flat, images, names):
+        ax.imshow(image.permute(1, 2, 0).numpy(), interpolation="nearest")
+        ax.set_title(name)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def map_figure(x: Tensor, cam: Tensor, path: str | Path, **options: object) -> Path:
+    """The figure that fits the input's rank: :func:`signal_figure` for a signal (C, L),
+    :func:`three_panel_figure` for an image (3, H, W), :func:`volume_figure` for a volume (C, D, H, W)."""
+    draw = {2: signal_figure, 3: three_panel_figure, 4: volume_figure}.get(x.ndim)
+    if draw is None:
+        raise CamlensError(f"no figure for an input of shape {tuple(x.shape)}: give (C, L), (3, H, W) or (C, D, H, W)")
+    return draw(x, cam, path, **options)  # type: ignore[operator]

@@ -164,8 +164,8 @@ def _low_precision_copy(model: nn.Module, x: Tensor, dtype: torch.dtype) -> Pass
 
 class _PerturbationMethod(LayerExplainer):
     """M = ReLU(sum_k w_k A_k) (A: (B, K, *S), any spatial rank) with channel weights w_k (B, N, K) measured by
-    extra passes of perturbed copies
-    of each image, ``batch_size`` rows a pass; subclasses say how the weights are computed (``_weights``)."""
+    extra passes of perturbed copies of each image, ``batch_size`` rows a pass; subclasses say how the weights
+    are computed (``_weights``)."""
 
     def __init__(
         self,

@@ -20,8 +20,9 @@ class EigenCAM(LayerExplainer):
 
     With A the activations of one image as a P x K matrix (P positions: L, h*w or d*h*w) and A = U S V^T its SVD,
     M = A v_1 (the projection on the first right singular vector), laid back on the layer's grid.
-    ``center=True`` subtracts each channel's spatial mean from A first (pytorch-grad-cam's version; the paper projects A as is).  The sign of v_1 is
-    arbitrary: it is chosen so that the value of largest magnitude is positive (kept when |min| == |max|).
+    ``center=True`` subtracts each channel's spatial mean from A first (pytorch-grad-cam's version; the paper
+    projects A as is).  The sign of v_1 is arbitrary: it is chosen so that the value of largest magnitude is
+    positive (kept when |min| == |max|).
     No ReLU in the formula.  The map does not depend on the class: every explained class gets the same map.
     One forward pass, no backward: the gradient-free choice for detectors and other models without class scores
     (no target needed; torchvision's detectors at ``camlens.targets.default_layer(model)``).

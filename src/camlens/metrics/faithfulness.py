@@ -3,7 +3,9 @@
 Every metric takes the model, the images exactly as the model receives them (B, C, H, W) (already preprocessed:
 "zeros" below means zeros of that tensor, i.e. the dataset mean colour under the usual normalization), maps
 (B, H, W) or (B, 1, H, W) (resized bilinearly to (H, W) by :func:`camlens.upsample` when smaller) and one
-explained class per image.  The
+explained class per image.  Average Drop / Increase, deletion, insertion and the pointing game take 1-D signals
+(B, C, L) with maps (B, L) and 3-D volumes (B, C, D, H, W) with maps (B, D, H, W) alike ("pixels" are then the
+signal's samples or the volume's voxels); ROAD's imputation is defined on the image plane and stays 2-D.  The
 class score is the softmax probability (``score="softmax"``, the default, as in the papers) or the raw logit
 (``score="logit"``).  Forward passes run under ``torch.no_grad`` in batches of ``batch_size`` perturbed images,
 mixing images and perturbation steps; the model must be in eval mode.
@@ -72,13 +74,16 @@ def _as_classes(classes: Tensor | Sequence[int] | int, batch: int, device: torch
 
 
 def _as_maps(maps: Tensor, size: Sequence[int], batch: int | None = None) -> Tensor:
-    """Maps as float (B, H, W) at ``size``: (B, 1, h, w) is squeezed, other sizes are resized bilinearly."""
-    if maps.ndim == 4 and maps.shape[1] == 1:
+    """Maps as float (B, *size) (size: (L,), (H, W) or (D, H, W)): (B, 1, *s) is squeezed, other sizes are
+    resized by :func:`camlens.upsample` (linear, bilinear, trilinear)."""
+    rank = len(size)
+    if maps.ndim == rank + 2 and maps.shape[1] == 1:
         maps = maps[:, 0]
-    if maps.ndim != 3:
+    if maps.ndim != rank + 1:
+        shape = {1: "(B, L) or (B, 1, L)", 2: "(B, H, W) or (B, 1, H, W)", 3: "(B, D, H, W) or (B, 1, D, H, W)"}
         raise CamlensError(
-            f"maps have shape {tuple(maps.shape)}; give one map per image as (B, H, W) or (B, 1, H, W) "
-            "(for a CAMResult pass result.maps[:, 0])"
+            f"maps have shape {tuple(maps.shape)} for {rank}-D inputs of size {tuple(size)}; give one map per image "
+            f"as {shape.get(rank, f'(B, {rank} sizes)')} (for a CAMResult pass result.maps[:, 0])"
         )
     if batch is not None and maps.shape[0] != batch:
         raise CamlensError(f"{maps.shape[0]} maps for {batch} images; give one map per image")
@@ -178,9 +183,9 @@ def confidence_change(
     _check_model(model)
     batch = images.shape[0]
     classes = _as_classes(classes, batch, images.device)
-    maps = _as_maps(maps, images.shape[-2:], batch)
+    maps = _as_maps(maps, images.shape[2:], batch)
     if normalize_maps:
-        maps = normalize(maps)
+        maps = normalize(maps, spatial_dims=images.ndim - 2)
     weights = maps.to(images.dtype)[:, None]
     masked = _batched_scores(model, batch, lambda i: (images[i] * weights[i], classes[i]), score, batch_size)
     original = (
@@ -200,7 +205,8 @@ def rise_blur(images: Tensor, kernel_size: int = 11, sigma: float = 5.0) -> Tens
     RISE builds its kernel by Gaussian-filtering a centred delta in a ``kernel_size``² array with scipy's
     ``gaussian_filter(sigma)`` (boundary 'reflect', truncate 4 σ), so the Gaussian tails fold back into the
     window (for 11 px and σ = 5 the kernel is almost a box filter), and convolves each channel with zero padding.
-    This reproduces that kernel exactly.
+    This reproduces that kernel exactly; 1-D signals (B, C, L) and 3-D volumes (B, C, D, H, W) are blurred with
+    the same separable kernel along each of their dimensions (its 1-D factor, its outer cube).
     """
     radius = int(4.0 * sigma + 0.5)
     taps = torch.arange(-radius, radius + 1, dtype=torch.float64)
@@ -213,10 +219,16 @@ def rise_blur(images: Tensor, kernel_size: int = 11, sigma: float = 5.0) -> Tens
     src = src % period
     src = torch.where(src >= kernel_size, period - 1 - src, src)
     kernel1d = (gauss[None, :] * (src == centre)).sum(1)
-    kernel = torch.outer(kernel1d, kernel1d).to(images.device, torch.float32)
+    rank = images.ndim - 2
+    conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}.get(rank)
+    if conv is None:
+        raise CamlensError(f"rise_blur takes (B, C, *S) inputs with 1 to 3 spatial dims, got {tuple(images.shape)}")
+    kernel = kernel1d
+    for _ in range(rank - 1):
+        kernel = kernel[..., None] * kernel1d
     channels = images.shape[1]
-    weight = kernel.expand(channels, 1, kernel_size, kernel_size)
-    out = F.conv2d(images.float(), weight, padding=kernel_size // 2, groups=channels)
+    weight = kernel.to(images.device, torch.float32).expand(channels, 1, *kernel.shape)
+    out = conv(images.float(), weight, padding=kernel_size // 2, groups=channels)
     return out.to(images.dtype)
 
 
@@ -226,7 +238,7 @@ def _baseline(images: Tensor, baseline: Baseline, blur_kernel: int, blur_sigma: 
     if baseline == "zeros":
         return torch.zeros_like(images)
     if baseline == "mean":
-        return images.mean((-2, -1), keepdim=True).expand_as(images)
+        return images.mean(tuple(range(2, images.ndim)), keepdim=True).expand_as(images)
     if baseline == "blur":
         return rise_blur(images, blur_kernel, blur_sigma)
     raise CamlensError(f"baseline={baseline!r}: use 'zeros', 'mean', 'blur' or a tensor shaped like the images")
@@ -269,7 +281,8 @@ def perturbation_curve(
     decreasing map value; lower AUC is better.  ``insertion``: starting from ``baseline`` (default "blur", RISE's
     blurred image, :func:`rise_blur`), the original pixels are put back in that order; higher AUC is better.
 
-    Step k = 0..S changes the first floor(k·N / S) pixels of the ranking (N = H·W; ties by row-major index), all
+    Step k = 0..S changes the first floor(k·N / S) pixels of the ranking (N = H·W, or the L samples of a signal,
+    the D·H·W voxels of a volume; ties by row-major index), all
     channels of a pixel at once; the curve is the class score at each step and the AUC integrates it by the
     trapezoid rule over the fraction of pixels changed, from 0 to 1.  ``baseline``: "zeros" (zeros of the model
     input), "mean" (per-image channel means), "blur" or a tensor.  RISE changed 224 pixels per step at 224², i.e.
@@ -280,12 +293,13 @@ def perturbation_curve(
         raise CamlensError(f"mode={mode!r}: use 'deletion' or 'insertion'")
     _check_model(model)
     deletion = mode == "deletion"
-    batch, _, height, width = images.shape
+    batch, spatial = images.shape[0], images.shape[2:]
+    pixels = spatial.numel()
     classes = _as_classes(classes, batch, images.device)
-    rank = _relevance_rank(_as_maps(maps, (height, width), batch))
+    rank = _relevance_rank(_as_maps(maps, spatial, batch))
     substrate = _baseline(images, baseline or ("zeros" if deletion else "blur"), blur_kernel, blur_sigma)
     start, finish = (images, substrate) if deletion else (substrate, images)
-    counts = _step_counts(height * width, steps).to(images.device)
+    counts = _step_counts(pixels, steps).to(images.device)
     known = 0 if deletion else steps
     todo = [k for k in range(steps + 1) if original_scores is None or k != known]
     todo_t = torch.tensor(todo, device=images.device)
@@ -293,14 +307,14 @@ def perturbation_curve(
     def build(items: Tensor) -> tuple[Tensor, Tensor]:
         items = items.to(images.device)
         b, k = items // len(todo), todo_t[items % len(todo)]
-        changed = (rank[b] < counts[k][:, None]).view(-1, 1, height, width)
+        changed = (rank[b] < counts[k][:, None]).view(-1, 1, *spatial)
         return torch.where(changed, finish[b], start[b]), classes[b]
 
     scores = torch.empty(batch, steps + 1)
     scores[:, todo] = _batched_scores(model, batch * len(todo), build, score, batch_size).view(batch, len(todo))
     if len(todo) <= steps:
         scores[:, known] = original_scores.float().cpu()
-    fractions = counts.cpu().double() / (height * width)
+    fractions = counts.cpu().double() / pixels
     auc = torch.trapezoid(scores.double(), fractions, dim=-1).float()
     return PerturbationCurve(fractions.float(), scores, auc)
 
@@ -399,6 +413,7 @@ def noisy_linear_imputation(
     Returns a new tensor.  ROAD's reference code adds noise 0.01 to images in [0, 1] before normalization; for
     inputs normalized by a standard deviation s, noise 0.01 / s is the same perturbation.
     """
+    _road_is_2d(images)
     if missing.shape != (images.shape[0], *images.shape[-2:]):
         expected = (images.shape[0], *images.shape[-2:])
         raise CamlensError(f"missing has shape {tuple(missing.shape)}; expected {expected} (True = removed pixel)")
@@ -420,6 +435,14 @@ def noisy_linear_imputation(
             solution += noise * torch.randn(solution.shape, generator=generator, dtype=torch.float64).numpy()
         pixels[n][:, ids] = solution.T
     return out.to(images.device, images.dtype)
+
+
+def _road_is_2d(images: Tensor) -> None:
+    if images.ndim != 4:
+        raise CamlensError(
+            f"ROAD is defined for 2-D images (B, C, H, W) only (its imputation averages the 8 neighbours of a "
+            f"pixel), got inputs of shape {tuple(images.shape)}; use deletion/insertion for 1-D signals and 3-D volumes"
+        )
 
 
 @dataclass
@@ -455,9 +478,10 @@ def road(
     pixels go and loses it when its most relevant ones go.  This is pytorch_grad_cam's ``ROADCombined``
     (whose ``ROADMostRelevantFirst(q)`` / ``ROADLeastRelevantFirst(q)`` are our MoRF / LeRF at 100 − q %, q being
     the percentile kept); the paper reports the MoRF and LeRF curves (as accuracies), which are ``morf``/``lerf``.
-    2P forward passes per image plus 2P sparse solves.
+    2P forward passes per image plus 2P sparse solves.  2-D images only.
     """
     _check_model(model)
+    _road_is_2d(images)
     batch, _, height, width = images.shape
     classes = _as_classes(classes, batch, images.device)
     maps = _as_maps(maps, (height, width), batch)
@@ -487,7 +511,13 @@ def road(
 def boxes_to_masks(boxes: BoxSpec, size: Sequence[int], batch: int | None = None) -> Tensor:
     """Rasterize boxes [x0, y0, x1, y1] (pixel coordinates, exclusive right/bottom edges) into (B, H, W) bool
     masks: pixel (row r, column c) is inside when its centre (c + ½, r + ½) lies in [x0, x1) × [y0, y1).
-    ``boxes``: (B, 4), (B, K, 4), or a list of (K_i, 4) tensors (several objects per image; K_i may be 0)."""
+    ``boxes``: (B, 4), (B, K, 4), or a list of (K_i, 4) tensors (several objects per image; K_i may be 0).
+    Boxes are 2-D: for 1-D signals and 3-D volumes give the ground truth as masks."""
+    if len(size) != 2:
+        raise CamlensError(
+            f"boxes are 2-D only, but the maps are {len(size)}-D (size {tuple(size)}); give the ground truth of "
+            "1-D signals and 3-D volumes as masks= (B, *size) bool"
+        )
     if isinstance(boxes, Tensor):
         boxes = boxes[:, None] if boxes.ndim == 2 else boxes
         if boxes.ndim != 3 or boxes.shape[-1] != 4:
@@ -521,8 +551,10 @@ def pointing_game(
     The ground truth is ``masks`` (B, H, W) bool or ``boxes`` (see :func:`boxes_to_masks`), at ``size`` (default:
     the masks' size, else the maps' size); maps are upsampled to it first.  A point hits when some ground-truth
     pixel lies at Euclidean distance < ``tolerance`` (strict, as TorchRay's reference benchmark) or the point is
-    inside.  Tied maxima: ``"all"`` (default) hits only when every tied maximum hits, so a flat map is not
-    rewarded; ``"any"`` when one of them does; ``"first"`` uses the first maximum in row-major order.  Returns
+    inside.  1-D signals and 3-D volumes: masks (B, L) or (B, D, H, W) (or ``size`` of that rank), distances
+    between samples or voxels; (B, 1, H, W) masks without ``size`` are read as 2-D.  Tied maxima: ``"all"``
+    (default) hits only when every tied maximum hits, so a flat map is not rewarded; ``"any"`` when one of them
+    does; ``"first"`` uses the first maximum in row-major order.  Returns
     (B,) float on the CPU: 1 hit, 0 miss, NaN where the image has no ground truth (skipped, as TorchRay).
     Per-class and mean accuracy: :class:`FaithfulnessTotals`.
     """
@@ -534,9 +566,10 @@ def pointing_game(
         raise CamlensError(f"tolerance={tolerance} must be >= 0 pixels")
     batch = maps.shape[0]
     if masks is not None:
-        if masks.ndim == 4 and masks.shape[1] == 1:
+        if size is None:
+            size = masks.shape[2:] if masks.ndim == 4 and masks.shape[1] == 1 else masks.shape[1:]
+        if masks.ndim == len(size) + 2 and masks.shape[1] == 1:
             masks = masks[:, 0]
-        size = masks.shape[-2:] if size is None else size
         truth = masks.detach().cpu().bool()
         if tuple(truth.shape) != (batch, *map(int, size)):
             raise CamlensError(f"masks have shape {tuple(masks.shape)}; expected {(batch, *map(int, size))}")
@@ -544,14 +577,9 @@ def pointing_game(
         size = maps.shape[-2:] if size is None else size
         truth = boxes_to_masks(boxes, size, batch)
     maps = _as_maps(maps.detach(), size, batch).cpu()
-    # Dilate the ground truth by the disc {d < tolerance} (and the pixel itself): a point hits iff it is inside.
-    reach = max(tolerance - 1, 0)
-    offsets = torch.arange(-reach, reach + 1, dtype=torch.float32)
-    disc = ((offsets[:, None] ** 2 + offsets[None, :] ** 2) < max(tolerance, 1) ** 2).float()
-    near = F.conv2d(truth[:, None].float(), disc[None, None], padding=reach)[:, 0] > 0.5
+    near = _near(truth, tolerance).flatten(1)
     flat = maps.flatten(1)
     peak = flat == flat.amax(1, keepdim=True)
-    near = near.flatten(1)
     if ties == "first":
         hit = near.gather(1, flat.argmax(1, keepdim=True))[:, 0]
     elif ties == "any":
@@ -559,6 +587,18 @@ def pointing_game(
     else:
         hit = ~(peak & ~near).any(1)
     return torch.where(truth.flatten(1).any(1), hit.float(), float("nan"))
+
+
+def _near(truth: Tensor, tolerance: int) -> Tensor:
+    """Where a point hits: inside the ground truth or at Euclidean distance < tolerance of it (any rank), from the
+    exact distance transform to the nearest ground-truth point (scipy.ndimage.distance_transform_edt)."""
+    from scipy.ndimage import distance_transform_edt
+
+    near = torch.zeros_like(truth)
+    for i, image in enumerate(truth.numpy()):
+        if image.any():
+            near[i] = torch.from_numpy(distance_transform_edt(~image) < max(tolerance, 1))
+    return near
 
 
 # ----------------------------------------------------------------------------- model randomization check
@@ -770,8 +810,13 @@ def faithfulness_scores(
     _check_model(model)
     batch = images.shape[0]
     classes = _as_classes(classes, batch, images.device)
-    maps = _as_maps(maps, images.shape[-2:], batch)
+    maps = _as_maps(maps, images.shape[2:], batch)
     wanted = set(config.metrics)
+    if "road" in wanted and images.ndim != 4:
+        raise CamlensError(
+            f"ROAD is 2-D only and the inputs have shape {tuple(images.shape)}: leave 'road' out of "
+            "FaithfulnessConfig(metrics=...) for 1-D signals and 3-D volumes"
+        )
     out: dict[str, Tensor] = {}
     common = dict(score=config.score, batch_size=config.batch_size)
     needs_original = wanted & {"average_drop", "increase_in_confidence", "deletion_auc", "insertion_auc"}
@@ -800,7 +845,7 @@ def faithfulness_scores(
         out.update(road=result.combined, road_morf=result.morf.mean(1), road_lerf=result.lerf.mean(1))
     if "pointing_game" in wanted and (boxes is not None or masks is not None):
         out["pointing_game"] = pointing_game(
-            maps, boxes=boxes, masks=masks, size=images.shape[-2:], tolerance=config.tolerance, ties=config.ties
+            maps, boxes=boxes, masks=masks, size=images.shape[2:], tolerance=config.tolerance, ties=config.ties
         )
     return out
 

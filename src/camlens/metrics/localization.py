@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..boxes import box_iou, paper_boxes, wsol_sweep, wsol_thresholds
+from ..boxes import box_iou, boxes_are_2d, paper_boxes, wsol_sweep, wsol_thresholds
 from ..capture import CamlensError
 
 DEFAULT_IOUS = (0.3, 0.5, 0.7)
@@ -52,7 +52,7 @@ def _batch_maps(maps: Tensor | np.ndarray) -> Tensor | np.ndarray:
     if maps.ndim == 2:
         return maps[None]
     if maps.ndim != 3:
-        raise CamlensError(f"maps must be (H, W) or (B, H, W); got shape {tuple(maps.shape)}")
+        raise boxes_are_2d(maps.shape, "(H, W) or (B, H, W)")
     return maps
 
 
