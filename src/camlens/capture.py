@@ -45,8 +45,46 @@ def output_logits(output: Any) -> Tensor:
     )
 
 
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The model inside ``nn.DataParallel`` / ``DistributedDataParallel`` wrappers (any depth).
+
+    Explainers run the inner module: DataParallel splits a batch over replicas in other threads, so hooks on the
+    wrapped module would see one replica's share of the batch (pytorch-grad-cam's silently halved batches), and
+    DistributedDataParallel's forward takes part in collective gradient synchronization."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    while isinstance(model, (nn.DataParallel, DistributedDataParallel)):
+        model = model.module
+    return model
+
+
+def _unwrapped_name(model: nn.Module, layer: str) -> str:
+    """A layer name as seen through the wrappers of ``model`` (``module.layer4``) as a name inside it."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    while isinstance(model, (nn.DataParallel, DistributedDataParallel)):
+        model = model.module
+        layer = layer.removeprefix("module.")
+    return layer
+
+
+def unwrapped_spec(model: nn.Module, spec: Any) -> Any:
+    """A layer spec (a name, a module, a list of them, or None) with names seen through ``model``'s wrappers
+    written as names inside them."""
+    if isinstance(spec, str):
+        return _unwrapped_name(model, spec)
+    if isinstance(spec, (list, tuple)):
+        return type(spec)(unwrapped_spec(model, item) for item in spec)
+    return spec
+
+
 def resolve_module(model: nn.Module, layer: LayerSpec) -> tuple[str, nn.Module]:
-    """(qualified name, module) for a layer given by name (``"layer4"``, ``"features.7"``) or as the module itself."""
+    """(qualified name, module) for a layer given by name (``"layer4"``, ``"features.7"``) or as the module itself.
+    Data-parallel wrappers are looked through: names are those inside them (``module.layer4`` is read as
+    ``layer4``)."""
+    if isinstance(layer, str):
+        layer = _unwrapped_name(model, layer)
+    model = unwrap_model(model)
     if isinstance(layer, nn.Module):
         for name, module in model.named_modules():
             if module is layer:
@@ -61,8 +99,9 @@ def resolve_module(model: nn.Module, layer: LayerSpec) -> tuple[str, nn.Module]:
 
 
 def layer_names(model: nn.Module) -> list[str]:
-    """Qualified names of every submodule, in definition order: what ``layer=`` accepts."""
-    return [name for name, _ in model.named_modules() if name]
+    """Qualified names of every submodule, in definition order: what ``layer=`` accepts (inside data-parallel
+    wrappers)."""
+    return [name for name, _ in unwrap_model(model).named_modules() if name]
 
 
 class LayerCapture:

@@ -24,7 +24,9 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     """Model selection and preprocessing, shared by every subcommand that runs a model."""
     g = p.add_argument_group("model")
     g.add_argument("--checkpoint", help="a camlens .safetensors checkpoint, or a .pt/.pth state dict (with --arch)")
-    g.add_argument("--arch", help="torchvision name (resnet50), timm:NAME, or gapnet")
+    g.add_argument("--arch", help="torchvision name (resnet50; segmentation: deeplabv3_resnet50; detection: "
+                                  "fasterrcnn_resnet50_fpn, retinanet_resnet50_fpn, fcos_resnet50_fpn; 3-D: r3d_18), "
+                                  "timm:NAME, or gapnet")
     g.add_argument("--weights", default="DEFAULT", help="torchvision weight name, 'none' for random init (default: DEFAULT)")
     g.add_argument("--classes", dest="class_names", help="class names: a text file (one a line), imagenet or stl10")
     g.add_argument("--size", type=int, nargs="+", help="input size H [W] (default: from the weights or checkpoint)")
@@ -50,12 +52,51 @@ def make_explainer(loaded, method: str, layers: Sequence[str] | None, fuse: str 
     from .methods.layered import LayerExplainer
 
     cls = get_method(method)
+    if not layers and loaded.meta.get("task") in ("detection", "segmentation"):
+        from .targets import default_layer
+
+        layers = [name for name in [default_layer(loaded.model)] if name]
     if layers and len(layers) > 1:
         if not issubclass(cls, LayerExplainer):
             raise CamlensError(f"--method {method} explains one layer; fusing {len(layers)} layers needs a method "
                                "such as gradcam, layercam or scorecam")
         return cls(loaded.model, layer=list(layers), fuse=fuse)
     return cls(loaded.model, layer=layers[0] if layers else None)
+
+
+def target_from_args(args: argparse.Namespace, loaded, explainer):
+    """The ``--target`` of explain (None: classes), checked against the model and the method."""
+    from dataclasses import replace
+
+    from .methods.layered import LayerExplainer
+    from .targets import parse_target
+
+    task = loaded.meta.get("task")
+    if args.target is None:
+        if task in ("detection", "segmentation") and explainer.name != "eigencam":
+            example = "box:C:x0,y0,x1,y1" if task == "detection" else "segment:C"
+            raise CamlensError(f"a {task} model has no image-level classes: give --target {example}"
+                               + (" or --method eigencam" if task == "detection" else ""))
+        return None
+    recipe = parse_target(args.target, loaded.class_names)
+    if args.topk != 1:
+        raise CamlensError("--topk ranks classes; with --target one target is explained (labels:T gives one map per "
+                           "positive label)")
+    if not isinstance(explainer, LayerExplainer):
+        raise CamlensError(f"--method {args.method} explains logits of --class/--topk; --target needs a layer method "
+                           "(gradcam, hirescam, scorecam, ablationcam...)")
+    wants = {"detection": ("box",), "segmentation": ("segment",)}.get(task, ("logit", "softmax", "sigmoid", "labels",
+                                                                             "regression"))
+    if recipe.kind not in wants:
+        raise CamlensError(f"--target {args.target!r} does not fit a {task or 'classification'} model's output; "
+                           f"use {' or '.join(wants)}")
+    if args.box_threshold is not None:
+        from .targets import set_box_threshold
+
+        set_box_threshold(loaded.model, args.box_threshold)
+    if recipe.kind in ("logit", "softmax", "sigmoid") and recipe.category is None and args.target_class is not None:
+        recipe = replace(recipe, category=args.target_class)
+    return recipe
 
 
 def add_method_args(p: argparse.ArgumentParser) -> None:
@@ -85,15 +126,18 @@ def cmd_explain(args: argparse.Namespace) -> int:
         render = RenderOptions(args.colormap, args.alpha, args.classic, args.figure, args.format)
         run_key = {k: getattr(args, k) for k in ("checkpoint", "arch", "weights", "class_names", "size", "mean", "std",
                                                  "method", "layer", "fuse", "topk", "target_class", "alpha", "colormap",
-                                                 "classic", "figure", "format", "max_pixels")}
+                                                 "classic", "figure", "format", "max_pixels", "target",
+                                                 "box_threshold")}
         share = sum(len(b) for _, b in distributed.shard_batches(len(paths), args.batch_size, ctx))
         with make_explainer(loaded, args.method, args.layer, args.fuse) as explainer, \
                 tqdm(total=share, unit="img", disable=args.quiet or not ctx.is_main, file=sys.stderr) as bar:
+            target = target_from_args(args, loaded, explainer)
             summary = explain_files(
                 loaded, explainer, paths, out, classes=args.target_class, topk=args.topk,
                 batch_size=args.batch_size, workers=args.workers, max_pixels=args.max_pixels, render=render,
                 run_key=run_key, resume=not args.restart, ctx=ctx,
                 on_error=lambda line: bar.write(f"camlens: skipped {line}", file=sys.stderr), progress=bar.update,
+                target=target,
             )
     finally:
         distributed.teardown()
@@ -272,11 +316,18 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("explain", help="write CAM overlays for image files, folders or globs")
-    p.add_argument("paths", nargs="+", help="image files, folders or glob patterns")
+    p.add_argument("paths", nargs="+", help="image files, .npy arrays (2-D images; 3-D volumes for 3-D models), "
+                                            "folders or glob patterns")
     add_model_args(p)
     add_method_args(p)
     p.add_argument("--topk", type=int, default=1, help="explain the k best classes (default: 1)")
     p.add_argument("--class", dest="target_class", type=int, help="explain this class index instead of the top-k")
+    p.add_argument("--target", help="what to explain instead of classes: logit[:C], softmax[:C], sigmoid[:C], "
+                                    "labels[:T] (multi-label: each label with sigmoid >= T), regression[:I], "
+                                    "segment:C (segmentation models), box:C:x0,y0,x1,y1 (detection models; image "
+                                    "pixels); C a class index or name")
+    p.add_argument("--box-threshold", type=float, help="detection models: keep predicted boxes scoring at least this "
+                                                       "(default: the model's own threshold)")
     p.add_argument("--alpha", type=float, default=0.5, help="heatmap opacity (default: 0.5)")
     p.add_argument("--colormap", default="jet", help="any matplotlib colormap (default: jet)")
     p.add_argument("--classic", action="store_true", help="the original blend: 0.3 heat + 0.5 image")

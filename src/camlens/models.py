@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -142,6 +142,8 @@ def build_model(arch: str, num_classes: int | None = None, weights: str | None =
             raise CamlensError(f"timm model {arch[5:]!r}: {err}") from err
     import torchvision.models as tvm
 
+    if model_task(arch) != "classification":
+        return _task_model(arch, num_classes, weights if pretrained else None)
     if arch not in tvm.list_models(module=tvm):
         raise CamlensError(f"unknown architecture {arch!r}: use a torchvision classification model, timm:NAME or gapnet")
     if not pretrained:
@@ -159,6 +161,57 @@ def _network_names() -> tuple[str, ...]:
     from .networks import NETWORKS
 
     return tuple(NETWORKS)
+
+
+def model_task(arch: str) -> str:
+    """What a torchvision model name does: ``segmentation`` (``{"out": (B, C, H, W)}``), ``detection`` (a list of
+    ``{"boxes", "labels", "scores"}``), ``video`` (classification of (B, 3, T, H, W) clips) or ``classification``."""
+    import torchvision.models as tvm
+
+    for task, module in (("segmentation", tvm.segmentation), ("detection", tvm.detection), ("video", tvm.video)):
+        if arch in tvm.list_models(module=module):
+            return task
+    return "classification"
+
+
+def _task_model(arch: str, num_classes: int | None, weights: str | None) -> nn.Module:
+    """A torchvision segmentation, detection or video model; random weights load no backbone weights either."""
+    import torchvision.models as tvm
+
+    kwargs: dict = {"num_classes": num_classes} if num_classes else {}
+    if weights is None:
+        return tvm.get_model(arch, weights=None, **({} if model_task(arch) == "video" else {"weights_backbone": None}),
+                             **kwargs)
+    enum = _torchvision_weights(arch, weights)
+    try:
+        return tvm.get_model(arch, weights=enum)
+    except (OSError, RuntimeError) as err:
+        raise CamlensError(f"cannot download {enum} ({err.__class__.__name__}); offline, use --weights none") from err
+
+
+def _task_setup(model: nn.Module, arch: str, weights: str | None, size: tuple[int, int] | None) -> tuple[list, "Preprocess"]:
+    """Class names and preprocessing of a segmentation, detection or video model.  Detectors normalize inside
+    (their ``transform``), so they get [0, 1] images at ``size`` (default 800) and their internal resize is set
+    to that size, so boxes are in the model input's pixels."""
+    task = model_task(arch)
+    enum = _torchvision_weights(arch, weights) if weights is not None and weights not in ("none", "None") else None
+    m: Any = model  # torchvision's attributes (roi_heads, head, classifier) are not typed
+    if task == "detection":
+        head = getattr(m, "roi_heads", None)
+        count = (head.box_predictor.cls_score.out_features if head is not None
+                 else m.head.classification_head.num_classes)
+        side = size or (800, 800)
+        m.transform.min_size, m.transform.max_size = (min(side),), max(side)
+        preprocess = Preprocess(side, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+    elif task == "segmentation":
+        count = int(m.classifier[-1].out_channels)
+        preprocess = Preprocess(size or (520, 520))
+    else:
+        classifier: Any = m.fc if hasattr(m, "fc") else find_classifier(model)[1]
+        count = int(classifier.weight.shape[0])
+        preprocess = Preprocess(size or (112, 112), (0.43216, 0.394666, 0.37645), (0.22803, 0.22145, 0.216989))
+    names = list(enum.meta["categories"]) if enum is not None else [str(i) for i in range(count)]
+    return names, preprocess
 
 
 def read_class_names(spec: str | Sequence[str] | None, num_classes: int) -> list[str]:
@@ -287,6 +340,10 @@ def load_model(
             size_t = tuple(cfg.get("input_size", (3, 224, 224))[1:])
             base = Preprocess(size_t, tuple(cfg.get("mean", IMAGENET_MEAN)), tuple(cfg.get("std", IMAGENET_STD)))
             names = "imagenet" if cfg.get("num_classes") == 1000 else None
+    if arch is not None and checkpoint is None and model_task(arch) != "classification":
+        side = None if size is None else ((size, size) if isinstance(size, int) else (int(size[0]), int(size[-1])))
+        names, base = _task_setup(model, arch, weights, side)
+        meta = {"task": model_task(arch)}
     model.eval().to(device)
     num_classes = _output_classes(model, names)
     if classes is not None or not isinstance(names, list):

@@ -14,14 +14,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
+from .capture import CamlensError
+from .data.arrays import VOLUME_SHAPES, input_channels, input_rank, load_array, prepare_volume
 from .data.images import DEFAULT_MAX_PIXELS, ImageError, load_image
 from .methods.base import ClassSpec, Explainer
+from .methods.layered import LayerExplainer
 from .distributed import Context, ProgressLog, barrier, gather, resume_entries, shard_batches, write_atomic
 from .models import LoadedModel
-from .render import overlay, save_image, three_panel_figure
+from .maps import upsample
+from .render import overlay, save_image, three_panel_figure, volume_figure, volume_panels
+from .targets import TargetRecipe
 
 
 @dataclass
@@ -58,10 +64,14 @@ def _safe(name: str) -> str:
 
 
 def _load_batches(
-    batches: Sequence[Sequence[Path]], workers: int, max_pixels: int
+    batches: Sequence[Sequence[Path]], workers: int, max_pixels: int, rank: int = 2
 ) -> Iterator[list[tuple[Path, Tensor | ImageError]]]:
     def load(path: Path) -> Tensor | ImageError:
         try:
+            if path.suffix.lower() == ".npy":
+                return load_array(path, rank, max_pixels)
+            if rank != 2:
+                raise ImageError(f"{path}: this model takes {rank}-D inputs: give them as .npy arrays ({VOLUME_SHAPES})")
             return load_image(path, max_pixels)
         except ImageError as err:
             return err
@@ -100,6 +110,7 @@ def explain_files(
     ctx: Context | None = None,
     on_error: Callable[[str], None] = lambda line: None,
     progress: Callable[[int], None] = lambda n: None,
+    target: TargetRecipe | None = None,
 ) -> Summary:
     """Explain every file: one overlay per image and explained class in ``out_dir``, named
     ``<stem>_<rank>_<label>.<format>``; returns the summary (written by the main rank as summary.json and .csv).
@@ -107,7 +118,11 @@ def explain_files(
     Under torchrun each rank takes its share of the batches (:func:`camlens.distributed.shard_batches`).
     Finished batches are logged per rank in ``out_dir/.progress``; with ``resume`` a rerun with the same
     ``run_key`` skips them, so an interrupted run completes to the same outputs as an uninterrupted one.
+    ``target`` (:func:`camlens.targets.parse_target`) explains that target instead of classes; an image it does
+    not fit (a box outside it) is one error line.  A model with 3-D convolutions reads ``.npy`` volumes; their
+    maps are written upsampled to the volume as ``.npy``, with a maximum-intensity projection overlay.
     """
+    rank = input_rank(loaded.model)
     ctx = ctx or Context(0, 1, 0, next(loaded.model.parameters()).device)
     progress_dir = out_dir / ".progress"
     previous = resume_entries(progress_dir, {**(run_key or {}), "batch_size": batch_size}, resume, ctx)
@@ -118,18 +133,29 @@ def explain_files(
     log = ProgressLog(progress_dir, ctx)
     stems = output_stems(paths)
     entries: list[dict] = []
-    for batch in _load_batches(todo, workers, max_pixels):
+    for batch in _load_batches(todo, workers, max_pixels, rank):
         done, good = [], []
         for path, item in batch:
+            if not isinstance(item, ImageError) and target is not None:
+                try:
+                    target.check(int(item.shape[-1]), int(item.shape[-2]))
+                except CamlensError as err:
+                    item = ImageError(f"{path}: {err}")
             if isinstance(item, ImageError):
                 done.append({"file": str(path), "error": str(item)})
                 on_error(str(item))
             else:
                 good.append((path, item))
         if good:
-            x = torch.cat([loaded.preprocess(img.to(ctx.device)) for _, img in good])
+            x = torch.cat([_model_input(loaded, img.to(ctx.device), rank) for _, img in good])
             per_sample = classes if isinstance(classes, (int, str)) or classes is None else [classes] * len(good)
-            res = explainer(x, per_sample, topk=topk)
+            if target is not None:
+                if not isinstance(explainer, LayerExplainer):
+                    raise CamlensError(f"{type(explainer).__name__} explains classes; a target needs a layer method")
+                sizes = [(int(img.shape[-1]), int(img.shape[-2])) for _, img in good]
+                res = explainer(x, target=target.build(sizes, x.shape[-2:]))
+            else:
+                res = explainer(x, per_sample, topk=topk)
             probs = res.logits.float().softmax(-1)
             for i, (path, img) in enumerate(good):
                 done.append({"file": str(path), "record": _write_image(loaded, res, probs, i, path, img, stems[path], out_dir, render)})
@@ -159,19 +185,42 @@ def _merge(paths: Sequence[Path], entries: list[dict]) -> Summary:
     return summary
 
 
+def _model_input(loaded: LoadedModel, img: Tensor, rank: int) -> Tensor:
+    if rank != 3:
+        return loaded.preprocess(img)
+    pre = loaded.preprocess
+    return prepare_volume(img, pre.size, pre.mean, pre.std, input_channels(loaded.model))
+
+
 def _write_image(loaded, res, probs, i, path, img, stem, out_dir, render: RenderOptions) -> dict:
     explained = []
+    volume = img.ndim == 4
     for rank, cls in enumerate(res.classes[i].tolist(), 1):
-        label = loaded.class_names[cls] if cls >= 0 else "target"
+        value = None if res.target_scores is None else float(res.target_scores[i, rank - 1])
+        label = loaded.class_names[cls] if 0 <= cls < len(loaded.class_names) else "target"
+        if value is not None and value != value:  # NaN: the target explains nothing here (no label, no match)
+            if cls >= 0:  # not a multi-label padding slot: say why there is no overlay
+                explained.append({"class": cls, "label": label, "score": None, "overlay": "",
+                                  "note": "nothing to explain: no matching box or no pixel of this class"})
+            continue
         name = f"{stem}_{rank}_{_safe(label)}.{render.image_format}"
-        save_image(overlay(img, res.maps[i, rank - 1], colormap=render.colormap, alpha=render.alpha, classic=render.classic), out_dir / name)
-        entry = {"class": cls, "label": label, "score": float(probs[i, cls]) if cls >= 0 else None, "overlay": name}
+        cam = res.maps[i, rank - 1]
+        if volume:  # the map at the volume's size as .npy; the overlay is the maximum-intensity projection
+            np.save(out_dir / f"{stem}_{rank}_{_safe(label)}.npy", upsample(cam.float(), tuple(img.shape[-3:])).cpu().numpy())
+            save_image(volume_panels(img, cam, colormap=render.colormap, alpha=render.alpha).mip, out_dir / name)
+        else:
+            save_image(overlay(img, cam, colormap=render.colormap, alpha=render.alpha, classic=render.classic), out_dir / name)
+        score = value if value is not None else float(probs[i, cls]) if cls >= 0 else None
+        entry = {"class": cls, "label": label, "score": score, "overlay": name}
         if render.figure:
             fig = f"{stem}_{rank}_{_safe(label)}_figure.png"
-            three_panel_figure(img, res.maps[i, rank - 1], out_dir / fig, title=f"{label} ({entry['score']:.2f})",
-                               colormap=render.colormap, alpha=render.alpha)
+            figure = volume_figure if volume else three_panel_figure
+            title = label if score is None else f"{label} ({score:.2f})"
+            figure(img, cam, out_dir / fig, title=title, colormap=render.colormap, alpha=render.alpha)
             entry["figure"] = fig
         explained.append(entry)
+    if probs.ndim != 2 or loaded.meta.get("task") in ("detection", "segmentation"):  # no image-level classes
+        probs = probs.new_zeros(probs.shape[0], 0)
     top = probs[i].topk(min(5, probs.shape[1]))
     predictions = [{"class": int(c), "label": loaded.class_names[int(c)], "score": float(s)} for s, c in zip(top.values, top.indices)]
     return {"file": str(path), "size": [int(img.shape[-1]), int(img.shape[-2])], "predictions": predictions, "explained": explained}

@@ -13,7 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..capture import CamlensError, GapHead, LayerCapture, LayerSpec, locate_gap_head, output_logits
+from ..capture import (
+    CamlensError, GapHead, LayerCapture, LayerSpec, locate_gap_head, output_logits, unwrapped_spec,
+)
 from ..maps import normalize, upsample
 from .base import CAMResult, ClassSpec, Explainer, select_classes
 from .layered import LayerExplainer, LayerOptions, Scorer, no_autocast
@@ -38,7 +40,7 @@ class CAM(Explainer):
 
     def __init__(self, model: nn.Module, layer: LayerSpec | None = None, classifier: LayerSpec | None = None) -> None:
         super().__init__(model, layer)
-        self.classifier = classifier
+        self.classifier = unwrapped_spec(model, classifier)
         self.head: GapHead | None = None
         self._capture: LayerCapture | None = None
 
@@ -443,7 +445,10 @@ class AblationCAM(_PerturbationMethod):
 
 
 def _output_rows(output: Any) -> int:
-    """Rows of the first tensor in a model output (its batch size)."""
+    """Rows of the first tensor in a model output (its batch size); a list of per-image results (detectors)
+    counts its items."""
+    if isinstance(output, (list, tuple)) and output and not isinstance(output[0], Tensor):
+        return len(output)
     try:
         return output_logits(output).shape[0]
     except CamlensError:

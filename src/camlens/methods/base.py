@@ -9,7 +9,7 @@ from typing import Any, Callable, ClassVar, Sequence, Union
 import torch
 from torch import Tensor, nn
 
-from ..capture import CamlensError, LayerCapture, LayerSpec
+from ..capture import CamlensError, LayerCapture, LayerSpec, unwrap_model, unwrapped_spec
 
 ClassSpec = Union[None, int, str, Sequence[int], Sequence[Sequence[int]], Tensor]
 Target = Callable[[Any], Tensor]
@@ -26,10 +26,11 @@ class CAMResult:
     """
 
     logits: Tensor  # (B, C)
-    classes: Tensor  # (B, N) long; -1 where a target callable was explained
+    classes: Tensor  # (B, N) long; -1 where a target without a class (a callable, padding) was explained
     maps: Tensor  # (B, N, *S)
     layer: str
     bias: Tensor | None = None  # (B, N)
+    target_scores: Tensor | None = None  # (B, N) the explained targets' scores, NaN where a target explains nothing
 
     @property
     def spatial_dims(self) -> int:
@@ -43,7 +44,8 @@ class CAMResult:
 
     def to(self, device: torch.device | str) -> "CAMResult":
         move = lambda t: None if t is None else t.to(device)  # noqa: E731
-        return CAMResult(move(self.logits), move(self.classes), move(self.maps), self.layer, move(self.bias))
+        return CAMResult(move(self.logits), move(self.classes), move(self.maps), self.layer, move(self.bias),
+                         move(self.target_scores))
 
 
 def select_classes(logits: Tensor, classes: ClassSpec = None, topk: int = 1) -> Tensor:
@@ -87,8 +89,8 @@ class Explainer:
     needs_gradients: ClassVar[bool] = False
 
     def __init__(self, model: nn.Module, layer: LayerSpec | Sequence[LayerSpec] | None = None) -> None:
-        self.model = model
-        self.layer = layer
+        self.model = unwrap_model(model)  # DataParallel / DistributedDataParallel: the module inside
+        self.layer = unwrapped_spec(model, layer)
         self._captures: list[LayerCapture] = []
         self._setup_lock = threading.Lock()
 

@@ -7,8 +7,9 @@ from typing import TYPE_CHECKING, Any, Sequence
 import torch
 from torch import Tensor, nn
 
-from ..capture import LayerSpec
-from .layered import LayerExplainer, LayerOptions, Scorer, no_autocast
+from ..capture import CamlensError, LayerSpec, output_logits
+from .base import ClassSpec
+from .layered import LayerExplainer, LayerOptions, Scorer, TargetSpec, no_autocast
 
 if TYPE_CHECKING:  # typing.Unpack is Python 3.11+
     from typing_extensions import Unpack
@@ -23,7 +24,8 @@ class EigenCAM(LayerExplainer):
     projects A as is).  The sign of v_1 is arbitrary: it is chosen so that the value of largest magnitude is
     positive (kept when |min| == |max|).
     No ReLU in the formula.  The map does not depend on the class: every explained class gets the same map.
-    One forward pass, no backward.
+    One forward pass, no backward: the gradient-free choice for detectors and other models without class scores
+    (no target needed; torchvision's detectors at ``camlens.targets.default_layer(model)``).
     """
 
     name = "eigencam"
@@ -38,6 +40,19 @@ class EigenCAM(LayerExplainer):
     ) -> None:
         super().__init__(model, layer, **options)
         self.center = center
+
+    def _select(
+        self, x: Tensor, output: Any, classes: ClassSpec, topk: int, target: TargetSpec
+    ) -> tuple[Tensor, Tensor, Scorer]:
+        """As for every layer method; a model without class scores (a detector's list of boxes) and no target
+        gets one map per image, class -1, and empty (B, 0) logits: Eigen-CAM reads no score."""
+        if target is None and classes is None:
+            try:
+                output_logits(output)
+            except CamlensError:
+                none = torch.full((x.shape[0], 1), -1, dtype=torch.long, device=x.device)
+                return x.new_zeros(x.shape[0], 0), none, Scorer(classes=none)
+        return super()._select(x, output, classes, topk, target)
 
     def _explain(self, x: Tensor, output: Any, acts: list[Tensor], scorer: Scorer) -> list[Tensor]:
         with no_autocast(x):

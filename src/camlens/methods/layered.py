@@ -21,10 +21,11 @@ from ..capture import (
     trace_calls,
 )
 from ..maps import fuse
+from ..targets import Target, bind_targets
 from .base import CAMResult, ClassSpec, Explainer, select_classes
 
 Reshape = Callable[..., Tensor]
-TargetSpec = Union[None, Callable[[Any], Tensor], Sequence[Callable[[Any], Tensor]]]
+TargetSpec = Union[None, Callable[..., Tensor], Sequence[Callable[..., Tensor]]]
 
 
 class LayerOptions(TypedDict, total=False):
@@ -35,26 +36,56 @@ class LayerOptions(TypedDict, total=False):
     fuse: str
 
 
-class Scorer:
-    """The explained scores of a model output, (R, N): logit ``classes[rows[r], n]`` of row r, or target n applied
-    to the whole output.  ``rows`` maps each output row to its source sample (perturbation methods run several
-    perturbed copies of a sample in one batch, so a target callable must act row by row)."""
+def _takes_rows(fn: Callable[..., Any]) -> bool:
+    """Whether a target callable takes ``(output, rows)`` rather than ``(output)``: a built-in target, or a
+    callable with two positional parameters without defaults (or one named ``rows``)."""
+    if isinstance(fn, Target):
+        return True
+    try:
+        params = [p for p in inspect.signature(fn).parameters.values()
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)]
+    except (TypeError, ValueError):
+        return False
+    required = [p for p in params if p.default is p.empty and p.kind != p.VAR_POSITIONAL]
+    return len(required) >= 2 or any(p.name == "rows" for p in params[1:2])
 
-    def __init__(self, classes: Tensor | None = None, targets: Sequence[Callable[[Any], Tensor]] | None = None) -> None:
+
+class Scorer:
+    """The explained scores of a model output, (R, N): logit ``classes[rows[r], n]`` of row r, or target n.
+    ``rows`` maps each output row to its source sample (perturbation methods run perturbed copies of several
+    samples in one batch): built-in targets (:mod:`camlens.targets`) and callables taking ``(output, rows)``
+    receive it, so per-image targets stay right; a callable taking ``(output)`` alone must act row by row."""
+
+    def __init__(self, classes: Tensor | None = None, targets: Sequence[Callable[..., Tensor]] | None = None) -> None:
         self.classes, self.targets = classes, targets
+        self._rows = [_takes_rows(t) for t in targets or ()]
 
     @property
     def count(self) -> int:
         """N, the explained scores per sample."""
-        return self.classes.shape[1] if self.targets is None else len(self.targets)
+        if self.targets is not None:
+            return len(self.targets)
+        assert self.classes is not None
+        return self.classes.shape[1]
+
+    def valid(self, batch: int, device: torch.device) -> Tensor | None:
+        """(B, N) bool: False where a built-in target explains nothing for a sample; None when all do."""
+        if self.targets is None:
+            return None
+        masks = [t.valid(batch, device) if isinstance(t, Target) else None for t in self.targets]
+        if all(m is None for m in masks):
+            return None
+        full = torch.ones(batch, dtype=torch.bool, device=device)
+        return torch.stack([full if m is None else m.to(device) for m in masks], 1)
 
     def __call__(self, output: Any, rows: Tensor) -> Tensor:
         if self.targets is None:
+            assert self.classes is not None
             logits = output_logits(output)
             return logits.gather(1, self.classes.to(logits.device)[rows.to(logits.device)])
         values = []
-        for target in self.targets:
-            value = target(output)
+        for target, takes_rows in zip(self.targets, self._rows):
+            value = target(output, rows) if takes_rows else target(output)
             if not isinstance(value, Tensor) or value.shape != (len(rows),):
                 shape = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
                 raise CamlensError(f"target must return one scalar per sample, shape ({len(rows)},); it returned {shape}")
@@ -222,19 +253,25 @@ class LayerExplainer(Explainer):
         targets = [target] if callable(target) else list(target)
         if not targets or not all(callable(t) for t in targets):
             raise CamlensError("target must be a callable (model output -> (B,) scores) or a list of them")
-        scorer = Scorer(targets=targets)
+        bound = bind_targets(targets, output, x)
+        scorer = Scorer(targets=bound)
         try:
             logits = output_logits(output)
         except CamlensError:
-            logits = scorer(output, torch.arange(batch))
-        chosen = torch.full((batch, len(targets)), -1, dtype=torch.long, device=x.device)
+            with torch.no_grad():
+                logits = scorer(output, torch.arange(batch, device=x.device))
+        chosen = torch.stack([t.classes(batch, x.device) if isinstance(t, Target) else
+                              torch.full((batch,), -1, dtype=torch.long, device=x.device) for t in bound], 1)
         return logits, chosen, scorer
 
     def __call__(
         self, x: Tensor, classes: ClassSpec = None, *, topk: int = 1, target: TargetSpec = None
     ) -> CAMResult:
         """Explain ``classes`` (see :func:`camlens.methods.base.select_classes`; default the ``topk`` best) or the
-        scalar(s) returned by ``target`` (callable or list of callables: model output -> (B,)); maps (B, N, *S)."""
+        scores of ``target``: a built-in target of :mod:`camlens.targets`, a callable (model output -> (B,), or
+        ``(output, rows)`` -> (R,) with ``rows`` the source sample of each output row), or a list of them; maps
+        (B, N, *S).  With targets, ``target_scores`` holds their scores on the input, NaN where a target explains
+        nothing for a sample (its map is zero)."""
         if self.needs_gradients and torch.is_inference_mode_enabled():
             raise CamlensError(
                 f"{type(self).__name__} needs gradients, which torch.inference_mode() forbids; call it outside "
@@ -246,8 +283,17 @@ class LayerExplainer(Explainer):
         if len({m.ndim for m in per_layer}) > 1:
             raise CamlensError(f"layers {self.layer_names} give maps of different spatial ranks; fuse layers of one rank")
         maps = per_layer[0] if len(per_layer) == 1 else fuse(per_layer, self.fuse, spatial_dims=per_layer[0].ndim - 2)
+        values = None
+        if scorer.targets is not None:
+            with torch.no_grad():
+                values = scorer(output, torch.arange(x.shape[0], device=x.device)).detach().float()
+            valid = scorer.valid(x.shape[0], maps.device)
+            if valid is not None:
+                maps = torch.where(valid.view(*valid.shape, *[1] * (maps.ndim - 2)), maps, torch.zeros_like(maps))
+                values = torch.where(valid.to(values.device), values, torch.full_like(values, float("nan")))
         return CAMResult(
-            logits=logits.detach(), classes=chosen, maps=maps.detach(), layer="+".join(self.layer_names)
+            logits=logits.detach(), classes=chosen, maps=maps.detach(), layer="+".join(self.layer_names),
+            target_scores=values,
         )
 
     def _explain(self, x: Tensor, output: Any, acts: list[Tensor], scorer: Scorer) -> list[Tensor]:
