@@ -26,6 +26,7 @@ class EigenCAM(LayerExplainer):
     """
 
     name = "eigencam"
+    thread_safe = True
 
     def __init__(
         self,

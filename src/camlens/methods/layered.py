@@ -82,6 +82,8 @@ class LayerExplainer(Explainer):
     Subclasses implement ``_explain(x, output, acts, scorer)`` returning one (B, N, h, w) map tensor per layer.
     """
 
+    fuses_layers = True
+
     def __init__(
         self,
         model: nn.Module,
@@ -100,6 +102,9 @@ class LayerExplainer(Explainer):
         self.layer_names: list[str] = []
 
     # ----- layers and hooks
+    def prepare(self, x: Tensor) -> None:
+        self._ensure_hooks(x)
+
     def close(self) -> None:
         super().close()
         self._hooks = None
