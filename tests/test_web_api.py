@@ -109,7 +109,7 @@ GOOD = {
 
 
 def test_health_and_info_list_the_model_classes_methods_and_layers(client, loaded):
-    assert client.get("/healthz").json() == {"status": "ok"}
+    assert client.get("/healthz").json() == {"status": "ok", "running": {"fast": 0, "expensive": 0}, "stopped": 0}
     info = client.get("/api/info").json()
     assert info["model"] == "gapnet" and info["classes"] == CLASSES
     assert [m["name"] for m in info["methods"]] == sorted(METHODS)

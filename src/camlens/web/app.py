@@ -212,7 +212,8 @@ def create_app(
 
     @app.get("/healthz")
     async def healthz() -> dict:
-        return {"status": "ok"}
+        """Liveness, and the model calls running now and stopped so far (between passes) in each lane."""
+        return {"status": "ok", "running": dict(engine.running), "stopped": engine.stopped}
 
     @app.get("/api/info")
     async def info() -> dict:
