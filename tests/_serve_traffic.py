@@ -23,9 +23,10 @@ from PIL import Image
 
 from camlens.methods import METHODS
 
-LAYERS = ["", "auto", "layer1", "layer3", "layer4", "layer4.0.conv1", "layer4.1", "fc", "avgpool"]
+RESNET_LAYERS = ["", "auto", "layer1", "layer3", "layer4", "layer4.0.conv1", "layer4.1", "fc", "avgpool"]
+GAPNET_LAYERS = ["", "auto", "features.2", "features.5", "features.6", "features.6.0", "features.6.1", "pool", "fc"]
 BAD_FORM = [("method", "nope"), ("layer", "nolayer"), ("topk", "0"), ("topk", "99"), ("topk", "x"), ("class", "-1"),
-            ("class", "5000"), ("class", "zebra"), ("alpha", "2"), ("alpha", "nan")]
+            ("class", "99999"), ("class", "zebra"), ("alpha", "2"), ("alpha", "nan")]
 
 
 def png(rng: random.Random) -> bytes:
@@ -50,14 +51,14 @@ def corrupt(data: bytes, rng: random.Random) -> bytes:
     return data[:33] + bytes(rng.randrange(256) for _ in range(200))  # a PNG header, then noise
 
 
-def request_mix(count: int, seed: int = 0) -> list[tuple[dict[str, str], bytes]]:
+def request_mix(count: int, layers: list[str] = RESNET_LAYERS, seed: int = 0) -> list[tuple[dict[str, str], bytes]]:
     """``count`` (form fields, file body) pairs: a third corrupt bodies, a third bad form values, a third valid
     requests cycling over every method and the layers above."""
     rng = random.Random(seed)
     methods = sorted(METHODS)
     out = []
     for i in range(count):
-        fields = {"method": methods[i % len(methods)], "layer": LAYERS[(i // len(methods)) % len(LAYERS)],
+        fields = {"method": methods[i % len(methods)], "layer": layers[(i // len(methods)) % len(layers)],
                   "topk": str(1 + i % 3)}
         body = png(rng)
         if i % 3 == 1:
