@@ -285,7 +285,10 @@ async def _answer(request: Request, job: Job) -> Row:
         left.cancel()
     if not answer.done():
         job.cancel()
-    return await answer
+    try:
+        return await answer
+    finally:  # a raised exception's traceback holds this frame: without this, frame -> job -> future -> exception
+        del job, answer
 
 
 async def _disconnected(request: Request) -> None:
