@@ -16,7 +16,7 @@ from _serve_traffic import GAPNET_LAYERS, Server, drive, request_mix, rss_bytes
 
 pytest.importorskip("uvicorn", reason="uvicorn is not installed (pip install 'camlens[web]')")
 
-CLASSES = 16_000  # a wide classifier: 2.1M weights, so that each model copy (8.2 MiB) stands out in RSS
+CLASSES = 32_000  # a wide classifier: 4.1M weights, so that each model copy (16 MiB) stands out in RSS
 WINDOW = 400
 WINDOWS = 4  # the first warms up: explainers, inference copies, allocator pools, oneDNN primitive caches
 MAX_EXPLAINERS, WORKERS = 4, 2
@@ -28,9 +28,11 @@ def test_memory_stays_flat_under_hostile_traffic_after_warm_up(tmp_path):
     third corrupt bodies, a third bad form values.  What the server may keep after warm-up is its caches: at most
     MAX_EXPLAINERS explainers, each one-pass one on its own model copy, one more per one-pass thread (WORKERS) for
     explainers evicted while in use, and one copy shared by the expensive methods with its torch.fx inference
-    copy: 4 + 2 + 2 = 8 copies.  Those are made during warm-up, so after it RSS may move by allocator slack only;
-    the bound allows a full second set of copies plus 32 MiB.  Before the fix every failed request kept its explainer's copy alive until a
-    rare full garbage collection: tens of copies (hundreds of MiB) a window."""
+    copy: 4 + 2 + 2 = 8 copies.  Those are made during warm-up, so after it RSS may move by allocator slack only
+    (glibc keeps the high-water mark of transient buffers: RSS steps by 20-40 MiB once or twice, then stays); the
+    bound allows a full second set of copies plus 128 MiB.  Before the fix every failed request kept its
+    explainer's copy alive until a rare full garbage collection: about nine copies every 250 requests, linearly
+    (measured with 2.6 MiB copies: +64 MiB over 750 requests after warm-up; here that would be ~500 MiB)."""
     torch.manual_seed(0)
     model = GapNet(CLASSES).eval()
     copy_bytes = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
@@ -51,7 +53,7 @@ def test_memory_stays_flat_under_hostile_traffic_after_warm_up(tmp_path):
     finally:
         server.stop()
     assert set(statuses) <= {200, 400, 422, 503, 504} and statuses[200] > WINDOW // 2, statuses
-    bound = (MAX_EXPLAINERS + WORKERS + 2) * copy_bytes + 32 * 2**20
+    bound = (MAX_EXPLAINERS + WORKERS + 2) * copy_bytes + 128 * 2**20
     growth = max(rss[1:]) - rss[0]
     print(f"RSS after each window of {WINDOW}: {[round(r / 2**20) for r in rss]} MiB; statuses {statuses}")
     assert growth < bound, (f"RSS after each window {[round(r / 2**20) for r in rss]} MiB: grew {growth / 2**20:.0f} MiB "
