@@ -85,10 +85,9 @@ def parse_options(params: Mapping[str, str], loaded: LoadedModel, max_topk: int,
     try:
         method = get_method(raw_method).name
     except ValueError:
-        method = None
+        raise BadRequest(400, f"unknown method {raw_method!r}; choose from {', '.join(methods)}") from None
     if method not in methods:
-        why = f"method {method!r} is not offered by this server" if method else f"unknown method {raw_method!r}"
-        raise BadRequest(400, f"{why}; choose from {', '.join(methods)}")
+        raise BadRequest(400, f"method {method!r} is not offered by this server; choose from {', '.join(methods)}")
     layer = params.get("layer", "").strip()
     layer = None if layer in ("", "auto") else layer
     if layer is not None:

@@ -28,7 +28,7 @@ from collections import OrderedDict, deque
 from concurrent.futures import Future
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Any, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -200,7 +200,8 @@ class ExplainerCache:
         else:
             model = copy.deepcopy(self.model)
         generator = torch.Generator(device=self.device) if cls.draws_noise else None
-        explainer = cls(model, layer=layer, generator=generator) if generator is not None else cls(model, layer=layer)
+        options: dict[str, Any] = {"generator": generator} if generator is not None else {}
+        explainer = cls(model, layer=layer, **options)
         self.created += 1
         return _Entry(explainer, None if cls.thread_safe else threading.Lock(), generator)
 
@@ -237,10 +238,11 @@ def _forget_frames(err: BaseException) -> None:
     the future the exception, a cycle that only the cyclic garbage collector frees, which in a process with
     millions of long-lived objects runs seldom.  The file and line of each frame stay, for the server log."""
     seen: set[int] = set()
-    while err is not None and id(err) not in seen:
-        seen.add(id(err))
-        traceback.clear_frames(err.__traceback__)
-        err = err.__cause__ or err.__context__
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        traceback.clear_frames(current.__traceback__)
+        current = current.__cause__ or current.__context__
 
 
 class ModelWorkers:
