@@ -25,7 +25,6 @@ from camlens.data.images import decode_image, to_tensor
 from camlens.methods import METHODS
 from camlens.models import GapNet, LoadedModel, Preprocess
 from camlens.web import create_app
-from camlens.web.engine import THREAD_SAFE
 
 CLASSES = ["ant", "bee", "cow", "dog"]
 MAX_BYTES = 2_000_000
@@ -110,7 +109,7 @@ GOOD = {
 
 
 def test_health_and_info_list_the_model_classes_methods_and_layers(client, loaded):
-    assert client.get("/healthz").json() == {"status": "ok"}
+    assert client.get("/healthz").json() == {"status": "ok", "running": {"fast": 0, "expensive": 0}, "stopped": 0}
     info = client.get("/api/info").json()
     assert info["model"] == "gapnet" and info["classes"] == CLASSES
     assert [m["name"] for m in info["methods"]] == sorted(METHODS)
@@ -360,7 +359,7 @@ async def _parallel(app, requests):
 def test_sixteen_parallel_clients_get_exactly_the_sequential_answers(client, loaded):
     requests = _requests()
     sequential = [_post(client, d, q).json() for d, q in requests]
-    app = create_app(loaded, workers=2)
+    app = create_app(loaded, workers=2, max_expensive=16)  # 6 of the 16 use perturbation methods
     try:
         parallel = asyncio.run(_parallel(app, requests))
     finally:
@@ -402,7 +401,7 @@ def test_batched_requests_match_the_sequential_answers_to_rounding(client, loade
             assert np.abs(np.subtract(e["box"], s["box"])).max() <= 1
 
 
-@pytest.mark.parametrize("cls", THREAD_SAFE, ids=lambda c: c.name)
+@pytest.mark.parametrize("cls", [c for c in METHODS.values() if c.thread_safe], ids=lambda c: c.name)
 def test_explainers_called_without_a_lock_give_the_sequential_maps_from_eight_threads(loaded, cls):
     x = torch.rand(8, 1, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     with cls(copy.deepcopy(loaded.model)) as explainer:

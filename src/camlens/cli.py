@@ -49,7 +49,6 @@ def load_from_args(args: argparse.Namespace):
 
 def make_explainer(loaded, method: str, layers: Sequence[str] | None, fuse: str = "max"):
     from .methods import get_method
-    from .methods.layered import LayerExplainer
 
     cls = get_method(method)
     if not layers and loaded.meta.get("task") in ("detection", "segmentation"):
@@ -57,7 +56,7 @@ def make_explainer(loaded, method: str, layers: Sequence[str] | None, fuse: str 
 
         layers = [name for name in [default_layer(loaded.model)] if name]
     if layers and len(layers) > 1:
-        if not issubclass(cls, LayerExplainer):
+        if not cls.fuses_layers:
             raise CamlensError(f"--method {method} explains one layer; fusing {len(layers)} layers needs a method "
                                "such as gradcam, layercam or scorecam")
         return cls(loaded.model, layer=list(layers), fuse=fuse)
@@ -238,7 +237,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     loaded = load_from_args(args)
     name = Path(args.checkpoint).name if args.checkpoint else args.arch
     app = create_app(loaded, max_upload_bytes=int(args.max_upload_mb * 2**20), max_pixels=args.max_pixels,
-                     workers=args.workers, max_batch=args.max_batch, max_side=args.max_side, model_name=name)
+                     workers=args.workers, max_batch=args.max_batch, max_side=args.max_side, model_name=name,
+                     max_explainers=args.max_explainers, compute_budget=args.compute_budget or None,
+                     max_expensive=args.max_expensive, methods=args.methods)
     sock = serve.listen(args.host, args.port)
     if args.host not in serve.LOOPBACK:
         _fail(f"warning: listening on {args.host}: anyone who can reach it can upload images to this model")
@@ -393,6 +394,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-upload-mb", type=float, default=20, help="refuse larger uploads (default: 20)")
     p.add_argument("--max-pixels", type=int, default=40_000_000, help="refuse larger images (default: 40000000)")
     p.add_argument("--max-side", type=int, default=1024, help="render overlays at most this many pixels wide or high")
+    p.add_argument("--max-explainers", type=int, default=4,
+                   help="explainers kept between requests; each one-pass one holds a copy of the model (default: 4)")
+    p.add_argument("--compute-budget", type=float, default=30, metavar="SECONDS",
+                   help="stop a Score-CAM/SS-CAM/IS-CAM/Ablation-CAM request after this long, with a 504 (default: 30; "
+                        "0: no limit)")
+    p.add_argument("--max-expensive", type=int, default=2,
+                   help="requests of those methods queued or running at once; more get a 503 (default: 2)")
+    p.add_argument("--methods", nargs="+", help="offer only these methods (default: all), e.g. --methods cam gradcam")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     p.set_defaults(func=cmd_serve)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..capture import CamlensError
 from .activation import CAM, ISCAM, SSCAM, AblationCAM, ScoreCAM
-from .base import CAMResult, Explainer, select_classes
+from .base import CAMResult, Cancelled, Explainer, select_classes, stop_when
 from .decomposition import EigenCAM
 from .gradient import GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, XGradCAM
 from .layered import LayerExplainer
@@ -28,6 +28,7 @@ __all__ = [
     "AblationCAM",
     "CAM",
     "CAMResult",
+    "Cancelled",
     "EigenCAM",
     "Explainer",
     "GradCAM",
@@ -42,4 +43,5 @@ __all__ = [
     "XGradCAM",
     "get_method",
     "select_classes",
+    "stop_when",
 ]

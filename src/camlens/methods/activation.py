@@ -17,7 +17,7 @@ from ..capture import (
     CamlensError, GapHead, LayerCapture, LayerSpec, locate_gap_head, output_logits, unwrapped_spec,
 )
 from ..maps import normalize, upsample
-from .base import CAMResult, ClassSpec, Explainer, select_classes
+from .base import CAMResult, ClassSpec, Explainer, check_stop, select_classes
 from .layered import LayerExplainer, LayerOptions, Scorer, no_autocast
 
 if TYPE_CHECKING:  # typing.Unpack is Python 3.11+
@@ -37,6 +37,7 @@ class CAM(Explainer):
     """
 
     name = "cam"
+    thread_safe = True
 
     def __init__(self, model: nn.Module, layer: LayerSpec | None = None, classifier: LayerSpec | None = None) -> None:
         super().__init__(model, layer)
@@ -165,7 +166,10 @@ def _low_precision_copy(model: nn.Module, x: Tensor, dtype: torch.dtype) -> Pass
 class _PerturbationMethod(LayerExplainer):
     """M = ReLU(sum_k w_k A_k) (A: (B, K, *S), any spatial rank) with channel weights w_k (B, N, K) measured by
     extra passes of perturbed copies of each image, ``batch_size`` rows a pass; subclasses say how the weights
-    are computed (``_weights``)."""
+    are computed (``_weights``).  Between passes they call :func:`camlens.methods.base.check_stop`, so a caller
+    can stop them."""
+
+    expensive = True
 
     def __init__(
         self,
@@ -231,6 +235,7 @@ class ScoreCAM(_PerturbationMethod):
     """
 
     name = "scorecam"
+    exclusive_setup = True  # the inference copy is made by torch.fx tracing, which patches nn.Module.__call__
     dedupe = True  # identical masks are scored once
     variants = 1  # masked passes per mask, averaged (SS-CAM's noise draws, IS-CAM's integration steps)
 
@@ -249,6 +254,12 @@ class ScoreCAM(_PerturbationMethod):
             raise CamlensError(f"approximate={approximate!r}: use False, True (bfloat16) or torch.float16")
         self.optimize = optimize
         self.approximate = approximate
+
+    def prepare(self, x: Tensor) -> None:
+        self._ensure_hooks(x)
+        if self.optimize or self.approximate:
+            with torch.no_grad():
+                pass_model(self.model, x, self.model(x), self.approximate)
 
     def _weights(self, x: Tensor, output: Any, index: int, act: Tensor, a: Tensor, scorer: Scorer) -> Tensor:
         if a.ndim != x.ndim:
@@ -287,6 +298,7 @@ class ScoreCAM(_PerturbationMethod):
             noise = self._noise(len(masks), x)
             scores, start = [], 0
             while start < len(masks):
+                check_stop()
                 part = slice(start, start + rows_per_pass)
                 up = self._vary(upsample(masks[part][:, None], x.shape[2:]).to(x.dtype), variant)
                 if noise is not None:
@@ -328,6 +340,7 @@ class SSCAM(ScoreCAM):
     """
 
     name = "sscam"
+    draws_noise = True
     dedupe = False
 
     def __init__(
@@ -417,6 +430,7 @@ class AblationCAM(_PerturbationMethod):
         per_pass = min(channels, max(1, self.batch_size // batch, ABLATION_ELEMENTS // act.numel()))
         scores = []
         for start in range(0, channels, per_pass):
+            check_stop()
             ks = torch.arange(start, min(start + per_pass, channels), device=act.device)
             copies = act.unsqueeze(0).repeat(len(ks), *([1] * act.ndim))  # (M, B, ...) ablation-major
             keep = torch.ones(len(ks), channels, dtype=act.dtype, device=act.device)

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Sequence, Union
+from typing import Any, Callable, ClassVar, Iterator, Sequence, Union
 
 import torch
 from torch import Tensor, nn
@@ -79,20 +80,61 @@ def select_classes(logits: Tensor, classes: ClassSpec = None, topk: int = 1) -> 
     return out
 
 
+class Cancelled(Exception):
+    """Raised between the passes of a method when the check given to :func:`stop_when` says to stop."""
+
+
+_stop = threading.local()
+
+
+@contextmanager
+def stop_when(check: Callable[[], bool]) -> Iterator[None]:
+    """Within the block, methods that run many passes (``expensive``) call ``check()`` between passes, in this
+    thread, and raise :class:`Cancelled` when it returns True (a deadline passed, the client left...)."""
+    previous = getattr(_stop, "check", None)
+    _stop.check = check
+    try:
+        yield
+    finally:
+        _stop.check = previous
+
+
+def check_stop() -> None:
+    """Raise :class:`Cancelled` if this thread's :func:`stop_when` check says to stop; a no-op outside one."""
+    check = getattr(_stop, "check", None)
+    if check is not None and check():
+        raise Cancelled("stopped between passes")
+
+
 class Explainer:
     """Base class: holds the model and the hooks it placed, and removes them on ``close`` or at the end of a
     ``with`` block (also when the block raised).  Subclasses implement ``__call__(x, classes=None, *, topk=1)``
     returning a :class:`CAMResult`.
+
+    What a method can do is said once, here and in the subclasses, for the callers that schedule them (the web
+    server, the CLI): ``thread_safe`` (one instance may be called from several threads at once, tested from 8),
+    ``draws_noise`` (takes a ``generator``), ``fuses_layers`` (``layer`` may be a list), ``expensive`` (passes per
+    channel, seconds to minutes an image on CPU; stops between passes under :func:`stop_when`) and
+    ``exclusive_setup`` (:meth:`prepare` touches process-wide state: run it while no other thread runs a model).
     """
 
     name: ClassVar[str] = ""
     needs_gradients: ClassVar[bool] = False
+    thread_safe: ClassVar[bool] = False
+    draws_noise: ClassVar[bool] = False
+    fuses_layers: ClassVar[bool] = False
+    expensive: ClassVar[bool] = False
+    exclusive_setup: ClassVar[bool] = False
 
     def __init__(self, model: nn.Module, layer: LayerSpec | Sequence[LayerSpec] | None = None) -> None:
         self.model = unwrap_model(model)  # DataParallel / DistributedDataParallel: the module inside
         self.layer = unwrapped_spec(model, layer)
         self._captures: list[LayerCapture] = []
         self._setup_lock = threading.Lock()
+
+    def prepare(self, x: Tensor) -> None:
+        """Do now, for inputs like ``x``, the lazy set-up that the first call would do (hooks, layer search,
+        inference copies); the default does nothing."""
 
     def close(self) -> None:
         """Remove every hook this explainer placed on the model."""

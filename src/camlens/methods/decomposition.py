@@ -29,6 +29,7 @@ class EigenCAM(LayerExplainer):
     """
 
     name = "eigencam"
+    thread_safe = True
 
     def __init__(
         self,

@@ -21,6 +21,7 @@ from .layered import LayerExplainer, Scorer, no_autocast, score_gradients
 
 class _GradientMethod(LayerExplainer):
     needs_gradients = True
+    thread_safe = True
 
     def _explain(self, x: Tensor, output: Any, acts: list[Tensor], scorer: Scorer) -> list[Tensor]:
         with torch.enable_grad():  # the caller may be inside torch.no_grad(); the graph itself is already recorded

@@ -122,6 +122,8 @@ class LayerExplainer(Explainer):
     per layer.
     """
 
+    fuses_layers = True
+
     def __init__(
         self,
         model: nn.Module,
@@ -140,6 +142,9 @@ class LayerExplainer(Explainer):
         self.layer_names: list[str] = []
 
     # ----- layers and hooks
+    def prepare(self, x: Tensor) -> None:
+        self._ensure_hooks(x)
+
     def close(self) -> None:
         super().close()
         self._hooks = None

@@ -2,7 +2,9 @@
 
 Uploads are untrusted: they are read into memory under a size limit (never written to disk), decoded by content
 with a pixel limit, and every failure is a 4xx JSON ``{"error": ...}``.  Decoding and rendering run in a small
-thread pool, the model in :class:`~camlens.web.engine.ModelWorkers`; the event loop only waits.
+thread pool, the model in :class:`~camlens.web.engine.ModelWorkers`; the event loop only waits, and watches the
+connection: a request whose client left is cancelled (an expensive method stops at its next pass).  Work the
+server will not do now is a JSON 503 (busy, shutting down) or 504 (over the compute budget).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import AsyncIterator, Callable, Mapping
+from typing import AsyncIterator, Callable, Mapping, Sequence
 
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
@@ -27,7 +29,7 @@ from ..capture import CamlensError, layer_names, resolve_module
 from ..data.images import ImageError, decode_image, to_tensor
 from ..methods import METHODS, get_method
 from ..models import LoadedModel
-from .engine import ExplainerCache, JobKey, ModelWorkers
+from .engine import ExplainerCache, Job, JobKey, ModelWorkers, Refused, Row
 from .payload import explain_payload, for_display
 from .upload import FORM_OVERHEAD, BadRequest, read_form
 
@@ -75,12 +77,17 @@ def _int(params: Mapping[str, str], name: str) -> int | None:
         raise BadRequest(400, f"{name}={raw!r} is not an integer") from None
 
 
-def parse_options(params: Mapping[str, str], loaded: LoadedModel, max_topk: int) -> Options:
-    """Validate ``method``, ``layer``, ``topk``, ``class`` and ``alpha`` (query or form fields)."""
+def parse_options(params: Mapping[str, str], loaded: LoadedModel, max_topk: int,
+                  methods: Sequence[str] = tuple(METHODS)) -> Options:
+    """Validate ``method`` (one of ``methods``), ``layer``, ``topk``, ``class`` and ``alpha`` (query or form
+    fields)."""
+    raw_method = params.get("method", "").strip() or ("cam" if "cam" in methods else methods[0])
     try:
-        method = get_method(params.get("method", "").strip() or "cam").name
-    except ValueError as err:
-        raise BadRequest(400, str(err)) from None
+        method = get_method(raw_method).name
+    except ValueError:
+        raise BadRequest(400, f"unknown method {raw_method!r}; choose from {', '.join(methods)}") from None
+    if method not in methods:
+        raise BadRequest(400, f"method {method!r} is not offered by this server; choose from {', '.join(methods)}")
     layer = params.get("layer", "").strip()
     layer = None if layer in ("", "auto") else layer
     if layer is not None:
@@ -137,18 +144,29 @@ def create_app(
     max_topk: int = 10,
     max_pending: int = 64,
     max_explainers: int = 4,
+    compute_budget: float | None = 30.0,
+    max_expensive: int = 2,
+    methods: Sequence[str] | None = None,
     model_name: str | None = None,
 ) -> FastAPI:
     """The app around one loaded model.
 
-    ``workers`` threads run the model (and as many others decode uploads and render answers); ``max_batch`` > 1
-    lets a model thread batch requests that arrive together; ``max_pending`` requests at most are held at once (more get 503);
-    overlays are rendered at most ``max_side`` pixels on the longer side.
+    ``workers`` threads run the one-pass methods (and as many others decode uploads and render answers), one
+    more the expensive ones (Score-CAM, SS-CAM, IS-CAM, Ablation-CAM), each call of which stops after
+    ``compute_budget`` seconds (504; None: no limit), with at most ``max_expensive`` of them queued or running
+    (more get 503); ``max_batch`` > 1 lets a model thread batch requests that arrive together; ``max_pending``
+    requests at most are held at once (more get 503); at most ``max_explainers`` explainers are kept (each
+    one-pass one on its own copy of the model, see :mod:`camlens.web.engine`); ``methods`` restricts the methods
+    offered (default: all); overlays are rendered at most ``max_side`` pixels on the longer side.
     """
+    offered = tuple(get_method(m).name for m in methods) if methods else tuple(sorted(METHODS))
+    if not offered:
+        raise CamlensError("methods= names no method")
     limits = Limits(max_upload_bytes, max_pixels, max_topk, max_side, max_pending)
     name = model_name or loaded.arch
     device = next(loaded.model.parameters()).device
-    engine = ModelWorkers(ExplainerCache(loaded.model, max_explainers), device, workers, max_batch)
+    engine = ModelWorkers(ExplainerCache(loaded.model, max_explainers), device, workers, max_batch,
+                          budget=compute_budget, max_expensive=max_expensive)
     pool = ThreadPoolExecutor(max(1, workers), thread_name_prefix="camlens-io")
     pending = 0
 
@@ -165,6 +183,7 @@ def create_app(
                   openapi_url=None)
     app.state.engine = engine
     app.state.close = close
+    app.state.stop = engine.stop  # on SIGTERM, before the server waits for the requests in flight
 
     async def in_pool(fn: Callable, *args, **kwargs):
         return await asyncio.get_running_loop().run_in_executor(pool, lambda: fn(*args, **kwargs))
@@ -192,7 +211,8 @@ def create_app(
 
     @app.get("/healthz")
     async def healthz() -> dict:
-        return {"status": "ok"}
+        """Liveness, and the model calls running now and stopped so far (between passes) in each lane."""
+        return {"status": "ok", "running": dict(engine.running), "stopped": engine.stopped}
 
     @app.get("/api/info")
     async def info() -> dict:
@@ -200,11 +220,13 @@ def create_app(
             "model": name,
             "arch": loaded.arch,
             "classes": loaded.class_names,
-            "methods": [{"name": key, "gradients": cls.needs_gradients} for key, cls in sorted(METHODS.items())],
-            "default_method": "cam",
+            "methods": [{"name": key, "gradients": METHODS[key].needs_gradients, "expensive": METHODS[key].expensive}
+                        for key in offered],
+            "default_method": "cam" if "cam" in offered else offered[0],
             "layers": layer_names(loaded.model),
             "input_size": list(loaded.preprocess.size)[::-1] if loaded.preprocess.size else None,
-            "limits": {"max_upload_bytes": max_upload_bytes, "max_pixels": max_pixels, "max_topk": max_topk},
+            "limits": {"max_upload_bytes": max_upload_bytes, "max_pixels": max_pixels, "max_topk": max_topk,
+                       "compute_budget_s": compute_budget},
             "version": __version__,
         }
 
@@ -220,6 +242,9 @@ def create_app(
             return _error(err.status, str(err))
         except ImageError as err:
             return _error(422, f"cannot use the image: {err}")
+        except Refused as err:
+            retry = {"Retry-After": str(err.retry_after)} if err.retry_after else None
+            return _error(err.status, str(err), retry)
         finally:
             pending -= 1
 
@@ -228,7 +253,7 @@ def create_app(
         if length.isdigit() and int(length) > limits.max_upload_bytes + FORM_OVERHEAD:
             raise BadRequest(413, f"the request is over the limit of {limits.max_upload_bytes} bytes")
         form = await read_form(request.headers.get("content-type", ""), request.stream(), limits.max_upload_bytes)
-        opts = parse_options({**request.query_params, **form.fields}, loaded, limits.max_topk)
+        opts = parse_options({**request.query_params, **form.fields}, loaded, limits.max_topk, offered)
         if "file" not in form.files:
             got = f" (got {', '.join(repr(k) for k in form.files)})" if form.files else ""
             raise BadRequest(400, f"no file in the form field 'file'{got}")
@@ -239,7 +264,7 @@ def create_app(
         del data
         key = JobKey(opts.method, opts.layer, opts.target, opts.topk, tuple(x.shape[1:]))
         try:
-            row = await asyncio.wrap_future(engine.submit(key, x))
+            row = await _answer(request, engine.submit(key, x))
         except CamlensError as err:
             where = f" at layer {opts.layer!r}" if opts.layer else ""
             raise BadRequest(400, f"{opts.method}{where}: {err}") from None
@@ -247,3 +272,26 @@ def create_app(
         return JSONResponse({"model": name, "method": opts.method, **body})
 
     return app
+
+
+async def _answer(request: Request, job: Job) -> Row:
+    """The job's row; if the client disconnects first, the job is cancelled (and this waits for it to stop)."""
+    answer = asyncio.wrap_future(job.future)
+    left = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait({answer, left}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        left.cancel()
+    if not answer.done():
+        job.cancel()
+    try:
+        return await answer
+    finally:  # a raised exception's traceback holds this frame: without this, frame -> job -> future -> exception
+        del job, answer
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns when the client has closed the connection (the body is already read, so the next ASGI message
+    is ``http.disconnect``)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass

@@ -1,33 +1,51 @@
-"""The model side of the web app: explainers per (method, layer), reused, and a bounded pool of threads that
-run them, batching requests that arrive together.
+"""The model side of the web app: explainers per (method, layer), reused from a bounded cache, and two lanes of
+threads that run them: ``workers`` threads for the one-pass methods (CAM, the Grad-CAM family, Eigen-CAM),
+batching requests that arrive together, and one thread for the ``expensive`` ones (Score-CAM, SS-CAM, IS-CAM,
+Ablation-CAM), so that a request that takes minutes never holds the model from the others.
 
-Each explainer works on its own copy of the model.  Explainers place hooks (gradient methods may even replace a
-layer's output to start the autograd graph there), so two explainers sharing one model would see each other's
-hooks on every pass; a copy each keeps them apart.  The cache is small (LRU) and an evicted explainer is closed
-only once no thread is using it.
+What the caches hold, at most (the bound the soak test checks, README "Web page"): ``size`` explainers, each
+one-pass explainer on its own deep copy of the model, plus up to one more per model thread for explainers
+evicted while in use; and one copy shared by every expensive explainer, with its inference copy (see
+:func:`camlens.methods.activation.pass_model`), made once.  Explainers place hooks, so the copies keep the served
+model clean; the expensive explainers' hooks act only inside their own calls (``HookSet``), and their lane has
+one thread, so sharing a copy between them is safe and makes the ``torch.fx`` inference copy once per server
+rather than once per explainer (each ``torch.fx`` build also leaves its generated source in a process-wide
+cache that is never emptied).
+
+Work is bounded per request: an expensive call stops between passes when its compute budget runs out, when
+every client waiting for it has gone, or when the server shuts down (:func:`camlens.methods.stop_when`), and
+each lane's queue is bounded; all of these answer with a :class:`Refused`.
 """
 
 from __future__ import annotations
 
 import copy
-import inspect
+import math
 import threading
+import time
+import traceback
 from collections import OrderedDict, deque
 from concurrent.futures import Future
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Any, Iterator
 
 import torch
 from torch import Tensor, nn
 
-from ..methods import CAM, EigenCAM, GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, XGradCAM, get_method
+from ..methods import Cancelled, get_method, stop_when
 from ..methods.base import Explainer
 
-# Explainers whose calls keep no state between them (thread-local hooks, per-call autograd graphs), checked from
-# 8 threads in tests/test_web_api.py; any other method is called under a lock, one call at a time.
-THREAD_SAFE = (CAM, GradCAM, GradCAMPlusPlus, XGradCAM, LayerCAM, HiResCAM, EigenCAM)
 SEED = 0  # methods that draw noise (SS-CAM) are reseeded before every call: one image, one answer
+
+
+class Refused(Exception):
+    """Work the server will not start or finish now: the HTTP status to answer, and a Retry-After in seconds."""
+
+    def __init__(self, status: int, message: str, retry_after: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.retry_after = retry_after
 
 
 @dataclass(frozen=True)
@@ -52,10 +70,17 @@ class Row:
 
 
 @dataclass
-class _Job:
+class Job:
+    """One queued image; ``cancel()`` when nobody waits for the answer any more."""
+
     key: JobKey
     x: Tensor  # (1, 3, h, w), preprocessed
+    expensive: bool
     future: Future = field(default_factory=Future)
+    cancelled: bool = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
 
 
 @dataclass
@@ -63,7 +88,8 @@ class _Entry:
     explainer: Explainer
     lock: threading.Lock | None
     generator: torch.Generator | None = None
-    warm: bool = False  # a call has succeeded, so the explainer's lazy set-up is done
+    prepared: bool = False
+    warm: bool = False  # a call has succeeded: a failure is then the input's, not the (method, layer)'s
     users: int = 0
     evicted: bool = False
 
@@ -105,35 +131,49 @@ class _SharedLock:
 
 
 class ExplainerCache:
-    """At most ``size`` explainers, one per (method, layer), each on its own deep copy of ``model``.
+    """At most ``size`` explainers, one per (method, layer), least recently used evicted first.
 
-    An explainer's first call runs alone, with no other model call in flight: lazy set-up may touch process-wide
-    state (Score-CAM's inference copy is made by ``torch.fx`` tracing, which patches ``nn.Module.__call__`` for
-    every thread while it runs).  Later calls run side by side.
+    One-pass explainers each get a deep copy of ``model``; expensive ones share one copy (their calls come from
+    one thread, see :class:`ModelWorkers`).  Calls of the one-pass lane hold a shared lock; an explainer whose
+    class has ``exclusive_setup`` prepares under the exclusive one (Score-CAM's inference copy is made by
+    ``torch.fx`` tracing, which patches ``nn.Module.__call__`` for every thread while it runs), which waits
+    only for one-pass calls, never for an expensive call in progress.  An explainer whose first call failed
+    (a layer the method cannot use) is dropped at once rather than kept.
     """
 
     def __init__(self, model: nn.Module, size: int = 4) -> None:
         self.model = model
         self.device = next(model.parameters()).device
         self.size = max(1, size)
+        self.created = 0
         self._entries: OrderedDict[tuple[str, str | None], _Entry] = OrderedDict()
         self._lock = threading.Lock()
         self._calls = _SharedLock()
+        self._shared_copy: nn.Module | None = None
+
+    def __len__(self) -> int:
+        return len(self._entries)
 
     @contextmanager
-    def use(self, method: str, layer: str | None) -> Iterator[Explainer]:
-        """The explainer for (method, layer), serialized with a lock unless its class is thread-safe."""
+    def use(self, method: str, layer: str | None, x: Tensor) -> Iterator[Explainer]:
+        """The explainer for (method, layer), prepared for inputs like ``x`` and serialized with a lock unless
+        its class is thread-safe."""
         entry = self._acquire(method, layer)
+        cls = type(entry.explainer)
         try:
-            with self._calls.shared() if entry.warm else self._calls.exclusive():
-                if entry.lock is None:
-                    yield entry.explainer
-                else:
-                    with entry.lock:
-                        if entry.generator is not None:
-                            entry.generator.manual_seed(SEED)
-                        yield entry.explainer
+            if not entry.prepared:
+                with self._calls.exclusive() if cls.exclusive_setup else nullcontext():
+                    entry.explainer.prepare(x)
+                entry.prepared = True
+            with nullcontext() if cls.expensive else self._calls.shared(), entry.lock or nullcontext():
+                if entry.generator is not None:
+                    entry.generator.manual_seed(SEED)
+                yield entry.explainer
             entry.warm = True
+        except Exception as err:
+            if not entry.warm and not isinstance(err, Cancelled):
+                self._drop(method, layer, entry)
+            raise
         finally:
             self._release(entry)
 
@@ -146,20 +186,36 @@ class ExplainerCache:
                 self._entries[key] = entry
                 while len(self._entries) > self.size:
                     _, old = self._entries.popitem(last=False)
-                    old.evicted = True
-                    if old.users == 0:
-                        old.explainer.close()
+                    self._retire(old)
             self._entries.move_to_end(key)
             entry.users += 1
             return entry
 
     def _create(self, method: str, layer: str | None) -> _Entry:
         cls = get_method(method)
-        model = copy.deepcopy(self.model)
-        if "generator" in inspect.signature(cls).parameters:
-            generator = torch.Generator(device=self.device)
-            return _Entry(cls(model, layer=layer, generator=generator), threading.Lock(), generator)
-        return _Entry(cls(model, layer=layer), None if issubclass(cls, THREAD_SAFE) else threading.Lock())
+        if cls.expensive:
+            if self._shared_copy is None:
+                self._shared_copy = copy.deepcopy(self.model)
+            model = self._shared_copy
+        else:
+            model = copy.deepcopy(self.model)
+        generator = torch.Generator(device=self.device) if cls.draws_noise else None
+        options: dict[str, Any] = {"generator": generator} if generator is not None else {}
+        explainer = cls(model, layer=layer, **options)
+        self.created += 1
+        return _Entry(explainer, None if cls.thread_safe else threading.Lock(), generator)
+
+    def _drop(self, method: str, layer: str | None, entry: _Entry) -> None:
+        with self._lock:
+            if self._entries.get((method, layer)) is entry:
+                del self._entries[(method, layer)]
+                self._retire(entry)
+
+    def _retire(self, entry: _Entry) -> None:
+        """Close ``entry`` now, or when its last user is done (called with ``_lock`` held)."""
+        entry.evicted = True
+        if entry.users == 0:
+            entry.explainer.close()
 
     def _release(self, entry: _Entry) -> None:
         with self._lock:
@@ -170,78 +226,144 @@ class ExplainerCache:
     def close(self) -> None:
         with self._lock:
             for entry in self._entries.values():
-                entry.evicted = True
-                if entry.users == 0:
-                    entry.explainer.close()
+                self._retire(entry)
             self._entries.clear()
 
 
-class ModelWorkers:
-    """``workers`` threads that take jobs from one queue; each takes the oldest job and up to ``max_batch - 1``
-    waiting jobs with the same :class:`JobKey`, and runs them as one batch.
+def _forget_frames(err: BaseException) -> None:
+    """Clear the local variables of the finished frames in ``err``'s traceback (and its causes').
 
-    With ``max_batch=1`` every image runs alone, so results are bit-for-bit those of a sequential run; larger
-    batches raise throughput (mostly on GPUs) and agree with sequential runs to float rounding (about 1e-6).
+    An exception handed to another thread through a future keeps its traceback, whose frames hold the batch,
+    the explainer (with its model copy) and the method's intermediate tensors; the batch holds the future and
+    the future the exception, a cycle that only the cyclic garbage collector frees, which in a process with
+    millions of long-lived objects runs seldom.  The file and line of each frame stay, for the server log."""
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        traceback.clear_frames(current.__traceback__)
+        current = current.__cause__ or current.__context__
+
+
+class ModelWorkers:
+    """Threads that take jobs from two bounded queues: ``workers`` threads for one-pass methods, each taking the
+    oldest job and up to ``max_batch - 1`` waiting jobs with the same :class:`JobKey` as one batch, and one
+    thread for expensive methods, one image at a time.
+
+    ``budget`` seconds (None: no limit) bound each expensive call, which then stops between passes with a 504;
+    at most ``max_expensive`` expensive jobs are queued or running (more get a 503).  With ``max_batch=1`` every
+    image runs alone, so results are bit-for-bit those of a sequential run; larger batches raise throughput
+    (mostly on GPUs) and agree with sequential runs to float rounding (about 1e-6).
     """
 
-    def __init__(self, cache: ExplainerCache, device: torch.device, workers: int = 2, max_batch: int = 1) -> None:
+    def __init__(self, cache: ExplainerCache, device: torch.device, workers: int = 2, max_batch: int = 1,
+                 budget: float | None = None, max_expensive: int = 2) -> None:
         self.cache = cache
         self.device = device
         self.max_batch = max(1, max_batch)
+        self.budget = budget
+        self.max_expensive = max_expensive
         self.batches = 0
         self.images = 0
         self.largest_batch = 0
-        self._jobs: deque[_Job] = deque()
+        self.stopped = 0  # expensive calls stopped between passes
+        self.running: dict[str, int] = {"fast": 0, "expensive": 0}
+        self._jobs: dict[bool, deque[Job]] = {False: deque(), True: deque()}
+        self._expensive_jobs = 0  # queued or running
         self._cond = threading.Condition()
         self._closed = False
-        self._threads = [threading.Thread(target=self._loop, name=f"camlens-model-{i}", daemon=True)
-                         for i in range(max(1, workers))]
+        lanes = [False] * max(1, workers) + [True]
+        self._threads = [threading.Thread(target=self._loop, args=(lane,), daemon=True,
+                                          name=f"camlens-model-{'expensive' if lane else i}")
+                         for i, lane in enumerate(lanes)]
         for thread in self._threads:
             thread.start()
 
-    def submit(self, key: JobKey, x: Tensor) -> Future:
-        """A future for the :class:`Row` of ``x`` (1, 3, h, w); it raises what the explainer raised."""
-        job = _Job(key, x)
+    def submit(self, key: JobKey, x: Tensor) -> Job:
+        """Queue ``x`` (1, 3, h, w); the job's future gives its :class:`Row`, or raises what the explainer raised
+        or a :class:`Refused`.  Raises :class:`Refused` (503) at once when the expensive lane is full."""
+        job = Job(key, x, get_method(key.method).expensive)
         with self._cond:
             if self._closed:
-                raise RuntimeError("the model workers are shut down")
-            self._jobs.append(job)
-            self._cond.notify()
-        return job.future
+                raise Refused(503, "the server is shutting down")
+            if job.expensive:
+                if self._expensive_jobs >= self.max_expensive:
+                    raise Refused(503, f"busy: {self._expensive_jobs} requests of the slow methods (Score-CAM, SS-CAM, "
+                                       "IS-CAM, Ablation-CAM) in progress; retry shortly or use a one-pass method",
+                                  retry_after=5)
+                self._expensive_jobs += 1
+            self._jobs[job.expensive].append(job)
+            self._cond.notify_all()
+        return job
 
-    def _take(self) -> list[_Job] | None:
+    def _take(self, expensive: bool) -> list[Job] | None:
+        jobs = self._jobs[expensive]
         with self._cond:
-            while not self._jobs and not self._closed:
-                self._cond.wait()
-            if not self._jobs:
-                return None
-            first = self._jobs.popleft()
+            while True:
+                while not jobs and not self._closed:
+                    self._cond.wait()
+                if not jobs:
+                    return None
+                first = jobs.popleft()
+                if not first.cancelled:
+                    break
+                self._finish([first], exception=Refused(499, "the client closed the connection"))
             batch = [first]
-            if self.max_batch > 1:
-                for job in list(self._jobs):
+            if self.max_batch > 1 and not expensive:
+                for job in list(jobs):
                     if len(batch) == self.max_batch:
                         break
-                    if job.key == first.key:
-                        self._jobs.remove(job)
+                    if job.key == first.key and not job.cancelled:
+                        jobs.remove(job)
                         batch.append(job)
+            self.running["expensive" if expensive else "fast"] += 1
             return batch
 
-    def _loop(self) -> None:
-        while (batch := self._take()) is not None:
+    def _loop(self, expensive: bool) -> None:
+        while (batch := self._take(expensive)) is not None:
             try:
                 rows = self._run(batch)
             except Exception as err:  # handed to every waiting request; the thread lives on
-                for job in batch:
-                    job.future.set_exception(err)
+                _forget_frames(err)
+                self._finish(batch, exception=err)
+                del err
             else:
-                for job, row in zip(batch, rows):
-                    job.future.set_result(row)
+                self._finish(batch, rows=rows)
+            finally:
+                with self._cond:
+                    self.running["expensive" if expensive else "fast"] -= 1
 
-    def _run(self, batch: list[_Job]) -> list[Row]:
+    def _finish(self, batch: list[Job], rows: list[Row] | None = None, exception: Exception | None = None) -> None:
+        with self._cond:
+            if batch[0].expensive:
+                self._expensive_jobs -= len(batch)
+        for i, job in enumerate(batch):
+            if rows is not None:
+                job.future.set_result(rows[i])
+            else:
+                job.future.set_exception(exception)
+
+    def _run(self, batch: list[Job]) -> list[Row]:
         key = batch[0].key
         x = torch.cat([job.x for job in batch]).to(self.device)
-        with self.cache.use(key.method, key.layer) as explainer:
-            result = explainer(x, key.target, topk=key.topk)
+        deadline = time.monotonic() + self.budget if self.budget is not None and batch[0].expensive else math.inf
+
+        def stop() -> bool:
+            return self._closed or time.monotonic() > deadline or all(job.cancelled for job in batch)
+
+        try:
+            with stop_when(stop), self.cache.use(key.method, key.layer, x) as explainer:
+                result = explainer(x, key.target, topk=key.topk)
+        except Cancelled:
+            with self._cond:
+                self.stopped += 1
+            if self._closed:
+                raise Refused(503, "the server is shutting down") from None
+            if all(job.cancelled for job in batch):
+                raise Refused(499, "the client closed the connection") from None
+            raise Refused(504, f"{key.method} ran over this server's compute budget of {self.budget:g} s per "
+                               "request; use a one-pass method (cam, gradcam...), a smaller image or a later "
+                               "layer with fewer channels") from None
         with self._cond:
             self.batches += 1
             self.images += len(batch)
@@ -249,11 +371,21 @@ class ModelWorkers:
         logits, classes, maps = (t.detach().cpu() for t in (result.logits, result.classes, result.maps))
         return [Row(logits[i].clone(), classes[i].clone(), maps[i].clone(), result.layer) for i in range(len(batch))]
 
-    def close(self) -> None:
-        """Finish the queued jobs, stop the threads and close the explainers."""
+    def stop(self) -> None:
+        """Refuse new jobs, fail the queued ones and stop the running expensive calls at their next pass (503);
+        safe to call from a signal handler's thread.  :meth:`close` then joins the threads."""
         with self._cond:
             self._closed = True
+            queued = [job for jobs in self._jobs.values() for job in jobs]
+            for jobs in self._jobs.values():
+                jobs.clear()
             self._cond.notify_all()
+        for job in queued:
+            self._finish([job], exception=Refused(503, "the server is shutting down"))
+
+    def close(self) -> None:
+        """:meth:`stop`, wait for the threads and close the explainers."""
+        self.stop()
         for thread in self._threads:
             thread.join()
         self.cache.close()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import socket
+import threading
+from types import FrameType
 
 from fastapi import FastAPI
 
@@ -32,8 +34,23 @@ def url(sock: socket.socket) -> str:
     return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
 
 
+SHUTDOWN_GRACE_S = 5  # at most this long for requests in flight to be answered after SIGTERM
+
+
 def run(app: FastAPI, sock: socket.socket, log_level: str = "info") -> None:
-    """Serve ``app`` on ``sock`` with uvicorn until Ctrl+C or SIGTERM (a graceful stop: requests in flight finish)."""
+    """Serve ``app`` on ``sock`` with uvicorn until Ctrl+C or SIGTERM.
+
+    The stop is quick and orderly: the app's ``state.stop`` is called at once (queued model work is refused and
+    expensive methods stop at their next pass, each answered with a 503), one-pass requests in flight finish,
+    and after :data:`SHUTDOWN_GRACE_S` seconds whatever is left is cancelled."""
     import uvicorn
 
-    uvicorn.Server(uvicorn.Config(app, log_level=log_level)).run(sockets=[sock])
+    stop = getattr(app.state, "stop", None)
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            super().handle_exit(sig, frame)
+            if stop is not None:  # not in the signal handler itself: it may have interrupted a holder of a lock
+                threading.Thread(target=stop, name="camlens-stop", daemon=True).start()
+
+    Server(uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=SHUTDOWN_GRACE_S)).run(sockets=[sock])
