@@ -49,6 +49,12 @@ def make_explainer(loaded, method: str, layers: Sequence[str] | None, fuse: str 
     from .methods.layered import LayerExplainer
 
     cls = get_method(method)
+    if cls.name == "cam" and not layers:  # a checkpoint trained with a WSOL method: that method's map
+        from .training.wsol import method_explainer
+
+        wsol = method_explainer(loaded.model)
+        if wsol is not None:
+            return wsol
     if layers and len(layers) > 1:
         if not issubclass(cls, LayerExplainer):
             raise CamlensError(f"--method {method} explains one layer; fusing {len(layers)} layers needs a method "

@@ -156,6 +156,12 @@ class ExplainerCache:
     def _create(self, method: str, layer: str | None) -> _Entry:
         cls = get_method(method)
         model = copy.deepcopy(self.model)
+        if cls.name == "cam" and layer is None:  # a network trained with a WSOL method: that method's map
+            from ..training.wsol import method_explainer
+
+            wsol = method_explainer(model)
+            if wsol is not None:
+                return _Entry(wsol, threading.Lock())
         if "generator" in inspect.signature(cls).parameters:
             generator = torch.Generator(device=self.device)
             return _Entry(cls(model, layer=layer, generator=generator), threading.Lock(), generator)
