@@ -18,7 +18,7 @@ import torchvision
 import camlens
 from _cli_setup import checkpoint_and_images, free_port
 from camlens import CAM, ScoreCAM
-from camlens.evaluation import Sample
+from camlens.data.samples import Sample
 from camlens.methods.activation import pass_model
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -127,7 +127,8 @@ def test_evaluate_with_two_and_three_ranks_gives_the_single_process_metrics(imag
 
 def test_interrupted_evaluate_resumes_to_the_same_metrics(images, tmp_path):
     from camlens import GradCAM
-    from camlens.evaluation import dataset_samples, evaluate_model
+    from camlens.data.samples import dataset_samples
+    from camlens.evaluation import evaluate_model
     from camlens.metrics.faithfulness import FaithfulnessConfig
 
     loaded = load_model(images / "m.safetensors")

@@ -10,7 +10,8 @@ from PIL import Image
 from camlens.capture import CamlensError
 from camlens.cli import main
 from camlens.data.annotations import Annotations, read_wsol_metadata, write_wsol_metadata
-from camlens.evaluation import box_baselines, BuiltinSamples, evaluate_maps, evaluate_model, format_table, map_boxes
+from camlens.data.samples import BuiltinSamples
+from camlens.evaluation import box_baselines, evaluate_maps, evaluate_model, format_table, map_boxes
 from camlens.methods import CAM, METHODS, get_method
 from camlens.models import GapNet, LoadedModel, Preprocess, save_checkpoint
 
@@ -196,7 +197,7 @@ def test_localize_writes_the_boxes_of_the_maps_in_original_pixels(checkpoint, tm
 
 
 def test_evaluate_cli_json_equals_the_library_result(checkpoint, tmp_path):
-    from camlens.evaluation import dataset_samples
+    from camlens.data.samples import dataset_samples
     from camlens.models import load_model
 
     target = tmp_path / "m.json"
@@ -222,7 +223,7 @@ def test_evaluate_cli_scores_precomputed_maps(tmp_path, capsys):
 
 
 def test_evaluate_faithfulness_means_equal_the_metrics_on_each_image(checkpoint, tmp_path):
-    from camlens.evaluation import dataset_samples
+    from camlens.data.samples import dataset_samples
     from camlens.metrics.faithfulness import FaithfulnessConfig, faithfulness_scores
     from camlens.models import load_model
 
@@ -267,7 +268,7 @@ def test_evaluate_on_a_metadata_folder_with_loader_workers_matches_the_images_in
     """The same images (of mixed sizes) written as PNG files (lossless) under a WSOL metadata folder, read by two
     DataLoader workers, give exactly the metrics of the images evaluated from memory."""
     from camlens.data.builtin import BuiltinDataset
-    from camlens.evaluation import Sample
+    from camlens.data.samples import Sample
     from camlens.models import load_model
     from camlens.render import save_image
 

@@ -1,4 +1,5 @@
-"""Training: reaching a stated accuracy on the built-in dataset, exact resumption, self-describing checkpoints."""
+"""Training: reaching a stated accuracy on the built-in dataset, exact resumption, self-describing checkpoints,
+ImageFolder data."""
 
 from __future__ import annotations
 
@@ -14,16 +15,15 @@ from torch import nn
 
 from camlens.capture import CamlensError
 from camlens.models import load_model
-from camlens.train import (
-    TrainData,
-    _load_optimizer,
-    _optimizer_tensors,
-    augment,
-    learning_rate,
-    load_data,
-    replace_classifier,
-    train,
-)
+from camlens.training import TrainConfig, TrainData, load_data, train
+from camlens.training.checkpoint import load_optimizer, optimizer_tensors
+from camlens.training.data import Augmentation
+from camlens.training.loop import replace_classifier
+from camlens.training.optim import learning_rate
+
+
+def cfg(**kw) -> TrainConfig:
+    return TrainConfig(progress=False, **kw)
 
 
 class SmallGap(nn.Module):
@@ -48,8 +48,8 @@ class SmallGap(nn.Module):
 def test_reduced_run_on_builtin_reaches_80_percent(tmp_path):
     """3000 images of 32 px, 6 epochs: validation accuracy on unseen handwriting >= 80% (chance: 10%)."""
     torch.manual_seed(0)
-    result = train("builtin", model=SmallGap(), out=tmp_path, epochs=6, batch_size=32, num_train=3000,
-                   num_val=300, image_size=32, progress=False, log=None)
+    result = train(cfg(out=str(tmp_path), epochs=6, batch_size=32, num_train=3000, num_val=300, image_size=32),
+                   model=SmallGap(), log=None)
     assert result.best_val_acc >= 0.80, [h.val_acc for h in result.history]
     assert len(result.history) == 6 and result.history[-1].train_loss < result.history[0].train_loss
     assert (tmp_path / "best.safetensors").is_file()
@@ -68,8 +68,7 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path):
 
     def run(out: Path, **kw):
         torch.manual_seed(0)
-        return train("builtin", model=SmallGap(width=4), out=out, epochs=3, batch_size=16, prepared=data,
-                     progress=False, **kw)
+        return train(cfg(out=str(out), epochs=3, batch_size=16), model=SmallGap(width=4), prepared=data, **kw)
 
     straight = run(tmp_path / "a", log=None)
 
@@ -82,8 +81,8 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path):
     state = json.loads((tmp_path / "b" / "train_state.json").read_text())
     assert state["epoch"] == 1
     torch.manual_seed(123)  # a different fresh init: everything must come from the saved state
-    resumed = train("builtin", model=SmallGap(width=4), out=tmp_path / "b", epochs=3, batch_size=16,
-                    prepared=data, progress=False, log=None, resume=True)
+    resumed = train(cfg(out=str(tmp_path / "b"), epochs=3, batch_size=16, resume=True), model=SmallGap(width=4),
+                    prepared=data, log=None)
     assert [h.epoch for h in resumed.history] == [1, 2, 3]
     from safetensors.torch import load_file
 
@@ -97,20 +96,19 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path):
 
 def test_resume_refuses_other_settings_and_empty_folders(tmp_path):
     data = _tiny_data()
-    train("builtin", model=SmallGap(width=4), out=tmp_path / "run", epochs=1, batch_size=16, prepared=data,
-          progress=False, log=None)
+    train(cfg(out=str(tmp_path / "run"), epochs=1, batch_size=16), model=SmallGap(width=4), prepared=data, log=None)
     with pytest.raises(CamlensError, match="batch_size=16, not 32"):
-        train("builtin", model=SmallGap(width=4), out=tmp_path / "run", epochs=2, batch_size=32, prepared=data,
-              progress=False, log=None, resume=True)
+        train(cfg(out=str(tmp_path / "run"), epochs=2, batch_size=32, resume=True), model=SmallGap(width=4),
+              prepared=data, log=None)
     with pytest.raises(CamlensError, match="no interrupted run"):
-        train("builtin", model=SmallGap(width=4), out=tmp_path / "empty", epochs=1, prepared=data,
-              progress=False, log=None, resume=True)
+        train(cfg(out=str(tmp_path / "empty"), epochs=1, resume=True), model=SmallGap(width=4), prepared=data,
+              log=None)
+    assert not (tmp_path / "empty").exists()  # nothing written by a refused run
 
 
 def test_gapnet_checkpoint_alone_rebuilds_the_model(tmp_path):
     data = _tiny_data(64, 32)
-    result = train("builtin", arch="gapnet", out=tmp_path, epochs=1, batch_size=32, prepared=data,
-                   progress=False, log=None)
+    result = train(cfg(arch="gapnet", out=str(tmp_path), epochs=1, batch_size=32), prepared=data, log=None)
     loaded = load_model(result.checkpoint)
     assert loaded.arch == "gapnet" and loaded.class_names == result.class_names
     assert loaded.preprocess == result.preprocess and loaded.preprocess.size == (32, 32)
@@ -124,10 +122,10 @@ def test_optimizer_state_round_trips_through_tensors_and_json():
     opt = torch.optim.AdamW(model.parameters(), lr=0.1)
     model(torch.randn(4, 3)).sum().backward()
     opt.step()
-    tensors, rest = _optimizer_tensors(opt)
+    tensors, rest = optimizer_tensors(opt)
     rest = json.loads(json.dumps(rest))
     other = torch.optim.AdamW(nn.Linear(3, 2).parameters(), lr=0.5)
-    _load_optimizer(other, tensors, rest)
+    load_optimizer(other, tensors, rest)
     a, b = opt.state_dict(), other.state_dict()
     assert a["param_groups"][0]["lr"] == b["param_groups"][0]["lr"] == 0.1
     for index in a["state"]:
@@ -138,13 +136,15 @@ def test_optimizer_state_round_trips_through_tensors_and_json():
 def test_augment_is_an_exact_bounded_translation_and_flips_only_when_allowed():
     images = torch.rand(6, 3, 8, 8)
     shift = 2
-    out = augment(images, torch.Generator().manual_seed(0), shift, flips=False)
+    aug = Augmentation("shift", 8, shift, flips=False)
+    out = aug(images, aug.draw(torch.Generator().manual_seed(0), 6))
     padded = torch.nn.functional.pad(images, (shift,) * 4, mode="replicate")
     for i in range(6):
         matches = [(dy, dx) for dy in range(2 * shift + 1) for dx in range(2 * shift + 1)
                    if torch.equal(out[i], padded[i, :, dy : dy + 8, dx : dx + 8])]
         assert matches, f"image {i} is not a shifted copy"
-    flipped = augment(images, torch.Generator().manual_seed(0), 0, flips=True)
+    flip = Augmentation("shift", 8, 0, flips=True)
+    flipped = flip(images, flip.draw(torch.Generator().manual_seed(0), 6))
     kinds = [torch.equal(f, x) or torch.equal(f, x.flip(-1)) for f, x in zip(flipped, images)]
     assert all(kinds)
     assert any(torch.equal(f, x.flip(-1)) for f, x in zip(flipped, images))
@@ -162,9 +162,11 @@ def test_learning_rate_warms_up_linearly_then_follows_a_cosine():
 def test_replace_classifier_swaps_the_last_linear_or_1x1_conv():
     from torchvision.models import resnet18, squeezenet1_1
 
-    r = replace_classifier(resnet18(weights=None), 7)
+    r, name = replace_classifier(resnet18(weights=None), 7)
+    assert name == "fc"
     assert isinstance(r.fc, nn.Linear) and r.fc.out_features == 7 and r.fc.in_features == 512
-    s = replace_classifier(squeezenet1_1(weights=None), 5)
+    s, name = replace_classifier(squeezenet1_1(weights=None), 5)
+    assert name == "classifier.1"
     assert s(torch.randn(1, 3, 64, 64)).shape == (1, 5)
 
 
@@ -180,10 +182,10 @@ def test_image_folder_tree_trains_with_a_held_out_share_per_class(tmp_path):
     _write_tree(tmp_path, {"cat": 10, "dog": 5})
     (tmp_path / "dog" / "notes.txt").write_text("not an image")
     data = load_data(str(tmp_path), image_size=16, val_fraction=0.2)
-    assert data.classes == ["cat", "dog"] and data.flips
+    assert data.classes == ["cat", "dog"] and data.flips and data.augment == "crop" and data.resize_size == 18
     assert sorted(data.val.labels.tolist()) == [0, 0, 1] and len(data.train) == 12
-    result = train(str(tmp_path), model=SmallGap(2, width=4), out=tmp_path / "out", epochs=1, batch_size=4,
-                   image_size=16, val_fraction=0.2, progress=False, log=None)
+    result = train(cfg(data=str(tmp_path), out=str(tmp_path / "out"), epochs=1, batch_size=4, image_size=16,
+                       val_fraction=0.2), model=SmallGap(2, width=4), log=None)
     assert result.class_names == ["cat", "dog"] and result.preprocess.size == (16, 16)
 
 
@@ -194,6 +196,7 @@ def test_image_folder_with_train_and_val_folders_is_used_as_given(tmp_path):
     assert len(data.train) == 5 and data.val.labels.tolist() == [0, 1]
     image, label = data.val.dataset[1]["image"], data.val.dataset[1]["label"]
     assert image.shape == (3, 8, 8) and label == 1
+    assert data.train.dataset[0]["image"].shape == (3, 9, 9)  # read at 8 x 256/224 for the random crop
 
 
 def test_missing_data_folder_is_a_clear_error(tmp_path):

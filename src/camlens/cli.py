@@ -12,7 +12,8 @@ from typing import Callable, Sequence
 from .capture import CamlensError
 
 
-RESUMABLE = {"explain": "progress in --out/.progress", "evaluate": "progress in --progress-dir, when given"}
+RESUMABLE = {"explain": "progress in --out/.progress", "evaluate": "progress in --progress-dir, when given",
+             "train": "add --resume: finished epochs are in --out"}
 
 
 def _fail(message: str) -> None:
@@ -119,10 +120,18 @@ def cmd_localize(args: argparse.Namespace) -> int:
         _fail(line)
     loaded = load_from_args(args)
     out = Path(args.out)
+    threshold = args.threshold
+    if threshold is None:
+        from .training.select import checkpoint_threshold
+
+        threshold = checkpoint_threshold(loaded.meta, args.protocol)
+        if threshold is not None:
+            _fail(f"{args.protocol} threshold {threshold:.3f}, the one the checkpoint was selected with")
+        threshold = 0.2 if threshold is None else threshold
     with make_explainer(loaded, args.method, args.layer, args.fuse) as explainer, \
             tqdm(total=len(paths), unit="img", disable=args.quiet, file=sys.stderr) as bar:
         records = localize_files(
-            loaded, explainer, paths, out, protocol=args.protocol, threshold=args.threshold, topk=args.topk,
+            loaded, explainer, paths, out, protocol=args.protocol, threshold=threshold, topk=args.topk,
             progress=bar.update, on_error=lambda line: bar.write(f"camlens: skipped {line}", file=sys.stderr),
         )
     done = sum("error" not in r for r in records)
@@ -135,7 +144,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from . import distributed
-    from .evaluation import dataset_samples, evaluate_maps, evaluate_model, format_table, write_json
+    from .data.samples import dataset_samples
+    from .evaluation import evaluate_maps, evaluate_model, format_table, write_json
 
     if args.maps or args.metadata:
         from .data.annotations import find_annotations
@@ -147,6 +157,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             result = evaluate_maps(args.maps, ann, paper_threshold=args.paper_threshold, progress=bar.update)
     else:
         from .metrics.faithfulness import FaithfulnessConfig
+        from .training.select import checkpoint_threshold
 
         ctx = distributed.setup(args.device)
         try:
@@ -166,6 +177,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                     loaded, explainer, samples, batch_size=args.batch_size, paper_threshold=args.paper_threshold,
                     faithfulness=config, workers=args.workers, ctx=ctx, progress_dir=args.progress_dir,
                     run_key=run_key, resume=not args.restart, progress=bar.update,
+                    fixed_threshold=checkpoint_threshold(loaded.meta, "wsol"),
                 )
         finally:
             distributed.teardown()
@@ -198,17 +210,57 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .train import train
+    if args.linear_probe is not None:
+        from .training.probe import run_linear_probe
 
-    result = train(
-        args.data, arch=args.arch, weights=args.weights, out=args.out, epochs=args.epochs,
-        batch_size=args.batch_size, lr=args.lr, image_size=args.size, num_train=args.num_train,
-        num_val=args.num_val, val_fraction=args.val_fraction, seed=args.seed, device=args.device,
-        resume=args.resume, download=args.download, workers=args.workers, progress=not args.quiet,
+        run = run_linear_probe(
+            args.data, checkpoint=args.linear_probe or None, arch=args.arch, weights=args.weights, out=args.out,
+            image_size=args.size, num_train=args.num_train, num_val=args.num_val, batch_size=args.batch_size,
+            C=args.probe_c, seed=args.seed, device=args.device, workers=args.workers,
+        )
+        print(f"checkpoint: {run.checkpoint} (val acc {run.val_accuracy:.2%}); use it with --checkpoint {run.checkpoint}")
+        return 0
+    from . import distributed
+    from .training import TrainConfig, train
+
+    config = TrainConfig(
+        args.data, images=args.images, arch=args.arch, arch_options=_arch_options(args.arch_option),
+        weights=args.weights, out=args.out, epochs=args.epochs,
+        batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay,
+        momentum=args.momentum, lr_decay_every=args.lr_decay_every, new_layer_lr_mult=args.new_layer_lr_mult,
+        augment=args.augment, image_size=args.size, resize_size=args.resize_size, num_train=args.num_train,
+        num_val=args.num_val, val_fraction=args.val_fraction, select_by=args.select_by, val_data=args.val_data,
+        val_images=args.val_images, mask_root=args.mask_root, seed=args.seed, device=args.device,
+        channels_last=args.channels_last, amp=args.amp, workers=args.workers, download=args.download,
+        resume=args.resume, progress=not args.quiet,
     )
-    print(f"checkpoint: {result.checkpoint} (val acc {result.best_val_acc:.2%}, epoch {result.best_epoch}); "
-          f"use it with --checkpoint {result.checkpoint}")
+    ctx = distributed.setup(args.device)
+    try:
+        result = train(config, ctx=ctx)
+    finally:
+        distributed.teardown()
+    if ctx.is_main:
+        chosen = (f"val acc {result.best_val_acc:.2%}" if result.select_by == "accuracy" else
+                  f"{result.select_by} {result.best_score:.2f}, val acc {result.best_val_acc:.2%}")
+        print(f"checkpoint: {result.checkpoint} ({chosen}, epoch {result.best_epoch}); "
+              f"use it with --checkpoint {result.checkpoint}")
     return 0
+
+
+def _arch_options(items: Sequence[str] | None) -> dict:
+    """``KEY=VALUE`` builder options, each value read as JSON (numbers, true/false) or else as a string."""
+    import json
+
+    options = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise CamlensError(f"--arch-option {item!r}: expected KEY=VALUE, e.g. width=256")
+        try:
+            options[key] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key] = value
+    return options
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -252,7 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--protocol", choices=["paper", "wsol"], default="paper",
                    help="paper: largest component above threshold x max; wsol: largest contour at the threshold "
                         "of the min-max normalized map, Choe et al.'s box convention (default: paper)")
-    p.add_argument("--threshold", type=float, default=0.2, help="the protocol's threshold (default: 0.2)")
+    p.add_argument("--threshold", type=float, help="the protocol's threshold (default: the one the checkpoint was "
+                                                   "selected with by camlens train --select-by, else 0.2)")
     p.add_argument("--out", default="camlens-boxes", help="output folder (default: camlens-boxes)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_localize)
@@ -266,7 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", help="root folder of the images, where the annotations do not say")
     p.add_argument("--mask-root", help="root folder of the mask files named in WSOL metadata")
     p.add_argument("--num-images", type=int, help="evaluate the first N images only")
-    p.add_argument("--maps", help="score precomputed maps instead: a folder of <image_id>.npy in [0, 1]")
+    p.add_argument("--maps", help="score precomputed maps instead: a folder of <image_id>.npy (or <stem>.npy when unambiguous) in [0, 1]")
     p.add_argument("--metadata", help="the annotations the --maps are scored against")
     p.add_argument("--paper-threshold", type=float, default=0.2,
                    help="threshold (fraction of the max) of the paper's boxes for Top-1/Top-5/GT-known Loc")
@@ -298,15 +351,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     p.set_defaults(func=cmd_serve)
 
-    p = sub.add_parser("train", help="train or fine-tune a GAP classifier; writes a self-describing checkpoint")
+    p = sub.add_parser("train", help="train or fine-tune a CAM network; writes a self-describing checkpoint")
     p.add_argument("--data", default="builtin",
-                   help="builtin, stl10 (binary files under ./data), stl10:ROOT, or an ImageFolder tree (default: builtin)")
-    p.add_argument("--arch", default="gapnet", help="gapnet, a torchvision name (resnet18) or timm:NAME (default: gapnet)")
+                   help="builtin, stl10 (binary files under ./data), stl10:ROOT, an ImageFolder tree, or a WSOL "
+                        "metadata folder (Choe et al.: train/ and val/ with image_ids.txt, class_labels.txt) "
+                        "(default: builtin)")
+    p.add_argument("--images", help="root folder the image ids of WSOL metadata are relative to")
+    p.add_argument("--arch-option", action="append", metavar="KEY=VALUE",
+                   help="a CAM network builder option, e.g. width=256, large_feature_map=true, backbone=resnet18 "
+                        "cut=layer2 for --arch gapify (repeat)")
+    p.add_argument("--arch", default="gapnet", help="gapnet, a CAM network (vgg16-cam, wsol-resnet50, gapify ...), a "
+                                                  "torchvision name (resnet18) or timm:NAME (default: gapnet)")
     p.add_argument("--weights", default="none", help="pretrained weights to fine-tune from, e.g. DEFAULT (default: none)")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, help="peak learning rate (default: 3e-3 from scratch, 3e-4 fine-tuning)")
+    p.add_argument("--lr", type=float, help="peak learning rate (default: adamw 3e-3 from scratch, 3e-4 fine-tuning; "
+                                            "sgd 0.01)")
+    p.add_argument("--optimizer", choices=["adamw", "sgd"], default="adamw",
+                   help="adamw: warm-up + cosine; sgd: momentum, lr x0.1 every --lr-decay-every epochs (Choe et al.)")
+    p.add_argument("--weight-decay", type=float, help="default: 5e-4 adamw, 1e-4 sgd")
+    p.add_argument("--momentum", type=float, default=0.9, help="sgd momentum (default: 0.9)")
+    p.add_argument("--lr-decay-every", type=int, default=30, help="sgd: epochs between x0.1 decays (default: 30)")
+    p.add_argument("--new-layer-lr-mult", type=float,
+                   help="learning-rate multiple of the new layers (default: 10 fine-tuning, 1 from scratch)")
+    p.add_argument("--augment", choices=["auto", "shift", "crop", "none"], default="auto",
+                   help="shift: random shifts (+ flips); crop: resize, random crop, flip (Choe et al.); "
+                        "auto: shift for builtin, crop otherwise")
+    p.add_argument("--resize-size", type=int, help="crop augmentation: resize to this before cropping (default: size x 256/224)")
     p.add_argument("--size", type=int, help="training image size (default: 64 builtin, 96 stl10, 224 folders)")
+    p.add_argument("--select-by", choices=["accuracy", "maxboxacc_v2", "maxboxacc", "gt_known_loc", "top1_loc", "pxap"],
+                   default="accuracy", help="keep the epoch with the best validation accuracy, or the best "
+                                            "localization metric on --val-data (default: accuracy)")
+    p.add_argument("--val-data", help="the split with boxes for --select-by (a WSOL metadata folder; default: "
+                                      "builtin's val split, or the val/ split of WSOL --data)")
+    p.add_argument("--val-images", help="root folder of the --val-data images (default: --images)")
+    p.add_argument("--mask-root", help="root folder of the mask files named in --val-data")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="train in channels-last memory format (default: on for CPU conv nets)")
+    p.add_argument("--amp", action="store_true", help="bfloat16 autocast (CUDA)")
     p.add_argument("--num-train", type=int, help="use this many training images")
     p.add_argument("--num-val", type=int, help="use this many validation images")
     p.add_argument("--val-fraction", type=float, default=0.1, help="held-out share of a single ImageFolder tree")
@@ -317,6 +399,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the run recorded in --out")
     p.add_argument("--out", default="camlens-train", help="output folder (default: camlens-train)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--linear-probe", nargs="?", const="", metavar="CHECKPOINT",
+                   help="instead of training: fit a linear classifier on the frozen pooled features of a GAP network "
+                        "(the CHECKPOINT, else --arch/--weights), the CAM paper's generic localization; writes "
+                        "--out/probe.safetensors")
+    p.add_argument("--probe-c", type=float, default=1.0,
+                   help="inverse L2 strength of the probe's logistic regression, as scikit-learn's C (default: 1)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("demo", help="train gapnet on the built-in dataset, explain held-out images, write an HTML report")

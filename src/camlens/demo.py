@@ -18,12 +18,13 @@ import torch
 from torch import Tensor
 
 from . import report
-from .evaluation import METRIC_ROWS, BuiltinSamples, evaluate_model
+from .data.samples import BuiltinSamples
+from .evaluation import METRIC_ROWS, evaluate_model
 from .maps import upsample
 from .methods import CAM, get_method
 from .metrics.faithfulness import FaithfulnessConfig
 from .models import LoadedModel
-from .train import TrainResult, load_data, train
+from .training import TrainConfig, TrainResult, load_data, train
 
 DEMO_EPOCHS = 8
 DEMO_TRAIN = 6000
@@ -163,8 +164,9 @@ def run_demo(
         f"({data.image_size}x{data.image_size}, {len(data.classes)} classes) in {timings['data']:.1f}s")
 
     tick = time.perf_counter()
-    trained = train("builtin", arch="gapnet", out=out_dir / "model", epochs=epochs, seed=seed, device=device,
-                    progress=progress, log=log, prepared=data)
+    config = TrainConfig("builtin", arch="gapnet", out=str(out_dir / "model"), epochs=epochs, seed=seed,
+                         device=str(device), progress=progress)
+    trained = train(config, prepared=data, log=log)
     timings["train"] = time.perf_counter() - tick
 
     tick = time.perf_counter()

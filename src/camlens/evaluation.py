@@ -24,7 +24,8 @@ from torch import Tensor
 
 from .boxes import box_iou, paper_boxes, scale_boxes, wsol_resize_boxes, wsol_sweep
 from .capture import CamlensError
-from .data.annotations import AnnotationError, Annotations, MaskFiles, load_mask
+from .data.annotations import Annotations, MaskFiles, load_mask
+from .data.samples import Sample
 from .distributed import (
     Context, ProgressLog, gather, pack_counts, resume_entries, shard_batches, sum_tensors, unpack_counts, write_atomic,
 )
@@ -133,107 +134,6 @@ def box_baselines(boxes: Sequence[Tensor], sizes: Sequence[tuple[int, int]], iou
 # --------------------------------------------------------------------------------------------- model evaluation
 
 
-@dataclass
-class Sample:
-    """One evaluation image: (3, H, W) float in [0, 1], label, ground-truth boxes (n, 4) and optional masks."""
-
-    image_id: str
-    image: Tensor
-    label: int
-    boxes: Tensor
-    mask: Tensor | None = None
-    ignore: Tensor | None = None
-
-    def pin_memory(self) -> "Sample":
-        """The sample with its image in page-locked memory (what ``DataLoader(pin_memory=True)`` calls), so the
-        copy to the GPU can overlap the previous batch's work."""
-        return Sample(self.image_id, self.image.pin_memory(), self.label, self.boxes, self.mask, self.ignore)
-
-
-class AnnotationSamples(torch.utils.data.Dataset):
-    """The images of an :class:`Annotations` set read from ``ann.root`` (or its in-memory masks), by index."""
-
-    def __init__(self, ann: Annotations, max_pixels: int | None = None) -> None:
-        from .data.images import DEFAULT_MAX_PIXELS
-
-        if ann.root is None:
-            raise CamlensError("these annotations have no image folder; pass the images' root folder (--images DIR)")
-        self.ann = ann
-        self.max_pixels = max_pixels or DEFAULT_MAX_PIXELS
-
-    def __len__(self) -> int:
-        return len(self.ann)
-
-    def __getitem__(self, i: int) -> Sample:
-        from .data.images import load_image
-
-        ann = self.ann
-        image_id = ann.ids[i]
-        path = ann.root / image_id
-        image = load_image(path, self.max_pixels)
-        h, w = image.shape[-2:]
-        if ann.sizes[i] is not None and tuple(ann.sizes[i]) != (w, h):
-            raise AnnotationError(f"{path}: the image is {w}x{h} but the annotations say {ann.sizes[i][0]}x{ann.sizes[i][1]}")
-        for box in ann.boxes[i].tolist():
-            if box[2] > w or box[3] > h:
-                raise AnnotationError(f"{image_id}: box {box} lies outside the {w}x{h} image")
-        mask = ignore = None
-        spec = ann.masks[i] if ann.masks else None
-        if isinstance(spec, MaskFiles):
-            mask, ignore = load_mask(spec, (h, w))
-        elif isinstance(spec, Tensor):
-            mask = spec.bool()
-        return Sample(image_id, image, int(ann.labels[i]), ann.boxes[i], mask, ignore)
-
-
-class BuiltinSamples(torch.utils.data.Dataset):
-    """The samples of a :class:`camlens.data.builtin.BuiltinDataset`, by index."""
-
-    def __init__(self, dataset) -> None:
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, i: int) -> Sample:
-        item = self.dataset[i]
-        return Sample(item["id"], item["image"], int(item["label"]), item["box"].double().reshape(1, 4), item["mask"])
-
-
-def dataset_samples(
-    data: str,
-    split: str = "test",
-    *,
-    num_images: int | None = None,
-    images: str | Path | None = None,
-    mask_root: str | Path | None = None,
-    class_names: Sequence[str] | None = None,
-) -> AnnotationSamples | BuiltinSamples:
-    """The samples of ``data``: ``builtin`` (the built-in dataset's ``split``) or a folder that
-    :func:`camlens.data.annotations.find_annotations` reads (images under ``images`` where the layout does not
-    say).  ``num_images`` keeps the first n."""
-    if data == "builtin":
-        from .data.builtin import BuiltinDataset
-
-        dataset = BuiltinDataset(split, num_images=num_images)  # type: ignore[arg-type]
-        if class_names is not None and len(class_names) != len(dataset.classes):
-            raise CamlensError(f"the built-in dataset has {len(dataset.classes)} classes but the model has "
-                               f"{len(class_names)}; evaluate a model trained on it (camlens train --data builtin)")
-        return BuiltinSamples(dataset)
-    from .data.annotations import find_annotations
-
-    ann = find_annotations(data, split, class_names, image_root=images, mask_root=mask_root)
-    if images is not None:
-        ann.root = Path(images)
-    if num_images is not None:
-        keep = slice(0, num_images)
-        ann = Annotations(ann.ids[keep], ann.labels[keep], ann.boxes[keep], ann.sizes[keep], ann.masks[keep],
-                          ann.root, ann.class_names)
-    if class_names is not None and len(ann) and int(ann.labels.max()) >= len(class_names):
-        raise CamlensError(f"{data}: class label {int(ann.labels.max())} is out of range for a model with {len(class_names)} classes")
-    return AnnotationSamples(ann)
-
-
 def explain_batch(loaded, explainer, images: Sequence[Tensor], classes: Sequence[int] | None, topk: int = 1):
     """The model input (B, 3, h, w) and the explainer's result for ``images`` (each (3, H_i, W_i) in [0, 1]) and
     ``classes`` (one per image) or the top-``topk`` predictions."""
@@ -299,6 +199,7 @@ def evaluate_model(
     run_key: dict | None = None,
     resume: bool = True,
     progress: Callable[[int], None] = lambda n: None,
+    fixed_threshold: float | None = None,
 ) -> dict:
     """Every localization metric of ``explainer`` (a CAM method on ``loaded.model``) on ``samples`` (a dataset of
     :class:`Sample`), with the box baselines on the same ground truth; with ``faithfulness``, also the means of
@@ -309,6 +210,8 @@ def evaluate_model(
     ranks' integer counts are summed, so the metrics equal a single-process run's exactly.  With
     ``progress_dir``, every finished batch is logged there (counts and per-image values); a rerun with the same
     ``run_key`` and ``resume`` skips those batches and gives the same result as an uninterrupted run.
+    ``fixed_threshold`` (e.g. the one a checkpoint was selected with) adds the box accuracy at that threshold
+    (``box_acc_at_fixed_threshold``).
     """
     ctx = ctx or Context(0, 1, 0, next(loaded.model.parameters()).device)
     create = lambda: Accumulators.create(thresholds, paper_threshold)  # noqa: E731
@@ -343,6 +246,9 @@ def evaluate_model(
     total.load_state_dict(sum_tensors(total.state_dict(), ctx))
     records = sorted((r for rank in gather(records, ctx) for r in rank), key=lambda r: r["index"])
     result = total.compute()
+    if fixed_threshold is not None:
+        result["fixed_threshold"] = fixed_threshold
+        result["box_acc_at_fixed_threshold"] = total.box.accuracy_at(fixed_threshold)
     gt_boxes = [torch.tensor(r["boxes"], dtype=torch.float64) for r in records]
     result["baselines"] = box_baselines(gt_boxes, [tuple(r["size"]) for r in records]) if records else {}
     if faithfulness is not None:
@@ -423,17 +329,11 @@ def evaluate_maps(
     maps_dir = Path(maps_dir)
     if not maps_dir.is_dir():
         raise CamlensError(f"{maps_dir}: maps folder not found")
-    found = _map_files(maps_dir)
-    missing = [i for i in ann.ids if i not in found]
-    extra = sorted(found - set(ann.ids))
-    if missing:
-        raise CamlensError(f"{maps_dir}: no map for {len(missing)} image id(s), e.g. {missing[0]}.npy")
-    if extra:
-        raise CamlensError(f"{maps_dir}: {len(extra)} map(s) for image ids not in the annotations, e.g. {extra[0]}.npy")
+    names, naming = map_names(maps_dir, ann.ids)
     acc = Accumulators.create(thresholds, paper_threshold)
     gt_boxes, sizes = [], []
     for i, image_id in enumerate(ann.ids):
-        score = load_score_map(maps_dir / f"{image_id}.npy")
+        score = load_score_map(maps_dir / f"{names[i]}.npy")
         h, w = score.shape
         if ann.has_boxes:
             size = ann.sizes[i] or _image_size(ann, image_id)
@@ -452,7 +352,34 @@ def evaluate_maps(
         progress(1)
     result = acc.compute()
     result["baselines"] = box_baselines(gt_boxes, sizes) if gt_boxes else {}
+    result["map_naming"] = naming
     return result
+
+
+def map_names(maps_dir: Path, ids: Sequence[str]) -> tuple[list[str], str]:
+    """The map file (without ``.npy``, relative to ``maps_dir``) of each image id, and the naming found:
+    ``<image_id>.npy`` (what wsolevaluation's code loads) or, when every id's map is missing under that name,
+    ``<stem>.npy`` in ``maps_dir`` itself (what its docstring describes), provided no two ids share a stem.
+    Every image id needs a map and every map an id."""
+    found = _map_files(maps_dir)
+    candidates = [("<image_id>.npy", list(ids))]
+    stems = [Path(i).stem for i in ids]
+    if stems != list(ids) and len(set(stems)) == len(stems):
+        candidates.append(("<stem>.npy", stems))
+    for naming, names in candidates:
+        if all(n in found for n in names):
+            extra = sorted(found - set(names))
+            if extra:
+                raise CamlensError(f"{maps_dir}: {len(extra)} map(s) for image ids not in the annotations, "
+                                   f"e.g. {extra[0]}.npy")
+            return names, naming
+    missing = [i for i in ids if i not in found]
+    stem_note = ""
+    if stems != list(ids):
+        shared = len(stems) - len(set(stems))
+        stem_note = (f"; named by stem, {shared} id(s) share a stem, so that naming is ambiguous" if shared else
+                     f"; nor by stem, e.g. {stems[ids.index(missing[0])]}.npy")
+    raise CamlensError(f"{maps_dir}: no map for {len(missing)} image id(s), e.g. {missing[0]}.npy{stem_note}")
 
 
 # --------------------------------------------------------------------------------------------- reporting
@@ -475,6 +402,11 @@ def format_table(result: dict) -> str:
     if result.get("best_threshold") is not None:
         extra.append(f"best threshold (MaxBoxAcc): {result['best_threshold']:.3f}")
     extra.append(f"paper protocol threshold: {result.get('paper_threshold')}")
+    if result.get("box_acc_at_fixed_threshold") is not None:
+        extra.append(f"box accuracy at the checkpoint's threshold {result['fixed_threshold']:.3f}: "
+                     f"{result['box_acc_at_fixed_threshold']:.2f}")
+    if result.get("map_naming"):
+        extra.append(f"maps named {result['map_naming']}")
     return "\n".join(lines + ["; ".join(extra)])
 
 
@@ -555,11 +487,7 @@ def localize_files(
 
 __all__ = [
     "Accumulators",
-    "AnnotationSamples",
-    "BuiltinSamples",
-    "Sample",
     "box_baselines",
-    "dataset_samples",
     "explain_batch",
     "image_maps",
     "evaluate_maps",
@@ -567,4 +495,5 @@ __all__ = [
     "format_table",
     "localize_files",
     "map_boxes",
+    "map_names",
 ]

@@ -104,12 +104,27 @@ def _torchvision_weights(arch: str, weights: str):
         raise CamlensError(f"no weights {weights!r} for {arch}; choose from {choices} or 'none'") from err
 
 
-def build_model(arch: str, num_classes: int | None = None, weights: str | None = None) -> nn.Module:
-    """A model by name: ``gapnet``, any torchvision classification builder (``resnet50``) or ``timm:NAME``.
+def download_error(enum, err: Exception) -> CamlensError:
+    """The one-line error for torchvision weights that cannot be downloaded, saying where to put the file."""
+    return CamlensError(
+        f"cannot download {enum} ({err.__class__.__name__}); offline, put {enum.url.rsplit('/', 1)[-1]} in "
+        f"{Path(torch.hub.get_dir()) / 'checkpoints'} or use --checkpoint FILE or --weights none"
+    )
+
+
+def build_model(arch: str, num_classes: int | None = None, weights: str | None = None, **options) -> nn.Module:
+    """A model by name: ``gapnet``, a CAM network of :data:`camlens.networks.NETWORKS` (``vgg16-cam``, with its
+    builder ``options``), any torchvision classification builder (``resnet50``) or ``timm:NAME``.
 
     ``weights``: None/``"none"`` for random initialization; a torchvision weight name (``DEFAULT``,
     ``IMAGENET1K_V2``, ``ResNet50_Weights.IMAGENET1K_V2``), or ``pretrained`` for timm.
     """
+    from .networks import NETWORKS, build_network
+
+    if arch in NETWORKS:
+        return build_network(arch, num_classes, weights, **options)
+    if options:
+        raise CamlensError(f"{arch} takes no builder options (given: {', '.join(options)})")
     pretrained = weights not in (None, "none", "None")
     if arch == "gapnet":
         if pretrained:
@@ -137,10 +152,13 @@ def build_model(arch: str, num_classes: int | None = None, weights: str | None =
     try:
         return tvm.get_model(arch, weights=enum)
     except (OSError, RuntimeError) as err:  # urllib's URLError is an OSError
-        raise CamlensError(
-            f"cannot download {enum} ({err.__class__.__name__}); offline, put {enum.url.rsplit('/', 1)[-1]} in "
-            f"{Path(torch.hub.get_dir()) / 'checkpoints'} or use --checkpoint FILE or --weights none"
-        ) from err
+        raise download_error(enum, err) from err
+
+
+def _network_names() -> tuple[str, ...]:
+    from .networks import NETWORKS
+
+    return tuple(NETWORKS)
 
 
 def read_class_names(spec: str | Sequence[str] | None, num_classes: int) -> list[str]:
@@ -165,10 +183,10 @@ def read_class_names(spec: str | Sequence[str] | None, num_classes: int) -> list
     return names
 
 
-def _num_classes_from_state(arch: str, state: dict[str, Tensor]) -> int:
+def _num_classes_from_state(arch: str, state: dict[str, Tensor], options: dict | None = None) -> int:
     """The row count of the classifier's weight in ``state``; the classifier is the last linear or 1x1 conv
     module of the architecture (found on a default-sized instance, since state dict key order is not reliable)."""
-    probe = build_model(arch)
+    probe = build_model(arch, **(options or {}))
     names = [n for n, m in probe.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
     key = f"{names[-1]}.weight" if names else None
     if key not in state:
@@ -207,14 +225,19 @@ def save_checkpoint(
     class_names: Sequence[str],
     preprocess: Preprocess,
     extra: dict | None = None,
+    arch_options: dict | None = None,
 ) -> Path:
     """Write ``model``'s weights as safetensors, with arch, class names and preprocessing in its metadata, so
-    ``load_model(checkpoint=path)`` alone rebuilds it."""
+    ``load_model(checkpoint=path)`` alone rebuilds it.  ``arch_options`` (default: ``model.arch_options``, set
+    by the CAM network builders) are the builder options that rebuild the same network."""
     from safetensors.torch import save_model
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = {"arch": arch, "class_names": list(class_names), "preprocess": preprocess.to_json(), **(extra or {})}
+    options = arch_options if arch_options is not None else getattr(model, "arch_options", None)
+    if options:
+        meta["arch_options"] = dict(options)
     save_model(model, str(path), metadata={"camlens": json.dumps(meta)})
     return path
 
@@ -242,7 +265,8 @@ def load_model(
         if arch is None:
             raise CamlensError(f"{checkpoint}: no architecture recorded in the checkpoint; pass --arch")
         names = meta.get("class_names")
-        model = build_model(arch, len(names) if names else _num_classes_from_state(arch, state))
+        options = meta.get("arch_options") or {}
+        model = build_model(arch, len(names) if names else _num_classes_from_state(arch, state, options), **options)
         if meta.get("wsol_method"):  # the training method's layers must exist before its weights are loaded
             from .training.wsol import wsol_method_from_config
 
@@ -259,7 +283,7 @@ def load_model(
         model = build_model(arch, None, weights)
         names, base = None, Preprocess()
         pretrained = weights not in (None, "none", "None")
-        if pretrained and not arch.startswith("timm:") and arch != "gapnet":
+        if pretrained and not arch.startswith("timm:") and arch != "gapnet" and arch not in _network_names():
             enum = _torchvision_weights(arch, weights)
             names = list(enum.meta["categories"])
             crop = getattr(enum.transforms(), "crop_size", [224])

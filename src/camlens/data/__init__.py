@@ -4,4 +4,6 @@
 - ``builtin``: the built-in, procedurally generated localization dataset (``BuiltinDataset``).
 - ``stl10``: STL-10 from its binary files (``STL10``, ``read_split``).
 - ``folder``: ImageFolder trees (``folder_splits``).
+- ``annotations``: localization ground truth (Choe et al.'s metadata, VOC/ImageNet XML, CUB-200-2011).
+- ``samples``: images with their labels and ground truth for evaluation and training (``dataset_samples``).
 """

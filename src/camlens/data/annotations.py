@@ -107,13 +107,8 @@ def check_box(box: Sequence[float], size: tuple[int, int] | None, where: str) ->
 # --------------------------------------------------------------------------------------------- Choe et al.
 
 
-def read_wsol_metadata(folder: str | Path, mask_root: str | Path | None = None, image_root: str | Path | None = None) -> Annotations:
-    """A metadata folder of Choe et al.'s ``wsolevaluation``: ``image_ids.txt`` (one id a line),
-    ``class_labels.txt`` (``id,label``), ``image_sizes.txt`` (``id,W,H``; optional) and ``localization.txt``
-    (``id,x0,y0,x1,y1`` per box, or ``id,mask,ignore`` per mask with paths under ``mask_root``, default the
-    folder).  Every image id needs a label and localization; ids in the other files must be listed in
-    ``image_ids.txt``."""
-    folder = Path(folder)
+def _wsol_ids_and_labels(folder: Path) -> tuple[list[str], dict[str, int], dict[str, int]]:
+    """``image_ids.txt`` (ids in order, and the line of each) and ``class_labels.txt`` of a metadata folder."""
     if not (folder / "image_ids.txt").is_file():
         raise AnnotationError(f"{folder}: not a WSOL metadata folder (no image_ids.txt)")
     ids_path = folder / "image_ids.txt"
@@ -126,22 +121,44 @@ def read_wsol_metadata(folder: str | Path, mask_root: str | Path | None = None, 
         ids.append(line)
     if not ids:
         raise AnnotationError(f"{ids_path}: no image ids")
-
-    def known(path: Path, lineno: int, image_id: str) -> None:
-        if image_id not in seen:
-            raise AnnotationError(f"{path}:{lineno}: image id {image_id!r} is not in {ids_path.name}")
-
     labels_path = folder / "class_labels.txt"
     labels: dict[str, int] = {}
     for lineno, line in _lines(labels_path):
         fields = line.split(",")
         if len(fields) != 2:
             raise AnnotationError(f"{labels_path}:{lineno}: expected 'image_id,label', got {line!r}")
-        known(labels_path, lineno, fields[0])
+        if fields[0] not in seen:
+            raise AnnotationError(f"{labels_path}:{lineno}: image id {fields[0]!r} is not in {ids_path.name}")
         (label,) = _ints(labels_path, lineno, fields[1:], "the class label")
         if label < 0:
             raise AnnotationError(f"{labels_path}:{lineno}: class label {label} is negative")
         labels[fields[0]] = label
+    missing = [i for i in ids if i not in labels]
+    if missing:
+        raise AnnotationError(f"{labels_path}: no entry for {len(missing)} image id(s), e.g. {missing[0]!r}")
+    return ids, seen, labels
+
+
+def read_wsol_labels(folder: str | Path) -> tuple[list[str], Tensor]:
+    """The image ids and 0-based class labels (N,) of a Choe et al. metadata folder (``image_ids.txt``,
+    ``class_labels.txt``): what training reads from their ``train`` split, which has no boxes."""
+    ids, _, labels = _wsol_ids_and_labels(Path(folder))
+    return ids, torch.tensor([labels[i] for i in ids], dtype=torch.long)
+
+
+def read_wsol_metadata(folder: str | Path, mask_root: str | Path | None = None, image_root: str | Path | None = None) -> Annotations:
+    """A metadata folder of Choe et al.'s ``wsolevaluation``: ``image_ids.txt`` (one id a line),
+    ``class_labels.txt`` (``id,label``), ``image_sizes.txt`` (``id,W,H``; optional) and ``localization.txt``
+    (``id,x0,y0,x1,y1`` per box, or ``id,mask,ignore`` per mask with paths under ``mask_root``, default the
+    folder).  Every image id needs a label and localization; ids in the other files must be listed in
+    ``image_ids.txt``."""
+    folder = Path(folder)
+    ids, seen, labels = _wsol_ids_and_labels(folder)
+    ids_path = folder / "image_ids.txt"
+
+    def known(path: Path, lineno: int, image_id: str) -> None:
+        if image_id not in seen:
+            raise AnnotationError(f"{path}:{lineno}: image id {image_id!r} is not in {ids_path.name}")
 
     sizes: dict[str, tuple[int, int]] = {}
     sizes_path = folder / "image_sizes.txt"
@@ -185,10 +202,10 @@ def read_wsol_metadata(folder: str | Path, mask_root: str | Path | None = None, 
                 raise AnnotationError(f"{loc_path}:{lineno}: a second ignore mask for {image_id!r} (give it on its first line only)")
             ignores.setdefault(image_id, mroot / fields[2] if fields[2] else None)
 
-    for name, table in (("class_labels.txt", labels), ("localization.txt", boxes if kind == "box" else masks)):
-        missing = [i for i in ids if i not in table]
-        if missing:
-            raise AnnotationError(f"{folder / name}: no entry for {len(missing)} image id(s), e.g. {missing[0]!r}")
+    table = boxes if kind == "box" else masks
+    missing = [i for i in ids if i not in table]
+    if missing:
+        raise AnnotationError(f"{loc_path}: no entry for {len(missing)} image id(s), e.g. {missing[0]!r}")
     return Annotations(
         ids=ids,
         labels=torch.tensor([labels[i] for i in ids], dtype=torch.long),

@@ -177,6 +177,15 @@ class BoxAccuracy(_Counts):
         }
 
 
+    def accuracy_at(self, threshold: float, iou: float = 0.5) -> float | None:
+        """Box accuracy (largest contour, IoU >= ``iou``) at the sweep threshold nearest ``threshold``: the
+        score of a threshold fixed beforehand, e.g. chosen on another split as Choe et al. choose it."""
+        if int(self.count) == 0:
+            return None
+        index = int(torch.argmin((self.thresholds - threshold).abs()))
+        return float(self.correct_largest[self.ious.index(iou), index]) * 100.0 / float(self.count)
+
+
 def _iou_key(iou: float) -> str:
     return f"iou{round(iou * 100)}"
 

@@ -1,0 +1,127 @@
+"""Every setting of a training run, with its default, in one place (``camlens train`` flags map onto it).
+
+The defaults that come from Choe et al. (CVPR 2020, wsolevaluation's ``config.py``) keep their names there:
+``momentum`` 0.9, ``weight_decay`` 1e-4 with SGD, ``lr_decay_every`` (their ``lr_decay_frequency``) and the 10x
+learning rate of new layers (their ``lr_classifier_ratio``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from ..capture import CamlensError
+
+OPTIMIZERS = ("adamw", "sgd")
+AUGMENTATIONS = ("auto", "shift", "crop", "none")
+SELECT_BY = ("accuracy", "maxboxacc_v2", "maxboxacc", "gt_known_loc", "top1_loc", "pxap")
+
+
+@dataclass
+class TrainConfig:
+    """One training run.
+
+    Data: ``data`` is ``builtin``, ``stl10`` / ``stl10:ROOT``, an ImageFolder tree or a Choe et al. metadata
+    folder (``images``: the root the image ids are relative to); see :func:`camlens.training.data.load_data`.
+
+    Network: ``arch`` (``gapnet``, a CAM network of :data:`camlens.networks.NETWORKS` with its builder
+    ``arch_options``, a torchvision name or ``timm:NAME``), from scratch or from pretrained ``weights``.
+
+    Optimization: ``optimizer="adamw"`` is AdamW with a linear warm-up and a cosine decay over the whole run
+    (``lr`` default 3e-3 from scratch, 3e-4 fine-tuning; ``weight_decay`` 5e-4); ``"sgd"`` is Choe et al.'s SGD
+    with ``momentum`` and the learning rate times 0.1 every ``lr_decay_every`` epochs (``lr`` default 0.01,
+    ``weight_decay`` 1e-4).  The network's new layers (its ``new_layers`` attribute, the layers a training method
+    attaches, and a replaced classifier) train at ``new_layer_lr_mult`` times the rate (default 10 when
+    fine-tuning pretrained ``weights``, as Choe et al.; 1 from scratch, where every layer is new).
+
+    Augmentation: ``shift`` (random translation by up to ``max_shift`` pixels, default 1/16 of the size, and
+    mirror flips where the classes allow: the built-in dataset's, whose digits must not be mirrored), ``crop``
+    (Choe et al.'s for natural images: resize to ``resize_size`` x ``resize_size``, default 256/224 of the input
+    size, random ``image_size`` crop, horizontal flip) or ``none``; ``auto``: ``shift`` for the built-in dataset,
+    ``crop`` otherwise.  Validation images are resized to the input size, never cropped.
+
+    Selection: ``select_by="accuracy"`` keeps the epoch with the best validation accuracy; a localization metric
+    (``maxboxacc_v2``...) evaluates that metric on ``val_data`` (a split with boxes: Choe et al.'s train-fullsup;
+    the built-in dataset's validation split by default for builtin data) after each epoch and keeps its best.
+
+    ``channels_last`` (default: on for convolutional networks) and ``amp`` (bfloat16 autocast, CUDA only) are
+    speed options.
+    """
+
+    data: str = "builtin"
+    images: str | None = None
+    arch: str = "gapnet"
+    arch_options: dict[str, Any] = field(default_factory=dict)
+    weights: str | None = None
+    out: str = "camlens-train"
+    epochs: int = 10
+    batch_size: int = 64
+    optimizer: str = "adamw"
+    lr: float | None = None
+    weight_decay: float | None = None
+    momentum: float = 0.9
+    lr_decay_every: int = 30
+    new_layer_lr_mult: float | None = None
+    augment: str = "auto"
+    image_size: int | None = None
+    resize_size: int | None = None
+    max_shift: int | None = None
+    num_train: int | None = None
+    num_val: int | None = None
+    val_fraction: float = 0.1
+    select_by: str = "accuracy"
+    val_data: str | None = None
+    val_images: str | None = None
+    mask_root: str | None = None
+    seed: int = 0
+    device: str = "cpu"
+    channels_last: bool | None = None
+    amp: bool = False
+    workers: int = 0
+    download: bool = False
+    resume: bool = False
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        for name, choices in (("optimizer", OPTIMIZERS), ("augment", AUGMENTATIONS), ("select_by", SELECT_BY)):
+            if getattr(self, name) not in choices:
+                raise CamlensError(f"{name}={getattr(self, name)!r}: choose one of {', '.join(choices)}")
+        for name in ("epochs", "batch_size", "lr_decay_every"):
+            if getattr(self, name) < 1:
+                raise CamlensError(f"{name}={getattr(self, name)} must be at least 1")
+        if self.lr is not None and not self.lr > 0:
+            raise CamlensError(f"lr={self.lr} must be positive")
+        if self.new_layer_lr_mult is not None and not self.new_layer_lr_mult > 0:
+            raise CamlensError(f"new_layer_lr_mult={self.new_layer_lr_mult} must be positive")
+
+    @property
+    def pretrained(self) -> bool:
+        return self.weights not in (None, "none", "None")
+
+    @property
+    def base_lr(self) -> float:
+        if self.lr is not None:
+            return self.lr
+        if self.optimizer == "sgd":
+            return 0.01
+        return 3e-4 if self.pretrained else 3e-3
+
+    @property
+    def decay(self) -> float:
+        if self.weight_decay is not None:
+            return self.weight_decay
+        return 1e-4 if self.optimizer == "sgd" else 5e-4
+
+    @property
+    def lr_mult(self) -> float:
+        if self.new_layer_lr_mult is not None:
+            return self.new_layer_lr_mult
+        return 10.0 if self.pretrained else 1.0
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
