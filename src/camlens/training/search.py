@@ -126,7 +126,6 @@ def evaluate_trial(result_model, method, samples: Dataset, class_names: list[str
         metrics = evaluate_model(loaded, explainer, samples, batch_size=batch_size, paper_threshold=PAPER_THRESHOLD,
                                  ctx=Context(0, 1, 0, device))
         metrics["accuracy"] = 100.0 * explainer.correct / max(1, explainer.seen)
-    metrics.pop("baselines", None)
     return metrics
 
 
@@ -147,7 +146,8 @@ def run_trial(trial: Trial, config: TrainConfig, data: TrainData, samples: Datas
               "params": trial.params, "config": method.config(), "select_by": result.select_by,
               "val_score": result.best_score, "val_acc": 100.0 * result.best_val_acc, "best_epoch": result.best_epoch,
               "checkpoint": str(result.checkpoint), "train_seconds": seconds, "rank": rank,
-              "test": {k: test.get(k) for k in (*REPORTED, "top1_loc", "maxboxacc", "best_threshold")}}
+              "test": {k: test.get(k) for k in (*REPORTED, "top1_loc", "maxboxacc", "best_threshold")},
+              "baselines": test.get("baselines")}
     write_atomic(folder / RESULT, json.dumps(record, indent=1))
     return record
 
@@ -254,6 +254,7 @@ def search(
     summary = {"select_by": config.select_by, "trials_per_method": trials, "lr_range": list(lr_range),
                "config": {k: v for k, v in asdict(config).items() if k not in ("out", "lr", "resume", "progress")},
                "test": {"data": test_data or config.data, "split": test_split, "num_images": len(samples)},  # type: ignore[arg-type]
+               "baselines": records[0].get("baselines") if records else None,  # the same test boxes for all
                "best": {m: r["trial"] for m, r in best.items()}, "trials": records}
     write_atomic(out / SUMMARY, json.dumps(summary, indent=1))
     say(table)

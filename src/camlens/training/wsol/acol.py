@@ -100,7 +100,7 @@ class ACoLCAM(Explainer):
             with self._setup_lock:
                 if self._capture is None:
                     self.head = probe(self.model).head
-                    self._capture = LayerCapture(self.head.layer, where="output")
+                    self._capture = LayerCapture(self.head.layer, where=self.head.capture)
                     self._captures.append(self._capture)
             head = self.head
             assert head is not None

@@ -77,9 +77,10 @@ def live_class_maps(model: nn.Module, head: GapHead, features: Tensor, classes: 
 
 
 def require_linear_head(method: str, head: GapHead) -> None:
-    if head.pooled_last or head.norm is not None:
+    """A GAP + linear head, or a 1x1 convolution classifier before GAP without an activation (the same map)."""
+    if head.norm is not None or head.class_act != "identity":
         raise CamlensError(f"{method} needs a network ending in GAP + one linear classifier; {head.classifier_name!r} "
-                           "is a pooled 1x1 convolution or follows a LayerNorm")
+                           "follows a LayerNorm or is a 1x1 convolution with a ReLU before the pooling")
 
 
 def _is_sequential(model: nn.Module, name: str) -> bool:
@@ -109,8 +110,9 @@ def adl_positions(model: nn.Module) -> list[str]:
     - ResNet: after block 0 of layer3 and blocks 0 and 2 of layer4;
     - VGG16: after pool3, after conv4_3 (before pool4, where it exists) and after conv5_3;
     - InceptionV3: after Mixed_5d, after Mixed_6e and on the CAM feature map (after their head's last conv);
-    - anything else (gapnet, converted networks): after the last two blocks of a ``features`` Sequential, or else
-      on the CAM feature map alone."""
+    - anything else with a ``features`` module (gapnet, the CAM paper's conversions, ``gapify``): after its last two
+      blocks when it ends at the CAM feature map, else after ``features`` and on the head's feature map; without
+      one, on the CAM feature map alone."""
     if resnet_like(model):
         if len(model.layer4) < 3:
             raise CamlensError(f"ADL: layer4 of {type(model).__name__} has {len(model.layer4)} blocks; Choe et al. place "
@@ -124,10 +126,23 @@ def adl_positions(model: nn.Module) -> list[str]:
     head = probe(model).head
     if inception_like(model):
         return ["Mixed_5d", "Mixed_6e", head.layer_name]
-    features = getattr(model, "features", None)
-    if isinstance(features, nn.Sequential) and len(features) >= 2 and head.layer_name in ("features", f"features.{len(features) - 1}"):
-        return [f"features.{len(features) - 2}", f"features.{len(features) - 1}"]
+    blocks = _feature_blocks(model, head)
+    if blocks is not None and blocks[1] and len(blocks[0]) >= 2:
+        return blocks[0][-2:]
+    if blocks is not None and not blocks[1] and blocks[0]:
+        return ["features", head.layer_name]
     return [head.layer_name]
+
+
+def _feature_blocks(model: nn.Module, head: GapHead) -> tuple[list[str], bool] | None:
+    """The qualified names of the children of the network's ``features`` module (a Sequential, or the traced graph
+    of a converted backbone), and whether ``features`` itself ends at the CAM feature map (gapnet) rather than
+    feeding a head of its own (the CAM paper's conv + ReLU); None without a ``features`` module."""
+    features = getattr(model, "features", None)
+    if not isinstance(features, nn.Module):
+        return None
+    names = [f"features.{n}" for n, _ in features.named_children()]
+    return names, head.layer_name == "features" or head.layer_name.startswith("features.")
 
 
 def spg_branch_points(model: nn.Module, head: GapHead) -> tuple[str, str]:
@@ -136,8 +151,9 @@ def spg_branch_points(model: nn.Module, head: GapHead) -> tuple[str, str]:
     - ResNet: after block 0 of layer3 and after layer3 (Choe et al.'s SPG_A1 / SPG_A2 split of layer3);
     - VGG16: after pool4 and after conv5_3 (their SPG_A_1 + pooling, SPG_A_2);
     - InceptionV3: after Mixed_5d and after Mixed_6d (where their code taps B1 and B2);
-    - a ``features`` Sequential that ends at the CAM feature map (gapnet): after its third- and second-to-last
-      blocks."""
+    - any other network with a ``features`` module (a Sequential or a converted backbone's traced graph): after its
+      third- and second-to-last blocks when it ends at the CAM feature map (gapnet), else after its last two (the
+      CAM paper's conversions and ``gapify``, whose own conv + ReLU give the map C reads)."""
     if resnet_like(model):
         return "layer3.0", "layer3"
     if inception_like(model):
@@ -147,8 +163,10 @@ def spg_branch_points(model: nn.Module, head: GapHead) -> tuple[str, str]:
         convs = _vgg_conv_indices(features)  # type: ignore[arg-type]
         pool4 = [i for i in range(convs[9], convs[10]) if isinstance(features[i], nn.MaxPool2d)]  # type: ignore[index]
         return f"features.{pool4[0] if pool4 else convs[10] - 1}", f"features.{len(features) - 1}"  # type: ignore[arg-type]
-    if isinstance(features, nn.Sequential) and len(features) >= 3 and head.layer_name in ("features", f"features.{len(features) - 1}"):
-        return f"features.{len(features) - 3}", f"features.{len(features) - 2}"
+    blocks = _feature_blocks(model, head)
+    if blocks is not None and len(blocks[0]) >= 3:
+        names, at_end = blocks
+        return (names[-3], names[-2]) if at_end else (names[-2], names[-1])
     raise CamlensError(f"SPG does not know where to place its side branches on {type(model).__name__}; "
                        "give branches=(LAYER1, LAYER2), two layers before the CAM feature map")
 

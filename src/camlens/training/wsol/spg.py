@@ -104,8 +104,11 @@ class SPG(TrainingMethod):
         b1, b2 = self.branches if self.branches is not None else spg_branch_points(model, head)
         shapes = probe(model, [b1, b2]).shapes
         for name in (b1, b2):
-            if name not in shapes or len(shapes[name]) != 4:
-                raise CamlensError(f"SPG: layer {name!r} gives no (B, C, h, w) feature map")
+            if name not in shapes:
+                raise CamlensError(f"SPG: layer {name!r} does not run as a module in the forward pass (a traced "
+                                   "backbone runs only its leaf layers); give branches=(LAYER1, LAYER2)")
+            if len(shapes[name]) != 4:
+                raise CamlensError(f"SPG: layer {name!r} gives no (B, C, h, w) feature map; give other branches=")
         c1, c2, k = shapes[b1][1], shapes[b2][1], head.weight.shape[1]
         hidden = min(512, k)
         ref = next(model.parameters())
