@@ -122,7 +122,8 @@ def evaluate_trial(result_model, method, samples: Dataset, class_names: list[str
     from .select import PAPER_THRESHOLD
 
     loaded = LoadedModel(result_model, class_names, preprocess, "")
-    with _Scored(method.explainer(result_model)) as explainer:
+    explainer = _Scored(method.explainer(result_model))
+    with explainer:
         metrics = evaluate_model(loaded, explainer, samples, batch_size=batch_size, paper_threshold=PAPER_THRESHOLD,
                                  ctx=Context(0, 1, 0, device))
         metrics["accuracy"] = 100.0 * explainer.correct / max(1, explainer.seen)

@@ -62,7 +62,8 @@ def check_fraction(method: str, name: str, value: float) -> None:
 
 def unwrap(model: nn.Module) -> nn.Module:
     """The network inside a DistributedDataParallel (or DataParallel) wrapper, else ``model``."""
-    return model.module if isinstance(getattr(model, "module", None), nn.Module) else model
+    inner = getattr(model, "module", None)
+    return inner if isinstance(inner, nn.Module) else model
 
 
 @dataclass

@@ -70,8 +70,10 @@ def live_class_maps(model: nn.Module, head: GapHead, features: Tensor, classes: 
     """M_c = sum_k w_k^c act(f_k) + b_c (B, N, h, w) with the classifier's current weights: the class maps of a
     GAP + linear head before pooling (the 1x1-convolution form of the classifier)."""
     cls = classifier_of(model, head)
-    weight = cls.weight.flatten(1)
-    bias = cls.bias if cls.bias is not None else weight.new_zeros(weight.shape[0])
+    weight, bias = cls.weight, cls.bias
+    assert isinstance(weight, Tensor)
+    weight = weight.flatten(1)
+    bias = bias if isinstance(bias, Tensor) else weight.new_zeros(weight.shape[0])
     f = torch.relu(features) if head.feature_act == "relu" else features
     return torch.einsum("bnk,bkhw->bnhw", weight[classes], f) + bias[classes][..., None, None]
 
@@ -114,8 +116,9 @@ def adl_positions(model: nn.Module) -> list[str]:
       blocks when it ends at the CAM feature map, else after ``features`` and on the head's feature map; without
       one, on the CAM feature map alone."""
     if resnet_like(model):
-        if len(model.layer4) < 3:
-            raise CamlensError(f"ADL: layer4 of {type(model).__name__} has {len(model.layer4)} blocks; Choe et al. place "
+        count = len(model.get_submodule("layer4"))  # type: ignore[arg-type]
+        if count < 3:
+            raise CamlensError(f"ADL: layer4 of {type(model).__name__} has {count} blocks; Choe et al. place "
                                "ADL after its blocks 0 and 2")
         return ["layer3.0", "layer4.0", "layer4.2"]
     if vgg16_like(model):
