@@ -163,3 +163,14 @@ def test_trials_are_dealt_out_to_torchrun_ranks(tmp_path):
     summary = json.loads((out / "search.json").read_text())
     assert {r["trial"]: r["rank"] for r in summary["trials"]} == {"cam-000": 0, "has-000": 1}
     assert done.stdout.count("search results:") == 1  # rank 0 alone reports
+
+
+def test_one_method_run_records_its_parameters_in_the_checkpoint(tmp_path):
+    """``camlens train --wsol-method adl --wsol-param drop_rate=0.5``: the checkpoint names the method and its
+    parameters (the others at Choe et al.'s defaults) and was selected on the boxed split."""
+    out = tmp_path / "adl"
+    assert main(["train", "--wsol-method", "adl", "--wsol-param", "drop_rate=0.5", "--out", str(out),
+                 *TINY[:TINY.index("--num-test")], "--quiet"]) == 0
+    meta = load_model(out / "best.safetensors").meta
+    assert meta["wsol_method"] == {"name": "adl", "drop_rate": 0.5, "threshold": 0.9, "positions": None}
+    assert meta["selection"]["metric"] == "maxboxacc_v2"
