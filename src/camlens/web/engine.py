@@ -160,7 +160,7 @@ class ExplainerCache:
             from ..training.wsol import method_explainer
 
             wsol = method_explainer(model)
-            if wsol is not None:
+            if wsol is not None and not isinstance(wsol, CAM):
                 return _Entry(wsol, threading.Lock())
         if "generator" in inspect.signature(cls).parameters:
             generator = torch.Generator(device=self.device)
