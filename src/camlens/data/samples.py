@@ -44,6 +44,7 @@ class AnnotationSamples(torch.utils.data.Dataset):
         if ann.root is None:
             raise CamlensError("these annotations have no image folder; pass the images' root folder (--images DIR)")
         self.ann = ann
+        self.root: Path = ann.root
         self.max_pixels = max_pixels or DEFAULT_MAX_PIXELS
 
     def __len__(self) -> int:
@@ -54,11 +55,12 @@ class AnnotationSamples(torch.utils.data.Dataset):
 
         ann = self.ann
         image_id = ann.ids[i]
-        path = ann.root / image_id
+        path = self.root / image_id
         image = load_image(path, self.max_pixels)
         h, w = image.shape[-2:]
-        if ann.sizes[i] is not None and tuple(ann.sizes[i]) != (w, h):
-            raise AnnotationError(f"{path}: the image is {w}x{h} but the annotations say {ann.sizes[i][0]}x{ann.sizes[i][1]}")
+        size = ann.sizes[i]
+        if size is not None and tuple(size) != (w, h):
+            raise AnnotationError(f"{path}: the image is {w}x{h} but the annotations say {size[0]}x{size[1]}")
         for box in ann.boxes[i].tolist():
             if box[2] > w or box[3] > h:
                 raise AnnotationError(f"{image_id}: box {box} lies outside the {w}x{h} image")

@@ -111,10 +111,10 @@ def load_data(
         return _wsol_data(path, images, size, resize, kind, val_fraction, seed, num_train, num_val)
     from ..data.folder import folder_splits
 
-    train_set, val_set = folder_splits(data, size, val_fraction, seed)
-    train_set.size = resize or size
-    return TrainData(Split(train_set.labels, dataset=train_set), Split(val_set.labels, dataset=val_set),
-                     train_set.classes, size, True, str(path.resolve()), kind, resize)
+    folder_train, folder_val = folder_splits(data, size, val_fraction, seed)
+    folder_train.size = resize or size
+    return TrainData(Split(folder_train.labels, dataset=folder_train), Split(folder_val.labels, dataset=folder_val),
+                     folder_train.classes, size, True, str(path.resolve()), kind, resize)
 
 
 def _resize(kind: str, size: int, resize_size: int | None) -> int | None:
@@ -219,6 +219,8 @@ def load_batches(split: Split, batches: Sequence[Tensor], workers: int) -> Itera
         for idx in batches:
             yield split.images[idx].float().div_(255), split.labels[idx]
         return
+    if split.dataset is None:
+        raise CamlensError("a split holds neither images nor a dataset")
     loader = DataLoader(split.dataset, batch_sampler=[b.tolist() for b in batches], num_workers=workers,
                         collate_fn=_collate)
     yield from loader

@@ -176,8 +176,7 @@ def train(
            "batch_size": config.batch_size, "seed": config.seed, "num_train": len(td.train),
            "optimizer": config.optimizer, "augment": td.augment, "select_by": config.select_by,
            "method": method.config()}
-    meta = {"arch": config.arch, "class_names": td.classes, "preprocess": preprocess,
-            "arch_options": getattr(model, "arch_options", None)}
+    arch_options = getattr(model, "arch_options", None)
     common = {"data": td.name, "wsol_method": method.config(), "new_layers": list(new_layers)}
     split_name = config.val_data or (f"{td.name}:val" if samples is not None else None)
     start, best_score, best_epoch, best_acc = 0, -math.inf, -1, -1.0
@@ -250,9 +249,9 @@ def train(
         if ctx.is_main:
             state = weights(model)
             info = {**common, "epoch": epoch + 1, "val_acc": val_acc, "selection": record}
-            if improved:
-                save_weights(out / BEST, state, **meta, extra=info)
-            save_weights(out / LAST, state, **meta, extra=info)
+            for path in [out / BEST, out / LAST] if improved else [out / LAST]:
+                save_weights(path, state, arch=config.arch, class_names=td.classes, preprocess=preprocess,
+                             arch_options=arch_options, extra=info)
             save_resume(out, state, optimizer, {
                 "run": run, "config": config.to_json(), "epoch": epoch + 1, "best_score": best_score,
                 "best_epoch": best_epoch, "best_val_acc": best_acc, "selection": selection,

@@ -25,7 +25,8 @@ def parameter_groups(model: nn.Module, new_layers: Sequence[str], lr_mult: float
         if name not in modules:
             raise CamlensError(f"new layer {name!r} is not a module of {type(model).__name__}")
     prefixes = tuple(f"{n}." for n in new_layers)
-    old, new = [], []
+    old: list[nn.Parameter] = []
+    new: list[nn.Parameter] = []
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
