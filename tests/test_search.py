@@ -46,8 +46,17 @@ def test_best_trial_is_chosen_on_the_selection_split_never_on_test():
     assert best_per_method(records)["cam"]["number"] == 1
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny trials run as fast on one thread, and two threads spin against each other on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
-def searched(tmp_path_factory):
+def searched(tmp_path_factory, one_thread):
     """One trial of every method through ``camlens train --trials``, on a tiny built-in setting."""
     out = tmp_path_factory.mktemp("search") / "s"
     assert main(["train", "--trials", "1", "--wsol-method", "all", "--out", str(out), *TINY]) == 0
