@@ -51,6 +51,12 @@ def make_explainer(loaded, method: str, layers: Sequence[str] | None, fuse: str 
     from .methods import get_method
 
     cls = get_method(method)
+    if cls.name == "cam" and not layers:  # a checkpoint trained with a WSOL method: that method's map
+        from .training.wsol import method_explainer
+
+        wsol = method_explainer(loaded.model)
+        if wsol is not None:
+            return wsol
     if not layers and loaded.meta.get("task") in ("detection", "segmentation"):
         from .targets import default_layer
 
@@ -273,9 +279,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         channels_last=args.channels_last, amp=args.amp, workers=args.workers, download=args.download,
         resume=args.resume, progress=not args.quiet,
     )
+    if args.trials is not None:
+        return run_search(args, config)
+    method = wsol_method_from_args(args, config)
     ctx = distributed.setup(args.device)
     try:
-        result = train(config, ctx=ctx)
+        result = train(config, method=method, ctx=ctx)
     finally:
         distributed.teardown()
     if ctx.is_main:
@@ -283,6 +292,67 @@ def cmd_train(args: argparse.Namespace) -> int:
                   f"{result.select_by} {result.best_score:.2f}, val acc {result.best_val_acc:.2%}")
         print(f"checkpoint: {result.checkpoint} ({chosen}, epoch {result.best_epoch}); "
               f"use it with --checkpoint {result.checkpoint}")
+    return 0
+
+
+def add_wsol_args(p: argparse.ArgumentParser) -> None:
+    """The WSOL training method and the fair search of ``camlens train``."""
+    from .training.wsol import WSOL_METHODS
+
+    g = p.add_argument_group("WSOL training method and hyperparameter search")
+    g.add_argument("--wsol-method", default="cam",
+                   help=f"training method: {', '.join(WSOL_METHODS)} (default: cam); with --trials a comma-separated "
+                        "list or 'all'")
+    g.add_argument("--wsol-param", action="append", metavar="KEY=VALUE",
+                   help="a parameter of --wsol-method (repeat), e.g. drop_rate=0.3; defaults are Choe et al.'s")
+    g.add_argument("--trials", type=int,
+                   help="random search (Choe et al.): N trials per method over its parameters and the learning rate, "
+                        "each selected by --select-by on the boxed split, the best per method reported on the test "
+                        "split; --out holds one folder per trial (rerun to resume), search.json and the table")
+    g.add_argument("--lr-range", type=float, nargs=2, metavar=("LOW", "HIGH"),
+                   help="--trials: log-uniform learning-rate range (default: 1e-4 1e-2)")
+    g.add_argument("--test-data", help="--trials: data to report on (default: --data; builtin: its test split)")
+    g.add_argument("--test-split", default="test", help="--trials: split of --test-data to report on (default: test)")
+    g.add_argument("--num-test", type=int, help="--trials: report on the first N test images")
+
+
+def wsol_method_from_args(args: argparse.Namespace, config):
+    """The --wsol-method with its --wsol-param values, checked against the training input size."""
+    from .training.data import DEFAULT_SIZE
+    from .training.wsol import get_wsol_method
+
+    params = {}
+    for item in args.wsol_param or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise CamlensError(f"--wsol-param {item!r}: expected KEY=VALUE, e.g. drop_rate=0.3")
+        params[key] = value
+    method = get_wsol_method(args.wsol_method, **_arch_options([f"{k}={v}" for k, v in params.items()]))
+    size = config.image_size or DEFAULT_SIZE.get(config.data.partition(":")[0], 224)
+    method.check_input((size, size))
+    return method
+
+
+def run_search(args: argparse.Namespace, config) -> int:
+    from .training.search import DEFAULT_LR_RANGE, search
+    from .training.wsol import WSOL_METHODS
+
+    if args.wsol_param:
+        raise CamlensError("--trials draws the method parameters; drop --wsol-param (or train one run without --trials)")
+    if args.resume:
+        raise CamlensError("--trials always resumes the search in --out; drop --resume")
+    names = list(WSOL_METHODS) if args.wsol_method == "all" else [m.strip() for m in args.wsol_method.split(",")]
+    from . import distributed
+
+    ctx = distributed.setup(args.device)
+    try:
+        search(config, names, args.trials, out=args.out, lr_range=tuple(args.lr_range or DEFAULT_LR_RANGE),
+               test_data=args.test_data, test_split=args.test_split, num_test=args.num_test, ctx=ctx,
+               progress=not args.quiet)
+    finally:
+        distributed.teardown()
+    if ctx.is_main:
+        print(f"search results: {Path(args.out) / 'search.json'}")
     return 0
 
 
@@ -461,6 +531,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="inverse L2 strength of the probe's logistic regression, as scikit-learn's C (default: 1)")
     p.add_argument("--probe-raw", action="store_true",
                    help="fit the probe on the raw pooled features instead of standardized ones")
+    add_wsol_args(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("demo", help="train gapnet on the built-in dataset, explain held-out images, write an HTML report")

@@ -318,6 +318,10 @@ def load_model(
         names = meta.get("class_names")
         options = meta.get("arch_options") or {}
         model = build_model(arch, len(names) if names else _num_classes_from_state(arch, state, options), **options)
+        if meta.get("wsol_method"):  # the training method's layers must exist before its weights are loaded
+            from .training.wsol import wsol_method_from_config
+
+            wsol_method_from_config(meta["wsol_method"]).attach(model)
         try:
             model.load_state_dict(state)
         except RuntimeError as err:

@@ -1,5 +1,55 @@
-"""WSOL training methods: one module per method, each a :class:`TrainingMethod`."""
+"""WSOL training methods: one module per method, each a :class:`TrainingMethod`.
 
-from .base import TrainingMethod
+``get_wsol_method("has", drop_rate=0.3)`` builds one by name; :func:`wsol_method_from_config` rebuilds one from
+a checkpoint's record; :func:`method_explainer` gives the explainer of the method a network was trained with.
+"""
 
-__all__ = ["TrainingMethod"]
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from torch import nn
+
+from ...capture import CamlensError
+from ...methods.base import Explainer
+from .acol import ACoL, ACoLCAM
+from .adl import ADL, ADLMethod
+from .base import MARK, Param, TrainingMethod
+from .cutmix import CutMix
+from .has import HaS
+from .spg import SPG
+
+WSOL_METHODS: dict[str, type[TrainingMethod]] = {
+    cls.name: cls for cls in (TrainingMethod, HaS, ACoL, SPG, ADLMethod, CutMix)
+}
+META_KEY = "wsol_method"  # where checkpoints record the method's config
+
+
+def get_wsol_method(name: str, **params: Any) -> TrainingMethod:
+    """The training method registered under ``name`` (cam, has, acol, spg, adl, cutmix) with ``params``."""
+    cls = WSOL_METHODS.get(name.lower())
+    if cls is None:
+        raise CamlensError(f"unknown WSOL method {name!r}; choose from {', '.join(WSOL_METHODS)}")
+    known = {f for f in cls.__dataclass_fields__ if cls.__dataclass_fields__[f].init}
+    unknown = sorted(set(params) - known)
+    if unknown:
+        raise CamlensError(f"WSOL method {name}: unknown parameter(s) {', '.join(unknown)}; "
+                           f"it takes {', '.join(sorted(known)) or 'none'}")
+    return cls(**params)
+
+
+def wsol_method_from_config(config: Mapping[str, Any]) -> TrainingMethod:
+    """The method a checkpoint recorded (:meth:`TrainingMethod.config`)."""
+    params = dict(config)
+    return get_wsol_method(str(params.pop("name", "cam")), **params)
+
+
+def method_explainer(model: nn.Module) -> Explainer | None:
+    """The explainer of the WSOL method ``model`` was attached to (``camlens.CAM`` for most; ACoL's own), or
+    None for a network no method was attached to."""
+    config = getattr(model, MARK, None)
+    return None if config is None else wsol_method_from_config(config).explainer(model)
+
+
+__all__ = ["ACoL", "ACoLCAM", "ADL", "ADLMethod", "CutMix", "HaS", "META_KEY", "Param", "SPG", "TrainingMethod",
+           "WSOL_METHODS", "get_wsol_method", "method_explainer", "wsol_method_from_config"]

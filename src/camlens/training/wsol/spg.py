@@ -1,0 +1,148 @@
+"""SPG: self-produced guidance (Zhang et al., ECCV 2018, "Self-produced Guidance for Weakly-supervised Object
+Localization")."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ...capture import CamlensError, GapHead, output_logits
+from ...maps import normalize
+from .base import Param, TrainingMethod, check_fraction, unwrap
+from .placement import Taps, live_class_maps, probe, require_linear_head, spg_branch_points
+
+IGNORE = -1  # pseudo-mask value of the uncertain pixels, left out of the loss
+MIN_FOREGROUND = 30  # Choe et al.'s code: fewer foreground pixels than this and the threshold drops to 0.7 * max
+BRANCHES = ("spg_b1", "spg_b2", "spg_shared", "spg_c")
+
+
+def pseudo_mask(attention: Tensor, high: float, low: float, min_foreground: int = MIN_FOREGROUND) -> Tensor:
+    """SPG's pseudo mask (B, H, W) int64 from attention maps (B, H, W): 1 where attention > ``high`` (or, for a
+    map with fewer than ``min_foreground`` such pixels, where it exceeds 0.7 times its maximum), 0 where
+    attention < ``low``, and :data:`IGNORE` for the uncertain pixels in between."""
+    fg = attention > high
+    few = fg.flatten(1).sum(1) < min_foreground
+    fallback = attention > 0.7 * attention.flatten(1).amax(1)[:, None, None]
+    fg = torch.where(few[:, None, None], fallback, fg)
+    mask = torch.full_like(attention, IGNORE, dtype=torch.long)
+    mask[fg] = 1
+    mask[attention < low] = 0
+    return mask
+
+
+def masked_bce(logits: Tensor, mask: Tensor) -> Tensor:
+    """Mean binary cross-entropy with logits over the pixels whose mask is not :data:`IGNORE` (0 if none is)."""
+    valid = mask != IGNORE
+    if not bool(valid.any()):
+        return logits.sum() * 0.0
+    return F.binary_cross_entropy_with_logits(logits[valid], mask[valid].to(logits.dtype))
+
+
+def _conv_relu(cin: int, cout: int) -> list[nn.Module]:
+    return [nn.Conv2d(cin, cout, 3, padding=1), nn.ReLU(inplace=True)]
+
+
+@dataclass
+class SPG(TrainingMethod):
+    """SPG: side branches trained against pseudo masks the network produces itself.  B1 and B2 read two
+    intermediate feature maps (:func:`camlens.training.wsol.placement.spg_branch_points`, or ``branches``),
+    each through its own 3x3 conv + ReLU and then a shared 3x3 conv + ReLU + 1x1 conv to one channel; C reads
+    the CAM feature map through a 3x3 conv + ReLU + 1x1 conv.  All side outputs are upsampled (bilinear) to the
+    input size.  Loss, with the thresholds (high, low) of each stage:
+
+        CE(logits, y)
+        + BCE(B2, mask(normalize(up(M_y)), t1))          M_y: the classifier's map of the label
+        + BCE(B1, mask(sigmoid(B2), t2))
+        + BCE(C, mask((sigmoid(B1) + sigmoid(B2)) / 2, t3))
+
+    with :func:`pseudo_mask` ignoring the uncertain pixels and the guidance detached.  The map at inference is
+    the CAM of the network's classifier.  Branch widths follow Choe et al. (the B channels equal those of the B2
+    input, C's hidden width min(512, K)).
+
+    Defaults from Choe et al.'s wsolevaluation ``config.py``: ``spg_threshold_1h=0.7``, ``spg_threshold_1l=0.01``,
+    ``spg_threshold_2h=0.5``, ``spg_threshold_2l=0.05``, ``spg_threshold_3h=0.7``, ``spg_threshold_3l=0.1``.
+    """
+
+    name: ClassVar[str] = "spg"
+    search_space: ClassVar[dict[str, Param]] = {
+        **{f"threshold_{i}h": Param("uniform", 0.5, 1.0) for i in (1, 2, 3)},
+        **{f"threshold_{i}l": Param("uniform", 0.0, 0.5) for i in (1, 2, 3)},
+    }
+    threshold_1h: float = 0.7
+    threshold_1l: float = 0.01
+    threshold_2h: float = 0.5
+    threshold_2l: float = 0.05
+    threshold_3h: float = 0.7
+    threshold_3l: float = 0.1
+    branches: Sequence[str] | None = None
+    head: GapHead | None = field(default=None, init=False, repr=False)
+    taps: Taps | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        for i in (1, 2, 3):
+            high, low = getattr(self, f"threshold_{i}h"), getattr(self, f"threshold_{i}l")
+            check_fraction("SPG", f"threshold_{i}h", high)
+            check_fraction("SPG", f"threshold_{i}l", low)
+            if low > high:
+                raise CamlensError(f"SPG: threshold_{i}l={low} is above threshold_{i}h={high}")
+        if self.branches is not None:
+            if len(self.branches) != 2:
+                raise CamlensError(f"SPG: branches={list(self.branches)} must name two layers (B1, B2)")
+            self.branches = tuple(self.branches)
+
+    def thresholds(self) -> tuple[tuple[float, float], ...]:
+        return tuple((getattr(self, f"threshold_{i}h"), getattr(self, f"threshold_{i}l")) for i in (1, 2, 3))
+
+    def attach(self, model: nn.Module) -> tuple[str, ...]:
+        super().attach(model)
+        head = probe(model).head
+        require_linear_head("SPG", head)
+        b1, b2 = self.branches if self.branches is not None else spg_branch_points(model, head)
+        shapes = probe(model, [b1, b2]).shapes
+        for name in (b1, b2):
+            if name not in shapes:
+                raise CamlensError(f"SPG: layer {name!r} does not run as a module in the forward pass (a traced "
+                                   "backbone runs only its leaf layers); give branches=(LAYER1, LAYER2)")
+            if len(shapes[name]) != 4:
+                raise CamlensError(f"SPG: layer {name!r} gives no (B, C, h, w) feature map; give other branches=")
+        c1, c2, k = shapes[b1][1], shapes[b2][1], head.weight.shape[1]
+        hidden = min(512, k)
+        ref = next(model.parameters())
+        modules = {
+            "spg_b1": nn.Sequential(*_conv_relu(c1, c2)),
+            "spg_b2": nn.Sequential(*_conv_relu(c2, c2)),
+            "spg_shared": nn.Sequential(*_conv_relu(c2, c2), nn.Conv2d(c2, 1, 1)),
+            "spg_c": nn.Sequential(*_conv_relu(k, hidden), nn.Conv2d(hidden, 1, 1)),
+        }
+        for name, module in modules.items():
+            model.add_module(name, module.to(ref.device))
+        self.head, self.taps = head, Taps(model, [b1, b2, head.layer_name])
+        return BRANCHES
+
+    def loss(self, model: nn.Module, images: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+        if self.head is None or self.taps is None:
+            raise CamlensError("SPG: call attach(model) before training")
+        net = unwrap(model)
+        with self.taps.recording():
+            logits = output_logits(model(images))
+        x1, x2, features = self.taps.take()
+        size = images.shape[-2:]
+        up = lambda t: F.interpolate(t, size=size, mode="bilinear", align_corners=False)[:, 0]  # noqa: E731
+        shared = net.get_submodule("spg_shared")
+        side1 = up(shared(net.get_submodule("spg_b1")(x1)))
+        side2 = up(shared(net.get_submodule("spg_b2")(x2)))
+        side_c = up(net.get_submodule("spg_c")(features))
+        (h1, l1), (h2, l2), (h3, l3) = self.thresholds()
+        with torch.no_grad():
+            attention = normalize(up(live_class_maps(net, self.head, features, targets[:, None])))
+            guide2 = torch.sigmoid(side2)
+            fused = (torch.sigmoid(side1) + guide2) / 2
+        loss = (F.cross_entropy(logits, targets)
+                + masked_bce(side2, pseudo_mask(attention, h1, l1))
+                + masked_bce(side1, pseudo_mask(guide2, h2, l2))
+                + masked_bce(side_c, pseudo_mask(fused, h3, l3)))
+        return loss, logits
