@@ -1,6 +1,12 @@
-"""Explaining many image files: load in background threads, batch, explain, write overlays and a summary.
+"""Explaining many image files: decode in background threads, batch, explain, render and write overlays in
+background threads while the model runs the next batch, and a summary.
 
 Bad files never stop the run: each becomes one error line in the summary, the rest is still done.
+
+Only the model and what must stay on its device run on the calling thread: decoding (PIL) and rendering
+(numpy table lookups, :mod:`camlens.blend`, and the PNG/JPEG encoders) run in threads and release the GIL, and
+touch no torch operation, whose intra-op thread pool the model uses.  Decoding runs at most two batches ahead and
+rendering at most two batches behind, so memory stays bounded on any number of files.
 """
 
 from __future__ import annotations
@@ -9,19 +15,27 @@ import csv
 import io
 import json
 import re
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
+import numpy as np
 import torch
+from PIL import Image
 from torch import Tensor
 
-from .data.images import DEFAULT_MAX_PIXELS, ImageError, load_image
-from .methods.base import ClassSpec, Explainer
+from .blend import blend, blend_table, colormap_index
+from .data.images import DEFAULT_MAX_PIXELS, ImageError, array_to_tensor, read_rgb
+from .methods.base import CAMResult, ClassSpec, Explainer
 from .distributed import Context, ProgressLog, barrier, gather, resume_entries, shard_batches, write_atomic
 from .models import LoadedModel
-from .render import overlay, save_image, three_panel_figure
+from .render import three_panel_figure
+
+AHEAD = 2  # batches decoded ahead of the model, and batches whose overlays may still be rendering behind it
+PNG_LEVEL = 1  # zlib level 1: about 4x faster to write than PIL's default 6, files about 10% larger, same pixels
+JPEG_QUALITY = 92
 
 
 @dataclass
@@ -57,19 +71,23 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "x"
 
 
-def _load_batches(
-    batches: Sequence[Sequence[Path]], workers: int, max_pixels: int
-) -> Iterator[list[tuple[Path, Tensor | ImageError]]]:
-    def load(path: Path) -> Tensor | ImageError:
+Decoded = list[tuple[Path, "np.ndarray | ImageError"]]
+
+
+def _decoded_batches(batches: Sequence[Sequence[Path]], pool: ThreadPoolExecutor, max_pixels: int) -> Iterator[Decoded]:
+    """The batches' images as (H, W, 3) uint8 arrays (or the error), decoded in ``pool`` up to AHEAD batches ahead."""
+    def decode(path: Path) -> np.ndarray | ImageError:
         try:
-            return load_image(path, max_pixels)
+            return read_rgb(path, max_pixels)
         except ImageError as err:
             return err
 
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        loaded = pool.map(load, [path for batch in batches for path in batch])
-        for batch in batches:
-            yield [(path, next(loaded)) for path in batch]
+    queued: deque[list[tuple[Path, Future[np.ndarray | ImageError]]]] = deque()
+    for batch in [*batches, *([None] * AHEAD)]:
+        if batch is not None:
+            queued.append([(path, pool.submit(decode, path)) for path in batch])
+        if len(queued) > AHEAD or (batch is None and queued):
+            yield [(path, future.result()) for path, future in queued.popleft()]
 
 
 def output_stems(paths: Sequence[Path]) -> dict[Path, str]:
@@ -118,24 +136,45 @@ def explain_files(
     log = ProgressLog(progress_dir, ctx)
     stems = output_stems(paths)
     entries: list[dict] = []
-    for batch in _load_batches(todo, workers, max_pixels):
-        done, good = [], []
-        for path, item in batch:
-            if isinstance(item, ImageError):
-                done.append({"file": str(path), "error": str(item)})
-                on_error(str(item))
-            else:
-                good.append((path, item))
-        if good:
-            x = torch.cat([loaded.preprocess(img.to(ctx.device)) for _, img in good])
-            per_sample = classes if isinstance(classes, (int, str)) or classes is None else [classes] * len(good)
-            res = explainer(x, per_sample, topk=topk)
-            probs = res.logits.float().softmax(-1)
-            for i, (path, img) in enumerate(good):
-                done.append({"file": str(path), "record": _write_image(loaded, res, probs, i, path, img, stems[path], out_dir, render)})
-        log.append(done)
-        entries.extend(done)
-        progress(len(batch))
+    rendering: deque[tuple[list[dict], list[Future[None]], int]] = deque()
+
+    def finish(keep: int) -> None:
+        """Log the oldest batches, in order, once their files are written, until ``keep`` are left in flight."""
+        while len(rendering) > keep:
+            done, futures, count = rendering.popleft()
+            for future in futures:
+                future.result()  # a failed write raises here, before its batch is logged as done
+            log.append(done)
+            entries.extend(done)
+            progress(count)
+
+    blend_table(render.colormap, render.alpha, render.classic)  # a bad colormap or alpha fails before any work
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # the three-panel figure draws with pyplot, which is not thread-safe: one render thread then
+    with ThreadPoolExecutor(max(1, workers)) as decode_pool, \
+            ThreadPoolExecutor(1 if render.figure else max(1, workers)) as render_pool:
+        for batch in _decoded_batches(todo, decode_pool, max_pixels):
+            done: list[dict] = []
+            good: list[tuple[Path, np.ndarray]] = []
+            for path, item in batch:
+                if isinstance(item, ImageError):
+                    done.append({"file": str(path), "error": str(item)})
+                    on_error(str(item))
+                else:
+                    good.append((path, item))
+            futures: list[Future[None]] = []
+            if good:
+                x = torch.cat([loaded.preprocess(array_to_tensor(rgb).to(ctx.device)) for _, rgb in good])
+                per_sample = classes if isinstance(classes, (int, str)) or classes is None else [classes] * len(good)
+                res = explainer(x, per_sample, topk=topk)
+                probs = res.logits.float().softmax(-1)
+                for i, (path, rgb) in enumerate(good):
+                    record = _image_record(loaded, res, probs, i, path, rgb, stems[path], render)
+                    done.append({"file": str(path), "record": record})
+                    futures += _write_image(record, res, i, rgb, out_dir, render, render_pool)
+            rendering.append((done, futures, len(batch)))
+            finish(keep=AHEAD)
+        finish(keep=0)
     gathered = [e for rank_entries in gather(entries, ctx) for e in rank_entries]
     summary = _merge(paths, previous + gathered)
     if ctx.is_main:
@@ -159,19 +198,41 @@ def _merge(paths: Sequence[Path], entries: list[dict]) -> Summary:
     return summary
 
 
-def _write_image(loaded, res, probs, i, path, img, stem, out_dir, render: RenderOptions) -> dict:
-    explained = []
+def _image_record(loaded: LoadedModel, res: CAMResult, probs: Tensor, i: int, path: Path, rgb: np.ndarray,
+                  stem: str, render: RenderOptions) -> dict:
+    explained: list[dict[str, Any]] = []
     for rank, cls in enumerate(res.classes[i].tolist(), 1):
         label = loaded.class_names[cls] if cls >= 0 else "target"
-        name = f"{stem}_{rank}_{_safe(label)}.{render.image_format}"
-        save_image(overlay(img, res.maps[i, rank - 1], colormap=render.colormap, alpha=render.alpha, classic=render.classic), out_dir / name)
-        entry = {"class": cls, "label": label, "score": float(probs[i, cls]) if cls >= 0 else None, "overlay": name}
+        entry: dict[str, Any] = {"class": cls, "label": label, "score": float(probs[i, cls]) if cls >= 0 else None,
+                                 "overlay": f"{stem}_{rank}_{_safe(label)}.{render.image_format}"}
         if render.figure:
-            fig = f"{stem}_{rank}_{_safe(label)}_figure.png"
-            three_panel_figure(img, res.maps[i, rank - 1], out_dir / fig, title=f"{label} ({entry['score']:.2f})",
-                               colormap=render.colormap, alpha=render.alpha)
-            entry["figure"] = fig
+            entry["figure"] = f"{stem}_{rank}_{_safe(label)}_figure.png"
         explained.append(entry)
     top = probs[i].topk(min(5, probs.shape[1]))
     predictions = [{"class": int(c), "label": loaded.class_names[int(c)], "score": float(s)} for s, c in zip(top.values, top.indices)]
-    return {"file": str(path), "size": [int(img.shape[-1]), int(img.shape[-2])], "predictions": predictions, "explained": explained}
+    return {"file": str(path), "size": [rgb.shape[1], rgb.shape[0]], "predictions": predictions, "explained": explained}
+
+
+def _write_image(record: dict, res: CAMResult, i: int, rgb: np.ndarray, out_dir: Path, render: RenderOptions,
+                 pool: ThreadPoolExecutor) -> list[Future[None]]:
+    """Queue the files of one image in ``pool``: its overlays (colormap indices computed here, on the maps'
+    device, the blend and encoding in the pool) and figures."""
+    futures = []
+    for rank, entry in enumerate(record["explained"]):
+        cam = res.maps[i, rank]
+        index = colormap_index(cam, (rgb.shape[0], rgb.shape[1]))
+        futures.append(pool.submit(_save_overlay, rgb, index, out_dir / entry["overlay"], render))
+        if render.figure:
+            title = f"{entry['label']} ({entry['score']:.2f})"
+            futures.append(pool.submit(three_panel_figure, array_to_tensor(rgb), cam, out_dir / entry["figure"],
+                                       title=title, colormap=render.colormap, alpha=render.alpha))
+    return futures
+
+
+def _save_overlay(rgb: np.ndarray, index: np.ndarray, path: Path, render: RenderOptions) -> None:
+    """The overlay :func:`camlens.render.overlay` gives, written as PNG (zlib level PNG_LEVEL) or JPEG."""
+    image = Image.fromarray(blend(rgb, index, render.colormap, render.alpha, render.classic))
+    if render.image_format == "png":
+        image.save(path, "PNG", compress_level=PNG_LEVEL)
+    else:
+        image.save(path, "JPEG", quality=JPEG_QUALITY)

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..capture import CamlensError, GapHead, LayerCapture, LayerSpec, locate_gap_head, output_logits
+from ..hardware import usable_approximation
 from ..maps import normalize, upsample
 from .base import CAMResult, ClassSpec, Explainer, select_classes
 from .layered import LayerExplainer, LayerOptions, Scorer
@@ -222,7 +223,8 @@ class ScoreCAM(_PerturbationMethod):
     exact one on resnet18 at 224 px (random weights, benchmarks/bench_methods.py): bfloat16 2e-4 to 7e-4 (tests
     bound it at 5e-3), float16 4e-5 to 1e-4 (GPU tests bound it at 1e-4).  Faster only where matrix units for the
     type exist: bfloat16 on AMX / AVX512-BF16 CPUs and GPU tensor cores, float16 on GPU tensor cores (2.6x the
-    faster peer on an H200, against 1.8x exact).
+    faster peer on an H200, against 1.8x exact).  On a CPU without bfloat16 units ``True`` runs the exact mode
+    instead, with a warning (:func:`camlens.hardware.usable_approximation`).
     """
 
     name = "scorecam"
@@ -246,8 +248,9 @@ class ScoreCAM(_PerturbationMethod):
         self.approximate = approximate
 
     def _weights(self, x: Tensor, output: Any, index: int, act: Tensor, a: Tensor, scorer: Scorer) -> Tensor:
-        fast = self.optimize or self.approximate
-        forward = pass_model(self.model, x, output, self.approximate) if fast else self.model
+        approximate = usable_approximation(self.approximate, x.device)  # bfloat16 only where the CPU has the units
+        fast = self.optimize or approximate
+        forward = pass_model(self.model, x, output, approximate) if fast else self.model
         return self._channel_scores(x, normalize(a.float()), scorer, forward).softmax(1).transpose(1, 2)
 
     def _channel_scores(self, x: Tensor, masks: Tensor, scorer: Scorer, forward: PassModel) -> Tensor:
