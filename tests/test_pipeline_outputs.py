@@ -98,3 +98,16 @@ def test_a_bad_colormap_fails_before_any_file_is_written(workspace, tmp_path):
         explain_files(loaded, explainer, sorted((workspace / "imgs").iterdir()), tmp_path / "out",
                       render=RenderOptions(colormap="nope"), resume=False)
     assert not (tmp_path / "out").exists() or not any(p.suffix == ".png" for p in (tmp_path / "out").iterdir())
+
+
+@pytest.mark.parametrize("height, width", [(1, 1), (1, 9), (7, 1), (37, 53), (120, 161)])
+def test_png_writer_round_trips_through_pil_with_valid_checksums(tmp_path, height, width):
+    from camlens.png import write_png
+
+    rgb = np.random.default_rng(height * width).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    write_png(rgb, tmp_path / "x.png")
+    with Image.open(tmp_path / "x.png") as img:
+        img.verify()  # chunk CRCs and structure
+    with Image.open(tmp_path / "x.png") as img:
+        assert img.format == "PNG" and img.mode == "RGB" and img.size == (width, height)
+        assert np.array_equal(np.asarray(img), rgb)

@@ -93,16 +93,16 @@ def load_data(
     from .data.folder import folder_splits
 
     size = image_size or 224
-    train_set, val_set = folder_splits(data, size, val_fraction, seed)
-    return TrainData(Split(train_set.labels, dataset=train_set), Split(val_set.labels, dataset=val_set),
-                     train_set.classes, size, True, str(Path(data).resolve()))
+    train_folder, val_folder = folder_splits(data, size, val_fraction, seed)
+    return TrainData(Split(train_folder.labels, dataset=train_folder), Split(val_folder.labels, dataset=val_folder),
+                     train_folder.classes, size, True, str(Path(data).resolve()))
 
 
 def _subset(split: Split, count: int | None, seed: int) -> Split:
     if count is None or count >= len(split):
         return split
     keep = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))[:count].sort().values
-    return Split(split.labels[keep], split.images[keep])
+    return Split(split.labels[keep], split.images[keep])  # type: ignore[index]  # only in-memory splits are cut
 
 
 def _batches(split: Split, batch_size: int, order: Tensor | None, workers: int) -> Iterator[tuple[Tensor, Tensor]]:
@@ -113,7 +113,7 @@ def _batches(split: Split, batch_size: int, order: Tensor | None, workers: int) 
             idx = indices[start : start + batch_size]
             yield split.images[idx].float().div_(255), split.labels[idx]
         return
-    loader = DataLoader(torch.utils.data.Subset(split.dataset, indices.tolist()), batch_size=batch_size,
+    loader = DataLoader(torch.utils.data.Subset(split.dataset, indices.tolist()), batch_size=batch_size,  # type: ignore[arg-type]  # no images: a dataset
                         num_workers=workers, collate_fn=_collate)
     yield from loader
 
@@ -298,7 +298,8 @@ def train(
               "image_size": td.image_size, "epochs": epochs, "batch_size": batch_size, "lr": base_lr,
               "weight_decay": weight_decay, "max_shift": shift, "seed": seed, "num_train": len(td.train)}
     meta = {"arch": arch, "class_names": td.classes, "preprocess": preprocess}
-    start, best_acc, best_epoch, history = 0, -1.0, -1, []
+    history: list[EpochLog] = []
+    start, best_acc, best_epoch = 0, -1.0, -1
     if resume:
         start, best_acc, best_epoch, history = _resume(out, config, model, optimizer)
         say(f"resuming {out} after epoch {start} (best val acc {best_acc:.2%} at epoch {best_epoch})")

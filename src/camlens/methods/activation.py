@@ -7,7 +7,7 @@ import threading
 import warnings
 import weakref
 from copy import deepcopy
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence, cast
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +36,7 @@ class CAM(Explainer):
     """
 
     name = "cam"
+    layer: LayerSpec | None  # one layer
 
     def __init__(self, model: nn.Module, layer: LayerSpec | None = None, classifier: LayerSpec | None = None) -> None:
         super().__init__(model, layer)
@@ -65,8 +66,9 @@ class CAM(Explainer):
                 features = self._capture.pop()
             logits = output_logits(output)
             chosen = select_classes(logits, classes, topk)
-            maps, bias = self.head.class_maps(features, chosen)
-        return CAMResult(logits=logits, classes=chosen, maps=maps, layer=self.head.layer_name, bias=bias)
+            head = cast(GapHead, self.head)  # set by _locate on the first call
+            maps, bias = head.class_maps(features, chosen)
+        return CAMResult(logits=logits, classes=chosen, maps=maps, layer=head.layer_name, bias=bias)
 
 
 PassModel = Callable[[Tensor], Any]
@@ -157,7 +159,8 @@ def _gpu_copy(model: nn.Module) -> PassModel:
 
 def _low_precision_copy(model: nn.Module, x: Tensor, dtype: torch.dtype) -> PassModel:
     layout = torch.channels_last if x.ndim == 4 else torch.contiguous_format
-    copy = _folded_copy(model).to(dtype, memory_format=layout)  # folded in float32, then rounded once
+    # folded in float32, then rounded once; Module.to takes memory_format, which torch's stubs omit
+    copy = _folded_copy(model).to(dtype, memory_format=layout)  # type: ignore[call-overload]
     return lambda images: copy(images.to(dtype, memory_format=layout))
 
 
@@ -257,9 +260,11 @@ class ScoreCAM(_PerturbationMethod):
         """The mean explained scores of x * Up(masks) (B, K, N), each distinct mask of an image scored once."""
         batch, channels = masks.shape[:2]
         if not self.dedupe:
-            rows = torch.arange(batch, device=x.device).repeat_interleave(channels)
-            return self._score_masks(x, masks.flatten(0, 1), rows, scorer, forward).view(batch, channels, -1)
-        distinct, rows, index = [], [], []
+            every = torch.arange(batch, device=x.device).repeat_interleave(channels)
+            return self._score_masks(x, masks.flatten(0, 1), every, scorer, forward).view(batch, channels, -1)
+        distinct: list[Tensor] = []
+        rows: list[Tensor] = []
+        index: list[Tensor] = []
         offset = 0
         for b in range(batch):
             unique, inverse = torch.unique(masks[b].flatten(1), dim=0, return_inverse=True)
@@ -297,7 +302,7 @@ class ScoreCAM(_PerturbationMethod):
                 start += rows_per_pass
             y = torch.cat(scores)
             total = y if total is None else total + y
-        return total / self.variants
+        return cast(Tensor, total) / self.variants  # variants >= 1 passes ran
 
     def _vary(self, mask: Tensor, variant: int) -> Tensor:
         return mask
@@ -406,7 +411,7 @@ class AblationCAM(_PerturbationMethod):
         channels = act.shape[channel_dim]
         # every pass re-runs the layers before the target on the original batch, so take as many ablated copies a
         # pass as ABLATION_ELEMENTS activation values allow (at least batch_size rows)
-        per_pass = min(channels, max(1, self.batch_size // batch, ABLATION_ELEMENTS // act.numel()))
+        per_pass = min(channels, max(1, (self.batch_size or 64) // batch, ABLATION_ELEMENTS // act.numel()))
         scores = []
         for start in range(0, channels, per_pass):
             ks = torch.arange(start, min(start + per_pass, channels), device=act.device)
@@ -423,16 +428,17 @@ class AblationCAM(_PerturbationMethod):
 
     def _run_ablated(self, x: Tensor, index: int, ablated: Tensor, copies: int) -> Any:
         replace = lambda i, output: ablated if i == index else None  # noqa: E731
+        hooks = self._ensure_hooks(x)
         if not self._repeat_input:
             try:
-                with self._hooks.active(replace):
+                with hooks.active(replace):
                     out = self.model(x)
                 if _output_rows(out) == len(ablated):
                     return out
             except RuntimeError:  # the tail mixes the layer with earlier tensors of the original batch size
                 pass
             self._repeat_input = True
-        with self._hooks.active(replace):
+        with hooks.active(replace):
             return self.model(x.repeat(copies, *([1] * (x.ndim - 1))))
 
 

@@ -9,7 +9,7 @@ from typing import Any, Callable, ClassVar, Sequence, Union
 import torch
 from torch import Tensor, nn
 
-from ..capture import CamlensError, LayerCapture, LayerSpec
+from ..capture import CamlensError, HookSet, LayerCapture, LayerSpec
 
 ClassSpec = Union[None, int, str, Sequence[int], Sequence[Sequence[int]], Tensor]
 Target = Callable[[Any], Tensor]
@@ -36,8 +36,8 @@ class CAMResult:
         return self.logits.float().softmax(-1).gather(1, self.classes.clamp_min(0))
 
     def to(self, device: torch.device | str) -> "CAMResult":
-        move = lambda t: None if t is None else t.to(device)  # noqa: E731
-        return CAMResult(move(self.logits), move(self.classes), move(self.maps), self.layer, move(self.bias))
+        bias = None if self.bias is None else self.bias.to(device)
+        return CAMResult(self.logits.to(device), self.classes.to(device), self.maps.to(device), self.layer, bias)
 
 
 def select_classes(logits: Tensor, classes: ClassSpec = None, topk: int = 1) -> Tensor:
@@ -83,7 +83,7 @@ class Explainer:
     def __init__(self, model: nn.Module, layer: LayerSpec | Sequence[LayerSpec] | None = None) -> None:
         self.model = model
         self.layer = layer
-        self._captures: list[LayerCapture] = []
+        self._captures: list[LayerCapture | HookSet] = []
         self._setup_lock = threading.Lock()
 
     def close(self) -> None:

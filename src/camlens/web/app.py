@@ -81,7 +81,7 @@ def parse_options(params: Mapping[str, str], loaded: LoadedModel, max_topk: int)
         method = get_method(params.get("method", "").strip() or "cam").name
     except ValueError as err:
         raise BadRequest(400, str(err)) from None
-    layer = params.get("layer", "").strip()
+    layer: str | None = params.get("layer", "").strip()
     layer = None if layer in ("", "auto") else layer
     if layer is not None:
         try:

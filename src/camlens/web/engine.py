@@ -158,7 +158,8 @@ class ExplainerCache:
         model = copy.deepcopy(self.model)
         if "generator" in inspect.signature(cls).parameters:
             generator = torch.Generator(device=self.device)
-            return _Entry(cls(model, layer=layer, generator=generator), threading.Lock(), generator)
+            # the method's own signature takes a generator (checked above); the base Explainer's does not
+            return _Entry(cls(model, layer=layer, generator=generator), threading.Lock(), generator)  # type: ignore[call-arg]
         return _Entry(cls(model, layer=layer), None if issubclass(cls, THREAD_SAFE) else threading.Lock())
 
     def _release(self, entry: _Entry) -> None:
