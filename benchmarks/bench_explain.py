@@ -2,6 +2,7 @@
 
     python benchmarks/bench_explain.py [--rounds 5] [--images 75] [--batch-size 16] [--workers 2]
                                        [--arch NAME --weights W | --checkpoint FILE] [--keep DIR]
+                                       [--explain-src OLD_CHECKOUT/src]
 
 Run it from the repository root.  The folder: real photos that the installed packages ship (scikit-image's
 astronaut, cat, coffee, rocket, motorcycle, cameraman...; scikit-learn's china and flower), cut into ``--images``
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import shutil
 import statistics
@@ -133,11 +135,11 @@ def model_args(args: argparse.Namespace, tmp: Path) -> tuple[dict, list[str], st
             "timm tf_efficientnet_lite0, random weights (the real weights are not available in this checkout)")
 
 
-def _run(cmd: list[str]) -> tuple[float, float, str]:
+def _run(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, float, str]:
     """Wall seconds, CPU seconds (user + system, all threads) and stdout of one process."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     elapsed = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0:
@@ -156,6 +158,8 @@ def main() -> None:
     parser.add_argument("--weights", default="none")
     parser.add_argument("--checkpoint")
     parser.add_argument("--keep", help="also leave the last round's explain output here")
+    parser.add_argument("--explain-src", help="run the explain side from this source folder (PYTHONPATH), e.g. an "
+                                               "older checkout's src/, to measure a change")
     args = parser.parse_args()
     header("camlens explain over a folder vs plain classification, whole processes")
     with tempfile.TemporaryDirectory() as name:
@@ -170,6 +174,9 @@ def main() -> None:
         script = tmp / "plain.py"
         script.write_text(PLAIN)
         plain_cmd = [sys.executable, str(script), str(folder), json.dumps(kwargs), str(args.batch_size)]
+        explain_env = {**os.environ, "PYTHONPATH": args.explain_src} if args.explain_src else None
+        if args.explain_src:
+            print(f"# explain runs camlens from {args.explain_src}")
         times: dict[str, list[float]] = {"plain": [], "explain": []}
         cpus: dict[str, list[float]] = {"plain": [], "explain": []}
         for round_ in range(args.rounds + 1):  # round 0 warms the file cache and compiled bytecode, not counted
@@ -178,7 +185,7 @@ def main() -> None:
             out_dir = tmp / f"out{round_}"
             t_explain, c_explain, _ = _run([sys.executable, "-m", "camlens", "explain", str(folder), *options,
                                  "--batch-size", str(args.batch_size), "--workers", str(args.workers),
-                                 "--out", str(out_dir), "--quiet"])
+                                 "--out", str(out_dir), "--quiet"], explain_env)
             records = json.loads((out_dir / "summary.json").read_text())["images"]
             explain_top1 = {r["file"]: r["explained"][0]["class"] for r in records}
             if explain_top1 != plain_top1:
