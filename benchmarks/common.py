@@ -10,6 +10,8 @@ from typing import Callable
 
 import torch
 
+from camlens.hardware import cpu_description
+
 
 def header(title: str) -> None:
     import torchvision
@@ -18,6 +20,7 @@ def header(title: str) -> None:
     print(f"# {title}")
     print(f"# {platform.node()} | {cpu} | {os.cpu_count()} cpus | torch threads {torch.get_num_threads()} | "
           f"python {platform.python_version()} | torch {torch.__version__} | torchvision {torchvision.__version__}")
+    print(f"# cpu: {cpu_description()}")
 
 
 def sync() -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Callable, Literal, Sequence, Union
+from typing import Any, Callable, Literal, Sequence, Union, cast
 
 import torch
 import torch.nn.functional as F
@@ -301,8 +301,8 @@ class GapHead:
 
 
 def _classifier_weights(module: nn.Module) -> tuple[Tensor, Tensor]:
-    weight = module.weight.detach().flatten(1)
-    bias = module.bias.detach() if module.bias is not None else weight.new_zeros(weight.shape[0])
+    weight = cast(Tensor, module.weight).detach().flatten(1)  # nn.Module's __getattr__ types it Tensor | Module
+    bias = cast(Tensor, module.bias).detach() if module.bias is not None else weight.new_zeros(weight.shape[0])
     return weight, bias
 
 

@@ -197,7 +197,7 @@ def run_demo(
                         list(data.classes), test["images"], test["labels"], test["boxes"], test["masks"],
                         test_set.ids, logits, maps, confusion, localization, compared)
     tick = time.perf_counter()
-    tables = [_localization_table(localization)] + ([_methods_table(compared)] if compared else [])
+    tables: list[report.TableLike] = [_localization_table(localization), *([_methods_table(compared)] if compared else [])]
     tables += list(extra_tables(result) if callable(extra_tables) else (extra_tables or []))
     tables.append(_history_table(trained))
     result.seconds = time.perf_counter() - began

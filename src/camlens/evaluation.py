@@ -170,8 +170,9 @@ def _evaluate_batch(loaded, explainer, batch: Sequence[tuple[int, Sample]], acc:
         acc.loc.update(raw_stack, boxes, labels[group], logits[group])
         acc.box.update(stack, boxes)
         if all(samples[i].mask is not None for i in group):
-            ignore = [samples[i].ignore if samples[i].ignore is not None else torch.zeros_like(samples[i].mask) for i in group]
-            acc.pixel.update(stack, torch.stack([samples[i].mask for i in group]), torch.stack(ignore))
+            # every mask is set (checked above), which mypy cannot see through all()
+            ignore = [samples[i].ignore if samples[i].ignore is not None else torch.zeros_like(samples[i].mask) for i in group]  # type: ignore[arg-type]
+            acc.pixel.update(stack, torch.stack([samples[i].mask for i in group]), torch.stack(ignore))  # type: ignore[arg-type, misc]
     scores: dict[str, Tensor] = {}
     if faithfulness is not None:
         input_boxes = [scale_boxes(s.boxes, s.image.shape[-2:], x.shape[-2:]).to(x.device) for s in samples]
@@ -215,10 +216,11 @@ def evaluate_model(
     """
     ctx = ctx or Context(0, 1, 0, next(loaded.model.parameters()).device)
     create = lambda: Accumulators.create(thresholds, paper_threshold)  # noqa: E731
-    key = {**(run_key or {}), "batch_size": batch_size, "num_images": len(samples)}
+    # samples are map-style datasets, which have __len__ (torch's Dataset type does not declare it)
+    key = {**(run_key or {}), "batch_size": batch_size, "num_images": len(samples)}  # type: ignore[arg-type]
     previous = resume_entries(Path(progress_dir), key, resume, ctx) if progress_dir is not None else []
     finished = {e["batch"] for e in previous}
-    mine = shard_batches(len(samples), batch_size, ctx)
+    mine = shard_batches(len(samples), batch_size, ctx)  # type: ignore[arg-type]
     todo = [(j, batch) for j, batch in mine if j not in finished]
     progress(sum(len(b) for j, b in mine if j in finished))
     log = ProgressLog(Path(progress_dir), ctx) if progress_dir is not None else None
@@ -455,7 +457,7 @@ def localize_files(
 
     out_dir.mkdir(parents=True, exist_ok=True)
     stems = output_stems(paths)
-    records = []
+    records: list[dict] = []
     with torch.inference_mode(not explainer.needs_gradients):
         for path in paths:
             try:

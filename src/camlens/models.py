@@ -89,14 +89,14 @@ class GapNet(nn.Module):
         return self.fc(self.pool(self.features(x)).flatten(1))
 
 
-def _torchvision_weights(arch: str, weights: str):
+def _torchvision_weights(arch: str, weights: str | None):
     from torchvision.models import get_model_weights
 
     try:
         enum = get_model_weights(arch)
     except (KeyError, ValueError) as err:
         raise CamlensError(f"unknown torchvision architecture {arch!r}") from err
-    name = weights.split(".")[-1]
+    name = (weights or "DEFAULT").split(".")[-1]
     try:
         return enum[name] if name != "DEFAULT" else enum.DEFAULT
     except KeyError as err:
@@ -135,7 +135,7 @@ def build_model(arch: str, num_classes: int | None = None, weights: str | None =
             import timm
         except ImportError as err:
             raise CamlensError("timm is not installed: pip install 'camlens[timm]'") from err
-        kwargs = {"num_classes": num_classes} if num_classes is not None else {}
+        kwargs: dict[str, Any] = {"num_classes": num_classes} if num_classes is not None else {}
         try:
             return timm.create_model(arch[5:], pretrained=pretrained, **kwargs)
         except RuntimeError as err:
@@ -353,7 +353,7 @@ def load_model(
     if classes is not None or not isinstance(names, list):
         names = read_class_names(classes if classes is not None else names, num_classes)
     if size is not None:
-        size = (size, size) if isinstance(size, int) else tuple(size)
+        size = (size, size) if isinstance(size, int) else cast(tuple[int, int], tuple(size))
     preprocess = Preprocess(
         size if size is not None else base.size,
         tuple(mean) if mean is not None else base.mean,

@@ -224,7 +224,7 @@ def write_wsol_metadata(folder: str | Path, ann: Annotations) -> Path:
     (folder / "image_ids.txt").write_text("".join(f"{i}\n" for i in ann.ids))
     (folder / "class_labels.txt").write_text("".join(f"{i},{int(label)}\n" for i, label in zip(ann.ids, ann.labels)))
     if all(s is not None for s in ann.sizes):
-        (folder / "image_sizes.txt").write_text("".join(f"{i},{s[0]},{s[1]}\n" for i, s in zip(ann.ids, ann.sizes)))
+        (folder / "image_sizes.txt").write_text("".join(f"{i},{s[0]},{s[1]}\n" for i, s in zip(ann.ids, ann.sizes) if s))
     lines = []
     for image_id, boxes in zip(ann.ids, ann.boxes):
         for x0, y0, x1, y1 in boxes.round().long().tolist():
@@ -286,7 +286,7 @@ def read_voc_xml(path: str | Path) -> tuple[str, tuple[int, int] | None, list[tu
     size_el = root.find("size")
     if size_el is not None and size_el.findtext("width") and size_el.findtext("height"):
         try:
-            size = (int(float(size_el.findtext("width"))), int(float(size_el.findtext("height"))))
+            size = (int(float(size_el.findtext("width", ""))), int(float(size_el.findtext("height", ""))))
         except ValueError:
             raise AnnotationError(f"{path}: <size> width/height are not numbers") from None
     objects = []

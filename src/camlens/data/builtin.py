@@ -107,7 +107,7 @@ def split_instances(split: Literal["train", "val", "test"]) -> Tensor:
     chosen = []
     for c in range(len(CLASSES)):
         idx = (labels == c).nonzero().flatten()
-        bounds = [0]
+        bounds: list[float] = [0]
         for name in names:
             bounds.append(bounds[-1] + SPLIT_SHARES[name])
         cuts = [int(round(b * len(idx))) for b in bounds]

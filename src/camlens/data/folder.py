@@ -29,7 +29,7 @@ def find_classes(root: Path) -> list[str]:
 
 def scan(root: Path, classes: Sequence[str]) -> list[tuple[Path, int]]:
     """Every image file under ``root/CLASS`` (recursively), with its class index, in sorted order."""
-    samples = []
+    samples: list[tuple[Path, int]] = []
     for label, name in enumerate(classes):
         folder = root / name
         if folder.is_dir():
@@ -59,7 +59,7 @@ class ImageFolder(Dataset):
             image = decode_image(path)
         except ImageError as err:
             raise ImageError(f"{path}: {err}") from None
-        image = image.resize((self.size, self.size), Image.BILINEAR, reducing_gap=None)
+        image = image.resize((self.size, self.size), Image.Resampling.BILINEAR, reducing_gap=None)
         return {"image": to_tensor(image), "label": label, "id": str(path.relative_to(self.root))}
 
     @property
@@ -88,7 +88,8 @@ def folder_splits(
     classes = find_classes(root)
     samples = scan(root, classes)
     g = torch.Generator().manual_seed(seed)
-    train, val = [], []
+    train: list[tuple[Path, int]] = []
+    val: list[tuple[Path, int]] = []
     for label in range(len(classes)):
         own = [s for s in samples if s[1] == label]
         held = round(val_fraction * len(own)) if len(own) > 2 else min(len(own) - 1, 1)

@@ -72,17 +72,29 @@ def to_tensor(img: Image.Image) -> Tensor:
     return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).float().div_(255)
 
 
-def load_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Tensor:
-    """An image file as a (3, H, W) float32 tensor in [0, 1]; :class:`ImageError` naming the file otherwise."""
+def array_to_tensor(rgb: np.ndarray) -> Tensor:
+    """(H, W, 3) uint8 to (3, H, W) float32 in [0, 1], the values :func:`to_tensor` gives."""
+    return torch.from_numpy(rgb).permute(2, 0, 1).float().div_(255)
+
+
+def read_rgb(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """An image file as a writable (H, W, 3) uint8 array (decoded as :func:`decode_image` does);
+    :class:`ImageError` naming the file otherwise.  Only numpy and PIL work here (no torch), so decoding threads
+    do not compete with the model for torch's intra-op threads."""
     path = Path(path)
     if not path.exists():
         raise ImageError(f"{path}: no such file")
     if path.is_dir():
         raise ImageError(f"{path}: is a folder")
     try:
-        return to_tensor(decode_image(path, max_pixels))
+        return np.array(decode_image(path, max_pixels), dtype=np.uint8)
     except ImageError as err:
         raise ImageError(f"{path}: {err}") from None
+
+
+def load_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Tensor:
+    """An image file as a (3, H, W) float32 tensor in [0, 1]; :class:`ImageError` naming the file otherwise."""
+    return array_to_tensor(read_rgb(path, max_pixels))
 
 
 def expand_paths(specs: Iterable[str | Path]) -> tuple[list[Path], list[str]]:

@@ -7,7 +7,7 @@ import threading
 import warnings
 import weakref
 from copy import deepcopy
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence, cast
 
 import torch
 import torch.nn.functional as F
@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from ..capture import (
     CamlensError, GapHead, LayerCapture, LayerSpec, locate_gap_head, output_logits, unwrapped_spec,
 )
+from ..hardware import usable_approximation
 from ..maps import normalize, upsample
 from .base import CAMResult, ClassSpec, Explainer, check_stop, select_classes
 from .layered import LayerExplainer, LayerOptions, Scorer, no_autocast
@@ -67,8 +68,9 @@ class CAM(Explainer):
                 features = self._capture.pop()
             logits = output_logits(output)
             chosen = select_classes(logits, classes, topk)
-            maps, bias = self.head.class_maps(features, chosen)
-        return CAMResult(logits=logits, classes=chosen, maps=maps, layer=self.head.layer_name, bias=bias)
+            head = cast(GapHead, self.head)  # set by _locate on the first call
+            maps, bias = head.class_maps(features, chosen)
+        return CAMResult(logits=logits, classes=chosen, maps=maps, layer=head.layer_name, bias=bias)
 
 
 PassModel = Callable[[Tensor], Any]
@@ -159,7 +161,8 @@ def _gpu_copy(model: nn.Module) -> PassModel:
 
 def _low_precision_copy(model: nn.Module, x: Tensor, dtype: torch.dtype) -> PassModel:
     layout = torch.channels_last if x.ndim == 4 else torch.contiguous_format
-    copy = _folded_copy(model).to(dtype, memory_format=layout)  # folded in float32, then rounded once
+    # folded in float32, then rounded once; Module.to takes memory_format, which torch's stubs omit
+    copy = _folded_copy(model).to(dtype, memory_format=layout)  # type: ignore[call-overload]
     return lambda images: copy(images.to(dtype, memory_format=layout))
 
 
@@ -231,7 +234,8 @@ class ScoreCAM(_PerturbationMethod):
     exact one on resnet18 at 224 px (random weights, benchmarks/bench_methods.py): bfloat16 2e-4 to 7e-4 (tests
     bound it at 5e-3), float16 4e-5 to 1e-4 (GPU tests bound it at 1e-4).  Faster only where matrix units for the
     type exist: bfloat16 on AMX / AVX512-BF16 CPUs and GPU tensor cores, float16 on GPU tensor cores (2.6x the
-    faster peer on an H200, against 1.8x exact).
+    faster peer on an H200, against 1.8x exact).  On a CPU without bfloat16 units ``True`` runs the exact mode
+    instead, with a warning (:func:`camlens.hardware.usable_approximation`).
     """
 
     name = "scorecam"
@@ -257,9 +261,10 @@ class ScoreCAM(_PerturbationMethod):
 
     def prepare(self, x: Tensor) -> None:
         self._ensure_hooks(x)
-        if self.optimize or self.approximate:
+        approximate = usable_approximation(self.approximate, x.device)
+        if self.optimize or approximate:
             with torch.no_grad():
-                pass_model(self.model, x, self.model(x), self.approximate)
+                pass_model(self.model, x, self.model(x), approximate)
 
     def _weights(self, x: Tensor, output: Any, index: int, act: Tensor, a: Tensor, scorer: Scorer) -> Tensor:
         if a.ndim != x.ndim:
@@ -267,8 +272,9 @@ class ScoreCAM(_PerturbationMethod):
                 f"{type(self).__name__} masks the input with the layer's maps: layer output {tuple(a.shape)} and "
                 f"input {tuple(x.shape)} must have the same spatial rank; pick a layer of the input's rank"
             )
-        fast = self.optimize or self.approximate
-        forward = pass_model(self.model, x, output, self.approximate) if fast else self.model
+        approximate = usable_approximation(self.approximate, x.device)  # bfloat16 only where the CPU has the units
+        fast = self.optimize or approximate
+        forward = pass_model(self.model, x, output, approximate) if fast else self.model
         masks = normalize(a.float(), spatial_dims=a.ndim - 2)
         return self._channel_scores(x, masks, scorer, forward).softmax(1).transpose(1, 2)
 
@@ -276,9 +282,11 @@ class ScoreCAM(_PerturbationMethod):
         """The mean explained scores of x * Up(masks) (B, K, N), each distinct mask of an image scored once."""
         batch, channels = masks.shape[:2]
         if not self.dedupe:
-            rows = torch.arange(batch, device=x.device).repeat_interleave(channels)
-            return self._score_masks(x, masks.flatten(0, 1), rows, scorer, forward).view(batch, channels, -1)
-        distinct, rows, index = [], [], []
+            every = torch.arange(batch, device=x.device).repeat_interleave(channels)
+            return self._score_masks(x, masks.flatten(0, 1), every, scorer, forward).view(batch, channels, -1)
+        distinct: list[Tensor] = []
+        rows: list[Tensor] = []
+        index: list[Tensor] = []
         offset = 0
         for b in range(batch):
             unique, inverse = torch.unique(masks[b].flatten(1), dim=0, return_inverse=True)
@@ -317,7 +325,7 @@ class ScoreCAM(_PerturbationMethod):
                 start += rows_per_pass
             y = torch.cat(scores)
             total = y if total is None else total + y
-        return total / self.variants
+        return cast(Tensor, total) / self.variants  # variants >= 1 passes ran
 
     def _vary(self, mask: Tensor, variant: int) -> Tensor:
         return mask
@@ -427,7 +435,7 @@ class AblationCAM(_PerturbationMethod):
         channels = act.shape[channel_dim]
         # every pass re-runs the layers before the target on the original batch, so take as many ablated copies a
         # pass as ABLATION_ELEMENTS activation values allow (at least batch_size rows)
-        per_pass = min(channels, max(1, self.batch_size // batch, ABLATION_ELEMENTS // act.numel()))
+        per_pass = min(channels, max(1, (self.batch_size or 64) // batch, ABLATION_ELEMENTS // act.numel()))
         scores = []
         for start in range(0, channels, per_pass):
             check_stop()
@@ -445,16 +453,17 @@ class AblationCAM(_PerturbationMethod):
 
     def _run_ablated(self, x: Tensor, index: int, ablated: Tensor, copies: int) -> Any:
         replace = lambda i, output: ablated if i == index else None  # noqa: E731
+        hooks = self._ensure_hooks(x)
         if not self._repeat_input:
             try:
-                with self._hooks.active(replace):
+                with hooks.active(replace):
                     out = self.model(x)
                 if _output_rows(out) == len(ablated):
                     return out
             except RuntimeError:  # the tail mixes the layer with earlier tensors of the original batch size
                 pass
             self._repeat_input = True
-        with self._hooks.active(replace):
+        with hooks.active(replace):
             return self.model(x.repeat(copies, *([1] * (x.ndim - 1))))
 
 

@@ -10,7 +10,7 @@ from typing import Any, Callable, ClassVar, Iterator, Sequence, Union
 import torch
 from torch import Tensor, nn
 
-from ..capture import CamlensError, LayerCapture, LayerSpec, unwrap_model, unwrapped_spec
+from ..capture import CamlensError, HookSet, LayerCapture, LayerSpec, unwrap_model, unwrapped_spec
 
 ClassSpec = Union[None, int, str, Sequence[int], Sequence[Sequence[int]], Tensor]
 Target = Callable[[Any], Tensor]
@@ -129,7 +129,7 @@ class Explainer:
     def __init__(self, model: nn.Module, layer: LayerSpec | Sequence[LayerSpec] | None = None) -> None:
         self.model = unwrap_model(model)  # DataParallel / DistributedDataParallel: the module inside
         self.layer = unwrapped_spec(model, layer)
-        self._captures: list[LayerCapture] = []
+        self._captures: list[LayerCapture | HookSet] = []
         self._setup_lock = threading.Lock()
 
     def prepare(self, x: Tensor) -> None:

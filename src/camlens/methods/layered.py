@@ -5,7 +5,7 @@ at the layer, what is explained (classes or target callables), token reshapes an
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable, Sequence, TypedDict, Union
+from typing import Any, Callable, Sequence, TypedDict, Union, cast
 
 import torch
 from torch import Tensor, nn
@@ -82,7 +82,7 @@ class Scorer:
         if self.targets is None:
             assert self.classes is not None
             logits = output_logits(output)
-            return logits.gather(1, self.classes.to(logits.device)[rows.to(logits.device)])
+            return logits.gather(1, cast(Tensor, self.classes).to(logits.device)[rows.to(logits.device)])
         values = []
         for target, takes_rows in zip(self.targets, self._rows):
             value = target(output, rows) if takes_rows else target(output)
@@ -168,7 +168,8 @@ class LayerExplainer(Explainer):
         specs = list(self.layer) if isinstance(self.layer, (list, tuple)) else [self.layer]
         if not specs:
             raise CamlensError("layer=[] names no layer; give a name, a module, a list of them, or None")
-        return [resolve_module(self.model, spec)[0] for spec in specs]
+        # a Sequence that is not a list/tuple is not a layer list: resolve_module refuses it with a clear error
+        return [resolve_module(self.model, spec)[0] for spec in specs]  # type: ignore[arg-type]
 
     def _probe_token_layer(self, x: Tensor) -> str:
         """For token models: the last module whose reshaped output is a spatial map with the input's aspect ratio
@@ -179,7 +180,7 @@ class LayerExplainer(Explainer):
             raise CamlensError("choosing a token layer needs gradients; call outside torch.inference_mode() or give layer=")
         with torch.enable_grad():
             calls, output = trace_calls(self.model, x.detach().requires_grad_(), keep_last=10**6)
-            candidates = []
+            candidates: list[Any] = []  # (call index, channels), then call indices
             for i, call in enumerate(calls):
                 if isinstance(call.output, Tensor) and call.output.requires_grad:
                     try:
@@ -320,7 +321,7 @@ def score_gradients(scores: Tensor, inputs: Sequence[Tensor], names: Sequence[st
         )
     count = scores.shape[1]
     if count == 1:
-        grads = torch.autograd.grad(scores.sum(), list(inputs), allow_unused=True)
+        grads: Sequence[Tensor | None] = torch.autograd.grad(scores.sum(), list(inputs), allow_unused=True)
         grads = [None if g is None else g.unsqueeze(1) for g in grads]
     else:
         pick = torch.eye(count, dtype=scores.dtype, device=scores.device)[:, None, :].expand(count, *scores.shape)
@@ -340,4 +341,4 @@ def score_gradients(scores: Tensor, inputs: Sequence[Tensor], names: Sequence[st
             raise CamlensError(
                 f"no gradient reaches layer {name!r} from the explained score; pick a layer that feeds the output"
             )
-    return grads
+    return grads  # type: ignore[return-value]  # a None raised above

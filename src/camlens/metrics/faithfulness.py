@@ -312,7 +312,7 @@ def perturbation_curve(
 
     scores = torch.empty(batch, steps + 1)
     scores[:, todo] = _batched_scores(model, batch * len(todo), build, score, batch_size).view(batch, len(todo))
-    if len(todo) <= steps:
+    if original_scores is not None:  # then step `known` is not in todo
         scores[:, known] = original_scores.float().cpu()
     fractions = counts.cpu().double() / pixels
     auc = torch.trapezoid(scores.double(), fractions, dim=-1).float()
@@ -575,7 +575,7 @@ def pointing_game(
             raise CamlensError(f"masks have shape {tuple(masks.shape)}; expected {(batch, *map(int, size))}")
     else:
         size = maps.shape[-2:] if size is None else size
-        truth = boxes_to_masks(boxes, size, batch)
+        truth = boxes_to_masks(boxes, size, batch)  # type: ignore[arg-type]  # boxes is given when masks is not (checked above)
     maps = _as_maps(maps.detach(), size, batch).cpu()
     near = _near(truth, tolerance).flatten(1)
     flat = maps.flatten(1)
@@ -654,7 +654,7 @@ def ssim(a: Tensor, b: Tensor, data_range: float = 1.0, sigma: float = 1.5) -> T
     return s.mean((1, 2, 3)).float()
 
 
-def _resettable(module: nn.Module) -> list[nn.Module]:
+def _resettable(module: nn.Module) -> list[Any]:  # modules with a reset_parameters method
     return [m for m in module.modules() if callable(getattr(m, "reset_parameters", None))]
 
 
@@ -818,7 +818,7 @@ def faithfulness_scores(
             "FaithfulnessConfig(metrics=...) for 1-D signals and 3-D volumes"
         )
     out: dict[str, Tensor] = {}
-    common = dict(score=config.score, batch_size=config.batch_size)
+    common: dict[str, Any] = dict(score=config.score, batch_size=config.batch_size)
     needs_original = wanted & {"average_drop", "increase_in_confidence", "deletion_auc", "insertion_auc"}
     original = class_scores(model, images, classes, **common) if needs_original else None
     if wanted & {"average_drop", "increase_in_confidence"}:

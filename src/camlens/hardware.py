@@ -1,0 +1,68 @@
+"""What the processor offers the methods' fast paths: bfloat16 arithmetic units on the CPU.
+
+Score-CAM's ``approximate=True`` runs its masked passes in bfloat16.  That is faster only where the CPU has
+bfloat16 dot-product or matrix instructions (x86: AVX512-BF16 or AMX-BF16; Arm: the BF16 extension); without
+them oneDNN emulates bfloat16 through float32 conversions, measured 7x slower than the exact float32 mode.
+:func:`usable_approximation` then falls back to the exact mode, with a one-line warning saying why.
+"""
+
+from __future__ import annotations
+
+import platform
+import warnings
+from functools import lru_cache
+
+import torch
+
+BF16_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")  # x86 AVX512-BF16, x86 AMX-BF16, Arm BF16 (/proc/cpuinfo names)
+SHOWN_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "avx512_fp16", "bf16")
+
+
+@lru_cache(maxsize=1)
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags, from torch's own CPU query where it has one and from /proc/cpuinfo (Linux)."""
+    flags: set[str] = set()
+    try:  # a private torch function (torch >= 2.3), so read defensively
+        caps = torch._C._cpu._get_cpu_capability()
+        flags.update(name for name, value in caps.items() if value is True)
+    except (AttributeError, RuntimeError, TypeError):
+        pass
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() in ("flags", "Features"):
+                    flags.update(value.split())
+    except OSError:
+        pass
+    if "avx512_f" in flags:  # torch spells it avx512_f, Linux avx512f
+        flags.add("avx512f")
+    return frozenset(flags)
+
+
+def cpu_has_bf16() -> bool:
+    """Whether the CPU has bfloat16 arithmetic units (one of :data:`BF16_FLAGS`)."""
+    return any(flag in cpu_flags() for flag in BF16_FLAGS)
+
+
+def cpu_description() -> str:
+    """The CPU's name and which of the flags the fast paths depend on it has, for benchmark headers."""
+    name = platform.processor() or platform.machine()
+    try:
+        name = str(torch._C._cpu._get_cpu_capability().get("cpu_name") or name)
+    except (AttributeError, RuntimeError, TypeError):
+        pass
+    have = [flag for flag in SHOWN_FLAGS if flag in cpu_flags()]
+    lacks = [flag for flag in SHOWN_FLAGS if flag not in cpu_flags()]
+    return f"{name}, flags: {' '.join(have) or 'none of them'} (lacks {' '.join(lacks) or 'none'})"
+
+
+def usable_approximation(approximate: bool | torch.dtype, device: torch.device) -> bool | torch.dtype:
+    """``approximate`` as given, except bfloat16 on a CPU without bfloat16 units: ``False`` (the exact mode,
+    faster there), with a warning naming the reason."""
+    if approximate in (True, torch.bfloat16) and device.type == "cpu" and not cpu_has_bf16():
+        warnings.warn("approximate=True (bfloat16) needs a CPU with bfloat16 units (avx512_bf16, amx_bf16 or Arm "
+                      "bf16), which this one lacks: running the exact float32 mode, which is faster here",
+                      RuntimeWarning, stacklevel=3)
+        return False
+    return approximate
