@@ -7,7 +7,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Sequence, cast
 
 from .capture import CamlensError
 
@@ -49,6 +49,7 @@ def load_from_args(args: argparse.Namespace):
 
 def make_explainer(loaded, method: str, layers: Sequence[str] | None, fuse: str = "max"):
     from .methods import get_method
+    from .methods.layered import LayerExplainer
 
     cls = get_method(method)
     if cls.name == "cam" and not layers:  # a checkpoint trained with a WSOL method: that method's map
@@ -65,7 +66,7 @@ def make_explainer(loaded, method: str, layers: Sequence[str] | None, fuse: str 
         if not cls.fuses_layers:
             raise CamlensError(f"--method {method} explains one layer; fusing {len(layers)} layers needs a method "
                                "such as gradcam, layercam or scorecam")
-        return cls(loaded.model, layer=list(layers), fuse=fuse)
+        return cast("type[LayerExplainer]", cls)(loaded.model, layer=list(layers), fuse=fuse)
     return cls(loaded.model, layer=layers[0] if layers else None)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Sequence, cast
 
 import torch
 import torch.nn.functional as F
@@ -369,4 +369,4 @@ def _output_classes(model: nn.Module, names: object) -> int:
         classifier = find_classifier(model)[1]
     except CamlensError:
         raise CamlensError("cannot tell the number of classes of this model; pass --classes FILE") from None
-    return int(classifier.weight.shape[0])
+    return int(cast(Tensor, classifier.weight).shape[0])

@@ -12,7 +12,7 @@ import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence, cast
 
 import numpy as np
 import torch
@@ -134,7 +134,8 @@ def explain_files(
     stems = output_stems(paths)
     entries: list[dict] = []
     for batch in _load_batches(todo, workers, max_pixels, rank):
-        done, good = [], []
+        done: list[dict[str, Any]] = []
+        good: list[tuple[Path, Tensor]] = []
         for path, item in batch:
             if not isinstance(item, ImageError) and target is not None:
                 try:
@@ -148,7 +149,7 @@ def explain_files(
                 good.append((path, item))
         if good:
             x = torch.cat([_model_input(loaded, img.to(ctx.device), rank) for _, img in good])
-            per_sample = classes if isinstance(classes, (int, str)) or classes is None else [classes] * len(good)
+            per_sample = classes if isinstance(classes, (int, str)) or classes is None else cast(ClassSpec, [classes] * len(good))
             if target is not None:
                 if not isinstance(explainer, LayerExplainer):
                     raise CamlensError(f"{type(explainer).__name__} explains classes; a target needs a layer method")

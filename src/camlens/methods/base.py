@@ -44,9 +44,11 @@ class CAMResult:
         return self.logits.float().softmax(-1).gather(1, self.classes.clamp_min(0))
 
     def to(self, device: torch.device | str) -> "CAMResult":
-        move = lambda t: None if t is None else t.to(device)  # noqa: E731
-        return CAMResult(move(self.logits), move(self.classes), move(self.maps), self.layer, move(self.bias),
-                         move(self.target_scores))
+        def move(t: Tensor | None) -> Tensor | None:
+            return None if t is None else t.to(device)
+
+        return CAMResult(self.logits.to(device), self.classes.to(device), self.maps.to(device), self.layer,
+                         move(self.bias), move(self.target_scores))
 
 
 def select_classes(logits: Tensor, classes: ClassSpec = None, topk: int = 1) -> Tensor:

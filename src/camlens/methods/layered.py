@@ -82,7 +82,7 @@ class Scorer:
         if self.targets is None:
             assert self.classes is not None
             logits = output_logits(output)
-            return logits.gather(1, cast(Tensor, self.classes).to(logits.device)[rows.to(logits.device)])
+            return logits.gather(1, self.classes.to(logits.device)[rows.to(logits.device)])
         values = []
         for target, takes_rows in zip(self.targets, self._rows):
             value = target(output, rows) if takes_rows else target(output)
@@ -169,7 +169,7 @@ class LayerExplainer(Explainer):
         if not specs:
             raise CamlensError("layer=[] names no layer; give a name, a module, a list of them, or None")
         # a Sequence that is not a list/tuple is not a layer list: resolve_module refuses it with a clear error
-        return [resolve_module(self.model, spec)[0] for spec in specs]  # type: ignore[arg-type]
+        return [resolve_module(self.model, spec)[0] for spec in specs]
 
     def _probe_token_layer(self, x: Tensor) -> str:
         """For token models: the last module whose reshaped output is a spatial map with the input's aspect ratio

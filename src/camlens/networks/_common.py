@@ -74,7 +74,7 @@ def materialize(
             continue
         if len(meta) < len(own):  # a buffer an older checkpoint lacks: BatchNorm's num_batches_tracked
             for key in meta:
-                module._buffers[key] = torch.zeros_like(module._buffers[key], device="cpu")  # type: ignore[arg-type]
+                module._buffers[key] = torch.zeros_like(module._buffers[key], device="cpu")
             continue
         module.to_empty(device="cpu", recurse=False)
         in_head = any(name == h or name.startswith(h + ".") for h in head)

@@ -68,7 +68,7 @@ def wsol_resnet50(num_classes: int = 1000, weights: str | None = None, *,
         state = {k: v for k, v in state.items() if not k.startswith("fc.")}
     materialize(net, net, state, init="xavier")
     net.new_layers = ("layer4", "fc")
-    return net  # type: ignore[no-any-return]
+    return net
 
 
 class _InceptionBStride1(nn.Module):

@@ -88,8 +88,8 @@ def parse_options(params: Mapping[str, str], loaded: LoadedModel, max_topk: int,
         raise BadRequest(400, f"unknown method {raw_method!r}; choose from {', '.join(methods)}") from None
     if method not in methods:
         raise BadRequest(400, f"method {method!r} is not offered by this server; choose from {', '.join(methods)}")
-    layer = params.get("layer", "").strip()
-    layer = None if layer in ("", "auto") else layer
+    raw_layer = params.get("layer", "").strip()
+    layer = None if raw_layer in ("", "auto") else raw_layer
     if layer is not None:
         try:
             resolve_module(loaded.model, layer)
