@@ -105,9 +105,9 @@ def parse_options(params: Mapping[str, str], loaded: LoadedModel, max_topk: int,
         raise BadRequest(400, f"unknown method {raw_method!r}; choose from {', '.join(methods)}") from None
     if method not in methods:
         raise BadRequest(400, f"method {method!r} is not offered by this server; choose from {', '.join(methods)}")
-    layer = params.get("layer", "").strip()
+    raw_layer = params.get("layer", "").strip()
     task = model_task(loaded)
-    layer = None if layer in ("", "auto") else layer
+    layer = None if raw_layer in ("", "auto") else raw_layer
     if layer is None and task in TASK_TARGETS:
         layer = default_layer(loaded.model)
     elif layer is not None:
@@ -121,11 +121,12 @@ def parse_options(params: Mapping[str, str], loaded: LoadedModel, max_topk: int,
     topk = 1 if topk is None else topk
     if not 1 <= topk <= top_limit:
         raise BadRequest(400, f"topk={topk} must be between 1 and {top_limit}")
-    target: int | TargetRecipe | None = _class(params.get("class", "").strip(), loaded.class_names)
+    category = _class(params.get("class", "").strip(), loaded.class_names)
+    target: int | TargetRecipe | None = category
     recipe = _target(params.get("target", "").strip(), loaded, method, task)
     if recipe is not None:
-        if recipe.kind in ("logit", "softmax", "sigmoid") and recipe.category is None and target is not None:
-            recipe = replace(recipe, category=target)
+        if recipe.kind in ("logit", "softmax", "sigmoid") and recipe.category is None and category is not None:
+            recipe = replace(recipe, category=category)
         target, topk = recipe, 1
     raw_alpha = params.get("alpha", "").strip() or "0.5"
     try:
