@@ -14,13 +14,14 @@ import torch.nn.functional as F
 from fastapi.testclient import TestClient
 from PIL import Image
 
+import camlens
 from camlens import GradCAM, LayerCAM
 from camlens.data.images import decode_image, to_tensor
 from camlens.models import GapNet, LoadedModel, Preprocess
-from camlens.targets import Detection, PositiveLabels, default_layer
+from camlens.targets import Detection, PositiveLabels, Segmentation, default_layer
 from camlens.web import create_app
 
-from test_targets import _tiny_fasterrcnn
+from test_targets import TinySegmenter, _tiny_fasterrcnn
 
 CLASSES = ["ant", "bee", "cow", "dog"]
 BOXES = ["background", "cat", "car"]
@@ -145,6 +146,24 @@ def test_box_target_on_a_detector_gives_the_python_apis_map_for_the_box_in_image
     assert entry["score"] == pytest.approx(float(found["scores"][j]), abs=1e-6)
     assert entry["score"] == pytest.approx(float(want.target_scores[0, 0]), abs=1e-6)
     _assert_same_map(entry, want.maps[0, 0], height, width)
+
+
+def test_segment_target_on_a_segmenter_gives_the_python_apis_map():
+    torch.manual_seed(0)
+    seg = LoadedModel(TinySegmenter().eval(), BOXES, Preprocess((32, 32), (0.5,) * 3, (0.25,) * 3), "tiny-seg",
+                      {"task": "segmentation"})
+    data = _photo(40, 48, seed=3)
+    x = seg.preprocess(to_tensor(decode_image(data)))
+    with torch.no_grad():
+        c = int(seg.model(x)["out"].argmax(1).flatten().mode().values)  # the class most pixels are predicted as
+    with TestClient(create_app(seg, workers=1)) as client:
+        body = _post(client, data, f"method=layercam&target=segment:{BOXES[c]}").json()
+    layer = default_layer(seg.model)
+    want = camlens.LayerCAM(seg.model, layer)(x, target=Segmentation(c))
+    assert body["layer"] == layer and body["predictions"] == []
+    (entry,) = body["explained"]
+    assert entry["class"] == c and entry["score"] == pytest.approx(float(want.target_scores[0, 0]), rel=1e-5)
+    _assert_same_map(entry, want.maps[0, 0], 40, 48)
 
 
 def test_a_box_no_prediction_matches_explains_nothing(det_client):
