@@ -242,6 +242,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ImportError as err:
         raise CamlensError(f"`camlens serve` needs the web extra ({err.name} is missing): pip install 'camlens[web]'") from err
     loaded = load_from_args(args)
+    if args.box_threshold is not None:
+        from .targets import set_box_threshold
+
+        set_box_threshold(loaded.model, args.box_threshold)
     name = Path(args.checkpoint).name if args.checkpoint else args.arch
     app = create_app(loaded, max_upload_bytes=int(args.max_upload_mb * 2**20), max_pixels=args.max_pixels,
                      workers=args.workers, max_batch=args.max_batch, max_side=args.max_side, model_name=name,
@@ -473,6 +477,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-expensive", type=int, default=2,
                    help="requests of those methods queued or running at once; more get a 503 (default: 2)")
     p.add_argument("--methods", nargs="+", help="offer only these methods (default: all), e.g. --methods cam gradcam")
+    p.add_argument("--box-threshold", type=float, help="detection models: keep predicted boxes scoring at least this, "
+                                                       "so the page's box targets can match them (default: the model's)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     p.set_defaults(func=cmd_serve)
 

@@ -14,7 +14,7 @@ import logging
 import math
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import AsyncIterator, Callable, Mapping, Sequence
 
@@ -28,7 +28,9 @@ from .. import __version__
 from ..capture import CamlensError, layer_names, resolve_module
 from ..data.images import ImageError, decode_image, to_tensor
 from ..methods import METHODS, get_method
+from ..methods.layered import LayerExplainer
 from ..models import LoadedModel
+from ..targets import TargetRecipe, default_layer, parse_target
 from .engine import ExplainerCache, Job, JobKey, ModelWorkers, Refused, Row
 from .payload import explain_payload, for_display
 from .upload import FORM_OVERHEAD, BadRequest, read_form
@@ -58,9 +60,21 @@ class Limits:
 class Options:
     method: str
     layer: str | None
-    target: int | None
+    target: int | TargetRecipe | None
     topk: int
     alpha: float
+
+
+TASK_TARGETS = {"detection": ("box",), "segmentation": ("segment",)}
+CLASS_TARGETS = ("logit", "softmax", "sigmoid", "labels", "regression")
+TARGET_HINT = {"detection": "box:C:x0,y0,x1,y1 (in the image's pixels)", "segmentation": "segment:C",
+               "classification": "logit[:C], softmax[:C], sigmoid[:C], labels[:T] (multi-label), regression[:I]"}
+
+
+def model_task(loaded: LoadedModel) -> str:
+    """``detection``, ``segmentation`` (torchvision models by ``--arch``) or ``classification``."""
+    task = loaded.meta.get("task")
+    return task if task in TASK_TARGETS else "classification"
 
 
 def _error(status: int, message: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
@@ -79,8 +93,11 @@ def _int(params: Mapping[str, str], name: str) -> int | None:
 
 def parse_options(params: Mapping[str, str], loaded: LoadedModel, max_topk: int,
                   methods: Sequence[str] = tuple(METHODS)) -> Options:
-    """Validate ``method`` (one of ``methods``), ``layer``, ``topk``, ``class`` and ``alpha`` (query or form
-    fields)."""
+    """Validate ``method`` (one of ``methods``), ``layer``, ``topk``, ``class``, ``target`` and ``alpha`` (query
+    or form fields).  ``target`` has the syntax of the CLI's ``--target`` (:func:`camlens.targets.parse_target`)
+    and must fit the model's task; with it ``topk`` is ignored, and ``class`` fills in a ``logit``, ``softmax``
+    or ``sigmoid`` target without a class.  Detection and segmentation models explain the last backbone stage
+    by default (:func:`camlens.targets.default_layer`) and need a target (detectors: or Eigen-CAM)."""
     raw_method = params.get("method", "").strip() or ("cam" if "cam" in methods else methods[0])
     try:
         method = get_method(raw_method).name
@@ -89,8 +106,11 @@ def parse_options(params: Mapping[str, str], loaded: LoadedModel, max_topk: int,
     if method not in methods:
         raise BadRequest(400, f"method {method!r} is not offered by this server; choose from {', '.join(methods)}")
     raw_layer = params.get("layer", "").strip()
+    task = model_task(loaded)
     layer = None if raw_layer in ("", "auto") else raw_layer
-    if layer is not None:
+    if layer is None and task in TASK_TARGETS:
+        layer = default_layer(loaded.model)
+    elif layer is not None:
         try:
             resolve_module(loaded.model, layer)
         except CamlensError as err:
@@ -101,7 +121,13 @@ def parse_options(params: Mapping[str, str], loaded: LoadedModel, max_topk: int,
     topk = 1 if topk is None else topk
     if not 1 <= topk <= top_limit:
         raise BadRequest(400, f"topk={topk} must be between 1 and {top_limit}")
-    target = _class(params.get("class", "").strip(), loaded.class_names)
+    category = _class(params.get("class", "").strip(), loaded.class_names)
+    target: int | TargetRecipe | None = category
+    recipe = _target(params.get("target", "").strip(), loaded, method, task)
+    if recipe is not None:
+        if recipe.kind in ("logit", "softmax", "sigmoid") and recipe.category is None and category is not None:
+            recipe = replace(recipe, category=category)
+        target, topk = recipe, 1
     raw_alpha = params.get("alpha", "").strip() or "0.5"
     try:
         alpha = float(raw_alpha)
@@ -110,6 +136,25 @@ def parse_options(params: Mapping[str, str], loaded: LoadedModel, max_topk: int,
     if not 0.0 <= alpha <= 1.0:
         raise BadRequest(400, f"alpha={raw_alpha!r} must be a number between 0 and 1")
     return Options(method, layer, target, 1 if target is not None else topk, alpha)
+
+
+def _target(raw: str, loaded: LoadedModel, method: str, task: str) -> TargetRecipe | None:
+    """The ``target`` field, checked against the model's task and the method; None when empty."""
+    if not raw:
+        if task == "segmentation" or (task == "detection" and method != "eigencam"):
+            raise BadRequest(400, f"a {task} model has no image-level classes: give target={TARGET_HINT[task]}"
+                                  + (" or method=eigencam" if task == "detection" else ""))
+        return None
+    try:
+        recipe = parse_target(raw, loaded.class_names)
+    except CamlensError as err:
+        raise BadRequest(400, str(err).replace(f"--target {raw!r}", f"target={raw!r}")) from None
+    if not issubclass(get_method(method), LayerExplainer):
+        raise BadRequest(400, f"method={method} explains classes (class=, topk=); target= needs a layer method "
+                              "(gradcam, hirescam, eigencam, scorecam...)")
+    if recipe.kind not in TASK_TARGETS.get(task, CLASS_TARGETS):
+        raise BadRequest(400, f"target={raw!r} does not fit a {task} model's output; use {TARGET_HINT[task]}")
+    return recipe
 
 
 def _class(raw: str, names: list[str]) -> int | None:
@@ -225,6 +270,8 @@ def create_app(
             "default_method": "cam" if "cam" in offered else offered[0],
             "layers": layer_names(loaded.model),
             "input_size": list(loaded.preprocess.size)[::-1] if loaded.preprocess.size else None,
+            "task": model_task(loaded),
+            "targets": TARGET_HINT[model_task(loaded)],
             "limits": {"max_upload_bytes": max_upload_bytes, "max_pixels": max_pixels, "max_topk": max_topk,
                        "compute_budget_s": compute_budget},
             "version": __version__,
@@ -262,13 +309,19 @@ def create_app(
             raise BadRequest(400, "the file is empty (0 bytes)")
         x, shown, size = await in_pool(_decode, data, limits.max_pixels, limits.max_side, loaded)
         del data
+        if isinstance(opts.target, TargetRecipe):
+            try:
+                opts.target.check(*size)
+            except CamlensError as err:
+                raise BadRequest(400, f"target: {err}") from None
         key = JobKey(opts.method, opts.layer, opts.target, opts.topk, tuple(x.shape[1:]))
         try:
-            row = await _answer(request, engine.submit(key, x))
+            row = await _answer(request, engine.submit(key, x, size))
         except CamlensError as err:
             where = f" at layer {opts.layer!r}" if opts.layer else ""
             raise BadRequest(400, f"{opts.method}{where}: {err}") from None
-        body = await in_pool(explain_payload, shown, size, row, loaded.class_names, alpha=opts.alpha)
+        body = await in_pool(explain_payload, shown, size, row, loaded.class_names, alpha=opts.alpha,
+                             predictions=model_task(loaded) == "classification")
         return JSONResponse({"model": name, "method": opts.method, **body})
 
     return app

@@ -35,6 +35,7 @@ from torch import Tensor, nn
 
 from ..methods import CAM, Cancelled, get_method, stop_when
 from ..methods.base import Explainer
+from ..targets import TargetRecipe
 
 SEED = 0  # methods that draw noise (SS-CAM) are reseeded before every call: one image, one answer
 
@@ -54,7 +55,7 @@ class JobKey:
 
     method: str
     layer: str | None
-    target: int | None  # a class index, or None for the top-k
+    target: int | TargetRecipe | None  # a class index, a target (built per batch from the images' sizes), or None
     topk: int
     shape: tuple[int, ...]
 
@@ -67,6 +68,7 @@ class Row:
     classes: Tensor  # (N,)
     maps: Tensor  # (N, h, w)
     layer: str
+    target_scores: Tensor | None = None  # (N,) with a target: its scores, NaN where it explains nothing
 
 
 @dataclass
@@ -76,6 +78,7 @@ class Job:
     key: JobKey
     x: Tensor  # (1, 3, h, w), preprocessed
     expensive: bool
+    size: tuple[int, int] = (0, 0)  # the uploaded image's (width, height): a box target is given in its pixels
     future: Future = field(default_factory=Future)
     cancelled: bool = False
 
@@ -286,10 +289,10 @@ class ModelWorkers:
         for thread in self._threads:
             thread.start()
 
-    def submit(self, key: JobKey, x: Tensor) -> Job:
-        """Queue ``x`` (1, 3, h, w); the job's future gives its :class:`Row`, or raises what the explainer raised
+    def submit(self, key: JobKey, x: Tensor, size: tuple[int, int] = (0, 0)) -> Job:
+        """Queue ``x`` (1, 3, h, w) of an image of ``size`` (width, height); the job's future gives its :class:`Row`, or raises what the explainer raised
         or a :class:`Refused`.  Raises :class:`Refused` (503) at once when the expensive lane is full."""
-        job = Job(key, x, get_method(key.method).expensive)
+        job = Job(key, x, get_method(key.method).expensive, size)
         with self._cond:
             if self._closed:
                 raise Refused(503, "the server is shutting down")
@@ -360,7 +363,11 @@ class ModelWorkers:
 
         try:
             with stop_when(stop), self.cache.use(key.method, key.layer, x) as explainer:
-                result = explainer(x, key.target, topk=key.topk)
+                if isinstance(key.target, TargetRecipe):
+                    target = key.target.build([job.size for job in batch], x.shape[-2:])
+                    result = explainer(x, target=target)  # type: ignore[call-arg]  # a LayerExplainer (parse_options)
+                else:
+                    result = explainer(x, key.target, topk=key.topk)
         except Cancelled:
             with self._cond:
                 self.stopped += 1
@@ -376,7 +383,9 @@ class ModelWorkers:
             self.images += len(batch)
             self.largest_batch = max(self.largest_batch, len(batch))
         logits, classes, maps = (t.detach().cpu() for t in (result.logits, result.classes, result.maps))
-        return [Row(logits[i].clone(), classes[i].clone(), maps[i].clone(), result.layer) for i in range(len(batch))]
+        scores = None if result.target_scores is None else result.target_scores.detach().cpu()
+        return [Row(logits[i].clone(), classes[i].clone(), maps[i].clone(), result.layer,
+                    None if scores is None else scores[i].clone()) for i in range(len(batch))]
 
     def stop(self) -> None:
         """Refuse new jobs, fail the queued ones and stop the running expensive calls at their next pass (503);

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import io
+import math
 
 import torch.nn.functional as F
 from torch import Tensor
@@ -52,26 +53,34 @@ def explain_payload(
     *,
     alpha: float,
     top: int = 5,
+    predictions: bool = True,
 ) -> dict:
     """The JSON-ready answer for an image of ``image_size`` (width, height), shown as ``shown`` (3, h, w) in
     [0, 1] (see :func:`for_display`), and its :class:`Row`.
 
     Sizes are ``[width, height]``.  The overlay and heatmap PNGs are at the size of ``shown``, the overlay blended
     at opacity ``alpha``; the box is found on the heatmap at that size and given in the pixels of the image.
+    With a target, each explained entry's score is the target's score, and slots where the target explains
+    nothing (a multi-label sample's padding, a box no prediction matches) are left out; ``predictions=False``
+    (detectors, segmenters: no image-level classes) gives no predictions.
     """
     width, height = image_size
     dh, dw = shown.shape[-2:]
-    probs = row.logits.float().softmax(-1)
+    classified = predictions and row.logits.ndim == 1 and row.logits.numel() == len(class_names)
+    probs = row.logits.float().softmax(-1) if classified else row.logits.new_zeros(0)
     best = probs.topk(min(top, probs.numel()))
     explained = []
     for n, cls in enumerate(row.classes.tolist()):
+        score = None if row.target_scores is None else float(row.target_scores[n])
+        if score is not None and math.isnan(score):  # the target explains nothing here (no label, no box matched)
+            continue
         cam = row.maps[n].float()
         heat = upsample(cam, (dh, dw))
         heat01 = normalize(heat)
         explained.append({
             "class": cls,
-            "label": class_names[cls],
-            "score": float(probs[cls]),
+            "label": class_names[cls] if 0 <= cls < len(class_names) else "target",
+            "score": score if score is not None else float(probs[cls]) if 0 <= cls < probs.numel() else None,
             "map_size": [int(cam.shape[-1]), int(cam.shape[-2])],
             "box": paper_box(heat, width, height),
             "overlay": data_url(overlay(shown, cam, alpha=alpha)),

@@ -26,6 +26,7 @@ async function loadInfo() {
     $("model").textContent = `${info.model}${arch} · ${info.classes.length} classes`;
     for (const m of info.methods) addOption($("method"), m.name, m.name, m.name === info.default_method);
     for (const layer of info.layers) addOption($("layer"), layer, layer);
+    $("target-hint").textContent = `instead of top-k: ${info.targets}`;
     const top = Math.min(info.limits.max_topk, info.classes.length);
     $("topk").max = top;
     if (Number($("topk").value) > top) $("topk").value = top;
@@ -65,6 +66,8 @@ async function explain() {
   const form = new FormData();
   form.append("file", state.file);
   const params = new URLSearchParams({ method: $("method").value, topk: $("topk").value, layer: $("layer").value });
+  const target = $("target").value.trim();
+  if (target) params.set("target", target);
   try {
     const started = performance.now();
     const response = await fetch(`/api/explain?${params}`, { method: "POST", body: form });
@@ -75,7 +78,8 @@ async function explain() {
       state.result = body;
       render(body);
       const ms = Math.round(performance.now() - started);
-      setStatus(`${body.method} at ${body.layer} · ${body.image_size[0]}×${body.image_size[1]} px · ${ms} ms`);
+      const nothing = body.explained.length ? "" : " · the target explains nothing in this image (no matching box or label)";
+      setStatus(`${body.method} at ${body.layer} · ${body.image_size[0]}×${body.image_size[1]} px · ${ms} ms${nothing}`);
     }
   } catch (err) {
     setStatus(`request failed: ${err.message}`, true);
@@ -114,7 +118,7 @@ function render(res) {
     item.append(label, bar, pct);
     list.append(item);
   }
-  $("predictions").hidden = false;
+  $("predictions").hidden = res.predictions.length === 0;
 
   const [width, height] = res.image_size;
   const cards = res.explained.map((e) => {
@@ -132,7 +136,9 @@ function render(res) {
       box.remove();
     }
     card.querySelector(".label").textContent = e.label;
-    card.querySelector(".score").textContent = percent(e.score);
+    // a probability as a percentage; a target's raw score (a logit, a sum over pixels) as it is
+    const score = e.score === null ? "" : e.score >= 0 && e.score <= 1 ? percent(e.score) : e.score.toFixed(3);
+    card.querySelector(".score").textContent = score;
     const boxText = hasBox(e) ? `box [${e.box.map((v) => Math.round(v)).join(", ")}]` : "no box";
     card.querySelector(".meta").textContent = `class ${e.class} · map ${e.map_size[0]}×${e.map_size[1]} · ${boxText}`;
     card.querySelector(".download").addEventListener("click", () => download(res, e));
@@ -192,7 +198,7 @@ function setup() {
     ev.preventDefault();
     chooseFile(ev.dataTransfer.files[0]);
   });
-  for (const id of ["method", "layer", "topk"]) $(id).addEventListener("change", explain);
+  for (const id of ["method", "layer", "topk", "target"]) $(id).addEventListener("change", explain);
   $("opacity").addEventListener("input", applyOpacity);
   $("boxes").addEventListener("change", applyBoxes);
   applyOpacity();
