@@ -2,13 +2,25 @@
 
 from . import methods
 from .capture import CamlensError, NotAGapClassifierError, layer_names, tokens_to_grid
+from .data.images import as_image, load_image
+from .explanation import Explanation, explain
 from .maps import fuse, normalize, upsample
 from .methods import *  # noqa: F403  (CAM, GradCAM, ... and get_method)
+from .models import LoadedModel, load_model
+from .render import overlay_image, three_panel
 
 __version__ = "0.1.0"
 
 __all__ = [
     "CamlensError",
+    "Explanation",
+    "LoadedModel",
+    "as_image",
+    "explain",
+    "load_image",
+    "load_model",
+    "overlay_image",
+    "three_panel",
     "NotAGapClassifierError",
     "fuse",
     "layer_names",
