@@ -335,3 +335,22 @@ def test_readme_python_example_runs_as_written(photos, tmp_path, monkeypatch, ca
     with Image.open("cat_cam.png") as over:
         assert over.size == (451, 300)
     assert Path("cat_figure.png").stat().st_size > 0
+
+
+def test_web_api_serves_the_real_model(lite0, photos):
+    """What `camlens serve --arch efficientnet_lite0 --weights imagenet` runs: the real photo's class comes back."""
+    pytest.importorskip("fastapi")
+    import io
+
+    from fastapi.testclient import TestClient
+
+    from camlens.web import create_app
+
+    buffer = io.BytesIO()
+    camlens.render.to_pil(photos["coffee"]).save(buffer, "PNG")
+    with TestClient(create_app(lite0, workers=1, model_name="efficientnet_lite0")) as client:
+        info = client.get("/api/info").json()
+        answer = client.post("/api/explain", files={"file": ("coffee.png", buffer.getvalue(), "image/png")},
+                             data={"topk": "2"}).json()
+    assert len(info["classes"]) == 1000
+    assert answer["predictions"][0]["label"] == "espresso" and answer["predictions"][0]["score"] > 0.8
