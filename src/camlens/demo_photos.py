@@ -62,7 +62,7 @@ class PhotoResult:
 
 
 def _tile(img: Image.Image) -> Image.Image:
-    return img.resize((max(1, round(img.width * TILE_HEIGHT / img.height)), TILE_HEIGHT), Image.BILINEAR)
+    return img.resize((max(1, round(img.width * TILE_HEIGHT / img.height)), TILE_HEIGHT), Image.Resampling.BILINEAR)
 
 
 def _figure_image(fig) -> Image.Image:

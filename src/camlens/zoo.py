@@ -61,7 +61,8 @@ def _timm_lite0(num_classes: int) -> nn.Module:
 def timm_state_dict(state: dict[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
     """The lukemelas-named ``state`` under the names of timm's ``model``: ``_blocks.N`` is block ``N`` counted
     through timm's stages in order."""
-    blocks = [(s, i) for s, stage in enumerate(model.blocks) for i in range(len(stage))]  # type: ignore[arg-type]
+    stages = model.get_submodule("blocks").children()
+    blocks = [(s, i) for s, stage in enumerate(stages) for i in range(len(list(stage.children())))]
     out = {}
     for key, value in state.items():
         match = _BLOCK_KEY.match(key)
