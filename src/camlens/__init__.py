@@ -2,19 +2,31 @@
 
 from . import methods
 from .capture import CamlensError, NotAGapClassifierError, layer_names, tokens_to_grid
+from .data.images import as_image, load_image
+from .explanation import Explanation, explain
 from .maps import fuse, normalize, upsample
 from .methods import *  # noqa: F403  (CAM, GradCAM, ... and get_method)
+from .models import LoadedModel, load_model
+from .render import overlay_image, three_panel
 from .networks import gapify
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "as_image",
     "CamlensError",
-    "NotAGapClassifierError",
+    "explain",
+    "Explanation",
     "fuse",
     "gapify",
     "layer_names",
+    "load_image",
+    "load_model",
+    "LoadedModel",
     "normalize",
+    "NotAGapClassifierError",
+    "overlay_image",
+    "three_panel",
     "tokens_to_grid",
     "upsample",
     *methods.__all__,

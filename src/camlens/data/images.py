@@ -97,6 +97,29 @@ def load_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Tensor
     return array_to_tensor(read_rgb(path, max_pixels))
 
 
+def as_image(image: str | Path | Image.Image | np.ndarray | Tensor, max_pixels: int = DEFAULT_MAX_PIXELS) -> Tensor:
+    """A file (read with :func:`load_image`), a PIL image, an array (H, W) or (H, W, 3|4), uint8 or float in
+    [0, 1], or a tensor (3, H, W) in [0, 1], as a (3, H, W) float32 tensor in [0, 1]."""
+    if isinstance(image, (str, Path)):
+        return load_image(image, max_pixels)
+    if isinstance(image, Image.Image):
+        return to_tensor(_to_rgb(image))
+    if isinstance(image, Tensor):
+        if image.ndim != 3 or image.shape[0] != 3:
+            raise ImageError(f"an image tensor must be (3, H, W) in [0, 1], got {tuple(image.shape)}")
+        return image.float()
+    if isinstance(image, np.ndarray):
+        arr = image[..., None].repeat(3, -1) if image.ndim == 2 else image
+        if arr.ndim != 3 or arr.shape[-1] not in (3, 4):
+            raise ImageError(f"an image array must be (H, W), (H, W, 3) or (H, W, 4), got {image.shape}")
+        if arr.dtype == np.uint8:
+            return to_tensor(_to_rgb(Image.fromarray(arr)))
+        if arr.dtype.kind != "f" or arr.shape[-1] != 3:
+            raise ImageError(f"an image array must be uint8, or float RGB in [0, 1]; got {arr.dtype} {image.shape}")
+        return torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32)).permute(2, 0, 1).clamp(0, 1)
+    raise ImageError(f"not an image: {type(image).__name__} (give a path, a PIL image, an array or a tensor)")
+
+
 def expand_paths(specs: Iterable[str | Path]) -> tuple[list[Path], list[str]]:
     """Files, folders (searched recursively for image suffixes) and glob patterns, in order, without repeats.
 
