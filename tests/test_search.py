@@ -135,9 +135,10 @@ def test_serve_uses_the_checkpoints_method(searched):
 
     loaded = load_model(searched / "acol-000" / "best.safetensors")
     cache = ExplainerCache(loaded.model)
-    with cache.use("cam", None) as explainer:
+    x = torch.randn(1, 3, 32, 32)
+    with cache.use("cam", None, x) as explainer:
         assert isinstance(explainer, ACoLCAM)
-        res = explainer(torch.randn(1, 3, 32, 32))
+        res = explainer(x)
     assert res.maps.shape == (1, 1, 8, 8) and 0 <= float(res.maps.min()) and float(res.maps.max()) <= 1
     cache.close()
 
