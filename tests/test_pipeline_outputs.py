@@ -192,3 +192,15 @@ def test_a_batch_whose_write_failed_is_not_logged_so_resume_redoes_it(workspace,
         name = record["explained"][0]["overlay"]
         assert np.array_equal(np.asarray(Image.open(tmp_path / "out" / name)),
                               np.asarray(Image.open(tmp_path / "full" / name))), name
+
+
+def test_input_rank_reads_convolution_subclasses():
+    """timm's "same"-padding convolutions subclass nn.Conv2d: a model starting with one reads 2-D images."""
+    from camlens.data.arrays import input_rank
+
+    class SameConv(torch.nn.Conv2d):
+        pass
+
+    assert input_rank(torch.nn.Sequential(SameConv(3, 4, 3))) == 2
+    assert input_rank(torch.nn.Sequential(torch.nn.Conv3d(1, 4, 3))) == 3
+    assert input_rank(torch.nn.Sequential(torch.nn.Linear(3, 4))) == 2
