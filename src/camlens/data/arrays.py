@@ -22,8 +22,9 @@ IMAGE_SHAPES = "(H, W), (H, W, C) or (C, H, W) with C = 1 or 3"
 def input_rank(model: nn.Module) -> int:
     """The spatial rank a model reads: that of its first convolution (1, 2 or 3); 2 when it has none."""
     for module in model.modules():
-        if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
-            return {nn.Conv1d: 1, nn.Conv2d: 2, nn.Conv3d: 3}[type(module)]
+        for rank, conv in enumerate((nn.Conv1d, nn.Conv2d, nn.Conv3d), 1):
+            if isinstance(module, conv):  # subclasses too (timm's Conv2dSame)
+                return rank
     return 2
 
 
