@@ -77,18 +77,23 @@ def rss_bytes(pid: int) -> int:
     raise RuntimeError("no VmRSS line")
 
 
+def start_server(command: list[str], env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
+    """Start a server process that prints its loopback URL as its first line; (process, URL)."""
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    line = proc.stdout.readline()
+    match = re.search(r"http://127\.0\.0\.1:\d+", line)
+    if not match:
+        proc.kill()
+        raise RuntimeError(f"the server did not start: {line!r} {proc.stderr.read()}")
+    return proc, match.group(0)
+
+
 class Server:
     """`python -m camlens serve --port 0 ARGS` on 127.0.0.1 in a subprocess; the URL comes from its first line."""
 
     def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "camlens", "serve", "--port", "0", "--log-level", "warning",
-                                      *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-        line = self.proc.stdout.readline()
-        match = re.search(r"http://127\.0\.0\.1:\d+", line)
-        if not match:
-            self.proc.kill()
-            raise RuntimeError(f"the server did not start: {line!r} {self.proc.stderr.read()}")
-        self.url = match.group(0)
+        self.proc, self.url = start_server(
+            [sys.executable, "-m", "camlens", "serve", "--port", "0", "--log-level", "warning", *args], env)
 
     def stop(self) -> None:
         self.proc.terminate()

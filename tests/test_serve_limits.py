@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import io
 import os
-import re
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -19,6 +17,8 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
+
+from _serve_traffic import start_server
 
 pytest.importorskip("uvicorn", reason="uvicorn is not installed (pip install 'camlens[web]')")
 
@@ -37,14 +37,8 @@ class SlowServer:
     def __init__(self, **options: object) -> None:
         src = str(Path(__file__).parents[1] / "src")
         env = {**os.environ, "PYTHONPATH": src}
-        self.proc = subprocess.Popen([sys.executable, str(SCRIPT), str(DELAY), *(f"{k}={v!r}" for k, v in options.items())],
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-        line = self.proc.stdout.readline()
-        match = re.match(r"http://127\.0\.0\.1:\d+", line)
-        if not match:
-            self.proc.kill()
-            raise AssertionError(f"the server did not start: {line!r} {self.proc.stderr.read()}")
-        self.url = match.group(0)
+        self.proc, self.url = start_server(
+            [sys.executable, str(SCRIPT), str(DELAY), *(f"{k}={v!r}" for k, v in options.items())], env)
 
     def post(self, method: str, timeout: float = 60) -> httpx.Response:
         return httpx.post(f"{self.url}/api/explain?method={method}", files={"file": ("x.png", _png())}, timeout=timeout)
