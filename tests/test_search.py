@@ -130,6 +130,25 @@ def test_acol_checkpoint_drives_explain_localize_and_evaluate(searched, tmp_path
     assert (tmp_path / "b" / "boxes.json").is_file()
 
 
+def test_python_explain_gives_the_checkpoints_method_map(searched):
+    """camlens.explain on an ACoL checkpoint returns ACoLCAM's maps, as the CLI and the server do: one dispatch
+    (camlens.build_explainer) for all three, and plain CAM only when a layer is named."""
+    import camlens
+
+    loaded = load_model(searched / "acol-000" / "best.safetensors")
+    image = BuiltinSamples(BuiltinDataset("test", num_images=1))[0].image
+    got = camlens.explain(loaded, image)
+    with ACoLCAM(loaded.model, threshold=loaded.meta["wsol_method"]["threshold"]) as explainer:
+        expected = explainer(loaded.preprocess(image))
+    assert torch.equal(got.result.maps, expected.maps)
+    with camlens.build_explainer(loaded.model, "cam") as explainer:
+        assert isinstance(explainer, ACoLCAM)
+    layer = expected.layer
+    with camlens.build_explainer(loaded.model, "cam", layer) as plain:
+        assert type(plain) is camlens.CAM
+        assert not torch.allclose(plain(loaded.preprocess(image)).maps, expected.maps)
+
+
 def test_serve_uses_the_checkpoints_method(searched):
     from camlens.web.engine import ExplainerCache
 

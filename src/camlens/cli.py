@@ -48,16 +48,10 @@ def load_from_args(args: argparse.Namespace):
 
 
 def make_explainer(loaded, method: str, layers: Sequence[str] | None, fuse: str = "max"):
-    from .methods import get_method
+    from .methods import build_explainer, get_method
     from .methods.layered import LayerExplainer
 
     cls = get_method(method)
-    if cls.name == "cam" and not layers:  # a checkpoint trained with a WSOL method: that method's map
-        from .training.wsol import method_explainer
-
-        wsol = method_explainer(loaded.model)
-        if wsol is not None:
-            return wsol
     if not layers and loaded.meta.get("task") in ("detection", "segmentation"):
         from .targets import default_layer
 
@@ -67,7 +61,7 @@ def make_explainer(loaded, method: str, layers: Sequence[str] | None, fuse: str 
             raise CamlensError(f"--method {method} explains one layer; fusing {len(layers)} layers needs a method "
                                "such as gradcam, layercam or scorecam")
         return cast("type[LayerExplainer]", cls)(loaded.model, layer=list(layers), fuse=fuse)
-    return cls(loaded.model, layer=layers[0] if layers else None)
+    return build_explainer(loaded.model, method, layers[0] if layers else None)
 
 
 def target_from_args(args: argparse.Namespace, loaded, explainer):

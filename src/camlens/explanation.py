@@ -20,7 +20,7 @@ from torch import Tensor
 
 from .capture import CamlensError
 from .data.images import as_image
-from .methods import get_method
+from .methods import build_explainer
 from .methods.base import CAMResult, ClassSpec
 from .models import LoadedModel
 from .render import overlay_image, three_panel
@@ -111,6 +111,6 @@ def explain(
     img = as_image(image)
     device = next(model.model.parameters()).device
     x = model.preprocess(img.to(device))
-    with get_method(method)(model.model, layer) as explainer:
+    with build_explainer(model.model, method, layer) as explainer:
         result = explainer(x, classes, topk=topk)
     return Explanation(img, result.to("cpu"), model.class_names, method)

@@ -33,7 +33,7 @@ from typing import Any, Iterator
 import torch
 from torch import Tensor, nn
 
-from ..methods import CAM, Cancelled, get_method, stop_when
+from ..methods import Cancelled, build_explainer, get_method, stop_when
 from ..methods.base import Explainer
 from ..targets import TargetRecipe
 
@@ -202,18 +202,11 @@ class ExplainerCache:
             model = self._shared_copy
         else:
             model = copy.deepcopy(self.model)
-        if cls.name == "cam" and layer is None:  # a network trained with a WSOL method: that method's map
-            from ..training.wsol import method_explainer
-
-            wsol = method_explainer(model)
-            if wsol is not None and not isinstance(wsol, CAM):
-                self.created += 1
-                return _Entry(wsol, threading.Lock())
         generator = torch.Generator(device=self.device) if cls.draws_noise else None
         options: dict[str, Any] = {"generator": generator} if generator is not None else {}
-        explainer = cls(model, layer=layer, **options)
+        explainer = build_explainer(model, method, layer, **options)
         self.created += 1
-        return _Entry(explainer, None if cls.thread_safe else threading.Lock(), generator)
+        return _Entry(explainer, None if type(explainer).thread_safe else threading.Lock(), generator)
 
     def _drop(self, method: str, layer: str | None, entry: _Entry) -> None:
         with self._lock:
