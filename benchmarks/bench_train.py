@@ -4,19 +4,28 @@ For each CAM network (small widths, small inputs) both loops train a copy of the
 epoch over the same in-memory images, with the same optimizer (AdamW), memory format and (on CUDA) autocast;
 camlens's loop is `camlens.training.train` as `camlens train` runs it (schedule, parameter groups, running
 statistics, the TrainingMethod hooks, then one validation pass over 32 images and the checkpoint files), with
-augmentation off so both loops do the same arithmetic.  Rounds are interleaved; the ratios are the medians over
-rounds of t(camlens) / t(plain), in wall-clock time and in the process's CPU time (which a machine shared with
-other jobs disturbs far less).
+augmentation off so both loops do the same arithmetic (a profile of both shows the same kernels, plus the one
+validation pass).  Rounds are interleaved, the order alternating so that a drift in machine speed hits both
+loops alike; each ratio is the median over rounds of t(camlens) / t(plain), with its quartiles: of camlens's
+training steps alone, and of its whole run, whose end-of-epoch part (validation, checkpoint files) is a fixed
+cost per epoch, so its share shrinks as epochs grow (``--images``).
 
-    python benchmarks/bench_train.py [--archs gapnet gapify-resnet18 ...] [--size 64] [--images 512]
-        [--batch 32] [--repeats 3] [--device cuda --channels-last --amp]
+Timing noise: with glibc's default allocator settings every step returns its large buffers to the kernel and
+faults them in again (a million page faults an epoch), and identical epochs then differ by up to 2x on a 2-core
+VM.  The benchmark therefore restarts itself with glibc's mmap and trim thresholds raised (the environment
+variables below), which keeps the freed pages in the process; both loops run under the same settings.
+
+    python benchmarks/bench_train.py [--archs gapnet gapify-resnet18 ...] [--size 64] [--images 2048]
+        [--batch 32] [--repeats 8] [--device cuda --channels-last --amp]
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import os
 import statistics
+import sys
 import tempfile
 import time
 
@@ -59,22 +68,35 @@ def plain_epoch(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tens
 
 
 def camlens_epoch(model: torch.nn.Module, data: TrainData, batch: int, lr: float, device: str, channels_last: bool,
-                  amp: bool, arch: str) -> None:
+                  amp: bool, arch: str) -> float:
+    """One epoch of ``camlens.training.train``; returns the seconds its training steps took (``train_seconds``)."""
     with tempfile.TemporaryDirectory() as out:
         config = TrainConfig("builtin", arch=arch, out=out, epochs=1, batch_size=batch, lr=lr, augment="none",
                              device=device, channels_last=channels_last, amp=amp, progress=False)
-        train(config, model=model, prepared=data, log=None)
+        result = train(config, model=model, prepared=data, log=None)
     sync()
+    return float(result.history[-1].train_seconds or 0.0)
+
+
+# glibc: serve buffers up to 32 MiB from the heap and never trim it, so freed pages are reused, not re-faulted
+STEADY_ALLOCATOR = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(1 << 36)}
+
+
+def quartiles(values: list[float]) -> tuple[float, float, float]:
+    q1, q2, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return q1, q2, q3
 
 
 def main() -> None:
+    if sys.platform.startswith("linux") and not all(k in os.environ for k in STEADY_ALLOCATOR):
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **STEADY_ALLOCATOR})
     parser = argparse.ArgumentParser()
     parser.add_argument("--archs", nargs="+", default=["gapnet", "gapify-resnet18", "vgg16-cam", "wsol-resnet50"],
                         choices=list(NETWORKS))
     parser.add_argument("--size", type=int, default=64)
-    parser.add_argument("--images", type=int, default=512)
+    parser.add_argument("--images", type=int, default=2048)
     parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=8)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                         help="default: on for CPU (camlens's default there), off for CUDA")
@@ -90,12 +112,18 @@ def main() -> None:
     data = TrainData(Split(labels[: args.images], images[: args.images]), Split(labels[args.images :], images[args.images :]),
                      [str(i) for i in range(10)], args.size, False, "random", "none")
     lr = 1e-3
-    print(f"{'network':<18}{'plain img/s':>13}{'camlens img/s':>15}{'wall ratio':>12}{'CPU-time ratio':>16}")
+    print(f"# allocator: {' '.join(f'{k}={os.environ.get(k)}' for k in STEADY_ALLOCATOR)}")
+    print(f"# ratios: medians over {args.repeats} rounds of t(camlens) / t(plain) [first quartile, third quartile]; "
+          "steps: camlens's training steps alone (its train_seconds); run: the whole train() call (set-up, the "
+          "steps, the validation pass, the checkpoint files, loading the best weights back); end of epoch: "
+          "run - steps, in seconds")
+    print(f"{'network':<18}{'plain img/s':>12}{'camlens img/s':>14}{'steps ratio':>24}{'run ratio':>24}"
+          f"{'run CPU-time ratio':>24}{'end of epoch s':>16}")
     for name in args.archs:
         arch, options = NETWORKS[name]
         torch.manual_seed(0)
         initial = build_model(arch, 10, None, **options)
-        times: dict[str, list[float]] = {"plain": [], "camlens": []}
+        times: dict[str, list[float]] = {"plain": [], "camlens": [], "steps": []}
         cpu: dict[str, list[float]] = {"plain": [], "camlens": []}
         runs = {
             "plain": lambda: plain_epoch(copy.deepcopy(initial), images[: args.images], labels[: args.images],
@@ -105,18 +133,26 @@ def main() -> None:
         }
         for fn in runs.values():  # warm-up
             fn()
-        for _ in range(args.repeats):
-            for key, fn in runs.items():
+        for round_ in range(args.repeats):
+            for key in (["plain", "camlens"] if round_ % 2 == 0 else ["camlens", "plain"]):
                 start, start_cpu = time.perf_counter(), time.process_time()
-                fn()
+                steps = runs[key]()
                 times[key].append(time.perf_counter() - start)
                 cpu[key].append(time.process_time() - start_cpu)
-        ratio = statistics.median(c / p for c, p in zip(times["camlens"], times["plain"]))
-        cpu_ratio = statistics.median(c / p for c, p in zip(cpu["camlens"], cpu["plain"]))
-        plain_rate = args.images / statistics.median(times["plain"])
-        camlens_rate = args.images / statistics.median(times["camlens"])
-        print(f"{name:<18}{plain_rate:>13.1f}{camlens_rate:>15.1f}{ratio:>12.3f}{cpu_ratio:>16.3f}", flush=True)
+                if key == "camlens":
+                    times["steps"].append(float(steps or 0.0))
 
+        def spread(ratios: list[float]) -> str:
+            q1, q2, q3 = quartiles(ratios)
+            return f"{q2:.3f} [{q1:.3f}, {q3:.3f}]"
+
+        plain = times["plain"]
+        end_of_epoch = statistics.median(t - s for t, s in zip(times["camlens"], times["steps"]))
+        print(f"{name:<18}{args.images / statistics.median(plain):>12.1f}"
+              f"{args.images / statistics.median(times['camlens']):>14.1f}"
+              f"{spread([s / p for s, p in zip(times['steps'], plain)]):>24}"
+              f"{spread([c / p for c, p in zip(times['camlens'], plain)]):>24}"
+              f"{spread([c / p for c, p in zip(cpu['camlens'], cpu['plain'])]):>24}{end_of_epoch:>16.3f}", flush=True)
 
 if __name__ == "__main__":
     main()

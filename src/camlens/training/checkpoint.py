@@ -50,6 +50,20 @@ def save_weights(path: Path, state: dict[str, Tensor], *, arch: str, class_names
     _save(path, state, {"camlens": json.dumps(meta)})
 
 
+def keep_as_best(last: Path, best: Path) -> None:
+    """Make ``best`` the file ``last`` is now: a hard link (``last`` is always replaced by a rename, never
+    rewritten, so the link keeps this epoch's weights), or a copy where the filesystem has no links."""
+    import shutil
+
+    tmp = best.with_name(f".{best.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(last, tmp)
+    except OSError:
+        shutil.copyfile(last, tmp)
+    os.replace(tmp, best)
+
+
 def optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, Tensor], dict]:
     """Split an optimizer state dict into tensors (for safetensors) and a JSON-able rest."""
     state = optimizer.state_dict()

@@ -32,7 +32,7 @@ from ..capture import CamlensError, find_classifier
 from ..distributed import Context, barrier, shard_batches, sum_tensors
 from ..models import IMAGENET_MEAN, IMAGENET_STD, Preprocess, build_model
 from ..networks import NETWORKS, new_layer_names
-from .checkpoint import BEST, LAST, load_optimizer, load_resume, save_resume, save_weights, weights
+from .checkpoint import BEST, LAST, keep_as_best, load_optimizer, load_resume, save_resume, save_weights, weights
 from .config import TrainConfig
 from .data import Augmentation, Split, TrainData, global_batches, load_batches, load_data, local_part
 from .optim import Schedule, build_optimizer, parameter_groups
@@ -51,8 +51,9 @@ class EpochLog:
     train_acc: float
     val_acc: float
     lr: float
-    seconds: float
+    seconds: float  # the whole epoch: training, validation, selection, checkpoint files
     score: float | None = None  # the selection metric, when it is not the accuracy
+    train_seconds: float | None = None  # the training steps alone
 
 
 @dataclass
@@ -224,6 +225,7 @@ def train(
             if show and (i % 10 == 0 or i == len(batches) - 1):
                 bar.set_postfix(loss=f"{float(loss_sum) / seen:.3f}", acc=f"{int(correct) / seen:.1%}", refresh=False)
         bar.close()
+        train_seconds = time.perf_counter() - began
         totals = sum_tensors({"loss": loss_sum.cpu(), "correct": correct.cpu(),
                               "seen": torch.tensor(seen, dtype=torch.int64)}, ctx)
         model.eval()
@@ -235,7 +237,7 @@ def train(
         score = val_acc if record is None else record["score"]
         seen_all = int(totals["seen"])
         entry = EpochLog(epoch + 1, float(totals["loss"]) / seen_all, int(totals["correct"]) / seen_all, val_acc, lr,
-                         time.perf_counter() - began, None if record is None else score)
+                         time.perf_counter() - began, None if record is None else score, train_seconds)
         history.append(entry)
         improved = score > best_score
         if improved:
@@ -243,9 +245,10 @@ def train(
         if ctx.is_main:
             state = weights(model)
             info = {**common, "epoch": epoch + 1, "val_acc": val_acc, "selection": record}
-            for path in [out / BEST, out / LAST] if improved else [out / LAST]:
-                save_weights(path, state, arch=config.arch, class_names=td.classes, preprocess=preprocess,
-                             arch_options=arch_options, extra=info)
+            save_weights(out / LAST, state, arch=config.arch, class_names=td.classes, preprocess=preprocess,
+                         arch_options=arch_options, extra=info)
+            if improved:
+                keep_as_best(out / LAST, out / BEST)
             save_resume(out, state, optimizer, {
                 "run": run, "config": config.to_json(), "epoch": epoch + 1, "best_score": best_score,
                 "best_epoch": best_epoch, "best_val_acc": best_acc, "selection": selection,
