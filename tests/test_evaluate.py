@@ -15,7 +15,7 @@ from camlens.evaluation import box_baselines, evaluate_maps, evaluate_model, for
 from camlens.methods import CAM, METHODS, get_method
 from camlens.models import GapNet, LoadedModel, Preprocess, save_checkpoint
 
-KEYS = {"top1_loc", "top5_loc", "gt_known_loc", "maxboxacc", "maxboxacc_v2", "pxap", "num_images", "best_threshold",
+KEYS = {"top1_cls", "top1_loc", "top5_loc", "gt_known_loc", "maxboxacc", "maxboxacc_v2", "pxap", "num_images", "best_threshold",
         "maxboxacc_per_iou", "maxboxacc_v2_per_iou", "baselines"}
 
 
@@ -197,6 +197,8 @@ def test_localize_writes_the_boxes_of_the_maps_in_original_pixels(checkpoint, tm
 
 
 def test_evaluate_cli_json_equals_the_library_result(checkpoint, tmp_path):
+    """The CLI's numbers are evaluate_model's on the built-in test images rendered at the model's 32 px input
+    (as `camlens train` and the search render them), not at the dataset's default 64 px."""
     from camlens.data.samples import dataset_samples
     from camlens.models import load_model
 
@@ -205,8 +207,10 @@ def test_evaluate_cli_json_equals_the_library_result(checkpoint, tmp_path):
                  "--json", str(target), "--quiet"]) == 0
     got = json.loads(target.read_text())
     loaded = load_model(checkpoint)
+    samples = dataset_samples("builtin", num_images=10, image_size=32)
+    assert samples[0].image.shape[-2:] == (32, 32)
     with CAM(loaded.model) as cam:
-        expected = evaluate_model(loaded, cam, dataset_samples("builtin", num_images=10), batch_size=4)
+        expected = evaluate_model(loaded, cam, samples, batch_size=4)
     assert KEYS <= set(got) and got["method"] == "cam"
     assert {k: got[k] for k in KEYS} == json.loads(json.dumps({k: expected[k] for k in KEYS}))
 
@@ -233,14 +237,14 @@ def test_evaluate_faithfulness_means_equal_the_metrics_on_each_image(checkpoint,
                  "--json", str(target), "--quiet"]) == 0
     got = json.loads(target.read_text())
     loaded = load_model(checkpoint)
-    samples = [dataset_samples("builtin", num_images=6)[i] for i in range(6)]
+    samples = [dataset_samples("builtin", num_images=6, image_size=32)[i] for i in range(6)]
     config = FaithfulnessConfig(steps=8, tolerance=3)
     per_image = {}
     with get_method("gradcam")(loaded.model) as explainer:
         for s in samples:  # one image at a time: the batching must not change the numbers beyond rounding
             x = loaded.preprocess(s.image)
             res = explainer(x, [s.label])
-            boxes = [s.boxes * 32 / 64]
+            boxes = [s.boxes]  # rendered at the 32 px input: boxes in its pixels
             for k, v in faithfulness_scores(loaded.model, x, res.maps[:, 0].detach(), [s.label], boxes=boxes,
                                             config=config).items():
                 per_image.setdefault(k, []).append(float(v[0]))

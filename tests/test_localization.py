@@ -210,3 +210,4 @@ def test_top1_top5_and_gt_known_loc_by_hand():
     assert out["gt_known_loc"] == pytest.approx(200 / 3)
     assert out["top1_loc"] == pytest.approx(100 / 3)
     assert out["top5_loc"] == pytest.approx(200 / 3)
+    assert out["top1_cls"] == pytest.approx(200 / 3)  # images 0 and 2: the top class is the label

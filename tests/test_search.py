@@ -115,7 +115,7 @@ def test_acol_checkpoint_drives_explain_localize_and_evaluate(searched, tmp_path
     assert main(["evaluate", "--checkpoint", ckpt, "--data", "builtin", "--num-images", "12", "--quiet",
                  "--json", str(tmp_path / "m.json")]) == 0
     got = json.loads((tmp_path / "m.json").read_text())
-    samples = BuiltinSamples(BuiltinDataset("test", num_images=12))
+    samples = BuiltinSamples(BuiltinDataset("test", num_images=12, image_size=32))  # the model's input, as evaluate renders it
     with ACoLCAM(loaded.model, threshold=loaded.meta["wsol_method"]["threshold"]) as explainer:
         expected = evaluate_model(loaded, explainer, samples)
     assert got["maxboxacc_v2"] == pytest.approx(expected["maxboxacc_v2"])

@@ -201,8 +201,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         try:
             args.device = str(ctx.device)
             loaded = load_from_args(args)
+            size = loaded.preprocess.size
             samples = dataset_samples(args.data, args.split, num_images=args.num_images, images=args.images,
-                                      mask_root=args.mask_root, class_names=loaded.class_names)
+                                      mask_root=args.mask_root, class_names=loaded.class_names,
+                                      # the built-in images at the model's input size, as training renders them
+                                      image_size=size[0] if size and size[0] == size[1] else None)
             config = FaithfulnessConfig(steps=args.steps, tolerance=args.pointing_tolerance,
                                         road_percentages=tuple(args.road_percentages)) if args.faithfulness else None
             run_key = {k: getattr(args, k) for k in ("checkpoint", "arch", "weights", "size", "mean", "std", "method",

@@ -34,6 +34,7 @@ from .metrics.faithfulness import FaithfulnessConfig, FaithfulnessTotals, faithf
 from .metrics.localization import DEFAULT_IOUS, BoxAccuracy, ClassLocalization, PixelAP, _iou_key
 
 METRIC_ROWS = (
+    ("Top-1 Cls", "top1_cls"),
     ("Top-1 Loc", "top1_loc"),
     ("Top-5 Loc", "top5_loc"),
     ("GT-known Loc", "gt_known_loc"),

@@ -95,14 +95,15 @@ def dataset_samples(
     images: str | Path | None = None,
     mask_root: str | Path | None = None,
     class_names: Sequence[str] | None = None,
+    image_size: int | None = None,
 ) -> AnnotationSamples | BuiltinSamples:
-    """The samples of ``data``: ``builtin`` (the built-in dataset's ``split``) or a folder that
-    :func:`camlens.data.annotations.find_annotations` reads (images under ``images`` where the layout does not
-    say).  ``num_images`` keeps the first n."""
+    """The samples of ``data``: ``builtin`` (the built-in dataset's ``split``, rendered at ``image_size``, default
+    64 px) or a folder that :func:`camlens.data.annotations.find_annotations` reads (images under ``images`` where
+    the layout does not say).  ``num_images`` keeps the first n."""
     if data == "builtin":
         from .builtin import BuiltinDataset
 
-        dataset = BuiltinDataset(split, num_images=num_images)  # type: ignore[arg-type]
+        dataset = BuiltinDataset(split, num_images=num_images, image_size=image_size or 64)  # type: ignore[arg-type]
         if class_names is not None and len(class_names) != len(dataset.classes):
             raise CamlensError(f"the built-in dataset has {len(dataset.classes)} classes but the model has "
                                f"{len(class_names)}; evaluate a model trained on it (camlens train --data builtin)")

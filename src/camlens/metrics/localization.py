@@ -86,9 +86,10 @@ class _Counts:
 
 class ClassLocalization(_Counts):
     """Top-1 Loc, Top-5 Loc and GT-known Loc with the CAM paper's boxes (``threshold`` of the map's max, largest
-    connected component), at IoU >= ``iou``."""
+    connected component), at IoU >= ``iou``; and Top-1 Cls, the classification accuracy of the same images, which
+    WSOL papers report beside them."""
 
-    _names = ("top1", "top5", "gt_known", "count", "classified")
+    _names = ("top1", "top5", "gt_known", "count", "classified", "top1_cls")
 
     def __init__(self, threshold: float = 0.2, iou: float = 0.5) -> None:
         self.threshold, self.iou = threshold, iou
@@ -97,12 +98,13 @@ class ClassLocalization(_Counts):
         self.gt_known = torch.zeros((), dtype=torch.int64)
         self.count = torch.zeros((), dtype=torch.int64)
         self.classified = torch.zeros((), dtype=torch.int64)  # the maps that came with predictions
+        self.top1_cls = torch.zeros((), dtype=torch.int64)
 
     def update(self, maps: Tensor | np.ndarray, gt_boxes: Sequence[Tensor], labels: Tensor | None = None,
                logits: Tensor | None = None) -> Tensor:
         """``maps`` (B, H, W): the ground-truth class's map of each image, in the pixel grid of ``gt_boxes``;
-        ``labels`` (B,) and ``logits`` (B, C) for Top-1/Top-5 Loc (without them, e.g. for precomputed maps, only
-        GT-known Loc is counted).  Returns the predicted boxes (B, 4)."""
+        ``labels`` (B,) and ``logits`` (B, C) for Top-1/Top-5 Loc and Top-1 Cls (without them, e.g. for
+        precomputed maps, only GT-known Loc is counted).  Returns the predicted boxes (B, 4)."""
         maps = _batch_maps(maps)
         boxes = paper_boxes(maps, self.threshold)
         gts = _check_boxes(gt_boxes, boxes.shape[0])
@@ -114,6 +116,7 @@ class ClassLocalization(_Counts):
             top = logits.detach().float().cpu().topk(min(5, logits.shape[1]), dim=1).indices
             self.top1 += int((hit & (top[:, 0] == labels)).sum())
             self.top5 += int((hit & (top == labels[:, None]).any(1)).sum())
+            self.top1_cls += int((top[:, 0] == labels).sum())
             self.classified += boxes.shape[0]
         return boxes
 
@@ -122,6 +125,7 @@ class ClassLocalization(_Counts):
             "top1_loc": _pct(self.top1, self.classified),
             "top5_loc": _pct(self.top5, self.classified),
             "gt_known_loc": _pct(self.gt_known, self.count),
+            "top1_cls": _pct(self.top1_cls, self.classified),
         }
 
 

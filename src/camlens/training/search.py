@@ -20,14 +20,12 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
-from torch import Tensor
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from .. import distributed
 from ..capture import CamlensError
 from ..distributed import Context, write_atomic
-from ..methods.base import CAMResult, ClassSpec, Explainer
 from ..models import LoadedModel
 from .checkpoint import RESUME, STATE
 from .config import TrainConfig
@@ -77,27 +75,6 @@ def draw_trials(methods: Sequence[str], trials: int, *, seed: int = 0,
     return out
 
 
-class _Scored(Explainer):
-    """An explainer that counts, besides delegating, how often the logits' top class is the class explained (the
-    ground truth, as evaluation asks for it): the classification accuracy of the evaluation pass."""
-
-    def __init__(self, inner: Explainer) -> None:
-        super().__init__(inner.model, inner.layer)
-        self.inner = inner
-        self.needs_gradients = inner.needs_gradients  # type: ignore[misc]
-        self.correct = 0
-        self.seen = 0
-
-    def __call__(self, x: Tensor, classes: ClassSpec = None, *, topk: int = 1) -> CAMResult:
-        res = self.inner(x, classes, topk=topk)
-        self.correct += int((res.logits.argmax(1) == res.classes[:, 0]).sum())
-        self.seen += int(res.classes.shape[0])
-        return res
-
-    def close(self) -> None:
-        self.inner.close()
-
-
 def report_samples(config: TrainConfig, data: TrainData, test_data: str | None, split: str,
                  num_images: int | None, images: str | None = None) -> Dataset:
     """The split the search reports on: the built-in dataset's test split at the training size, or ``split``
@@ -122,12 +99,10 @@ def evaluate_trial(result_model, method, samples: Dataset, class_names: list[str
     from .select import PAPER_THRESHOLD
 
     loaded = LoadedModel(result_model, class_names, preprocess, "")
-    explainer = _Scored(method.explainer(result_model))
-    with explainer:
+    with method.explainer(result_model) as explainer:
         metrics = evaluate_model(loaded, explainer, samples, batch_size=batch_size, paper_threshold=PAPER_THRESHOLD,
                                  ctx=Context(0, 1, 0, device))
-        metrics["accuracy"] = 100.0 * explainer.correct / max(1, explainer.seen)
-    return metrics
+    return {**metrics, "accuracy": metrics["top1_cls"]}
 
 
 def run_trial(trial: Trial, config: TrainConfig, data: TrainData, samples: Dataset, out: Path,
