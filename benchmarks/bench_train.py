@@ -10,10 +10,9 @@ loops alike; each ratio is the median over rounds of t(camlens) / t(plain), with
 training steps alone, and of its whole run, whose end-of-epoch part (validation, checkpoint files) is a fixed
 cost per epoch, so its share shrinks as epochs grow (``--images``).
 
-Timing noise: with glibc's default allocator settings every step returns its large buffers to the kernel and
-faults them in again (a million page faults an epoch), and identical epochs then differ by up to 2x on a 2-core
-VM.  The benchmark therefore restarts itself with glibc's mmap and trim thresholds raised (the environment
-variables below), which keeps the freed pages in the process; both loops run under the same settings.
+Allocator: with glibc's default settings every step returns its large buffers to the kernel and faults them in
+again (a million page faults an epoch), and identical epochs then differ by up to 2x on a 2-core VM.  The
+benchmark runs both loops after :func:`camlens.hardware.retain_freed_memory`, as ``camlens train`` does.
 
     python benchmarks/bench_train.py [--archs gapnet gapify-resnet18 ...] [--size 64] [--images 2048]
         [--batch 32] [--repeats 8] [--device cuda --channels-last --amp]
@@ -23,9 +22,7 @@ from __future__ import annotations
 
 import argparse
 import copy
-import os
 import statistics
-import sys
 import tempfile
 import time
 
@@ -33,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from common import header, sync
+from camlens.hardware import retain_freed_memory
 from camlens.models import IMAGENET_MEAN, IMAGENET_STD, build_model
 from camlens.training import TrainConfig, TrainData, train
 from camlens.training.data import Split
@@ -78,18 +76,13 @@ def camlens_epoch(model: torch.nn.Module, data: TrainData, batch: int, lr: float
     return float(result.history[-1].train_seconds or 0.0)
 
 
-# glibc: serve buffers up to 32 MiB from the heap and never trim it, so freed pages are reused, not re-faulted
-STEADY_ALLOCATOR = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(1 << 36)}
-
-
 def quartiles(values: list[float]) -> tuple[float, float, float]:
     q1, q2, q3 = statistics.quantiles(values, n=4, method="inclusive")
     return q1, q2, q3
 
 
 def main() -> None:
-    if sys.platform.startswith("linux") and not all(k in os.environ for k in STEADY_ALLOCATOR):
-        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **STEADY_ALLOCATOR})
+    retained = retain_freed_memory()
     parser = argparse.ArgumentParser()
     parser.add_argument("--archs", nargs="+", default=["gapnet", "gapify-resnet18", "vgg16-cam", "wsol-resnet50"],
                         choices=list(NETWORKS))
@@ -112,7 +105,7 @@ def main() -> None:
     data = TrainData(Split(labels[: args.images], images[: args.images]), Split(labels[args.images :], images[args.images :]),
                      [str(i) for i in range(10)], args.size, False, "random", "none")
     lr = 1e-3
-    print(f"# allocator: {' '.join(f'{k}={os.environ.get(k)}' for k in STEADY_ALLOCATOR)}")
+    print(f"# freed memory retained (glibc mallopt): {retained}")
     print(f"# ratios: medians over {args.repeats} rounds of t(camlens) / t(plain) [first quartile, third quartile]; "
           "steps: camlens's training steps alone (its train_seconds); run: the whole train() call (set-up, the "
           "steps, the validation pass, the checkpoint files, loading the best weights back); end of epoch: "

@@ -553,6 +553,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
+    if args.command != "serve":  # a batch job: its passes reuse freed memory; a server returns it
+        from .hardware import retain_freed_memory
+
+        retain_freed_memory()
     try:
         return func(args)
     except CamlensError as err:

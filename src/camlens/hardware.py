@@ -1,13 +1,19 @@
-"""What the processor offers the methods' fast paths: bfloat16 arithmetic units on the CPU.
+"""What the machine offers the fast paths, and how the process should use its memory.
 
 Score-CAM's ``approximate=True`` runs its masked passes in bfloat16.  That is faster only where the CPU has
 bfloat16 dot-product or matrix instructions (x86: AVX512-BF16 or AMX-BF16; Arm: the BF16 extension); without
 them oneDNN emulates bfloat16 through float32 conversions, measured 7x slower than the exact float32 mode.
 :func:`usable_approximation` then falls back to the exact mode, with a one-line warning saying why.
+
+PyTorch's CPU tensors come from the C library's ``malloc``.  glibc serves every block above its mmap threshold
+(at most 32 MiB) with a fresh ``mmap`` and unmaps it on free, so each forward pass at 224 px faults in and zeroes
+its activations' pages anew; :func:`retain_freed_memory` stops that.
 """
 
 from __future__ import annotations
 
+import ctypes
+import os
 import platform
 import warnings
 from functools import lru_cache
@@ -66,3 +72,26 @@ def usable_approximation(approximate: bool | torch.dtype, device: torch.device) 
                       RuntimeWarning, stacklevel=3)
         return False
     return approximate
+
+
+# glibc's mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_MAX = -4
+_GLIBC_ENV = ("MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_")
+
+
+def retain_freed_memory() -> bool:
+    """Make glibc's ``malloc`` keep freed memory for reuse: no ``mmap`` per large block (``M_MMAP_MAX`` 0) and no
+    trimming of the heap below 2 GiB of free space (``M_TRIM_THRESHOLD``), so a pass reuses the pages of the one
+    before instead of faulting in fresh zeroed ones.  EfficientNet-Lite0, batch 64 at 224 px on 2 cores: 5 passes
+    in 13.5 s (15.5 s of it in the kernel, 7.4 million page faults), 3.3 s with this (no faults).  The process
+    keeps its peak memory until it exits, so the command line calls this for its batch commands and not for
+    ``serve``.  Does nothing, and returns False, where the C library is not glibc or where the user set
+    ``MALLOC_MMAP_MAX_`` or ``MALLOC_TRIM_THRESHOLD_`` (their choice stands)."""
+    if platform.libc_ver()[0] != "glibc" or any(name in os.environ for name in _GLIBC_ENV):
+        return False
+    try:
+        libc = ctypes.CDLL(None)
+        return bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
+    except (OSError, AttributeError):
+        return False
