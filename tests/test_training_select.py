@@ -86,3 +86,20 @@ def test_sgd_decays_tenfold_every_lr_decay_every_epochs_from_the_global_step():
     schedule = Schedule(config, steps_per_epoch=5)
     assert [schedule(e * 5 + 4) for e in range(9)] == pytest.approx([0.1] * 3 + [0.01] * 3 + [0.001] * 3)
     assert step_decay(6, 0.1, 3) == pytest.approx(0.001)
+
+
+@pytest.mark.parametrize("links", [True, False])
+def test_best_is_the_last_file_as_it_was_even_after_last_is_replaced(tmp_path, monkeypatch, links):
+    """keep_as_best links (or, where the filesystem cannot, copies) last to best; the next epoch's last, written
+    to a temporary name and renamed, leaves best as it was."""
+    from camlens.training import checkpoint
+
+    if not links:
+        monkeypatch.setattr(checkpoint.os, "link", lambda *a: (_ for _ in ()).throw(OSError("no links here")))
+    last, best = tmp_path / "last.safetensors", tmp_path / "best.safetensors"
+    checkpoint._save(last, {"w": torch.ones(3)}, {})
+    checkpoint.keep_as_best(last, best)
+    assert (best.stat().st_ino == last.stat().st_ino) is links
+    checkpoint._save(last, {"w": torch.zeros(3)}, {})
+    assert torch.equal(load_file(str(best))["w"], torch.ones(3)) and torch.equal(load_file(str(last))["w"], torch.zeros(3))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.safetensors", "last.safetensors"]  # no temporaries
