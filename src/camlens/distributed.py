@@ -170,8 +170,13 @@ def unpack_counts(packed: dict[str, list]) -> dict[str, torch.Tensor]:
     return out
 
 
+def temporary_name(path: Path) -> Path:
+    """Where ``path`` is written before the rename that publishes it: hidden, beside it, one per process."""
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
 def write_atomic(path: Path, text: str) -> None:
     """Write via a temporary file and rename, so readers never see a half-written file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = temporary_name(path)
     tmp.write_text(text)
     os.replace(tmp, path)

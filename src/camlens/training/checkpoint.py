@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from ..capture import CamlensError
-from ..distributed import write_atomic
+from ..distributed import temporary_name, write_atomic
 from ..models import Preprocess
 
 BEST = "best.safetensors"
@@ -36,7 +36,7 @@ def weights(model: nn.Module) -> dict[str, Tensor]:
 def _save(path: Path, tensors: dict[str, Tensor], metadata: dict[str, str]) -> None:
     from safetensors.torch import save_file
 
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = temporary_name(path)
     save_file(tensors, str(tmp), metadata=metadata)
     os.replace(tmp, path)
 
@@ -55,7 +55,7 @@ def keep_as_best(last: Path, best: Path) -> None:
     rewritten, so the link keeps this epoch's weights), or a copy where the filesystem has no links."""
     import shutil
 
-    tmp = best.with_name(f".{best.name}.{os.getpid()}.tmp")
+    tmp = temporary_name(best)
     tmp.unlink(missing_ok=True)
     try:
         os.link(last, tmp)
