@@ -148,6 +148,14 @@ def layer_output(model, layer, x):
     return m64, out, store["a"]
 
 
+def ref_channel_mask(ak, size, mode):
+    """Score-CAM's mask of one channel: s(A_k), the min-max over all its positions (zero for a constant channel),
+    upsampled with ``mode`` (align_corners=False) to ``size``, as a (1, 1, *size) float64 tensor."""
+    lo, hi = ak.min().item(), ak.max().item()
+    norm = (ak - lo) / (hi - lo) if hi > lo else torch.zeros_like(ak)
+    return F.interpolate(norm[None, None], size=size, mode=mode, align_corners=False)
+
+
 def ref_scorecam(model, layer, x, classes):
     """One masked forward per channel; s(A) at layer resolution, bilinear Up (align_corners=False), softmax over
     channels of the class logits, ReLU of the weighted sum."""
@@ -158,10 +166,7 @@ def ref_scorecam(model, layer, x, classes):
         for b in range(batch):
             scores = []
             for k in range(K):
-                ak = a[b, k]
-                lo, hi = ak.min().item(), ak.max().item()
-                norm = (ak - lo) / (hi - lo) if hi > lo else torch.zeros_like(ak)
-                mask = F.interpolate(norm[None, None], size=x.shape[-2:], mode="bilinear", align_corners=False)
+                mask = ref_channel_mask(a[b, k], x.shape[-2:], "bilinear")
                 scores.append(m64(x[b : b + 1].double() * mask)[0])
             scores = torch.stack(scores)  # (K, C)
             for n in range(classes.shape[1]):

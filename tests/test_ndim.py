@@ -17,7 +17,7 @@ import camlens
 from camlens import CAM, CamlensError, normalize, upsample
 from camlens.capture import find_classifier, is_classifier
 
-from _method_refs import activations_and_grads, assert_close, layer_output, module
+from _method_refs import activations_and_grads, assert_close, layer_output, module, ref_channel_mask
 
 CONV = {1: nn.Conv1d, 3: nn.Conv3d}
 POOL = {1: nn.MaxPool1d, 3: nn.MaxPool3d}
@@ -138,10 +138,7 @@ def ref_masked_scores(model, x, classes, coefficients, noise=None):
         for b in range(batch):
             scores = []
             for k in range(K):
-                ak = a[b, k]
-                lo, hi = ak.min().item(), ak.max().item()
-                norm = (ak - lo) / (hi - lo) if hi > lo else torch.zeros_like(ak)
-                mask = F.interpolate(norm[None, None], size=x.shape[2:], mode=mode, align_corners=False)
+                mask = ref_channel_mask(a[b, k], x.shape[2:], mode)
                 total = 0
                 for i, c in enumerate(coefficients):
                     delta = 0 if noise is None else noise[i][b * K + k].double()
