@@ -25,6 +25,7 @@ from camlens.data.images import decode_image, to_tensor
 from camlens.methods import METHODS
 from camlens.models import GapNet, LoadedModel, Preprocess
 from camlens.web import create_app
+from camlens.web.engine import ExplainerCache
 
 CLASSES = ["ant", "bee", "cow", "dog"]
 MAX_BYTES = 2_000_000
@@ -366,6 +367,44 @@ def test_sixteen_parallel_clients_get_exactly_the_sequential_answers(client, loa
         app.state.close()
     assert [r.status_code for r in parallel] == [200] * 16
     assert [r.json() for r in parallel] == sequential
+
+
+def test_a_one_pass_explainer_waits_to_prepare_while_score_cam_traces_the_model(loaded, monkeypatch):
+    """torch.fx patches nn.Module.__call__ for every thread while Score-CAM traces its inference copy, so a
+    one-pass explainer finding its layer (a forward pass) in that window ran into the tracer (a NameError)."""
+    scorecam, gradcam = METHODS["scorecam"], METHODS["gradcam"]
+    tracing, one_pass_preparing = threading.Event(), threading.Event()
+    overlapped: list[bool] = []
+    trace, find_layer = scorecam.prepare, gradcam.prepare
+
+    def slow_trace(self, x):
+        tracing.set()
+        one_pass_preparing.wait(timeout=1)  # with the bug the one-pass prepare starts in this window
+        trace(self, x)
+        tracing.clear()
+
+    def watched_find_layer(self, x):
+        overlapped.append(tracing.is_set())
+        one_pass_preparing.set()
+        find_layer(self, x)
+
+    monkeypatch.setattr(scorecam, "prepare", slow_trace)
+    monkeypatch.setattr(gradcam, "prepare", watched_find_layer)
+    cache = ExplainerCache(loaded.model)
+    x = torch.rand(1, 3, 32, 32)
+    maps: dict[str, torch.Tensor] = {}
+
+    def explain(method: str) -> None:
+        with cache.use(method, None, x) as explainer:
+            maps[method] = explainer(x).maps
+
+    expensive = threading.Thread(target=explain, args=("scorecam",))
+    expensive.start()
+    assert tracing.wait(timeout=30)
+    explain("gradcam")
+    expensive.join()
+    cache.close()
+    assert overlapped == [False] and set(maps) == {"scorecam", "gradcam"}
 
 
 def test_batched_requests_match_the_sequential_answers_to_rounding(client, loaded):
