@@ -140,9 +140,9 @@ class ExplainerCache:
     one thread, see :class:`ModelWorkers`).  Calls of the one-pass lane hold a shared lock; an explainer whose
     class has ``exclusive_setup`` prepares under the exclusive one (Score-CAM's inference copy is made by
     ``torch.fx`` tracing, which patches ``nn.Module.__call__`` for every thread while it runs), which waits
-    only for the one-pass lane, never for an expensive call in progress.  The one-pass lane's first calls
-    hold the shared lock while they prepare too: finding the layer runs the model.  An explainer whose first call failed
-    (a layer the method cannot use) is dropped at once rather than kept.
+    only for the one-pass lane, never for an expensive call in progress.  The one-pass lane holds the shared
+    lock while it prepares too (finding the layer runs the model).  An explainer whose first call failed (a
+    layer the method cannot use) is dropped at once rather than kept.
     """
 
     def __init__(self, model: nn.Module, size: int = 4) -> None:
@@ -164,13 +164,13 @@ class ExplainerCache:
         its class is thread-safe."""
         entry = self._acquire(method, layer)
         cls = type(entry.explainer)
-        runs_model = nullcontext if cls.expensive else self._calls.shared
+        lane_lock = nullcontext if cls.expensive else self._calls.shared
         try:
             if not entry.prepared:
-                with self._calls.exclusive() if cls.exclusive_setup else runs_model():
+                with self._calls.exclusive() if cls.exclusive_setup else lane_lock():
                     entry.explainer.prepare(x)
                 entry.prepared = True
-            with runs_model(), entry.lock or nullcontext():
+            with lane_lock(), entry.lock or nullcontext():
                 if entry.generator is not None:
                     entry.generator.manual_seed(SEED)
                 yield entry.explainer
