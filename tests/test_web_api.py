@@ -32,7 +32,8 @@ MAX_BYTES = 2_000_000
 MAX_PIXELS = 1_000_000
 
 
-def _model() -> LoadedModel:
+def tiny_classifier() -> LoadedModel:
+    """The 4-class GapNet the web tests serve (also tests/test_web_targets.py)."""
     torch.manual_seed(0)
     return LoadedModel(GapNet(len(CLASSES), width=8).eval(), CLASSES, Preprocess((32, 32), (0.5,) * 3, (0.25,) * 3),
                        "gapnet")
@@ -40,7 +41,7 @@ def _model() -> LoadedModel:
 
 @pytest.fixture(scope="module")
 def loaded() -> LoadedModel:
-    return _model()
+    return tiny_classifier()
 
 
 @pytest.fixture(scope="module")

@@ -17,13 +17,13 @@ from PIL import Image
 import camlens
 from camlens import GradCAM, LayerCAM
 from camlens.data.images import decode_image, to_tensor
-from camlens.models import GapNet, LoadedModel, Preprocess
+from camlens.models import LoadedModel, Preprocess
 from camlens.targets import Detection, PositiveLabels, Segmentation, default_layer
 from camlens.web import create_app
 
 from test_targets import TinySegmenter, _tiny_fasterrcnn
+from test_web_api import CLASSES, tiny_classifier
 
-CLASSES = ["ant", "bee", "cow", "dog"]
 BOXES = ["background", "cat", "car"]
 
 
@@ -40,9 +40,7 @@ def _photo(h: int, w: int, seed: int = 0) -> bytes:
 
 @pytest.fixture(scope="module")
 def classifier() -> LoadedModel:
-    torch.manual_seed(0)
-    return LoadedModel(GapNet(len(CLASSES), width=8).eval(), CLASSES, Preprocess((32, 32), (0.5,) * 3, (0.25,) * 3),
-                       "gapnet")
+    return tiny_classifier()
 
 
 @pytest.fixture(scope="module")
