@@ -19,6 +19,7 @@ from torch import Tensor
 
 from .capture import CamlensError
 from .maps import normalize, upsample
+from .render import _lut, to_bytes
 
 # matplotlib's "jet" (its _cm.py segment data, as published in matplotlib): x -> channel value, piecewise linear
 _JET = {
@@ -36,8 +37,6 @@ def colormap_table(colormap: str) -> Tensor:
     builds its 256-entry lookup table (its ``Colormap.__call__`` at i / 255 reads entry i).
     """
     if colormap != "jet":
-        from .render import _lut
-
         return _lut(colormap)
     x = np.linspace(0.0, 1.0, 256)
     channels = []
@@ -57,13 +56,12 @@ def blend_table(colormap: str, alpha: float, classic: bool) -> np.ndarray:
     heat = colormap_table(colormap).T[:, None, :]  # (3, 1, 256): channel, -, j
     img = torch.arange(256).to(torch.uint8).float().div_(255)[None, :, None]  # (1, 256, 1): v / 255 as to_tensor
     blended = (0.3 * heat + 0.5 * img if classic else (1 - alpha) * img + alpha * heat).clamp(0, 1)
-    return (blended.float().clamp(0, 1) * 255).round().to(torch.uint8).reshape(3, -1).numpy()
+    return to_bytes(blended).reshape(3, -1).numpy()
 
 
 def colormap_index(cam: Tensor, size: tuple[int, int]) -> np.ndarray:
     """(H, W) uint8 j = round(255 * clamp(Up(normalize(cam)), 0, 1)) at ``size``, as ``render.colorize`` indexes."""
-    up = upsample(normalize(cam.float()), size)
-    return (up.float().clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+    return to_bytes(upsample(normalize(cam.float()), size)).cpu().numpy()
 
 
 def blend(image: np.ndarray, index: np.ndarray, colormap: str = "jet", alpha: float = 0.5,

@@ -40,11 +40,10 @@ from .distributed import Context, ProgressLog, barrier, gather, resume_entries, 
 from .maps import upsample
 from .models import LoadedModel
 from .png import write_png
-from .render import overlay, three_panel_figure, volume_figure, volume_panels
+from .render import JPEG_QUALITY, overlay, three_panel_figure, to_bytes, volume_figure, volume_panels
 from .targets import TargetRecipe
 
 AHEAD = 2  # batches decoded ahead of the model, and batches whose overlays may still be rendering behind it
-JPEG_QUALITY = 92
 
 
 @dataclass
@@ -313,8 +312,7 @@ def _write_image(slots: list[tuple[int, dict[str, Any]]], res: CAMResult, i: int
 
 def _bytes(image: Tensor) -> np.ndarray:
     """(3, H, W) in [0, 1] as (H, W, 3) uint8, the bytes :func:`camlens.render.to_pil` gives."""
-    return np.ascontiguousarray((image.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).cpu()
-                                .permute(1, 2, 0).numpy())
+    return np.ascontiguousarray(to_bytes(image.detach()).cpu().permute(1, 2, 0).numpy())
 
 
 def _save_overlay(rgb: np.ndarray, index: np.ndarray, path: Path, render: RenderOptions) -> None:

@@ -25,6 +25,15 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 
+JPEG_QUALITY = 92
+
+
+def to_bytes(values: Tensor) -> Tensor:
+    """Values in [0, 1] as uint8, round(255 * clamp(v, 0, 1)): the one quantization of every picture camlens
+    writes, and of the colormap index."""
+    return (values.float().clamp(0, 1) * 255).round().to(torch.uint8)
+
+
 @lru_cache(maxsize=32)
 def _lut(colormap: str) -> Tensor:
     import matplotlib
@@ -39,7 +48,7 @@ def _lut(colormap: str) -> Tensor:
 def colorize(map01: Tensor, colormap: str = "jet") -> Tensor:
     """A map with values in [0, 1], shape (h, w), as an RGB image (3, h, w) through a matplotlib colormap."""
     lut = _lut(colormap).to(map01.device)
-    index = (map01.float().clamp(0, 1) * 255).round().long()
+    index = to_bytes(map01).long()
     return lut[index].permute(2, 0, 1)
 
 
@@ -69,7 +78,7 @@ def overlay(
 
 def to_pil(image: Tensor) -> Image.Image:
     """(3, H, W) or (H, W) float in [0, 1] to a PIL image."""
-    arr = (image.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).cpu()
+    arr = to_bytes(image.detach()).cpu()
     if arr.ndim == 3:
         arr = arr.permute(1, 2, 0)
     return Image.fromarray(arr.numpy())
@@ -89,7 +98,7 @@ def draw_boxes(
     return img
 
 
-def save_image(image: Tensor | Image.Image, path: str | Path, quality: int = 92) -> Path:
+def save_image(image: Tensor | Image.Image, path: str | Path, quality: int = JPEG_QUALITY) -> Path:
     """Save as PNG or JPEG (chosen by the suffix)."""
     path = Path(path)
     suffix = path.suffix.lower()
