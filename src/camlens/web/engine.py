@@ -285,8 +285,9 @@ class ModelWorkers:
             thread.start()
 
     def submit(self, key: JobKey, x: Tensor, size: tuple[int, int] = (0, 0)) -> Job:
-        """Queue ``x`` (1, 3, h, w) of an image of ``size`` (width, height); the job's future gives its :class:`Row`, or raises what the explainer raised
-        or a :class:`Refused`.  Raises :class:`Refused` (503) at once when the expensive lane is full."""
+        """Queue ``x`` (1, 3, h, w) of an image of ``size`` (width, height); the job's future gives its
+        :class:`Row`, or raises what the explainer raised or a :class:`Refused`.  Raises :class:`Refused` (503) at
+        once when the expensive lane is full."""
         job = Job(key, x, get_method(key.method).expensive, size)
         with self._cond:
             if self._closed:
