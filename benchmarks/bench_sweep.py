@@ -138,7 +138,8 @@ def main() -> None:
     ratio_cpu = statistics.median(r / f for r, f in zip(cpu["opencv per threshold"], cpu["camlens one pass"]))
     print(f"speedup (reference / camlens): {ratio_wall:.1f}x wall, {ratio_cpu:.1f}x cpu time"
           f"{'' if same else '   RESULTS DIFFER'}")
-    what = f"{args.maps} maps, {args.size} px, from {args.grid}x{args.grid}" + (f", noise {args.noise}" if args.noise else "")
+    what = f"{args.maps} maps, {args.size} px, from {args.grid}x{args.grid}"
+    what += f", noise {args.noise}" if args.noise else ""
     ms = {name: round(statistics.median(wall[name]) / args.maps * 1e3, 2) for name in wall}
     write_result(f"sweep_{args.size}px_grid{args.grid}" + (f"_noise{args.noise}" if args.noise else ""),
                  f"WSOL threshold sweep (1000 thresholds, MaxBoxAcc + MaxBoxAccV2): {what}",
