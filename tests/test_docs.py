@@ -1,10 +1,11 @@
 """The documentation is checked like code: the site builds strictly and offline, and every ```python block of the
 README and of the docs pages runs as written.
 
-Blocks run in order, one subprocess per page (a fresh interpreter, its working directory an empty temporary
-folder), so a page's later blocks may use what its earlier ones defined.  A block that cannot run here is preceded
-by the line ``<!-- not run: REASON -->``; the reason is required.  After a page has run, the checks of
-``CHECKS`` test what its examples promise (files written, output printed).
+A page's blocks run in order in one namespace, so its later blocks may use what its earlier ones defined, with an
+empty temporary folder as working directory.  All pages run in one subprocess (a fresh interpreter, so nothing of
+the test session leaks in; one interpreter, so torch is imported once), each page in its own namespace and folder.
+A block that cannot run here is preceded by the line ``<!-- not run: REASON -->``; the reason is required.  After a
+page has run, the checks of ``CHECKS`` test what its examples promise (files written, output printed).
 """
 
 from __future__ import annotations
@@ -36,18 +37,45 @@ def pages() -> list[Path]:
     return [ROOT / "README.md", *sorted(p for p in DOCS.rglob("*.md") if "reference" not in p.parts)]
 
 
-def _has_blocks(path: Path) -> bool:
-    return any(reason is None for _, reason, _ in python_blocks(path))
+PAGES = [page for page in pages() if any(reason is None for _, reason, _ in python_blocks(page))]
 
 
 RUNNER = """
-import json, sys
-name, blocks = sys.argv[1], json.loads(sys.stdin.read())
-scope = {"__name__": "__main__"}
-for line, code in blocks:
-    # pad with newlines so a traceback names the line of the Markdown file
-    exec(compile("\\n" * (line - 1) + code, name, "exec"), scope)
+import contextlib, io, json, os, sys, traceback
+pages, results = json.loads(sys.stdin.read()), {}
+for name, folder, blocks in pages:
+    os.chdir(folder)
+    out, scope = io.StringIO(), {"__name__": "__main__"}
+    try:
+        with contextlib.redirect_stdout(out):
+            for line, code in blocks:
+                # pad with newlines so a traceback names the line of the Markdown file
+                exec(compile("\\n" * (line - 1) + code, name, "exec"), scope)
+        results[name] = {"stdout": out.getvalue(), "error": None}
+    except BaseException:
+        results[name] = {"stdout": out.getvalue(), "error": traceback.format_exc()[-4000:]}
+print(json.dumps(results))
 """
+
+
+@pytest.fixture(scope="module")
+def page_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, dict]]:
+    """Run every page's blocks once: page name -> (its working folder, {"stdout", "error"})."""
+    folders, job = {}, []
+    for page in PAGES:
+        name = str(page.relative_to(ROOT))
+        folders[name] = tmp_path_factory.mktemp(page.stem)
+        for line, reason, _ in python_blocks(page):
+            assert reason is None or reason.strip(), f"{name}:{line}: a block marked not run must say why"
+        job.append((name, str(folders[name]), [(line, code) for line, reason, code in python_blocks(page)
+                                               if reason is None]))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
+           "MPLBACKEND": "Agg"}
+    run = subprocess.run([sys.executable, "-c", RUNNER], env=env, capture_output=True, text=True,
+                         input=json.dumps(job), timeout=600)
+    assert run.returncode == 0, run.stderr[-4000:]
+    results = json.loads(run.stdout.strip().splitlines()[-1])
+    return {name: (folders[name], result) for name, result in results.items()}
 
 
 def _cat_photo_overlay(cwd: Path, out: str) -> None:
@@ -68,20 +96,13 @@ CHECKS: dict[str, Callable[[Path, str], None]] = {
 }
 
 
-@pytest.mark.parametrize("page", [p for p in pages() if _has_blocks(p)], ids=lambda p: str(p.relative_to(ROOT)))
-def test_python_blocks_run_as_written(page: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_python_blocks_run_as_written(page: Path, page_runs: dict[str, tuple[Path, dict]]) -> None:
     name = str(page.relative_to(ROOT))
-    blocks = python_blocks(page)
-    for line, reason, _ in blocks:
-        assert reason is None or reason.strip(), f"{name}:{line}: a block marked not run must say why"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
-           "MPLBACKEND": "Agg"}
-    run = subprocess.run([sys.executable, "-c", RUNNER, name], cwd=tmp_path, env=env, capture_output=True, text=True,
-                         input=json.dumps([(line, code) for line, reason, code in blocks if reason is None]),
-                         timeout=300)
-    assert run.returncode == 0, f"{name}: a code block failed\n{run.stderr[-4000:]}"
+    folder, result = page_runs[name]
+    assert result["error"] is None, f"{name}: a code block failed\n{result['error']}"
     if name in CHECKS:
-        CHECKS[name](tmp_path, run.stdout)
+        CHECKS[name](folder, result["stdout"])
 
 
 def test_block_parser_reads_skips_and_lines(tmp_path: Path) -> None:
@@ -89,6 +110,14 @@ def test_block_parser_reads_skips_and_lines(tmp_path: Path) -> None:
     page.write_text("# t\n\n```python\na = 1\n```\n\n<!-- not run: needs a GPU -->\n```python\nb = 2\n```\n"
                     "```bash\nc\n```\n")
     assert python_blocks(page) == [(4, None, "a = 1\n"), (9, "needs a GPU", "b = 2\n")]
+
+
+def test_runner_reports_a_failing_block_with_its_markdown_line(tmp_path: Path) -> None:
+    job = [("p.md", str(tmp_path), [(3, "x = 1\nprint(x)\n"), (9, "y = x / 0\n")])]
+    run = subprocess.run([sys.executable, "-c", RUNNER], capture_output=True, text=True, input=json.dumps(job))
+    result = json.loads(run.stdout.strip().splitlines()[-1])["p.md"]
+    assert result["stdout"] == "1\n"
+    assert 'File "p.md", line 9' in result["error"] and "ZeroDivisionError" in result["error"]
 
 
 def test_site_builds_strictly_offline(tmp_path: Path) -> None:
@@ -102,4 +131,4 @@ def test_site_builds_strictly_offline(tmp_path: Path) -> None:
     reference = (tmp_path / "site" / "reference" / "methods" / "index.html").read_text(encoding="utf-8")
     assert 'id="camlens.methods.GradCAM"' in reference  # the API reference was generated from the docstrings
     benchmarks = (tmp_path / "site" / "benchmarks" / "training" / "index.html").read_text(encoding="utf-8")
-    assert "MaxBoxAccV2" in benchmarks and "camlens train --trials 3" in benchmarks  # a results file, rendered
+    assert "<td>cam-001: 72.7, lr 0.0021</td>" in benchmarks  # a cell of benchmarks/results/wsol_search_builtin.json
