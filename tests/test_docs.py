@@ -10,6 +10,7 @@ page has run, the checks of ``CHECKS`` test what its examples promise (files wri
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -132,3 +133,29 @@ def test_site_builds_strictly_offline(tmp_path: Path) -> None:
     assert 'id="camlens.methods.GradCAM"' in reference  # the API reference was generated from the docstrings
     benchmarks = (tmp_path / "site" / "benchmarks" / "training" / "index.html").read_text(encoding="utf-8")
     assert "<td>cam-001: 72.7, lr 0.0021</td>" in benchmarks  # a cell of benchmarks/results/wsol_search_builtin.json
+
+
+def _hooks(results: Path, monkeypatch: pytest.MonkeyPatch):
+    spec = importlib.util.spec_from_file_location("docs_hooks", DOCS / "hooks.py")
+    assert spec is not None and spec.loader is not None
+    hooks = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hooks)
+    monkeypatch.setattr(hooks, "RESULTS", results)
+    return hooks
+
+
+def test_benchmark_hook_renders_a_results_file_and_rejects_a_malformed_one(tmp_path, monkeypatch) -> None:
+    hooks = _hooks(tmp_path, monkeypatch)
+    machine = {"cpu": "X", "cores": 2, "flags": ["avx2", "avx512f"]}
+    result = {"title": "CAM speed", "command": "python benchmarks/bench_cam.py", "machine": machine,
+              "columns": ["what", "ratio"], "rows": [["camlens.CAM", 1.0], ["a|b", None]], "notes": "medians"}
+    (tmp_path / "cam.json").write_text(json.dumps(result))
+    text = hooks.render("cam")
+    assert "### CAM speed\n\n| what | ratio |\n|---|---|\n| camlens.CAM | 1.0 |\n| a\\|b | - |\n" in text
+    assert "python benchmarks/bench_cam.py" in text and "Machine: cpu: X, cores: 2, flags: avx2, avx512f." in text
+    (tmp_path / "short.json").write_text(json.dumps({**result, "rows": [["only one cell"]]}))
+    (tmp_path / "partial.json").write_text(json.dumps({"title": "t", "rows": []}))
+    for name, message in (("short", "has 1 cells for 2 columns"), ("partial", "lacks command, machine, columns, notes"),
+                          ("missing", "no benchmark results")):
+        with pytest.raises(ValueError, match=message):
+            hooks.render(name)
