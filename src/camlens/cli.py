@@ -114,16 +114,23 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from . import distributed
     from .data.images import expand_paths
     from .pipeline import RenderOptions, explain_files
+    from .video import is_video
 
     ctx = distributed.setup(args.device)
     try:
         paths, missing = expand_paths(args.paths)
         for line in missing if ctx.is_main else []:
             _fail(line)
+        videos = [path for path in paths if is_video(path)]
+        paths = [path for path in paths if not is_video(path)]
+        if videos and ctx.world_size > 1:
+            raise CamlensError("video files are explained by one process: run them without torchrun")
         args.device = str(ctx.device)
         loaded = load_from_args(args)
         out = Path(args.out)
         render = RenderOptions(args.colormap, args.alpha, args.classic, args.figure, args.format)
+        if videos:
+            return _explain_videos(args, loaded, videos, paths, missing, render)
         run_key = {k: getattr(args, k) for k in ("checkpoint", "arch", "weights", "class_names", "size", "mean", "std",
                                                  "method", "layer", "fuse", "topk", "target_class", "alpha", "colormap",
                                                  "classic", "figure", "format", "max_pixels", "target",
@@ -144,6 +151,37 @@ def cmd_explain(args: argparse.Namespace) -> int:
     if ctx.is_main:
         print(f"explained {len(summary.records)} image(s) into {out}/ (summary.json, summary.csv); "
               f"{len(summary.errors) + len(missing)} failed")
+    return 1 if summary.errors or missing else 0
+
+
+def _explain_videos(args: argparse.Namespace, loaded, videos: list[Path], images: list[Path], missing: list[str],
+                    render) -> int:
+    """``camlens explain`` with video files among the inputs: the videos frame by frame, then any images."""
+    from tqdm import tqdm
+
+    from .pipeline import Summary, explain_files
+    from .video import VideoOptions, explain_videos
+
+    if args.target is not None:
+        raise CamlensError("--target is for images; a video's frames are explained by --class or --topk")
+    options = VideoOptions(args.video_codec, args.crf, args.every, args.max_frames)
+    options.check()
+    out = Path(args.out)
+    with make_explainer(loaded, args.method, args.layer, args.fuse) as explainer, \
+            tqdm(unit="frame", disable=args.quiet, file=sys.stderr) as bar:
+        summary = explain_videos(loaded, explainer, videos, out, classes=args.target_class, topk=args.topk,
+                                 batch_size=args.batch_size, render=render, options=options, progress=bar.update,
+                                 on_error=lambda line: bar.write(f"camlens: skipped {line}", file=sys.stderr))
+        if images:
+            done = explain_files(loaded, explainer, images, out, classes=args.target_class, topk=args.topk,
+                                 batch_size=args.batch_size, workers=args.workers, max_pixels=args.max_pixels,
+                                 render=render, resume=False,
+                                 on_error=lambda line: bar.write(f"camlens: skipped {line}", file=sys.stderr))
+            summary = Summary(done.records + summary.records, done.errors + summary.errors)
+    summary.write(out)
+    frames = sum(record.get("frames", 0) for record in summary.records)
+    print(f"explained {len(summary.records)} file(s) ({frames} video frame(s)) into {out}/ (summary.json, "
+          f"summary.csv, <video>_frames.csv); {len(summary.errors) + len(missing)} failed")
     return 1 if summary.errors or missing else 0
 
 
@@ -390,7 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("explain", help="write CAM overlays for image files, folders or globs")
     p.add_argument("paths", nargs="+", help="image files, .npy arrays (2-D images; 3-D volumes for 3-D models), "
-                                            "folders or glob patterns")
+                                            "video files, folders or glob patterns")
     add_model_args(p)
     add_method_args(p)
     p.add_argument("--topk", type=int, default=1, help="explain the k best classes (default: 1)")
@@ -412,6 +450,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="camlens-out", help="output folder (default: camlens-out)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--restart", action="store_true", help="redo everything instead of resuming in --out")
+    v = p.add_argument_group("video files (.mp4, .mov, .mkv, .webm, .avi; needs camlens[video])")
+    v.add_argument("--video-codec", default="libx264",
+                   help="overlay video encoder: libx264, mpeg4, libvpx-vp9, or lossless ffv1, png (default: libx264)")
+    v.add_argument("--crf", type=int, default=23, help="libx264 / libvpx-vp9 quality, lower is better (default: 23)")
+    v.add_argument("--every", type=int, default=1, help="explain every n-th frame (default: 1)")
+    v.add_argument("--max-frames", type=int, help="explain at most this many frames of each video")
     p.set_defaults(func=cmd_explain)
 
     p = sub.add_parser("localize", help="boxes from maps (paper or WSOL protocol): boxes.json and overlays with boxes")
