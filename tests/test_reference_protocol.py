@@ -207,6 +207,11 @@ def test_evaluate_in_reference_mode_gives_their_pxap(workspace):
     ignores = [near(root / "masks" / f"i{i}.png") for i in range(len(ids))]
     want = oracle_pxap(_oracle_maps(root, ids), masks, ignores, np.arange(0, 1, 0.01))
     assert got["pxap"] == pytest.approx(want, abs=1e-9)
+    # a mask-only (OpenImages) folder has no boxes: box metrics are null, in the default protocol too
+    _camlens("evaluate", "--checkpoint", "m.safetensors", "--data", "meta/masks", "--split", "test", "--images",
+             "images", "--mask-root", "masks", "--json", "default.json", "--quiet", cwd=root)
+    default = json.loads((root / "default.json").read_text())
+    assert default["maxboxacc"] is None and default["pxap"] is not None and default["num_images"] == len(ids)
 
 
 def test_saved_maps_in_reference_mode_use_their_step_of_001(workspace, tmp_path):
