@@ -216,13 +216,24 @@ def cmd_localize(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def add_protocol_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--protocol", choices=["camlens", "wsolevaluation"], default="camlens",
+                   help="wsolevaluation: reproduce Choe et al.'s reference code exactly (evaluation at the 224 input "
+                        "with bicubic maps, their threshold step; training with Nesterov SGD, their learning-rate "
+                        "groups and HaS grid); default: camlens")
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from . import distributed
     from .data.samples import dataset_samples
+    from .boxes import wsol_thresholds
     from .evaluation import evaluate_maps, evaluate_model, format_table, write_json
+    from .reference import curve_interval
 
+    interval = curve_interval(args.protocol, args.cam_curve_interval, scoring_saved_maps=bool(args.maps))
+    thresholds = None if interval is None else wsol_thresholds(interval)
     if args.maps or args.metadata:
         from .data.annotations import find_annotations
 
@@ -230,7 +241,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             raise CamlensError("--maps DIR and --metadata DIR go together (score maps and their annotations)")
         ann = find_annotations(args.metadata, args.split, None, image_root=args.images, mask_root=args.mask_root)
         with tqdm(total=len(ann), unit="map", disable=args.quiet, file=sys.stderr) as bar:
-            result = evaluate_maps(args.maps, ann, paper_threshold=args.paper_threshold, progress=bar.update)
+            result = evaluate_maps(args.maps, ann, thresholds=thresholds, paper_threshold=args.paper_threshold,
+                                   progress=bar.update)
     else:
         from .metrics.faithfulness import FaithfulnessConfig
         from .training.select import checkpoint_threshold
@@ -248,7 +260,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                                         road_percentages=tuple(args.road_percentages)) if args.faithfulness else None
             run_key = {k: getattr(args, k) for k in ("checkpoint", "arch", "weights", "size", "mean", "std", "method",
                                                      "layer", "fuse", "data", "split", "paper_threshold", "faithfulness",
-                                                     "steps", "pointing_tolerance", "road_percentages")}
+                                                     "steps", "pointing_tolerance", "road_percentages",
+                                                     "protocol", "cam_curve_interval")}
             share = sum(len(b) for _, b in distributed.shard_batches(len(samples), args.batch_size, ctx))
             with make_explainer(loaded, args.method, args.layer, args.fuse) as explainer, \
                     tqdm(total=share, unit="img", disable=args.quiet or not ctx.is_main, file=sys.stderr) as bar:
@@ -256,7 +269,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                     loaded, explainer, samples, batch_size=args.batch_size, paper_threshold=args.paper_threshold,
                     faithfulness=config, workers=args.workers, ctx=ctx, progress_dir=args.progress_dir,
                     run_key=run_key, resume=not args.restart, progress=bar.update,
-                    fixed_threshold=checkpoint_threshold(loaded.meta, "wsol"),
+                    fixed_threshold=checkpoint_threshold(loaded.meta, "wsol"), thresholds=thresholds,
+                    protocol=args.protocol,
                 )
         finally:
             distributed.teardown()
@@ -311,13 +325,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = TrainConfig(
         args.data, images=args.images, arch=args.arch, arch_options=_arch_options(args.arch_option),
         weights=args.weights, out=args.out, epochs=args.epochs,
-        batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay,
+        batch_size=args.batch_size, lr=args.lr,
+        optimizer=args.optimizer or ("sgd" if args.protocol == "wsolevaluation" else "adamw"), weight_decay=args.weight_decay,
         momentum=args.momentum, lr_decay_every=args.lr_decay_every, new_layer_lr_mult=args.new_layer_lr_mult,
         augment=args.augment, image_size=args.size, resize_size=args.resize_size, num_train=args.num_train,
         num_val=args.num_val, val_fraction=args.val_fraction, select_by=args.select_by, val_data=args.val_data,
         val_images=args.val_images, mask_root=args.mask_root, seed=args.seed, device=args.device,
         channels_last=args.channels_last, amp=args.amp, workers=args.workers, download=args.download,
-        resume=args.resume, progress=not args.quiet,
+        resume=args.resume, progress=not args.quiet, protocol=args.protocol,
     )
     if args.trials is not None:
         return run_search(args, config)
@@ -485,6 +500,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metadata", help="the annotations the --maps are scored against")
     p.add_argument("--paper-threshold", type=float, default=0.2,
                    help="threshold (fraction of the max) of the paper's boxes for Top-1/Top-5/GT-known Loc")
+    add_protocol_args(p)
+    p.add_argument("--cam-curve-interval", type=float,
+                   help="step of the WSOL threshold sweep (default 0.001; with --protocol wsolevaluation their "
+                        "defaults: 0.001 for a model, 0.01 for --maps)")
     p.add_argument("--faithfulness", action="store_true",
                    help="also Average Drop, Increase in Confidence, Deletion/Insertion AUC, ROAD, pointing game")
     p.add_argument("--steps", type=int, default=100, help="deletion/insertion steps (default: 100)")
@@ -539,8 +558,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, help="peak learning rate (default: adamw 3e-3 from scratch, 3e-4 fine-tuning; "
                                             "sgd 0.01)")
-    p.add_argument("--optimizer", choices=["adamw", "sgd"], default="adamw",
-                   help="adamw: warm-up + cosine; sgd: momentum, lr x0.1 every --lr-decay-every epochs (Choe et al.)")
+    p.add_argument("--optimizer", choices=["adamw", "sgd"],
+                   help="adamw: warm-up + cosine; sgd: momentum, lr x0.1 every --lr-decay-every epochs (Choe et al.) "
+                        "(default: adamw; sgd with --protocol wsolevaluation)")
+    add_protocol_args(p)
     p.add_argument("--weight-decay", type=float, help="default: 5e-4 adamw, 1e-4 sgd")
     p.add_argument("--momentum", type=float, default=0.9, help="sgd momentum (default: 0.9)")
     p.add_argument("--lr-decay-every", type=int, default=30, help="sgd: epochs between x0.1 decays (default: 30)")
