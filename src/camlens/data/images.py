@@ -176,30 +176,27 @@ def open_image(source: bytes | Path | str) -> Iterator[Image.Image]:
         stream.close()
 
 
-def image_pixels(path: Path | str) -> int:
-    """An image file's width x height, read from its header; 0 when it cannot be read (the decode says why).
+def image_pixels(source: bytes | Path | str) -> int:
+    """An image's width x height, read from its header only; 0 when it cannot be read (decoding says why).
 
     Args:
-        path: the file.
+        source: the file's bytes, or its path.
 
     Returns:
         Its pixel count.
     """
     try:
-        with open_image(Path(path)) as img:
+        with open_image(source) as img:
             return img.size[0] * img.size[1]
     except (ImageError, OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError):
         return 0
 
 
-def decode_image(data: bytes | Path | str, max_pixels: int = DEFAULT_MAX_PIXELS,
-                 budget: DecodeBudget | None = None, wait: float | None = None) -> Image.Image:
+def decode_image(data: bytes | Path | str, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Decode bytes or a file into an RGB PIL image, by content (never by name), EXIF orientation applied, in one
-    of the allowed :data:`FORMATS`.
+    of the allowed :data:`FORMATS`; images over ``max_pixels`` are refused on their header, before decoding.
 
-    Grayscale, palette and 16-bit images are converted; transparent images are composited over white.  With a
-    ``budget`` the image's pixels are held in it while decoding (waiting at most ``wait`` seconds, then
-    :class:`BudgetFull`).
+    Grayscale, palette and 16-bit images are converted; transparent images are composited over white.
     """
     if isinstance(data, (bytes, bytearray)) and not data:
         raise ImageError("empty file")
@@ -208,21 +205,14 @@ def decode_image(data: bytes | Path | str, max_pixels: int = DEFAULT_MAX_PIXELS,
             width, height = img.size
             if width * height > max_pixels:
                 raise ImageError(f"{width}x{height} is over the limit of {max_pixels} pixels")
-            if budget is None:
-                return _decode(img)
-            with budget.hold(width * height, wait):
-                return _decode(img)
+            img.load()
+            return _to_rgb(ImageOps.exif_transpose(img))
     except ImageError:
         raise
     except Image.DecompressionBombError as err:
         raise ImageError(f"too many pixels ({err})") from err
     except (OSError, ValueError, SyntaxError, EOFError) as err:  # PIL's decoders raise these on corrupt data
         raise ImageError(f"corrupt or truncated image ({err})") from err
-
-
-def _decode(img: Image.Image) -> Image.Image:
-    img.load()
-    return _to_rgb(ImageOps.exif_transpose(img))
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
