@@ -137,7 +137,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
                 batch_size=args.batch_size, workers=args.workers, max_pixels=args.max_pixels, render=render,
                 run_key=run_key, resume=not args.restart, ctx=ctx,
                 on_error=lambda line: bar.write(f"camlens: skipped {line}", file=sys.stderr), progress=bar.update,
-                target=target,
+                target=target, decode_budget=args.decode_budget,
             )
     finally:
         distributed.teardown()
@@ -413,7 +413,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["png", "jpg"], default="png", help="overlay format (default: png)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--workers", type=int, default=2, help="image decoding threads")
-    p.add_argument("--max-pixels", type=int, default=50_000_000, help="refuse larger images")
+    p.add_argument("--max-pixels", type=int, default=40_000_000, help="refuse larger images (default: 40000000)")
+    p.add_argument("--decode-budget", type=int, metavar="PIXELS",
+                   help="image pixels held at once from decoding until their overlays are written; a batch that "
+                        "does not fit runs in parts (default: the larger of --max-pixels and batch size x 64 x the "
+                        "model's input)")
     p.add_argument("--out", default="camlens-out", help="output folder (default: camlens-out)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--restart", action="store_true", help="redo everything instead of resuming in --out")
