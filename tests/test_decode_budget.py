@@ -80,3 +80,66 @@ def test_four_concurrent_39_megapixel_uploads_stay_under_the_bound():
         proc.wait()
         proc.stdout.close()
         proc.stderr.close()
+
+
+def test_parts_fit_the_budget_and_never_span_batches(tmp_path):
+    """_decoded_batches hands out parts whose pixels fit the budget, in input order, each within one batch; the
+    consumer gives each part's pixels back (as the render threads do), and the budget's peak stays in bounds."""
+    sizes = [(100, 100), (150, 100), (100, 50), (200, 100), (100, 100), (120, 100), (100, 100), (90, 80)]
+    paths = []
+    for i, (w, h) in enumerate(sizes):
+        paths.append(tmp_path / f"{i}.png")
+        Image.new("RGB", (w, h)).save(paths[-1])
+    batches = [paths[:5], paths[5:]]
+    budget = DecodeBudget(30_000)
+    from concurrent.futures import ThreadPoolExecutor
+
+    seen = []
+    with ThreadPoolExecutor(2) as pool:
+        for part in _decoded_batches(batches, pool, 10**6, 2, budget):
+            seen.append([p for p, _, _ in part])
+            assert all(isinstance(arr, np.ndarray) and arr.shape[:2] == (Image.open(p).size[::-1])
+                       for p, arr, _ in part)
+            assert sum(px for _, _, px in part) == sum(w * h for w, h in (Image.open(p).size for p, _, _ in part))
+            for _, _, px in part:
+                budget.release(px)
+    assert [p for part in seen for p in part] == paths
+    assert all(set(part) <= set(batches[0]) or set(part) <= set(batches[1]) for part in seen)
+    assert len(seen) > len(batches) and budget.peak <= 30_000 and budget.held == 0
+
+
+def _explain_peak(folder: Path, ckpt: Path, out: Path, *extra: str) -> tuple[int, str]:
+    """`camlens explain folder` in a fresh interpreter: (its peak RSS in bytes, its stderr)."""
+    code = ("import resource, sys\nfrom camlens.cli import main\nrc = main(sys.argv[1:])\n"
+            "print('PEAK', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\nsys.exit(rc)\n")
+    run = subprocess.run([sys.executable, "-c", code, "explain", str(folder), "--checkpoint", str(ckpt), "--out",
+                          str(out), "--quiet", "--format", "jpg", *extra], capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": SRC}, timeout=300)
+    assert run.stderr.strip().splitlines()[-1].startswith("PEAK"), run.stderr
+    return int(run.stderr.strip().splitlines()[-1].split()[1]) * 1024, run.stderr
+
+
+def test_cli_holds_about_one_large_image_at_a_time_and_skips_one_over_the_limit(tmp_path):
+    """24 images of 0.6 MP at the default batch of 16, under a per-file limit of 0.6 MP (so the default budget is
+    one image): the run's peak memory is within 60 MB of a run on one of them (holding every decoded image of
+    a batch and the next, as before, cost about 24 x 9 MB more: 210 MB), and a 25th image over the limit is one
+    skipped line."""
+    torch.manual_seed(0)
+    ckpt = save_checkpoint(tmp_path / "m.safetensors", GapNet(4).eval(), arch="gapnet", class_names=list("abcd"),
+                           preprocess=Preprocess((32, 32)))
+    one, many = tmp_path / "one", tmp_path / "many"
+    one.mkdir()
+    many.mkdir()
+    (one / "a00.png").write_bytes(_zero_png(800, 750))
+    for i in range(24):
+        shutil.copy(one / "a00.png", many / f"a{i:02d}.png")
+    (many / "z_big.png").write_bytes(_zero_png(900, 750))
+    limit = ["--max-pixels", "600000"]
+    single, _ = _explain_peak(one, ckpt, tmp_path / "o1", *limit)
+    peak, stderr = _explain_peak(many, ckpt, tmp_path / "o2", *limit)
+    skipped = [line for line in stderr.splitlines() if line.startswith("camlens: skipped")]
+    assert len(skipped) == 1 and "z_big.png: 900x750 is over the limit of 600000 pixels" in skipped[0], stderr
+    summary = json.loads((tmp_path / "o2" / "summary.json").read_text())
+    assert len(summary["images"]) == 24 and len(summary["errors"]) == 1
+    print(f"24 images: {peak / 2**20:.0f} MB, one: {single / 2**20:.0f} MB")
+    assert peak - single < 60 * 2**20, f"24 images: {peak / 2**20:.0f} MB, one: {single / 2**20:.0f} MB"
