@@ -143,3 +143,26 @@ def test_cli_holds_about_one_large_image_at_a_time_and_skips_one_over_the_limit(
     assert len(summary["images"]) == 24 and len(summary["errors"]) == 1
     print(f"24 images: {peak / 2**20:.0f} MB, one: {single / 2**20:.0f} MB")
     assert peak - single < 60 * 2**20, f"24 images: {peak / 2**20:.0f} MB, one: {single / 2**20:.0f} MB"
+
+
+def test_a_checkpoint_cannot_switch_the_resize_off(tmp_path):
+    """A checkpoint whose metadata says ``"size": null`` used to run the model at the upload's resolution (issue
+    #24: 3000 x 3000 took 2.2 GB in serve); now it gets the default input, 224 x 224, and a Preprocess
+    without a size (or an absurd one) is an error."""
+    from safetensors.torch import load_file, save_file
+
+    from camlens.capture import CamlensError
+    from camlens.models import load_model
+
+    path = save_checkpoint(tmp_path / "m.safetensors", GapNet(4).eval(), arch="gapnet", class_names=list("abcd"),
+                           preprocess=Preprocess((32, 32)))
+    meta = {"arch": "gapnet", "class_names": list("abcd"), "preprocess": {"size": None, "mean": [0.5] * 3,
+                                                                           "std": [0.25] * 3}}
+    save_file(load_file(str(path)), str(path), metadata={"camlens": json.dumps(meta)})
+    loaded = load_model(path, device="cpu")
+    assert loaded.preprocess.size == (224, 224)
+    assert loaded.preprocess(torch.rand(3, 300, 500)).shape == (1, 3, 224, 224)
+    assert load_model(path, device="cpu", size=64).preprocess.size == (64, 64)
+    for bad in [None, (0, 10), (10_000, 10_000), (32,)]:
+        with pytest.raises(CamlensError, match="input size"):
+            Preprocess(bad)  # type: ignore[arg-type]

@@ -127,3 +127,25 @@ def test_decode_budget_bounds_pixels_held_at_once():
 def test_budget_for_batches_is_sized_from_the_input_and_the_batch():
     assert DecodeBudget.for_batches(16, (224, 224), 1_000_000).capacity == 16 * 64 * 224 * 224
     assert DecodeBudget.for_batches(1, (32, 32), 40_000_000).capacity == 40_000_000
+
+
+def test_cli_explain_skips_an_eps_file_in_one_line_and_runs_no_program(tmp_path):
+    import torch
+
+    from camlens.models import GapNet, Preprocess, save_checkpoint
+
+    env, marker = fake_ghostscript(tmp_path)
+    env["PYTHONPATH"] = str(Path(__file__).parents[1] / "src")
+    torch.manual_seed(0)
+    ckpt = save_checkpoint(tmp_path / "m.safetensors", GapNet(4).eval(), arch="gapnet", class_names=list("abcd"),
+                           preprocess=Preprocess((32, 32)))
+    (tmp_path / "drawing.eps").write_bytes(EPS)
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(tmp_path / "ok.png")
+    run = subprocess.run([sys.executable, "-m", "camlens", "explain", str(tmp_path / "drawing.eps"),
+                          str(tmp_path / "ok.png"), "--checkpoint", str(ckpt), "--out", str(tmp_path / "out"),
+                          "--quiet"], env=env, capture_output=True, text=True, timeout=120)
+    lines = run.stderr.strip().splitlines()
+    assert run.returncode == 1 and len(lines) == 1, run.stderr
+    assert lines[0].startswith("camlens: skipped") and "drawing.eps: not an image in a supported format" in lines[0]
+    assert "explained 1 image(s)" in run.stdout and "1 failed" in run.stdout
+    assert not marker.exists()
