@@ -149,3 +149,16 @@ def test_cli_explain_skips_an_eps_file_in_one_line_and_runs_no_program(tmp_path)
     assert lines[0].startswith("camlens: skipped") and "drawing.eps: not an image in a supported format" in lines[0]
     assert "explained 1 image(s)" in run.stdout and "1 failed" in run.stdout
     assert not marker.exists()
+
+
+def test_dataset_readers_refuse_eps_too(tmp_path):
+    """ImageFolder images and annotation masks go through the same allow-list."""
+    from camlens.data.annotations import AnnotationError, MaskFiles, load_mask
+    from camlens.data.folder import ImageFolder
+
+    (tmp_path / "cat").mkdir()
+    (tmp_path / "cat" / "a.png").write_bytes(EPS)
+    with pytest.raises(ImageError, match="a.png: not an image in a supported format"):
+        ImageFolder([(tmp_path / "cat" / "a.png", 0)], ["cat"], 32, tmp_path)[0]
+    with pytest.raises(AnnotationError, match="not an image in a supported format"):
+        load_mask(MaskFiles([tmp_path / "cat" / "a.png"], None), (8, 8))

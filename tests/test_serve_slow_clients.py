@@ -143,3 +143,33 @@ def test_connections_are_bounded_per_client_address_and_in_total():
         for sock in held:
             sock.close()
         _stop(proc)
+
+
+def test_timed_body_enforces_the_pause_and_the_rate():
+    import asyncio
+
+    from camlens.web.app import timed_body
+    from camlens.web.upload import BadRequest
+
+    async def chunks(pause: float, size: int, count: int):
+        for _ in range(count):
+            await asyncio.sleep(pause)
+            yield b"x" * size
+
+    async def read(source, timeout: float, rate: float) -> tuple[int, float, int | None]:
+        start, got = time.monotonic(), 0
+        try:
+            async for chunk in timed_body(source, timeout, rate):
+                got += len(chunk)
+        except BadRequest as err:
+            return got, time.monotonic() - start, err.status
+        return got, time.monotonic() - start, None
+
+    got, _, status = asyncio.run(read(chunks(0.01, 1000, 20), 0.3, 1000))
+    assert (got, status) == (20_000, None)  # fast enough: all of it
+    got, took, status = asyncio.run(read(chunks(0.5, 1000, 3), 0.2, 1000))
+    assert (got, status) == (0, 408) and took < 0.4  # a pause over the read timeout
+    got, took, status = asyncio.run(read(chunks(0.05, 1, 100), 0.3, 1000))
+    assert status == 408 and 0.25 < took < 0.6 and got < 10  # a trickle: refused once the grace period is over
+    got, _, status = asyncio.run(read(chunks(0.05, 1, 10), 0.3, 0))
+    assert (got, status) == (10, None)  # no minimum rate: only pauses count

@@ -201,7 +201,7 @@ async def timed_body(chunks: AsyncIterator[bytes], read_timeout: float, min_rate
     Args:
         chunks: the request's body (``request.stream()``).
         read_timeout: seconds one read may wait, and the grace period before the rate counts.
-        min_rate: bytes per second, on average after the grace period.
+        min_rate: bytes per second, on average after the grace period (0: no minimum).
 
     Returns:
         The chunks, as an async iterator.
@@ -210,7 +210,8 @@ async def timed_body(chunks: AsyncIterator[bytes], read_timeout: float, min_rate
     received = 0
     iterator = chunks.__aiter__()
     while True:
-        left = min(read_timeout, start + read_timeout + received / min_rate - time.monotonic())
+        allowance = received / min_rate if min_rate > 0 else math.inf  # seconds the bytes so far buy
+        left = min(read_timeout, start + read_timeout + allowance - time.monotonic())
         try:
             if left <= 0:
                 raise TimeoutError
@@ -289,7 +290,6 @@ def create_app(
     app = FastAPI(title="camlens", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   openapi_url=None)
     app.state.engine = engine
-    app.state.decode_budget = budget
     app.state.close = close
     app.state.stop = engine.stop  # on SIGTERM, before the server waits for the requests in flight
 
