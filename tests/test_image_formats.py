@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from camlens.data.images import (BudgetFull, DecodeBudget, FormatError, ImageError, as_image, decode_image,
+from camlens.data.images import (BudgetFull, DecodeBudget, FormatError, ImageError, decode_image,
                                  image_pixels, load_image)
 
 # a minimal EPS: Pillow's EPS plugin reads the bounding box and runs `gs` on load()

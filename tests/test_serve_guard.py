@@ -6,12 +6,9 @@ response, and an EPS upload is a 415 without any program run.  The app through h
 from __future__ import annotations
 
 import io
-import os
 import re
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -22,7 +19,7 @@ from PIL import Image
 
 from camlens.models import GapNet, Preprocess, save_checkpoint
 from camlens.web import create_app
-from camlens.web.guard import cross_site_reason, default_hosts, host_allowed
+from camlens.web.guard import default_hosts, host_allowed
 
 from test_image_formats import EPS, fake_ghostscript
 from test_web_api import tiny_classifier
