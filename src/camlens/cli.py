@@ -144,7 +144,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
                 batch_size=args.batch_size, workers=args.workers, max_pixels=args.max_pixels, render=render,
                 run_key=run_key, resume=not args.restart, ctx=ctx,
                 on_error=lambda line: bar.write(f"camlens: skipped {line}", file=sys.stderr), progress=bar.update,
-                target=target,
+                target=target, decode_budget=args.decode_budget,
             )
     finally:
         distributed.teardown()
@@ -287,7 +287,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         import uvicorn  # noqa: F401
 
-        from .web import create_app, serve
+        from .web import create_app, guard, serve
     except ImportError as err:
         raise CamlensError(f"`camlens serve` needs the web extra ({err.name} is missing): pip install 'camlens[web]'") from err
     loaded = load_from_args(args)
@@ -296,15 +296,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         set_box_threshold(loaded.model, args.box_threshold)
     name = Path(args.checkpoint).name if args.checkpoint else args.arch
+    sock = serve.listen(args.host, args.port)
+    hosts = guard.default_hosts(args.host, sock.getsockname()[1]) + list(args.allowed_hosts or [])
     app = create_app(loaded, max_upload_bytes=int(args.max_upload_mb * 2**20), max_pixels=args.max_pixels,
                      workers=args.workers, max_batch=args.max_batch, max_side=args.max_side, model_name=name,
                      max_explainers=args.max_explainers, compute_budget=args.compute_budget or None,
-                     max_expensive=args.max_expensive, methods=args.methods)
-    sock = serve.listen(args.host, args.port)
+                     max_expensive=args.max_expensive, methods=args.methods, allowed_hosts=hosts,
+                     cors_origin=args.cors_origin, decode_budget=args.decode_budget, body_timeout=args.body_timeout,
+                     min_body_rate=args.min_body_rate)
+    limits = serve.ConnectionLimits(args.max_connections, args.max_connections_per_client, args.header_timeout,
+                                    args.keep_alive_timeout)
     if args.host not in serve.LOOPBACK:
         _fail(f"warning: listening on {args.host}: anyone who can reach it can upload images to this model")
     print(f"camlens: serving {name} at {serve.url(sock)} (Ctrl+C to stop)", flush=True)
-    serve.run(app, sock, args.log_level)
+    serve.run(app, sock, args.log_level, limits)
     return 0
 
 
@@ -461,7 +466,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["png", "jpg"], default="png", help="overlay format (default: png)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--workers", type=int, default=2, help="image decoding threads")
-    p.add_argument("--max-pixels", type=int, default=50_000_000, help="refuse larger images")
+    p.add_argument("--max-pixels", type=int, default=40_000_000, help="refuse larger images (default: 40000000)")
+    p.add_argument("--decode-budget", type=int, metavar="PIXELS",
+                   help="image pixels held at once from decoding until their overlays are written; a batch that "
+                        "does not fit runs in parts (default: the larger of --max-pixels and batch size x 64 x the "
+                        "model's input)")
     p.add_argument("--out", default="camlens-out", help="output folder (default: camlens-out)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--restart", action="store_true", help="redo everything instead of resuming in --out")
@@ -528,6 +537,27 @@ def build_parser() -> argparse.ArgumentParser:
                    help="batch up to N requests that arrive together (default: 1, results bit-identical to one by one)")
     p.add_argument("--max-upload-mb", type=float, default=20, help="refuse larger uploads (default: 20)")
     p.add_argument("--max-pixels", type=int, default=40_000_000, help="refuse larger images (default: 40000000)")
+    p.add_argument("--decode-budget", type=int, metavar="PIXELS",
+                   help="image pixels decoded at once by all requests; more wait 1 s, then get a 503 (default: the "
+                        "larger of --max-pixels and workers x max-batch x 64 x the model's input)")
+    p.add_argument("--allowed-hosts", nargs="+", metavar="HOST",
+                   help="also answer these Host names (name or name:port; * for any), beyond the bound address and "
+                        "localhost, 127.0.0.1, [::1] at the port")
+    p.add_argument("--cors-origin", metavar="ORIGIN",
+                   help="let pages of this one origin (e.g. https://app.example.org) call the API; default: none")
+    p.add_argument("--max-connections", type=int, default=256, help="connections open at once (default: 256)")
+    p.add_argument("--max-connections-per-client", type=int, default=32,
+                   help="connections open at once from one address (default: 32; behind a proxy, all clients share "
+                        "its address)")
+    p.add_argument("--header-timeout", type=float, default=10, metavar="SECONDS",
+                   help="close a connection that has not sent a whole request head in this long (default: 10)")
+    p.add_argument("--body-timeout", type=float, default=10, metavar="SECONDS",
+                   help="refuse an upload that pauses this long, or is slower than --min-body-rate after this long "
+                        "(408; default: 10)")
+    p.add_argument("--min-body-rate", type=float, default=8192, metavar="BYTES_PER_S",
+                   help="the slowest average upload rate accepted after --body-timeout (default: 8192)")
+    p.add_argument("--keep-alive-timeout", type=float, default=5, metavar="SECONDS",
+                   help="close an idle kept-alive connection after this long (default: 5)")
     p.add_argument("--max-side", type=int, default=1024, help="render overlays at most this many pixels wide or high")
     p.add_argument("--max-explainers", type=int, default=4,
                    help="explainers kept between requests; each one-pass one holds a copy of the model (default: 4)")

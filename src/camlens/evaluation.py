@@ -350,12 +350,12 @@ def _image_size(ann: Annotations, image_id: str) -> tuple[int, int] | None:
     """(W, H) read from the image file's header, where the annotations know the image folder."""
     if ann.root is None or not (ann.root / image_id).is_file():
         return None
-    from PIL import Image
+    from .data.images import ImageError, open_image
 
     try:
-        with Image.open(ann.root / image_id) as img:
+        with open_image(ann.root / image_id) as img:
             return img.size
-    except OSError as err:
+    except (OSError, ImageError) as err:
         raise CamlensError(f"{ann.root / image_id}: cannot read the image size ({err})") from err
 
 
