@@ -180,7 +180,7 @@ def run_demo(
 
     tick = time.perf_counter()
     config = TrainConfig("builtin", arch="gapnet", out=str(out_dir / "model"), epochs=epochs, seed=seed,
-                         device=str(device), progress=progress)
+                         device=str(device), progress=progress, overwrite=True)  # the demo's folder is its own
     trained = train(config, prepared=data, log=log)
     timings["train"] = time.perf_counter() - tick
 

@@ -16,6 +16,7 @@ from torch import Tensor
 from ..capture import CamlensError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+FOLDER_SUFFIXES = IMAGE_SUFFIXES | {".npy"}  # what a folder input picks up
 DEFAULT_MAX_PIXELS = 50_000_000
 
 
@@ -121,9 +122,11 @@ def as_image(image: str | Path | Image.Image | np.ndarray | Tensor, max_pixels: 
 
 
 def expand_paths(specs: Iterable[str | Path]) -> tuple[list[Path], list[str]]:
-    """Files, folders (searched recursively for image suffixes) and glob patterns, in order, without repeats.
+    """Files, folders (searched recursively for image suffixes and ``.npy`` arrays) and glob patterns, in order,
+    without repeats.  A symlink in a folder that leads outside it is skipped.
 
-    Returns the paths and one error line per spec that matched nothing, so the caller can go on with the rest.
+    Returns the paths and one error line per spec that matched nothing and per symlink skipped, so the caller
+    can go on with the rest.
     """
     found: dict[Path, None] = {}
     errors = []
@@ -131,7 +134,8 @@ def expand_paths(specs: Iterable[str | Path]) -> tuple[list[Path], list[str]]:
         spec = str(spec)
         path = Path(spec)
         if path.is_dir():
-            matches = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            matches, outside = _folder_inputs(path)
+            errors += [f"{p}: a symlink leading outside {path}, skipped" for p in outside]
         elif path.exists() or not glob.has_magic(spec):
             matches = [path]
         else:
@@ -141,3 +145,15 @@ def expand_paths(specs: Iterable[str | Path]) -> tuple[list[Path], list[str]]:
         for match in matches:
             found.setdefault(match, None)
     return list(found), errors
+
+
+def _folder_inputs(folder: Path) -> tuple[list[Path], list[Path]]:
+    """The input files under ``folder`` (image suffixes and ``.npy``), and the symlinks among them that resolve
+    outside it."""
+    root = folder.resolve()
+    inside, outside = [], []
+    for p in sorted(folder.rglob("*")):
+        if p.suffix.lower() not in FOLDER_SUFFIXES or not p.is_file():
+            continue
+        (inside if p.resolve().is_relative_to(root) else outside).append(p)
+    return inside, outside

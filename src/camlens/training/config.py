@@ -80,6 +80,7 @@ class TrainConfig:
     workers: int = 0
     download: bool = False
     resume: bool = False
+    overwrite: bool = False  # start afresh in an ``out`` that holds a run, replacing it
     progress: bool = True
 
     def __post_init__(self) -> None:
