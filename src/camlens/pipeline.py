@@ -60,6 +60,7 @@ class RenderOptions:
 
 
 SUMMARIES = ("summary.json", "summary.csv")
+KEPT = "kept.json"  # in .progress: the files that were in the output folder before the run, never replaced
 
 
 @dataclass
@@ -194,12 +195,13 @@ def explain_files(
     blend_table(render.colormap, render.alpha, render.classic)  # a bad colormap or alpha fails before any work
     progress_dir = output_folder(output_folder(out_dir) / ".progress")
     key = {**(run_key or {}), "batch_size": batch_size}
-    replace = overwrite or earlier_run(progress_dir) == key  # the files in out_dir are this run's own
-    if not replace and any((out_dir / name).exists() for name in SUMMARIES):
+    taken = _kept_files(out_dir, progress_dir, key, overwrite)
+    if taken & set(SUMMARIES):
         raise OutputError(f"{out_dir} holds the summary of an earlier run; keep it by choosing another --out, or "
                           "pass --overwrite to replace it")
     previous = resume_entries(progress_dir, key, resume, ctx, overwrite)
     if ctx.is_main:
+        write_atomic(progress_dir / KEPT, json.dumps(sorted(taken)))
         remove_temporaries(out_dir)
     finished = {entry["file"] for entry in previous}
     mine = [[paths[i] for i in batch] for _, batch in shard_batches(len(paths), batch_size, ctx)]
@@ -208,8 +210,6 @@ def explain_files(
     log = ProgressLog(progress_dir, ctx)
     stems = output_stems(paths)
     entries: list[dict] = []
-    # files already here that are not this run's are kept: the names are checked before each image's writes
-    taken = set() if replace else {p.name for p in out_dir.iterdir()}
     rendering: deque[tuple[list[dict], list[tuple[int, Future[Any]]], int]] = deque()
 
     def finish(keep: int) -> None:
@@ -272,6 +272,23 @@ def explain_files(
         summary.write(out_dir)  # checked above: a summary there is this run's
     barrier(ctx)
     return summary
+
+
+def _kept_files(out_dir: Path, progress_dir: Path, key: dict, overwrite: bool) -> set[str]:
+    """Names of the files in ``out_dir`` that this run must not replace: those that were there before the first
+    run with this ``key`` began (recorded in ``.progress``, so a resumed run keeps them too); none with
+    ``overwrite``."""
+    if overwrite:
+        return set()
+    earlier = earlier_run(progress_dir)
+    if earlier is None:
+        return {p.name for p in out_dir.iterdir() if p.name != progress_dir.name}
+    if earlier != key:
+        return set()  # resume_entries refuses this run, saying why
+    try:
+        return set(json.loads((progress_dir / KEPT).read_text()))
+    except (OSError, ValueError):  # a run from before this record: its folder held only its own files
+        return set()
 
 
 def _merge(paths: Sequence[Path], entries: list[dict]) -> Summary:
