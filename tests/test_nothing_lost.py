@@ -302,3 +302,30 @@ def test_folder_inputs_pick_up_npy_and_skip_symlinks_leading_outside(tmp_path):
     paths, lines = expand_paths([tmp_path / "in"])
     assert [p.relative_to(tmp_path / "in").as_posix() for p in paths] == ["a.png", "b.npy", "inner.png", "sub/c.JPG"]
     assert lines == [f"{tmp_path / 'in' / 'evil.png'}: a symlink leading outside {tmp_path / 'in'}, skipped"]
+
+
+def test_an_item_whose_figure_cannot_be_drawn_is_one_skipped_line_and_the_rest_is_done(workspace, tmp_path,
+                                                                                        monkeypatch):
+    import camlens.pipeline as pipeline
+    from camlens import CAM
+    from camlens.data.images import expand_paths
+    from camlens.models import load_model
+
+    def figure(image, cam, path, **kwargs):
+        if path.name.startswith("im1_"):
+            raise ValueError("bad glyph")
+        return real(image, cam, path, **kwargs)
+
+    real = pipeline.three_panel_figure
+    monkeypatch.setattr(pipeline, "three_panel_figure", figure)
+    loaded = load_model(workspace / "m.safetensors")
+    paths, _ = expand_paths([workspace / "imgs"])
+    lines: list[str] = []
+    with CAM(loaded.model) as cam:
+        summary = pipeline.explain_files(loaded, cam, paths, tmp_path, render=pipeline.RenderOptions(figure=True),
+                                         on_error=lines.append)
+    assert [Path(r["file"]).name for r in summary.records] == ["im0.png", "im2.png"]
+    assert summary.skipped == [{"path": str(workspace / "imgs" / "im1.png"),
+                                "reason": "could not render (ValueError: bad glyph)"}]
+    assert lines == [f"{workspace / 'imgs' / 'im1.png'}: could not render (ValueError: bad glyph)"]
+    assert json.loads((tmp_path / "summary.json").read_text())["skipped"] == summary.skipped

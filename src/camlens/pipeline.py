@@ -243,7 +243,7 @@ def explain_files(
                     on_error(str(item))
                 else:
                     good.append((path, *item))
-            futures: list[Future[Any]] = []
+            futures: list[tuple[int, Future[Any]]] = []  # (index in done, a file of that item)
             if good:
                 x = torch.cat([_model_input(loaded, img.to(ctx.device), rank) for _, img, _ in good])
                 if target is not None and layered is not None:

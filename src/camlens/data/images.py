@@ -151,7 +151,8 @@ def _folder_inputs(folder: Path) -> tuple[list[Path], list[Path]]:
     """The input files under ``folder`` (image suffixes and ``.npy``), and the symlinks among them that resolve
     outside it."""
     root = folder.resolve()
-    inside, outside = [], []
+    inside: list[Path] = []
+    outside: list[Path] = []
     for p in sorted(folder.rglob("*")):
         if p.suffix.lower() not in FOLDER_SUFFIXES or not p.is_file():
             continue
