@@ -71,6 +71,9 @@ def test_train_into_a_run_folder_refuses_naming_resume_and_overwrite(workspace, 
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert "--resume" in err and "--overwrite" in err
     assert (run / "best.safetensors").read_bytes() == b"the 90% model"
+    (run / "probe.safetensors").write_bytes(b"an earlier probe")
+    code, err = _run(workspace, monkeypatch, capsys, "train", "--linear-probe", "--out", "run", "--num-train", "64")
+    assert code == 2 and "--overwrite" in err and (run / "probe.safetensors").read_bytes() == b"an earlier probe"
 
 
 def test_explain_reruns_resume_and_other_options_need_overwrite(workspace, monkeypatch, capsys):

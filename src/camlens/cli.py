@@ -281,8 +281,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     if args.linear_probe is not None:
-        from .training.probe import run_linear_probe
+        from .files import check_target
+        from .training.probe import PROBE, run_linear_probe
 
+        check_target(Path(args.out) / PROBE, replace=args.overwrite)  # before the work: an earlier probe is kept
         run = run_linear_probe(
             args.data, checkpoint=args.linear_probe or None, arch=args.arch, weights=args.weights, out=args.out,
             image_size=args.size, num_train=args.num_train, num_val=args.num_val, batch_size=args.batch_size,

@@ -26,6 +26,7 @@ from torch import Tensor
 from . import report
 from .data.samples import BuiltinSamples
 from .evaluation import METRIC_ROWS, evaluate_model
+from .files import write_atomic
 from .maps import upsample
 from .methods import CAM, get_method
 from .metrics.faithfulness import FaithfulnessConfig
@@ -380,4 +381,4 @@ def _summary(res: DemoResult) -> None:
                                                    "methods": res.photos.family},
         "real_skipped": res.real_skipped,
     }
-    (res.out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    write_atomic(res.out_dir / "summary.json", json.dumps(summary, indent=1))

@@ -222,7 +222,7 @@ def evaluate_model(
     create = lambda: Accumulators.create(thresholds, paper_threshold)  # noqa: E731
     # samples are map-style datasets, which have __len__ (torch's Dataset type does not declare it)
     key = {**(run_key or {}), "batch_size": batch_size, "num_images": len(samples)}  # type: ignore[arg-type]
-    previous = resume_entries(output_folder(progress_dir), key, resume, ctx, overwrite) if progress_dir is not None else []
+    previous = [] if progress_dir is None else resume_entries(output_folder(progress_dir), key, resume, ctx, overwrite)
     finished = {e["batch"] for e in previous}
     mine = shard_batches(len(samples), batch_size, ctx)  # type: ignore[arg-type]
     todo = [(j, batch) for j, batch in mine if j not in finished]

@@ -32,7 +32,9 @@ from ..capture import CamlensError, find_classifier
 from ..distributed import Context, barrier, shard_batches, sum_tensors
 from ..models import IMAGENET_MEAN, IMAGENET_STD, Preprocess, build_model
 from ..networks import NETWORKS, new_layer_names
-from .checkpoint import BEST, LAST, RESUME, STATE, keep_as_best, load_optimizer, load_resume, save_resume, save_weights, weights
+from .checkpoint import (
+    BEST, LAST, RESUME, STATE, keep_as_best, load_optimizer, load_resume, save_resume, save_weights, weights,
+)
 from .config import TrainConfig
 from .data import Augmentation, Split, TrainData, global_batches, load_batches, load_data, local_part
 from .optim import Schedule, build_optimizer, parameter_groups
