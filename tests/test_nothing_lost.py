@@ -235,6 +235,7 @@ def test_atomic_write_never_follows_a_symlink_at_the_temporary_name(tmp_path, mo
 # ------------------------------------------------------------------------------------ one bad item, one line
 
 
+@pytest.mark.filterwarnings("ignore:Glyph")  # DejaVu Sans has no tab or carriage-return glyph; drawn as boxes
 def test_class_names_are_text_in_figures_and_never_formulas_in_the_csv(workspace, monkeypatch, capsys):
     code, err = _run(workspace, monkeypatch, capsys, "explain", "imgs/im0.png", "--checkpoint",
                      "hostile.safetensors", "--topk", "10", "--figure", "--out", "hostile")
