@@ -99,6 +99,20 @@ def target_from_args(args: argparse.Namespace, loaded, explainer):
     return recipe
 
 
+def add_overwrite_arg(p: argparse.ArgumentParser, what: str) -> None:
+    """``--overwrite``: the one flag that lets a command replace an earlier run's outputs."""
+    p.add_argument("--overwrite", action="store_true", help=f"replace {what} (default: keep them and stop)")
+
+
+def add_dist_timeout_arg(p: argparse.ArgumentParser) -> None:
+    """``--dist-timeout``: how long a rank waits for the others under torchrun."""
+    from .distributed import DEFAULT_TIMEOUT
+
+    p.add_argument("--dist-timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
+                   help=f"under torchrun: stop when a rank has not answered a collective for this long "
+                        f"(default: {DEFAULT_TIMEOUT:g})")
+
+
 def add_method_args(p: argparse.ArgumentParser) -> None:
     """The CAM method and its target layers, shared by explain, localize and evaluate."""
     p.add_argument("--method", default="cam", help="cam, gradcam, gradcampp, xgradcam, layercam, hirescam, scorecam, "
@@ -116,7 +130,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from .pipeline import RenderOptions, explain_files
     from .video import is_video
 
-    ctx = distributed.setup(args.device)
+    ctx = distributed.setup(args.device, args.dist_timeout)
     try:
         paths, missing = expand_paths(args.paths)
         for line in missing if ctx.is_main else []:
@@ -144,13 +158,13 @@ def cmd_explain(args: argparse.Namespace) -> int:
                 batch_size=args.batch_size, workers=args.workers, max_pixels=args.max_pixels, render=render,
                 run_key=run_key, resume=not args.restart, ctx=ctx,
                 on_error=lambda line: bar.write(f"camlens: skipped {line}", file=sys.stderr), progress=bar.update,
-                target=target, decode_budget=args.decode_budget,
+                target=target, decode_budget=args.decode_budget, overwrite=args.overwrite, input_errors=missing,
             )
     finally:
         distributed.teardown()
     if ctx.is_main:
         print(f"explained {len(summary.records)} image(s) into {out}/ (summary.json, summary.csv); "
-              f"{len(summary.errors) + len(missing)} failed")
+              f"{len(summary.errors)} failed")  # the inputs that matched nothing included
     return 1 if summary.errors or missing else 0
 
 
@@ -171,11 +185,12 @@ def _explain_videos(args: argparse.Namespace, loaded, videos: list[Path], images
             tqdm(unit="frame", disable=args.quiet, file=sys.stderr) as bar:
         summary = explain_videos(loaded, explainer, videos, out, classes=args.target_class, topk=args.topk,
                                  batch_size=args.batch_size, render=render, options=options, progress=bar.update,
+                                 overwrite=args.overwrite,
                                  on_error=lambda line: bar.write(f"camlens: skipped {line}", file=sys.stderr))
         if images:
             done = explain_files(loaded, explainer, images, out, classes=args.target_class, topk=args.topk,
                                  batch_size=args.batch_size, workers=args.workers, max_pixels=args.max_pixels,
-                                 render=render, resume=False,
+                                 render=render, resume=False, overwrite=args.overwrite,
                                  on_error=lambda line: bar.write(f"camlens: skipped {line}", file=sys.stderr))
             summary = Summary(done.records + summary.records, done.errors + summary.errors)
     summary.write(out)
@@ -209,6 +224,7 @@ def cmd_localize(args: argparse.Namespace) -> int:
         records = localize_files(
             loaded, explainer, paths, out, protocol=args.protocol, threshold=threshold, topk=args.topk,
             progress=bar.update, on_error=lambda line: bar.write(f"camlens: skipped {line}", file=sys.stderr),
+            overwrite=args.overwrite,
         )
     done = sum("error" not in r for r in records)
     failed = len(records) - done + len(missing)
@@ -230,7 +246,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .data.samples import dataset_samples
     from .boxes import wsol_thresholds
     from .evaluation import evaluate_maps, evaluate_model, format_table, write_json
+    from .files import check_target
     from .reference import curve_interval
+
+    resuming = args.progress_dir is not None and distributed.earlier_run(Path(args.progress_dir)) is not None
+    if args.json:  # checked before the work: an earlier run's metrics are kept unless --overwrite
+        try:
+            check_target(Path(args.json), replace=args.overwrite or resuming)
+        except CamlensError as err:
+            raise CamlensError(f"--json: {err}") from None
 
     interval = curve_interval(args.protocol, args.cam_curve_interval, scoring_saved_maps=bool(args.maps))
     thresholds = None if interval is None else wsol_thresholds(interval)
@@ -247,7 +271,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         from .metrics.faithfulness import FaithfulnessConfig
         from .training.select import checkpoint_threshold
 
-        ctx = distributed.setup(args.device)
+        ctx = distributed.setup(args.device, args.dist_timeout)
         try:
             args.device = str(ctx.device)
             loaded = load_from_args(args)
@@ -268,7 +292,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                 result = evaluate_model(
                     loaded, explainer, samples, batch_size=args.batch_size, paper_threshold=args.paper_threshold,
                     faithfulness=config, workers=args.workers, ctx=ctx, progress_dir=args.progress_dir,
-                    run_key=run_key, resume=not args.restart, progress=bar.update,
+                    run_key=run_key, resume=not args.restart, progress=bar.update, overwrite=args.overwrite,
                     fixed_threshold=checkpoint_threshold(loaded.meta, "wsol"), thresholds=thresholds,
                     protocol=args.protocol,
                 )
@@ -279,7 +303,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         result["method"] = args.method
     print(format_table(result))
     if args.json:
-        print(f"metrics written to {write_json(result, args.json)}")
+        print(f"metrics written to {write_json(result, args.json, replace=args.overwrite or resuming)}")
     return 0
 
 
@@ -315,8 +339,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     if args.linear_probe is not None:
-        from .training.probe import run_linear_probe
+        from .files import check_target
+        from .training.probe import PROBE, run_linear_probe
 
+        check_target(Path(args.out) / PROBE, replace=args.overwrite)  # before the work: an earlier probe is kept
         run = run_linear_probe(
             args.data, checkpoint=args.linear_probe or None, arch=args.arch, weights=args.weights, out=args.out,
             image_size=args.size, num_train=args.num_train, num_val=args.num_val, batch_size=args.batch_size,
@@ -337,12 +363,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         num_val=args.num_val, val_fraction=args.val_fraction, select_by=args.select_by, val_data=args.val_data,
         val_images=args.val_images, mask_root=args.mask_root, seed=args.seed, device=args.device,
         channels_last=args.channels_last, amp=args.amp, workers=args.workers, download=args.download,
-        resume=args.resume, progress=not args.quiet, protocol=args.protocol,
+        resume=args.resume, overwrite=args.overwrite, progress=not args.quiet, protocol=args.protocol,
     )
     if args.trials is not None:
         return run_search(args, config)
     method = wsol_method_from_args(args, config)
-    ctx = distributed.setup(args.device)
+    ctx = distributed.setup(args.device, args.dist_timeout)
     try:
         result = train(config, method=method, ctx=ctx)
     finally:
@@ -404,7 +430,7 @@ def run_search(args: argparse.Namespace, config) -> int:
     names = list(WSOL_METHODS) if args.wsol_method == "all" else [m.strip() for m in args.wsol_method.split(",")]
     from . import distributed
 
-    ctx = distributed.setup(args.device)
+    ctx = distributed.setup(args.device, args.dist_timeout)
     try:
         search(config, names, args.trials, out=args.out, lr_range=tuple(args.lr_range or DEFAULT_LR_RANGE),
                test_data=args.test_data, test_split=args.test_split, num_test=args.num_test, ctx=ctx,
@@ -474,6 +500,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="camlens-out", help="output folder (default: camlens-out)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--restart", action="store_true", help="redo everything instead of resuming in --out")
+    add_overwrite_arg(p, "the files of an earlier run with other options in --out")
+    add_dist_timeout_arg(p)
     v = p.add_argument_group("video files (.mp4, .mov, .mkv, .webm, .avi; needs camlens[video])")
     v.add_argument("--video-codec", default="libx264",
                    help="overlay video encoder: libx264, mpeg4, libvpx-vp9, or lossless ffv1, png (default: libx264)")
@@ -494,6 +522,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                    "selected with by camlens train --select-by, else 0.2)")
     p.add_argument("--out", default="camlens-boxes", help="output folder (default: camlens-boxes)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_overwrite_arg(p, "boxes.json and the overlays of an earlier run in --out")
     p.set_defaults(func=cmd_localize)
 
     p = sub.add_parser("evaluate", help="localization (and faithfulness) metrics on a labelled split, or of saved maps")
@@ -526,6 +555,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--restart", action="store_true", help="ignore the progress in --progress-dir and start over")
     p.add_argument("--json", help="also write the metrics to this JSON file")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_overwrite_arg(p, "an existing --json file, and the progress of a run with other options in --progress-dir")
+    add_dist_timeout_arg(p)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("serve", help="a web page and HTTP API that explain uploaded images")
@@ -620,6 +651,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=0, help="image decoding processes for ImageFolder data")
     p.add_argument("--download", action="store_true", help="download STL-10 when no local copy is found")
     p.add_argument("--resume", action="store_true", help="continue the run recorded in --out")
+    add_overwrite_arg(p, "the run recorded in --out (its checkpoints and resume file)")
+    add_dist_timeout_arg(p)
     p.add_argument("--out", default="camlens-train", help="output folder (default: camlens-train)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--linear-probe", nargs="?", const="", metavar="CHECKPOINT",

@@ -301,13 +301,16 @@ def save_checkpoint(
     by the CAM network builders) are the builder options that rebuild the same network."""
     from safetensors.torch import save_model
 
+    from .files import atomic_path
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = {"arch": arch, "class_names": list(class_names), "preprocess": preprocess.to_json(), **(extra or {})}
     options = arch_options if arch_options is not None else getattr(model, "arch_options", None)
     if options:
         meta["arch_options"] = dict(options)
-    save_model(model, str(path), metadata={"camlens": json.dumps(meta)})
+    with atomic_path(path) as tmp:
+        save_model(model, str(tmp), metadata={"camlens": json.dumps(meta)})
     return path
 
 

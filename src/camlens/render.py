@@ -19,6 +19,7 @@ from PIL import Image, ImageDraw
 from torch import Tensor
 
 from .capture import CamlensError
+from .files import atomic_open
 from .maps import normalize, upsample
 
 if TYPE_CHECKING:
@@ -98,15 +99,18 @@ def draw_boxes(
     return img
 
 
-def save_image(image: Tensor | Image.Image, path: str | Path, quality: int = JPEG_QUALITY) -> Path:
-    """Save as PNG or JPEG (chosen by the suffix)."""
+def save_image(image: Tensor | Image.Image, path: str | Path, quality: int = JPEG_QUALITY, *,
+               replace: bool = True) -> Path:
+    """Save as PNG or JPEG (chosen by the suffix), atomically (:func:`camlens.files.atomic_open`); an existing
+    file is kept (:class:`camlens.files.OutputError`) unless ``replace``."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in (".png", ".jpg", ".jpeg"):
         raise CamlensError(f"{path}: save as .png, .jpg or .jpeg")
     img = to_pil(image) if isinstance(image, Tensor) else image
     path.parent.mkdir(parents=True, exist_ok=True)
-    img.save(path, quality=quality) if suffix != ".png" else img.save(path)
+    with atomic_open(path, replace=replace) as f:
+        img.save(f, "PNG") if suffix == ".png" else img.save(f, "JPEG", quality=quality)
     return path
 
 
@@ -135,7 +139,7 @@ def three_panel(image: Tensor, cam: Tensor, *, title: str = "", colormap: str = 
         ax.set_title(name)
         ax.axis("off")
     if title:
-        fig.suptitle(title)
+        fig.suptitle(title, parse_math=False)  # a class name is text: `$x^{5$` is no formula
     fig.tight_layout()
     return fig
 
@@ -148,12 +152,27 @@ def three_panel_figure(
     title: str = "",
     colormap: str = "jet",
     alpha: float = 0.5,
+    replace: bool = True,
 ) -> Path:
-    """:func:`three_panel` saved to ``path``."""
-    fig = three_panel(image, cam, title=title, colormap=colormap, alpha=alpha)
+    """:func:`three_panel` saved to ``path`` as :func:`save_figure` does."""
+    return save_figure(three_panel(image, cam, title=title, colormap=colormap, alpha=alpha), path, replace=replace)
+
+
+def save_figure(fig: Figure, path: str | Path, *, replace: bool = True) -> Path:
+    """A matplotlib figure saved at 100 dpi, in the format its suffix names, atomically.
+
+    Args:
+        fig: the figure.
+        path: the file to write (``.png``, ``.pdf``, ``.svg`` ...).
+        replace: whether an existing file may be replaced (else :class:`camlens.files.OutputError`).
+
+    Returns:
+        ``path``.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    with atomic_open(path, replace=replace) as f:
+        fig.savefig(f, format=path.suffix.lstrip(".").lower() or "png", dpi=100)
     return path
 
 
@@ -166,12 +185,11 @@ def _pyplot():
     return plt
 
 
-def _save(fig, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    _pyplot().close(fig)
-    return path
+def _save(fig, path: str | Path, replace: bool = True) -> Path:
+    try:
+        return save_figure(fig, path, replace=replace)
+    finally:
+        _pyplot().close(fig)
 
 
 def _unit(t: Tensor) -> Tensor:
@@ -208,7 +226,7 @@ def signal_figure(
     bottom.set_ylabel("map")
     bottom.set_xlabel("sample")
     if title:
-        fig.suptitle(title)
+        fig.suptitle(title, parse_math=False)  # a class name is text: `$x^{5$` is no formula
     fig.tight_layout()
     return _save(fig, path)
 
@@ -264,6 +282,7 @@ def volume_figure(
     title: str = "",
     colormap: str = "jet",
     alpha: float = 0.5,
+    replace: bool = True,
 ) -> Path:
     """A 3-D volume and its map as one figure: the slices of :func:`volume_panels` in a grid, then the
     maximum-intensity projection along ``axis`` (the map's largest value along each ray over the volume's)."""
@@ -280,9 +299,9 @@ def volume_figure(
         ax.imshow(image.permute(1, 2, 0).numpy(), interpolation="nearest")
         ax.set_title(name)
     if title:
-        fig.suptitle(title)
+        fig.suptitle(title, parse_math=False)  # a class name is text: `$x^{5$` is no formula
     fig.tight_layout()
-    return _save(fig, path)
+    return _save(fig, path, replace)
 
 
 def map_figure(x: Tensor, cam: Tensor, path: str | Path, **options: object) -> Path:
