@@ -8,6 +8,7 @@ maximum-intensity projection (:func:`volume_figure`); :func:`map_figure` picks b
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -117,18 +118,34 @@ def overlay_image(
     return to_pil(overlay(image, cam, colormap=colormap, alpha=alpha, classic=classic))
 
 
-def three_panel(image: Tensor, cam: Tensor, *, title: str = "", colormap: str = "jet", alpha: float = 0.5) -> Figure:
-    """The raw map at feature resolution, the map resized to the image, and the overlay, side by side, as a
-    matplotlib figure (built without pyplot, so it neither changes the backend nor stays open)."""
+@lru_cache(maxsize=1)
+def _notebook_figure() -> type[Figure]:
     from matplotlib.figure import Figure
 
+    class NotebookFigure(Figure):
+        """A figure Jupyter shows as a PNG in a fresh kernel: IPython's figure display hook is installed only when
+        a matplotlib backend starts (``%matplotlib inline``, or importing pyplot), so a figure built without
+        pyplot otherwise prints as the text ``<Figure size 1000x360 with 3 Axes>``."""
+
+        def _repr_png_(self) -> bytes:
+            buffer = io.BytesIO()
+            self.savefig(buffer, format="png", dpi=100)
+            return buffer.getvalue()
+
+    return NotebookFigure
+
+
+def three_panel(image: Tensor, cam: Tensor, *, title: str = "", colormap: str = "jet", alpha: float = 0.5) -> Figure:
+    """The raw map at feature resolution, the map resized to the image, and the overlay, side by side, as a
+    matplotlib figure (built without pyplot, so it neither changes the backend nor stays open; shown by Jupyter
+    as a PNG without ``%matplotlib inline``)."""
     resized = upsample(normalize(cam.float()), image.shape[-2:])
     panels = [
         ("raw CAM", cam.float().cpu().numpy(), colormap),
         ("resized CAM", resized.cpu().numpy(), colormap),
         ("overlay", overlay(image, cam, colormap=colormap, alpha=alpha).permute(1, 2, 0).cpu().numpy(), None),
     ]
-    fig = Figure(figsize=(10, 3.6))
+    fig = _notebook_figure()(figsize=(10, 3.6))
     axes = fig.subplots(1, 3)
     for ax, (name, data, cmap) in zip(axes, panels):
         ax.imshow(data, cmap=cmap, interpolation="nearest")

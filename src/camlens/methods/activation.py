@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..capture import (
-    CamlensError, GapHead, LayerCapture, LayerSpec, locate_gap_head, output_logits, unwrapped_spec,
+    CamlensError, GapHead, LayerCapture, LayerSpec, ModelLike, locate_gap_head, output_logits, unwrapped_spec,
 )
 from ..hardware import usable_approximation
 from ..maps import normalize, upsample
@@ -40,7 +40,7 @@ class CAM(Explainer):
     name = "cam"
     thread_safe = True
 
-    def __init__(self, model: nn.Module, layer: LayerSpec | None = None, classifier: LayerSpec | None = None) -> None:
+    def __init__(self, model: ModelLike, layer: LayerSpec | None = None, classifier: LayerSpec | None = None) -> None:
         super().__init__(model, layer)
         self.classifier = unwrapped_spec(model, classifier)
         self.head: GapHead | None = None
@@ -176,7 +176,7 @@ class _PerturbationMethod(LayerExplainer):
 
     def __init__(
         self,
-        model: nn.Module,
+        model: ModelLike,
         layer: LayerSpec | Sequence[LayerSpec] | None = None,
         *,
         batch_size: int | None = 64,
@@ -245,7 +245,7 @@ class ScoreCAM(_PerturbationMethod):
 
     def __init__(
         self,
-        model: nn.Module,
+        model: ModelLike,
         layer: LayerSpec | Sequence[LayerSpec] | None = None,
         *,
         batch_size: int | None = None,
@@ -353,7 +353,7 @@ class SSCAM(ScoreCAM):
 
     def __init__(
         self,
-        model: nn.Module,
+        model: ModelLike,
         layer: LayerSpec | Sequence[LayerSpec] | None = None,
         *,
         num_samples: int = 35,
@@ -387,7 +387,7 @@ class ISCAM(ScoreCAM):
 
     def __init__(
         self,
-        model: nn.Module,
+        model: ModelLike,
         layer: LayerSpec | Sequence[LayerSpec] | None = None,
         *,
         num_samples: int = 10,
