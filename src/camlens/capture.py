@@ -6,6 +6,7 @@ call, checked numerically), not by attribute names, so torchvision, timm and use
 
 from __future__ import annotations
 
+import re
 import threading
 from collections import deque
 from dataclasses import dataclass
@@ -29,6 +30,12 @@ ModelLike = Union[nn.Module, CarriesModule]
 
 class CamlensError(ValueError):
     """A problem with the caller's model, layer, classes or input, with a message meant for people."""
+
+
+def first_line(err: BaseException | str) -> str:
+    """The first non-empty line of an error message, without terminal escape codes (PyTorch bolds some words)."""
+    text = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", str(err))
+    return next((line.strip() for line in text.splitlines() if line.strip()), type(err).__name__)
 
 
 class NotAGapClassifierError(CamlensError):
@@ -240,6 +247,40 @@ def find_classifier(model: nn.Module, num_classes: int | None = None) -> tuple[s
         outputs = f" with {num_classes} outputs" if num_classes is not None else ""
         raise CamlensError(f"{type(model).__name__}: no Linear or 1x1 convolution{outputs} to take as the classifier")
     return found
+
+
+def layer_shapes(model: ModelLike, x: Tensor, *, maps_only: bool = True) -> dict[str, tuple[int, ...]]:
+    """The output shape of each submodule for input ``x``, in definition order (one no-grad forward pass).
+
+    Args:
+        model: an ``nn.Module``, a wrapped one, or a :func:`camlens.load_model` result.
+        x: a model input, (B, C, *S).
+        maps_only: keep only the layers ``layer=`` can explain as they are: outputs that are spatial maps
+            (B, K, *S) of the input's rank with more than one position; False: every tensor output.
+
+    Returns:
+        ``{layer name: output shape}``; a module called several times keeps its last shape.
+    """
+    network = unwrap_model(model)
+    shapes: dict[str, tuple[int, ...]] = {}
+    ranks = spatial_ranks(x)
+
+    def hook(name: str) -> Callable:
+        def record(module: nn.Module, args: tuple, output: Any) -> None:
+            if isinstance(output, Tensor) and (not maps_only or _is_spatial(output, ranks)):
+                shapes[name] = tuple(output.shape)
+
+        return record
+
+    handles = [module.register_forward_hook(hook(name)) for name, module in network.named_modules() if name]
+    try:
+        with torch.no_grad():
+            network(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    order = {name: i for i, (name, _) in enumerate(network.named_modules())}
+    return dict(sorted(shapes.items(), key=lambda item: order[item[0]]))
 
 
 def spatial_ranks(x: Tensor) -> tuple[int, ...]:

@@ -37,7 +37,7 @@ from .data.images import DEFAULT_MAX_PIXELS, ImageError, array_to_tensor, read_r
 from .methods.base import CAMResult, ClassSpec, Explainer
 from .methods.layered import LayerExplainer
 from .distributed import Context, ProgressLog, barrier, gather, resume_entries, shard_batches, write_atomic
-from .maps import upsample
+from .maps import normalize, upsample
 from .models import LoadedModel
 from .png import write_png
 from .render import JPEG_QUALITY, overlay, three_panel_figure, to_bytes, volume_figure, volume_panels
@@ -150,6 +150,7 @@ def explain_files(
     on_error: Callable[[str], None] = lambda line: None,
     progress: Callable[[int], None] = lambda n: None,
     target: TargetRecipe | None = None,
+    save_maps: dict[Path, Path] | None = None,
 ) -> Summary:
     """Explain every file: one overlay per image and explained class in ``out_dir``, named
     ``<stem>_<rank>_<label>.<format>``; returns the summary (written by the main rank as summary.json and .csv).
@@ -160,6 +161,8 @@ def explain_files(
     ``target`` (:func:`camlens.targets.parse_target`) explains that target instead of classes; an image it does
     not fit (a box outside it) is one error line.  A model with 3-D convolutions reads ``.npy`` volumes; their
     maps are written upsampled to the volume as ``.npy``, with a maximum-intensity projection overlay.
+    ``save_maps`` names a ``.npy`` file for each image: its first explained map, upsampled to the image and min-max
+    normalized (float32 (H, W) in [0, 1]), as ``camlens evaluate --maps`` scores maps.
     """
     rank = input_rank(loaded.model)
     ctx = ctx or Context(0, 1, 0, next(loaded.model.parameters()).device)
@@ -216,6 +219,9 @@ def explain_files(
                     record, slots = _image_record(loaded, res, probs, i, path, img, stems[path], render)
                     done.append({"file": str(path), "record": record})
                     futures += _write_image(slots, res, i, img, rgb, out_dir, render, render_pool)
+                    if save_maps is not None and img.ndim == 3 and slots and slots[0][0] == 0:
+                        score_map = normalize(upsample(res.maps[i, 0].detach().float(), tuple(img.shape[-2:])))
+                        futures.append(render_pool.submit(_save_map, save_maps[path], score_map.cpu().numpy()))
             rendering.append((done, futures, len(batch)))
             finish(keep=AHEAD)
         finish(keep=0)
@@ -308,6 +314,11 @@ def _write_image(slots: list[tuple[int, dict[str, Any]]], res: CAMResult, i: int
             futures.append(pool.submit(figure, img, cam, out_dir / entry["figure"], title=title,
                                        colormap=render.colormap, alpha=render.alpha))
     return futures
+
+
+def _save_map(path: Path, score_map: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.save(path, score_map)
 
 
 def _bytes(image: Tensor) -> np.ndarray:

@@ -90,12 +90,22 @@ def draw_boxes(
     boxes: Sequence[Sequence[float]],
     colors: Sequence[str] = ("lime",),
     width: int = 2,
+    labels: Sequence[str] | None = None,
 ) -> Image.Image:
-    """Draw boxes ``[x0, y0, x1, y1]`` (exclusive right/bottom edges, pixel units) on an image."""
+    """Draw boxes ``[x0, y0, x1, y1]`` (exclusive right/bottom edges, pixel units) on an image, each with its
+    ``labels`` entry (when given) written in the box's colour on a black band at its top-left corner, inside the
+    image."""
     img = to_pil(image) if isinstance(image, Tensor) else image.copy()
     draw = ImageDraw.Draw(img)
     for i, (x0, y0, x1, y1) in enumerate(boxes):
-        draw.rectangle([x0, y0, x1 - 1, y1 - 1], outline=colors[i % len(colors)], width=width)
+        color = colors[i % len(colors)]
+        draw.rectangle([x0, y0, x1 - 1, y1 - 1], outline=color, width=width)
+        if labels is not None and labels[i]:
+            left, top, right, bottom = draw.textbbox((0, 0), labels[i])
+            x = min(max(0.0, x0), max(0.0, img.width - (right - left) - 2))
+            y = min(max(0.0, y0), max(0.0, img.height - (bottom - top) - 2))
+            draw.rectangle([x, y, x + right - left + 2, y + bottom - top + 2], fill="black")
+            draw.text((x + 1 - left, y + 1 - top), labels[i], fill=color)
     return img
 
 
