@@ -100,3 +100,26 @@ def test_figure_renders_as_png_for_jupyter_and_takes_a_colormap(net, image):
     assert raw_jet.get_cmap().name == "jet" and raw_gray.get_cmap().name == "gray"
     expected = overlay(exp.image, exp.result.maps[0, 0], colormap="gray").permute(1, 2, 0).numpy()
     assert (gray.axes[2].images[0].get_array() == expected).all()
+
+
+@pytest.mark.parametrize("method, passes", [("ScoreCAM", 1), ("SSCAM", 3), ("ISCAM", 2), ("AblationCAM", 1)])
+def test_slow_methods_report_every_masked_pass_to_a_progress_callback(net, method, passes):
+    """Masked rows: one per channel (32 in GapNet width 4) and image (2), times SS-CAM's noise draws or IS-CAM's
+    steps; the callback hears of the total before the first pass, then after each pass."""
+    calls: list[tuple[int, int]] = []
+    options = {"SSCAM": {"num_samples": 3}, "ISCAM": {"num_samples": 2}}.get(method, {})
+    x = torch.randn(2, 3, 16, 16)
+    with getattr(camlens, method)(net, batch_size=10, progress=lambda d, t: calls.append((d, t)), **options) as e:
+        with_progress = e(x).maps
+    with getattr(camlens, method)(net, batch_size=10, **options) as e:
+        torch.testing.assert_close(with_progress, e(x).maps)
+    total = 2 * 32 * passes
+    assert calls[0] == (0, total) and calls[-1] == (total, total)
+    assert [d for d, _ in calls] == sorted(d for d, _ in calls) and all(t == total for _, t in calls)
+
+
+def test_progress_true_draws_a_bar_with_the_time_left_on_stderr(net, capsys):
+    with camlens.ScoreCAM(net, progress=True) as scorecam:
+        scorecam(torch.randn(1, 3, 16, 16))
+    err = capsys.readouterr().err
+    assert re.search(r"scorecam: .*\d+/32 \[\d\d:\d\d<", err) and "pass/s" in err  # done/total [elapsed<left
