@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench clean wheel
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,5 +18,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
+# dist/camlens-VERSION-py3-none-any.whl, to install from source elsewhere: pip install 'dist/camlens-*.whl[real]'
+wheel:
+	rm -rf dist
+	$(PYTHON) -m pip wheel . --no-deps -w dist
+
 clean:
-	rm -rf $(VENV) demo-out
+	rm -rf $(VENV) demo-out dist
