@@ -267,7 +267,8 @@ def layer_shapes(model: ModelLike, x: Tensor, *, maps_only: bool = True) -> dict
 
     def hook(name: str) -> Callable:
         def record(module: nn.Module, args: tuple, output: Any) -> None:
-            if isinstance(output, Tensor) and (not maps_only or _is_spatial(output, ranks)):
+            passthrough = bool(args) and args[0] is output  # Identity, eval-mode dropout: the layer before it
+            if isinstance(output, Tensor) and not passthrough and (not maps_only or _is_spatial(output, ranks)):
                 shapes[name] = tuple(output.shape)
 
         return record
