@@ -80,10 +80,10 @@ def unwrap_model(model: ModelLike) -> nn.Module:
     DistributedDataParallel's forward takes part in collective gradient synchronization."""
     from torch.nn.parallel import DistributedDataParallel
 
-    model = as_module(model)
-    while isinstance(model, (nn.DataParallel, DistributedDataParallel)):
-        model = model.module
-    return model
+    module = as_module(model)
+    while isinstance(module, (nn.DataParallel, DistributedDataParallel)):
+        module = module.module
+    return module
 
 
 def _unwrapped_name(model: ModelLike, layer: str) -> str:

@@ -187,7 +187,7 @@ def skipped_lines(summary, task: str | None) -> list[tuple[str, bool]]:
             if entry.get("overlay"):
                 continue
             why = {"segmentation": f"no pixels of class {entry['label']}",
-                   "detection": f"no predicted box of class {entry['label']} matches"}.get(task, entry.get("note", ""))
+                   "detection": f"no predicted box of class {entry['label']} matches"}.get(task or "", entry.get("note", ""))
             lines.append((f"{record['file']} ({why})", not written))
     return lines
 
