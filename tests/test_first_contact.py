@@ -123,3 +123,12 @@ def test_progress_true_draws_a_bar_with_the_time_left_on_stderr(net, capsys):
         scorecam(torch.randn(1, 3, 16, 16))
     err = capsys.readouterr().err
     assert re.search(r"scorecam: .*\d+/32 \[\d\d:\d\d<", err) and "pass/s" in err  # done/total [elapsed<left
+
+
+def test_faithfulness_metrics_take_a_loaded_model(net):
+    from camlens.metrics.faithfulness import class_scores, deletion_curve
+
+    loaded = LoadedModel(net, list("abcd"), Preprocess((16, 16)), "gapnet")
+    x, maps = torch.randn(2, 3, 16, 16), torch.rand(2, 16, 16)
+    torch.testing.assert_close(class_scores(loaded, x, [1, 2]), class_scores(net, x, [1, 2]))
+    torch.testing.assert_close(deletion_curve(loaded, x, maps, 0, steps=4).auc, deletion_curve(net, x, maps, 0, steps=4).auc)
