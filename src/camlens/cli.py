@@ -220,7 +220,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         run_key = {k: getattr(args, k) for k in ("checkpoint", "arch", "weights", "class_names", "size", "mean", "std",
                                                  "method", "layer", "fuse", "topk", "target_class", "alpha", "colormap",
                                                  "classic", "figure", "format", "max_pixels", "target",
-                                                 "box_threshold")}
+                                                 "box_threshold", "save_maps")}
         share = sum(len(b) for _, b in distributed.shard_batches(len(paths), args.batch_size, ctx))
         maps = map_files(args.paths, paths, Path(args.save_maps)) if args.save_maps else None
         with make_explainer(loaded, args.method, args.layer, args.fuse) as explainer, \
