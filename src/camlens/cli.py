@@ -149,8 +149,9 @@ class PassWatch:
             seconds = (now - self.started) / done * total * self.batches_per_run
             if seconds > SLOW_RUN_SECONDS:
                 where = "GPU" if self.device.startswith("cuda") else "CPU" if self.device == "cpu" else self.device
-                minutes = f"about {seconds / 60:.0f} min" if seconds >= 90 else f"about {seconds:.0f} s"
-                self.write(f"camlens: {self.method}: {minutes} for {self.images} image(s) on this {where}; use "
+                took = (f"about {seconds / 3600:.1f} h" if seconds >= 5400 else f"about {seconds / 60:.0f} min"
+                        if seconds >= 90 else f"about {seconds:.0f} s")
+                self.write(f"camlens: {self.method}: {took} for {self.images} image(s) on this {where}; use "
                            "--method gradcam" + (" or a GPU" if where == "CPU" else ""))
 
     def __enter__(self) -> "PassWatch":
@@ -353,16 +354,22 @@ def cmd_layers(args: argparse.Namespace) -> int:
     device = next(loaded.model.parameters()).device
     x = loaded.preprocess(torch.full((3, *size), 0.5, device=device))
     shapes = layer_shapes(loaded, x, maps_only=not args.all)
-    default, why = None, ""
-    try:
-        with make_explainer(loaded, args.method, None) as explainer, torch.inference_mode(not explainer.needs_gradients):
-            default = explainer(x).layer
-    except CamlensError as err:
-        why = f"; no default layer for --method {args.method}: {err}"
+    default, why, of = None, "", f" for --method {args.method}"
+    if loaded.meta.get("task") in ("detection", "segmentation"):  # explained through a target, at a known layer
+        from .targets import default_layer
+
+        default, of = default_layer(loaded.model), f" for {loaded.meta['task']} targets"
+    else:
+        try:
+            with make_explainer(loaded, args.method, None) as explainer, \
+                    torch.inference_mode(not explainer.needs_gradients):
+                default = explainer(x).layer
+        except CamlensError as err:
+            why = f"; no default layer for --method {args.method}: {err}"
     width = max([len(name) for name in shapes] + [5])
     print(f"{'layer':<{width}}  output shape for a {size[0]}x{size[1]} input")
     for name, shape in shapes.items():
-        mark = f"  <- default for --method {args.method}" if name == default else ""
+        mark = f"  <- default{of}" if name == default else ""
         print(f"{name:<{width}}  {' x '.join(map(str, shape[1:]))}{mark}")
     kind = "layers" if args.all else "layers with spatial maps (--all: every layer)"
     print(f"{len(shapes)} {kind}; explain another one with --layer NAME{why}")
