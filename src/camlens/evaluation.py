@@ -530,10 +530,11 @@ def localize_files(
             for rank, (cls, box) in enumerate(zip(classes[0].tolist(), boxes.tolist()), 1):
                 entries.append({"rank": rank, "class": cls, "label": loaded.class_names[cls],
                                 "score": float(probs[cls]), "box": [float(v) for v in box]})
-            drawn = [e["box"] for e in entries if e["box"][2] > e["box"][0] and e["box"][3] > e["box"][1]]
+            drawn = [e for e in entries if e["box"][2] > e["box"][0] and e["box"][3] > e["box"][1]]
             picture = overlay(image, maps[0]) if entries else image
             name = f"{stems[path]}_boxes.png"
-            save_image(draw_boxes(picture, drawn, colors=("lime", "red", "yellow", "cyan", "magenta")), out_dir / name,
+            save_image(draw_boxes(picture, [e["box"] for e in drawn], colors=("lime", "red", "yellow", "cyan", "magenta"),
+                                  labels=[f"{e['label']} {e['score']:.0%}" for e in drawn]), out_dir / name,
                        replace=overwrite or name in written)
             written.add(name)
             records.append({"file": str(path), "size": [int(image.shape[-1]), int(image.shape[-2])],

@@ -44,7 +44,7 @@ from .methods.base import CAMResult, ClassSpec, Explainer
 from .methods.layered import LayerExplainer
 from .distributed import Context, ProgressLog, barrier, earlier_run, gather, resume_entries, shard_batches
 from .files import OutputError, atomic_open, csv_text, output_folder, remove_temporaries, write_atomic
-from .maps import upsample
+from .maps import normalize, upsample
 from .models import LoadedModel
 from .png import write_png
 from .render import JPEG_QUALITY, overlay, three_panel_figure, to_bytes, volume_figure, volume_panels
@@ -197,6 +197,7 @@ def explain_files(
     decode_budget: int | None = None,
     overwrite: bool = False,
     input_errors: Sequence[str] = (),
+    save_maps: dict[Path, Path] | None = None,
 ) -> Summary:
     """Explain every file: one overlay per image and explained class in ``out_dir``, named
     ``<stem>_<rank>_<label>.<format>``; returns the summary (written by the main rank as summary.json and .csv).
@@ -215,6 +216,8 @@ def explain_files(
     any work when its options differ or it left a summary).  ``input_errors`` (``spec: reason`` lines of inputs
     skipped before this call, such as :func:`camlens.data.images.expand_paths` gives) join the summary's
     ``skipped`` list.
+    ``save_maps`` names a ``.npy`` file for each image: its first explained map, upsampled to the image and min-max
+    normalized (float32 (H, W) in [0, 1]), as ``camlens evaluate --maps`` scores maps.
     """
     rank = input_rank(loaded.model)
     ctx = ctx or Context(0, 1, 0, next(loaded.model.parameters()).device)
@@ -294,6 +297,9 @@ def explain_files(
                     record, slots = _image_record(loaded, res, probs, i, path, img, stems[path], render)
                     _check_free(out_dir, slots, taken)
                     written = _write_image(slots, res, i, img, rgb, out_dir, render, render_pool)
+                    if save_maps is not None and img.ndim == 3 and slots and slots[0][0] == 0:
+                        score_map = normalize(upsample(res.maps[i, 0].detach().float(), tuple(img.shape[-2:])))
+                        written.append(render_pool.submit(_save_map, save_maps[path], score_map.cpu().numpy()))
                     _release_when_done(budget, held[i], written)
                     futures += [(len(done), future) for future in written]
                     done.append({"file": str(path), "record": record})
@@ -443,6 +449,11 @@ def _write_image(slots: list[tuple[int, dict[str, Any]]], res: CAMResult, i: int
             futures.append(pool.submit(figure, img, cam, out_dir / entry["figure"], title=title,
                                        colormap=render.colormap, alpha=render.alpha))
     return futures
+
+
+def _save_map(path: Path, score_map: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _save_array(score_map, path)
 
 
 def _bytes(image: Tensor) -> np.ndarray:

@@ -8,6 +8,7 @@ maximum-intensity projection (:func:`volume_figure`); :func:`map_figure` picks b
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -90,12 +91,22 @@ def draw_boxes(
     boxes: Sequence[Sequence[float]],
     colors: Sequence[str] = ("lime",),
     width: int = 2,
+    labels: Sequence[str] | None = None,
 ) -> Image.Image:
-    """Draw boxes ``[x0, y0, x1, y1]`` (exclusive right/bottom edges, pixel units) on an image."""
+    """Draw boxes ``[x0, y0, x1, y1]`` (exclusive right/bottom edges, pixel units) on an image, each with its
+    ``labels`` entry (when given) written in the box's colour on a black band at its top-left corner, inside the
+    image."""
     img = to_pil(image) if isinstance(image, Tensor) else image.copy()
     draw = ImageDraw.Draw(img)
     for i, (x0, y0, x1, y1) in enumerate(boxes):
-        draw.rectangle([x0, y0, x1 - 1, y1 - 1], outline=colors[i % len(colors)], width=width)
+        color = colors[i % len(colors)]
+        draw.rectangle([x0, y0, x1 - 1, y1 - 1], outline=color, width=width)
+        if labels is not None and labels[i]:
+            left, top, right, bottom = draw.textbbox((0, 0), labels[i])
+            x = min(max(0.0, x0), max(0.0, img.width - (right - left) - 2))
+            y = min(max(0.0, y0), max(0.0, img.height - (bottom - top) - 2))
+            draw.rectangle([x, y, x + right - left + 2, y + bottom - top + 2], fill="black")
+            draw.text((x + 1 - left, y + 1 - top), labels[i], fill=color)
     return img
 
 
@@ -121,18 +132,34 @@ def overlay_image(
     return to_pil(overlay(image, cam, colormap=colormap, alpha=alpha, classic=classic))
 
 
-def three_panel(image: Tensor, cam: Tensor, *, title: str = "", colormap: str = "jet", alpha: float = 0.5) -> Figure:
-    """The raw map at feature resolution, the map resized to the image, and the overlay, side by side, as a
-    matplotlib figure (built without pyplot, so it neither changes the backend nor stays open)."""
+@lru_cache(maxsize=1)
+def _notebook_figure() -> type[Figure]:
     from matplotlib.figure import Figure
 
+    class NotebookFigure(Figure):
+        """A figure Jupyter shows as a PNG in a fresh kernel: IPython's figure display hook is installed only when
+        a matplotlib backend starts (``%matplotlib inline``, or importing pyplot), so a figure built without
+        pyplot otherwise prints as the text ``<Figure size 1000x360 with 3 Axes>``."""
+
+        def _repr_png_(self) -> bytes:
+            buffer = io.BytesIO()
+            self.savefig(buffer, format="png", dpi=100)
+            return buffer.getvalue()
+
+    return NotebookFigure
+
+
+def three_panel(image: Tensor, cam: Tensor, *, title: str = "", colormap: str = "jet", alpha: float = 0.5) -> Figure:
+    """The raw map at feature resolution, the map resized to the image, and the overlay, side by side, as a
+    matplotlib figure (built without pyplot, so it neither changes the backend nor stays open; shown by Jupyter
+    as a PNG without ``%matplotlib inline``)."""
     resized = upsample(normalize(cam.float()), image.shape[-2:])
     panels = [
         ("raw CAM", cam.float().cpu().numpy(), colormap),
         ("resized CAM", resized.cpu().numpy(), colormap),
         ("overlay", overlay(image, cam, colormap=colormap, alpha=alpha).permute(1, 2, 0).cpu().numpy(), None),
     ]
-    fig = Figure(figsize=(10, 3.6))
+    fig = _notebook_figure()(figsize=(10, 3.6))
     axes = fig.subplots(1, 3)
     for ax, (name, data, cmap) in zip(axes, panels):
         ax.imshow(data, cmap=cmap, interpolation="nearest")
