@@ -148,10 +148,12 @@ def explain(
         if size is not None:
             default = Preprocess(_pair(size), model.preprocess.mean, model.preprocess.std)
     elif isinstance(model, nn.Module):
-        network, names, default = model.eval(), None, Preprocess(_pair(size) if size is not None else None)
+        network, names, default = model.eval(), None, Preprocess(_pair(size)) if size is not None else None
     else:
         raise CamlensError(f"explain takes an nn.Module or a camlens.load_model result, not {type(model).__name__}")
     img = as_image(image)
+    if default is None:  # a plain module without size: ImageNet normalization at the image's own size
+        default = Preprocess((int(img.shape[-2]), int(img.shape[-1])))
     parameter = next(network.parameters(), None)
     x = (preprocess or default)(img.to(parameter.device if parameter is not None else torch.device("cpu")))
     x = x[None] if x.ndim == 3 else x
