@@ -143,6 +143,7 @@ def explain(
     Returns:
         The :class:`Explanation`: predictions, raw maps, overlays and figure.
     """
+    default: Preprocess | None
     if isinstance(model, LoadedModel):
         network, names, default = model.model, model.class_names, model.preprocess
         if size is not None:
