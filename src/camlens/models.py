@@ -258,8 +258,8 @@ def _read_state(path: Path) -> tuple[dict[str, Tensor], dict]:
         from safetensors.torch import load_file
 
         with safe_open(str(path), framework="pt") as f:
-            meta = json.loads((f.metadata() or {}).get("camlens", "{}"))
-        return load_file(str(path)), meta
+            recorded = json.loads((f.metadata() or {}).get("camlens", "{}"))
+        return load_file(str(path)), recorded
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # pickle errors come in many types; weights_only refuses anything but tensors

@@ -274,7 +274,7 @@ class InceptionV3SpgWsol(SPGNet, InceptionTrunk):
         self.new_layers: tuple[str, ...] = ("SPG_A3_1b", "SPG_A3_2b", "SPG_A4", "SPG_B_1a", "SPG_B_2a",
                                             "SPG_B_shared", "SPG_C")
 
-    def stages(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:  # type: ignore[override]
+    def stages(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         early, late, out = InceptionTrunk.stages(self, x)
         return early, late, self.dropout(self.SPG_A3_2b(self.dropout(self.SPG_A3_1b(self.dropout(out)))))
 
