@@ -399,3 +399,74 @@ def test_cli_explains_localizes_a_pth_tar_with_no_flags(tmp_path, capsys):
     assert main(["explain", str(tmp_path / "a.png"), *common, "--wsol-method", "spg", "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("camlens: error: ") and "--wsol-method spg needs SPG's" in err[-1]
+
+
+# ---- training on their networks: their losses' inputs ----
+
+def _their_network(backbone: str, layout: str, large: bool):
+    state = their_state(backbone, layout, large)
+    settled, _ = resolve(read_layout(state, backbone), None, large, "f")
+    with skeleton_only():
+        net = build_network(settled.arch, C, None, large_feature_map=large)
+    net.load_state_dict(state, assign=True)
+    return net, state
+
+
+def test_acol_loss_on_their_network_is_their_ce_a_plus_ce_b():
+    from camlens.training.wsol import ACoL
+
+    net, state = _their_network("vgg16", "acol", False)
+    method = ACoL(threshold=0.6)
+    assert method.attach(net) == ()  # their heads are the network's: nothing added
+    assert not hasattr(net, "acol_classifier")
+    x, y = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(2)), torch.tensor([0, 2])
+    with torch.no_grad():
+        loss, logits = method.loss(net.train(), x, y)
+        # their AcolBase._acol_logits with the labels, then get_loss: CE(logits) + CE(logit_b)
+        index, h = 0, x.double()
+        for v in VGG_CFG[("acol", False)]:
+            if isinstance(v, int):
+                h, index = F.relu(_c(state, f"features.{index}", h, padding=1)), index + 2
+            else:
+                h, index = F.max_pool2d(h, 3, 2 if v == "M1" else 1, 1), index + 1
+        feature = F.avg_pool2d(h, 3, 1, 1)
+
+        def head(b: str, f: Tensor) -> Tensor:
+            t = F.relu(_c(state, f"classifier_{b}.2", F.relu(_c(state, f"classifier_{b}.0", f, padding=1)), padding=1))
+            return _c(state, f"classifier_{b}.4", t)
+
+        a = head("A", feature)
+        keep = (_norm(a[torch.arange(2), y]) < 0.6).double()[:, None]
+        expected = F.cross_entropy(a.mean((2, 3)), y) + F.cross_entropy(head("B", feature * keep).mean((2, 3)), y)
+    assert torch.allclose(logits.double(), a.mean((2, 3)), atol=1e-5 * float(a.abs().max()))
+    assert abs(float(loss) - float(expected)) < 1e-4
+
+
+def test_spg_on_their_network_trains_their_branches_at_their_taps():
+    from camlens.training.wsol import SPG
+
+    net, state = _their_network("vgg16", "spg", False)
+    method = SPG()
+    assert method.attach(net) == ()
+    assert not any(name.startswith("spg_") for name, _ in net.named_children())
+    x, y = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(3)), torch.tensor([1, 0])
+    with torch.no_grad():
+        loss, logits = method.loss(net.train(), x, y)
+        out = net.spg_outputs(x)
+        # their VggSpg.forward: B1 after SPG_A_1 and the 3x3/2 pooling, B2 after SPG_A_2, C after SPG_A_3
+        h = x.double()
+        for i in (0, 2, 5, 7, 10, 12, 14):
+            h = F.relu(_c(state, f"features.{i}", h, padding=1))
+            if i in (2, 7, 14):
+                h = F.max_pool2d(h, 2, 2)
+        for i in (0, 2, 4):
+            h = F.relu(_c(state, f"SPG_A_1.{i}", h, padding=1))
+        x1 = F.max_pool2d(h, 3, 2, 1)
+
+        def shared(t: Tensor) -> Tensor:
+            return _c(state, "SPG_B_shared.2", F.relu(_c(state, "SPG_B_shared.0", t, padding=1)))
+
+        b1 = shared(F.relu(_c(state, "SPG_B_1a.0", x1, padding=1)))
+    assert torch.allclose(out["logits_b1"].double(), b1, atol=1e-5 * float(b1.abs().max()))
+    assert torch.isfinite(loss) and float(loss) > float(F.cross_entropy(logits, y))  # the three BCE terms add
+    assert net.last_outputs is None  # the loss took them: nothing kept alive after the step
