@@ -32,6 +32,7 @@ from camlens.networks._common import skeleton_only, torchvision_skeleton
 from camlens.networks.wsolcheckpoint import camlens_state, misfit, read_layout, resolve
 
 C = 3  # classes
+ACOL_THRESHOLD = 0.6  # not in their files: given as --wsol-param threshold=0.6 (theirs: --acol_threshold)
 ARCH = {"vgg16": "vgg16", "resnet50": "resnet50", "inception_v3": "inception_v3"}
 
 # wsol/vgg.py configs_dict
@@ -198,7 +199,7 @@ def vgg_forward(sd: dict, layout: str, large: bool, x: Tensor, label: Tensor) ->
         logits = F.linear(x.mean((2, 3)), sd["fc.weight"].double(), sd["fc.bias"].double())
         return logits, (sd["fc.weight"].double()[label][:, :, None, None] * x).mean(1)
     if layout == "acol":
-        return _acol(sd, F.avg_pool2d(x, 3, 1, 1), label, 0.7)
+        return _acol(sd, F.avg_pool2d(x, 3, 1, 1), label, ACOL_THRESHOLD)
     for i in (0, 2, 4):
         x = F.relu(_c(sd, f"SPG_A_1.{i}", x, padding=1))
     if not large:
@@ -226,7 +227,7 @@ def resnet_forward(sd: dict, layout: str, large: bool, x: Tensor, label: Tensor)
         logits = F.linear(x.mean((2, 3)), sd["fc.weight"].double(), sd["fc.bias"].double())
         return logits, (sd["fc.weight"].double()[label][:, :, None, None] * x).mean(1)
     if layout == "acol":
-        return _acol(sd, x, label, 0.7)
+        return _acol(sd, x, label, ACOL_THRESHOLD)
     feat_map = _c(sd, "SPG_A4", x)
     return feat_map.mean((2, 3)), feat_map[rows, label]
 
@@ -254,7 +255,7 @@ def inception_forward(sd: dict, layout: str, large: bool, x: Tensor, label: Tens
                    F.max_pool2d(x, 3, 1, 1)], 1)
     feature = tv.Mixed_6e(tv.Mixed_6d(tv.Mixed_6c(tv.Mixed_6b(x))))
     if layout == "acol":
-        return _acol(sd, feature, label, 0.7)
+        return _acol(sd, feature, label, ACOL_THRESHOLD)
     x = F.relu(_c(sd, "SPG_A3_2b.0", F.relu(_c(sd, "SPG_A3_1b.0", feature, padding=1)), padding=1))
     feat_map = _c(sd, "SPG_A4", x)
     return feat_map.mean((2, 3)), feat_map[torch.arange(len(label)), label]
@@ -306,7 +307,8 @@ def test_logits_and_maps_equal_their_forward_and_return_cam(reads, backbone, lay
     state = their_state(backbone, layout, large)
     reads(state, backbone)
     flag = None if backbone == "vgg16" and layout in ("cam", "adl") else large  # VGG16 cam/adl: read from the keys
-    loaded = load_model("ckpt.pth.tar", large_feature_map=flag, wsol_method="adl" if layout == "adl" else None)
+    loaded = load_model("ckpt.pth.tar", large_feature_map=flag, wsol_method="adl" if layout == "adl" else None,
+                        wsol_params={"threshold": ACOL_THRESHOLD} if layout == "acol" else None)
     x = torch.randn(2, 3, SIZE[backbone], SIZE[backbone], generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         logits = loaded.model(x)
@@ -470,3 +472,18 @@ def test_spg_on_their_network_trains_their_branches_at_their_taps():
     assert torch.allclose(out["logits_b1"].double(), b1, atol=1e-5 * float(b1.abs().max()))
     assert torch.isfinite(loss) and float(loss) > float(F.cross_entropy(logits, y))  # the three BCE terms add
     assert net.last_outputs is None  # the loss took them: nothing kept alive after the step
+
+
+def test_overrides_on_files_that_are_not_wsolevaluation_are_applied_or_checked(tmp_path):
+    from camlens.models import GapNet, Preprocess, save_checkpoint
+
+    net = build_network("wsol-vgg16", 2, None, width=8, large_feature_map=True)
+    path = save_checkpoint(tmp_path / "v.safetensors", net, arch="wsol-vgg16", class_names=["a", "b"],
+                           preprocess=Preprocess((64, 64)))
+    with pytest.raises(CamlensError, match="records large_feature_map=True; drop the large-feature-map option"):
+        load_model(path, large_feature_map=False)
+    with pytest.raises(CamlensError, match="records the WSOL method cam; drop --wsol-method acol"):
+        load_model(path, wsol_method="acol")
+    torch.save(GapNet(4).state_dict(), tmp_path / "g.pt")
+    loaded = load_model(tmp_path / "g.pt", arch="gapnet", wsol_method="has", wsol_params={"drop_rate": 0.25})
+    assert loaded.meta["wsol_method"] == {"name": "has", "drop_rate": 0.25, "patch_size": 4}

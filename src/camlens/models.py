@@ -276,6 +276,27 @@ def _read_state(path: Path) -> tuple[dict[str, Tensor], dict]:
     return state, meta
 
 
+def _stated_options(meta: dict, source: str, wsol_method: str | None, large_feature_map: bool | None,
+                    wsol_params: dict[str, Any]) -> dict:
+    """The builder options of a checkpoint that is not wsolevaluation's, with the caller's ``large_feature_map``,
+    ``wsol_method`` and ``wsol_params`` applied to ``meta`` where it records none and checked where it does."""
+    options = dict(meta.get("arch_options") or {})
+    if large_feature_map is not None:
+        if options.get("large_feature_map", large_feature_map) != large_feature_map:
+            raise CamlensError(f"{source} records large_feature_map={options['large_feature_map']}; drop the "
+                               "large-feature-map option")
+        options["large_feature_map"] = large_feature_map
+    recorded = meta.get("wsol_method") or ({"name": "cam"} if meta.get("arch") else None)
+    if wsol_method is not None and recorded is not None and recorded["name"] != wsol_method.lower():
+        raise CamlensError(f"{source} records the WSOL method {recorded['name']}; drop --wsol-method {wsol_method}")
+    if wsol_method is not None or wsol_params:
+        from .training.wsol import wsol_method_from_config
+
+        config = {**(recorded or {"name": wsol_method or "cam"}), **wsol_params}
+        meta["wsol_method"] = wsol_method_from_config(config).config()  # checks the parameters
+    return options
+
+
 def _reference_model(state: dict[str, Tensor], meta: dict, source: str, arch: str | None, wsol_method: str | None,
                      large_feature_map: bool | None, wsol_params: dict[str, Any]) -> tuple[nn.Module, str, dict] | None:
     """The network of a wsolevaluation checkpoint with its weights (and its WSOL method attached), its camlens
@@ -375,7 +396,7 @@ def load_model(
                 raise CamlensError(f"{checkpoint}: no architecture recorded in the checkpoint and its keys are no "
                                    "wsolevaluation layout; pass --arch")
             names = meta.get("class_names")
-            options = meta.get("arch_options") or {}
+            options = _stated_options(meta, str(checkpoint), wsol_method, large_feature_map, wsol_params or {})
             model = build_model(arch, len(names) if names else _num_classes_from_state(arch, state, options),
                                 **options)
             if meta.get("wsol_method"):  # the training method's layers must exist before its weights are loaded

@@ -94,7 +94,12 @@ class InceptionTrunk(nn.Module):
     """Their Inception trunk (``InceptionCam`` and its ACoL/SPG siblings up to Mixed_6e): torchvision's Inception3
     blocks with Conv2d_1a_3x3 padded by 1, both stem max poolings 3x3/stride 2/padding 1/ceil, a 3x3/stride 2/ceil
     pooling before Mixed_6a (dropped with ``large_feature_map``) and a stride-1 Mixed_6a.  Like their code it feeds
-    ImageNet-normalized input to the blocks (no ``transform_input``)."""
+    ImageNet-normalized input to the blocks (no ``transform_input``).
+
+    Args:
+        base: torchvision's Inception3, whose blocks it takes over.
+        large_feature_map: no pooling before Mixed_6a (28x28 maps at 224 px).
+    """
 
     def __init__(self, base: Any, large_feature_map: bool) -> None:
         super().__init__()

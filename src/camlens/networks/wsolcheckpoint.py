@@ -187,7 +187,15 @@ def resolve(layout: ReferenceLayout, method: str | None, large_feature_map: bool
 
 def camlens_state(state: Mapping[str, Tensor], layout: ReferenceLayout) -> dict[str, Tensor]:
     """``state`` with the keys of camlens's network for ``layout``: ADL's VGG16 and ResNet50 layers renumbered
-    (:data:`VGG_CONVS`, :data:`RESNET_ADL_BLOCKS`), everything else unchanged."""
+    (:data:`VGG_CONVS`, :data:`RESNET_ADL_BLOCKS`), everything else unchanged.
+
+    Args:
+        state: their state dict.
+        layout: its :class:`ReferenceLayout`, ``large_feature_map`` settled.
+
+    Returns:
+        A new dict with the same tensors.
+    """
     if layout.layout != "adl" or layout.backbone == "inception_v3":
         return dict(state)
     out: dict[str, Tensor] = {}
@@ -207,8 +215,15 @@ def camlens_state(state: Mapping[str, Tensor], layout: ReferenceLayout) -> dict[
 
 
 def misfit(expected: Mapping[str, Tensor], state: Mapping[str, Tensor]) -> str | None:
-    """What keeps ``state`` from loading into a model whose state dict is ``expected``: missing keys, unused
-    keys or the first shape that differs, in one line; None when it fits exactly."""
+    """What keeps ``state`` from loading into a model whose state dict is ``expected``.
+
+    Args:
+        expected: the model's state dict (meta tensors do: only names and shapes are read).
+        state: the tensors to load.
+
+    Returns:
+        Missing keys, unused keys and the first shape that differs, in one line; None when it fits exactly.
+    """
     missing = [k for k in expected if k not in state]
     unused = [k for k in state if k not in expected]
     parts = []

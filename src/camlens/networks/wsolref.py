@@ -29,7 +29,16 @@ ACOL_WIDTH = 1024  # their classifier_A / classifier_B hidden width
 
 
 def acol_classifier(channels: int, num_classes: int, width: int = ACOL_WIDTH) -> nn.Sequential:
-    """One ACoL branch of their code: conv 3x3 -> ReLU -> conv 3x3 -> ReLU -> conv 1x1 to the classes."""
+    """One ACoL branch of their code: conv 3x3 -> ReLU -> conv 3x3 -> ReLU -> conv 1x1 to the classes.
+
+    Args:
+        channels: channels of the features it reads.
+        num_classes: output channels (one class map each).
+        width: hidden width (theirs: 1024).
+
+    Returns:
+        The branch, keys ``0``, ``2``, ``4`` as theirs.
+    """
     return nn.Sequential(nn.Conv2d(channels, width, 3, padding=1), nn.ReLU(),
                          nn.Conv2d(width, width, 3, padding=1), nn.ReLU(),
                          nn.Conv2d(width, num_classes, 1))
@@ -79,7 +88,7 @@ class SPGNet(nn.Module):
         self.avgpool = nn.AdaptiveAvgPool2d(1)
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.training:  # their loss reads every output; keep them for it (SPG's training method takes them)
+        if self.training and self.keep_outputs:  # their loss reads every output: keep them for it
             self.last_outputs = self.spg_outputs(x)
             return self.last_outputs["logits"]
         return self.avgpool(self.classifier(self.stages(x)[2])).flatten(1)
@@ -105,7 +114,12 @@ def _vgg_skeleton() -> Any:
 class VGG16AcolWsol(ACoLNet):
     """Their ``VggAcol``: VGG16's convolutions with every 2x2 pooling replaced by 3x3/stride 2/padding 1 (pool4 by
     3x3/stride 1 with ``large_feature_map``) and a 3x3/stride 1 pooling after conv5_3 (``features.30``), then a 3x3
-    average pooling (stride 1, padding 1), then the two ACoL heads on 512 channels."""
+    average pooling (stride 1, padding 1), then the two ACoL heads on 512 channels.
+
+    Args:
+        features: their ``features`` Sequential (convolutions, ReLUs and poolings, their numbering).
+        num_classes: rows of the classifiers.
+    """
 
     def __init__(self, features: nn.Sequential, num_classes: int) -> None:
         super().__init__()
@@ -120,7 +134,17 @@ class VGG16AcolWsol(ACoLNet):
 def wsol_vgg16_acol(num_classes: int = 1000, weights: str | None = None, *,
                     large_feature_map: bool = False) -> VGG16AcolWsol:
     """Choe et al.'s VGG16 for ACoL (:class:`VGG16AcolWsol`), initialized as theirs (Xavier, zero biases).
-    Feature map: 14x14 at 224 px; 28x28 with ``large_feature_map``."""
+    Feature map: 14x14 at 224 px; 28x28 with ``large_feature_map``.
+
+    Args:
+        num_classes: rows of the classifier.
+        weights: torchvision's ImageNet weights for the backbone (None or ``"none"``: random, as theirs with
+            ``--pretrained FALSE``).
+        large_feature_map: their option for 28x28 maps at 224 px.
+
+    Returns:
+        The network, its new layers in ``new_layers``.
+    """
     skeleton = _vgg_skeleton()
     layers = list(skeleton.features[:31])
     with torch.device("meta"):
@@ -137,7 +161,15 @@ class VGG16SpgWsol(SPGNet):
     """Their ``VggSpg``: VGG16 up to pool3 (``features``), conv4_1-4_3 as ``SPG_A_1``, a 3x3/stride 2/padding 1
     max pooling (none with ``large_feature_map``), conv5_1-5_3 as ``SPG_A_2``, two new 3x3 convolutions 512 -> 512
     (``SPG_A_3``), the 1x1 class maps ``SPG_A_4`` and GAP; B1 reads after the pooling, B2 after SPG_A_2, C after
-    SPG_A_3 (all 512 wide)."""
+    SPG_A_3 (all 512 wide).
+
+    Args:
+        features: VGG16's layers up to pool3.
+        conv4: conv4_1-4_3 with their ReLUs.
+        conv5: conv5_1-5_3 with their ReLUs.
+        num_classes: rows of ``SPG_A_4``.
+        large_feature_map: no pooling between conv4 and conv5.
+    """
 
     def __init__(self, features: nn.Sequential, conv4: nn.Sequential, conv5: nn.Sequential, num_classes: int,
                  large_feature_map: bool) -> None:
@@ -162,7 +194,17 @@ def wsol_vgg16_spg(num_classes: int = 1000, weights: str | None = None, *,
                    large_feature_map: bool = False) -> VGG16SpgWsol:
     """Choe et al.'s VGG16 for SPG (:class:`VGG16SpgWsol`; conv4 and conv5 from the pretrained VGG16 as their
     ``batch_replace_layer`` maps them), initialized as theirs (Xavier, zero biases).  Feature map: 14x14 at
-    224 px; 28x28 with ``large_feature_map``."""
+    224 px; 28x28 with ``large_feature_map``.
+
+    Args:
+        num_classes: rows of the classifier.
+        weights: torchvision's ImageNet weights for the backbone (None or ``"none"``: random, as theirs with
+            ``--pretrained FALSE``).
+        large_feature_map: their option for 28x28 maps at 224 px.
+
+    Returns:
+        The network, its new layers in ``new_layers``.
+    """
     skeleton = _vgg_skeleton()
     f = skeleton.features
     with torch.device("meta"):
@@ -195,7 +237,12 @@ def _resnet_state(weights: str | None) -> dict[str, Tensor] | None:
 
 class ResNet50AcolWsol(ACoLNet, _ResNetStem):
     """Their ``ResNetAcol``: ResNet50 with stride 1 in layer4 (and layer3 with ``large_feature_map``), then the
-    two ACoL heads on 2048 channels."""
+    two ACoL heads on 2048 channels.
+
+    Args:
+        base: torchvision's ResNet50 with the strides set.
+        num_classes: rows of the classifiers.
+    """
 
     def __init__(self, base: Any, num_classes: int) -> None:
         super().__init__()
@@ -211,7 +258,17 @@ class ResNet50AcolWsol(ACoLNet, _ResNetStem):
 def wsol_resnet50_acol(num_classes: int = 1000, weights: str | None = None, *,
                        large_feature_map: bool = False) -> ResNet50AcolWsol:
     """Choe et al.'s ResNet50 for ACoL (:class:`ResNet50AcolWsol`), initialized as theirs (He, fan-out).
-    Feature map: 14x14 at 224 px; 28x28 with ``large_feature_map``."""
+    Feature map: 14x14 at 224 px; 28x28 with ``large_feature_map``.
+
+    Args:
+        num_classes: rows of the classifier.
+        weights: torchvision's ImageNet weights for the backbone (None or ``"none"``: random, as theirs with
+            ``--pretrained FALSE``).
+        large_feature_map: their option for 28x28 maps at 224 px.
+
+    Returns:
+        The network, its new layers in ``new_layers``.
+    """
     base = _resnet_skeleton(large_feature_map)
     with torch.device("meta"):
         net = ResNet50AcolWsol(base, num_classes)
@@ -221,7 +278,12 @@ def wsol_resnet50_acol(num_classes: int = 1000, weights: str | None = None, *,
 class ResNet50SpgWsol(SPGNet, _ResNetStem):
     """Their ``ResNetSpg``: layer3 split into ``SPG_A1`` (its block 0) and ``SPG_A2`` (blocks 1-5), layer4, the
     1x1 class maps ``SPG_A4`` and GAP; B1 reads after SPG_A1, B2 after SPG_A2 (1024 wide), C after layer4
-    (2048 -> 512)."""
+    (2048 -> 512).
+
+    Args:
+        base: torchvision's ResNet50 with the strides set.
+        num_classes: rows of ``SPG_A4``.
+    """
 
     def __init__(self, base: Any, num_classes: int) -> None:
         super().__init__()
@@ -242,7 +304,17 @@ class ResNet50SpgWsol(SPGNet, _ResNetStem):
 def wsol_resnet50_spg(num_classes: int = 1000, weights: str | None = None, *,
                       large_feature_map: bool = False) -> ResNet50SpgWsol:
     """Choe et al.'s ResNet50 for SPG (:class:`ResNet50SpgWsol`), initialized as theirs (Xavier).
-    Feature map: 14x14 at 224 px; 28x28 with ``large_feature_map``."""
+    Feature map: 14x14 at 224 px; 28x28 with ``large_feature_map``.
+
+    Args:
+        num_classes: rows of the classifier.
+        weights: torchvision's ImageNet weights for the backbone (None or ``"none"``: random, as theirs with
+            ``--pretrained FALSE``).
+        large_feature_map: their option for 28x28 maps at 224 px.
+
+    Returns:
+        The network, its new layers in ``new_layers``.
+    """
     base = _resnet_skeleton(large_feature_map)
     with torch.device("meta"):
         net = ResNet50SpgWsol(base, num_classes)
@@ -251,7 +323,13 @@ def wsol_resnet50_spg(num_classes: int = 1000, weights: str | None = None, *,
 
 class InceptionV3AcolWsol(InceptionTrunk, ACoLNet):
     """Their ``InceptionAcol``: :class:`camlens.networks.wsolbench.InceptionTrunk`, then the two ACoL heads on
-    768 channels (no dropout)."""
+    768 channels (no dropout).
+
+    Args:
+        base: torchvision's Inception3.
+        num_classes: rows of the classifiers.
+        large_feature_map: no pooling before Mixed_6a.
+    """
 
     def __init__(self, base: Any, num_classes: int, large_feature_map: bool) -> None:
         super().__init__(base, large_feature_map)
@@ -262,7 +340,13 @@ class InceptionV3AcolWsol(InceptionTrunk, ACoLNet):
 class InceptionV3SpgWsol(SPGNet, InceptionTrunk):
     """Their ``InceptionSpg``: the trunk, dropout, SPG_A3_1b, SPG_A3_2b (1024 wide), SPG_A4 and GAP as in
     ``InceptionCam``; B1 reads the input of Mixed_6a (288 channels), B2 the output of Mixed_6d (768), both
-    through 512-wide convolutions; C reads SPG_A3_2b's output (1024 -> 512)."""
+    through 512-wide convolutions; C reads SPG_A3_2b's output (1024 -> 512).
+
+    Args:
+        base: torchvision's Inception3.
+        num_classes: rows of ``SPG_A4``.
+        large_feature_map: no pooling before Mixed_6a.
+    """
 
     def __init__(self, base: Any, num_classes: int, large_feature_map: bool) -> None:
         InceptionTrunk.__init__(self, base, large_feature_map)
@@ -289,12 +373,32 @@ def _inception(cls: Any, num_classes: int, weights: str | None, large_feature_ma
 def wsol_inceptionv3_acol(num_classes: int = 1000, weights: str | None = None, *,
                           large_feature_map: bool = False) -> InceptionV3AcolWsol:
     """Choe et al.'s InceptionV3 for ACoL (:class:`InceptionV3AcolWsol`), initialized as theirs (Xavier).
-    Feature map: 14x14 at 224 px; 28x28 with ``large_feature_map``."""
+    Feature map: 14x14 at 224 px; 28x28 with ``large_feature_map``.
+
+    Args:
+        num_classes: rows of the classifier.
+        weights: torchvision's ImageNet weights for the backbone (None or ``"none"``: random, as theirs with
+            ``--pretrained FALSE``).
+        large_feature_map: their option for 28x28 maps at 224 px.
+
+    Returns:
+        The network, its new layers in ``new_layers``.
+    """
     return _inception(InceptionV3AcolWsol, num_classes, weights, large_feature_map)
 
 
 def wsol_inceptionv3_spg(num_classes: int = 1000, weights: str | None = None, *,
                          large_feature_map: bool = False) -> InceptionV3SpgWsol:
     """Choe et al.'s InceptionV3 for SPG (:class:`InceptionV3SpgWsol`), initialized as theirs (Xavier).
-    Feature map: 14x14 at 224 px; 28x28 with ``large_feature_map``."""
+    Feature map: 14x14 at 224 px; 28x28 with ``large_feature_map``.
+
+    Args:
+        num_classes: rows of the classifier.
+        weights: torchvision's ImageNet weights for the backbone (None or ``"none"``: random, as theirs with
+            ``--pretrained FALSE``).
+        large_feature_map: their option for 28x28 maps at 224 px.
+
+    Returns:
+        The network, its new layers in ``new_layers``.
+    """
     return _inception(InceptionV3SpgWsol, num_classes, weights, large_feature_map)

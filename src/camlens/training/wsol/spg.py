@@ -106,6 +106,7 @@ class SPG(TrainingMethod):
     def attach(self, model: nn.Module) -> tuple[str, ...]:
         super().attach(model)
         if isinstance(model, SPGNet):  # Choe et al.'s branches are part of the network
+            setattr(model, "keep_outputs", True)
             return ()
         head = probe(model).head
         require_linear_head("SPG", head)
