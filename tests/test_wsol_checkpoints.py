@@ -286,7 +286,8 @@ def test_every_reference_layout_is_recognised_and_fits_exactly(backbone, layout,
     assert (found.backbone, found.layout, found.num_classes) == (backbone, file_layout, C)
     # large_feature_map renames keys only in VGG16's cam and adl features; elsewhere the file cannot tell
     assert found.large_feature_map == (large if backbone == "vgg16" and layout in ("cam", "adl") else None)
-    settled, method = resolve(found, "adl" if layout == "adl" else None, large, "f")
+    stated = "adl" if file_layout != layout else None  # only InceptionV3's ADL needs saying
+    settled, method = resolve(found, stated, large, "f")
     assert method == layout
     with skeleton_only():
         net = build_network(settled.arch, C, None, large_feature_map=large)
@@ -307,8 +308,11 @@ def test_logits_and_maps_equal_their_forward_and_return_cam(reads, backbone, lay
     state = their_state(backbone, layout, large)
     reads(state, backbone)
     flag = None if backbone == "vgg16" and layout in ("cam", "adl") else large  # VGG16 cam/adl: read from the keys
-    loaded = load_model("ckpt.pth.tar", large_feature_map=flag, wsol_method="adl" if layout == "adl" else None,
+    loaded = load_model("ckpt.pth.tar", large_feature_map=flag, wsol_method=None,  # the file says which method
                         wsol_params={"threshold": ACOL_THRESHOLD} if layout == "acol" else None)
+    assert loaded.arch == {"acol": f"wsol-{backbone.replace('_', '')}-acol", "spg": f"wsol-{backbone.replace('_', '')}-spg"
+                           }.get(layout, f"wsol-{backbone.replace('_', '')}")
+    assert loaded.meta["wsol_method"]["name"] == layout and hasattr(loaded.model, "wsol_adl") == (layout == "adl")
     x = torch.randn(2, 3, SIZE[backbone], SIZE[backbone], generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         logits = loaded.model(x)
