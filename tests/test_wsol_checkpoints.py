@@ -314,15 +314,13 @@ def test_logits_and_maps_equal_their_forward_and_return_cam(reads, backbone, lay
                            }.get(layout, f"wsol-{backbone.replace('_', '')}")
     assert loaded.meta["wsol_method"]["name"] == layout and hasattr(loaded.model, "wsol_adl") == (layout == "adl")
     x = torch.randn(2, 3, SIZE[backbone], SIZE[backbone], generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        logits = loaded.model(x)
-    labels = logits.argmax(1)
+    result = build_explainer(loaded.model)(x)  # the network's own forward gives its logits
+    labels = result.classes[:, 0]
+    assert torch.equal(labels, result.logits.argmax(1))
     with torch.no_grad():
         ref_logits, ref_maps = FORWARD[backbone](state, layout, large, x.double(), labels)
     scale = float(ref_logits.abs().max())
-    assert torch.allclose(logits.double(), ref_logits, atol=1e-4 * scale, rtol=0)
-    result = build_explainer(loaded.model)(x)
-    assert torch.equal(result.classes[:, 0], labels)
+    assert torch.allclose(result.logits.double(), ref_logits, atol=1e-4 * scale, rtol=0)
     maps = result.maps[:, 0].double()
     assert maps.shape == ref_maps.shape
     side = SIZE[backbone] // (8 if large else 16)
@@ -376,7 +374,7 @@ def test_overrides_the_file_contradicts_are_errors(reads):
     with pytest.raises(CamlensError, match="--arch resnet50 would run it with other strides"):
         load_model("resnet50_cam.pth.tar", arch="resnet50")
     with pytest.raises(CamlensError, match=r"not wsol-vgg16: drop --arch"):
-        load_model("resnet50_cam.pth.tar", arch="wsol-vgg16")
+        load_model("resnet50_cam.pth.tar", arch="wsol-vgg16", large_feature_map=False)
 
 
 def test_unrecorded_large_feature_map_warns_and_the_flag_sets_the_strides(reads):
@@ -491,3 +489,17 @@ def test_overrides_on_files_that_are_not_wsolevaluation_are_applied_or_checked(t
     torch.save(GapNet(4).state_dict(), tmp_path / "g.pt")
     loaded = load_model(tmp_path / "g.pt", arch="gapnet", wsol_method="has", wsol_params={"drop_rate": 0.25})
     assert loaded.meta["wsol_method"] == {"name": "has", "drop_rate": 0.25, "patch_size": 4}
+
+
+@pytest.mark.parametrize("name,mode", [("wsol-vgg16-acol", "xavier"), ("wsol-vgg16-spg", "xavier"),
+                                       ("wsol-resnet50-acol", "he"), ("wsol-resnet50-spg", "xavier"),
+                                       ("wsol-inceptionv3-acol", "xavier"), ("wsol-inceptionv3-spg", "xavier")])
+def test_their_networks_take_their_initialization(monkeypatch, name, mode):
+    """Their ``initialize_weights(self.modules(), init_mode=...)``: 'he' in ResNetAcol, 'xavier' in VggAcol,
+    VggSpg, ResNetSpg, InceptionAcol and InceptionSpg (convolutions; zero biases, BatchNorm 1/0)."""
+    import camlens.networks.wsolref as wsolref
+
+    seen = []
+    monkeypatch.setattr(wsolref, "materialize", lambda net, skeleton, state, *, init: seen.append(init) or net)
+    build_network(name, C, None)
+    assert seen == [mode]
