@@ -90,19 +90,17 @@ class _InceptionBStride1(nn.Module):
         return torch.cat([self.branch3x3(x), double, F.max_pool2d(x, 3, stride=1, padding=1)], 1)
 
 
-class InceptionTrunk(nn.Module):
-    """Their Inception trunk (``InceptionCam`` and its ACoL/SPG siblings up to Mixed_6e): torchvision's Inception3
-    blocks with Conv2d_1a_3x3 padded by 1, both stem max poolings 3x3/stride 2/padding 1/ceil, a 3x3/stride 2/ceil
-    pooling before Mixed_6a (dropped with ``large_feature_map``) and a stride-1 Mixed_6a.  Like their code it feeds
-    ImageNet-normalized input to the blocks (no ``transform_input``).
+class InceptionV3Wsol(nn.Module):
+    """Their ``InceptionCam``: torchvision's Inception3 blocks up to Mixed_6e with Conv2d_1a_3x3 padded by 1,
+    both stem max poolings 3x3/stride 2/padding 1/ceil, a 3x3/stride 2/ceil pooling before Mixed_6a (dropped
+    with ``large_feature_map``) and a stride-1 Mixed_6a; then dropout 0.5, SPG_A3_1b (3x3 768 -> ``width``,
+    ReLU), dropout, SPG_A3_2b (3x3 ``width`` -> ``width``, ReLU), dropout, SPG_A4 (1x1 ``width`` -> classes) and
+    GAP: the class maps come before the pooling, logit_c = mean_xy(SPG_A4(f))_c.  Like their code it feeds
+    ImageNet-normalized input to the blocks (no ``transform_input``)."""
 
-    Args:
-        base: torchvision's Inception3, whose blocks it takes over.
-        large_feature_map: no pooling before Mixed_6a (28x28 maps at 224 px).
-    """
-
-    def __init__(self, base: Any, large_feature_map: bool) -> None:
+    def __init__(self, base: Any, width: int, num_classes: int, large_feature_map: bool) -> None:
         super().__init__()
+        check_head(768, width, num_classes)
         self.Conv2d_1a_3x3 = base.Conv2d_1a_3x3
         self.Conv2d_1a_3x3.conv.padding = (1, 1)
         self.Conv2d_2a_3x3 = base.Conv2d_2a_3x3
@@ -116,27 +114,6 @@ class InceptionTrunk(nn.Module):
         self.Mixed_6a = _InceptionBStride1(base.Mixed_6a)
         self.Mixed_6b, self.Mixed_6c = base.Mixed_6b, base.Mixed_6c
         self.Mixed_6d, self.Mixed_6e = base.Mixed_6d, base.Mixed_6e
-
-    def stages(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """(the input of Mixed_6a, the output of Mixed_6d, the output of Mixed_6e): where SPG's branches read."""
-        x = self.maxpool1(self.Conv2d_2b_3x3(self.Conv2d_2a_3x3(self.Conv2d_1a_3x3(x))))
-        x = self.maxpool2(self.Conv2d_4a_3x3(self.Conv2d_3b_1x1(x)))
-        early = self.maxpool3(self.Mixed_5d(self.Mixed_5c(self.Mixed_5b(x))))
-        late = self.Mixed_6d(self.Mixed_6c(self.Mixed_6b(self.Mixed_6a(early))))
-        return early, late, self.Mixed_6e(late)
-
-    def trunk(self, x: Tensor) -> Tensor:
-        return self.stages(x)[2]
-
-
-class InceptionV3Wsol(InceptionTrunk):
-    """Their ``InceptionCam``: :class:`InceptionTrunk`, then dropout 0.5, SPG_A3_1b (3x3 768 -> ``width``, ReLU),
-    dropout, SPG_A3_2b (3x3 ``width`` -> ``width``, ReLU), dropout, SPG_A4 (1x1 ``width`` -> classes) and GAP: the
-    class maps come before the pooling, logit_c = mean_xy(SPG_A4(f))_c."""
-
-    def __init__(self, base: Any, width: int, num_classes: int, large_feature_map: bool) -> None:
-        check_head(768, width, num_classes)
-        super().__init__(base, large_feature_map)
         self.dropout = nn.Dropout(0.5)
         self.SPG_A3_1b = nn.Sequential(nn.Conv2d(768, width, 3, padding=1), nn.ReLU(inplace=True))
         self.SPG_A3_2b = nn.Sequential(nn.Conv2d(width, width, 3, padding=1), nn.ReLU(inplace=True))
@@ -145,9 +122,33 @@ class InceptionV3Wsol(InceptionTrunk):
         self.new_layers: tuple[str, ...] = ("SPG_A3_1b", "SPG_A3_2b", "SPG_A4")
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.SPG_A3_1b(self.dropout(self.trunk(x)))
+        x = inception_stages(self, x)[2]
+        x = self.SPG_A3_1b(self.dropout(x))
         x = self.SPG_A3_2b(self.dropout(x))
         return self.avgpool(self.SPG_A4(self.dropout(x))).flatten(1)
+
+
+# The modules of InceptionV3Wsol up to Mixed_6e: the trunk their ACoL and SPG networks share.
+INCEPTION_TRUNK = ("Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "maxpool1", "Conv2d_3b_1x1", "Conv2d_4a_3x3",
+                   "maxpool2", "Mixed_5b", "Mixed_5c", "Mixed_5d", "maxpool3", "Mixed_6a", "Mixed_6b", "Mixed_6c",
+                   "Mixed_6d", "Mixed_6e")
+
+
+def inception_stages(net: Any, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The trunk of :class:`InceptionV3Wsol` (the modules :data:`INCEPTION_TRUNK` of ``net``) on ``x``.
+
+    Args:
+        net: a module holding the trunk's modules under their names.
+        x: the input batch.
+
+    Returns:
+        (the input of Mixed_6a, the output of Mixed_6d, the output of Mixed_6e): where SPG's branches read.
+    """
+    x = net.maxpool1(net.Conv2d_2b_3x3(net.Conv2d_2a_3x3(net.Conv2d_1a_3x3(x))))
+    x = net.maxpool2(net.Conv2d_4a_3x3(net.Conv2d_3b_1x1(x)))
+    early = net.maxpool3(net.Mixed_5d(net.Mixed_5c(net.Mixed_5b(x))))
+    late = net.Mixed_6d(net.Mixed_6c(net.Mixed_6b(net.Mixed_6a(early))))
+    return early, late, net.Mixed_6e(late)
 
 
 def wsol_inceptionv3(num_classes: int = 1000, weights: str | None = None, *, width: int = 1024,

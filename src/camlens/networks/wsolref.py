@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._common import materialize, pretrained_state, torchvision_skeleton
-from .wsolbench import InceptionTrunk
+from .wsolbench import INCEPTION_TRUNK, InceptionV3Wsol, inception_stages
 
 ACOL_WIDTH = 1024  # their classifier_A / classifier_B hidden width
 
@@ -321,35 +321,44 @@ def wsol_resnet50_spg(num_classes: int = 1000, weights: str | None = None, *,
     return materialize(net, base, _resnet_state(weights), init="xavier")
 
 
-class InceptionV3AcolWsol(InceptionTrunk, ACoLNet):
-    """Their ``InceptionAcol``: :class:`camlens.networks.wsolbench.InceptionTrunk`, then the two ACoL heads on
-    768 channels (no dropout).
+class _InceptionTrunk(nn.Module):
+    def _take_trunk(self, source: InceptionV3Wsol) -> None:
+        for name in INCEPTION_TRUNK:
+            self.add_module(name, source.get_submodule(name))
+
+
+class InceptionV3AcolWsol(ACoLNet, _InceptionTrunk):
+    """Their ``InceptionAcol``: the trunk of :class:`camlens.networks.wsolbench.InceptionV3Wsol` (up to Mixed_6e),
+    then the two ACoL heads on 768 channels (no dropout).
 
     Args:
-        base: torchvision's Inception3.
+        source: an InceptionV3Wsol whose trunk it takes over.
         num_classes: rows of the classifiers.
-        large_feature_map: no pooling before Mixed_6a.
     """
 
-    def __init__(self, base: Any, num_classes: int, large_feature_map: bool) -> None:
-        super().__init__(base, large_feature_map)
+    def __init__(self, source: InceptionV3Wsol, num_classes: int) -> None:
+        super().__init__()
+        self._take_trunk(source)
         self._add_heads(768, num_classes)
         self.new_layers: tuple[str, ...] = ("classifier_A", "classifier_B")
 
+    def trunk(self, x: Tensor) -> Tensor:
+        return inception_stages(self, x)[2]
 
-class InceptionV3SpgWsol(SPGNet, InceptionTrunk):
+
+class InceptionV3SpgWsol(SPGNet, _InceptionTrunk):
     """Their ``InceptionSpg``: the trunk, dropout, SPG_A3_1b, SPG_A3_2b (1024 wide), SPG_A4 and GAP as in
     ``InceptionCam``; B1 reads the input of Mixed_6a (288 channels), B2 the output of Mixed_6d (768), both
     through 512-wide convolutions; C reads SPG_A3_2b's output (1024 -> 512).
 
     Args:
-        base: torchvision's Inception3.
+        source: an InceptionV3Wsol whose trunk it takes over.
         num_classes: rows of ``SPG_A4``.
-        large_feature_map: no pooling before Mixed_6a.
     """
 
-    def __init__(self, base: Any, num_classes: int, large_feature_map: bool) -> None:
-        InceptionTrunk.__init__(self, base, large_feature_map)
+    def __init__(self, source: InceptionV3Wsol, num_classes: int) -> None:
+        super().__init__()
+        self._take_trunk(source)
         self.dropout = nn.Dropout(0.5)
         self.SPG_A3_1b = _conv_relu(768, 1024)
         self.SPG_A3_2b = _conv_relu(1024, 1024)
@@ -359,14 +368,14 @@ class InceptionV3SpgWsol(SPGNet, InceptionTrunk):
                                             "SPG_B_shared", "SPG_C")
 
     def stages(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        early, late, out = InceptionTrunk.stages(self, x)
+        early, late, out = inception_stages(self, x)
         return early, late, self.dropout(self.SPG_A3_2b(self.dropout(self.SPG_A3_1b(self.dropout(out)))))
 
 
 def _inception(cls: Any, num_classes: int, weights: str | None, large_feature_map: bool) -> Any:
     skeleton = torchvision_skeleton("inception_v3", aux_logits=False, init_weights=False)
     with torch.device("meta"):
-        net = cls(skeleton, num_classes, large_feature_map)
+        net = cls(InceptionV3Wsol(skeleton, 1024, num_classes, large_feature_map), num_classes)
     return materialize(net, skeleton, pretrained_state("inception_v3", weights), init="xavier")
 
 
