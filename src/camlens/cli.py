@@ -227,9 +227,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             config = FaithfulnessConfig(steps=args.steps, tolerance=args.pointing_tolerance,
                                         road_percentages=tuple(args.road_percentages)) if args.faithfulness else None
             run_key = {k: getattr(args, k) for k in ("checkpoint", "arch", "weights", "size", "mean", "std", "method",
-                                                     "wsol_method", "wsol_param", "large_feature_map", "layer", "fuse", "data", "split", "paper_threshold", "faithfulness",
+                                                     "layer", "fuse", "data", "split", "paper_threshold", "faithfulness",
                                                      "steps", "pointing_tolerance", "road_percentages")}
             share = sum(len(b) for _, b in distributed.shard_batches(len(samples), args.batch_size, ctx))
+            run_key.update({k: getattr(args, k) for k in ("wsol_method", "wsol_param", "large_feature_map")})
             with make_explainer(loaded, args.method, args.layer, args.fuse) as explainer, \
                     tqdm(total=share, unit="img", disable=args.quiet or not ctx.is_main, file=sys.stderr) as bar:
                 result = evaluate_model(
