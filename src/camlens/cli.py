@@ -143,7 +143,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
         out = Path(args.out)
         render = RenderOptions(args.colormap, args.alpha, args.classic, args.figure, args.format)
         run_key = {k: getattr(args, k) for k in ("checkpoint", "arch", "weights", "class_names", "size", "mean", "std",
-                                                 "wsol_method", "wsol_param", "large_feature_map", "method", "layer", "fuse", "topk", "target_class", "alpha", "colormap",
+                                                 "wsol_method", "wsol_param", "large_feature_map",
+                                                 "method", "layer", "fuse", "topk", "target_class", "alpha", "colormap",
                                                  "classic", "figure", "format", "max_pixels", "target",
                                                  "box_threshold")}
         share = sum(len(b) for _, b in distributed.shard_batches(len(paths), args.batch_size, ctx))
