@@ -324,13 +324,13 @@ def _reference_model(state: dict[str, Tensor], meta: dict, source: str, arch: st
     if problem is not None:
         raise CamlensError(f"{source} does not fit {layout.arch} (wsolevaluation {layout.layout} layout): {problem}")
     model.load_state_dict(state, strict=True, assign=True)
-    from .training.wsol import get_wsol_method
+    from .training.wsol import get_wsol_method, wsol_method_from_config
 
-    trained_with = get_wsol_method(method, **wsol_params)
-    trained_with.attach(model)
+    config = get_wsol_method(method, **wsol_params).config()
+    wsol_method_from_config(config).attach(model)  # after the weights: ADL's placement runs the network once
     info = {**(meta.get("wsolevaluation") or {}), "layout": layout.layout}
-    meta = {"arch": layout.arch, "arch_options": dict(getattr(model, "arch_options", {})),
-            "wsol_method": trained_with.config(), "wsolevaluation": info}
+    meta = {"arch": layout.arch, "arch_options": dict(getattr(model, "arch_options", {})), "wsol_method": config,
+            "wsolevaluation": info}
     return model, layout.arch, meta
 
 

@@ -4,7 +4,7 @@ Weakly Supervised Object Localization")."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -13,11 +13,16 @@ from torch import Tensor, nn
 from ...capture import CamlensError, GapHead, LayerCapture, output_logits
 from ...maps import normalize
 from ...methods.base import CAMResult, ClassSpec, Explainer, select_classes
-from ...networks.wsolref import ACoLNet
 from .base import Param, TrainingMethod, check_fraction, unwrap
 from .placement import Taps, live_class_maps, probe, require_linear_head
 
 BRANCH_B = "acol_classifier"  # the second classifier's module name on the network
+
+
+def has_reference_heads(model: nn.Module) -> bool:
+    """Whether ``model`` is one of Choe et al.'s ACoL networks (:class:`camlens.networks.wsolref.ACoLNet`: its own
+    ``classifier_A``, ``classifier_B`` and ``trunk``), told by its modules so this side needs no import of them."""
+    return isinstance(getattr(model, "classifier_B", None), nn.Sequential) and callable(getattr(model, "trunk", None))
 
 
 def erased_features(features: Tensor, class_maps: Tensor, threshold: float) -> Tensor:
@@ -56,9 +61,9 @@ class ACoL(TrainingMethod):
 
     def attach(self, model: nn.Module) -> tuple[str, ...]:
         super().attach(model)
-        if isinstance(model, ACoLNet):  # Choe et al.'s heads are part of the network
+        if has_reference_heads(model):  # Choe et al.'s heads are part of the network
             self.head_tap = _HeadTap()
-            model.classifier_A.register_forward_hook(self.head_tap)
+            model.get_submodule("classifier_A").register_forward_hook(self.head_tap)
             return ()
         head = probe(model).head
         require_linear_head("ACoL", head)
@@ -86,7 +91,7 @@ class ACoL(TrainingMethod):
     def _reference_loss(self, model: nn.Module, images: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
         """Their ``AcolBase._acol_logits`` + ``get_loss``: CE(A) + CE(B), B on f erased by A's map of the label."""
         assert self.head_tap is not None
-        net: ACoLNet = unwrap(model)  # type: ignore[assignment]
+        net: Any = unwrap(model)
         self.head_tap.on = True
         try:
             logits = output_logits(model(images))
@@ -135,14 +140,14 @@ class ACoLCAM(Explainer):
     def __init__(self, model: nn.Module, layer: None = None, threshold: float = 0.7) -> None:
         super().__init__(model, layer)
         check_fraction("ACoL", "threshold", threshold)
-        if not isinstance(self.model, ACoLNet) and not isinstance(getattr(self.model, BRANCH_B, None), nn.Linear):
+        if not has_reference_heads(self.model) and not isinstance(getattr(self.model, BRANCH_B, None), nn.Linear):
             raise CamlensError(f"{type(model).__name__} has no {BRANCH_B!r}: it was not trained with ACoL")
         self.threshold = threshold
         self.head: GapHead | None = None
         self._capture: LayerCapture | None = None
 
     def __call__(self, x: Tensor, classes: ClassSpec = None, *, topk: int = 1) -> CAMResult:
-        if isinstance(self.model, ACoLNet):
+        if has_reference_heads(self.model):
             return self._reference(self.model, x, classes, topk)
         with torch.no_grad() if not torch.is_inference_mode_enabled() else torch.inference_mode():
             with self._setup_lock:
@@ -164,7 +169,7 @@ class ACoLCAM(Explainer):
             maps = torch.maximum(normalize(maps_a), normalize(maps_b))
         return CAMResult(logits=logits, classes=chosen, maps=maps, layer=head.layer_name)
 
-    def _reference(self, model: ACoLNet, x: Tensor, classes: ClassSpec, topk: int) -> CAMResult:
+    def _reference(self, model: Any, x: Tensor, classes: ClassSpec, topk: int) -> CAMResult:
         with torch.no_grad() if not torch.is_inference_mode_enabled() else torch.inference_mode():
             features = model.trunk(x)
             all_a = model.classifier_A(features)  # (B, C, h, w)

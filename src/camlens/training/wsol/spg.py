@@ -12,13 +12,18 @@ from torch import Tensor, nn
 
 from ...capture import CamlensError, GapHead, output_logits
 from ...maps import normalize
-from ...networks.wsolref import SPGNet
 from .base import Param, TrainingMethod, check_fraction, unwrap
 from .placement import Taps, live_class_maps, probe, require_linear_head, spg_branch_points
 
 IGNORE = -1  # pseudo-mask value of the uncertain pixels, left out of the loss
 MIN_FOREGROUND = 30  # Choe et al.'s code: fewer foreground pixels than this and the threshold drops to 0.7 * max
 BRANCHES = ("spg_b1", "spg_b2", "spg_shared", "spg_c")
+
+
+def has_reference_branches(model: nn.Module) -> bool:
+    """Whether ``model`` is one of Choe et al.'s SPG networks (:class:`camlens.networks.wsolref.SPGNet`, whose
+    ``SPG_B_*`` and ``SPG_C`` branches are its own), told by its modules."""
+    return isinstance(getattr(model, "SPG_B_shared", None), nn.Module) and callable(getattr(model, "spg_outputs", None))
 
 
 def pseudo_mask(attention: Tensor, high: float, low: float, min_foreground: int = MIN_FOREGROUND) -> Tensor:
@@ -105,7 +110,7 @@ class SPG(TrainingMethod):
 
     def attach(self, model: nn.Module) -> tuple[str, ...]:
         super().attach(model)
-        if isinstance(model, SPGNet):  # Choe et al.'s branches are part of the network
+        if has_reference_branches(model):  # Choe et al.'s branches are part of the network
             setattr(model, "keep_outputs", True)
             return ()
         head = probe(model).head
@@ -136,12 +141,12 @@ class SPG(TrainingMethod):
         net = unwrap(model)
         size = images.shape[-2:]
         up = lambda t: F.interpolate(t, size=size, mode="bilinear", align_corners=False)[:, 0]  # noqa: E731
-        if isinstance(net, SPGNet):  # their network returns every output its loss reads
+        if has_reference_branches(net):  # their network keeps every output its loss reads
             logits = output_logits(model(images))
-            out = net.last_outputs
+            out: dict[str, Tensor] | None = getattr(net, "last_outputs", None)
             if out is None:
                 raise CamlensError("SPG: the network did not keep its side outputs (is it in training mode?)")
-            net.last_outputs = None
+            setattr(net, "last_outputs", None)
             side1, side2, side_c = up(out["logits_b1"]), up(out["logits_b2"]), up(out["logits_c"])
             with torch.no_grad():
                 rows = torch.arange(len(targets), device=targets.device)
