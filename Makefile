@@ -4,12 +4,12 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test bench clean
+.PHONY: demo test docs bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[test,web,timm,real]"
+	$(PY) -m pip install -q -e ".[test,web,timm,real,video,docs]"
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -17,6 +17,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+docs: $(STAMP)  # build the site strictly, then serve it at http://127.0.0.1:8000/ (rebuilt on every edit)
+	$(PY) -m mkdocs build --strict
+	$(PY) -m mkdocs serve
 
 clean:
 	rm -rf $(VENV) demo-out

@@ -26,7 +26,7 @@ import torch
 import torchvision
 
 import camlens
-from common import header, interleaved
+from common import header, interleaved, write_result
 
 warnings.filterwarnings("ignore")
 os.environ.setdefault("TQDM_DISABLE", "1")
@@ -95,6 +95,20 @@ def main() -> None:
         vs = (f"{statistics.median(t / o for t, o in zip(ts, times[peer])):>11.2f}"
               if name.startswith("pytorch-grad-cam") else "")
         print(f"{name:<34}{statistics.median(ts):>10.4f}{ratio:>11.2f}{vs}")
+    def ratio(name: str, over: str) -> str:
+        return f"{statistics.median(t / o for t, o in zip(times[name], times[over])):.2f}x"
+
+    rows = [["cam", ratio("camlens cam", "forward (no_grad)"), None, None]]
+    rows += [[name, ratio(f"camlens {name}", "forward (no_grad)"),
+              ratio(f"pytorch-grad-cam {name}", "forward (no_grad)"), ratio(f"pytorch-grad-cam {name}", f"camlens {name}")]
+             for name in METHODS]
+    rows.append(["gradcam + normalize + trilinear upsample to the clip",
+                 ratio("camlens gradcam + upsample", "forward (no_grad)"), None, None])
+    write_result("ndim_r3d18_cpu", f"Gradient methods on a 3-D network: r3d_18 (random weights), batch {args.batch} "
+                 f"of 3 x {args.frames} x {args.size} x {args.size} clips, layer4",
+                 ["method", "camlens / forward", "pytorch-grad-cam / forward", "pytorch-grad-cam / camlens"], rows,
+                 f"{args.repeats} interleaved rounds after 2 warm-up rounds, medians of per-round ratios; a plain "
+                 f"forward pass took {statistics.median(base):.2f} s.")
     for explainer in [cam, *ours.values()]:
         explainer.close()
     for peer in theirs.values():

@@ -14,7 +14,7 @@ import torch
 import torchvision.models as tvm
 
 import camlens
-from common import header, interleaved, report
+from common import header, interleaved, report, write_result
 
 
 def main() -> None:
@@ -81,7 +81,11 @@ def main() -> None:
     )
     hook.remove()
     cam.close()
-    report(times, "plain forward (inference_mode)")
+    rows = report(times, "plain forward (inference_mode)")
+    name = "lite0" if args.real else args.arch
+    write_result(f"cam_{name}_{args.device.split(':')[0]}", f"CAM against a plain forward pass: {arch}, batch "
+                 f"{args.batch}, {args.size} px, {args.device}", ["what", "median s", "time / plain forward"], rows,
+                 f"Interleaved rounds ({args.repeats}), medians of per-round ratios.", device=args.device)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from common import header
+from common import header, write_result
 
 DEMO_CHECKPOINT = Path("demo-out/model/best.safetensors")
 
@@ -108,11 +108,19 @@ def main() -> None:
             print(f"# {p} processes vs {first}: identical metrics {same_metrics}, identical explain summary {same_summary}")
 
     print(f"{'job':<10}{'procs':>6}{'median s':>10}{'images/s':>10}{'speed-up':>10}")
+    rows = []
     for job in jobs:
         base = statistics.median(times[job, opts.procs[0]])
         for p in opts.procs:
             med = statistics.median(times[job, p])
             print(f"{job:<10}{p:>6}{med:>10.2f}{opts.images / med:>10.1f}{base / med:>10.2f}")
+            rows.append([job, p, round(med, 2), round(opts.images / med, 1), round(base / med, 2)])
+    write_result("distributed_faithfulness" if opts.faithfulness else "distributed",
+                 f"torchrun: {opts.images} images, processes {' / '.join(map(str, opts.procs))}"
+                 + (" (evaluate --faithfulness --steps 20)" if opts.faithfulness else ""),
+                 ["job", "processes", "median s", "images/s", "speed-up"], rows,
+                 f"Whole processes, start-up included, medians of {opts.repeats} rounds; the threads of the machine's "
+                 "cores are split between the processes. Every process count gives identical metrics and summaries.")
 
 
 if __name__ == "__main__":

@@ -40,7 +40,7 @@ from camlens.metrics.faithfulness import (
     randomization_check,
     road,
 )
-from common import header
+from common import header, write_result
 
 
 def main() -> None:
@@ -116,15 +116,23 @@ def main() -> None:
     if not args.no_peers:
         rows.update(peer_rows(model, images, maps, classes))
     print(f"{'metric':<40}{'fwd/image':>10}{'s/image':>10}{'x forward':>11}")
+    table = []
     for name, fn in rows.items():
         seconds, passes = run(fn)
         if fn is forward:
             seconds, passes = seconds * args.batch / args.forward_batch, 1.0
         print(f"{name:<40}{passes:>10.1f}{seconds:>10.4f}{seconds / base:>11.1f}")
+        table.append([name.strip(), round(passes, 1), round(seconds, 4), round(seconds / base, 1)])
     values = faithfulness_scores(model, images, maps, classes, boxes=boxes,
                                  config=FaithfulnessConfig(steps=args.steps, batch_size=args.forward_batch))
-    print("values (mean over images; pointing game against the central box): " +
-          ", ".join(f"{k} {float(v.mean()):.3f}" for k, v in values.items()))
+    line = ("values (mean over images; pointing game against the central box): " +
+            ", ".join(f"{k} {float(v.mean()):.3f}" for k, v in values.items()))
+    print(line)
+    write_result(f"faithfulness_cost_{'lite0' if args.real else args.arch}",
+                 f"Faithfulness metrics, cost per image: {what}, {args.batch} images at {args.size} px",
+                 ["metric", "forward passes / image", "s / image", "x forward"], table,
+                 f"{args.steps} deletion/insertion steps, forward batch {args.forward_batch}; x forward divides by one "
+                 f"plain inference pass. CAM maps; {line}.")
 
 
 def peer_rows(model, images, maps, classes) -> dict[str, Callable[[], object]]:

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from camlens.boxes import wsol_thresholds
 from camlens.metrics import BoxAccuracy
-from common import header
+from common import header, write_result
 
 IOUS = (30, 50, 70)
 
@@ -138,6 +138,14 @@ def main() -> None:
     ratio_cpu = statistics.median(r / f for r, f in zip(cpu["opencv per threshold"], cpu["camlens one pass"]))
     print(f"speedup (reference / camlens): {ratio_wall:.1f}x wall, {ratio_cpu:.1f}x cpu time"
           f"{'' if same else '   RESULTS DIFFER'}")
+    what = f"{args.maps} maps, {args.size} px, from {args.grid}x{args.grid}"
+    what += f", noise {args.noise}" if args.noise else ""
+    ms = {name: round(statistics.median(wall[name]) / args.maps * 1e3, 2) for name in wall}
+    write_result(f"sweep_{args.size}px_grid{args.grid}" + (f"_noise{args.noise}" if args.noise else ""),
+                 f"WSOL threshold sweep (1000 thresholds, MaxBoxAcc + MaxBoxAccV2): {what}",
+                 ["maps", "OpenCV per threshold, ms/map", "camlens one pass, ms/map", "ratio", "identical hit counts"],
+                 [[what, ms["opencv per threshold"], ms["camlens one pass"], f"{ratio_wall:.1f}x", same]],
+                 f"Wall time, medians of {args.repeats} interleaved rounds, one thread.")
 
 
 if __name__ == "__main__":

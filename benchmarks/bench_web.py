@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from common import header
+from common import header, write_result
 
 DEMO_CHECKPOINTS = (Path("demo-out/model.safetensors"), Path("demo-out/model/best.safetensors"))
 
@@ -149,6 +149,14 @@ def main() -> None:
                   f"{r['p95']:>8.1f} {r['mean']:>8.1f}")
         print(f"throughput with {args.clients} clients vs 1: {rows[1]['rps'] / rows[0]['rps']:.2f}x unbatched, "
               f"{rows[2]['rps'] / rows[0]['rps']:.2f}x with batches of up to 8")
+        write_result("serve_load", f"camlens serve under load: {args.size} px PNG uploads, method {args.method}, "
+                     f"top-{args.topk}, {args.workers} model threads",
+                     ["clients", "batching", "req/s", "p50 ms", "p95 ms"],
+                     [[clients, "off" if max_batch == 1 else f"up to {max_batch} (--max-batch {max_batch})",
+                       round(r["rps"], 1), round(r["p50"], 1), round(r["p95"], 1)]
+                      for (clients, max_batch), r in zip(configs, rows)],
+                     "The real server on loopback, clients in the same machine; "
+                     f"{sum(r['errors'] for r in rows)} errors.")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import statistics
 
 import torch
 
-from common import header, interleaved
+from common import header, interleaved, write_result
 
 from camlens.models import build_model
 from camlens.training.wsol import WSOL_METHODS, get_wsol_method
@@ -59,12 +59,18 @@ def main() -> None:
     times = interleaved(calls, args.rounds)
     base = times["cam"]
     print(f"{'method':<8}{'median s/step':>15}{'images/s':>10}{'throughput vs cam':>19}")
+    rows = []
     for name, ts in times.items():
         per_step = statistics.median(ts) / args.steps
         ratio = statistics.median(b / t for t, b in zip(ts, base))
         print(f"{name:<8}{per_step:>15.4f}{args.batch / per_step:>10.0f}{ratio:>19.3f}")
-    print(f"# throughput vs cam: median over {args.rounds} interleaved rounds of t[cam] / t[method] "
-          f"({args.steps} steps per round each)")
+        rows.append([name, round(per_step, 4), round(args.batch / per_step), round(ratio, 3)])
+    note = (f"Throughput vs cam: median over {args.rounds} interleaved rounds of t[cam] / t[method] "
+            f"({args.steps} steps per round each)")
+    print(f"# {note[0].lower()}{note[1:]}")
+    write_result("wsol_methods_throughput", f"WSOL training steps: {args.arch}, {args.size} px, batch {args.batch}, "
+                 f"{args.device}", ["method", "median s/step", "images/s", "throughput vs cam"], rows, note + ".",
+                 device=args.device)
 
 
 if __name__ == "__main__":

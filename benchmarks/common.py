@@ -1,16 +1,23 @@
-"""Shared helpers for the benchmarks: interleaved timing with medians, and a header naming machine and versions."""
+"""Shared helpers for the benchmarks: interleaved timing with medians, a header naming machine and versions, and
+the results file the documentation's benchmark pages render (docs/hooks.py)."""
 
 from __future__ import annotations
 
+import json
 import os
 import platform
+import shlex
 import statistics
+import sys
 import time
-from typing import Callable
+from pathlib import Path
+from typing import Any, Callable, Sequence
 
 import torch
 
-from camlens.hardware import cpu_description
+from camlens.hardware import SHOWN_FLAGS, cpu_description, cpu_flags
+
+RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def header(title: str) -> None:
@@ -21,6 +28,53 @@ def header(title: str) -> None:
     print(f"# {platform.node()} | {cpu} | {os.cpu_count()} cpus | torch threads {torch.get_num_threads()} | "
           f"python {platform.python_version()} | torch {torch.__version__} | torchvision {torchvision.__version__}")
     print(f"# cpu: {cpu_description()}")
+
+
+def machine(device: str = "cpu") -> dict[str, Any]:
+    """This machine as the results files describe it: CPU name, cores, the flags the fast paths depend on,
+    torch's threads and versions, and the GPU when ``device`` is CUDA."""
+    import torchvision
+
+    described: dict[str, Any] = {
+        "cpu": cpu_description().split(", flags:")[0],
+        "cores": os.cpu_count() or 0,
+        "flags": [flag for flag in SHOWN_FLAGS if flag in cpu_flags()],
+        "torch threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+    }
+    if device.startswith("cuda") and torch.cuda.is_available():
+        described["gpu"] = torch.cuda.get_device_name()
+    return described
+
+
+def write_result(name: str, title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], notes: str = "",
+                 *, device: str = "cpu", command: str | None = None) -> Path:
+    """Write ``benchmarks/results/NAME.json`` for the documentation's benchmark pages: the title, the table, the
+    command that made it (this process's command line unless given) and this machine.
+
+    Args:
+        name: the file's stem; a page shows it with ``<!-- benchmark: NAME -->``.
+        title: what was measured, in one line.
+        columns: the table's column headings.
+        rows: the table's rows, one cell per column.
+        notes: how to read the figures (conditions the machine description does not say).
+        device: the device measured, to name the GPU in the machine description.
+        command: the command to show; default ``python benchmarks/SCRIPT ARGS`` of this process.
+
+    Returns:
+        The path written.
+    """
+    if command is None:
+        command = "python " + shlex.join(["benchmarks/" + Path(sys.argv[0]).name, *sys.argv[1:]])
+    result = {"title": title, "command": command, "machine": machine(device), "columns": list(columns),
+              "rows": [list(row) for row in rows], "notes": notes}
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    print(f"# results written to {path}")
+    return path
 
 
 def sync() -> None:
@@ -45,10 +99,14 @@ def interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int 
     return times
 
 
-def report(times: dict[str, list[float]], baseline: str) -> None:
-    """Median seconds of each, and the median of per-round ratios to ``baseline``."""
+def report(times: dict[str, list[float]], baseline: str) -> list[list[Any]]:
+    """Print the median seconds of each, and the median of per-round ratios to ``baseline``; return them as rows
+    ``[name, median s, ratio]`` for :func:`write_result`."""
     base = times[baseline]
     print(f"{'what':<34}{'median s':>10}{'ratio':>9}   (ratio = median over rounds of t / t[{baseline}])")
+    rows: list[list[Any]] = []
     for name, ts in times.items():
         ratio = statistics.median(t / b for t, b in zip(ts, base))
         print(f"{name:<34}{statistics.median(ts):>10.4f}{ratio:>9.3f}")
+        rows.append([name, round(statistics.median(ts), 4), round(ratio, 3)])
+    return rows

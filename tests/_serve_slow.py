@@ -2,7 +2,9 @@
 passes) takes many seconds however fast the machine, while a CAM request (one pass) stays short.  The forward's
 Python branch keeps torch.fx from tracing it, so Score-CAM's passes run the model itself, sleeping too.
 
-    python tests/_serve_slow.py DELAY [create_app keyword=value ...]   # prints the URL, serves on 127.0.0.1
+    python tests/_serve_slow.py DELAY [keyword=value ...]   # prints the URL, serves on 127.0.0.1
+
+Keywords are create_app's, or ConnectionLimits' fields (max_connections, header_timeout...).
 """
 
 from __future__ import annotations
@@ -33,11 +35,12 @@ def main() -> None:
     torch.manual_seed(0)
     delay = float(sys.argv[1])
     options = {k: ast.literal_eval(v) for k, v in (arg.split("=", 1) for arg in sys.argv[2:])}
+    limits = {k: options.pop(k) for k in list(options) if k in serve.ConnectionLimits.__dataclass_fields__}
     loaded = LoadedModel(SlowNet(delay).eval(), ["ant", "bee", "cow", "dog"], Preprocess((32, 32)), "slownet")
     app = create_app(loaded, **options)
     sock = serve.listen("127.0.0.1", 0)
     print(serve.url(sock), flush=True)
-    serve.run(app, sock, "warning")
+    serve.run(app, sock, "warning", serve.ConnectionLimits(**limits))
 
 
 if __name__ == "__main__":

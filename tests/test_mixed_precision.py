@@ -1,5 +1,5 @@
 """Mixed precision: every method under ``torch.autocast`` (bfloat16 on CPU) and on a bfloat16 model gives float32
-maps within the stated bound of the float32 model's maps (README, "Mixed precision").
+maps within the stated bound of the float32 model's maps (docs/howto/ndim.md, "Mixed precision").
 
 The bound is relative to the largest value of the float32 map, on maps whose terms do not cancel (a classifier
 with non-negative weights at a post-ReLU layer), so it measures the rounding of the model's own low-precision

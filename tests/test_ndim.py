@@ -512,22 +512,3 @@ def test_figures_for_signals_volumes_and_images_are_written_by_rank(tmp_path):
     assert sizes[0] == (1000, 420) and sizes[2] == (1000, 360) and sizes[1][0] > sizes[1][1] > 0
     with pytest.raises(CamlensError, match="no figure"):
         map_figure(torch.rand(5), torch.rand(2), tmp_path / "x.png")
-
-
-# --------------------------------------------------------------------------------------- README
-
-
-def test_readme_examples_for_signals_volumes_and_mixed_precision_run(tmp_path, monkeypatch):
-    import re
-    from pathlib import Path
-
-    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    blocks = []
-    for title in ("1-D signals and 3-D volumes", "Mixed precision"):
-        section = text.split(f"\n## {title}\n", 1)[1].split("\n## ", 1)[0]
-        blocks += re.findall(r"```python\n(.*?)```", section, re.S)
-    assert len(blocks) == 3
-    monkeypatch.chdir(tmp_path)
-    for block in blocks:
-        exec(compile(block, "README.md", "exec"), {})
-    assert (tmp_path / "signal.png").stat().st_size > 0 and (tmp_path / "volume.png").stat().st_size > 0

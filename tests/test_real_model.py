@@ -10,10 +10,8 @@ One model is loaded for the module; photos are explained at the model's 224 px (
 from __future__ import annotations
 
 import contextlib
-import re
 import sys
 from dataclasses import replace
-from pathlib import Path
 from unittest import mock
 
 import numpy as np
@@ -320,22 +318,6 @@ def test_explain_takes_a_file_a_pil_image_or_an_array_and_shows_itself(lite0, ph
     assert exp._repr_png_().startswith(b"\x89PNG") and exp._repr_html_().count("<img ") == 2
     with pytest.raises(CamlensError, match="not an image"):
         camlens.explain(lite0, 3.5)
-
-
-def _readme_example() -> str:
-    readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
-    section = readme.split("## Python API", 1)[1]
-    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
-
-
-def test_readme_python_example_runs_as_written(photos, tmp_path, monkeypatch, capsys):
-    monkeypatch.chdir(tmp_path)
-    camlens.render.to_pil(photos["chelsea"]).save("cat.jpg", quality=95)
-    exec(compile(_readme_example(), "README.md", "exec"), {})
-    assert "Egyptian cat" in capsys.readouterr().out
-    with Image.open("cat_cam.png") as over:
-        assert over.size == (451, 300)
-    assert Path("cat_figure.png").stat().st_size > 0
 
 
 def test_web_api_serves_the_real_model(lite0, photos):

@@ -282,8 +282,8 @@ BAD = {
     # name: (how to send it, expected status, words in the error)
     "zero_byte_file": (lambda c: _post(c, b""), 400, "empty"),
     "empty_body": (lambda c: c.post("/api/explain", content=b"", headers={"content-type": "multipart/form-data; boundary=x"}), 400, "no file"),
-    "text_file": (lambda c: _post(c, b"just some text\n" * 20, filename="cat.jpg"), 422, "not an image"),
-    "html_named_png": (lambda c: _post(c, b"<html><script>alert(1)</script></html>", filename="x.png"), 422, "not an image"),
+    "text_file": (lambda c: _post(c, b"just some text\n" * 20, filename="cat.jpg"), 415, "not an image"),
+    "html_named_png": (lambda c: _post(c, b"<html><script>alert(1)</script></html>", filename="x.png"), 415, "not an image"),
     "truncated_jpeg": (lambda c: _post(c, GOOD["jpeg"]()[:400]), 422, "truncated"),
     "huge_dimensions": (lambda c: _post(c, _encode(np.zeros((1001, 1000, 3), np.uint8), "PNG")), 422, "over the limit"),
     "bomb_header": (lambda c: _post(c, _png_header_claiming(60000, 60000)), 422, "limit"),

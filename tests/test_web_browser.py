@@ -143,7 +143,7 @@ def test_a_bad_file_shows_the_servers_error_and_the_page_recovers(server, page):
     _upload(page, _png(), name="photo.png")
     page.wait_for_function("() => document.querySelector('.card .overlay') && document.querySelector('.card .overlay').naturalWidth > 0")
     assert "error" not in (page.get_attribute("#status", "class") or "")
-    assert all("422" in p or "Unprocessable" in p for p in page.problems)  # only the console note of the 422
+    assert all("415" in p or "Unsupported" in p for p in page.problems)  # only the console note of the 415
 
 
 def _pixels(png: bytes) -> np.ndarray:

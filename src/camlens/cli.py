@@ -132,16 +132,23 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from . import distributed
     from .data.images import expand_paths
     from .pipeline import RenderOptions, explain_files
+    from .video import is_video
 
     ctx = distributed.setup(args.device)
     try:
         paths, missing = expand_paths(args.paths)
         for line in missing if ctx.is_main else []:
             _fail(line)
+        videos = [path for path in paths if is_video(path)]
+        paths = [path for path in paths if not is_video(path)]
+        if videos and ctx.world_size > 1:
+            raise CamlensError("video files are explained by one process: run them without torchrun")
         args.device = str(ctx.device)
         loaded = load_from_args(args)
         out = Path(args.out)
         render = RenderOptions(args.colormap, args.alpha, args.classic, args.figure, args.format)
+        if videos:
+            return _explain_videos(args, loaded, videos, paths, missing, render)
         run_key = {k: getattr(args, k) for k in ("checkpoint", "arch", "weights", "class_names", "size", "mean", "std",
                                                  "wsol_method", "wsol_param", "large_feature_map",
                                                  "method", "layer", "fuse", "topk", "target_class", "alpha", "colormap",
@@ -156,13 +163,44 @@ def cmd_explain(args: argparse.Namespace) -> int:
                 batch_size=args.batch_size, workers=args.workers, max_pixels=args.max_pixels, render=render,
                 run_key=run_key, resume=not args.restart, ctx=ctx,
                 on_error=lambda line: bar.write(f"camlens: skipped {line}", file=sys.stderr), progress=bar.update,
-                target=target,
+                target=target, decode_budget=args.decode_budget,
             )
     finally:
         distributed.teardown()
     if ctx.is_main:
         print(f"explained {len(summary.records)} image(s) into {out}/ (summary.json, summary.csv); "
               f"{len(summary.errors) + len(missing)} failed")
+    return 1 if summary.errors or missing else 0
+
+
+def _explain_videos(args: argparse.Namespace, loaded, videos: list[Path], images: list[Path], missing: list[str],
+                    render) -> int:
+    """``camlens explain`` with video files among the inputs: the videos frame by frame, then any images."""
+    from tqdm import tqdm
+
+    from .pipeline import Summary, explain_files
+    from .video import VideoOptions, explain_videos
+
+    if args.target is not None:
+        raise CamlensError("--target is for images; a video's frames are explained by --class or --topk")
+    options = VideoOptions(args.video_codec, args.crf, args.every, args.max_frames)
+    options.check()
+    out = Path(args.out)
+    with make_explainer(loaded, args.method, args.layer, args.fuse) as explainer, \
+            tqdm(unit="frame", disable=args.quiet, file=sys.stderr) as bar:
+        summary = explain_videos(loaded, explainer, videos, out, classes=args.target_class, topk=args.topk,
+                                 batch_size=args.batch_size, render=render, options=options, progress=bar.update,
+                                 on_error=lambda line: bar.write(f"camlens: skipped {line}", file=sys.stderr))
+        if images:
+            done = explain_files(loaded, explainer, images, out, classes=args.target_class, topk=args.topk,
+                                 batch_size=args.batch_size, workers=args.workers, max_pixels=args.max_pixels,
+                                 render=render, resume=False,
+                                 on_error=lambda line: bar.write(f"camlens: skipped {line}", file=sys.stderr))
+            summary = Summary(done.records + summary.records, done.errors + summary.errors)
+    summary.write(out)
+    frames = sum(record.get("frames", 0) for record in summary.records)
+    print(f"explained {len(summary.records)} file(s) ({frames} video frame(s)) into {out}/ (summary.json, "
+          f"summary.csv, <video>_frames.csv); {len(summary.errors) + len(missing)} failed")
     return 1 if summary.errors or missing else 0
 
 
@@ -197,13 +235,24 @@ def cmd_localize(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def add_protocol_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--protocol", choices=["camlens", "wsolevaluation"], default="camlens",
+                   help="wsolevaluation: reproduce Choe et al.'s reference code exactly (evaluation at the 224 input "
+                        "with bicubic maps, their threshold step; training with Nesterov SGD, their learning-rate "
+                        "groups and HaS grid); default: camlens")
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from . import distributed
     from .data.samples import dataset_samples
+    from .boxes import wsol_thresholds
     from .evaluation import evaluate_maps, evaluate_model, format_table, write_json
+    from .reference import curve_interval
 
+    interval = curve_interval(args.protocol, args.cam_curve_interval, scoring_saved_maps=bool(args.maps))
+    thresholds = None if interval is None else wsol_thresholds(interval)
     if args.maps or args.metadata:
         from .data.annotations import find_annotations
 
@@ -211,7 +260,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             raise CamlensError("--maps DIR and --metadata DIR go together (score maps and their annotations)")
         ann = find_annotations(args.metadata, args.split, None, image_root=args.images, mask_root=args.mask_root)
         with tqdm(total=len(ann), unit="map", disable=args.quiet, file=sys.stderr) as bar:
-            result = evaluate_maps(args.maps, ann, paper_threshold=args.paper_threshold, progress=bar.update)
+            result = evaluate_maps(args.maps, ann, thresholds=thresholds, paper_threshold=args.paper_threshold,
+                                   progress=bar.update)
     else:
         from .metrics.faithfulness import FaithfulnessConfig
         from .training.select import checkpoint_threshold
@@ -229,7 +279,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                                         road_percentages=tuple(args.road_percentages)) if args.faithfulness else None
             run_key = {k: getattr(args, k) for k in ("checkpoint", "arch", "weights", "size", "mean", "std", "method",
                                                      "layer", "fuse", "data", "split", "paper_threshold", "faithfulness",
-                                                     "steps", "pointing_tolerance", "road_percentages")}
+                                                     "steps", "pointing_tolerance", "road_percentages",
+                                                     "protocol", "cam_curve_interval")}
             share = sum(len(b) for _, b in distributed.shard_batches(len(samples), args.batch_size, ctx))
             run_key.update({k: getattr(args, k) for k in ("wsol_method", "wsol_param", "large_feature_map")})
             with make_explainer(loaded, args.method, args.layer, args.fuse) as explainer, \
@@ -238,7 +289,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                     loaded, explainer, samples, batch_size=args.batch_size, paper_threshold=args.paper_threshold,
                     faithfulness=config, workers=args.workers, ctx=ctx, progress_dir=args.progress_dir,
                     run_key=run_key, resume=not args.restart, progress=bar.update,
-                    fixed_threshold=checkpoint_threshold(loaded.meta, "wsol"),
+                    fixed_threshold=checkpoint_threshold(loaded.meta, "wsol"), thresholds=thresholds,
+                    protocol=args.protocol,
                 )
         finally:
             distributed.teardown()
@@ -255,7 +307,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         import uvicorn  # noqa: F401
 
-        from .web import create_app, serve
+        from .web import create_app, guard, serve
     except ImportError as err:
         raise CamlensError(f"`camlens serve` needs the web extra ({err.name} is missing): pip install 'camlens[web]'") from err
     loaded = load_from_args(args)
@@ -264,15 +316,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         set_box_threshold(loaded.model, args.box_threshold)
     name = Path(args.checkpoint).name if args.checkpoint else args.arch
+    sock = serve.listen(args.host, args.port)
+    hosts = guard.default_hosts(args.host, sock.getsockname()[1]) + list(args.allowed_hosts or [])
     app = create_app(loaded, max_upload_bytes=int(args.max_upload_mb * 2**20), max_pixels=args.max_pixels,
                      workers=args.workers, max_batch=args.max_batch, max_side=args.max_side, model_name=name,
                      max_explainers=args.max_explainers, compute_budget=args.compute_budget or None,
-                     max_expensive=args.max_expensive, methods=args.methods)
-    sock = serve.listen(args.host, args.port)
+                     max_expensive=args.max_expensive, methods=args.methods, allowed_hosts=hosts,
+                     cors_origin=args.cors_origin, decode_budget=args.decode_budget, body_timeout=args.body_timeout,
+                     min_body_rate=args.min_body_rate)
+    limits = serve.ConnectionLimits(args.max_connections, args.max_connections_per_client, args.header_timeout,
+                                    args.keep_alive_timeout)
     if args.host not in serve.LOOPBACK:
         _fail(f"warning: listening on {args.host}: anyone who can reach it can upload images to this model")
     print(f"camlens: serving {name} at {serve.url(sock)} (Ctrl+C to stop)", flush=True)
-    serve.run(app, sock, args.log_level)
+    serve.run(app, sock, args.log_level, limits)
     return 0
 
 
@@ -293,13 +350,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = TrainConfig(
         args.data, images=args.images, arch=args.arch, arch_options=_arch_options(args.arch_option),
         weights=args.weights, out=args.out, epochs=args.epochs,
-        batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay,
+        batch_size=args.batch_size, lr=args.lr,
+        optimizer=args.optimizer or ("sgd" if args.protocol == "wsolevaluation" else "adamw"), weight_decay=args.weight_decay,
         momentum=args.momentum, lr_decay_every=args.lr_decay_every, new_layer_lr_mult=args.new_layer_lr_mult,
         augment=args.augment, image_size=args.size, resize_size=args.resize_size, num_train=args.num_train,
         num_val=args.num_val, val_fraction=args.val_fraction, select_by=args.select_by, val_data=args.val_data,
         val_images=args.val_images, mask_root=args.mask_root, seed=args.seed, device=args.device,
         channels_last=args.channels_last, amp=args.amp, workers=args.workers, download=args.download,
-        resume=args.resume, progress=not args.quiet,
+        resume=args.resume, progress=not args.quiet, protocol=args.protocol,
     )
     if args.trials is not None:
         return run_search(args, config)
@@ -410,7 +468,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("explain", help="write CAM overlays for image files, folders or globs")
     p.add_argument("paths", nargs="+", help="image files, .npy arrays (2-D images; 3-D volumes for 3-D models), "
-                                            "folders or glob patterns")
+                                            "video files, folders or glob patterns")
     add_model_args(p)
     add_method_args(p)
     p.add_argument("--topk", type=int, default=1, help="explain the k best classes (default: 1)")
@@ -428,10 +486,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["png", "jpg"], default="png", help="overlay format (default: png)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--workers", type=int, default=2, help="image decoding threads")
-    p.add_argument("--max-pixels", type=int, default=50_000_000, help="refuse larger images")
+    p.add_argument("--max-pixels", type=int, default=40_000_000, help="refuse larger images (default: 40000000)")
+    p.add_argument("--decode-budget", type=int, metavar="PIXELS",
+                   help="image pixels held at once from decoding until their overlays are written; a batch that "
+                        "does not fit runs in parts (default: the larger of --max-pixels and batch size x 64 x the "
+                        "model's input)")
     p.add_argument("--out", default="camlens-out", help="output folder (default: camlens-out)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--restart", action="store_true", help="redo everything instead of resuming in --out")
+    v = p.add_argument_group("video files (.mp4, .mov, .mkv, .webm, .avi; needs camlens[video])")
+    v.add_argument("--video-codec", default="libx264",
+                   help="overlay video encoder: libx264, mpeg4, libvpx-vp9, or lossless ffv1, png (default: libx264)")
+    v.add_argument("--crf", type=int, default=23, help="libx264 / libvpx-vp9 quality, lower is better (default: 23)")
+    v.add_argument("--every", type=int, default=1, help="explain every n-th frame (default: 1)")
+    v.add_argument("--max-frames", type=int, help="explain at most this many frames of each video")
     p.set_defaults(func=cmd_explain)
 
     p = sub.add_parser("localize", help="boxes from maps (paper or WSOL protocol): boxes.json and overlays with boxes")
@@ -461,6 +529,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metadata", help="the annotations the --maps are scored against")
     p.add_argument("--paper-threshold", type=float, default=0.2,
                    help="threshold (fraction of the max) of the paper's boxes for Top-1/Top-5/GT-known Loc")
+    add_protocol_args(p)
+    p.add_argument("--cam-curve-interval", type=float,
+                   help="step of the WSOL threshold sweep (default 0.001; with --protocol wsolevaluation their "
+                        "defaults: 0.001 for a model, 0.01 for --maps)")
     p.add_argument("--faithfulness", action="store_true",
                    help="also Average Drop, Increase in Confidence, Deletion/Insertion AUC, ROAD, pointing game")
     p.add_argument("--steps", type=int, default=100, help="deletion/insertion steps (default: 100)")
@@ -485,6 +557,27 @@ def build_parser() -> argparse.ArgumentParser:
                    help="batch up to N requests that arrive together (default: 1, results bit-identical to one by one)")
     p.add_argument("--max-upload-mb", type=float, default=20, help="refuse larger uploads (default: 20)")
     p.add_argument("--max-pixels", type=int, default=40_000_000, help="refuse larger images (default: 40000000)")
+    p.add_argument("--decode-budget", type=int, metavar="PIXELS",
+                   help="image pixels decoded at once by all requests; more wait 1 s, then get a 503 (default: the "
+                        "larger of --max-pixels and workers x max-batch x 64 x the model's input)")
+    p.add_argument("--allowed-hosts", nargs="+", metavar="HOST",
+                   help="also answer these Host names (name or name:port; * for any), beyond the bound address and "
+                        "localhost, 127.0.0.1, [::1] at the port")
+    p.add_argument("--cors-origin", metavar="ORIGIN",
+                   help="let pages of this one origin (e.g. https://app.example.org) call the API; default: none")
+    p.add_argument("--max-connections", type=int, default=256, help="connections open at once (default: 256)")
+    p.add_argument("--max-connections-per-client", type=int, default=32,
+                   help="connections open at once from one address (default: 32; behind a proxy, all clients share "
+                        "its address)")
+    p.add_argument("--header-timeout", type=float, default=10, metavar="SECONDS",
+                   help="close a connection that has not sent a whole request head in this long (default: 10)")
+    p.add_argument("--body-timeout", type=float, default=10, metavar="SECONDS",
+                   help="refuse an upload that pauses this long, or is slower than --min-body-rate after this long "
+                        "(408; default: 10)")
+    p.add_argument("--min-body-rate", type=float, default=8192, metavar="BYTES_PER_S",
+                   help="the slowest average upload rate accepted after --body-timeout (default: 8192)")
+    p.add_argument("--keep-alive-timeout", type=float, default=5, metavar="SECONDS",
+                   help="close an idle kept-alive connection after this long (default: 5)")
     p.add_argument("--max-side", type=int, default=1024, help="render overlays at most this many pixels wide or high")
     p.add_argument("--max-explainers", type=int, default=4,
                    help="explainers kept between requests; each one-pass one holds a copy of the model (default: 4)")
@@ -515,8 +608,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, help="peak learning rate (default: adamw 3e-3 from scratch, 3e-4 fine-tuning; "
                                             "sgd 0.01)")
-    p.add_argument("--optimizer", choices=["adamw", "sgd"], default="adamw",
-                   help="adamw: warm-up + cosine; sgd: momentum, lr x0.1 every --lr-decay-every epochs (Choe et al.)")
+    p.add_argument("--optimizer", choices=["adamw", "sgd"],
+                   help="adamw: warm-up + cosine; sgd: momentum, lr x0.1 every --lr-decay-every epochs (Choe et al.) "
+                        "(default: adamw; sgd with --protocol wsolevaluation)")
+    add_protocol_args(p)
     p.add_argument("--weight-decay", type=float, help="default: 5e-4 adamw, 1e-4 sgd")
     p.add_argument("--momentum", type=float, default=0.9, help="sgd momentum (default: 0.9)")
     p.add_argument("--lr-decay-every", type=int, default=30, help="sgd: epochs between x0.1 decays (default: 30)")

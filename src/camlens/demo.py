@@ -35,7 +35,8 @@ from .training import TrainConfig, TrainResult, load_data, train
 if TYPE_CHECKING:
     from .demo_photos import PhotoResult
 
-DEMO_EPOCHS = 6  # 8 until the real part came: 6 keep the test accuracy (see README) and pay for it
+# 8 until the real part came: 6 keep the test accuracy (benchmarks/results/demo_phases.json) and pay for it
+DEMO_EPOCHS = 6
 DEMO_TRAIN = 6000
 DEMO_VAL = 500
 DEMO_TEST = 1000

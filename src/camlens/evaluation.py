@@ -32,6 +32,7 @@ from .distributed import (
 from .maps import normalize, upsample
 from .metrics.faithfulness import FaithfulnessConfig, FaithfulnessTotals, faithfulness_scores
 from .metrics.localization import DEFAULT_IOUS, BoxAccuracy, ClassLocalization, PixelAP, _iou_key
+from .reference import REFERENCE, check_protocol, nearest_masks, reference_input, reference_score_maps
 
 METRIC_ROWS = (
     ("Top-1 Cls", "top1_cls"),
@@ -154,12 +155,38 @@ def image_maps(maps: Tensor, images: Sequence[Tensor], normalized: bool = True) 
     return [post(upsample(m.detach().float(), size)).cpu() for m, size in zip(maps, sizes)]
 
 
+def _reference_batch(loaded, explainer, samples: Sequence[Sample], labels: Tensor, acc: Accumulators):
+    """Add a batch to ``acc`` as Choe et al.'s code evaluates it (:mod:`camlens.reference`): PIL-resized input,
+    bicubic maps at the input size, boxes and masks mapped onto that grid.  Returns the input and the result."""
+    size = loaded.preprocess.size
+    if size is None:
+        raise CamlensError("--protocol wsolevaluation evaluates at the model's input size; give --size")
+    pre = loaded.preprocess
+    x = reference_input([s.image for s in samples], size, pre.mean, pre.std).to(next(loaded.model.parameters()).device)
+    res = explainer(x, labels.tolist())
+    raw = upsample(res.maps[:, 0].detach().float(), tuple(size), mode="bicubic").cpu()
+    maps = reference_score_maps(res.maps[:, 0], size).cpu()
+    if all(len(s.boxes) for s in samples):
+        boxes = [wsol_resize_boxes(s.boxes, (int(s.image.shape[-1]), int(s.image.shape[-2])), size) for s in samples]
+        acc.loc.update(raw, boxes, labels, res.logits.detach().float().cpu())
+        acc.box.update(maps, boxes)
+    if all(s.mask is not None for s in samples):
+        masks = torch.cat([nearest_masks(s.mask[None], size) for s in samples])  # type: ignore[index]
+        ignore = torch.cat([nearest_masks(s.ignore[None], size) if s.ignore is not None
+                            else torch.zeros(1, *size, dtype=torch.bool) for s in samples])
+        acc.pixel.update(maps, masks, ignore)
+    return x, res
+
+
 def _evaluate_batch(loaded, explainer, batch: Sequence[tuple[int, Sample]], acc: Accumulators,
-                    faithfulness: FaithfulnessConfig | None) -> list[dict]:
+                    faithfulness: FaithfulnessConfig | None, protocol: str = "camlens") -> list[dict]:
     """Add one batch to ``acc``; returns its per-image records (index, ground truth for the baselines, and the
     faithfulness values)."""
     samples = [s for _, s in batch]
     labels = torch.tensor([s.label for s in samples])
+    if protocol == REFERENCE:
+        x, res = _reference_batch(loaded, explainer, samples, labels, acc)
+        return _records(loaded, batch, x, res, labels, faithfulness)
     x, res = explain_batch(loaded, explainer, [s.image for s in samples], labels.tolist())
     raw = image_maps(res.maps, [s.image for s in samples], normalized=False)
     logits = res.logits.detach().float().cpu()
@@ -168,12 +195,20 @@ def _evaluate_batch(loaded, explainer, batch: Sequence[tuple[int, Sample]], acc:
         raw_stack = torch.cat([raw[i] for i in group])  # (g, H, W): one map per image
         stack = normalize(raw_stack)
         boxes = [samples[i].boxes for i in group]
-        acc.loc.update(raw_stack, boxes, labels[group], logits[group])
-        acc.box.update(stack, boxes)
+        if all(len(b) for b in boxes):  # OpenImages-style folders have masks and no boxes
+            acc.loc.update(raw_stack, boxes, labels[group], logits[group])
+            acc.box.update(stack, boxes)
         if all(samples[i].mask is not None for i in group):
             # every mask is set (checked above), which mypy cannot see through all()
             ignore = [samples[i].ignore if samples[i].ignore is not None else torch.zeros_like(samples[i].mask) for i in group]  # type: ignore[arg-type]
             acc.pixel.update(stack, torch.stack([samples[i].mask for i in group]), torch.stack(ignore))  # type: ignore[arg-type, misc]
+    return _records(loaded, batch, x, res, labels, faithfulness)
+
+
+def _records(loaded, batch: Sequence[tuple[int, Sample]], x: Tensor, res, labels: Tensor,
+             faithfulness: FaithfulnessConfig | None) -> list[dict]:
+    """Each image's record: index, ground truth for the baselines, and the faithfulness values."""
+    samples = [s for _, s in batch]
     scores: dict[str, Tensor] = {}
     if faithfulness is not None:
         input_boxes = [scale_boxes(s.boxes, s.image.shape[-2:], x.shape[-2:]).to(x.device) for s in samples]
@@ -202,6 +237,7 @@ def evaluate_model(
     resume: bool = True,
     progress: Callable[[int], None] = lambda n: None,
     fixed_threshold: float | None = None,
+    protocol: str = "camlens",
 ) -> dict:
     """Every localization metric of ``explainer`` (a CAM method on ``loaded.model``) on ``samples`` (a dataset of
     :class:`Sample`), with the box baselines on the same ground truth; with ``faithfulness``, also the means of
@@ -213,8 +249,10 @@ def evaluate_model(
     ``progress_dir``, every finished batch is logged there (counts and per-image values); a rerun with the same
     ``run_key`` and ``resume`` skips those batches and gives the same result as an uninterrupted run.
     ``fixed_threshold`` (e.g. the one a checkpoint was selected with) adds the box accuracy at that threshold
-    (``box_acc_at_fixed_threshold``).
+    (``box_acc_at_fixed_threshold``).  ``protocol="wsolevaluation"`` evaluates as Choe et al.'s code does
+    (:mod:`camlens.reference`): at the model's input size, bicubic maps, their box and mask resizing.
     """
+    check_protocol(protocol)
     ctx = ctx or Context(0, 1, 0, next(loaded.model.parameters()).device)
     create = lambda: Accumulators.create(thresholds, paper_threshold)  # noqa: E731
     # samples are map-style datasets, which have __len__ (torch's Dataset type does not declare it)
@@ -240,7 +278,7 @@ def evaluate_model(
     with torch.inference_mode(not explainer.needs_gradients):
         for (j, _), batch in zip(todo, loader):
             part = create()
-            batch_records = _evaluate_batch(loaded, explainer, batch, part, faithfulness)
+            batch_records = _evaluate_batch(loaded, explainer, batch, part, faithfulness, protocol)
             total.merge(part)
             records.extend(batch_records)
             if log is not None:
@@ -249,11 +287,14 @@ def evaluate_model(
     total.load_state_dict(sum_tensors(total.state_dict(), ctx))
     records = sorted((r for rank in gather(records, ctx) for r in rank), key=lambda r: r["index"])
     result = total.compute()
+    result["protocol"] = protocol
     if fixed_threshold is not None:
         result["fixed_threshold"] = fixed_threshold
         result["box_acc_at_fixed_threshold"] = total.box.accuracy_at(fixed_threshold)
-    gt_boxes = [torch.tensor(r["boxes"], dtype=torch.float64) for r in records]
-    result["baselines"] = box_baselines(gt_boxes, [tuple(r["size"]) for r in records]) if records else {}
+    result["num_images"] = len(records)
+    boxed = [r for r in records if r["boxes"]]
+    gt_boxes = [torch.tensor(r["boxes"], dtype=torch.float64) for r in boxed]
+    result["baselines"] = box_baselines(gt_boxes, [tuple(r["size"]) for r in boxed]) if boxed else {}
     if faithfulness is not None:
         result.update(_faithfulness_means(records))
     return result
@@ -309,12 +350,12 @@ def _image_size(ann: Annotations, image_id: str) -> tuple[int, int] | None:
     """(W, H) read from the image file's header, where the annotations know the image folder."""
     if ann.root is None or not (ann.root / image_id).is_file():
         return None
-    from PIL import Image
+    from .data.images import ImageError, open_image
 
     try:
-        with Image.open(ann.root / image_id) as img:
+        with open_image(ann.root / image_id) as img:
             return img.size
-    except OSError as err:
+    except (OSError, ImageError) as err:
         raise CamlensError(f"{ann.root / image_id}: cannot read the image size ({err})") from err
 
 

@@ -9,8 +9,10 @@ volumes, whose pixels are not bytes).  Decoding image files (PIL) and rendering 
 :mod:`camlens.blend`; :mod:`camlens.png` or PIL's JPEG encoder) run in threads, release the GIL and touch no torch
 operation, so they do not compete for the intra-op threads the model runs on (the optional figures aside, drawn
 by matplotlib in a single render thread).  Decoding runs at most AHEAD batches ahead of the model and rendering at
-most AHEAD batches behind it, so memory stays bounded on any number of files.  A batch is logged as done (for
-resuming) once its files are written.
+most AHEAD batches behind it, so memory stays bounded on any number of files; and the image pixels held from
+decoding until their overlays are written are bounded by a :class:`~camlens.data.images.DecodeBudget`: a batch
+whose images do not fit is run in parts (each part a smaller batch), so memory is bounded on any image sizes
+too.  A part is logged as done (for resuming) once its files are written.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import csv
 import io
 import json
 import re
+import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -33,7 +36,7 @@ from torch import Tensor
 from .blend import blend, blend_table, colormap_index
 from .capture import CamlensError
 from .data.arrays import VOLUME_SHAPES, input_channels, input_rank, load_array, prepare_volume
-from .data.images import DEFAULT_MAX_PIXELS, ImageError, array_to_tensor, read_rgb
+from .data.images import DEFAULT_MAX_PIXELS, DecodeBudget, ImageError, array_to_tensor, image_pixels, read_rgb
 from .methods.base import CAMResult, ClassSpec, Explainer
 from .methods.layered import LayerExplainer
 from .distributed import Context, ProgressLog, barrier, gather, resume_entries, shard_batches, write_atomic
@@ -79,13 +82,19 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "x"
 
 
-# an image file's (H, W, 3) uint8 pixels, a .npy file still to read (on the main thread: torch), or the error
-Decoded = list[tuple[Path, "np.ndarray | Path | ImageError"]]
+# an image file's (H, W, 3) uint8 pixels, a .npy file still to read (on the main thread: torch), or the error; and
+# the pixels it holds in the decode budget
+Decoded = list[tuple[Path, "np.ndarray | Path | ImageError", int]]
 
 
 def _decoded_batches(batches: Sequence[Sequence[Path]], pool: ThreadPoolExecutor, max_pixels: int,
-                     rank: int) -> Iterator[Decoded]:
-    """The batches' image files decoded in ``pool`` up to AHEAD batches ahead (``.npy`` files are passed on)."""
+                     rank: int, budget: DecodeBudget) -> Iterator[Decoded]:
+    """The batches' image files decoded in ``pool`` up to AHEAD parts ahead (``.npy`` files are passed on).
+
+    Each image file's pixels (from its header) are taken from ``budget`` before it is queued for decoding; the
+    caller gives them back once the image's files are written.  When the next image does not fit, the images
+    queued so far are handed out first (the current batch's as a part of it), so the caller can run them and
+    give their pixels back; a part is never waited on while it holds pixels that the next image needs."""
     def decode(path: Path) -> np.ndarray | Path | ImageError:
         if path.suffix.lower() == ".npy":
             return path
@@ -96,12 +105,29 @@ def _decoded_batches(batches: Sequence[Sequence[Path]], pool: ThreadPoolExecutor
         except ImageError as err:
             return err
 
-    queued: deque[list[tuple[Path, Future[np.ndarray | Path | ImageError]]]] = deque()
+    queued: deque[list[tuple[Path, Future[np.ndarray | Path | ImageError], int]]] = deque()
+
+    def oldest() -> Decoded:
+        return [(path, future.result(), pixels) for path, future, pixels in queued.popleft()]
+
     for batch in [*batches, *([None] * AHEAD)]:
         if batch is not None:
-            queued.append([(path, pool.submit(decode, path)) for path in batch])
-        if len(queued) > AHEAD or (batch is None and queued):
-            yield [(path, future.result()) for path, future in queued.popleft()]
+            part: list[tuple[Path, Future[np.ndarray | Path | ImageError], int]] = []
+            for path in batch:
+                pixels = 0 if path.suffix.lower() == ".npy" or rank != 2 else min(image_pixels(path), max_pixels)
+                while not budget.try_acquire(pixels):
+                    if part:
+                        queued.append(part)
+                        part = []
+                    if not queued:  # only overlays being written hold pixels now: wait for them
+                        budget.acquire(pixels)
+                        break
+                    yield oldest()
+                part.append((path, pool.submit(decode, path), pixels))
+            if part:
+                queued.append(part)
+        while len(queued) > AHEAD or (batch is None and queued):
+            yield oldest()
 
 
 def _as_input(path: Path, item: np.ndarray | Path | ImageError, rank: int, max_pixels: int,
@@ -150,6 +176,7 @@ def explain_files(
     on_error: Callable[[str], None] = lambda line: None,
     progress: Callable[[int], None] = lambda n: None,
     target: TargetRecipe | None = None,
+    decode_budget: int | None = None,
 ) -> Summary:
     """Explain every file: one overlay per image and explained class in ``out_dir``, named
     ``<stem>_<rank>_<label>.<format>``; returns the summary (written by the main rank as summary.json and .csv).
@@ -160,6 +187,8 @@ def explain_files(
     ``target`` (:func:`camlens.targets.parse_target`) explains that target instead of classes; an image it does
     not fit (a box outside it) is one error line.  A model with 3-D convolutions reads ``.npy`` volumes; their
     maps are written upsampled to the volume as ``.npy``, with a maximum-intensity projection overlay.
+    Image pixels held at once (decoded, and not yet written as overlays) are bounded by ``decode_budget``
+    (default: :meth:`DecodeBudget.for_batches` of ``batch_size``, the model's input and ``max_pixels``).
     """
     rank = input_rank(loaded.model)
     ctx = ctx or Context(0, 1, 0, next(loaded.model.parameters()).device)
@@ -174,6 +203,8 @@ def explain_files(
     todo = [batch for batch in mine if not all(str(p) in finished for p in batch)]
     progress(sum(map(len, mine)) - sum(map(len, todo)))
     log = ProgressLog(progress_dir, ctx)
+    budget = (DecodeBudget(decode_budget) if decode_budget else
+              DecodeBudget.for_batches(batch_size, loaded.preprocess.size, max_pixels))
     stems = output_stems(paths)
     entries: list[dict] = []
     rendering: deque[tuple[list[dict], list[Future[Any]], int]] = deque()
@@ -192,16 +223,22 @@ def explain_files(
     # the figures draw with pyplot, which is not thread-safe: one render thread then
     with ThreadPoolExecutor(max(1, workers)) as decode_pool, \
             ThreadPoolExecutor(1 if render.figure else max(1, workers)) as render_pool:
-        for batch in _decoded_batches(todo, decode_pool, max_pixels, rank):
+        def run(batch: Decoded) -> tuple[list[dict], list[Future[Any]]]:
+            """Explain one part and queue its files; the part's pixels are dropped here (its list emptied, no
+            local left), so that only the render queue holds them, as the budget counts."""
             done: list[dict] = []
             good: list[tuple[Path, Tensor, np.ndarray | None]] = []
-            for path, decoded in batch:
+            held: list[int] = []
+            for path, decoded, pixels in batch:
                 item = _as_input(path, decoded, rank, max_pixels, target)
                 if isinstance(item, ImageError):
+                    budget.release(pixels)
                     done.append({"file": str(path), "error": str(item)})
                     on_error(str(item))
                 else:
                     good.append((path, *item))
+                    held.append(pixels)
+            batch.clear()
             futures: list[Future[Any]] = []
             if good:
                 x = torch.cat([_model_input(loaded, img.to(ctx.device), rank) for _, img, _ in good])
@@ -215,8 +252,15 @@ def explain_files(
                 for i, (path, img, rgb) in enumerate(good):
                     record, slots = _image_record(loaded, res, probs, i, path, img, stems[path], render)
                     done.append({"file": str(path), "record": record})
-                    futures += _write_image(slots, res, i, img, rgb, out_dir, render, render_pool)
-            rendering.append((done, futures, len(batch)))
+                    written = _write_image(slots, res, i, img, rgb, out_dir, render, render_pool)
+                    _release_when_done(budget, held[i], written)
+                    futures += written
+            return done, futures
+
+        for batch in _decoded_batches(todo, decode_pool, max_pixels, rank, budget):
+            count = len(batch)
+            done, futures = run(batch)
+            rendering.append((done, futures, count))
             finish(keep=AHEAD)
         finish(keep=0)
     gathered = [e for rank_entries in gather(entries, ctx) for e in rank_entries]
@@ -225,6 +269,24 @@ def explain_files(
         summary.write(out_dir)
     barrier(ctx)
     return summary
+
+
+def _release_when_done(budget: DecodeBudget, pixels: int, futures: list[Future[Any]]) -> None:
+    """Give ``pixels`` back to ``budget`` once every one of ``futures`` (an image's files) is done."""
+    left = [len(futures)]
+    lock = threading.Lock()
+
+    def one_done(_: Future[Any]) -> None:
+        with lock:  # the futures finish in different render threads
+            left[0] -= 1
+            last = left[0] == 0
+        if last:
+            budget.release(pixels)
+
+    if not futures:
+        budget.release(pixels)
+    for future in futures:
+        future.add_done_callback(one_done)
 
 
 def _merge(paths: Sequence[Path], entries: list[dict]) -> Summary:

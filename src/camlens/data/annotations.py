@@ -23,10 +23,10 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import Tensor
 
 from ..capture import CamlensError
+from .images import ImageError, open_image
 
 
 class AnnotationError(CamlensError):
@@ -247,9 +247,9 @@ def _read_gray(path: Path) -> np.ndarray:
     if not path.is_file():
         raise AnnotationError(f"{path}: mask file not found")
     try:
-        with Image.open(path) as img:
+        with open_image(path) as img:
             return np.asarray(img.convert("L"), dtype=np.float32)
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, ImageError) as err:
         raise AnnotationError(f"{path}: cannot read the mask image ({err})") from err
 
 

@@ -98,7 +98,7 @@ class InceptionV3Wsol(nn.Module):
     GAP: the class maps come before the pooling, logit_c = mean_xy(SPG_A4(f))_c.  Like their code it feeds
     ImageNet-normalized input to the blocks (no ``transform_input``)."""
 
-    def __init__(self, base: Any, width: int, num_classes: int, large_feature_map: bool) -> None:
+    def __init__(self, base: Any, width: int, num_classes: int, large_feature_map: bool, dropout: float = 0.5) -> None:
         super().__init__()
         check_head(768, width, num_classes)
         self.Conv2d_1a_3x3 = base.Conv2d_1a_3x3
@@ -114,7 +114,7 @@ class InceptionV3Wsol(nn.Module):
         self.Mixed_6a = _InceptionBStride1(base.Mixed_6a)
         self.Mixed_6b, self.Mixed_6c = base.Mixed_6b, base.Mixed_6c
         self.Mixed_6d, self.Mixed_6e = base.Mixed_6d, base.Mixed_6e
-        self.dropout = nn.Dropout(0.5)
+        self.dropout = nn.Dropout(dropout)
         self.SPG_A3_1b = nn.Sequential(nn.Conv2d(768, width, 3, padding=1), nn.ReLU(inplace=True))
         self.SPG_A3_2b = nn.Sequential(nn.Conv2d(width, width, 3, padding=1), nn.ReLU(inplace=True))
         self.SPG_A4 = nn.Conv2d(width, num_classes, 1)
@@ -152,10 +152,11 @@ def inception_stages(net: Any, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
 
 
 def wsol_inceptionv3(num_classes: int = 1000, weights: str | None = None, *, width: int = 1024,
-                     large_feature_map: bool = False) -> InceptionV3Wsol:
+                     large_feature_map: bool = False, dropout: float = 0.5) -> InceptionV3Wsol:
     """Choe et al.'s InceptionV3 (see :class:`InceptionV3Wsol`), cut after Mixed_6e (768 channels).  New layers:
-    SPG_A3_1b, SPG_A3_2b, SPG_A4.  Feature map: 14x14 at 224 px; 28x28 with ``large_feature_map``."""
+    SPG_A3_1b, SPG_A3_2b, SPG_A4.  Feature map: 14x14 at 224 px; 28x28 with ``large_feature_map``.  ``dropout``:
+    the rate before each head convolution (their ADL variant has none: 0)."""
     skeleton = torchvision_skeleton("inception_v3", aux_logits=False, init_weights=False)
     with torch.device("meta"):
-        net = InceptionV3Wsol(skeleton, width, num_classes, large_feature_map)
+        net = InceptionV3Wsol(skeleton, width, num_classes, large_feature_map, dropout)
     return materialize(net, skeleton, pretrained_state("inception_v3", weights), init="xavier")

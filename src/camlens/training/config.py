@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from ..capture import CamlensError
+from ..reference import REFERENCE, check_protocol
 
 OPTIMIZERS = ("adamw", "sgd")
 AUGMENTATIONS = ("auto", "shift", "crop", "none")
@@ -46,6 +47,11 @@ class TrainConfig:
 
     ``channels_last`` (default: on for convolutional networks) and ``amp`` (bfloat16 autocast, CUDA only) are
     speed options.
+
+    ``protocol="wsolevaluation"`` trains as Choe et al.'s reference code does (:mod:`camlens.reference`): SGD with
+    Nesterov momentum (``optimizer`` must be ``sgd``), their two learning-rate groups by parameter name (new layers
+    at 10x, from scratch too), the training method's reference variant (HaS's grid) and their networks' options
+    (no dropout in InceptionV3 with ADL).
     """
 
     data: str = "builtin"
@@ -81,6 +87,7 @@ class TrainConfig:
     download: bool = False
     resume: bool = False
     progress: bool = True
+    protocol: str = "camlens"
 
     def __post_init__(self) -> None:
         for name, choices in (("optimizer", OPTIMIZERS), ("augment", AUGMENTATIONS), ("select_by", SELECT_BY)):
@@ -93,6 +100,9 @@ class TrainConfig:
             raise CamlensError(f"lr={self.lr} must be positive")
         if self.new_layer_lr_mult is not None and not self.new_layer_lr_mult > 0:
             raise CamlensError(f"new_layer_lr_mult={self.new_layer_lr_mult} must be positive")
+        if check_protocol(self.protocol) == REFERENCE and self.optimizer != "sgd":
+            raise CamlensError("protocol wsolevaluation trains with the reference code's SGD (Nesterov momentum): "
+                               f"optimizer={self.optimizer!r} does not fit it")
 
     @property
     def pretrained(self) -> bool:
@@ -116,7 +126,7 @@ class TrainConfig:
     def lr_mult(self) -> float:
         if self.new_layer_lr_mult is not None:
             return self.new_layer_lr_mult
-        return 10.0 if self.pretrained else 1.0
+        return 10.0 if self.pretrained or self.protocol == REFERENCE else 1.0
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

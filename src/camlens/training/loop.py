@@ -17,6 +17,7 @@ rank's share, as usual with DDP.  Rank 0 writes the files; validation is sharded
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -32,10 +33,11 @@ from ..capture import CamlensError, find_classifier
 from ..distributed import Context, barrier, shard_batches, sum_tensors
 from ..models import IMAGENET_MEAN, IMAGENET_STD, Preprocess, build_model
 from ..networks import NETWORKS, new_layer_names
+from ..reference import REFERENCE, reference_arch_options
 from .checkpoint import BEST, LAST, keep_as_best, load_optimizer, load_resume, save_resume, save_weights, weights
 from .config import TrainConfig
 from .data import Augmentation, Split, TrainData, global_batches, load_batches, load_data, local_part
-from .optim import Schedule, build_optimizer, parameter_groups
+from .optim import Schedule, build_optimizer, training_groups
 from .select import localization_metrics, selection_record, selection_samples
 from .wsol.base import TrainingMethod
 
@@ -136,6 +138,10 @@ def train(
     """
     config = config or TrainConfig()
     method = method or TrainingMethod()
+    if config.protocol == REFERENCE:
+        method = method.reference()
+        config = dataclasses.replace(config, arch_options={**reference_arch_options(config.arch, method.name),
+                                                           **config.arch_options})
     ctx = ctx or distributed.setup(config.device)
     device = ctx.device
     say = (log or (lambda _: None)) if ctx.is_main else (lambda _: None)
@@ -162,7 +168,7 @@ def train(
     preprocess = Preprocess((td.image_size, td.image_size), IMAGENET_MEAN, IMAGENET_STD)
     shift = config.max_shift if config.max_shift is not None else max(1, td.image_size // 16)
     augment = Augmentation(td.augment, td.image_size, shift, td.resize_size, td.flips)
-    optimizer = build_optimizer(config, parameter_groups(model, new_layers, config.lr_mult))
+    optimizer = build_optimizer(config, training_groups(config, model, new_layers))
     steps = math.ceil(len(td.train) / config.batch_size)
     schedule = Schedule(config, steps)
 
@@ -232,7 +238,8 @@ def train(
         val_acc = accuracy(model, td.val, preprocess, ctx, workers=config.workers)
         record = None
         if samples is not None:
-            metrics = localization_metrics(model, method, samples, preprocess, td.classes, ctx)
+            metrics = localization_metrics(model, method, samples, preprocess, td.classes, ctx,
+                                           protocol=config.protocol)
             record = selection_record(config.select_by, metrics, epoch + 1, str(split_name))
         score = val_acc if record is None else record["score"]
         seen_all = int(totals["seen"])

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ..capture import CamlensError
+from ..reference import REFERENCE, reference_parameter_groups
 from .config import TrainConfig
 
 
@@ -35,10 +36,20 @@ def parameter_groups(model: nn.Module, new_layers: Sequence[str], lr_mult: float
     return [g for g in groups if g["params"]]
 
 
+def training_groups(config: TrainConfig, model: nn.Module, new_layers: Sequence[str]) -> list[dict]:
+    """The parameter groups of a run: camlens's (new layers at ``lr_mult``) or, under the reference protocol,
+    Choe et al.'s by parameter name (:func:`camlens.reference.reference_parameter_groups`)."""
+    if config.protocol == REFERENCE:
+        return reference_parameter_groups(model, config.arch, config.lr_mult)
+    return parameter_groups(model, new_layers, config.lr_mult)
+
+
 def build_optimizer(config: TrainConfig, groups: list[dict]) -> torch.optim.Optimizer:
-    """AdamW, or SGD with momentum (Choe et al.), over ``groups`` at the configured base rate and weight decay."""
+    """AdamW, or SGD with momentum (Choe et al.; Nesterov's under their protocol, as their code), over ``groups``
+    at the configured base rate and weight decay."""
     if config.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=config.base_lr, momentum=config.momentum, weight_decay=config.decay)
+        return torch.optim.SGD(groups, lr=config.base_lr, momentum=config.momentum, weight_decay=config.decay,
+                               nesterov=config.protocol == REFERENCE)
     return torch.optim.AdamW(groups, lr=config.base_lr, weight_decay=config.decay)
 
 

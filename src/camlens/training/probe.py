@@ -205,7 +205,7 @@ def run_linear_probe(
     if checkpoint is not None:
         loaded = load_model(checkpoint, device=device)
         model, arch, base = loaded.model, loaded.arch, loaded.preprocess
-        size = image_size or (base.size[0] if base.size else None)
+        size: int | None = image_size or base.size[0]
     else:
         model, base, size = build_model(arch, None, weights), Preprocess(), image_size
     td = load_data(data, image_size=size, seed=seed, num_train=num_train, num_val=num_val, augment="none")

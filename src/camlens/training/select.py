@@ -57,14 +57,16 @@ def selection_samples(config: TrainConfig, data: TrainData) -> Dataset | None:
 
 
 def localization_metrics(model: nn.Module, method: TrainingMethod, samples: Dataset, preprocess: Preprocess,
-                         class_names: list[str], ctx: Context, batch_size: int = 64) -> dict[str, Any]:
-    """Every localization metric of ``method``'s maps of ``model`` (eval mode) on ``samples``."""
+                         class_names: list[str], ctx: Context, batch_size: int = 64,
+                         protocol: str = "camlens") -> dict[str, Any]:
+    """Every localization metric of ``method``'s maps of ``model`` (eval mode) on ``samples``, evaluated under
+    ``protocol`` (camlens's, or wsolevaluation's: :mod:`camlens.reference`)."""
     from ..evaluation import evaluate_model
 
     loaded = LoadedModel(model, class_names, preprocess, "")
     with method.explainer(model) as explainer:
         return evaluate_model(loaded, explainer, samples, batch_size=batch_size, paper_threshold=PAPER_THRESHOLD,
-                              ctx=ctx)
+                              ctx=ctx, protocol=protocol)
 
 
 def selection_record(metric: str, metrics: dict[str, Any], epoch: int, split: str) -> dict[str, Any]:

@@ -1,7 +1,10 @@
 """The ASGI app of `camlens serve`: the page, ``POST /api/explain``, ``GET /api/info`` and ``GET /healthz``.
 
-Uploads are untrusted: they are read into memory under a size limit (never written to disk), decoded by content
-with a pixel limit, and every failure is a 4xx JSON ``{"error": ...}``.  Decoding and rendering run in a small
+Uploads are untrusted: they are read into memory under a size limit and a minimum rate (never written to disk)
+before they take one of the ``max_pending`` request slots, decoded by content in an allowed format with a pixel
+limit and under a process-wide :class:`~camlens.data.images.DecodeBudget`, and every failure is a 4xx JSON
+``{"error": ...}``.  Requests for other hosts and cross-site state-changing requests are refused
+(:mod:`camlens.web.guard`).  Decoding and rendering run in a small
 thread pool, the model in :class:`~camlens.web.engine.ModelWorkers`; the event loop only waits, and watches the
 connection: a request whose client left is cancelled (an expensive method stops at its next pass).  Work the
 server will not do now is a JSON 503 (busy, shutting down) or 504 (over the compute budget).
@@ -12,8 +15,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import AsyncIterator, Callable, Mapping, Sequence
@@ -26,14 +30,16 @@ from torch import Tensor
 
 from .. import __version__
 from ..capture import CamlensError, layer_names, resolve_module
-from ..data.images import ImageError, decode_image, to_tensor
+from ..data.images import (BudgetFull, DecodeBudget, FormatError, ImageError, decode_image, image_pixels,
+                           to_tensor)
 from ..methods import METHODS, get_method
 from ..methods.layered import LayerExplainer
 from ..models import LoadedModel
 from ..targets import TargetRecipe, default_layer, parse_target
 from .engine import ExplainerCache, Job, JobKey, ModelWorkers, Refused, Row
+from .guard import cross_site_reason, host_allowed
 from .payload import explain_payload, for_display
-from .upload import FORM_OVERHEAD, BadRequest, read_form
+from .upload import FORM_OVERHEAD, BadRequest, Form, read_form
 
 STATIC = Path(__file__).parent / "static"
 log = logging.getLogger("camlens.web")
@@ -45,6 +51,9 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "no-referrer",
     "X-Frame-Options": "DENY",
 }
+DECODE_WAIT_S = 1.0  # an upload waits this long for room in the decode budget, then gets a 503
+BODY_TIMEOUT_S = 10.0  # the upload's body: each read waits at most this long
+MIN_BODY_RATE = 8192  # bytes/s on average once BODY_TIMEOUT_S has passed; slower bodies are refused (408)
 
 
 @dataclass(frozen=True)
@@ -54,6 +63,8 @@ class Limits:
     max_topk: int
     max_side: int
     max_pending: int
+    body_timeout: float = BODY_TIMEOUT_S
+    min_body_rate: float = MIN_BODY_RATE
 
 
 @dataclass(frozen=True)
@@ -171,11 +182,47 @@ def _class(raw: str, names: list[str]) -> int | None:
     raise BadRequest(400, f"class={raw!r} is neither a class index nor a label (GET /api/info lists them)")
 
 
-def _decode(data: bytes, max_pixels: int, max_side: int, loaded: LoadedModel) -> tuple[Tensor, Tensor, tuple[int, int]]:
+def _decode(data: bytes, max_pixels: int, max_side: int, loaded: LoadedModel,
+            budget: DecodeBudget | None = None) -> tuple[Tensor, Tensor, tuple[int, int]]:
     """The model's input (1, 3, h, w), the image scaled for display, and the image's (width, height); the full
-    size image is dropped here, so a request waiting for the model holds only small tensors."""
-    image = to_tensor(decode_image(data, max_pixels))
-    return loaded.preprocess(image), for_display(image, max_side), (image.shape[-1], image.shape[-2])
+    size image is dropped here, so a request waiting for the model holds only small tensors.  The image's pixels
+    (read from its header) are held in ``budget`` meanwhile (:class:`BudgetFull` after :data:`DECODE_WAIT_S`
+    seconds without room)."""
+    pixels = min(image_pixels(data), max_pixels)  # larger images are refused by decode_image before decoding
+    with budget.hold(pixels, DECODE_WAIT_S) if budget is not None else nullcontext():
+        image = to_tensor(decode_image(data, max_pixels))
+        return loaded.preprocess(image), for_display(image, max_side), (image.shape[-1], image.shape[-2])
+
+
+async def timed_body(chunks: AsyncIterator[bytes], read_timeout: float, min_rate: float) -> AsyncIterator[bytes]:
+    """``chunks`` as they come, while each arrives within ``read_timeout`` seconds and, once ``read_timeout``
+    seconds have passed, the body averages at least ``min_rate`` bytes/s; :class:`BadRequest` (408) otherwise.
+
+    Args:
+        chunks: the request's body (``request.stream()``).
+        read_timeout: seconds one read may wait, and the grace period before the rate counts.
+        min_rate: bytes per second, on average after the grace period (0: no minimum).
+
+    Returns:
+        The chunks, as an async iterator.
+    """
+    start = time.monotonic()
+    received = 0
+    iterator = chunks.__aiter__()
+    while True:
+        allowance = received / min_rate if min_rate > 0 else math.inf  # seconds the bytes so far buy
+        left = min(read_timeout, start + read_timeout + allowance - time.monotonic())
+        try:
+            if left <= 0:
+                raise TimeoutError
+            chunk = await asyncio.wait_for(iterator.__anext__(), left)
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            raise BadRequest(408, f"the upload arrived too slowly (at least {min_rate:g} bytes/s after "
+                                  f"{read_timeout:g} s, no pause over {read_timeout:g} s)") from None
+        received += len(chunk)
+        yield chunk
 
 
 def create_app(
@@ -193,6 +240,11 @@ def create_app(
     max_expensive: int = 2,
     methods: Sequence[str] | None = None,
     model_name: str | None = None,
+    allowed_hosts: Sequence[str] | None = None,
+    cors_origin: str | None = None,
+    decode_budget: int | None = None,
+    body_timeout: float = BODY_TIMEOUT_S,
+    min_body_rate: float = MIN_BODY_RATE,
 ) -> FastAPI:
     """The app around one loaded model.
 
@@ -203,11 +255,22 @@ def create_app(
     requests at most are held at once (more get 503); at most ``max_explainers`` explainers are kept (each
     one-pass one on its own copy of the model, see :mod:`camlens.web.engine`); ``methods`` restricts the methods
     offered (default: all); overlays are rendered at most ``max_side`` pixels on the longer side.
+
+    Only requests whose Host is in ``allowed_hosts`` are served (None: any host; `camlens serve` passes the
+    bound address and the loopback names, see :func:`camlens.web.guard.default_hosts`); cross-site
+    state-changing requests are refused (403), except from ``cors_origin``, the one origin CORS is opened to.
+    An upload's body must arrive with no pause over ``body_timeout`` seconds and, after that long, at
+    ``min_body_rate`` bytes/s (408); only then does it take one of the ``max_pending`` slots.  Decoding holds
+    the image's pixels in a :class:`~camlens.data.images.DecodeBudget` of ``decode_budget`` pixels (default:
+    ``DecodeBudget.for_batches(workers * max_batch, input size, max_pixels)``); an upload that finds no room
+    within :data:`DECODE_WAIT_S` seconds gets a 503 with Retry-After.
     """
     offered = tuple(get_method(m).name for m in methods) if methods else tuple(sorted(METHODS))
     if not offered:
         raise CamlensError("methods= names no method")
-    limits = Limits(max_upload_bytes, max_pixels, max_topk, max_side, max_pending)
+    limits = Limits(max_upload_bytes, max_pixels, max_topk, max_side, max_pending, body_timeout, min_body_rate)
+    budget = (DecodeBudget(decode_budget) if decode_budget else
+              DecodeBudget.for_batches(workers * max_batch, loaded.preprocess.size, max_pixels))
     name = model_name or loaded.arch
     device = next(loaded.model.parameters()).device
     engine = ModelWorkers(ExplainerCache(loaded.model, max_explainers), device, workers, max_batch,
@@ -234,8 +297,26 @@ def create_app(
         return await asyncio.get_running_loop().run_in_executor(pool, lambda: fn(*args, **kwargs))
 
     @app.middleware("http")
-    async def security_headers(request: Request, call_next):
-        response = await call_next(request)
+    async def guard(request: Request, call_next):
+        """Refuse other hosts (400) and cross-site state changes (403), answer CORS for ``cors_origin`` only,
+        and add the security headers to every response."""
+        host = request.headers.get("host")
+        if allowed_hosts is not None and not host_allowed(host, allowed_hosts):
+            response: Response = _error(400, f"this server does not serve the host {host!r}; start it with "
+                                             "--allowed-hosts to add a name it is reached by")
+        elif reason := cross_site_reason(request.method, request.headers, f"{request.url.scheme}://{host}",
+                                         cors_origin):
+            response = _error(403, reason)
+        elif cors_origin and request.method == "OPTIONS" and request.headers.get("origin") == cors_origin:
+            response = Response(status_code=204, headers={"Access-Control-Allow-Methods": "GET, POST",
+                                                          "Access-Control-Allow-Headers": "Content-Type",
+                                                          "Access-Control-Max-Age": "600"})
+        else:
+            response = await call_next(request)
+        if cors_origin and request.headers.get("origin") == cors_origin:
+            response.headers["Access-Control-Allow-Origin"] = cors_origin
+        if cors_origin:
+            response.headers["Vary"] = "Origin"
         response.headers.update(SECURITY_HEADERS)
         return response
 
@@ -246,7 +327,7 @@ def create_app(
     @app.exception_handler(Exception)
     async def internal_error(request: Request, exc: Exception) -> Response:
         log.exception("internal error on %s %s", request.method, request.url.path)
-        return _error(500, "internal error; the server log has the details")
+        return _error(500, "internal error; the server log has the details", SECURITY_HEADERS)
 
     @app.get("/", include_in_schema=False)
     async def page() -> FileResponse:
@@ -279,27 +360,39 @@ def create_app(
 
     @app.post("/api/explain")
     async def explain(request: Request) -> Response:
+        """The body is read first (bounded in size and time); only a whole request takes a slot."""
         nonlocal pending
+        try:
+            form = await _read(request)
+        except BadRequest as err:  # the body may be partly unread: the connection is not reused
+            return _error(err.status, str(err), {"Connection": "close"} if err.status in (408, 413) else None)
         if pending >= limits.max_pending:
             return _error(503, f"busy: {pending} requests in progress; retry shortly", {"Retry-After": "1"})
         pending += 1
         try:
-            return await _explain(request)
+            return await _explain(request, form)
         except BadRequest as err:
             return _error(err.status, str(err))
+        except FormatError as err:
+            return _error(415, f"cannot use the image: {err}")
         except ImageError as err:
             return _error(422, f"cannot use the image: {err}")
+        except BudgetFull as err:
+            return _error(503, str(err), {"Retry-After": "1"})
         except Refused as err:
             retry = {"Retry-After": str(err.retry_after)} if err.retry_after else None
             return _error(err.status, str(err), retry)
         finally:
             pending -= 1
 
-    async def _explain(request: Request) -> Response:
+    async def _read(request: Request) -> Form:
         length = request.headers.get("content-length", "")
         if length.isdigit() and int(length) > limits.max_upload_bytes + FORM_OVERHEAD:
             raise BadRequest(413, f"the request is over the limit of {limits.max_upload_bytes} bytes")
-        form = await read_form(request.headers.get("content-type", ""), request.stream(), limits.max_upload_bytes)
+        body = timed_body(request.stream(), limits.body_timeout, limits.min_body_rate)
+        return await read_form(request.headers.get("content-type", ""), body, limits.max_upload_bytes)
+
+    async def _explain(request: Request, form: Form) -> Response:
         opts = parse_options({**request.query_params, **form.fields}, loaded, limits.max_topk, offered)
         if "file" not in form.files:
             got = f" (got {', '.join(repr(k) for k in form.files)})" if form.files else ""
@@ -307,7 +400,7 @@ def create_app(
         data = form.files.pop("file")
         if not data:
             raise BadRequest(400, "the file is empty (0 bytes)")
-        x, shown, size = await in_pool(_decode, data, limits.max_pixels, limits.max_side, loaded)
+        x, shown, size = await in_pool(_decode, data, limits.max_pixels, limits.max_side, loaded, budget)
         del data
         if isinstance(opts.target, TargetRecipe):
             try:

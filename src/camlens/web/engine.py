@@ -3,7 +3,7 @@ threads that run them: ``workers`` threads for the one-pass methods (CAM, the Gr
 batching requests that arrive together, and one thread for the ``expensive`` ones (Score-CAM, SS-CAM, IS-CAM,
 Ablation-CAM), so that a request that takes minutes never holds the model from the others.
 
-What the caches hold, at most (the bound the soak test checks, README "Web page"): ``size`` explainers, each
+What the caches hold, at most (the bound the soak test checks, docs/tutorials/serve.md): ``size`` explainers, each
 one-pass explainer on its own deep copy of the model, plus up to one more per model thread for explainers
 evicted while in use; and one copy shared by every expensive explainer, with its inference copy (see
 :func:`camlens.methods.activation.pass_model`), made once.  Explainers place hooks, so the copies keep the served

@@ -87,6 +87,11 @@ class TrainingMethod:
         object.__setattr__(model, MARK, self.config())
         return ()
 
+    def reference(self) -> "TrainingMethod":
+        """This method as Choe et al.'s reference code runs it (``--protocol wsolevaluation``); the same method
+        where camlens does not depart from it."""
+        return self
+
     def check_input(self, size: Sequence[int]) -> None:
         """Raise a one-line :class:`CamlensError` if the parameters cannot work on (H, W) inputs (a HaS patch
         larger than the image); called before training starts, so nothing is written for a run that would fail."""
