@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test docs bench clean
+.PHONY: demo test docs bench clean wheel
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,5 +22,10 @@ docs: $(STAMP)  # build the site strictly, then serve it at http://127.0.0.1:800
 	$(PY) -m mkdocs build --strict
 	$(PY) -m mkdocs serve
 
+# dist/camlens-VERSION-py3-none-any.whl, to install from source elsewhere: pip install 'dist/camlens-*.whl[real]'
+wheel:
+	rm -rf dist
+	$(PYTHON) -m pip wheel . --no-deps -w dist
+
 clean:
-	rm -rf $(VENV) demo-out
+	rm -rf $(VENV) demo-out dist

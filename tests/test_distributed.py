@@ -4,6 +4,8 @@ import json
 import os
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -162,6 +164,20 @@ def test_a_crashing_rank_says_which_rank_and_how_to_resume(images, monkeypatch, 
     err = capsys.readouterr().err
     assert "rank 1 failed (RuntimeError: disk full)" in err and "rerunning the same command resumes" in err
     assert not (images / "crash" / "summary.json").exists()
+
+
+def test_a_hung_rank_ends_the_job_after_the_timeout_with_one_line_naming_it(images):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--master-addr=127.0.0.1",
+           f"--master-port={free_port()}", str(Path(__file__).with_name("_hung_rank.py")), "explain", "imgs",
+           "--checkpoint", "m.safetensors", "--out", "hung", "--quiet", "--dist-timeout", "3"]
+    began = time.monotonic()
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=images, timeout=240, env=ONE_THREAD)
+    assert proc.returncode != 0
+    assert time.monotonic() - began < 120  # not torch's default 30 minutes
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("camlens: ")]
+    assert len(lines) == 1 and lines[0].startswith("camlens: error: rank 0: rank 1 did not answer within 3 s"), \
+        proc.stderr[-2000:]
+    assert "--dist-timeout" in lines[0]
 
 
 def test_each_rank_takes_the_gpu_of_its_local_rank(monkeypatch):

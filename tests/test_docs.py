@@ -86,6 +86,14 @@ def _cat_photo_overlay(cwd: Path, out: str) -> None:
     assert (cwd / "cat_figure.png").stat().st_size > 0
 
 
+def _explain_a_photo(cwd: Path, out: str) -> None:
+    assert "Explanation(cam, image 300x451, maps 7x7 at 'bn2': Egyptian cat" in out and "64 masked passes done" in out
+    assert "tabby: " in out and "blocks.5 (1, 2, 7, 7)" in out
+    with Image.open(cwd / "chelsea-cam.png") as overlay:
+        assert overlay.size == (451, 300)
+    assert (cwd / "chelsea-figure.png").stat().st_size > 0 and (cwd / "chelsea-meta" / "localization.txt").is_file()
+
+
 def _signal_volume_figures(cwd: Path, out: str) -> None:
     assert (cwd / "signal.png").stat().st_size > 0 and (cwd / "volume.png").stat().st_size > 0
 
@@ -94,6 +102,7 @@ CHECKS: dict[str, Callable[[Path, str], None]] = {
     "README.md": _cat_photo_overlay,
     "docs/getting-started.md": _cat_photo_overlay,
     "docs/howto/ndim.md": _signal_volume_figures,
+    "docs/tutorials/explain-a-photo.md": _explain_a_photo,
 }
 
 

@@ -146,5 +146,18 @@ def test_a_bad_file_shows_the_servers_error_and_the_page_recovers(server, page):
     assert all("415" in p or "Unsupported" in p for p in page.problems)  # only the console note of the 415
 
 
+def test_a_failed_upload_clears_the_previous_results(server, page):
+    url, _ = server
+    page.goto(url)
+    page.wait_for_function("() => document.querySelectorAll('#method option').length > 1")
+    _upload(page, _png(), name="photo.png")
+    page.wait_for_selector(".card .overlay")
+    assert page.query_selector_all("#prediction-list li")
+    _upload(page, b"definitely not an image", name="notes.png")
+    page.wait_for_selector("#status.error")
+    assert page.query_selector_all(".card") == [] and page.query_selector_all("#prediction-list li") == []
+    assert page.is_hidden("#predictions")
+
+
 def _pixels(png: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(np.float64)

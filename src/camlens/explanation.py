@@ -12,17 +12,18 @@ import html
 import io
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Union
+from typing import TYPE_CHECKING, Callable, Sequence, Union
 
 import numpy as np
+import torch
 from PIL import Image
-from torch import Tensor
+from torch import Tensor, nn
 
 from .capture import CamlensError
 from .data.images import as_image
 from .methods import build_explainer
 from .methods.base import CAMResult, ClassSpec
-from .models import LoadedModel
+from .models import LoadedModel, Preprocess, read_class_names
 from .render import overlay_image, three_panel
 
 if TYPE_CHECKING:
@@ -60,10 +61,25 @@ class Explanation:
         """The map of the ``k``-th explained class over the image, at the image's original size."""
         return overlay_image(self.image, self._map(k), alpha=alpha, colormap=colormap)
 
-    def figure(self, k: int = 0) -> "Figure":
-        """The three-panel figure (raw map, resized map, overlay) of the ``k``-th explained class."""
+    def figure(self, k: int = 0, *, colormap: str = "jet", alpha: float = 0.5) -> "Figure":
+        """The three-panel figure (raw map, resized map, overlay) of the ``k``-th explained class.
+
+        Args:
+            k: which explained class (0: the first).
+            colormap: any matplotlib colormap name for the maps and the overlay.
+            alpha: heatmap opacity in the overlay.
+
+        Returns:
+            A matplotlib figure, shown by Jupyter as a PNG without ``%matplotlib inline``.
+        """
         name, prob = self.predictions[k]
-        return three_panel(self.image, self._map(k), title=f"{self.method}: {name} ({prob:.1%})")
+        return three_panel(self.image, self._map(k), title=f"{self.method}: {name} ({prob:.1%})", colormap=colormap,
+                           alpha=alpha)
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{name} {prob:.1%}" for name, prob in self.predictions)
+        return (f"Explanation({self.method}, image {self.image.shape[-2]}x{self.image.shape[-1]}, maps "
+                f"{'x'.join(map(str, self.result.maps.shape[2:]))} at {self.result.layer!r}: {shown})")
 
     def _tiles(self, height: int = 224) -> list[Image.Image]:
         tiles = []
@@ -95,22 +111,56 @@ class Explanation:
 
 
 def explain(
-    model: LoadedModel,
+    model: LoadedModel | nn.Module,
     image: ImageLike,
     *,
     method: str = "cam",
     topk: int = 1,
     classes: ClassSpec = None,
     layer: str | None = None,
+    preprocess: Callable[[Tensor], Tensor] | None = None,
+    size: int | tuple[int, int] | None = None,
+    class_names: str | Sequence[str] | None = None,
 ) -> Explanation:
-    """Explain ``image`` (a file, PIL image, array or (3, H, W) tensor in [0, 1]) with ``method`` (any name of
-    :data:`camlens.METHODS`) for the ``topk`` most probable classes or the given ``classes``, through the model's
-    own preprocessing."""
-    if not isinstance(model, LoadedModel):
-        raise CamlensError("explain takes a model from camlens.load_model (it carries preprocessing and class names)")
+    """Explain one image with ``method`` for its ``topk`` most probable classes or the given ``classes``.
+
+    A :func:`camlens.load_model` result brings its own preprocessing and class names.  A plain ``nn.Module`` is
+    put in eval mode and fed the image normalized with the ImageNet mean and std, at the image's own size (or at
+    ``size``), unless ``preprocess`` says otherwise; its classes are named by ``class_names`` or by their index.
+
+    Args:
+        model: a :func:`camlens.load_model` result or any ``nn.Module`` returning class scores.
+        image: a file path, PIL image, (H, W, 3) array or (3, H, W) tensor in [0, 1].
+        method: any name of :data:`camlens.METHODS` (``cam``, ``gradcam``, ``scorecam``...).
+        topk: explain the ``topk`` most probable classes (when ``classes`` is None).
+        classes: a class index or a list of them (``[281, 285]``: both, for this image).
+        layer: the layer to explain (default: found automatically; see :func:`camlens.layer_names`).
+        preprocess: a callable from the (3, H, W) [0, 1] image to the (1, 3, h, w) model input; overrides the
+            model's own.
+        size: the model input size (H, W) or side for the default preprocessing of a plain module.
+        class_names: names of the model's classes: a list, ``"imagenet"``, ``"stl10"`` or a text file.
+
+    Returns:
+        The :class:`Explanation`: predictions, raw maps, overlays and figure.
+    """
+    if isinstance(model, LoadedModel):
+        network, names, default = model.model, model.class_names, model.preprocess
+        if size is not None:
+            default = Preprocess(_pair(size), model.preprocess.mean, model.preprocess.std)
+    elif isinstance(model, nn.Module):
+        network, names, default = model.eval(), None, Preprocess(_pair(size) if size is not None else None)
+    else:
+        raise CamlensError(f"explain takes an nn.Module or a camlens.load_model result, not {type(model).__name__}")
     img = as_image(image)
-    device = next(model.model.parameters()).device
-    x = model.preprocess(img.to(device))
-    with build_explainer(model.model, method, layer) as explainer:
+    parameter = next(network.parameters(), None)
+    x = (preprocess or default)(img.to(parameter.device if parameter is not None else torch.device("cpu")))
+    x = x[None] if x.ndim == 3 else x
+    with build_explainer(network, method, layer) as explainer:
         result = explainer(x, classes, topk=topk)
-    return Explanation(img, result.to("cpu"), model.class_names, method)
+    if class_names is not None or names is None:
+        names = read_class_names(class_names, result.logits.shape[1])
+    return Explanation(img, result.to("cpu"), names, method)
+
+
+def _pair(size: int | tuple[int, int]) -> tuple[int, int]:
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))

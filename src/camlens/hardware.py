@@ -95,3 +95,32 @@ def retain_freed_memory() -> bool:
         return bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
     except (OSError, AttributeError):
         return False
+
+
+def check_device(spec: str | torch.device) -> torch.device:
+    """``spec`` as a torch device that exists on this machine, or a one-line :class:`camlens.CamlensError` saying
+    what is missing and what to use instead (torch's own errors for a missing GPU are multi-line tracebacks).
+
+    Args:
+        spec: ``cpu``, ``cuda``, ``cuda:1``, ``mps`` or a ``torch.device``.
+
+    Returns:
+        The device.
+    """
+    from .capture import CamlensError
+
+    try:
+        device = torch.device(spec)
+    except (RuntimeError, ValueError) as err:
+        raise CamlensError(f"--device {spec!r} is not a device name; use cpu, cuda, cuda:N or mps") from err
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            build = f"built for CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+            raise CamlensError(f"--device {spec}: no CUDA GPU is usable here (torch {torch.__version__}, {build}); "
+                               "use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise CamlensError(f"--device {spec}: this machine has {torch.cuda.device_count()} CUDA GPU(s), "
+                               f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise CamlensError(f"--device {spec}: Apple's MPS is not available here; use --device cpu")
+    return device

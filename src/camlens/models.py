@@ -8,6 +8,7 @@ checkpoints describe themselves; plain ``.pt``/``.pth`` state dicts are read wit
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence, cast
@@ -16,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .capture import CamlensError, find_classifier
+from .capture import CamlensError, find_classifier, first_line
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -259,7 +260,9 @@ def _num_classes_from_state(arch: str, state: dict[str, Tensor], options: dict |
     of the architecture (found on a default-sized instance, since state dict key order is not reliable)."""
     key = f"{find_classifier(build_model(arch, **(options or {})))[0]}.weight"
     if key not in state:
-        raise CamlensError(f"the checkpoint has no classifier weight {key!r} for {arch}")
+        keys = ", ".join(list(state)[:3]) or "none"
+        raise CamlensError(f"the checkpoint has no classifier weight {key!r} for {arch} (its first keys: {keys}); it "
+                           "was saved from another architecture: pass the --arch it was trained as")
     return int(state[key].shape[0])
 
 
@@ -270,13 +273,17 @@ def _read_state(path: Path) -> tuple[dict[str, Tensor], dict]:
         from safetensors import safe_open
         from safetensors.torch import load_file
 
-        with safe_open(str(path), framework="pt") as f:
-            recorded = json.loads((f.metadata() or {}).get("camlens", "{}"))
-        return load_file(str(path)), recorded
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                recorded = json.loads((f.metadata() or {}).get("camlens", "{}"))
+            return load_file(str(path)), recorded
+        except Exception as err:  # safetensors raises its own error type (and OSError, JSON errors) for bad files
+            raise CamlensError(f"cannot read checkpoint {str(path)!r}: not a valid .safetensors file "
+                               f"({first_line(err)}); it is damaged or truncated: copy or save it again") from err
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # pickle errors come in many types; weights_only refuses anything but tensors
-        raise CamlensError(f"cannot read checkpoint {str(path)!r} as a weights-only state dict: {err}") from err
+        raise _weights_only_error(path, err) from err
     meta: dict = {}
     if isinstance(state, dict) and isinstance(state.get("architecture"), str):  # wsolevaluation's main.py
         meta["wsolevaluation"] = {"architecture": state["architecture"], "epoch": state.get("epoch")}
@@ -347,6 +354,24 @@ def _reference_model(state: dict[str, Tensor], meta: dict, source: str, arch: st
     return model, layout.arch, meta
 
 
+def _weights_only_error(path: Path, err: Exception) -> CamlensError:
+    """One line for a ``.pt`` file that ``torch.load(weights_only=True)`` refuses: pickled Python objects (a whole
+    model saved with ``torch.save(model)`` names its class), or not a PyTorch file at all."""
+    text = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", str(err))
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    if found:
+        return CamlensError(
+            f"cannot read checkpoint {str(path)!r} as a weights-only state dict: it holds pickled Python objects "
+            f"({found.group(1)}), which camlens never unpickles; if it is a whole model saved with "
+            "torch.save(model), save its weights instead: torch.save(model.state_dict(), 'weights.pt'), then pass "
+            "--arch (or use camlens.models.save_checkpoint)"
+        )
+    reason = re.search(r"WeightsUnpickler error: \s*(.+)", text)
+    return CamlensError(f"cannot read checkpoint {str(path)!r} as a weights-only state dict: not a PyTorch weights "
+                        f"file ({reason.group(1).strip() if reason else first_line(text).split('. ')[0]}); give a .safetensors "
+                        "checkpoint or a file written by torch.save(model.state_dict(), ...)")
+
+
 def save_checkpoint(
     path: str | Path,
     model: nn.Module,
@@ -362,13 +387,16 @@ def save_checkpoint(
     by the CAM network builders) are the builder options that rebuild the same network."""
     from safetensors.torch import save_model
 
+    from .files import atomic_path
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = {"arch": arch, "class_names": list(class_names), "preprocess": preprocess.to_json(), **(extra or {})}
     options = arch_options if arch_options is not None else getattr(model, "arch_options", None)
     if options:
         meta["arch_options"] = dict(options)
-    save_model(model, str(path), metadata={"camlens": json.dumps(meta)})
+    with atomic_path(path) as tmp:
+        save_model(model, str(tmp), metadata={"camlens": json.dumps(meta)})
     return path
 
 

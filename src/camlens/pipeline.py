@@ -1,7 +1,10 @@
 """Explaining many files (images, ``.npy`` images and volumes): decode in background threads, batch, explain,
 render and write overlays in background threads while the model runs the next batch, and a summary.
 
-Bad files never stop the run: each becomes one error line in the summary, the rest is still done.
+Bad files never stop the run: each becomes one error line, and one ``skipped`` entry (path and reason) in the
+summary, the rest is still done; so does an item whose rendering fails.  Every file is written atomically, never
+through a symlink (:mod:`camlens.files`), and the files of an earlier run with other options are kept unless asked
+(``overwrite``).
 
 Only the model and what needs torch run on the calling thread (reading ``.npy`` arrays into tensors, the batch's
 preprocessing, the explainer, the maps' upsampling to colormap indices, and the overlays of ``.npy`` inputs and
@@ -39,8 +42,9 @@ from .data.arrays import VOLUME_SHAPES, input_channels, input_rank, load_array, 
 from .data.images import DEFAULT_MAX_PIXELS, DecodeBudget, ImageError, array_to_tensor, image_pixels, read_rgb
 from .methods.base import CAMResult, ClassSpec, Explainer
 from .methods.layered import LayerExplainer
-from .distributed import Context, ProgressLog, barrier, gather, resume_entries, shard_batches, write_atomic
-from .maps import upsample
+from .distributed import Context, ProgressLog, barrier, earlier_run, gather, resume_entries, shard_batches
+from .files import OutputError, atomic_open, csv_text, output_folder, remove_temporaries, write_atomic
+from .maps import normalize, upsample
 from .models import LoadedModel
 from .png import write_png
 from .render import JPEG_QUALITY, overlay, three_panel_figure, to_bytes, volume_figure, volume_panels
@@ -58,24 +62,38 @@ class RenderOptions:
     image_format: str = "png"
 
 
+SUMMARIES = ("summary.json", "summary.csv")
+KEPT = "kept.json"  # in .progress: the files that were in the output folder before the run, never replaced
+
+
 @dataclass
 class Summary:
-    """Per-image records (predictions, scores, files written) and one line per file that failed."""
+    """Per-image records (predictions, scores, files written), one line per file that failed, and the same
+    failures as ``skipped`` entries ``{"path", "reason"}``."""
 
     records: list[dict] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    skipped: list[dict] = field(default_factory=list)
+
+    def skip(self, path: str, line: str) -> None:
+        """Record ``path`` as skipped; ``line`` is its error line (``path: reason``)."""
+        self.errors.append(line)
+        self.skipped.append({"path": path, "reason": line.removeprefix(f"{path}: ")})
 
     def write(self, out_dir: Path) -> None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        write_atomic(out_dir / "summary.json", json.dumps({"images": self.records, "errors": self.errors}, indent=2))
+        """summary.json and summary.csv in ``out_dir``; text cells of the CSV neutralized (:func:`csv_text`)."""
+        output_folder(out_dir)
+        write_atomic(out_dir / SUMMARIES[0], json.dumps({"images": self.records, "errors": self.errors,
+                                                         "skipped": self.skipped}, indent=2))
         rows = io.StringIO()
         writer = csv.writer(rows)
         writer.writerow(["file", "rank", "class", "label", "score", "overlay"])
         for rec in self.records:
             for rank, pred in enumerate(rec["explained"], 1):
                 score = "" if pred["score"] is None else f"{pred['score']:.6f}"
-                writer.writerow([rec["file"], rank, pred["class"], pred["label"], score, pred["overlay"]])
-        write_atomic(out_dir / "summary.csv", rows.getvalue())
+                writer.writerow([csv_text(rec["file"]), rank, pred["class"], csv_text(pred["label"]), score,
+                                 csv_text(pred["overlay"])])
+        write_atomic(out_dir / SUMMARIES[1], rows.getvalue())
 
 
 def _safe(name: str) -> str:
@@ -177,6 +195,9 @@ def explain_files(
     progress: Callable[[int], None] = lambda n: None,
     target: TargetRecipe | None = None,
     decode_budget: int | None = None,
+    overwrite: bool = False,
+    input_errors: Sequence[str] = (),
+    save_maps: dict[Path, Path] | None = None,
 ) -> Summary:
     """Explain every file: one overlay per image and explained class in ``out_dir``, named
     ``<stem>_<rank>_<label>.<format>``; returns the summary (written by the main rank as summary.json and .csv).
@@ -189,6 +210,14 @@ def explain_files(
     maps are written upsampled to the volume as ``.npy``, with a maximum-intensity projection overlay.
     Image pixels held at once (decoded, and not yet written as overlays) are bounded by ``decode_budget``
     (default: :meth:`DecodeBudget.for_batches` of ``batch_size``, the model's input and ``max_pixels``).
+
+    Files in ``out_dir`` are replaced only when they are this run's (resuming, or ``--restart`` with the same
+    ``run_key``) or with ``overwrite``; otherwise an earlier run's files are kept (:class:`CamlensError`, before
+    any work when its options differ or it left a summary).  ``input_errors`` (``spec: reason`` lines of inputs
+    skipped before this call, such as :func:`camlens.data.images.expand_paths` gives) join the summary's
+    ``skipped`` list.
+    ``save_maps`` names a ``.npy`` file for each image: its first explained map, upsampled to the image and min-max
+    normalized (float32 (H, W) in [0, 1]), as ``camlens evaluate --maps`` scores maps.
     """
     rank = input_rank(loaded.model)
     ctx = ctx or Context(0, 1, 0, next(loaded.model.parameters()).device)
@@ -196,8 +225,16 @@ def explain_files(
         raise CamlensError(f"{type(explainer).__name__} explains classes; a target needs a layer method")
     layered = explainer if isinstance(explainer, LayerExplainer) else None
     blend_table(render.colormap, render.alpha, render.classic)  # a bad colormap or alpha fails before any work
-    progress_dir = out_dir / ".progress"
-    previous = resume_entries(progress_dir, {**(run_key or {}), "batch_size": batch_size}, resume, ctx)
+    progress_dir = output_folder(output_folder(out_dir) / ".progress")
+    key = {**(run_key or {}), "batch_size": batch_size}
+    taken = _kept_files(out_dir, progress_dir, key, overwrite)
+    if taken & set(SUMMARIES):
+        raise OutputError(f"{out_dir} holds the summary of an earlier run; keep it by choosing another --out, or "
+                          "pass --overwrite to replace it")
+    previous = resume_entries(progress_dir, key, resume, ctx, overwrite)
+    if ctx.is_main:
+        write_atomic(progress_dir / KEPT, json.dumps(sorted(taken)))
+        remove_temporaries(out_dir)
     finished = {entry["file"] for entry in previous}
     mine = [[paths[i] for i in batch] for _, batch in shard_batches(len(paths), batch_size, ctx)]
     todo = [batch for batch in mine if not all(str(p) in finished for p in batch)]
@@ -207,23 +244,30 @@ def explain_files(
               DecodeBudget.for_batches(batch_size, loaded.preprocess.size, max_pixels))
     stems = output_stems(paths)
     entries: list[dict] = []
-    rendering: deque[tuple[list[dict], list[Future[Any]], int]] = deque()
+    rendering: deque[tuple[list[dict], list[tuple[int, Future[Any]]], int]] = deque()
 
     def finish(keep: int) -> None:
         """Log the oldest batches, in order, once their files are written, until ``keep`` are left in flight."""
         while len(rendering) > keep:
             done, futures, count = rendering.popleft()
-            for future in futures:
-                future.result()  # a failed write raises here, before its batch is logged as done
+            for index, future in futures:
+                try:
+                    future.result()  # a failed write raises here, before its batch is logged as done
+                except (OutputError, OSError, MemoryError):
+                    raise
+                except Exception as err:  # this item could not be drawn (a figure, a colormap): one line
+                    if "error" not in done[index]:
+                        line = f"{done[index]['file']}: could not render ({type(err).__name__}: {err})"
+                        done[index] = {"file": done[index]["file"], "error": line}
+                        on_error(line)
             log.append(done)
             entries.extend(done)
             progress(count)
 
-    out_dir.mkdir(parents=True, exist_ok=True)
     # the figures draw with pyplot, which is not thread-safe: one render thread then
     with ThreadPoolExecutor(max(1, workers)) as decode_pool, \
             ThreadPoolExecutor(1 if render.figure else max(1, workers)) as render_pool:
-        def run(batch: Decoded) -> tuple[list[dict], list[Future[Any]]]:
+        def run(batch: Decoded) -> tuple[list[dict], list[tuple[int, Future[Any]]]]:
             """Explain one part and queue its files; the part's pixels are dropped here (its list emptied, no
             local left), so that only the render queue holds them, as the budget counts."""
             done: list[dict] = []
@@ -239,7 +283,7 @@ def explain_files(
                     good.append((path, *item))
                     held.append(pixels)
             batch.clear()
-            futures: list[Future[Any]] = []
+            futures: list[tuple[int, Future[Any]]] = []  # (index in done, a file of that item)
             if good:
                 x = torch.cat([_model_input(loaded, img.to(ctx.device), rank) for _, img, _ in good])
                 if target is not None and layered is not None:
@@ -251,10 +295,14 @@ def explain_files(
                 probs = res.logits.float().softmax(-1)
                 for i, (path, img, rgb) in enumerate(good):
                     record, slots = _image_record(loaded, res, probs, i, path, img, stems[path], render)
-                    done.append({"file": str(path), "record": record})
+                    _check_free(out_dir, slots, taken)
                     written = _write_image(slots, res, i, img, rgb, out_dir, render, render_pool)
+                    if save_maps is not None and img.ndim == 3 and slots and slots[0][0] == 0:
+                        score_map = normalize(upsample(res.maps[i, 0].detach().float(), tuple(img.shape[-2:])))
+                        written.append(render_pool.submit(_save_map, save_maps[path], score_map.cpu().numpy()))
                     _release_when_done(budget, held[i], written)
-                    futures += written
+                    futures += [(len(done), future) for future in written]
+                    done.append({"file": str(path), "record": record})
             return done, futures
 
         for batch in _decoded_batches(todo, decode_pool, max_pixels, rank, budget):
@@ -265,8 +313,12 @@ def explain_files(
         finish(keep=0)
     gathered = [e for rank_entries in gather(entries, ctx) for e in rank_entries]
     summary = _merge(paths, previous + gathered)
+    for line in input_errors:
+        spec, _, reason = line.rpartition(": ")
+        summary.errors.append(line)
+        summary.skipped.append({"path": spec, "reason": reason})
     if ctx.is_main:
-        summary.write(out_dir)
+        summary.write(out_dir)  # checked above: a summary there is this run's
     barrier(ctx)
     return summary
 
@@ -289,6 +341,23 @@ def _release_when_done(budget: DecodeBudget, pixels: int, futures: list[Future[A
         future.add_done_callback(one_done)
 
 
+def _kept_files(out_dir: Path, progress_dir: Path, key: dict, overwrite: bool) -> set[str]:
+    """Names of the files in ``out_dir`` that this run must not replace: those that were there before the first
+    run with this ``key`` began (recorded in ``.progress``, so a resumed run keeps them too); none with
+    ``overwrite``."""
+    if overwrite:
+        return set()
+    earlier = earlier_run(progress_dir)
+    if earlier is None:
+        return {p.name for p in out_dir.iterdir() if p.name != progress_dir.name}
+    if earlier != key:
+        return set()  # resume_entries refuses this run, saying why
+    try:
+        return set(json.loads((progress_dir / KEPT).read_text()))
+    except (OSError, ValueError):  # a run from before this record: its folder held only its own files
+        return set()
+
+
 def _merge(paths: Sequence[Path], entries: list[dict]) -> Summary:
     """One summary in input order, whatever ranks and runs the entries came from."""
     by_file = {e["file"]: e for e in entries}
@@ -298,10 +367,20 @@ def _merge(paths: Sequence[Path], entries: list[dict]) -> Summary:
         if entry is None:
             continue
         if "error" in entry:
-            summary.errors.append(entry["error"])
+            summary.skip(entry["file"], entry["error"])
         else:
             summary.records.append(entry["record"])
     return summary
+
+
+def _check_free(out_dir: Path, slots: list[tuple[int, dict[str, Any]]], taken: set[str]) -> None:
+    """Refuse to write over a file that was in ``out_dir`` before this run (``taken``)."""
+    for _, entry in slots:
+        overlay = entry["overlay"]
+        for name in (overlay, entry.get("figure"), overlay.rpartition(".")[0] + ".npy"):
+            if name in taken:
+                raise OutputError(f"{out_dir / name} was there before this run: pass --overwrite to replace it, or "
+                                  "choose another --out")
 
 
 def _model_input(loaded: LoadedModel, img: Tensor, rank: int) -> Tensor:
@@ -354,7 +433,7 @@ def _write_image(slots: list[tuple[int, dict[str, Any]]], res: CAMResult, i: int
         path = out_dir / entry["overlay"]
         if volume:
             up = upsample(cam.float(), tuple(img.shape[-3:])).cpu().numpy()
-            futures.append(pool.submit(np.save, path.with_suffix(".npy"), up))
+            futures.append(pool.submit(_save_array, up, path.with_suffix(".npy")))
             mip = volume_panels(img, cam, colormap=render.colormap, alpha=render.alpha).mip
             futures.append(pool.submit(_save_pixels, _bytes(mip), path, render.image_format))
         elif rgb is None:
@@ -372,6 +451,11 @@ def _write_image(slots: list[tuple[int, dict[str, Any]]], res: CAMResult, i: int
     return futures
 
 
+def _save_map(path: Path, score_map: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _save_array(score_map, path)
+
+
 def _bytes(image: Tensor) -> np.ndarray:
     """(3, H, W) in [0, 1] as (H, W, 3) uint8, the bytes :func:`camlens.render.to_pil` gives."""
     return np.ascontiguousarray(to_bytes(image.detach()).cpu().permute(1, 2, 0).numpy())
@@ -386,4 +470,10 @@ def _save_pixels(pixels: np.ndarray, path: Path, image_format: str) -> None:
     if image_format == "png":
         write_png(pixels, path)
     else:
-        Image.fromarray(pixels).save(path, "JPEG", quality=JPEG_QUALITY)
+        with atomic_open(path) as f:
+            Image.fromarray(pixels).save(f, "JPEG", quality=JPEG_QUALITY)
+
+
+def _save_array(values: np.ndarray, path: Path) -> None:
+    with atomic_open(path) as f:
+        np.save(f, values)

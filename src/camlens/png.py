@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .files import write_atomic
+
 SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
@@ -38,6 +40,6 @@ def encode_png(rgb: np.ndarray) -> bytes:
     return SIGNATURE + _chunk(b"IHDR", header) + _chunk(b"IDAT", data) + _chunk(b"IEND", b"")
 
 
-def write_png(rgb: np.ndarray, path: str | Path) -> None:
-    """Write an (H, W, 3) uint8 array as a PNG file."""
-    Path(path).write_bytes(encode_png(rgb))
+def write_png(rgb: np.ndarray, path: str | Path, replace: bool = True) -> None:
+    """Write an (H, W, 3) uint8 array as a PNG file, atomically (:func:`camlens.files.write_atomic`)."""
+    write_atomic(path, encode_png(rgb), replace=replace)

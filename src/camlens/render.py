@@ -8,6 +8,7 @@ maximum-intensity projection (:func:`volume_figure`); :func:`map_figure` picks b
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -19,6 +20,7 @@ from PIL import Image, ImageDraw
 from torch import Tensor
 
 from .capture import CamlensError
+from .files import atomic_open
 from .maps import normalize, upsample
 
 if TYPE_CHECKING:
@@ -89,24 +91,37 @@ def draw_boxes(
     boxes: Sequence[Sequence[float]],
     colors: Sequence[str] = ("lime",),
     width: int = 2,
+    labels: Sequence[str] | None = None,
 ) -> Image.Image:
-    """Draw boxes ``[x0, y0, x1, y1]`` (exclusive right/bottom edges, pixel units) on an image."""
+    """Draw boxes ``[x0, y0, x1, y1]`` (exclusive right/bottom edges, pixel units) on an image, each with its
+    ``labels`` entry (when given) written in the box's colour on a black band at its top-left corner, inside the
+    image."""
     img = to_pil(image) if isinstance(image, Tensor) else image.copy()
     draw = ImageDraw.Draw(img)
     for i, (x0, y0, x1, y1) in enumerate(boxes):
-        draw.rectangle([x0, y0, x1 - 1, y1 - 1], outline=colors[i % len(colors)], width=width)
+        color = colors[i % len(colors)]
+        draw.rectangle([x0, y0, x1 - 1, y1 - 1], outline=color, width=width)
+        if labels is not None and labels[i]:
+            left, top, right, bottom = draw.textbbox((0, 0), labels[i])
+            x = min(max(0.0, x0), max(0.0, img.width - (right - left) - 2))
+            y = min(max(0.0, y0), max(0.0, img.height - (bottom - top) - 2))
+            draw.rectangle([x, y, x + right - left + 2, y + bottom - top + 2], fill="black")
+            draw.text((x + 1 - left, y + 1 - top), labels[i], fill=color)
     return img
 
 
-def save_image(image: Tensor | Image.Image, path: str | Path, quality: int = JPEG_QUALITY) -> Path:
-    """Save as PNG or JPEG (chosen by the suffix)."""
+def save_image(image: Tensor | Image.Image, path: str | Path, quality: int = JPEG_QUALITY, *,
+               replace: bool = True) -> Path:
+    """Save as PNG or JPEG (chosen by the suffix), atomically (:func:`camlens.files.atomic_open`); an existing
+    file is kept (:class:`camlens.files.OutputError`) unless ``replace``."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in (".png", ".jpg", ".jpeg"):
         raise CamlensError(f"{path}: save as .png, .jpg or .jpeg")
     img = to_pil(image) if isinstance(image, Tensor) else image
     path.parent.mkdir(parents=True, exist_ok=True)
-    img.save(path, quality=quality) if suffix != ".png" else img.save(path)
+    with atomic_open(path, replace=replace) as f:
+        img.save(f, "PNG") if suffix == ".png" else img.save(f, "JPEG", quality=quality)
     return path
 
 
@@ -117,25 +132,41 @@ def overlay_image(
     return to_pil(overlay(image, cam, colormap=colormap, alpha=alpha, classic=classic))
 
 
-def three_panel(image: Tensor, cam: Tensor, *, title: str = "", colormap: str = "jet", alpha: float = 0.5) -> Figure:
-    """The raw map at feature resolution, the map resized to the image, and the overlay, side by side, as a
-    matplotlib figure (built without pyplot, so it neither changes the backend nor stays open)."""
+@lru_cache(maxsize=1)
+def _notebook_figure() -> type[Figure]:
     from matplotlib.figure import Figure
 
+    class NotebookFigure(Figure):
+        """A figure Jupyter shows as a PNG in a fresh kernel: IPython's figure display hook is installed only when
+        a matplotlib backend starts (``%matplotlib inline``, or importing pyplot), so a figure built without
+        pyplot otherwise prints as the text ``<Figure size 1000x360 with 3 Axes>``."""
+
+        def _repr_png_(self) -> bytes:
+            buffer = io.BytesIO()
+            self.savefig(buffer, format="png", dpi=100)
+            return buffer.getvalue()
+
+    return NotebookFigure
+
+
+def three_panel(image: Tensor, cam: Tensor, *, title: str = "", colormap: str = "jet", alpha: float = 0.5) -> Figure:
+    """The raw map at feature resolution, the map resized to the image, and the overlay, side by side, as a
+    matplotlib figure (built without pyplot, so it neither changes the backend nor stays open; shown by Jupyter
+    as a PNG without ``%matplotlib inline``)."""
     resized = upsample(normalize(cam.float()), image.shape[-2:])
     panels = [
         ("raw CAM", cam.float().cpu().numpy(), colormap),
         ("resized CAM", resized.cpu().numpy(), colormap),
         ("overlay", overlay(image, cam, colormap=colormap, alpha=alpha).permute(1, 2, 0).cpu().numpy(), None),
     ]
-    fig = Figure(figsize=(10, 3.6))
+    fig = _notebook_figure()(figsize=(10, 3.6))
     axes = fig.subplots(1, 3)
     for ax, (name, data, cmap) in zip(axes, panels):
         ax.imshow(data, cmap=cmap, interpolation="nearest")
         ax.set_title(name)
         ax.axis("off")
     if title:
-        fig.suptitle(title)
+        fig.suptitle(title, parse_math=False)  # a class name is text: `$x^{5$` is no formula
     fig.tight_layout()
     return fig
 
@@ -148,12 +179,27 @@ def three_panel_figure(
     title: str = "",
     colormap: str = "jet",
     alpha: float = 0.5,
+    replace: bool = True,
 ) -> Path:
-    """:func:`three_panel` saved to ``path``."""
-    fig = three_panel(image, cam, title=title, colormap=colormap, alpha=alpha)
+    """:func:`three_panel` saved to ``path`` as :func:`save_figure` does."""
+    return save_figure(three_panel(image, cam, title=title, colormap=colormap, alpha=alpha), path, replace=replace)
+
+
+def save_figure(fig: Figure, path: str | Path, *, replace: bool = True) -> Path:
+    """A matplotlib figure saved at 100 dpi, in the format its suffix names, atomically.
+
+    Args:
+        fig: the figure.
+        path: the file to write (``.png``, ``.pdf``, ``.svg`` ...).
+        replace: whether an existing file may be replaced (else :class:`camlens.files.OutputError`).
+
+    Returns:
+        ``path``.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    with atomic_open(path, replace=replace) as f:
+        fig.savefig(f, format=path.suffix.lstrip(".").lower() or "png", dpi=100)
     return path
 
 
@@ -166,12 +212,11 @@ def _pyplot():
     return plt
 
 
-def _save(fig, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    _pyplot().close(fig)
-    return path
+def _save(fig, path: str | Path, replace: bool = True) -> Path:
+    try:
+        return save_figure(fig, path, replace=replace)
+    finally:
+        _pyplot().close(fig)
 
 
 def _unit(t: Tensor) -> Tensor:
@@ -208,7 +253,7 @@ def signal_figure(
     bottom.set_ylabel("map")
     bottom.set_xlabel("sample")
     if title:
-        fig.suptitle(title)
+        fig.suptitle(title, parse_math=False)  # a class name is text: `$x^{5$` is no formula
     fig.tight_layout()
     return _save(fig, path)
 
@@ -264,6 +309,7 @@ def volume_figure(
     title: str = "",
     colormap: str = "jet",
     alpha: float = 0.5,
+    replace: bool = True,
 ) -> Path:
     """A 3-D volume and its map as one figure: the slices of :func:`volume_panels` in a grid, then the
     maximum-intensity projection along ``axis`` (the map's largest value along each ray over the volume's)."""
@@ -280,9 +326,9 @@ def volume_figure(
         ax.imshow(image.permute(1, 2, 0).numpy(), interpolation="nearest")
         ax.set_title(name)
     if title:
-        fig.suptitle(title)
+        fig.suptitle(title, parse_math=False)  # a class name is text: `$x^{5$` is no formula
     fig.tight_layout()
-    return _save(fig, path)
+    return _save(fig, path, replace)
 
 
 def map_figure(x: Tensor, cam: Tensor, path: str | Path, **options: object) -> Path:

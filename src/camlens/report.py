@@ -17,6 +17,7 @@ from typing import Sequence, Union
 from PIL import Image
 from torch import Tensor
 
+from .files import write_atomic
 from .render import to_pil
 
 
@@ -173,5 +174,5 @@ def write_report(
     parts.append("</body></html>")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(p for p in parts if p), encoding="utf-8")
+    write_atomic(path, "\n".join(p for p in parts if p))
     return path

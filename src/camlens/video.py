@@ -14,11 +14,11 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import queue
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -30,7 +30,7 @@ import torch
 from .blend import blend, blend_table, colormap_index
 from .capture import CamlensError
 from .data.images import ImageError
-from .distributed import temporary_name, write_atomic
+from .files import atomic_path, csv_text, write_atomic
 from .methods.base import ClassSpec, Explainer
 from .models import LoadedModel
 from .pipeline import AHEAD, RenderOptions, Summary, _safe
@@ -126,11 +126,13 @@ def _frame_batches(container: Any, stream: Any, options: VideoOptions, batch_siz
 
 
 class _Writer:
-    """One overlay video: frames encoded in order, written under a temporary name and renamed by :meth:`close`."""
+    """One overlay video: frames encoded in order, written under a temporary name and renamed by :meth:`close`
+    (:func:`camlens.files.atomic_path`: a symlink at ``path`` is refused, and an existing file unless ``replace``)."""
 
-    def __init__(self, av: Any, path: Path, rate: Fraction, width: int, height: int, options: VideoOptions) -> None:
-        self.path = path
-        self.temporary = temporary_name(path)
+    def __init__(self, av: Any, path: Path, rate: Fraction, width: int, height: int, options: VideoOptions,
+                 replace: bool) -> None:
+        self.publish = ExitStack()
+        self.temporary = self.publish.enter_context(atomic_path(path, replace=replace))
         self.container = av.open(str(self.temporary), mode="w", format=CONTAINERS[options.codec].replace("mkv", "matroska"))
         stream = self.container.add_stream(options.codec, rate=rate)
         stream.width, stream.height = width, height
@@ -150,12 +152,13 @@ class _Writer:
     def close(self) -> None:
         self.container.mux(self.stream.encode(None))
         self.container.close()
-        os.replace(self.temporary, self.path)
+        self.publish.close()
 
     def abandon(self) -> None:
         try:
             self.container.close()
         finally:
+            self.publish.pop_all()
             self.temporary.unlink(missing_ok=True)
 
 
@@ -171,6 +174,7 @@ def explain_video(
     render: RenderOptions = RenderOptions(),
     options: VideoOptions = VideoOptions(),
     progress: Callable[[int], None] = lambda n: None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Explain every ``options.every``-th frame of the video at ``path`` with a 2-D classifier.
 
@@ -189,6 +193,7 @@ def explain_video(
         render: colormap, opacity and blend of the overlays (``figure`` and ``image_format`` do not apply).
         options: codec, quality, frame stride and frame limit.
         progress: called with the number of frames done after each batch.
+        overwrite: replace the outputs of an earlier run (else they are kept: :class:`camlens.files.OutputError`).
 
     Returns:
         The video's summary record: file, size, rate, frames explained, the overlay videos and frame tables.
@@ -226,8 +231,8 @@ def explain_video(
                     height, width = rgb.shape[1:3]
                     if not writers:
                         extension = CONTAINERS[options.codec]
-                        writers = [_Writer(av, out_dir / f"{stem}_{rank + 1}.{extension}", rate, width, height, options)
-                                   for rank in range(res.classes.shape[1])]
+                        writers = [_Writer(av, out_dir / f"{stem}_{rank + 1}.{extension}", rate, width, height, options,
+                                           overwrite) for rank in range(res.classes.shape[1])]
                     indices = [[colormap_index(res.maps[i, k], (height, width)) for k in range(len(writers))]
                                for i in range(len(batch))]
                     for i, (number, seconds, _) in enumerate(batch):
@@ -254,8 +259,9 @@ def explain_video(
               "frame_table": f"{stem}_frames.csv",
               "explained": [{"class": None, "label": f"rank {rank} of each frame", "score": None, "overlay": name}
                             for rank, name in enumerate(outputs, 1)]}
-    write_atomic(out_dir / f"{stem}_frames.json", json.dumps({**record, "per_frame": frames}, indent=2))
-    write_atomic(out_dir / f"{stem}_frames.csv", _frames_csv(frames))
+    write_atomic(out_dir / f"{stem}_frames.json", json.dumps({**record, "per_frame": frames}, indent=2),
+                 replace=overwrite)
+    write_atomic(out_dir / f"{stem}_frames.csv", _frames_csv(frames), replace=overwrite)
     return record
 
 
@@ -288,7 +294,7 @@ def _frames_csv(frames: list[dict[str, Any]]) -> str:
     writer.writerow(["frame", "time", "rank", "class", "label", "score"])
     for frame in frames:
         for rank, entry in enumerate(frame["explained"], 1):
-            writer.writerow([frame["frame"], f"{frame['time']:.6f}", rank, entry["class"], entry["label"],
+            writer.writerow([frame["frame"], f"{frame['time']:.6f}", rank, entry["class"], csv_text(entry["label"]),
                              f"{entry['score']:.6f}"])
     return rows.getvalue()
 

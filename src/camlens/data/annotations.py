@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from ..capture import CamlensError
+from ..files import write_atomic
 from .images import ImageError, open_image
 
 
@@ -221,15 +222,15 @@ def write_wsol_metadata(folder: str | Path, ann: Annotations) -> Path:
     boxes must have integer edges."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "image_ids.txt").write_text("".join(f"{i}\n" for i in ann.ids))
-    (folder / "class_labels.txt").write_text("".join(f"{i},{int(label)}\n" for i, label in zip(ann.ids, ann.labels)))
+    write_atomic(folder / "image_ids.txt", "".join(f"{i}\n" for i in ann.ids))
+    write_atomic(folder / "class_labels.txt", "".join(f"{i},{int(label)}\n" for i, label in zip(ann.ids, ann.labels)))
     if all(s is not None for s in ann.sizes):
-        (folder / "image_sizes.txt").write_text("".join(f"{i},{s[0]},{s[1]}\n" for i, s in zip(ann.ids, ann.sizes) if s))
+        write_atomic(folder / "image_sizes.txt", "".join(f"{i},{s[0]},{s[1]}\n" for i, s in zip(ann.ids, ann.sizes) if s))
     lines = []
     for image_id, boxes in zip(ann.ids, ann.boxes):
         for x0, y0, x1, y1 in boxes.round().long().tolist():
             lines.append(f"{image_id},{x0},{y0},{x1 - 1},{y1 - 1}\n")
-    (folder / "localization.txt").write_text("".join(lines))
+    write_atomic(folder / "localization.txt", "".join(lines))
     return folder
 
 

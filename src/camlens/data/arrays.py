@@ -49,18 +49,24 @@ def _scaled(array: np.ndarray) -> Tensor:
 def load_array(path: str | Path, rank: int, max_values: int) -> Tensor:
     """A ``.npy`` file as an image (3, H, W) for ``rank`` 2, or a volume (C, D, H, W) for ``rank`` 3, in [0, 1]."""
     path = Path(path)
+    if path.is_dir():
+        raise ImageError(f"{path}: is a folder")
     if not path.is_file():
         raise ImageError(f"{path}: no such file")
     try:
         array = np.load(path, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError, EOFError) as err:  # object arrays need pickle: refused
         raise ImageError(f"{path}: not a readable .npy array ({str(err).splitlines()[0]})") from None
+    if array.size == 0:
+        raise ImageError(f"{path}: an empty array (shape {array.shape})")
     if array.size > max_values:
         raise ImageError(f"{path}: {array.size} values are over the limit of {max_values}")
     try:
         values = _scaled(np.asarray(array))
     except ImageError as err:
         raise ImageError(f"{path}: {err}") from None
+    except (ValueError, OSError) as err:  # the data ends before the header's shape does
+        raise ImageError(f"{path}: not a readable .npy array ({err})") from None
     shape = tuple(values.shape)
     if rank == 3:
         if values.ndim == 3:

@@ -30,6 +30,7 @@ _PLUGINS = (BmpImagePlugin, GifImagePlugin, JpegImagePlugin, PngImagePlugin, Tif
 FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF")
 FORMAT_NAMES = "PNG, JPEG, WebP, BMP, GIF or TIFF"
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+FOLDER_SUFFIXES = IMAGE_SUFFIXES | {".npy"}  # what a folder input picks up
 # per file: a 40-megapixel photo (7700 x 5200) still opens; a CAM only needs the model's input (224 x 224 is
 # 0.05 MP), so the limit exists for the full-resolution overlays alone.  Each decoded pixel costs about 15 bytes
 # on its way to the model (RGB bytes, then float32), so one file at the limit costs about 0.6 GB.
@@ -281,9 +282,11 @@ def as_image(image: str | Path | Image.Image | np.ndarray | Tensor, max_pixels: 
 
 
 def expand_paths(specs: Iterable[str | Path]) -> tuple[list[Path], list[str]]:
-    """Files, folders (searched recursively for image suffixes) and glob patterns, in order, without repeats.
+    """Files, folders (searched recursively for image suffixes and ``.npy`` arrays) and glob patterns, in order,
+    without repeats.  A symlink in a folder that leads outside it is skipped.
 
-    Returns the paths and one error line per spec that matched nothing, so the caller can go on with the rest.
+    Returns the paths and one error line per spec that matched nothing and per symlink skipped, so the caller
+    can go on with the rest.
     """
     found: dict[Path, None] = {}
     errors = []
@@ -291,7 +294,8 @@ def expand_paths(specs: Iterable[str | Path]) -> tuple[list[Path], list[str]]:
         spec = str(spec)
         path = Path(spec)
         if path.is_dir():
-            matches = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            matches, outside = _folder_inputs(path)
+            errors += [f"{p}: a symlink leading outside {path}, skipped" for p in outside]
         elif path.exists() or not glob.has_magic(spec):
             matches = [path]
         else:
@@ -301,3 +305,16 @@ def expand_paths(specs: Iterable[str | Path]) -> tuple[list[Path], list[str]]:
         for match in matches:
             found.setdefault(match, None)
     return list(found), errors
+
+
+def _folder_inputs(folder: Path) -> tuple[list[Path], list[Path]]:
+    """The input files under ``folder`` (image suffixes and ``.npy``), and the symlinks among them that resolve
+    outside it."""
+    root = folder.resolve()
+    inside: list[Path] = []
+    outside: list[Path] = []
+    for p in sorted(folder.rglob("*")):
+        if p.suffix.lower() not in FOLDER_SUFFIXES or not p.is_file():
+            continue
+        (inside if p.resolve().is_relative_to(root) else outside).append(p)
+    return inside, outside

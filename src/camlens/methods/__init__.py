@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from torch import nn
-
-from ..capture import CamlensError
+from ..capture import CamlensError, ModelLike, as_module
 from .activation import CAM, ISCAM, SSCAM, AblationCAM, ScoreCAM
 from .base import CAMResult, Cancelled, Explainer, select_classes, stop_when
 from .decomposition import EigenCAM
@@ -28,11 +26,12 @@ def get_method(name: str) -> type[Explainer]:
     return METHODS[key]
 
 
-def build_explainer(model: nn.Module, method: str = "cam", layer: str | None = None, **options: Any) -> Explainer:
+def build_explainer(model: ModelLike, method: str = "cam", layer: str | None = None, **options: Any) -> Explainer:
     """The explainer of ``method`` (:func:`get_method`) on ``model`` at ``layer``.  CAM with no layer on a network
     trained with a WSOL method (its checkpoint records the method) is that method's map, as its paper defines it:
     ACoL's max of two normalized maps (:class:`camlens.training.wsol.ACoLCAM`), plain CAM for the others."""
     cls = get_method(method)
+    model = as_module(model)
     if cls.name == "cam" and layer is None:
         from ..training.wsol import method_explainer  # the training side is loaded only for such networks
 

@@ -7,14 +7,14 @@ import threading
 import warnings
 import weakref
 from copy import deepcopy
-from typing import TYPE_CHECKING, Any, Callable, Sequence, cast
+from typing import TYPE_CHECKING, Any, Callable, Sequence, Union, cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..capture import (
-    CamlensError, GapHead, LayerCapture, LayerSpec, locate_gap_head, output_logits, unwrapped_spec,
+    CamlensError, GapHead, LayerCapture, LayerSpec, ModelLike, locate_gap_head, output_logits, unwrapped_spec,
 )
 from ..hardware import usable_approximation
 from ..maps import normalize, upsample
@@ -40,7 +40,7 @@ class CAM(Explainer):
     name = "cam"
     thread_safe = True
 
-    def __init__(self, model: nn.Module, layer: LayerSpec | None = None, classifier: LayerSpec | None = None) -> None:
+    def __init__(self, model: ModelLike, layer: LayerSpec | None = None, classifier: LayerSpec | None = None) -> None:
         super().__init__(model, layer)
         self.classifier = unwrapped_spec(model, classifier)
         self.head: GapHead | None = None
@@ -76,10 +76,14 @@ class CAM(Explainer):
 PassModel = Callable[[Tensor], Any]
 
 
+Progress = Union[bool, Callable[[int, int], None]]
+
+
 class ScoreOptions(LayerOptions, total=False):
     """The keyword options of :class:`ScoreCAM`, passed on by its variants."""
 
     batch_size: int | None
+    progress: Progress
     optimize: bool
     approximate: bool | torch.dtype
 
@@ -170,22 +174,27 @@ class _PerturbationMethod(LayerExplainer):
     """M = ReLU(sum_k w_k A_k) (A: (B, K, *S), any spatial rank) with channel weights w_k (B, N, K) measured by
     extra passes of perturbed copies of each image, ``batch_size`` rows a pass; subclasses say how the weights
     are computed (``_weights``).  Between passes they call :func:`camlens.methods.base.check_stop`, so a caller
-    can stop them."""
+    can stop them, and report their progress: ``progress=True`` shows a tqdm bar on stderr (rate and time
+    left), a callable is called as ``progress(done, total)`` with the masked rows (one image each) of the call
+    run so far and in all, once before the first pass and after each pass."""
 
     expensive = True
 
     def __init__(
         self,
-        model: nn.Module,
+        model: ModelLike,
         layer: LayerSpec | Sequence[LayerSpec] | None = None,
         *,
         batch_size: int | None = 64,
+        progress: Progress = False,
         **options: Unpack[LayerOptions],
     ) -> None:
         super().__init__(model, layer, **options)
         if batch_size is not None and batch_size < 1:
             raise CamlensError(f"batch_size={batch_size} must be at least 1")
         self.batch_size = batch_size
+        self.progress = progress
+        self._meter = _PassMeter(False, "")
 
     def _explain(self, x: Tensor, output: Any, acts: list[Tensor], scorer: Scorer) -> list[Tensor]:
         if self.model.training:
@@ -194,7 +203,8 @@ class _PerturbationMethod(LayerExplainer):
                 "statistics and dropout would mix them: call model.eval() first"
             )
         maps = []
-        with torch.no_grad():
+        self._meter = _PassMeter(self.progress, self.name)
+        with torch.no_grad(), self._meter:
             for index, act in enumerate(acts):
                 a = self._spatial(act, x)
                 weights = self._weights(x, output, index, act, a, scorer)
@@ -245,15 +255,16 @@ class ScoreCAM(_PerturbationMethod):
 
     def __init__(
         self,
-        model: nn.Module,
+        model: ModelLike,
         layer: LayerSpec | Sequence[LayerSpec] | None = None,
         *,
         batch_size: int | None = None,
         optimize: bool = True,
         approximate: bool | torch.dtype = False,
+        progress: Progress = False,
         **options: Unpack[LayerOptions],
     ) -> None:
-        super().__init__(model, layer, batch_size=batch_size, **options)
+        super().__init__(model, layer, batch_size=batch_size, progress=progress, **options)
         if approximate not in (False, True, torch.bfloat16, torch.float16):
             raise CamlensError(f"approximate={approximate!r}: use False, True (bfloat16) or torch.float16")
         self.optimize = optimize
@@ -301,6 +312,7 @@ class ScoreCAM(_PerturbationMethod):
     def _score_masks(self, x: Tensor, masks: Tensor, rows: Tensor, scorer: Scorer, forward: PassModel) -> Tensor:
         """Mean over the method's mask variants of the explained scores of x[rows[j]] * Up(masks[j]): (J, N)."""
         rows_per_pass = self.batch_size or (16 if x.device.type == "cpu" else 256)
+        self._meter.expect(len(masks) * self.variants)
         total = None
         for variant in range(self.variants):
             noise = self._noise(len(masks), x)
@@ -322,6 +334,7 @@ class ScoreCAM(_PerturbationMethod):
                     torch.cuda.empty_cache()
                     continue
                 scores.append(y)
+                self._meter.advance(len(y))
                 start += rows_per_pass
             y = torch.cat(scores)
             total = y if total is None else total + y
@@ -353,7 +366,7 @@ class SSCAM(ScoreCAM):
 
     def __init__(
         self,
-        model: nn.Module,
+        model: ModelLike,
         layer: LayerSpec | Sequence[LayerSpec] | None = None,
         *,
         num_samples: int = 35,
@@ -387,7 +400,7 @@ class ISCAM(ScoreCAM):
 
     def __init__(
         self,
-        model: nn.Module,
+        model: ModelLike,
         layer: LayerSpec | Sequence[LayerSpec] | None = None,
         *,
         num_samples: int = 10,
@@ -436,6 +449,7 @@ class AblationCAM(_PerturbationMethod):
         # every pass re-runs the layers before the target on the original batch, so take as many ablated copies a
         # pass as ABLATION_ELEMENTS activation values allow (at least batch_size rows)
         per_pass = min(channels, max(1, (self.batch_size or 64) // batch, ABLATION_ELEMENTS // act.numel()))
+        self._meter.expect(channels * batch)
         scores = []
         for start in range(0, channels, per_pass):
             check_stop()
@@ -449,6 +463,7 @@ class AblationCAM(_PerturbationMethod):
             rows = torch.arange(batch, device=x.device).repeat(len(ks))
             out = self._run_ablated(x, index, ablated, len(ks))
             scores.append(scorer(out, rows).float().view(len(ks), batch, -1))
+            self._meter.advance(len(rows))
         return torch.cat(scores).permute(1, 2, 0)
 
     def _run_ablated(self, x: Tensor, index: int, ablated: Tensor, copies: int) -> Any:
@@ -465,6 +480,44 @@ class AblationCAM(_PerturbationMethod):
             self._repeat_input = True
         with hooks.active(replace):
             return self.model(x.repeat(copies, *([1] * (x.ndim - 1))))
+
+
+class _PassMeter:
+    """Counts the masked rows of one call for ``progress``: a tqdm bar on stderr (True), a ``(done, total)``
+    callback, or nothing (False)."""
+
+    def __init__(self, progress: Progress, name: str) -> None:
+        self.done = self.total = 0
+        self._callback = progress if callable(progress) else None
+        self._bar: Any = None
+        if progress is True:
+            import sys
+
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=0, unit="pass", desc=name, file=sys.stderr, leave=False)
+
+    def expect(self, rows: int) -> None:
+        self.total += rows
+        if self._bar is not None:
+            self._bar.total = self.total
+            self._bar.refresh()
+        if self._callback is not None:
+            self._callback(self.done, self.total)
+
+    def advance(self, rows: int) -> None:
+        self.done += rows
+        if self._bar is not None:
+            self._bar.update(rows)
+        if self._callback is not None:
+            self._callback(self.done, self.total)
+
+    def __enter__(self) -> "_PassMeter":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.close()
 
 
 def _output_rows(output: Any) -> int:

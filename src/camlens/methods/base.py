@@ -8,9 +8,9 @@ from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Iterator, Sequence, Union
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from ..capture import CamlensError, HookSet, LayerCapture, LayerSpec, unwrap_model, unwrapped_spec
+from ..capture import CamlensError, HookSet, LayerCapture, LayerSpec, ModelLike, unwrap_model, unwrapped_spec
 
 ClassSpec = Union[None, int, str, Sequence[int], Sequence[Sequence[int]], Tensor]
 Target = Callable[[Any], Tensor]
@@ -55,7 +55,8 @@ def select_classes(logits: Tensor, classes: ClassSpec = None, topk: int = 1) -> 
     """The (B, N) long tensor of classes to explain.
 
     ``classes``: None (the ``topk`` highest logits), an int (that class for every sample), a sequence with one
-    class per sample, a sequence of sequences (N per sample), a tensor of shape (B,) or (B, N), or ``"all"``.
+    class per sample (for a batch of one: that image's classes, ``[281, 285]``), a sequence of sequences (N per
+    sample), a tensor of shape (B,) or (B, N), or ``"all"``.
     """
     batch, num_classes = logits.shape
     device = logits.device
@@ -71,8 +72,8 @@ def select_classes(logits: Tensor, classes: ClassSpec = None, topk: int = 1) -> 
         out = torch.full((batch, 1), classes, dtype=torch.long, device=device)
     else:
         out = torch.as_tensor(classes, dtype=torch.long, device=device)
-        if out.ndim == 1:
-            out = out[:, None]
+        if out.ndim == 1:  # one class per sample; for a single sample, a flat list is that sample's N classes
+            out = out[None] if batch == 1 else out[:, None]
         if out.ndim != 2 or out.shape[0] != batch:
             raise CamlensError(
                 f"classes has shape {tuple(out.shape)}; give one class per sample ({batch}) or a ({batch}, N) table"
@@ -128,7 +129,7 @@ class Explainer:
     expensive: ClassVar[bool] = False
     exclusive_setup: ClassVar[bool] = False
 
-    def __init__(self, model: nn.Module, layer: LayerSpec | Sequence[LayerSpec] | None = None) -> None:
+    def __init__(self, model: ModelLike, layer: LayerSpec | Sequence[LayerSpec] | None = None) -> None:
         self.model = unwrap_model(model)  # DataParallel / DistributedDataParallel: the module inside
         self.layer = unwrapped_spec(model, layer)
         self._captures: list[LayerCapture | HookSet] = []

@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from ..capture import CamlensError, LayerSpec, output_logits
+from ..capture import CamlensError, LayerSpec, ModelLike, output_logits
 from .base import ClassSpec
 from .layered import LayerExplainer, LayerOptions, Scorer, TargetSpec, no_autocast
 
@@ -33,7 +33,7 @@ class EigenCAM(LayerExplainer):
 
     def __init__(
         self,
-        model: nn.Module,
+        model: ModelLike,
         layer: LayerSpec | Sequence[LayerSpec] | None = None,
         *,
         center: bool = False,

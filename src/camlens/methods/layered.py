@@ -8,12 +8,13 @@ import inspect
 from typing import Any, Callable, Sequence, TypedDict, Union, cast
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from ..capture import (
     CamlensError,
     HookSet,
     LayerSpec,
+    ModelLike,
     _outermost_name,
     find_spatial_layer,
     output_logits,
@@ -126,7 +127,7 @@ class LayerExplainer(Explainer):
 
     def __init__(
         self,
-        model: nn.Module,
+        model: ModelLike,
         layer: LayerSpec | Sequence[LayerSpec] | None = None,
         *,
         reshape: Reshape | None = None,

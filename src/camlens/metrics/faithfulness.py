@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..capture import CamlensError, output_logits, resolve_module
+from ..capture import CamlensError, ModelLike, as_module, output_logits, resolve_module
 from ..maps import normalize, upsample
 
 Score = Literal["softmax", "logit"]
@@ -56,12 +56,15 @@ METRICS: tuple[str, ...] = (
 # --------------------------------------------------------------------------------------------------- helpers
 
 
-def _check_model(model: nn.Module) -> None:
+def _check_model(model: ModelLike) -> nn.Module:
+    """The network of ``model`` (a module or a :func:`camlens.load_model` result), in eval mode."""
+    model = as_module(model)
     if model.training:
         raise CamlensError(
             f"{type(model).__name__} is in training mode: call model.eval() before computing faithfulness "
             "metrics (dropout changes the scores and batch norm would update its statistics)"
         )
+    return model
 
 
 def _as_classes(classes: Tensor | Sequence[int] | int, batch: int, device: torch.device) -> Tensor:
@@ -126,11 +129,11 @@ def _batched_scores(
 
 
 def class_scores(
-    model: nn.Module, images: Tensor, classes: Tensor | Sequence[int] | int, *, score: Score = "softmax",
+    model: ModelLike, images: Tensor, classes: Tensor | Sequence[int] | int, *, score: Score = "softmax",
     batch_size: int = 64,
 ) -> Tensor:
     """The score (softmax probability or logit) of ``classes`` (B,) on ``images`` (B, C, H, W), on the CPU."""
-    _check_model(model)
+    model = _check_model(model)
     classes = _as_classes(classes, images.shape[0], images.device)
     return _batched_scores(model, images.shape[0], lambda i: (images[i], classes[i]), score, batch_size)
 
@@ -158,7 +161,7 @@ class ConfidenceChange:
 
 
 def confidence_change(
-    model: nn.Module,
+    model: ModelLike,
     images: Tensor,
     maps: Tensor,
     classes: Tensor | Sequence[int] | int,
@@ -180,7 +183,7 @@ def confidence_change(
     its ``IncreaseInConfidence`` returns 1[O > Y] in {0, 1}.  One forward pass per image (two without
     ``original_scores``).
     """
-    _check_model(model)
+    model = _check_model(model)
     batch = images.shape[0]
     classes = _as_classes(classes, batch, images.device)
     maps = _as_maps(maps, images.shape[2:], batch)
@@ -261,7 +264,7 @@ def _step_counts(pixels: int, steps: int) -> Tensor:
 
 
 def perturbation_curve(
-    model: nn.Module,
+    model: ModelLike,
     images: Tensor,
     maps: Tensor,
     classes: Tensor | Sequence[int] | int,
@@ -291,7 +294,7 @@ def perturbation_curve(
     """
     if mode not in ("deletion", "insertion"):
         raise CamlensError(f"mode={mode!r}: use 'deletion' or 'insertion'")
-    _check_model(model)
+    model = _check_model(model)
     deletion = mode == "deletion"
     batch, spatial = images.shape[0], images.shape[2:]
     pixels = spatial.numel()
@@ -319,13 +322,13 @@ def perturbation_curve(
     return PerturbationCurve(fractions.float(), scores, auc)
 
 
-def deletion_curve(model: nn.Module, images: Tensor, maps: Tensor, classes: Tensor | Sequence[int] | int,
+def deletion_curve(model: ModelLike, images: Tensor, maps: Tensor, classes: Tensor | Sequence[int] | int,
                    **options: Any) -> PerturbationCurve:
     """Deletion AUC (lower is better): :func:`perturbation_curve` with ``mode="deletion"`` (baseline "zeros")."""
     return perturbation_curve(model, images, maps, classes, mode="deletion", **options)
 
 
-def insertion_curve(model: nn.Module, images: Tensor, maps: Tensor, classes: Tensor | Sequence[int] | int,
+def insertion_curve(model: ModelLike, images: Tensor, maps: Tensor, classes: Tensor | Sequence[int] | int,
                     **options: Any) -> PerturbationCurve:
     """Insertion AUC (higher is better): :func:`perturbation_curve` with ``mode="insertion"`` (baseline "blur")."""
     return perturbation_curve(model, images, maps, classes, mode="insertion", **options)
@@ -457,7 +460,7 @@ class RoadResult:
 
 
 def road(
-    model: nn.Module,
+    model: ModelLike,
     images: Tensor,
     maps: Tensor,
     classes: Tensor | Sequence[int] | int,
@@ -480,7 +483,7 @@ def road(
     the percentile kept); the paper reports the MoRF and LeRF curves (as accuracies), which are ``morf``/``lerf``.
     2P forward passes per image plus 2P sparse solves.  2-D images only.
     """
-    _check_model(model)
+    model = _check_model(model)
     _road_is_2d(images)
     batch, _, height, width = images.shape
     classes = _as_classes(classes, batch, images.device)
@@ -701,7 +704,7 @@ def _explain(explainer: Callable[[nn.Module], Any], model: nn.Module, images: Te
 
 
 def randomization_check(
-    model: nn.Module,
+    model: ModelLike,
     explainer: Callable[[nn.Module], Any],
     images: Tensor,
     classes: Tensor | Sequence[int] | int | None = None,
@@ -725,7 +728,7 @@ def randomization_check(
     ``with_ssim``, by SSIM of the min-max normalized maps.  A map that survives randomization is not explaining
     the model.  One explanation per step and image.
     """
-    _check_model(model)
+    model = _check_model(model)
     size, batch = images.shape[-2:], images.shape[0]
     randomized = copy.deepcopy(model)  # explained as trained first, then re-initialized step by step
     chosen = None if classes is None else _as_classes(classes, batch, images.device)
@@ -784,7 +787,7 @@ class FaithfulnessConfig:
 
 
 def faithfulness_scores(
-    model: nn.Module,
+    model: ModelLike,
     images: Tensor,
     maps: Tensor,
     classes: Tensor | Sequence[int] | int,
@@ -807,7 +810,7 @@ def faithfulness_scores(
     unknown = set(config.metrics) - set(METRICS)
     if unknown:
         raise CamlensError(f"unknown metrics {sorted(unknown)}; choose from {', '.join(METRICS)}")
-    _check_model(model)
+    model = _check_model(model)
     batch = images.shape[0]
     classes = _as_classes(classes, batch, images.device)
     maps = _as_maps(maps, images.shape[2:], batch)

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from ..capture import CamlensError
-from ..distributed import temporary_name, write_atomic
+from ..files import atomic_path, write_atomic
 from ..models import Preprocess
 
 BEST = "best.safetensors"
@@ -36,9 +36,8 @@ def weights(model: nn.Module) -> dict[str, Tensor]:
 def _save(path: Path, tensors: dict[str, Tensor], metadata: dict[str, str]) -> None:
     from safetensors.torch import save_file
 
-    tmp = temporary_name(path)
-    save_file(tensors, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
 
 
 def save_weights(path: Path, state: dict[str, Tensor], *, arch: str, class_names: list[str], preprocess: Preprocess,
@@ -55,13 +54,11 @@ def keep_as_best(last: Path, best: Path) -> None:
     rewritten, so the link keeps this epoch's weights), or a copy where the filesystem has no links."""
     import shutil
 
-    tmp = temporary_name(best)
-    tmp.unlink(missing_ok=True)
-    try:
-        os.link(last, tmp)
-    except OSError:
-        shutil.copyfile(last, tmp)
-    os.replace(tmp, best)
+    with atomic_path(best) as tmp:
+        try:
+            os.link(last, tmp)
+        except OSError:
+            shutil.copyfile(last, tmp)
 
 
 def optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, Tensor], dict]:

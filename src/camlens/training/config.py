@@ -86,6 +86,7 @@ class TrainConfig:
     workers: int = 0
     download: bool = False
     resume: bool = False
+    overwrite: bool = False  # start afresh in an ``out`` that holds a run, replacing it
     progress: bool = True
     protocol: str = "camlens"
 

@@ -34,7 +34,9 @@ from ..distributed import Context, barrier, shard_batches, sum_tensors
 from ..models import IMAGENET_MEAN, IMAGENET_STD, Preprocess, build_model
 from ..networks import NETWORKS, new_layer_names
 from ..reference import REFERENCE, reference_arch_options
-from .checkpoint import BEST, LAST, keep_as_best, load_optimizer, load_resume, save_resume, save_weights, weights
+from .checkpoint import (
+    BEST, LAST, RESUME, STATE, keep_as_best, load_optimizer, load_resume, save_resume, save_weights, weights,
+)
 from .config import TrainConfig
 from .data import Augmentation, Split, TrainData, global_batches, load_batches, load_data, local_part
 from .optim import Schedule, build_optimizer, training_groups
@@ -147,6 +149,7 @@ def train(
     say = (log or (lambda _: None)) if ctx.is_main else (lambda _: None)
     if config.amp and device.type != "cuda":
         raise CamlensError(f"amp (bfloat16 autocast) is for CUDA devices, not {device}")
+    check_out(Path(config.out), config.resume, config.overwrite)
     torch.manual_seed(config.seed)
     td = prepared or load_data(config.data, image_size=config.image_size, seed=config.seed,
                                num_train=config.num_train, num_val=config.num_val, val_fraction=config.val_fraction,
@@ -274,6 +277,15 @@ def train(
     say(f"best {config.select_by} {best_score:.4g} at epoch {best_epoch} (val acc {best_acc:.2%}): {out / BEST}")
     return TrainResult(out / BEST, best_acc, best_epoch, history, model, list(td.classes), preprocess, td,
                        config.select_by, best_score, selection)
+
+
+def check_out(out: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse to start a new run in ``out`` when it holds one (its checkpoints would be replaced epoch by epoch and
+    it could no longer be resumed), unless ``resume`` or ``overwrite``."""
+    held = [name for name in (RESUME, BEST, LAST, STATE) if (out / name).exists()]
+    if held and not resume and not overwrite:
+        raise CamlensError(f"{out} holds a training run ({', '.join(held)}): add --resume to continue it, or "
+                           "--overwrite to replace it with a new run (or choose another --out)")
 
 
 def _resume(out: Path, run: dict, model: nn.Module, optimizer: torch.optim.Optimizer

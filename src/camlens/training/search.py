@@ -25,7 +25,8 @@ from tqdm.auto import tqdm
 
 from .. import distributed
 from ..capture import CamlensError
-from ..distributed import Context, write_atomic
+from ..distributed import Context
+from ..files import write_atomic
 from ..models import LoadedModel
 from .checkpoint import RESUME, STATE
 from .config import TrainConfig
@@ -113,7 +114,9 @@ def run_trial(trial: Trial, config: TrainConfig, data: TrainData, samples: Datas
     method = get_wsol_method(trial.method, **trial.params)
     method.check_input((data.image_size, data.image_size))
     resume = (folder / RESUME).is_file() and (folder / STATE).is_file()
-    cfg = replace(config, out=str(folder), lr=trial.lr, resume=resume, progress=False, device=str(device))
+    # the trial's folder is the search's own: a trial killed before its first resume file restarts in it
+    cfg = replace(config, out=str(folder), lr=trial.lr, resume=resume, overwrite=not resume, progress=False,
+                  device=str(device))
     began = time.perf_counter()
     result = train(cfg, method=method, prepared=data, log=None, ctx=Context(0, 1, 0, device))
     seconds = time.perf_counter() - began
@@ -228,7 +231,7 @@ def search(
     best = best_per_method(records)
     table = format_search(records, best)
     summary = {"select_by": config.select_by, "trials_per_method": trials, "lr_range": list(lr_range),
-               "config": {k: v for k, v in asdict(config).items() if k not in ("out", "lr", "resume", "progress")},
+               "config": {k: v for k, v in asdict(config).items() if k not in ("out", "lr", "resume", "overwrite", "progress")},
                "test": {"data": test_data or config.data, "split": test_split, "num_images": len(samples)},  # type: ignore[arg-type]
                "baselines": records[0].get("baselines") if records else None,  # the same test boxes for all
                "best": {m: r["trial"] for m, r in best.items()}, "trials": records}

@@ -73,6 +73,7 @@ async function explain() {
     const response = await fetch(`/api/explain?${params}`, { method: "POST", body: form });
     const body = await response.json().catch(() => ({ error: `HTTP ${response.status}` }));
     if (!response.ok) {
+      clearResults(); // the old results belong to another image: do not leave them under this one's error
       setStatus(body.error || `HTTP ${response.status}`, true);
     } else {
       state.result = body;
@@ -82,6 +83,7 @@ async function explain() {
       setStatus(`${body.method} at ${body.layer} · ${body.image_size[0]}×${body.image_size[1]} px · ${ms} ms${nothing}`);
     }
   } catch (err) {
+    clearResults();
     setStatus(`request failed: ${err.message}`, true);
   } finally {
     state.busy = false;
@@ -99,6 +101,13 @@ function percent(score) {
 // A constant map has no region above 20% of its max: the API gives the empty box [0, 0, 0, 0].
 function hasBox(e) {
   return e.box[2] > e.box[0] && e.box[3] > e.box[1];
+}
+
+function clearResults() {
+  state.result = null;
+  $("prediction-list").replaceChildren();
+  $("predictions").hidden = true;
+  $("results").replaceChildren();
 }
 
 function render(res) {
