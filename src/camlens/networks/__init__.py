@@ -1,5 +1,6 @@
 """CAM networks by name: the CAM paper's (``paper``), the WSOL benchmark's (``wsolbench``) and any backbone
-through :func:`gapify`.
+through :func:`gapify`; ``wsolref`` has Choe et al.'s ACoL and SPG networks (``wsol-vgg16-acol``, ...), and
+``wsolcheckpoint`` reads their checkpoints' layouts.
 
 Every network built here ends in GAP + a linear classifier (or a 1x1 convolution averaged afterwards), so
 :class:`camlens.CAM` explains it without configuration, and carries two attributes: ``new_layers``, the
@@ -20,6 +21,8 @@ from ._common import ConvGapNet, feature_resolution
 from .gapify import gapify
 from .paper import alexnet_cam, googlenet_cam, vgg16_cam
 from .wsolbench import wsol_inceptionv3, wsol_resnet50, wsol_vgg16
+from .wsolref import (wsol_inceptionv3_acol, wsol_inceptionv3_spg, wsol_resnet50_acol, wsol_resnet50_spg,
+                      wsol_vgg16_acol, wsol_vgg16_spg)
 
 
 def gapify_backbone(num_classes: int = 1000, weights: str | None = None, *, backbone: str, cut: str | None = None,
@@ -39,6 +42,12 @@ NETWORKS: dict[str, Callable[..., nn.Module]] = {
     "wsol-vgg16": wsol_vgg16,
     "wsol-resnet50": wsol_resnet50,
     "wsol-inceptionv3": wsol_inceptionv3,
+    "wsol-vgg16-acol": wsol_vgg16_acol,
+    "wsol-resnet50-acol": wsol_resnet50_acol,
+    "wsol-inceptionv3-acol": wsol_inceptionv3_acol,
+    "wsol-vgg16-spg": wsol_vgg16_spg,
+    "wsol-resnet50-spg": wsol_resnet50_spg,
+    "wsol-inceptionv3-spg": wsol_inceptionv3_spg,
     "gapify": gapify_backbone,
 }
 
@@ -84,6 +93,12 @@ __all__ = [
     "new_layer_names",
     "vgg16_cam",
     "wsol_inceptionv3",
+    "wsol_inceptionv3_acol",
+    "wsol_inceptionv3_spg",
     "wsol_resnet50",
+    "wsol_resnet50_acol",
+    "wsol_resnet50_spg",
     "wsol_vgg16",
+    "wsol_vgg16_acol",
+    "wsol_vgg16_spg",
 ]

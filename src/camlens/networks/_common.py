@@ -3,7 +3,9 @@ modules that were kept, fresh initialization of the rest, and the conv + ReLU + 
 
 from __future__ import annotations
 
-from typing import Any, Callable, Literal, Mapping, Sequence, TypeVar
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Any, Callable, Iterator, Literal, Mapping, Sequence, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -12,6 +14,18 @@ from ..capture import CamlensError, _is_spatial, _output_tensors, trace_calls
 
 Init = Literal["he", "xavier", "gauss"]
 M = TypeVar("M", bound=nn.Module)
+_SKELETON_ONLY: ContextVar[bool] = ContextVar("camlens_skeleton_only", default=False)
+
+
+@contextmanager
+def skeleton_only() -> Iterator[None]:
+    """Builders called inside leave every tensor on the meta device (no pretrained weights, no random
+    initialization), for a caller that assigns all of them from a checkpoint (``load_state_dict(assign=True)``)."""
+    token = _SKELETON_ONLY.set(True)
+    try:
+        yield
+    finally:
+        _SKELETON_ONLY.reset(token)
 
 
 def torchvision_skeleton(arch: str, **kwargs: Any) -> Any:
@@ -53,8 +67,11 @@ def materialize(
     re-indexed Sequentials and moved blocks need no key table).  Every other module is initialized afresh as
     in Choe et al.'s ``initialize_weights``: convolutions ``he`` (Kaiming normal, fan-out) or ``xavier``
     (uniform), or ``gauss`` (N(0, 0.01), the CAM paper's Caffe filler), biases 0; BatchNorm weight 1, bias 0;
-    linear N(0, 0.01), bias 0.  Modules under ``head`` use ``head_init``.
+    linear N(0, 0.01), bias 0.  Modules under ``head`` use ``head_init``.  Inside :func:`skeleton_only` it does
+    nothing.
     """
+    if _SKELETON_ONLY.get():
+        return model
     if state is not None:
         origin = {id(m): name for name, m in skeleton.named_modules()}
         picked: dict[str, Tensor] = {}

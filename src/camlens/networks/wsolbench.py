@@ -122,13 +122,33 @@ class InceptionV3Wsol(nn.Module):
         self.new_layers: tuple[str, ...] = ("SPG_A3_1b", "SPG_A3_2b", "SPG_A4")
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.maxpool1(self.Conv2d_2b_3x3(self.Conv2d_2a_3x3(self.Conv2d_1a_3x3(x))))
-        x = self.maxpool2(self.Conv2d_4a_3x3(self.Conv2d_3b_1x1(x)))
-        x = self.maxpool3(self.Mixed_5d(self.Mixed_5c(self.Mixed_5b(x))))
-        x = self.Mixed_6e(self.Mixed_6d(self.Mixed_6c(self.Mixed_6b(self.Mixed_6a(x)))))
+        x = inception_stages(self, x)[2]
         x = self.SPG_A3_1b(self.dropout(x))
         x = self.SPG_A3_2b(self.dropout(x))
         return self.avgpool(self.SPG_A4(self.dropout(x))).flatten(1)
+
+
+# The modules of InceptionV3Wsol up to Mixed_6e: the trunk their ACoL and SPG networks share.
+INCEPTION_TRUNK = ("Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "maxpool1", "Conv2d_3b_1x1", "Conv2d_4a_3x3",
+                   "maxpool2", "Mixed_5b", "Mixed_5c", "Mixed_5d", "maxpool3", "Mixed_6a", "Mixed_6b", "Mixed_6c",
+                   "Mixed_6d", "Mixed_6e")
+
+
+def inception_stages(net: Any, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The trunk of :class:`InceptionV3Wsol` (the modules :data:`INCEPTION_TRUNK` of ``net``) on ``x``.
+
+    Args:
+        net: a module holding the trunk's modules under their names.
+        x: the input batch.
+
+    Returns:
+        (the input of Mixed_6a, the output of Mixed_6d, the output of Mixed_6e): where SPG's branches read.
+    """
+    x = net.maxpool1(net.Conv2d_2b_3x3(net.Conv2d_2a_3x3(net.Conv2d_1a_3x3(x))))
+    x = net.maxpool2(net.Conv2d_4a_3x3(net.Conv2d_3b_1x1(x)))
+    early = net.maxpool3(net.Mixed_5d(net.Mixed_5c(net.Mixed_5b(x))))
+    late = net.Mixed_6d(net.Mixed_6c(net.Mixed_6b(net.Mixed_6a(early))))
+    return early, late, net.Mixed_6e(late)
 
 
 def wsol_inceptionv3(num_classes: int = 1000, weights: str | None = None, *, width: int = 1024,

@@ -20,6 +20,12 @@ MIN_FOREGROUND = 30  # Choe et al.'s code: fewer foreground pixels than this and
 BRANCHES = ("spg_b1", "spg_b2", "spg_shared", "spg_c")
 
 
+def has_reference_branches(model: nn.Module) -> bool:
+    """Whether ``model`` is one of Choe et al.'s SPG networks (:class:`camlens.networks.wsolref.SPGNet`, whose
+    ``SPG_B_*`` and ``SPG_C`` branches are its own), told by its modules."""
+    return isinstance(getattr(model, "SPG_B_shared", None), nn.Module) and callable(getattr(model, "spg_outputs", None))
+
+
 def pseudo_mask(attention: Tensor, high: float, low: float, min_foreground: int = MIN_FOREGROUND) -> Tensor:
     """SPG's pseudo mask (B, H, W) int64 from attention maps (B, H, W): 1 where attention > ``high`` (or, for a
     map with fewer than ``min_foreground`` such pixels, where it exceeds 0.7 times its maximum), 0 where
@@ -63,6 +69,11 @@ class SPG(TrainingMethod):
     the CAM of the network's classifier.  Branch widths follow Choe et al. (the B channels equal those of the B2
     input, C's hidden width min(512, K)).
 
+    On Choe et al.'s SPG networks (``wsol-vgg16-spg``, ``wsol-resnet50-spg``, ``wsol-inceptionv3-spg``:
+    :class:`camlens.networks.wsolref.SPGNet`) the branches are theirs (their widths and taps) and nothing is added;
+    M_y is then their class map ``feat_map`` of the label, upsampled before it is normalized, as their
+    ``compute_attention`` does.
+
     Defaults from Choe et al.'s wsolevaluation ``config.py``: ``spg_threshold_1h=0.7``, ``spg_threshold_1l=0.01``,
     ``spg_threshold_2h=0.5``, ``spg_threshold_2l=0.05``, ``spg_threshold_3h=0.7``, ``spg_threshold_3l=0.1``.
     """
@@ -99,6 +110,9 @@ class SPG(TrainingMethod):
 
     def attach(self, model: nn.Module) -> tuple[str, ...]:
         super().attach(model)
+        if has_reference_branches(model):  # Choe et al.'s branches are part of the network
+            setattr(model, "keep_outputs", True)
+            return ()
         head = probe(model).head
         require_linear_head("SPG", head)
         b1, b2 = self.branches if self.branches is not None else spg_branch_points(model, head)
@@ -124,25 +138,43 @@ class SPG(TrainingMethod):
         return BRANCHES
 
     def loss(self, model: nn.Module, images: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+        net = unwrap(model)
+        size = images.shape[-2:]
+        up = lambda t: F.interpolate(t, size=size, mode="bilinear", align_corners=False)[:, 0]  # noqa: E731
+        if has_reference_branches(net):  # their network keeps every output its loss reads
+            logits = output_logits(model(images))
+            out: dict[str, Tensor] | None = getattr(net, "last_outputs", None)
+            if out is None:
+                raise CamlensError("SPG: the network did not keep its side outputs (is it in training mode?)")
+            setattr(net, "last_outputs", None)
+            side1, side2, side_c = up(out["logits_b1"]), up(out["logits_b2"]), up(out["logits_c"])
+            with torch.no_grad():
+                rows = torch.arange(len(targets), device=targets.device)
+                label_maps = F.interpolate(out["feat_map"], size=size, mode="bilinear", align_corners=False)
+                attention = normalize(label_maps[rows, targets])
+            return self._loss(logits, targets, side1, side2, side_c, attention), logits
         if self.head is None or self.taps is None:
             raise CamlensError("SPG: call attach(model) before training")
-        net = unwrap(model)
         with self.taps.recording():
             logits = output_logits(model(images))
         x1, x2, features = self.taps.take()
-        size = images.shape[-2:]
-        up = lambda t: F.interpolate(t, size=size, mode="bilinear", align_corners=False)[:, 0]  # noqa: E731
         shared = net.get_submodule("spg_shared")
         side1 = up(shared(net.get_submodule("spg_b1")(x1)))
         side2 = up(shared(net.get_submodule("spg_b2")(x2)))
         side_c = up(net.get_submodule("spg_c")(features))
-        (h1, l1), (h2, l2), (h3, l3) = self.thresholds()
         with torch.no_grad():
             attention = normalize(up(live_class_maps(net, self.head, features, targets[:, None])))
+        return self._loss(logits, targets, side1, side2, side_c, attention), logits
+
+    def _loss(self, logits: Tensor, targets: Tensor, side1: Tensor, side2: Tensor, side_c: Tensor,
+              attention: Tensor) -> Tensor:
+        """The loss of the class docstring from the logits, the three side outputs and the label's attention map,
+        all at the input size."""
+        (h1, l1), (h2, l2), (h3, l3) = self.thresholds()
+        with torch.no_grad():
             guide2 = torch.sigmoid(side2)
             fused = (torch.sigmoid(side1) + guide2) / 2
-        loss = (F.cross_entropy(logits, targets)
+        return (F.cross_entropy(logits, targets)
                 + masked_bce(side2, pseudo_mask(attention, h1, l1))
                 + masked_bce(side1, pseudo_mask(guide2, h2, l2))
                 + masked_bce(side_c, pseudo_mask(fused, h3, l3)))
-        return loss, logits
