@@ -29,7 +29,7 @@ from camlens.training.wsol import (
 from camlens.training.wsol.acol import erased_features
 from camlens.training.wsol.cutmix import MixedTargets, cutmix_box
 from camlens.training.wsol.has import hidden_pixels
-from camlens.training.wsol.placement import adl_positions, probe, spg_branch_points
+from camlens.wsolnet.placement import adl_positions, probe, spg_branch_points
 from camlens.training.wsol.spg import IGNORE, masked_bce, pseudo_mask
 
 

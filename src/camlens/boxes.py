@@ -55,7 +55,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .capture import CamlensError
+from .errors import CamlensError
 
 NUM_LEVELS = 255  # the levels L = 0..254 a threshold can cut at (foreground q > L; L = 255 leaves nothing)
 

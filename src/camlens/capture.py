@@ -15,15 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .errors import CamlensError, NotAGapClassifierError
+
 LayerSpec = Union[str, nn.Module]
-
-
-class CamlensError(ValueError):
-    """A problem with the caller's model, layer, classes or input, with a message meant for people."""
-
-
-class NotAGapClassifierError(CamlensError):
-    """The model does not end in global average pooling followed by one linear layer, so CAM does not apply."""
 
 
 def output_logits(output: Any) -> Tensor:

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence, cast
 
-from .capture import CamlensError
+from .errors import CamlensError
 
 
 RESUMABLE = {"explain": "progress in --out/.progress", "evaluate": "progress in --progress-dir, when given",
@@ -48,7 +48,8 @@ def load_from_args(args: argparse.Namespace):
 
 
 def make_explainer(loaded, method: str, layers: Sequence[str] | None, fuse: str = "max"):
-    from .methods import build_explainer, get_method
+    from .methods import get_method
+    from .wsolnet import build_explainer
     from .methods.layered import LayerExplainer
 
     cls = get_method(method)
@@ -151,7 +152,7 @@ def cmd_localize(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from .data.images import expand_paths
-    from .evaluation import localize_files
+    from .localize import localize_files
 
     paths, missing = expand_paths(args.paths)
     for line in missing:

@@ -210,7 +210,7 @@ def run_demo(
 
     photos, skipped = None, "" if real else "not asked for"
     if real:
-        from .capture import CamlensError
+        from .errors import CamlensError
         from .demo_photos import COMPARE_PHOTOS, run_photos
 
         try:

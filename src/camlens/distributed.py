@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from .capture import CamlensError
+from .errors import CamlensError
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from .boxes import box_iou, paper_boxes, scale_boxes, wsol_resize_boxes, wsol_sweep
-from .capture import CamlensError
+from .errors import CamlensError
 from .data.annotations import Annotations, MaskFiles, load_mask
 from .data.samples import Sample
 from .distributed import (
@@ -438,56 +438,6 @@ def map_boxes(maps: Tensor, protocol: str = "paper", threshold: float = 0.2) -> 
     raise CamlensError(f"unknown protocol {protocol!r}; use paper or wsol")
 
 
-def localize_files(
-    loaded,
-    explainer,
-    paths: Sequence[Path],
-    out_dir: Path,
-    *,
-    protocol: str = "paper",
-    threshold: float = 0.2,
-    topk: int = 1,
-    progress: Callable[[int], None] = lambda n: None,
-    on_error: Callable[[str], None] = lambda line: None,
-) -> list[dict]:
-    """Boxes for the top-``topk`` classes of each image, in original-image pixels: ``boxes.json`` in
-    ``out_dir`` and one overlay per image with the boxes drawn (``<stem>_boxes.png``)."""
-    from .data.images import ImageError, load_image
-    from .pipeline import output_stems
-    from .render import draw_boxes, overlay, save_image
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    stems = output_stems(paths)
-    records: list[dict] = []
-    with torch.inference_mode(not explainer.needs_gradients):
-        for path in paths:
-            try:
-                image = load_image(path)
-            except ImageError as err:
-                on_error(str(err))
-                records.append({"file": str(path), "error": str(err)})
-                progress(1)
-                continue
-            _, res = explain_batch(loaded, explainer, [image], None, topk)
-            maps = image_maps(res.maps, [image], normalized=protocol != "paper")[0]
-            logits, classes = res.logits.detach().cpu(), res.classes.cpu()
-            boxes = map_boxes(maps, protocol, threshold)
-            probs = logits.float().softmax(-1)[0]
-            entries = []
-            for rank, (cls, box) in enumerate(zip(classes[0].tolist(), boxes.tolist()), 1):
-                entries.append({"rank": rank, "class": cls, "label": loaded.class_names[cls],
-                                "score": float(probs[cls]), "box": [float(v) for v in box]})
-            drawn = [e["box"] for e in entries if e["box"][2] > e["box"][0] and e["box"][3] > e["box"][1]]
-            picture = overlay(image, maps[0]) if entries else image
-            name = f"{stems[path]}_boxes.png"
-            save_image(draw_boxes(picture, drawn, colors=("lime", "red", "yellow", "cyan", "magenta")), out_dir / name)
-            records.append({"file": str(path), "size": [int(image.shape[-1]), int(image.shape[-2])],
-                            "protocol": protocol, "threshold": threshold, "boxes": entries, "overlay": name})
-            progress(1)
-    write_json({"images": records}, out_dir / "boxes.json")
-    return records
-
-
 __all__ = [
     "Accumulators",
     "box_baselines",
@@ -496,7 +446,6 @@ __all__ = [
     "evaluate_maps",
     "evaluate_model",
     "format_table",
-    "localize_files",
     "map_boxes",
     "map_names",
 ]

@@ -18,9 +18,9 @@ import numpy as np
 from PIL import Image
 from torch import Tensor
 
-from .capture import CamlensError
+from .errors import CamlensError
 from .data.images import as_image
-from .methods import build_explainer
+from .wsolnet import build_explainer
 from .methods.base import CAMResult, ClassSpec
 from .models import LoadedModel
 from .render import overlay_image, three_panel

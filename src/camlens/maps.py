@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .capture import CamlensError
+from .errors import CamlensError
 
 INTERPOLATION = {1: "linear", 2: "bilinear", 3: "trilinear"}
 

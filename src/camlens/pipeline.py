@@ -31,7 +31,7 @@ from PIL import Image
 from torch import Tensor
 
 from .blend import blend, blend_table, colormap_index
-from .capture import CamlensError
+from .errors import CamlensError
 from .data.arrays import VOLUME_SHAPES, input_channels, input_rank, load_array, prepare_volume
 from .data.images import DEFAULT_MAX_PIXELS, ImageError, array_to_tensor, read_rgb
 from .methods.base import CAMResult, ClassSpec, Explainer

@@ -18,7 +18,7 @@ import torch
 from PIL import Image, ImageDraw
 from torch import Tensor
 
-from .capture import CamlensError
+from .errors import CamlensError
 from .maps import normalize, upsample
 
 if TYPE_CHECKING:

@@ -26,7 +26,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from ..capture import CamlensError
+from ..errors import CamlensError
 
 
 class AnnotationError(CamlensError):

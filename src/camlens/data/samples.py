@@ -14,7 +14,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from ..capture import CamlensError
+from ..errors import CamlensError
 from .annotations import AnnotationError, Annotations, MaskFiles, find_annotations, load_mask
 
 

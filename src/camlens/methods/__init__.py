@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from torch import nn
-
-from ..capture import CamlensError
+from ..errors import CamlensError
 from .activation import CAM, ISCAM, SSCAM, AblationCAM, ScoreCAM
 from .base import CAMResult, Cancelled, Explainer, select_classes, stop_when
 from .decomposition import EigenCAM
@@ -28,20 +24,6 @@ def get_method(name: str) -> type[Explainer]:
     return METHODS[key]
 
 
-def build_explainer(model: nn.Module, method: str = "cam", layer: str | None = None, **options: Any) -> Explainer:
-    """The explainer of ``method`` (:func:`get_method`) on ``model`` at ``layer``.  CAM with no layer on a network
-    trained with a WSOL method (its checkpoint records the method) is that method's map, as its paper defines it:
-    ACoL's max of two normalized maps (:class:`camlens.training.wsol.ACoLCAM`), plain CAM for the others."""
-    cls = get_method(method)
-    if cls.name == "cam" and layer is None:
-        from ..training.wsol import method_explainer  # the training side is loaded only for such networks
-
-        trained_with = method_explainer(model)
-        if trained_with is not None:
-            return trained_with
-    return cls(model, layer=layer, **options)
-
-
 __all__ = [
     "AblationCAM",
     "CAM",
@@ -59,7 +41,6 @@ __all__ = [
     "SSCAM",
     "ScoreCAM",
     "XGradCAM",
-    "build_explainer",
     "get_method",
     "select_classes",
     "stop_when",

@@ -14,8 +14,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..capture import (
-    CamlensError, GapHead, LayerCapture, LayerSpec, locate_gap_head, output_logits, unwrapped_spec,
+    GapHead, LayerCapture, LayerSpec, locate_gap_head, output_logits, unwrapped_spec,
 )
+from ..errors import CamlensError
 from ..hardware import usable_approximation
 from ..maps import normalize, upsample
 from .base import CAMResult, ClassSpec, Explainer, check_stop, select_classes

@@ -10,7 +10,8 @@ from typing import Any, Callable, ClassVar, Iterator, Sequence, Union
 import torch
 from torch import Tensor, nn
 
-from ..capture import CamlensError, HookSet, LayerCapture, LayerSpec, unwrap_model, unwrapped_spec
+from ..capture import HookSet, LayerCapture, LayerSpec, unwrap_model, unwrapped_spec
+from ..errors import CamlensError
 
 ClassSpec = Union[None, int, str, Sequence[int], Sequence[Sequence[int]], Tensor]
 Target = Callable[[Any], Tensor]

@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING, Any, Sequence
 import torch
 from torch import Tensor, nn
 
-from ..capture import CamlensError, LayerSpec, output_logits
+from ..capture import LayerSpec, output_logits
+from ..errors import CamlensError
 from .base import ClassSpec
 from .layered import LayerExplainer, LayerOptions, Scorer, TargetSpec, no_autocast
 

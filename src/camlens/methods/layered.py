@@ -11,7 +11,6 @@ import torch
 from torch import Tensor, nn
 
 from ..capture import (
-    CamlensError,
     HookSet,
     LayerSpec,
     _outermost_name,
@@ -20,6 +19,7 @@ from ..capture import (
     resolve_module,
     trace_calls,
 )
+from ..errors import CamlensError
 from ..maps import fuse
 from ..targets import Target, bind_targets
 from .base import CAMResult, ClassSpec, Explainer, select_classes

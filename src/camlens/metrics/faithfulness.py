@@ -32,7 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..capture import CamlensError, output_logits, resolve_module
+from ..capture import output_logits, resolve_module
+from ..errors import CamlensError
 from ..maps import normalize, upsample
 
 Score = Literal["softmax", "logit"]

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from ..boxes import box_iou, boxes_are_2d, paper_boxes, wsol_sweep, wsol_thresholds
-from ..capture import CamlensError
+from ..errors import CamlensError
 
 DEFAULT_IOUS = (0.3, 0.5, 0.7)
 

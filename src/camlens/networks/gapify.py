@@ -12,7 +12,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..capture import CamlensError, locate_gap_head, output_logits, resolve_module
+from ..capture import locate_gap_head, output_logits, resolve_module
+from ..errors import CamlensError
 from ._common import ConvGapNet, materialize, meta_forward, replace_module
 
 

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..capture import CamlensError
+from ..errors import CamlensError
 from ..distributed import temporary_name, write_atomic
 from ..models import Preprocess
 

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from ..capture import CamlensError
+from ..errors import CamlensError
 from ..data.annotations import AnnotationError
 from ..distributed import Context
 

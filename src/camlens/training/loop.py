@@ -28,7 +28,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .. import distributed
-from ..capture import CamlensError, find_classifier
+from ..capture import find_classifier
+from ..errors import CamlensError
 from ..distributed import Context, barrier, shard_batches, sum_tensors
 from ..models import IMAGENET_MEAN, IMAGENET_STD, Preprocess, build_model
 from ..networks import NETWORKS, new_layer_names

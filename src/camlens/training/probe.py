@@ -25,7 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..capture import CamlensError, LayerCapture, locate_gap_head, resolve_module
+from ..capture import LayerCapture, locate_gap_head, resolve_module
+from ..errors import CamlensError
 from ..networks._common import replace_module
 
 PROBE = "probe.safetensors"

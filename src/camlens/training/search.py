@@ -24,7 +24,7 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from .. import distributed
-from ..capture import CamlensError
+from ..errors import CamlensError
 from ..distributed import Context, write_atomic
 from ..models import LoadedModel
 from .checkpoint import RESUME, STATE

@@ -20,7 +20,7 @@ from typing import Any
 from torch import nn
 from torch.utils.data import Dataset
 
-from ..capture import CamlensError
+from ..errors import CamlensError
 from ..distributed import Context
 from ..models import LoadedModel, Preprocess
 from .config import TrainConfig

@@ -25,7 +25,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from torch import Tensor
 
 from .. import __version__
-from ..capture import CamlensError, layer_names, resolve_module
+from ..capture import layer_names, resolve_module
+from ..errors import CamlensError
 from ..data.images import ImageError, decode_image, to_tensor
 from ..methods import METHODS, get_method
 from ..methods.layered import LayerExplainer

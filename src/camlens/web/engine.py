@@ -33,7 +33,8 @@ from typing import Any, Iterator
 import torch
 from torch import Tensor, nn
 
-from ..methods import Cancelled, build_explainer, get_method, stop_when
+from ..methods import Cancelled, get_method, stop_when
+from ..wsolnet import build_explainer
 from ..methods.base import Explainer
 from ..targets import TargetRecipe
 

@@ -8,7 +8,7 @@ from types import FrameType
 
 from fastapi import FastAPI
 
-from ..capture import CamlensError
+from ..errors import CamlensError
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 

@@ -10,14 +10,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ...capture import CamlensError, GapHead, LayerCapture, output_logits
+from ...capture import GapHead, output_logits
+from ...errors import CamlensError
 from ...maps import normalize
-from ...methods.base import CAMResult, ClassSpec, Explainer, select_classes
+from ...wsolnet.acol import BRANCH_B, add_branch
+from ...wsolnet.placement import Taps, live_class_maps
 from .base import Param, TrainingMethod, check_fraction, unwrap
-from .placement import Taps, live_class_maps, probe, require_linear_head
-
-BRANCH_B = "acol_classifier"  # the second classifier's module name on the network
-
 
 def erased_features(features: Tensor, class_maps: Tensor, threshold: float) -> Tensor:
     """ACoL's erasure: f * [normalize(M_c) < threshold] for features f (B, K, h, w) and branch A's class maps
@@ -32,7 +30,7 @@ class ACoL(TrainingMethod):
     classifier B (a new linear layer, ``acol_classifier``) classifies GAP(f') where f' is f erased where A's
     normalized map of the label reaches ``threshold``.  Loss: CE(A) + CE(B); the logits are A's.  The map is
     max(normalize(M^A_c), normalize(M^B_c)), M^B computed on the features erased by A's map of class c
-    (:class:`ACoLCAM`).
+    (:class:`camlens.wsolnet.acol.ACoLCAM`).
 
     Choe et al.'s backbones give each branch its own two 3x3 convolutions before a 1x1 classifier; here the
     branches share the network up to its CAM layer and differ in their linear classifiers, which works on
@@ -52,12 +50,8 @@ class ACoL(TrainingMethod):
 
     def attach(self, model: nn.Module) -> tuple[str, ...]:
         super().attach(model)
-        head = probe(model).head
-        require_linear_head("ACoL", head)
-        num_classes, channels = head.weight.shape
-        ref = next(model.parameters())
-        model.add_module(BRANCH_B, nn.Linear(channels, num_classes).to(ref.device))
-        self.head, self.taps = head, Taps(model, [head.layer_name])
+        self.head = add_branch(model)
+        self.taps = Taps(model, [self.head.layer_name])
         return (BRANCH_B,)
 
     def loss(self, model: nn.Module, images: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
@@ -73,45 +67,3 @@ class ACoL(TrainingMethod):
         logits_b = net.get_submodule(BRANCH_B)(erased_features(f, maps_a, self.threshold).mean((-2, -1)))
         return F.cross_entropy(logits, targets) + F.cross_entropy(logits_b, targets), logits
 
-    def explainer(self, model: nn.Module) -> Explainer:
-        return ACoLCAM(model, threshold=self.threshold)
-
-
-class ACoLCAM(Explainer):
-    """ACoL's localization map (Zhang et al., CVPR 2018): M_c = max(normalize(M^A_c), normalize(M^B_c)), where
-    M^A_c = sum_k w^A_kc f_k + b^A_c is the CAM of the network's classifier and M^B_c the same with the second
-    classifier (``acol_classifier``) on f erased where normalize(M^A_c) >= ``threshold``.  Maps are in [0, 1]
-    (the formula normalizes); one forward pass per batch, no gradients.  Same call and result as ``camlens.CAM``.
-    """
-
-    name = "acol"
-
-    def __init__(self, model: nn.Module, layer: None = None, threshold: float = 0.7) -> None:
-        super().__init__(model, layer)
-        check_fraction("ACoL", "threshold", threshold)
-        if not isinstance(getattr(model, BRANCH_B, None), nn.Linear):
-            raise CamlensError(f"{type(model).__name__} has no {BRANCH_B!r}: it was not trained with ACoL")
-        self.threshold = threshold
-        self.head: GapHead | None = None
-        self._capture: LayerCapture | None = None
-
-    def __call__(self, x: Tensor, classes: ClassSpec = None, *, topk: int = 1) -> CAMResult:
-        with torch.no_grad() if not torch.is_inference_mode_enabled() else torch.inference_mode():
-            with self._setup_lock:
-                if self._capture is None:
-                    self.head = probe(self.model).head
-                    self._capture = LayerCapture(self.head.layer, where=self.head.capture)
-                    self._captures.append(self._capture)
-            head = self.head
-            assert head is not None
-            logits = output_logits(self.model(x))
-            features = self._capture.pop()
-            chosen = select_classes(logits, classes, topk)
-            maps_a = live_class_maps(self.model, head, features, chosen)  # (B, N, h, w)
-            f = F.relu(features) if head.feature_act == "relu" else features
-            branch_b: nn.Linear = getattr(self.model, BRANCH_B)
-            bias_b = branch_b.bias if branch_b.bias is not None else branch_b.weight.new_zeros(branch_b.out_features)
-            keep = (normalize(maps_a) < self.threshold).to(f.dtype)  # (B, N, h, w)
-            maps_b = torch.einsum("bnk,bkhw,bnhw->bnhw", branch_b.weight[chosen], f, keep) + bias_b[chosen][..., None, None]
-            maps = torch.maximum(normalize(maps_a), normalize(maps_b))
-        return CAMResult(logits=logits, classes=chosen, maps=maps, layer=head.layer_name)
