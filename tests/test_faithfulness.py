@@ -30,9 +30,9 @@ from torch import nn
 import camlens
 from camlens import CamlensError
 from camlens.metrics.faithfulness import (
+    ROAD_NEIGHBOUR_WEIGHTS,
     FaithfulnessConfig,
     FaithfulnessTotals,
-    ROAD_NEIGHBOUR_WEIGHTS,
     _dissection_rank,
     _relevance_rank,
     boxes_to_masks,

@@ -14,10 +14,9 @@ import warnings
 import pytest
 import torch
 
+from _method_refs import TinyNet
 from camlens import ScoreCAM, hardware, normalize
 from camlens.methods import activation
-
-from _method_refs import TinyNet
 
 
 def _stub_flags(monkeypatch: pytest.MonkeyPatch, flags: set[str]) -> None:

@@ -14,14 +14,14 @@ from torch import nn
 from camlens import CAM, CamlensError, normalize
 from camlens.models import IMAGENET_MEAN, IMAGENET_STD, GapNet, Preprocess, load_model, save_checkpoint
 from camlens.training.wsol import (
+    ADL,
+    SPG,
+    WSOL_METHODS,
     ACoL,
     ACoLCAM,
-    ADL,
     ADLMethod,
     CutMix,
     HaS,
-    SPG,
-    WSOL_METHODS,
     get_wsol_method,
     method_explainer,
     wsol_method_from_config,
@@ -29,9 +29,8 @@ from camlens.training.wsol import (
 from camlens.training.wsol.acol import erased_features
 from camlens.training.wsol.cutmix import MixedTargets, cutmix_box
 from camlens.training.wsol.has import hidden_pixels
-from camlens.wsolnet.placement import adl_positions, probe, spg_branch_points
 from camlens.training.wsol.spg import IGNORE, masked_bce, pseudo_mask
-
+from camlens.wsolnet.placement import adl_positions, probe, spg_branch_points
 
 # ---------------------------------------------------------------- HaS
 

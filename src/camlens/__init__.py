@@ -2,14 +2,14 @@
 
 from . import methods
 from .capture import layer_names, tokens_to_grid
-from .errors import CamlensError, NotAGapClassifierError
 from .data.images import as_image, load_image
+from .errors import CamlensError, NotAGapClassifierError
 from .explanation import Explanation, explain
 from .maps import fuse, normalize, upsample
 from .methods import *  # noqa: F403  (CAM, GradCAM, ... and get_method)
 from .models import LoadedModel, load_model
-from .render import overlay_image, three_panel
 from .networks import gapify
+from .render import overlay_image, three_panel
 from .wsolnet import build_explainer
 
 __version__ = "0.1.0"

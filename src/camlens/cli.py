@@ -11,7 +11,6 @@ from typing import Callable, Sequence, cast
 
 from .errors import CamlensError
 
-
 RESUMABLE = {"explain": "progress in --out/.progress", "evaluate": "progress in --progress-dir, when given",
              "train": "add --resume: finished epochs are in --out"}
 
@@ -49,8 +48,8 @@ def load_from_args(args: argparse.Namespace):
 
 def make_explainer(loaded, method: str, layers: Sequence[str] | None, fuse: str = "max"):
     from .methods import get_method
-    from .wsolnet import build_explainer
     from .methods.layered import LayerExplainer
+    from .wsolnet import build_explainer
 
     cls = get_method(method)
     if not layers and loaded.meta.get("task") in ("detection", "segmentation"):

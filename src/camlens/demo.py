@@ -210,8 +210,8 @@ def run_demo(
 
     photos, skipped = None, "" if real else "not asked for"
     if real:
-        from .errors import CamlensError
         from .demo_photos import COMPARE_PHOTOS, run_photos
+        from .errors import CamlensError
 
         try:
             photos = run_photos(methods=methods, compare=real_compare or COMPARE_PHOTOS, log=log)

@@ -23,12 +23,20 @@ import torch
 from torch import Tensor
 
 from .boxes import box_iou, paper_boxes, scale_boxes, wsol_resize_boxes, wsol_sweep
-from .errors import CamlensError
 from .data.annotations import Annotations, MaskFiles, load_mask
 from .data.samples import Sample
 from .distributed import (
-    Context, ProgressLog, gather, pack_counts, resume_entries, shard_batches, sum_tensors, unpack_counts, write_atomic,
+    Context,
+    ProgressLog,
+    gather,
+    pack_counts,
+    resume_entries,
+    shard_batches,
+    sum_tensors,
+    unpack_counts,
+    write_atomic,
 )
+from .errors import CamlensError
 from .maps import normalize, upsample
 from .metrics.faithfulness import FaithfulnessConfig, FaithfulnessTotals, faithfulness_scores
 from .metrics.localization import DEFAULT_IOUS, BoxAccuracy, ClassLocalization, PixelAP, _iou_key

@@ -18,12 +18,12 @@ import numpy as np
 from PIL import Image
 from torch import Tensor
 
-from .errors import CamlensError
 from .data.images import as_image
-from .wsolnet import build_explainer
+from .errors import CamlensError
 from .methods.base import CAMResult, ClassSpec
 from .models import LoadedModel
 from .render import overlay_image, three_panel
+from .wsolnet import build_explainer
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

@@ -14,7 +14,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..capture import (
-    GapHead, LayerCapture, LayerSpec, locate_gap_head, output_logits, unwrapped_spec,
+    GapHead,
+    LayerCapture,
+    LayerSpec,
+    locate_gap_head,
+    output_logits,
+    unwrapped_spec,
 )
 from ..errors import CamlensError
 from ..hardware import usable_approximation

@@ -5,7 +5,7 @@ at the layer, what is explained (classes or target callables), token reshapes an
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable, Sequence, TypedDict, Union, cast
+from typing import Any, Callable, Sequence, TypedDict, Union
 
 import torch
 from torch import Tensor, nn

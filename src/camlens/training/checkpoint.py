@@ -18,8 +18,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..errors import CamlensError
 from ..distributed import temporary_name, write_atomic
+from ..errors import CamlensError
 from ..models import Preprocess
 
 BEST = "best.safetensors"

@@ -21,9 +21,9 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from ..errors import CamlensError
 from ..data.annotations import AnnotationError
 from ..distributed import Context
+from ..errors import CamlensError
 
 DEFAULT_SIZE = {"builtin": 64, "stl10": 96}
 

@@ -29,8 +29,8 @@ from tqdm.auto import tqdm
 
 from .. import distributed
 from ..capture import find_classifier
-from ..errors import CamlensError
 from ..distributed import Context, barrier, shard_batches, sum_tensors
+from ..errors import CamlensError
 from ..models import IMAGENET_MEAN, IMAGENET_STD, Preprocess, build_model
 from ..networks import NETWORKS, new_layer_names
 from .checkpoint import BEST, LAST, keep_as_best, load_optimizer, load_resume, save_resume, save_weights, weights

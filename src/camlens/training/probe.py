@@ -196,8 +196,8 @@ def run_linear_probe(
     on the training split of ``data`` (as ``camlens train`` reads it), report validation accuracy, and write
     ``out/probe.safetensors``, a checkpoint that describes itself (arch, builder options, classes, preprocessing
     and the probe's settings)."""
-    from ..models import Preprocess, build_model, load_model, save_checkpoint
     from ..distributed import Context
+    from ..models import Preprocess, build_model, load_model, save_checkpoint
     from .data import global_batches, load_batches, load_data
     from .loop import accuracy
 

@@ -24,8 +24,8 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from .. import distributed
-from ..errors import CamlensError
 from ..distributed import Context, write_atomic
+from ..errors import CamlensError
 from ..models import LoadedModel
 from .checkpoint import RESUME, STATE
 from .config import TrainConfig

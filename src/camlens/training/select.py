@@ -20,8 +20,8 @@ from typing import Any
 from torch import nn
 from torch.utils.data import Dataset
 
-from ..errors import CamlensError
 from ..distributed import Context
+from ..errors import CamlensError
 from ..models import LoadedModel, Preprocess
 from .config import TrainConfig
 from .data import TrainData

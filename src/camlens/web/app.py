@@ -26,8 +26,8 @@ from torch import Tensor
 
 from .. import __version__
 from ..capture import layer_names, resolve_module
-from ..errors import CamlensError
 from ..data.images import ImageError, decode_image, to_tensor
+from ..errors import CamlensError
 from ..methods import METHODS, get_method
 from ..methods.layered import LayerExplainer
 from ..models import LoadedModel

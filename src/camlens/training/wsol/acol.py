@@ -17,6 +17,7 @@ from ...wsolnet.acol import BRANCH_B, add_branch
 from ...wsolnet.placement import Taps, live_class_maps
 from .base import Param, TrainingMethod, check_fraction, unwrap
 
+
 def erased_features(features: Tensor, class_maps: Tensor, threshold: float) -> Tensor:
     """ACoL's erasure: f * [normalize(M_c) < threshold] for features f (B, K, h, w) and branch A's class maps
     M_c (B, h, w); the region where the min-max normalized map reaches ``threshold`` is set to zero."""

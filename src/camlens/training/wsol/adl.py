@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from ...wsolnet.adl import ADL, add_layers
 from .base import Param, TrainingMethod, check_fraction
 
+
 @dataclass
 class ADLMethod(TrainingMethod):
     """ADL (Choe & Shim, CVPR 2019): :class:`ADL` layers at the positions of Choe et al.'s code (see
