@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence, cast
 
+from .constants import PAPER_THRESHOLD
 from .errors import CamlensError
 
 RESUMABLE = {"explain": "progress in --out/.progress", "evaluate": "progress in --progress-dir, when given",
@@ -165,7 +166,7 @@ def cmd_localize(args: argparse.Namespace) -> int:
         threshold = checkpoint_threshold(loaded.meta, args.protocol)
         if threshold is not None:
             _fail(f"{args.protocol} threshold {threshold:.3f}, the one the checkpoint was selected with")
-        threshold = 0.2 if threshold is None else threshold
+        threshold = PAPER_THRESHOLD if threshold is None else threshold
     with make_explainer(loaded, args.method, args.layer, args.fuse) as explainer, \
             tqdm(total=len(paths), unit="img", disable=args.quiet, file=sys.stderr) as bar:
         records = localize_files(
@@ -423,7 +424,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="paper: largest component above threshold x max; wsol: largest contour at the threshold "
                         "of the min-max normalized map, Choe et al.'s box convention (default: paper)")
     p.add_argument("--threshold", type=float, help="the protocol's threshold (default: the one the checkpoint was "
-                                                   "selected with by camlens train --select-by, else 0.2)")
+                                                   "selected with by camlens train --select-by, else "
+                                                   f"{PAPER_THRESHOLD})")
     p.add_argument("--out", default="camlens-boxes", help="output folder (default: camlens-boxes)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_localize)
@@ -439,7 +441,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-images", type=int, help="evaluate the first N images only")
     p.add_argument("--maps", help="score precomputed maps instead: a folder of <image_id>.npy (or <stem>.npy when unambiguous) in [0, 1]")
     p.add_argument("--metadata", help="the annotations the --maps are scored against")
-    p.add_argument("--paper-threshold", type=float, default=0.2,
+    p.add_argument("--paper-threshold", type=float, default=PAPER_THRESHOLD,
                    help="threshold (fraction of the max) of the paper's boxes for Top-1/Top-5/GT-known Loc")
     p.add_argument("--faithfulness", action="store_true",
                    help="also Average Drop, Increase in Confidence, Deletion/Insertion AUC, ROAD, pointing game")

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from .boxes import box_iou, paper_boxes, scale_boxes, wsol_resize_boxes, wsol_sweep
+from .constants import PAPER_THRESHOLD
 from .data.annotations import Annotations, MaskFiles, load_mask
 from .data.samples import Sample
 from .distributed import (
@@ -70,7 +71,7 @@ class Accumulators:
     pixel: PixelAP
 
     @classmethod
-    def create(cls, thresholds: np.ndarray | None = None, paper_threshold: float = 0.2,
+    def create(cls, thresholds: np.ndarray | None = None, paper_threshold: float = PAPER_THRESHOLD,
                ious: Sequence[float] = DEFAULT_IOUS) -> "Accumulators":
         return cls(ClassLocalization(paper_threshold), BoxAccuracy(thresholds, ious), PixelAP(thresholds))
 
@@ -201,7 +202,7 @@ def evaluate_model(
     *,
     batch_size: int = 32,
     thresholds: np.ndarray | None = None,
-    paper_threshold: float = 0.2,
+    paper_threshold: float = PAPER_THRESHOLD,
     faithfulness: FaithfulnessConfig | None = None,
     workers: int = 0,
     ctx: Context | None = None,
@@ -331,7 +332,7 @@ def evaluate_maps(
     ann: Annotations,
     *,
     thresholds: np.ndarray | None = None,
-    paper_threshold: float = 0.2,
+    paper_threshold: float = PAPER_THRESHOLD,
     progress: Callable[[int], None] = lambda n: None,
 ) -> dict:
     """Score precomputed maps ``<maps_dir>/<image_id>.npy`` against ``ann`` (e.g. a Choe et al. metadata
@@ -432,7 +433,7 @@ def write_json(result: dict, path: str | Path) -> Path:
 # --------------------------------------------------------------------------------------------- localize
 
 
-def map_boxes(maps: Tensor, protocol: str = "paper", threshold: float = 0.2) -> Tensor:
+def map_boxes(maps: Tensor, protocol: str = "paper", threshold: float = PAPER_THRESHOLD) -> Tensor:
     """Boxes (N, 4) for maps (N, H, W): the paper protocol (``threshold`` of the max of the raw map, largest
     connected component, exact box) or ``wsol`` (the largest contour at ``threshold`` of the min-max normalized
     map, as Choe et al. score it)."""

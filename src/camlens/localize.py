@@ -8,6 +8,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from .constants import PAPER_THRESHOLD
 from .data.images import ImageError, load_image
 from .evaluation import explain_batch, image_maps, map_boxes, write_json
 from .methods.base import Explainer
@@ -23,7 +24,7 @@ def localize_files(
     out_dir: Path,
     *,
     protocol: str = "paper",
-    threshold: float = 0.2,
+    threshold: float = PAPER_THRESHOLD,
     topk: int = 1,
     progress: Callable[[int], None] = lambda n: None,
     on_error: Callable[[str], None] = lambda line: None,

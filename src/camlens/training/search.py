@@ -24,6 +24,7 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from .. import distributed
+from ..constants import PAPER_THRESHOLD
 from ..distributed import Context, write_atomic
 from ..errors import CamlensError
 from ..models import LoadedModel
@@ -96,7 +97,6 @@ def evaluate_trial(result_model, method, samples: Dataset, class_names: list[str
     """Test metrics of a trained trial: classification accuracy (%) and every localization metric of
     ``camlens evaluate`` with the method's maps."""
     from ..evaluation import evaluate_model
-    from .select import PAPER_THRESHOLD
 
     loaded = LoadedModel(result_model, class_names, preprocess, "")
     with method.explainer(result_model) as explainer:
