@@ -94,7 +94,14 @@ def resolve_module(model: nn.Module, layer: LayerSpec) -> tuple[str, nn.Module]:
 
 def layer_names(model: nn.Module) -> list[str]:
     """Qualified names of every submodule, in definition order: what ``layer=`` accepts (inside data-parallel
-    wrappers)."""
+    wrappers).
+
+    Args:
+        model: the model (a DataParallel / DistributedDataParallel wrapper is looked through).
+
+    Returns:
+        The names, the root module's empty name left out.
+    """
     return [name for name, _ in unwrap_model(model).named_modules() if name]
 
 
@@ -438,6 +445,14 @@ def tokens_to_grid(tokens: Tensor, input_size: Sequence[int] | None = None, pref
       laid out row by row on an h x w grid.  When ``prefix_tokens`` is None it is the smallest p in 0..16 such that
       T - p tokens tile a grid with the aspect ratio of ``input_size`` (H, W) (square without it), i.e. h * w = T - p
       and H * w == W * h.
+
+    Args:
+        tokens: a layer's output, (B, T, D) tokens or (B, h, w, D) channels-last maps.
+        input_size: the model input's (H, W), for the grid's aspect ratio.
+        prefix_tokens: how many leading tokens are not patches; None to infer it as above.
+
+    Returns:
+        The maps (B, D, h, w).
     """
     if tokens.ndim == 4:
         return tokens.permute(0, 3, 1, 2)

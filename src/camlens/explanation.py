@@ -33,8 +33,14 @@ ImageLike = Union[str, Path, Image.Image, np.ndarray, Tensor]
 
 @dataclass
 class Explanation:
-    """The maps of one image: ``image`` (3, H, W) in [0, 1] at its original size, ``result`` the method's
-    :class:`CAMResult` for a batch of one (raw maps, logits, explained classes), ``class_names`` the model's."""
+    """The maps of one image, with the views a notebook wants (predictions, overlays, the three-panel figure).
+
+    Attributes:
+        image: the image (3, H, W) in [0, 1] at its original size.
+        result: the method's :class:`CAMResult` for a batch of one (raw maps, logits, explained classes).
+        class_names: the model's class names.
+        method: the method's name.
+    """
 
     image: Tensor
     result: CAMResult
@@ -105,7 +111,19 @@ def explain(
 ) -> Explanation:
     """Explain ``image`` (a file, PIL image, array or (3, H, W) tensor in [0, 1]) with ``method`` (any name of
     :data:`camlens.METHODS`) for the ``topk`` most probable classes or the given ``classes``, through the model's
-    own preprocessing."""
+    own preprocessing.
+
+    Args:
+        model: a model from :func:`camlens.load_model` (it carries preprocessing and class names).
+        image: a file, PIL image, array or (3, H, W) tensor in [0, 1].
+        method: the method's name (``"cam"``, ``"gradcam"``, ...); CAM on a WSOL-trained network is its method's map.
+        topk: how many of the most probable classes to explain when ``classes`` is None.
+        classes: the class indices to explain instead.
+        layer: the target layer's name, or None for the method's default.
+
+    Returns:
+        The :class:`Explanation` of the image.
+    """
     if not isinstance(model, LoadedModel):
         raise CamlensError("explain takes a model from camlens.load_model (it carries preprocessing and class names)")
     img = as_image(image)

@@ -51,7 +51,15 @@ def build_model(arch: str, num_classes: int | None = None, weights: str | None =
 
 @dataclass
 class LoadedModel:
-    """A model in eval mode with what is needed to feed it and to name its outputs."""
+    """A model in eval mode with what is needed to feed it and to name its outputs.
+
+    Attributes:
+        model: the network, in eval mode.
+        class_names: one name per output class.
+        preprocess: how images in [0, 1] become its input.
+        arch: the architecture name it was built from.
+        meta: the checkpoint's metadata (or ``{"task": ...}`` for torchvision detection / segmentation models).
+    """
 
     model: nn.Module
     class_names: list[str]
@@ -179,6 +187,20 @@ def load_model(
 
     Precedence: explicit arguments, then the checkpoint's metadata, then the pretrained weights' metadata,
     then ImageNet defaults at 224 px.
+
+    Args:
+        checkpoint: a camlens safetensors checkpoint (self-describing), or a ``.pt``/``.pth`` state dict (read with
+            ``weights_only=True``; give ``arch``).
+        arch: an architecture name of :func:`build_model`, when there is no checkpoint or it does not say.
+        weights: the pretrained weights without a checkpoint (``DEFAULT``, a torchvision name, or ``none``).
+        classes: class names: a list, ``imagenet``, ``stl10`` or a text file with one name a line.
+        size: the input size (an int: square).
+        mean: the normalization mean, per channel.
+        std: the normalization standard deviation, per channel.
+        device: where the model goes.
+
+    Returns:
+        The :class:`LoadedModel`.
     """
     meta: dict = {}
     if checkpoint is not None:

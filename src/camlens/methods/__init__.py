@@ -17,7 +17,14 @@ METHODS: dict[str, type[Explainer]] = {
 
 def get_method(name: str) -> type[Explainer]:
     """The explainer class registered under ``name`` (case, dashes and underscores ignored, ``++`` read as
-    ``pp``: ``Grad-CAM++`` = ``gradcampp``)."""
+    ``pp``: ``Grad-CAM++`` = ``gradcampp``).
+
+    Args:
+        name: the method's name.
+
+    Returns:
+        The explainer class (a one-line error naming the choices for an unknown name).
+    """
     key = name.lower().replace("-", "").replace("_", "").replace("++", "pp")
     if key not in METHODS:
         raise CamlensError(f"unknown method {name!r}; choose from {', '.join(sorted(METHODS))}")
