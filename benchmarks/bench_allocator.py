@@ -13,10 +13,10 @@ import time
 
 import torch
 
-from common import header
 from camlens.capture import CamlensError
 from camlens.hardware import retain_freed_memory
 from camlens.models import build_model
+from common import header
 
 
 def main() -> None:

@@ -96,7 +96,7 @@ def main() -> None:
         jobs = {"evaluate": evaluate, "explain": ["explain", str(files), "--checkpoint", str(ckpt), "--batch-size",
                                                  str(opts.batch_size), "--quiet", "--restart"]}
         times: dict[tuple[str, int], list[float]] = {(job, p): [] for job in jobs for p in opts.procs}
-        for round_ in range(opts.repeats):
+        for _ in range(opts.repeats):
             for job, args in jobs.items():
                 for p in opts.procs:
                     out = ["--json", f"{job}-{p}.json"] if job == "evaluate" else ["--out", f"{job}-{p}"]

@@ -54,12 +54,12 @@ def _timed(fn) -> tuple[float, object]:
 
 
 def _peers():
+    from importlib.metadata import version
+
     import pytorch_grad_cam as pgc
     import torchcam
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
     from torchcam import methods as tc
-
-    from importlib.metadata import version
 
     return pgc, tc, ClassifierOutputTarget, version("grad-cam"), torchcam.__version__
 

@@ -29,11 +29,11 @@ import time
 import torch
 import torch.nn.functional as F
 
-from common import header, sync
 from camlens.hardware import retain_freed_memory
 from camlens.models import IMAGENET_MEAN, IMAGENET_STD, build_model
 from camlens.training import TrainConfig, TrainData, train
 from camlens.training.data import Split
+from common import header, sync
 
 NETWORKS = {
     "gapnet": ("gapnet", {}),
@@ -119,11 +119,11 @@ def main() -> None:
         initial = build_model(arch, 10, None, **options)
         times: dict[str, list[float]] = {"plain": [], "camlens": [], "steps": []}
         cpu: dict[str, list[float]] = {"plain": [], "camlens": []}
-        runs = {
-            "plain": lambda: plain_epoch(copy.deepcopy(initial), images[: args.images], labels[: args.images],
-                                         args.batch, lr, device, channels_last, args.amp),
-            "camlens": lambda: camlens_epoch(copy.deepcopy(initial), data, args.batch, lr, args.device, channels_last,
-                                             args.amp, arch),
+        runs = {  # the lambdas run within this iteration, so they see its `initial` and `arch`
+            "plain": lambda: plain_epoch(copy.deepcopy(initial), images[: args.images],  # noqa: B023
+                                         labels[: args.images], args.batch, lr, device, channels_last, args.amp),
+            "camlens": lambda: camlens_epoch(copy.deepcopy(initial), data, args.batch, lr,  # noqa: B023
+                                             args.device, channels_last, args.amp, arch),  # noqa: B023
         }
         for fn in runs.values():  # warm-up
             fn()

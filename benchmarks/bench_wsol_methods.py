@@ -16,10 +16,9 @@ import statistics
 
 import torch
 
-from common import header, interleaved, write_result
-
 from camlens.models import build_model
 from camlens.training.wsol import WSOL_METHODS, get_wsol_method
+from common import header, interleaved, write_result
 
 
 def step_fn(name: str, arch: str, x: torch.Tensor, y: torch.Tensor, device: torch.device):

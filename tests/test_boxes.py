@@ -22,7 +22,6 @@ from camlens.boxes import (
 )
 from camlens.capture import CamlensError
 
-
 # ----------------------------------------------------------------------------------------------- IoU, scaling
 
 

@@ -212,7 +212,7 @@ def test_localize_overlays_carry_class_labels(workspace, monkeypatch, capsys):
     (entry,) = record["boxes"]
     overlay = np.asarray(Image.open(workspace / "boxes" / record["overlay"]))
     label = f"{entry['label']} {entry['score']:.0%}"
-    from camlens.evaluation import image_maps, explain_batch
+    from camlens.evaluation import explain_batch, image_maps
     from camlens.render import overlay as blend
 
     with camlens.CAM(load_model(workspace / "m.safetensors")) as cam:

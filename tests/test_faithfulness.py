@@ -30,11 +30,9 @@ from torch import nn
 import camlens
 from camlens import CamlensError
 from camlens.metrics.faithfulness import (
+    ROAD_NEIGHBOUR_WEIGHTS,
     FaithfulnessConfig,
     FaithfulnessTotals,
-    ROAD_NEIGHBOUR_WEIGHTS,
-    _dissection_rank,
-    _relevance_rank,
     boxes_to_masks,
     confidence_change,
     deletion_curve,
@@ -48,6 +46,8 @@ from camlens.metrics.faithfulness import (
     road,
     ssim,
 )
+from camlens.metrics.faithfulness._common import _relevance_rank
+from camlens.metrics.faithfulness.road import _dissection_rank
 
 
 class RegionMean(nn.Module):

@@ -14,10 +14,9 @@ import warnings
 import pytest
 import torch
 
+from _method_refs import TinyNet
 from camlens import ScoreCAM, hardware, normalize
 from camlens.methods import activation
-
-from _method_refs import TinyNet
 
 
 def _stub_flags(monkeypatch: pytest.MonkeyPatch, flags: set[str]) -> None:
@@ -70,10 +69,13 @@ def test_which_flags_count_as_bfloat16_units(monkeypatch, flags, bf16):
     assert hardware.usable_approximation(False, torch.device("cpu")) is False
 
 
-def test_the_description_says_which_relevant_flags_the_cpu_has_and_lacks(monkeypatch):
+def test_the_description_says_which_relevant_units_the_cpu_has_and_lacks(monkeypatch):
     _stub_flags(monkeypatch, {"avx2", "avx512f"})
-    text = hardware.cpu_description()
-    assert "flags: avx2 avx512f (lacks avx512_bf16 amx_bf16 amx_tile avx512_fp16 bf16)" in text
+    assert hardware.cpu_description().endswith(" threads; avx2 avx512f")
+    _stub_flags(monkeypatch, {"avx2"})
+    assert hardware.cpu_description().endswith(" threads; avx2 (no AVX-512)")
+    _stub_flags(monkeypatch, set())
+    assert hardware.cpu_description().endswith(" threads; no AVX2/AVX-512/AMX (no AVX-512)")
 
 
 def test_the_real_flags_agree_with_torch_on_avx512_bf16():

@@ -17,8 +17,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from camlens.data.images import (BudgetFull, DecodeBudget, FormatError, ImageError, decode_image,
-                                 image_pixels, load_image)
+from camlens.data.images import (
+    BudgetFull,
+    DecodeBudget,
+    FormatError,
+    ImageError,
+    decode_image,
+    image_pixels,
+    load_image,
+)
 
 # a minimal EPS: Pillow's EPS plugin reads the bounding box and runs `gs` on load()
 EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\n%%EndComments\nnewpath 0 0 moveto 8 8 lineto stroke\n%%EOF\n"
@@ -42,7 +49,7 @@ def test_the_stand_in_ghostscript_is_what_pillow_would_run(tmp_path, monkeypatch
 
     monkeypatch.setattr(EpsImagePlugin, "gs_binary", None)
     monkeypatch.setattr(EpsImagePlugin, "gs_windows_binary", None)
-    with pytest.raises(Exception):
+    with pytest.raises(Exception):  # noqa: B017 (whatever Pillow raises once gs is missing)
         with Image.open(io.BytesIO(EPS)) as img:
             img.load()
     assert marker.exists()

@@ -12,10 +12,6 @@ import torchvision
 from torch import nn
 
 import camlens
-from camlens import CAM, AblationCAM, EigenCAM, GradCAM, HiResCAM, ScoreCAM, XGradCAM, tokens_to_grid
-from camlens.capture import CamlensError, find_spatial_layer
-from camlens.methods.activation import pass_model
-
 from _method_refs import (
     GRADIENT_REFS,
     TinyNet,
@@ -25,11 +21,14 @@ from _method_refs import (
     ref_eigencam,
     ref_scorecam,
 )
+from camlens import CAM, AblationCAM, EigenCAM, GradCAM, HiResCAM, ScoreCAM, XGradCAM, tokens_to_grid
+from camlens.capture import CamlensError, find_spatial_layer
+from camlens.methods.activation import pass_model
 
 GRADIENT_METHODS = ["gradcam", "gradcampp", "xgradcam", "layercam", "hirescam"]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _model(arch: str) -> nn.Module:
     torch.manual_seed(1)
     if arch == "tiny":

@@ -12,9 +12,8 @@ import torchvision
 from torch import nn
 
 import camlens
-from camlens import CamlensError, GradCAM, ScoreCAM
-
 from _method_refs import TinyNet
+from camlens import CamlensError, GradCAM, ScoreCAM
 
 LAYER_METHODS = [name for name in camlens.METHODS if name != "cam"]
 CHEAP = {"sscam": {"num_samples": 2}, "iscam": {"num_samples": 2}}

@@ -24,9 +24,8 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torchcam import methods as tc
 
 import camlens
-from camlens import normalize, upsample
-
 from _method_refs import TinyNet, activations_and_grads
+from camlens import normalize, upsample
 
 PGC = {
     "gradcam": PgcGradCAM,

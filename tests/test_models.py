@@ -80,3 +80,12 @@ def test_gapnet_is_a_cam_model_with_stride_4():
     with camlens.CAM(GapNet(5).eval()) as cam:
         res = cam(torch.rand(2, 3, 64, 64))
     assert res.maps.shape == (2, 1, 16, 16) and res.layer == "features"
+
+
+def test_one_rule_reads_random_initialization_from_a_weights_name():
+    from camlens.backbones import no_weights
+    from camlens.training import TrainConfig
+
+    assert [no_weights(w) for w in (None, "none", "None", "DEFAULT", "IMAGENET1K_V1", "imagenet")] == [
+        True, True, True, False, False, False]
+    assert TrainConfig(weights="None").pretrained is False and TrainConfig(weights="DEFAULT").pretrained is True

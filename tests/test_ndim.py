@@ -14,10 +14,9 @@ import torch.nn.functional as F
 from torch import nn
 
 import camlens
+from _method_refs import activations_and_grads, assert_close, layer_output, module, ref_channel_mask
 from camlens import CAM, CamlensError, normalize, upsample
 from camlens.capture import find_classifier, is_classifier
-
-from _method_refs import activations_and_grads, assert_close, layer_output, module, ref_channel_mask
 
 CONV = {1: nn.Conv1d, 3: nn.Conv3d}
 POOL = {1: nn.MaxPool1d, 3: nn.MaxPool3d}
@@ -46,7 +45,7 @@ class GapNet(nn.Module):
         return self.classifier(f) if self.squeeze else self.fc(self.pool(f).flatten(1))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def net(rank: int, squeeze: bool = False, stride: int = 2) -> GapNet:
     torch.manual_seed(10 + rank)
     model = GapNet(rank, squeeze=squeeze, stride=stride).eval()

@@ -11,14 +11,13 @@ import pytest
 import torch
 from PIL import Image
 
+from _cli_setup import checkpoint_and_images
 from camlens import CAM
 from camlens.blend import blend, colormap_index, colormap_table
 from camlens.data.images import load_image
 from camlens.models import load_model
 from camlens.pipeline import RenderOptions, explain_files
 from camlens.render import _lut, overlay, to_pil
-
-from _cli_setup import checkpoint_and_images
 
 
 @pytest.fixture(scope="module")

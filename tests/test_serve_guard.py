@@ -20,7 +20,6 @@ from PIL import Image
 from camlens.models import GapNet, Preprocess, save_checkpoint
 from camlens.web import create_app
 from camlens.web.guard import default_hosts, host_allowed
-
 from test_image_formats import EPS, fake_ghostscript
 from test_web_api import tiny_classifier
 

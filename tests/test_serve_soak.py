@@ -10,9 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from camlens.models import GapNet, Preprocess, save_checkpoint
-
 from _serve_traffic import GAPNET_LAYERS, Server, drive, request_mix, rss_bytes
+from camlens.models import GapNet, Preprocess, save_checkpoint
 
 pytest.importorskip("uvicorn", reason="uvicorn is not installed (pip install 'camlens[web]')")
 

@@ -13,12 +13,19 @@ from torch import nn
 from torchvision.models import detection, segmentation
 
 import camlens
+from _method_refs import TinyNet
 from camlens import CamlensError, EigenCAM, GradCAM, HiResCAM
 from camlens.targets import (
-    Detection, Logit, PositiveLabels, Regression, Segmentation, Sigmoid, Softmax, default_layer, parse_target,
+    Detection,
+    Logit,
+    PositiveLabels,
+    Regression,
+    Segmentation,
+    Sigmoid,
+    Softmax,
+    default_layer,
+    parse_target,
 )
-
-from _method_refs import TinyNet
 
 
 def direct_hirescam(model: nn.Module, layer: str, x: torch.Tensor, score) -> torch.Tensor:
@@ -78,7 +85,7 @@ def test_positive_labels_give_one_sigmoid_map_per_positive_label_and_zero_paddin
         slots = res.classes[b].tolist()
         assert slots[: len(labels)] == labels and all(c == -1 for c in slots[len(labels):])
         for n, c in enumerate(labels):
-            want = direct_hirescam(model, "features", x[b:b + 1], lambda out: out.sigmoid()[:, c])
+            want = direct_hirescam(model, "features", x[b:b + 1], lambda out: out.sigmoid()[:, c])  # noqa: B023 (called now)
             assert_close(res.maps[b, n], want[0])
             assert_close(res.target_scores[b, n], z.sigmoid()[b, c])
         assert (res.maps[b, len(labels):] == 0).all() and res.target_scores[b, len(labels):].isnan().all()

@@ -11,8 +11,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from _train_setup import TinyCam
-from camlens.training import TrainConfig, load_data, train
-from camlens.training import loop
+from camlens.training import TrainConfig, load_data, loop, train
 from camlens.training.optim import Schedule, parameter_groups, step_decay
 from camlens.training.wsol import TrainingMethod
 

@@ -20,7 +20,6 @@ from camlens.data.images import decode_image, to_tensor
 from camlens.models import LoadedModel, Preprocess
 from camlens.targets import Detection, PositiveLabels, Segmentation, default_layer
 from camlens.web import create_app
-
 from test_targets import TinySegmenter, _tiny_fasterrcnn
 from test_web_api import CLASSES, tiny_classifier
 

@@ -13,9 +13,8 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 import camlens
-from camlens.capture import resolve_module
-
 from _method_refs import TinyNet
+from camlens.capture import resolve_module
 
 CHEAP = {"sscam": {"num_samples": 2, "optimize": False}, "iscam": {"num_samples": 2, "optimize": False},
          "scorecam": {"optimize": False}}  # the optimized copy is tested elsewhere; here it only costs time

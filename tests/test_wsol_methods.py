@@ -5,23 +5,28 @@ method that beats an untrained network."""
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+import camlens
 from camlens import CAM, CamlensError, normalize
 from camlens.models import IMAGENET_MEAN, IMAGENET_STD, GapNet, Preprocess, load_model, save_checkpoint
 from camlens.training.wsol import (
+    ADL,
+    SPG,
+    WSOL_METHODS,
     ACoL,
     ACoLCAM,
-    ADL,
     ADLMethod,
     CutMix,
     HaS,
-    SPG,
-    WSOL_METHODS,
     get_wsol_method,
     method_explainer,
     wsol_method_from_config,
@@ -29,9 +34,9 @@ from camlens.training.wsol import (
 from camlens.training.wsol.acol import erased_features
 from camlens.training.wsol.cutmix import MixedTargets, cutmix_box
 from camlens.training.wsol.has import hidden_pixels
-from camlens.training.wsol.placement import adl_positions, probe, spg_branch_points
 from camlens.training.wsol.spg import IGNORE, masked_bce, pseudo_mask
-
+from camlens.wsolnet import CHECKPOINT_MODULES
+from camlens.wsolnet.placement import adl_positions, probe, spg_branch_points
 
 # ---------------------------------------------------------------- HaS
 
@@ -305,6 +310,35 @@ def test_checkpoint_rebuilds_the_method_and_its_explainer(tmp_path, name):
     assert torch.allclose(got(x).maps, expected.maps, atol=1e-6)
     assert wsol_method_from_config(method.config()).config() == method.config()
     expected_explainer.close()
+
+
+def test_every_training_method_says_what_its_checkpoints_need_below_training():
+    """A method added to training/wsol must register the modules its checkpoints hold in camlens.wsolnet, or
+    load_model could not rebuild its networks."""
+    assert set(CHECKPOINT_MODULES) == set(WSOL_METHODS)
+
+
+def test_an_acol_checkpoint_loads_and_explains_without_importing_training(tmp_path):
+    """The inference side lives below training/: loading and explaining an ACoL checkpoint runs no module of
+    camlens.training (checked in a fresh interpreter)."""
+    torch.manual_seed(0)
+    net = GapNet(4)
+    method = get_wsol_method("acol")
+    method.attach(net)
+    path = save_checkpoint(tmp_path / "acol.safetensors", net.eval(), arch="gapnet", class_names=list("abcd"),
+                           preprocess=Preprocess((32, 32)), extra={"wsol_method": method.config()})
+    code = (
+        "import sys, torch\n"
+        "from camlens import build_explainer, load_model\n"
+        f"loaded = load_model({str(path)!r})\n"
+        "with build_explainer(loaded.model) as explainer:\n"
+        "    assert type(explainer).__name__ == 'ACoLCAM', explainer\n"
+        "    explainer(torch.randn(1, 3, 32, 32))\n"
+        "assert not [m for m in sys.modules if m.startswith('camlens.training')], 'camlens.training was imported'\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(Path(camlens.__file__).parents[1])})
+    assert proc.returncode == 0, proc.stderr
 
 
 # ---------------------------------------------------------------- bad input

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .capture import CamlensError
+from .errors import CamlensError
 from .maps import normalize, upsample
 from .render import _lut, to_bytes
 

@@ -55,7 +55,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .capture import CamlensError
+from .constants import PAPER_THRESHOLD
+from .errors import CamlensError
 
 NUM_LEVELS = 255  # the levels L = 0..254 a threshold can cut at (foreground q > L; L = 255 leaves nothing)
 
@@ -120,7 +121,7 @@ def _as_numpy_maps(maps: Tensor | np.ndarray, what: str = "maps", finite: bool =
 
 def paper_boxes(
     maps: Tensor | np.ndarray,
-    threshold: float = 0.2,
+    threshold: float = PAPER_THRESHOLD,
     *,
     connectivity: int = 8,
     image_size: Sequence[int] | None = None,

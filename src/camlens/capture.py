@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .errors import CamlensError, NotAGapClassifierError
+
 LayerSpec = Union[str, nn.Module]
 
 
@@ -28,18 +30,10 @@ class CarriesModule(Protocol):
 ModelLike = Union[nn.Module, CarriesModule]
 
 
-class CamlensError(ValueError):
-    """A problem with the caller's model, layer, classes or input, with a message meant for people."""
-
-
 def first_line(err: BaseException | str) -> str:
     """The first non-empty line of an error message, without terminal escape codes (PyTorch bolds some words)."""
     text = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", str(err))
     return next((line.strip() for line in text.splitlines() if line.strip()), type(err).__name__)
-
-
-class NotAGapClassifierError(CamlensError):
-    """The model does not end in global average pooling followed by one linear layer, so CAM does not apply."""
 
 
 def output_logits(output: Any) -> Tensor:
@@ -515,6 +509,14 @@ def tokens_to_grid(tokens: Tensor, input_size: Sequence[int] | None = None, pref
       laid out row by row on an h x w grid.  When ``prefix_tokens`` is None it is the smallest p in 0..16 such that
       T - p tokens tile a grid with the aspect ratio of ``input_size`` (H, W) (square without it), i.e. h * w = T - p
       and H * w == W * h.
+
+    Args:
+        tokens: a layer's output, (B, T, D) tokens or (B, h, w, D) channels-last maps.
+        input_size: the model input's (H, W), for the grid's aspect ratio.
+        prefix_tokens: how many leading tokens are not patches; None to infer it as above.
+
+    Returns:
+        The maps (B, D, h, w).
     """
     if tokens.ndim == 4:
         return tokens.permute(0, 3, 1, 2)

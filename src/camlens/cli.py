@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Callable, Sequence, cast
 
 from . import __version__
-from .capture import CamlensError
-
+from .constants import PAPER_THRESHOLD
+from .errors import CamlensError
 
 RESUMABLE = {"explain": "progress in --out/.progress", "evaluate": "progress in --progress-dir, when given",
              "train": "add --resume: finished epochs are in --out"}
@@ -77,8 +77,9 @@ def load_from_args(args: argparse.Namespace):
 
 
 def make_explainer(loaded, method: str, layers: Sequence[str] | None, fuse: str = "max"):
-    from .methods import build_explainer, get_method
+    from .methods import get_method
     from .methods.layered import LayerExplainer
+    from .wsolnet import build_explainer
 
     cls = get_method(method)
     if not layers and loaded.meta.get("task") in ("detection", "segmentation"):
@@ -328,7 +329,7 @@ def cmd_localize(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from .data.images import expand_paths
-    from .evaluation import localize_files
+    from .localize import localize_files
 
     paths, missing = expand_paths(args.paths)
     for line in missing:
@@ -342,7 +343,7 @@ def cmd_localize(args: argparse.Namespace) -> int:
         threshold = checkpoint_threshold(loaded.meta, args.protocol)
         if threshold is not None:
             _fail(f"{args.protocol} threshold {threshold:.3f}, the one the checkpoint was selected with")
-        threshold = 0.2 if threshold is None else threshold
+        threshold = PAPER_THRESHOLD if threshold is None else threshold
     with make_explainer(loaded, args.method, args.layer, args.fuse) as explainer, \
             tqdm(total=len(paths), unit="img", disable=args.quiet, file=sys.stderr) as bar, \
             PassWatch(explainer, args.method, len(paths), 1, args.device, quiet=args.quiet,
@@ -369,8 +370,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from . import distributed
-    from .data.samples import dataset_samples
     from .boxes import wsol_thresholds
+    from .data.samples import dataset_samples
     from .evaluation import evaluate_maps, evaluate_model, format_table, write_json
     from .files import check_target
     from .reference import curve_interval
@@ -697,7 +698,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="paper: largest component above threshold x max; wsol: largest contour at the threshold "
                         "of the min-max normalized map, Choe et al.'s box convention (default: paper)")
     p.add_argument("--threshold", type=float, help="the protocol's threshold (default: the one the checkpoint was "
-                                                   "selected with by camlens train --select-by, else 0.2)")
+                                                   "selected with by camlens train --select-by, else "
+                                                   f"{PAPER_THRESHOLD})")
     p.add_argument("--out", default="camlens-boxes", help="output folder (default: camlens-boxes)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_overwrite_arg(p, "boxes.json and the overlays of an earlier run in --out")
@@ -714,7 +716,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-images", type=int, help="evaluate the first N images only")
     p.add_argument("--maps", help="score precomputed maps instead: a folder of <image_id>.npy (or <stem>.npy when unambiguous) in [0, 1]")
     p.add_argument("--metadata", help="the annotations the --maps are scored against")
-    p.add_argument("--paper-threshold", type=float, default=0.2,
+    p.add_argument("--paper-threshold", type=float, default=PAPER_THRESHOLD,
                    help="threshold (fraction of the max) of the paper's boxes for Top-1/Top-5/GT-known Loc")
     add_protocol_args(p)
     p.add_argument("--cam-curve-interval", type=float,

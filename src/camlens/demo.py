@@ -13,8 +13,6 @@ the true class) so callers can add their own sections to the report through ``ex
 from __future__ import annotations
 
 import json
-import os
-import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +25,7 @@ from . import report
 from .data.samples import BuiltinSamples
 from .evaluation import METRIC_ROWS, evaluate_model
 from .files import write_atomic
+from .hardware import cpu_description
 from .maps import upsample
 from .methods import CAM, get_method
 from .metrics.faithfulness import FaithfulnessConfig
@@ -212,8 +211,8 @@ def run_demo(
 
     photos, skipped = None, "" if real else "not asked for"
     if real:
-        from .capture import CamlensError
         from .demo_photos import COMPARE_PHOTOS, run_photos
+        from .errors import CamlensError
 
         try:
             photos = run_photos(methods=methods, compare=real_compare or COMPARE_PHOTOS, log=log)
@@ -281,25 +280,6 @@ def _methods_table(rows: list[dict]) -> report.Table:
         f"score with noisy linear imputation, removing {', '.join(f'{p:g}' for p in c.road_percentages)}%. Pointing game "
         f"(Zhang et al.): the map's maximum within {c.tolerance} px of the true box, mean over classes. Seconds: "
         "maps and every metric.")
-
-
-def cpu_description() -> str:
-    """The CPU model, core count and the vector/matrix units that decide PyTorch's CPU speed (AVX-512 for float32,
-    AVX512_BF16 / AMX for bfloat16), from /proc/cpuinfo where there is one."""
-    model, flags = platform.processor() or platform.machine(), set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name":
-                model = value.strip()
-            elif key.strip() == "flags":
-                flags = set(value.split())
-                break
-    except OSError:
-        pass
-    units = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
-    return (f"{model}, {os.cpu_count()} cores, torch {torch.get_num_threads()} threads; "
-            f"{' '.join(units) or 'no AVX2/AVX-512/AMX'}{'' if 'avx512f' in flags else ' (no AVX-512)'}")
 
 
 def _phase_table(res: DemoResult) -> report.Table:

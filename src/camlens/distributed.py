@@ -22,6 +22,7 @@ import os
 import zlib
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Sequence, TypeVar
 
@@ -29,7 +30,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from .capture import CamlensError
+from .errors import CamlensError
 from .files import write_atomic
 
 DEFAULT_TIMEOUT = 300.0  # seconds a rank waits for the others in a collective
@@ -108,7 +109,7 @@ def sum_tensors(tensors: dict[str, torch.Tensor], ctx: Context) -> dict[str, tor
     out = {}
     for name, value in tensors.items():
         t = value.to(backend_device).clone()
-        _collective("summing counts", ctx, lambda: dist.all_reduce(t, op=dist.ReduceOp.SUM))
+        _collective("summing counts", ctx, partial(dist.all_reduce, t, op=dist.ReduceOp.SUM))
         out[name] = t.to(value.device)
     return out
 

@@ -23,13 +23,21 @@ import torch
 from torch import Tensor
 
 from .boxes import box_iou, paper_boxes, scale_boxes, wsol_resize_boxes, wsol_sweep
-from .capture import CamlensError
+from .constants import PAPER_THRESHOLD
 from .data.annotations import Annotations, MaskFiles, load_mask
 from .data.samples import Sample
-from .files import OutputError, output_folder, write_atomic
 from .distributed import (
-    Context, ProgressLog, gather, pack_counts, resume_entries, shard_batches, sum_tensors, unpack_counts,
+    Context,
+    ProgressLog,
+    gather,
+    pack_counts,
+    resume_entries,
+    shard_batches,
+    sum_tensors,
+    unpack_counts,
 )
+from .errors import CamlensError
+from .files import output_folder, write_atomic
 from .maps import normalize, upsample
 from .metrics.faithfulness import FaithfulnessConfig, FaithfulnessTotals, faithfulness_scores
 from .metrics.localization import DEFAULT_IOUS, BoxAccuracy, ClassLocalization, PixelAP, _iou_key
@@ -64,7 +72,7 @@ class Accumulators:
     pixel: PixelAP
 
     @classmethod
-    def create(cls, thresholds: np.ndarray | None = None, paper_threshold: float = 0.2,
+    def create(cls, thresholds: np.ndarray | None = None, paper_threshold: float = PAPER_THRESHOLD,
                ious: Sequence[float] = DEFAULT_IOUS) -> "Accumulators":
         return cls(ClassLocalization(paper_threshold), BoxAccuracy(thresholds, ious), PixelAP(thresholds))
 
@@ -229,7 +237,7 @@ def evaluate_model(
     *,
     batch_size: int = 32,
     thresholds: np.ndarray | None = None,
-    paper_threshold: float = 0.2,
+    paper_threshold: float = PAPER_THRESHOLD,
     faithfulness: FaithfulnessConfig | None = None,
     workers: int = 0,
     ctx: Context | None = None,
@@ -368,7 +376,7 @@ def evaluate_maps(
     ann: Annotations,
     *,
     thresholds: np.ndarray | None = None,
-    paper_threshold: float = 0.2,
+    paper_threshold: float = PAPER_THRESHOLD,
     progress: Callable[[int], None] = lambda n: None,
 ) -> dict:
     """Score precomputed maps ``<maps_dir>/<image_id>.npy`` against ``ann`` (e.g. a Choe et al. metadata
@@ -470,7 +478,7 @@ def write_json(result: dict, path: str | Path, replace: bool = True) -> Path:
 # --------------------------------------------------------------------------------------------- localize
 
 
-def map_boxes(maps: Tensor, protocol: str = "paper", threshold: float = 0.2) -> Tensor:
+def map_boxes(maps: Tensor, protocol: str = "paper", threshold: float = PAPER_THRESHOLD) -> Tensor:
     """Boxes (N, 4) for maps (N, H, W): the paper protocol (``threshold`` of the max of the raw map, largest
     connected component, exact box) or ``wsol`` (the largest contour at ``threshold`` of the min-max normalized
     map, as Choe et al. score it)."""
@@ -484,66 +492,6 @@ def map_boxes(maps: Tensor, protocol: str = "paper", threshold: float = 0.2) -> 
     raise CamlensError(f"unknown protocol {protocol!r}; use paper or wsol")
 
 
-def localize_files(
-    loaded,
-    explainer,
-    paths: Sequence[Path],
-    out_dir: Path,
-    *,
-    protocol: str = "paper",
-    threshold: float = 0.2,
-    topk: int = 1,
-    progress: Callable[[int], None] = lambda n: None,
-    on_error: Callable[[str], None] = lambda line: None,
-    overwrite: bool = False,
-) -> list[dict]:
-    """Boxes for the top-``topk`` classes of each image, in original-image pixels: ``boxes.json`` in
-    ``out_dir`` and one overlay per image with the boxes drawn (``<stem>_boxes.png``).  Files of an earlier run
-    are kept (:class:`camlens.files.OutputError`, before any work when it left ``boxes.json``) unless
-    ``overwrite``."""
-    from .data.images import ImageError, load_image
-    from .pipeline import output_stems
-    from .render import draw_boxes, overlay, save_image
-
-    output_folder(out_dir)
-    if not overwrite and (out_dir / "boxes.json").exists():
-        raise OutputError(f"{out_dir} holds the boxes of an earlier run; keep them by choosing another --out, or "
-                          "pass --overwrite to replace them")
-    stems = output_stems(paths)
-    records: list[dict] = []
-    written: set[str] = set()  # an input given twice writes its overlay twice
-    with torch.inference_mode(not explainer.needs_gradients):
-        for path in paths:
-            try:
-                image = load_image(path)
-            except ImageError as err:
-                on_error(str(err))
-                records.append({"file": str(path), "error": str(err)})
-                progress(1)
-                continue
-            _, res = explain_batch(loaded, explainer, [image], None, topk)
-            maps = image_maps(res.maps, [image], normalized=protocol != "paper")[0]
-            logits, classes = res.logits.detach().cpu(), res.classes.cpu()
-            boxes = map_boxes(maps, protocol, threshold)
-            probs = logits.float().softmax(-1)[0]
-            entries = []
-            for rank, (cls, box) in enumerate(zip(classes[0].tolist(), boxes.tolist()), 1):
-                entries.append({"rank": rank, "class": cls, "label": loaded.class_names[cls],
-                                "score": float(probs[cls]), "box": [float(v) for v in box]})
-            drawn = [e for e in entries if e["box"][2] > e["box"][0] and e["box"][3] > e["box"][1]]
-            picture = overlay(image, maps[0]) if entries else image
-            name = f"{stems[path]}_boxes.png"
-            save_image(draw_boxes(picture, [e["box"] for e in drawn], colors=("lime", "red", "yellow", "cyan", "magenta"),
-                                  labels=[f"{e['label']} {e['score']:.0%}" for e in drawn]), out_dir / name,
-                       replace=overwrite or name in written)
-            written.add(name)
-            records.append({"file": str(path), "size": [int(image.shape[-1]), int(image.shape[-2])],
-                            "protocol": protocol, "threshold": threshold, "boxes": entries, "overlay": name})
-            progress(1)
-    write_json({"images": records}, out_dir / "boxes.json", replace=overwrite)
-    return records
-
-
 __all__ = [
     "Accumulators",
     "box_baselines",
@@ -552,7 +500,6 @@ __all__ = [
     "evaluate_maps",
     "evaluate_model",
     "format_table",
-    "localize_files",
     "map_boxes",
     "map_names",
 ]

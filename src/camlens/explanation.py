@@ -19,12 +19,12 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
-from .capture import CamlensError
 from .data.images import as_image
-from .methods import build_explainer
+from .errors import CamlensError
 from .methods.base import CAMResult, ClassSpec
 from .models import LoadedModel, Preprocess, read_class_names
 from .render import overlay_image, three_panel
+from .wsolnet import build_explainer
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -34,8 +34,14 @@ ImageLike = Union[str, Path, Image.Image, np.ndarray, Tensor]
 
 @dataclass
 class Explanation:
-    """The maps of one image: ``image`` (3, H, W) in [0, 1] at its original size, ``result`` the method's
-    :class:`CAMResult` for a batch of one (raw maps, logits, explained classes), ``class_names`` the model's."""
+    """The maps of one image, with the views a notebook wants (predictions, overlays, the three-panel figure).
+
+    Attributes:
+        image: the image (3, H, W) in [0, 1] at its original size.
+        result: the method's :class:`CAMResult` for a batch of one (raw maps, logits, explained classes).
+        class_names: the model's class names.
+        method: the method's name.
+    """
 
     image: Tensor
     result: CAMResult

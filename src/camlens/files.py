@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
-from .capture import CamlensError
+from .errors import CamlensError
 
 TEMPORARY_SUFFIX = ".tmp"
 # spreadsheet software reads a cell starting with one of these as a formula (OWASP "CSV injection")

@@ -21,26 +21,38 @@ from functools import lru_cache
 import torch
 
 BF16_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")  # x86 AVX512-BF16, x86 AMX-BF16, Arm BF16 (/proc/cpuinfo names)
-SHOWN_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "avx512_fp16", "bf16")
+UNITS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")  # the units that decide PyTorch's CPU speed, as described
+CPUINFO = "/proc/cpuinfo"
+
+
+def _torch_capabilities() -> dict:
+    """torch's own CPU query (a private function, torch >= 2.3, so read defensively): flag -> bool, ``cpu_name``."""
+    try:
+        return dict(torch._C._cpu._get_cpu_capability())
+    except (AttributeError, RuntimeError, TypeError):
+        return {}
+
+
+def _cpuinfo() -> tuple[str | None, set[str]]:
+    """The model name and the feature flags of :data:`CPUINFO` (Linux); (None, empty) where there is none."""
+    name, flags = None, set()
+    try:
+        with open(CPUINFO, encoding="ascii", errors="replace") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and name is None:
+                    name = value.strip()
+                elif key.strip() in ("flags", "Features"):
+                    flags.update(value.split())
+    except OSError:
+        pass
+    return name, flags
 
 
 @lru_cache(maxsize=1)
 def cpu_flags() -> frozenset[str]:
     """The CPU's feature flags, from torch's own CPU query where it has one and from /proc/cpuinfo (Linux)."""
-    flags: set[str] = set()
-    try:  # a private torch function (torch >= 2.3), so read defensively
-        caps = torch._C._cpu._get_cpu_capability()
-        flags.update(name for name, value in caps.items() if value is True)
-    except (AttributeError, RuntimeError, TypeError):
-        pass
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key.strip() in ("flags", "Features"):
-                    flags.update(value.split())
-    except OSError:
-        pass
+    flags = {name for name, value in _torch_capabilities().items() if value is True} | _cpuinfo()[1]
     if "avx512_f" in flags:  # torch spells it avx512_f, Linux avx512f
         flags.add("avx512f")
     return frozenset(flags)
@@ -52,15 +64,17 @@ def cpu_has_bf16() -> bool:
 
 
 def cpu_description() -> str:
-    """The CPU's name and which of the flags the fast paths depend on it has, for benchmark headers."""
-    name = platform.processor() or platform.machine()
-    try:
-        name = str(torch._C._cpu._get_cpu_capability().get("cpu_name") or name)
-    except (AttributeError, RuntimeError, TypeError):
-        pass
-    have = [flag for flag in SHOWN_FLAGS if flag in cpu_flags()]
-    lacks = [flag for flag in SHOWN_FLAGS if flag not in cpu_flags()]
-    return f"{name}, flags: {' '.join(have) or 'none of them'} (lacks {' '.join(lacks) or 'none'})"
+    """The CPU model, core count and the vector/matrix units that decide PyTorch's CPU speed (AVX-512 for float32,
+    AVX512_BF16 / AMX for bfloat16): the machine line of the demo's report and of the benchmarks.
+
+    Returns:
+        ``"<model>, <n> cores, torch <t> threads; <units>"``, with `` (no AVX-512)`` appended without AVX-512.
+    """
+    name = _cpuinfo()[0] or str(_torch_capabilities().get("cpu_name") or platform.processor() or platform.machine())
+    flags = cpu_flags()
+    units = [f for f in UNITS if f in flags]
+    return (f"{name}, {os.cpu_count()} cores, torch {torch.get_num_threads()} threads; "
+            f"{' '.join(units) or 'no AVX2/AVX-512/AMX'}{'' if 'avx512f' in flags else ' (no AVX-512)'}")
 
 
 def usable_approximation(approximate: bool | torch.dtype, device: torch.device) -> bool | torch.dtype:
@@ -107,7 +121,7 @@ def check_device(spec: str | torch.device) -> torch.device:
     Returns:
         The device.
     """
-    from .capture import CamlensError
+    from .errors import CamlensError
 
     try:
         device = torch.device(spec)

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .capture import CamlensError
+from .errors import CamlensError
 
 INTERPOLATION = {1: "linear", 2: "bilinear", 3: "trilinear"}
 
@@ -30,7 +30,15 @@ def normalize(maps: Tensor, eps: float = 0.0, *, spatial_dims: int = 2) -> Tenso
     ``spatial_dims`` dimensions (2: (..., h, w) images; 1: (..., L) signals; 3: (..., d, h, w) volumes; for a
     :class:`camlens.CAMResult`, ``result.spatial_dims``).
 
-    A constant map gives zeros, never NaN.  Returns a new tensor of the input's shape.
+    A constant map gives zeros, never NaN.
+
+    Args:
+        maps: maps (..., *S), S the last ``spatial_dims`` dimensions.
+        eps: spans at most ``eps`` count as constant (zeros).
+        spatial_dims: how many trailing dimensions make one map.
+
+    Returns:
+        A new tensor of the input's shape, each map in [0, 1].
     """
     flat = maps.flatten(-_spatial_dims(maps, spatial_dims))
     low = flat.amin(-1, keepdim=True)
@@ -43,7 +51,16 @@ def upsample(maps: Tensor, size: int | Sequence[int], mode: str | None = None) -
     """Resize maps to ``size``: the last len(size) dimensions of ``maps`` are resized, (L,) for signals, (H, W)
     for images (an int: square), (D, H, W) for volumes.  The default ``mode`` interpolates linearly along each
     resized dimension (linear, bilinear, trilinear) with ``align_corners=False`` (sample centres aligned, as PIL
-    and OpenCV resize); any mode of ``torch.nn.functional.interpolate`` of that rank may be given."""
+    and OpenCV resize); any mode of ``torch.nn.functional.interpolate`` of that rank may be given.
+
+    Args:
+        maps: maps (..., *S) with len(S) == len(size).
+        size: the new spatial size; an int is a square (H, W).
+        mode: an interpolation mode of ``torch.nn.functional.interpolate``; None for (bi/tri)linear.
+
+    Returns:
+        The maps (..., *size), in the input's dtype.
+    """
     if isinstance(size, int):
         size = (size, size)
     size = tuple(int(s) for s in size)
@@ -72,6 +89,15 @@ def fuse(
     along each dimension among them; :func:`upsample`), and the results are combined elementwise by ``"max"``
     (as torchcam's ``fuse_cams``) or ``"mean"`` (as pytorch-grad-cam's multi-layer aggregation).  The result is
     in [0, 1]; a single map is only normalized.
+
+    Args:
+        maps: the maps, one tensor per layer, of the same leading shape.
+        mode: ``"max"`` or ``"mean"``.
+        size: the spatial size of the result; None for the largest along each dimension.
+        spatial_dims: how many trailing dimensions make one map.
+
+    Returns:
+        The fused maps (..., *size) in [0, 1].
     """
     if not maps:
         raise ValueError("fuse needs at least one map")

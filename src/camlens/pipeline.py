@@ -37,14 +37,14 @@ from PIL import Image
 from torch import Tensor
 
 from .blend import blend, blend_table, colormap_index
-from .capture import CamlensError
 from .data.arrays import VOLUME_SHAPES, input_channels, input_rank, load_array, prepare_volume
 from .data.images import DEFAULT_MAX_PIXELS, DecodeBudget, ImageError, array_to_tensor, image_pixels, read_rgb
-from .methods.base import CAMResult, ClassSpec, Explainer
-from .methods.layered import LayerExplainer
 from .distributed import Context, ProgressLog, barrier, earlier_run, gather, resume_entries, shard_batches
+from .errors import CamlensError
 from .files import OutputError, atomic_open, csv_text, output_folder, remove_temporaries, write_atomic
 from .maps import normalize, upsample
+from .methods.base import CAMResult, ClassSpec, Explainer
+from .methods.layered import LayerExplainer
 from .models import LoadedModel
 from .png import write_png
 from .render import JPEG_QUALITY, overlay, three_panel_figure, to_bytes, volume_figure, volume_panels
@@ -187,7 +187,7 @@ def explain_files(
     batch_size: int = 16,
     workers: int = 2,
     max_pixels: int = DEFAULT_MAX_PIXELS,
-    render: RenderOptions = RenderOptions(),
+    render: RenderOptions = RenderOptions(),  # noqa: B008 (only read, never changed)
     run_key: dict | None = None,
     resume: bool = True,
     ctx: Context | None = None,

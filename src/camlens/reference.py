@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
 
-from .capture import CamlensError
+from .errors import CamlensError
 from .maps import normalize
 
 PROTOCOLS = ("camlens", "wsolevaluation")

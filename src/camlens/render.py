@@ -19,7 +19,7 @@ import torch
 from PIL import Image, ImageDraw
 from torch import Tensor
 
-from .capture import CamlensError
+from .errors import CamlensError
 from .files import atomic_open
 from .maps import normalize, upsample
 
@@ -128,7 +128,18 @@ def save_image(image: Tensor | Image.Image, path: str | Path, quality: int = JPE
 def overlay_image(
     image: Tensor, cam: Tensor, *, colormap: str = "jet", alpha: float = 0.5, classic: bool = False
 ) -> Image.Image:
-    """:func:`overlay` as a PIL image, at the image's size."""
+    """:func:`overlay` as a PIL image, at the image's size.
+
+    Args:
+        image: the image (3, H, W) in [0, 1].
+        cam: one map (h, w), any range (normalized and upsampled to the image here).
+        colormap: a matplotlib colormap name (``jet`` needs no matplotlib).
+        alpha: the map's weight in the blend.
+        classic: the CAM paper's look (the map's colors over a dimmed image).
+
+    Returns:
+        The overlay as an RGB PIL image of the image's size.
+    """
     return to_pil(overlay(image, cam, colormap=colormap, alpha=alpha, classic=classic))
 
 
@@ -152,7 +163,18 @@ def _notebook_figure() -> type[Figure]:
 def three_panel(image: Tensor, cam: Tensor, *, title: str = "", colormap: str = "jet", alpha: float = 0.5) -> Figure:
     """The raw map at feature resolution, the map resized to the image, and the overlay, side by side, as a
     matplotlib figure (built without pyplot, so it neither changes the backend nor stays open; shown by Jupyter
-    as a PNG without ``%matplotlib inline``)."""
+    as a PNG without ``%matplotlib inline``).
+
+    Args:
+        image: the image (3, H, W) in [0, 1].
+        cam: one raw map (h, w).
+        title: the figure's title (text, never parsed as math).
+        colormap: a matplotlib colormap name.
+        alpha: the map's weight in the overlay.
+
+    Returns:
+        The matplotlib ``Figure``.
+    """
     resized = upsample(normalize(cam.float()), image.shape[-2:])
     panels = [
         ("raw CAM", cam.float().cpu().numpy(), colormap),

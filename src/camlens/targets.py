@@ -25,7 +25,8 @@ from typing import Any, Sequence, Union
 import torch
 from torch import Tensor, nn
 
-from .capture import CamlensError, output_logits
+from .capture import output_logits
+from .errors import CamlensError
 
 PerSample = Union[int, Sequence[int], Tensor]
 

@@ -28,8 +28,8 @@ import numpy as np
 import torch
 
 from .blend import blend, blend_table, colormap_index
-from .capture import CamlensError
 from .data.images import ImageError
+from .errors import CamlensError
 from .files import atomic_path, csv_text, write_atomic
 from .methods.base import ClassSpec, Explainer
 from .models import LoadedModel
@@ -171,8 +171,8 @@ def explain_video(
     classes: ClassSpec = None,
     topk: int = 1,
     batch_size: int = 16,
-    render: RenderOptions = RenderOptions(),
-    options: VideoOptions = VideoOptions(),
+    render: RenderOptions = RenderOptions(),  # noqa: B008 (only read, never changed)
+    options: VideoOptions = VideoOptions(),  # noqa: B008 (only read, never changed)
     progress: Callable[[int], None] = lambda n: None,
     overwrite: bool = False,
 ) -> dict[str, Any]:

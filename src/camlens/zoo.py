@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from .capture import CamlensError
-from .models import Preprocess
+from .errors import CamlensError
+from .preprocess import Preprocess
 
 EFFICIENTNET_LITE0 = "efficientnet_lite0"
 ARCHS = (EFFICIENTNET_LITE0,)
@@ -85,10 +85,10 @@ def timm_state_dict(state: dict[str, Tensor], model: nn.Module) -> dict[str, Ten
 
 def build(arch: str, weights: str | None = None, num_classes: int | None = None) -> nn.Module:
     """``efficientnet_lite0`` with its ImageNet weights (``weights`` ``"imagenet"`` or ``"DEFAULT"``) or random
-    ones (None / ``"none"``)."""
+    ones (None; :func:`camlens.backbones.build_backbone` reads ``"none"`` as None)."""
     if arch != EFFICIENTNET_LITE0:
         raise CamlensError(f"unknown architecture {arch!r}")
-    if weights in (None, "none", "None"):
+    if weights is None:
         return _timm_lite0(num_classes or 1000)
     if weights not in WEIGHT_NAMES:
         raise CamlensError(f"no weights {weights!r} for {arch}; choose from imagenet or none")

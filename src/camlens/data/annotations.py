@@ -16,16 +16,16 @@ Box conventions of the sources, and how they are read:
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
-from xml.parsers import expat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
+from xml.parsers import expat
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from ..capture import CamlensError
+from ..errors import CamlensError
 from ..files import write_atomic
 from .images import ImageError, open_image
 

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from ..capture import CamlensError
+from ..errors import CamlensError
 from .images import IMAGE_SUFFIXES, ImageError, decode_image, to_tensor
 
 VAL_NAMES = ("val", "valid", "validation", "test")

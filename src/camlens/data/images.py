@@ -19,11 +19,20 @@ from typing import BinaryIO, Iterable, Iterator
 
 import numpy as np
 import torch
-from PIL import BmpImagePlugin, GifImagePlugin, Image, ImageOps, JpegImagePlugin, PngImagePlugin, TiffImagePlugin
-from PIL import UnidentifiedImageError, WebPImagePlugin
+from PIL import (
+    BmpImagePlugin,
+    GifImagePlugin,
+    Image,
+    ImageOps,
+    JpegImagePlugin,
+    PngImagePlugin,
+    TiffImagePlugin,
+    UnidentifiedImageError,
+    WebPImagePlugin,
+)
 from torch import Tensor
 
-from ..capture import CamlensError
+from ..errors import CamlensError
 
 # the plugins of FORMATS, imported so that Image.open finds them registered and never loads the others
 _PLUGINS = (BmpImagePlugin, GifImagePlugin, JpegImagePlugin, PngImagePlugin, TiffImagePlugin, WebPImagePlugin)
@@ -254,13 +263,29 @@ def read_rgb(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarr
 
 
 def load_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Tensor:
-    """An image file as a (3, H, W) float32 tensor in [0, 1]; :class:`ImageError` naming the file otherwise."""
+    """An image file as a (3, H, W) float32 tensor in [0, 1]; :class:`ImageError` naming the file otherwise.
+
+    Args:
+        path: the file (any format PIL reads; EXIF orientation applied).
+        max_pixels: larger images are refused (decompression bombs).
+
+    Returns:
+        The image (3, H, W), float32 in [0, 1].
+    """
     return array_to_tensor(read_rgb(path, max_pixels))
 
 
 def as_image(image: str | Path | Image.Image | np.ndarray | Tensor, max_pixels: int = DEFAULT_MAX_PIXELS) -> Tensor:
     """A file (read with :func:`load_image`), a PIL image, an array (H, W) or (H, W, 3|4), uint8 or float in
-    [0, 1], or a tensor (3, H, W) in [0, 1], as a (3, H, W) float32 tensor in [0, 1]."""
+    [0, 1], or a tensor (3, H, W) in [0, 1], as a (3, H, W) float32 tensor in [0, 1].
+
+    Args:
+        image: the image in any of those forms.
+        max_pixels: larger image files are refused (decompression bombs).
+
+    Returns:
+        The image (3, H, W), float32 in [0, 1].
+    """
     if isinstance(image, (str, Path)):
         return load_image(image, max_pixels)
     if isinstance(image, Image.Image):

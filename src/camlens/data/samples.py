@@ -14,8 +14,9 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from ..capture import CamlensError
+from ..errors import CamlensError
 from .annotations import AnnotationError, Annotations, MaskFiles, find_annotations, load_mask
+from .source import resolve_data
 
 
 @dataclass
@@ -100,7 +101,11 @@ def dataset_samples(
     """The samples of ``data``: ``builtin`` (the built-in dataset's ``split``, rendered at ``image_size``, default
     64 px) or a folder that :func:`camlens.data.annotations.find_annotations` reads (images under ``images`` where
     the layout does not say).  ``num_images`` keeps the first n."""
-    if data == "builtin":
+    source = resolve_data(data, split)
+    if source.kind == "stl10":
+        raise CamlensError(f"--data {data}: STL-10 has no boxes to evaluate against; use builtin or a folder of "
+                           "annotations (WSOL metadata, CUB-200-2011, VOC/ImageNet XML)")
+    if source.kind == "builtin":
         from .builtin import BuiltinDataset
 
         dataset = BuiltinDataset(split, num_images=num_images, image_size=image_size or 64)  # type: ignore[arg-type]

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from ..capture import CamlensError
+from ..errors import CamlensError
 
 SIDE = 96
 IMAGE_BYTES = 3 * SIDE * SIDE

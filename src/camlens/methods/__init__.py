@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from ..capture import CamlensError, ModelLike, as_module
+from ..errors import CamlensError
 from .activation import CAM, ISCAM, SSCAM, AblationCAM, ScoreCAM
 from .base import CAMResult, Cancelled, Explainer, select_classes, stop_when
 from .decomposition import EigenCAM
@@ -19,26 +17,18 @@ METHODS: dict[str, type[Explainer]] = {
 
 def get_method(name: str) -> type[Explainer]:
     """The explainer class registered under ``name`` (case, dashes and underscores ignored, ``++`` read as
-    ``pp``: ``Grad-CAM++`` = ``gradcampp``)."""
+    ``pp``: ``Grad-CAM++`` = ``gradcampp``).
+
+    Args:
+        name: the method's name.
+
+    Returns:
+        The explainer class (a one-line error naming the choices for an unknown name).
+    """
     key = name.lower().replace("-", "").replace("_", "").replace("++", "pp")
     if key not in METHODS:
         raise CamlensError(f"unknown method {name!r}; choose from {', '.join(sorted(METHODS))}")
     return METHODS[key]
-
-
-def build_explainer(model: ModelLike, method: str = "cam", layer: str | None = None, **options: Any) -> Explainer:
-    """The explainer of ``method`` (:func:`get_method`) on ``model`` at ``layer``.  CAM with no layer on a network
-    trained with a WSOL method (its checkpoint records the method) is that method's map, as its paper defines it:
-    ACoL's max of two normalized maps (:class:`camlens.training.wsol.ACoLCAM`), plain CAM for the others."""
-    cls = get_method(method)
-    model = as_module(model)
-    if cls.name == "cam" and layer is None:
-        from ..training.wsol import method_explainer  # the training side is loaded only for such networks
-
-        trained_with = method_explainer(model)
-        if trained_with is not None:
-            return trained_with
-    return cls(model, layer=layer, **options)
 
 
 __all__ = [
@@ -58,7 +48,6 @@ __all__ = [
     "SSCAM",
     "ScoreCAM",
     "XGradCAM",
-    "build_explainer",
     "get_method",
     "select_classes",
     "stop_when",

@@ -14,8 +14,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..capture import (
-    CamlensError, GapHead, LayerCapture, LayerSpec, ModelLike, locate_gap_head, output_logits, unwrapped_spec,
+    GapHead,
+    LayerCapture,
+    LayerSpec,
+    ModelLike,
+    locate_gap_head,
+    output_logits,
+    unwrapped_spec,
 )
+from ..errors import CamlensError
 from ..hardware import usable_approximation
 from ..maps import normalize, upsample
 from .base import CAMResult, ClassSpec, Explainer, check_stop, select_classes
@@ -41,6 +48,11 @@ class CAM(Explainer):
     thread_safe = True
 
     def __init__(self, model: ModelLike, layer: LayerSpec | None = None, classifier: LayerSpec | None = None) -> None:
+        """Args:
+            model: a network (or a :func:`camlens.load_model` result) ending in global average pooling and a linear (or 1x1 convolution) classifier.
+            layer: the feature layer before the pooling (name or module); None to find it.
+            classifier: the classifier (name or module); None to find it.
+        """
         super().__init__(model, layer)
         self.classifier = unwrapped_spec(model, classifier)
         self.head: GapHead | None = None
@@ -54,6 +66,18 @@ class CAM(Explainer):
         return features, output
 
     def __call__(self, x: Tensor, classes: ClassSpec = None, *, topk: int = 1) -> CAMResult:
+        """The CAMs of ``classes`` for the batch ``x``, from one forward pass.
+
+        Args:
+            x: the preprocessed batch (B, C, *S).
+            classes: the classes to explain (see :func:`~camlens.methods.base.select_classes`); None for the
+                ``topk`` best.
+            topk: how many of the best classes when ``classes`` is None.
+
+        Returns:
+            The :class:`~camlens.methods.base.CAMResult`, with ``bias`` such that the mean of each map plus its
+            bias is the explained logit.
+        """
         grad_ctx = torch.no_grad() if not torch.is_inference_mode_enabled() else torch.inference_mode()
         with grad_ctx:
             if self._capture is None:
@@ -189,6 +213,13 @@ class _PerturbationMethod(LayerExplainer):
         progress: Progress = False,
         **options: Unpack[LayerOptions],
     ) -> None:
+        """Args:
+            model: the model (wrappers looked through, see :class:`~camlens.methods.base.Explainer`).
+            layer: None (automatic), a layer name or module, or a list of them (maps fused).
+            batch_size: rows of perturbed copies per pass.
+            **options: the options of every layer method: ``reshape`` (a layer output -> (B, K, h, w), e.g.
+                :func:`camlens.tokens_to_grid`) and ``fuse`` (``"max"`` or ``"mean"``, for several layers).
+        """
         super().__init__(model, layer, **options)
         if batch_size is not None and batch_size < 1:
             raise CamlensError(f"batch_size={batch_size} must be at least 1")
@@ -264,6 +295,16 @@ class ScoreCAM(_PerturbationMethod):
         progress: Progress = False,
         **options: Unpack[LayerOptions],
     ) -> None:
+        """Args:
+            model: the model (wrappers looked through, see :class:`~camlens.methods.base.Explainer`).
+            layer: None (automatic), a layer name or module, or a list of them (maps fused).
+            batch_size: rows of masked copies per pass; None for 16 on CPU, 256 on GPU.
+            optimize: run the masked passes through an inference-optimized copy (:func:`pass_model`).
+            approximate: False (exact), True (bfloat16) or ``torch.float16`` for the masked passes.
+            progress: True for a progress bar with the time left, or a callback(done, total) per masked pass.
+            **options: the options of every layer method: ``reshape`` (a layer output -> (B, K, h, w), e.g.
+                :func:`camlens.tokens_to_grid`) and ``fuse`` (``"max"`` or ``"mean"``, for several layers).
+        """
         super().__init__(model, layer, batch_size=batch_size, progress=progress, **options)
         if approximate not in (False, True, torch.bfloat16, torch.float16):
             raise CamlensError(f"approximate={approximate!r}: use False, True (bfloat16) or torch.float16")
@@ -374,6 +415,15 @@ class SSCAM(ScoreCAM):
         generator: torch.Generator | None = None,
         **options: Unpack[ScoreOptions],
     ) -> None:
+        """Args:
+            model: the model (wrappers looked through, see :class:`~camlens.methods.base.Explainer`).
+            layer: None (automatic), a layer name or module, or a list of them (maps fused).
+            num_samples: noise draws n per mask.
+            std: the noise's standard deviation.
+            generator: where the noise is drawn from (None: torch's global generator).
+            **options: :class:`ScoreCAM`'s options (``batch_size``, ``optimize``, ``approximate``, ``reshape``,
+                ``fuse``).
+        """
         super().__init__(model, layer, **options)
         self.variants = num_samples
         self.std = std
@@ -406,6 +456,13 @@ class ISCAM(ScoreCAM):
         num_samples: int = 10,
         **options: Unpack[ScoreOptions],
     ) -> None:
+        """Args:
+            model: the model (wrappers looked through, see :class:`~camlens.methods.base.Explainer`).
+            layer: None (automatic), a layer name or module, or a list of them (maps fused).
+            num_samples: integration steps n per mask.
+            **options: :class:`ScoreCAM`'s options (``batch_size``, ``optimize``, ``approximate``, ``reshape``,
+                ``fuse``).
+        """
         super().__init__(model, layer, **options)
         self.variants = num_samples
 

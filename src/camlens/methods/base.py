@@ -10,7 +10,8 @@ from typing import Any, Callable, ClassVar, Iterator, Sequence, Union
 import torch
 from torch import Tensor
 
-from ..capture import CamlensError, HookSet, LayerCapture, LayerSpec, ModelLike, unwrap_model, unwrapped_spec
+from ..capture import HookSet, LayerCapture, LayerSpec, ModelLike, unwrap_model, unwrapped_spec
+from ..errors import CamlensError
 
 ClassSpec = Union[None, int, str, Sequence[int], Sequence[Sequence[int]], Tensor]
 Target = Callable[[Any], Tensor]
@@ -24,6 +25,15 @@ class CAMResult:
     resizing applied (see :func:`camlens.normalize` and :func:`camlens.upsample`).  Maps are (B, N, *S) with S
     the layer's positions: (L,) for 1-D signals, (h, w) for images, (d, h, w) for volumes.  For CAM, ``bias``
     holds the offsets that make the mean of each map over S plus ``bias`` equal the explained logits exactly.
+
+    Attributes:
+        logits: the model's class scores (B, C).
+        classes: the explained classes (B, N), long; -1 where a target without a class (a callable, padding) was
+            explained.
+        maps: the raw maps (B, N, *S).
+        layer: the name of the layer the maps come from.
+        bias: CAM's offsets (B, N), None for the other methods.
+        target_scores: the explained targets' scores (B, N), NaN where a target explains nothing; None for classes.
     """
 
     logits: Tensor  # (B, C)
@@ -57,6 +67,14 @@ def select_classes(logits: Tensor, classes: ClassSpec = None, topk: int = 1) -> 
     ``classes``: None (the ``topk`` highest logits), an int (that class for every sample), a sequence with one
     class per sample (for a batch of one: that image's classes, ``[281, 285]``), a sequence of sequences (N per
     sample), a tensor of shape (B,) or (B, N), or ``"all"``.
+
+    Args:
+        logits: the model's class scores (B, C).
+        classes: the classes, in any of the forms above.
+        topk: how many of the highest logits when ``classes`` is None.
+
+    Returns:
+        The classes (B, N), long, each in 0..C-1 (a one-line error otherwise).
     """
     batch, num_classes = logits.shape
     device = logits.device
@@ -93,7 +111,14 @@ _stop = threading.local()
 @contextmanager
 def stop_when(check: Callable[[], bool]) -> Iterator[None]:
     """Within the block, methods that run many passes (``expensive``) call ``check()`` between passes, in this
-    thread, and raise :class:`Cancelled` when it returns True (a deadline passed, the client left...)."""
+    thread, and raise :class:`Cancelled` when it returns True (a deadline passed, the client left...).
+
+    Args:
+        check: called between passes; True stops the method.
+
+    Returns:
+        The context manager (``with stop_when(check): ...``); the previous check is restored on exit.
+    """
     previous = getattr(_stop, "check", None)
     _stop.check = check
     try:
@@ -119,6 +144,12 @@ class Explainer:
     ``draws_noise`` (takes a ``generator``), ``fuses_layers`` (``layer`` may be a list), ``expensive`` (passes per
     channel, seconds to minutes an image on CPU; stops between passes under :func:`stop_when`) and
     ``exclusive_setup`` (:meth:`prepare` touches process-wide state: run it while no other thread runs a model).
+
+    Args:
+        model: the model; a DataParallel / DistributedDataParallel wrapper is looked through (hooks go on the
+            module inside).
+        layer: the target layer: a qualified name (see :func:`camlens.layer_names`), a module, a list of them for
+            methods that fuse layers, or None for the method's automatic choice.
     """
 
     name: ClassVar[str] = ""
@@ -157,6 +188,16 @@ class Explainer:
             self.close()
 
     def __call__(self, x: Tensor, classes: ClassSpec = None, *, topk: int = 1) -> CAMResult:
+        """The method's maps of ``classes`` for the batch ``x``.
+
+        Args:
+            x: the preprocessed batch (B, C, *S) the model takes.
+            classes: the classes to explain (see :func:`select_classes`); None for the ``topk`` best.
+            topk: how many of the best classes when ``classes`` is None.
+
+        Returns:
+            The :class:`CAMResult`: logits, explained classes and raw maps (B, N, *S).
+        """
         raise NotImplementedError
 
     def __repr__(self) -> str:

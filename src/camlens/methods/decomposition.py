@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING, Any, Sequence
 import torch
 from torch import Tensor
 
-from ..capture import CamlensError, LayerSpec, ModelLike, output_logits
+from ..capture import LayerSpec, ModelLike, output_logits
+from ..errors import CamlensError
 from .base import ClassSpec
 from .layered import LayerExplainer, LayerOptions, Scorer, TargetSpec, no_autocast
 
@@ -39,6 +40,13 @@ class EigenCAM(LayerExplainer):
         center: bool = False,
         **options: Unpack[LayerOptions],
     ) -> None:
+        """Args:
+            model: the model (wrappers looked through, see :class:`~camlens.methods.base.Explainer`).
+            layer: None (automatic), a layer name or module, or a list of them (maps fused).
+            center: subtract each channel's spatial mean before the SVD (pytorch-grad-cam's version).
+            **options: the options of every layer method: ``reshape`` (a layer output -> (B, K, h, w), e.g.
+                :func:`camlens.tokens_to_grid`) and ``fuse`` (``"max"`` or ``"mean"``, for several layers).
+        """
         super().__init__(model, layer, **options)
         self.center = center
 

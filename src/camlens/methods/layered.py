@@ -5,13 +5,12 @@ at the layer, what is explained (classes or target callables), token reshapes an
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable, Sequence, TypedDict, Union, cast
+from typing import Any, Callable, Sequence, TypedDict, Union
 
 import torch
 from torch import Tensor
 
 from ..capture import (
-    CamlensError,
     HookSet,
     LayerSpec,
     ModelLike,
@@ -21,6 +20,7 @@ from ..capture import (
     resolve_module,
     trace_calls,
 )
+from ..errors import CamlensError
 from ..maps import fuse
 from ..targets import Target, bind_targets
 from .base import CAMResult, ClassSpec, Explainer, select_classes
@@ -133,6 +133,13 @@ class LayerExplainer(Explainer):
         reshape: Reshape | None = None,
         fuse: str = "max",
     ) -> None:
+        """Args:
+            model: the model (wrappers looked through, see :class:`~camlens.methods.base.Explainer`).
+            layer: None (automatic), a layer name or module, or a list of them (maps fused).
+            reshape: turns a layer's output into (B, K, h, w) (``reshape(output, input_size)`` or
+                ``reshape(output)``), e.g. :func:`camlens.tokens_to_grid`; None for spatial layers.
+            fuse: how the maps of several layers combine: ``"max"`` or ``"mean"``.
+        """
         super().__init__(model, layer)
         if fuse not in ("max", "mean"):
             raise CamlensError(f"fuse={fuse!r}: use 'max' or 'mean'")
@@ -278,7 +285,17 @@ class LayerExplainer(Explainer):
         scores of ``target``: a built-in target of :mod:`camlens.targets`, a callable (model output -> (B,), or
         ``(output, rows)`` -> (R,) with ``rows`` the source sample of each output row), or a list of them; maps
         (B, N, *S).  With targets, ``target_scores`` holds their scores on the input, NaN where a target explains
-        nothing for a sample (its map is zero)."""
+        nothing for a sample (its map is zero).
+
+        Args:
+            x: the preprocessed batch (B, C, *S) the model takes.
+            classes: the classes to explain; None for the ``topk`` best (ignored when ``target`` is given).
+            topk: how many of the best classes when ``classes`` is None.
+            target: a built-in target, a callable, or a list of them, explained instead of classes.
+
+        Returns:
+            The :class:`~camlens.methods.base.CAMResult` with raw maps (B, N, *S) at the layer's resolution.
+        """
         if self.needs_gradients and torch.is_inference_mode_enabled():
             raise CamlensError(
                 f"{type(self).__name__} needs gradients, which torch.inference_mode() forbids; call it outside "

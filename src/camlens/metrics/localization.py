@@ -27,7 +27,8 @@ import torch
 from torch import Tensor
 
 from ..boxes import box_iou, boxes_are_2d, paper_boxes, wsol_sweep, wsol_thresholds
-from ..capture import CamlensError
+from ..constants import PAPER_THRESHOLD
+from ..errors import CamlensError
 
 DEFAULT_IOUS = (0.3, 0.5, 0.7)
 
@@ -91,7 +92,7 @@ class ClassLocalization(_Counts):
 
     _names = ("top1", "top5", "gt_known", "count", "classified", "top1_cls")
 
-    def __init__(self, threshold: float = 0.2, iou: float = 0.5) -> None:
+    def __init__(self, threshold: float = PAPER_THRESHOLD, iou: float = 0.5) -> None:
         self.threshold, self.iou = threshold, iou
         self.top1 = torch.zeros((), dtype=torch.int64)
         self.top5 = torch.zeros((), dtype=torch.int64)

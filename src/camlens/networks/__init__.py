@@ -16,22 +16,27 @@ from typing import Any, Callable
 
 from torch import nn
 
-from ..capture import CamlensError
+from ..backbones import build_backbone
+from ..errors import CamlensError
 from ._common import ConvGapNet, feature_resolution
 from .gapify import gapify
 from .paper import alexnet_cam, googlenet_cam, vgg16_cam
 from .wsolbench import wsol_inceptionv3, wsol_resnet50, wsol_vgg16
-from .wsolref import (wsol_inceptionv3_acol, wsol_inceptionv3_spg, wsol_resnet50_acol, wsol_resnet50_spg,
-                      wsol_vgg16_acol, wsol_vgg16_spg)
+from .wsolref import (
+    wsol_inceptionv3_acol,
+    wsol_inceptionv3_spg,
+    wsol_resnet50_acol,
+    wsol_resnet50_spg,
+    wsol_vgg16_acol,
+    wsol_vgg16_spg,
+)
 
 
 def gapify_backbone(num_classes: int = 1000, weights: str | None = None, *, backbone: str, cut: str | None = None,
                     width: int = 1024, groups: int = 1, input_size: int = 224) -> nn.Module:
-    """:func:`gapify` applied to ``camlens.models.build_model(backbone, weights=weights)``: the by-name form,
+    """:func:`gapify` applied to ``camlens.backbones.build_backbone(backbone, weights=weights)``: the by-name form,
     so that a checkpoint of a converted torchvision or timm backbone rebuilds it."""
-    from ..models import build_model
-
-    return gapify(build_model(backbone, None, weights), cut, width=width, num_classes=num_classes, groups=groups,
+    return gapify(build_backbone(backbone, None, weights), cut, width=width, num_classes=num_classes, groups=groups,
                   input_size=input_size)
 
 

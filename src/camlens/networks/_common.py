@@ -10,7 +10,9 @@ from typing import Any, Callable, Iterator, Literal, Mapping, Sequence, TypeVar
 import torch
 from torch import Tensor, nn
 
-from ..capture import CamlensError, _is_spatial, _output_tensors, trace_calls
+from ..backbones import download_error, no_weights, torchvision_weights
+from ..capture import _is_spatial, _output_tensors, trace_calls
+from ..errors import CamlensError
 
 Init = Literal["he", "xavier", "gauss"]
 M = TypeVar("M", bound=nn.Module)
@@ -40,11 +42,9 @@ def torchvision_skeleton(arch: str, **kwargs: Any) -> Any:
 def pretrained_state(arch: str, weights: str | None) -> dict[str, Tensor] | None:
     """The state dict of torchvision's ``weights`` for ``arch`` (downloaded once into torch's hub cache), or
     None for random initialization (``weights`` None or ``"none"``)."""
-    if weights in (None, "none", "None"):
+    if no_weights(weights):
         return None
-    from ..models import _torchvision_weights, download_error
-
-    enum = _torchvision_weights(arch, weights)
+    enum = torchvision_weights(arch, weights)
     try:
         return enum.get_state_dict(progress=True, check_hash=True)
     except (OSError, RuntimeError) as err:  # urllib's URLError is an OSError

@@ -12,7 +12,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..capture import CamlensError, locate_gap_head, output_logits, resolve_module
+from ..capture import locate_gap_head, output_logits, resolve_module
+from ..errors import CamlensError
 from ._common import ConvGapNet, materialize, meta_forward, replace_module
 
 
@@ -35,6 +36,17 @@ def gapify(
     - ``cut`` None and ``model`` ends in GAP + linear: ``model`` itself; when ``num_classes`` differs from its
       classifier's outputs that classifier is replaced by a fresh one (``new_layers == (its name,)``, else ``()``).
     - ``cut`` None otherwise: ``model`` is taken as the whole backbone (e.g. an ``nn.Sequential`` cut by hand).
+
+    Args:
+        model: the backbone (any ``nn.Module``; torchvision and timm models are traced with torch.fx).
+        cut: the qualified name of the last module kept, or None as above.
+        width: output channels of the new 3x3 convolution.
+        num_classes: outputs of the new classifier (None: keep a GAP classifier's own count).
+        groups: groups of the new convolution.
+        input_size: the side of the square input the cut's output is checked at.
+
+    Returns:
+        The CAM network (GAP + linear at the end), with ``new_layers`` set.
     """
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     if cut is None:

@@ -22,7 +22,7 @@ from typing import Mapping
 
 from torch import Tensor
 
-from ..capture import CamlensError
+from ..errors import CamlensError
 
 BACKBONES = {"vgg16": "wsol-vgg16", "resnet50": "wsol-resnet50", "inception_v3": "wsol-inceptionv3"}
 LAYOUTS = ("cam", "adl", "acol", "spg")

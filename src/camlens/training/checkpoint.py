@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..capture import CamlensError
+from ..errors import CamlensError
 from ..files import atomic_path, write_atomic
 from ..models import Preprocess
 

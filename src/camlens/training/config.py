@@ -10,7 +10,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from ..capture import CamlensError
+from ..backbones import no_weights
+from ..errors import CamlensError
 from ..reference import REFERENCE, check_protocol
 
 OPTIMIZERS = ("adamw", "sgd")
@@ -107,7 +108,7 @@ class TrainConfig:
 
     @property
     def pretrained(self) -> bool:
-        return self.weights not in (None, "none", "None")
+        return not no_weights(self.weights)
 
     @property
     def base_lr(self) -> float:

@@ -21,9 +21,10 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from ..capture import CamlensError
 from ..data.annotations import AnnotationError
+from ..data.source import resolve_data
 from ..distributed import Context
+from ..errors import CamlensError
 
 DEFAULT_SIZE = {"builtin": 64, "stl10": 96}
 
@@ -81,7 +82,8 @@ def load_data(
     folder on its ``val/`` sibling or a held-out fraction; the built-in dataset on its ``val`` split (digit
     instances unseen in training).  With ``crop`` augmentation (``auto`` for all but the built-in data) training
     images are read at ``resize_size`` and cropped to ``image_size``; validation images at ``image_size``."""
-    if data == "builtin":
+    source = resolve_data(data)
+    if source.kind == "builtin":
         from ..data.builtin import BuiltinDataset
 
         size = image_size or DEFAULT_SIZE["builtin"]
@@ -93,10 +95,10 @@ def load_data(
         return TrainData(splits[0], splits[1], list(BuiltinDataset.classes), size, False, "builtin", kind,
                          _resize(kind, size, resize_size))
     kind = "crop" if augment == "auto" else augment
-    if data == "stl10" or data.startswith("stl10:"):
+    if source.kind == "stl10":
         from ..data.stl10 import STL10
 
-        root = data.partition(":")[2] or "data"
+        root = str(source.path)
         train_set = STL10(root, "train", download=download)
         val_set = STL10(root, "test")
         size = image_size or DEFAULT_SIZE["stl10"]
@@ -107,7 +109,7 @@ def load_data(
     size = image_size or 224
     resize = _resize(kind, size, resize_size)
     path = Path(data)
-    if (path / "image_ids.txt").is_file() or (path / "train" / "image_ids.txt").is_file():
+    if source.kind == "wsol":
         return _wsol_data(path, images, size, resize, kind, val_fraction, seed, num_train, num_val)
     from ..data.folder import folder_splits
 

@@ -29,13 +29,23 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .. import distributed
-from ..capture import CamlensError, find_classifier
+from ..capture import find_classifier
 from ..distributed import Context, barrier, shard_batches, sum_tensors
+from ..errors import CamlensError
 from ..models import IMAGENET_MEAN, IMAGENET_STD, Preprocess, build_model
 from ..networks import NETWORKS, new_layer_names
 from ..reference import REFERENCE, reference_arch_options
 from .checkpoint import (
-    BEST, LAST, RESUME, STATE, keep_as_best, load_optimizer, load_resume, save_resume, save_weights, weights,
+    BEST,
+    LAST,
+    RESUME,
+    STATE,
+    keep_as_best,
+    load_optimizer,
+    load_resume,
+    save_resume,
+    save_weights,
+    weights,
 )
 from .config import TrainConfig
 from .data import Augmentation, Split, TrainData, global_batches, load_batches, load_data, local_part

@@ -13,7 +13,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from ..capture import CamlensError
+from ..errors import CamlensError
 from ..reference import REFERENCE, reference_parameter_groups
 from .config import TrainConfig
 

@@ -25,7 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..capture import CamlensError, LayerCapture, locate_gap_head, resolve_module
+from ..capture import LayerCapture, locate_gap_head, resolve_module
+from ..errors import CamlensError
 from ..networks._common import replace_module
 
 PROBE = "probe.safetensors"
@@ -195,8 +196,8 @@ def run_linear_probe(
     on the training split of ``data`` (as ``camlens train`` reads it), report validation accuracy, and write
     ``out/probe.safetensors``, a checkpoint that describes itself (arch, builder options, classes, preprocessing
     and the probe's settings)."""
-    from ..models import Preprocess, build_model, load_model, save_checkpoint
     from ..distributed import Context
+    from ..models import Preprocess, build_model, load_model, save_checkpoint
     from .data import global_batches, load_batches, load_data
     from .loop import accuracy
 

@@ -24,8 +24,9 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from .. import distributed
-from ..capture import CamlensError
+from ..constants import PAPER_THRESHOLD
 from ..distributed import Context
+from ..errors import CamlensError
 from ..files import write_atomic
 from ..models import LoadedModel
 from .checkpoint import RESUME, STATE
@@ -97,7 +98,6 @@ def evaluate_trial(result_model, method, samples: Dataset, class_names: list[str
     """Test metrics of a trained trial: classification accuracy (%) and every localization metric of
     ``camlens evaluate`` with the method's maps."""
     from ..evaluation import evaluate_model
-    from .select import PAPER_THRESHOLD
 
     loaded = LoadedModel(result_model, class_names, preprocess, "")
     with method.explainer(result_model) as explainer:

@@ -20,14 +20,13 @@ from typing import Any
 from torch import nn
 from torch.utils.data import Dataset
 
-from ..capture import CamlensError
+from ..constants import PAPER_THRESHOLD
 from ..distributed import Context
+from ..errors import CamlensError
 from ..models import LoadedModel, Preprocess
 from .config import TrainConfig
 from .data import TrainData
 from .wsol.base import TrainingMethod
-
-PAPER_THRESHOLD = 0.2
 
 
 def selection_samples(config: TrainConfig, data: TrainData) -> Dataset | None:

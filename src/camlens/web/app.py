@@ -29,9 +29,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from torch import Tensor
 
 from .. import __version__
-from ..capture import CamlensError, layer_names, resolve_module
-from ..data.images import (BudgetFull, DecodeBudget, FormatError, ImageError, decode_image, image_pixels,
-                           to_tensor)
+from ..capture import layer_names, resolve_module
+from ..data.images import BudgetFull, DecodeBudget, FormatError, ImageError, decode_image, image_pixels, to_tensor
+from ..errors import CamlensError
 from ..methods import METHODS, get_method
 from ..methods.layered import LayerExplainer
 from ..models import LoadedModel

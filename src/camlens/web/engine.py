@@ -33,9 +33,10 @@ from typing import Any, Iterator
 import torch
 from torch import Tensor, nn
 
-from ..methods import Cancelled, build_explainer, get_method, stop_when
+from ..methods import Cancelled, get_method, stop_when
 from ..methods.base import Explainer
 from ..targets import TargetRecipe
+from ..wsolnet import build_explainer
 
 SEED = 0  # methods that draw noise (SS-CAM) are reseeded before every call: one image, one answer
 

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..boxes import paper_boxes
+from ..constants import PAPER_THRESHOLD
 from ..maps import normalize, upsample
 from ..render import colorize, overlay, to_pil
 from .engine import Row
@@ -42,7 +43,7 @@ def paper_box(heat: Tensor, width: int, height: int) -> list[float]:
     """The paper's box (Zhou et al., CVPR 2016, sec. 3.1) on the raw map ``heat`` (h, w) upsampled to the shown
     size: the largest 8-connected component above 20% of the max, as ``[x0, y0, x1, y1]`` in the pixels of the
     ``width`` x ``height`` image (exclusive right and bottom edges); ``[0, 0, 0, 0]`` when no pixel is above."""
-    return paper_boxes(heat, 0.2, image_size=(height, width)).tolist()
+    return paper_boxes(heat, PAPER_THRESHOLD, image_size=(height, width)).tolist()
 
 
 def explain_payload(

@@ -20,7 +20,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from ..capture import CamlensError
+from ..errors import CamlensError
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 

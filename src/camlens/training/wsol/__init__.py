@@ -1,20 +1,19 @@
 """WSOL training methods: one module per method, each a :class:`TrainingMethod`.
 
 ``get_wsol_method("has", drop_rate=0.3)`` builds one by name; :func:`wsol_method_from_config` rebuilds one from
-a checkpoint's record; :func:`method_explainer` gives the explainer of the method a network was trained with.
+a checkpoint's record; :func:`method_explainer` (re-exported from :mod:`camlens.wsolnet`, the inference side) gives the explainer
+of the method a network was trained with.
 """
 
 from __future__ import annotations
 
 from typing import Any, Mapping
 
-from torch import nn
-
-from ...capture import CamlensError
-from ...methods.base import Explainer
-from .acol import ACoL, ACoLCAM
+from ...errors import CamlensError
+from ...wsolnet import META_KEY, ACoLCAM, method_explainer
+from .acol import ACoL
 from .adl import ADL, ADLMethod
-from .base import MARK, Param, TrainingMethod
+from .base import Param, TrainingMethod
 from .cutmix import CutMix
 from .has import HaS
 from .spg import SPG
@@ -22,7 +21,6 @@ from .spg import SPG
 WSOL_METHODS: dict[str, type[TrainingMethod]] = {
     cls.name: cls for cls in (TrainingMethod, HaS, ACoL, SPG, ADLMethod, CutMix)
 }
-META_KEY = "wsol_method"  # where checkpoints record the method's config
 
 
 def get_wsol_method(name: str, **params: Any) -> TrainingMethod:
@@ -42,13 +40,6 @@ def wsol_method_from_config(config: Mapping[str, Any]) -> TrainingMethod:
     """The method a checkpoint recorded (:meth:`TrainingMethod.config`)."""
     params = dict(config)
     return get_wsol_method(str(params.pop("name", "cam")), **params)
-
-
-def method_explainer(model: nn.Module) -> Explainer | None:
-    """The explainer of the WSOL method ``model`` was attached to (``camlens.CAM`` for most; ACoL's own), or
-    None for a network no method was attached to."""
-    config = getattr(model, MARK, None)
-    return None if config is None else wsol_method_from_config(config).explainer(model)
 
 
 __all__ = ["ACoL", "ACoLCAM", "ADL", "ADLMethod", "CutMix", "HaS", "META_KEY", "Param", "SPG", "TrainingMethod",

@@ -23,13 +23,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ...capture import CamlensError
+from ...errors import CamlensError
 from ...methods.base import Explainer
+from ...wsolnet import check_fraction, mark, trained_explainer
 
-# The attribute an attached network carries: its method's config, so an explainer can be chosen from the
-# network alone (the web server's per-worker copies, ``camlens explain --checkpoint``).
-MARK = "camlens_wsol"
-
+__all__ = ["Param", "TrainingMethod", "check_fraction", "unwrap"]
 
 @dataclass(frozen=True)
 class Param:
@@ -52,12 +50,6 @@ class Param:
         if self.kind == "choice":
             return self.values[min(int(u * len(self.values)), len(self.values) - 1)]
         raise CamlensError(f"unknown parameter distribution {self.kind!r}")
-
-
-def check_fraction(method: str, name: str, value: float) -> None:
-    """One-line error unless ``0 <= value <= 1`` (thresholds and rates)."""
-    if not 0.0 <= float(value) <= 1.0:
-        raise CamlensError(f"{method}: {name}={value} is outside [0, 1]")
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -83,8 +75,8 @@ class TrainingMethod:
         before a checkpoint's weights are loaded into it, so it must depend only on :meth:`config`.
 
         Subclasses call ``super().attach(model)`` first: it marks the network with this config, which
-        :func:`camlens.training.wsol.method_explainer` reads."""
-        object.__setattr__(model, MARK, self.config())
+        :func:`camlens.wsolnet.method_explainer` reads."""
+        mark(model, self.config())
         return ()
 
     def reference(self) -> "TrainingMethod":
@@ -108,10 +100,9 @@ class TrainingMethod:
         return F.cross_entropy(logits, targets), logits
 
     def explainer(self, model: nn.Module) -> Explainer:
-        """The explainer whose maps are this method's localization maps (``camlens.CAM`` for vanilla CAM)."""
-        from ...methods.activation import CAM
-
-        return CAM(model)
+        """The explainer whose maps are this method's localization maps (:func:`camlens.wsolnet.trained_explainer`:
+        ``camlens.CAM`` for vanilla CAM)."""
+        return trained_explainer(model, self.config())
 
     def params(self) -> dict[str, Any]:
         """The parameters (the dataclass's init fields), JSON-able."""

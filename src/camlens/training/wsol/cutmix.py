@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ...capture import CamlensError
+from ...errors import CamlensError
 from .base import Param, TrainingMethod, check_fraction
 
 

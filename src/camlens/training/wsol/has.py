@@ -10,7 +10,7 @@ from typing import ClassVar, Sequence
 import torch
 from torch import Tensor
 
-from ...capture import CamlensError
+from ...errors import CamlensError
 from .base import Param, TrainingMethod, check_fraction
 
 

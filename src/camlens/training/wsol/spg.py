@@ -10,20 +10,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ...capture import CamlensError, GapHead, output_logits
+from ...capture import GapHead, output_logits
+from ...errors import CamlensError
 from ...maps import normalize
+from ...wsolnet.placement import Taps, live_class_maps
+from ...wsolnet.spg import BRANCHES, add_branches, has_reference_branches
 from .base import Param, TrainingMethod, check_fraction, unwrap
-from .placement import Taps, live_class_maps, probe, require_linear_head, spg_branch_points
 
 IGNORE = -1  # pseudo-mask value of the uncertain pixels, left out of the loss
 MIN_FOREGROUND = 30  # Choe et al.'s code: fewer foreground pixels than this and the threshold drops to 0.7 * max
-BRANCHES = ("spg_b1", "spg_b2", "spg_shared", "spg_c")
-
-
-def has_reference_branches(model: nn.Module) -> bool:
-    """Whether ``model`` is one of Choe et al.'s SPG networks (:class:`camlens.networks.wsolref.SPGNet`, whose
-    ``SPG_B_*`` and ``SPG_C`` branches are its own), told by its modules."""
-    return isinstance(getattr(model, "SPG_B_shared", None), nn.Module) and callable(getattr(model, "spg_outputs", None))
 
 
 def pseudo_mask(attention: Tensor, high: float, low: float, min_foreground: int = MIN_FOREGROUND) -> Tensor:
@@ -48,14 +43,10 @@ def masked_bce(logits: Tensor, mask: Tensor) -> Tensor:
     return F.binary_cross_entropy_with_logits(logits[valid], mask[valid].to(logits.dtype))
 
 
-def _conv_relu(cin: int, cout: int) -> list[nn.Module]:
-    return [nn.Conv2d(cin, cout, 3, padding=1), nn.ReLU(inplace=True)]
-
-
 @dataclass
 class SPG(TrainingMethod):
     """SPG: side branches trained against pseudo masks the network produces itself.  B1 and B2 read two
-    intermediate feature maps (:func:`camlens.training.wsol.placement.spg_branch_points`, or ``branches``),
+    intermediate feature maps (:func:`camlens.wsolnet.placement.spg_branch_points`, or ``branches``),
     each through its own 3x3 conv + ReLU and then a shared 3x3 conv + ReLU + 1x1 conv to one channel; C reads
     the CAM feature map through a 3x3 conv + ReLU + 1x1 conv.  All side outputs are upsampled (bilinear) to the
     input size.  Loss, with the thresholds (high, low) of each stage:
@@ -113,27 +104,7 @@ class SPG(TrainingMethod):
         if has_reference_branches(model):  # Choe et al.'s branches are part of the network
             setattr(model, "keep_outputs", True)
             return ()
-        head = probe(model).head
-        require_linear_head("SPG", head)
-        b1, b2 = self.branches if self.branches is not None else spg_branch_points(model, head)
-        shapes = probe(model, [b1, b2]).shapes
-        for name in (b1, b2):
-            if name not in shapes:
-                raise CamlensError(f"SPG: layer {name!r} does not run as a module in the forward pass (a traced "
-                                   "backbone runs only its leaf layers); give branches=(LAYER1, LAYER2)")
-            if len(shapes[name]) != 4:
-                raise CamlensError(f"SPG: layer {name!r} gives no (B, C, h, w) feature map; give other branches=")
-        c1, c2, k = shapes[b1][1], shapes[b2][1], head.weight.shape[1]
-        hidden = min(512, k)
-        ref = next(model.parameters())
-        modules = {
-            "spg_b1": nn.Sequential(*_conv_relu(c1, c2)),
-            "spg_b2": nn.Sequential(*_conv_relu(c2, c2)),
-            "spg_shared": nn.Sequential(*_conv_relu(c2, c2), nn.Conv2d(c2, 1, 1)),
-            "spg_c": nn.Sequential(*_conv_relu(k, hidden), nn.Conv2d(hidden, 1, 1)),
-        }
-        for name, module in modules.items():
-            model.add_module(name, module.to(ref.device))
+        head, b1, b2 = add_branches(model, self.branches)
         self.head, self.taps = head, Taps(model, [b1, b2, head.layer_name])
         return BRANCHES
 

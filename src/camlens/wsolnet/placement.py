@@ -16,7 +16,8 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from ...capture import CamlensError, GapHead, locate_gap_head, resolve_module
+from ..capture import GapHead, locate_gap_head, resolve_module
+from ..errors import CamlensError
 
 PROBE_SIZE = 224  # large enough for every backbone here (InceptionV3 needs 75 px); one pass at attach time
 
