@@ -25,7 +25,7 @@ from torch import Tensor
 import camlens.models as models
 from camlens import CamlensError
 from camlens.cli import main
-from camlens.methods import build_explainer
+from camlens.wsolnet import build_explainer
 from camlens.models import load_model
 from camlens.networks import build_network
 from camlens.networks._common import skeleton_only, torchvision_skeleton
