@@ -1,7 +1,7 @@
 """camlens: Class Activation Maps and their family for PyTorch."""
 
 from . import methods
-from .capture import CamlensError, NotAGapClassifierError, layer_names, tokens_to_grid
+from .capture import CamlensError, NotAGapClassifierError, layer_names
 from .data.images import as_image, load_image
 from .explanation import Explanation, explain
 from .maps import fuse, normalize, upsample
@@ -9,6 +9,7 @@ from .methods import *  # noqa: F403  (CAM, GradCAM, ... and get_method)
 from .models import LoadedModel, load_model
 from .render import overlay_image, three_panel
 from .networks import gapify
+from .tokens import TokenLayout, token_layout, tokens_to_grid
 
 __version__ = "0.1.0"
 
@@ -27,6 +28,8 @@ __all__ = [
     "NotAGapClassifierError",
     "overlay_image",
     "three_panel",
+    "token_layout",
+    "TokenLayout",
     "tokens_to_grid",
     "upsample",
     *methods.__all__,
