@@ -19,6 +19,7 @@ from ..capture import CamlensError
 from ._common import ConvGapNet, feature_resolution
 from .gapify import gapify
 from .paper import alexnet_cam, googlenet_cam, vgg16_cam
+from .vit import vit_tiny_gap
 from .wsolbench import wsol_inceptionv3, wsol_resnet50, wsol_vgg16
 
 
@@ -40,6 +41,7 @@ NETWORKS: dict[str, Callable[..., nn.Module]] = {
     "wsol-resnet50": wsol_resnet50,
     "wsol-inceptionv3": wsol_inceptionv3,
     "gapify": gapify_backbone,
+    "vit-tiny-gap": vit_tiny_gap,
 }
 
 
@@ -83,6 +85,7 @@ __all__ = [
     "googlenet_cam",
     "new_layer_names",
     "vgg16_cam",
+    "vit_tiny_gap",
     "wsol_inceptionv3",
     "wsol_resnet50",
     "wsol_vgg16",
