@@ -170,13 +170,12 @@ def test_topk_per_sample_classes_and_batches_on_a_vit():
     model, x = _model("timm-vit-registers-nonsquare"), _input("timm-vit-registers-nonsquare", batch=3)
     with GradCAM(model) as explainer:
         top = explainer(x, topk=3)
-        single = [explainer(x[i:i + 1], classes=[[2, 0]]) for i in range(3)]
+        together = explainer(x, classes=[[2, 0], [1, 4], [0, 2]]).maps
+        single = [explainer(x[i:i + 1], classes=[c]).maps[0] for i, c in enumerate([[2, 0], [1, 4], [0, 2]])]
     assert torch.equal(top.classes, top.logits.topk(3, 1).indices) and top.maps.shape == (3, 3, 3, 5)
-    assert torch.allclose(top.logits, model(x), atol=1e-6)
+    assert torch.allclose(top.logits, model(x), atol=1e-5)
     for i in range(3):
-        with GradCAM(model) as explainer:
-            together = explainer(x, classes=[[2, 0]] * 3).maps[i]
-        assert torch.allclose(single[i].maps[0], together, atol=1e-6)
+        assert torch.allclose(single[i], together[i], atol=1e-6)
 
 
 def test_default_vit_layer_is_where_patch_tokens_still_reach_a_class_token_head():
@@ -242,7 +241,7 @@ def test_cam_on_a_vit_averaging_its_patch_tokens_is_exact_for_any_input_size():
             store = {}
             m64.blocks.register_forward_hook(lambda mod, args, out: store.__setitem__("t", out))
             m64(x.double())
-            patches = store["t"][:, 5:]  # (B, P, K): registers dropped
+            patches = store["t"][:, 4:]  # (B, P, K): the 4 registers dropped (no class token)
             pooled = patches.mean(1)
             mu, sigma = pooled.mean(-1), (pooled.var(-1, unbiased=False) + m64.fc_norm.eps).sqrt()
             w = m64.head.weight[res.classes] * m64.fc_norm.weight / sigma[:, None, None]  # (B, N, K)
@@ -318,3 +317,43 @@ def test_token_model_without_a_readable_layout_says_what_to_pass():
     reshape = functools.partial(camlens.tokens_to_grid, prefix_tokens=1)
     with GradCAM(model, layer="blocks", reshape=reshape) as explainer:
         assert explainer(torch.randn(1, 3, 32, 32)).maps.shape == (1, 1, 4, 4)
+
+
+# ----- the CLI, the web app and camlens.explain
+
+
+def test_cli_explains_a_timm_vit_by_name_with_random_weights(tmp_path, monkeypatch, capsys):
+    import numpy as np
+    from PIL import Image
+
+    from camlens.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 60, 3), dtype=np.uint8)).save("a.jpg")
+    args = ["explain", "a.jpg", "--arch", "timm:vit_tiny_patch16_224", "--weights", "none", "--quiet"]
+    assert main([*args, "--method", "gradcam", "--out", "grad"]) == 0
+    assert len(list((tmp_path / "grad").glob("a_*.png"))) == 1
+    capsys.readouterr()
+    assert main([*args, "--method", "cam", "--out", "cam"]) != 0
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert len(errors) == 1 and "GradCAM" in errors[0], errors
+
+
+def test_hugging_face_vit_is_served_and_explained_through_the_python_api():
+    import io
+
+    from fastapi.testclient import TestClient
+    from PIL import Image
+
+    from camlens.models import LoadedModel, Preprocess
+    from camlens.web import create_app
+
+    loaded = LoadedModel(_model("hf-vit"), list("abcde"), Preprocess((32, 32), (0.5,) * 3, (0.5,) * 3), "hf")
+    explanation = camlens.explain(loaded, torch.rand(3, 40, 50), method="gradcam", topk=2)
+    assert explanation.result.maps.shape == (1, 2, 4, 4) and explanation.overlay(1).size == (50, 40)
+    buffer = io.BytesIO()
+    Image.new("RGB", (50, 40), (200, 30, 30)).save(buffer, "PNG")
+    with TestClient(create_app(loaded, workers=1)) as client:
+        res = client.post("/api/explain?method=gradcam&topk=2", files={"file": ("x.png", buffer.getvalue())})
+        assert res.status_code == 200, res.text
+        assert [e["class"] for e in res.json()["explained"]] == [p["class"] for p in res.json()["predictions"][:2]]
