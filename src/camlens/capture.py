@@ -393,9 +393,14 @@ def locate_gap_head(
             )
     raw = calls[feat_index].output
     name = calls[feat_index].name if layer_mod is not None else _outermost_name(calls[:cls_index], raw, calls[feat_index].name)
-    feats = as_map(raw) if tokens is not None else raw
-    if feats is None:
-        raise CamlensError(f"layer {name!r} output {tuple(raw.shape)} is not on the patch grid of {tokens.family}")
+    feats = raw
+    if tokens is not None and isinstance(raw, Tensor):
+        feats = as_map(raw)
+        if feats is None:
+            raise NotAGapClassifierError(
+                f"layer {name!r} outputs {tuple(raw.shape)}, not tokens on the patch grid of {tokens.family}; give a "
+                "layer of the token sequence"
+            )
     between = calls[feat_index + 1 : cls_index]
     z = cls_input.flatten(1) if isinstance(cls_input, Tensor) else None
     if z is None or not isinstance(feats, Tensor) or not 3 <= feats.ndim <= 5 or feats.shape[1] != z.shape[1]:
