@@ -141,9 +141,15 @@ def test_patch_tokens_are_laid_row_by_row_after_the_prefix():
     assert layout.channel_dim(tokens) == -1
 
 
-@pytest.mark.parametrize("method", ["gradcam", "gradcampp", "xgradcam", "layercam", "hirescam", "scorecam",
-                                    "ablationcam", "eigencam"])
-@pytest.mark.parametrize("name", sorted(FAMILIES) + sorted(CONV_FAMILIES))
+# The perturbation references run one float64 pass per channel: on one model of each kind (prefix tokens on a
+# non-square grid, channels-last stages, a Hugging Face ViT and a Hugging Face CNN) to keep the file fast.
+PERTURBATION_FAMILIES = ["timm-vit-registers-nonsquare", "torchvision-swin", "hf-vit", "hf-resnet"]
+CASES = [(method, name) for method in ["gradcam", "gradcampp", "xgradcam", "layercam", "hirescam", "eigencam"]
+         for name in sorted(FAMILIES) + sorted(CONV_FAMILIES)]
+CASES += [(method, name) for method in ["scorecam", "ablationcam"] for name in PERTURBATION_FAMILIES]
+
+
+@pytest.mark.parametrize("method,name", CASES)
 def test_every_method_matches_its_float64_reference_without_configuration(method, name):
     model, x = _model(name), _input(name)
     with camlens.get_method(method)(model) as explainer:
@@ -357,3 +363,12 @@ def test_hugging_face_vit_is_served_and_explained_through_the_python_api():
         res = client.post("/api/explain?method=gradcam&topk=2", files={"file": ("x.png", buffer.getvalue())})
         assert res.status_code == 200, res.text
         assert [e["class"] for e in res.json()["explained"]] == [p["class"] for p in res.json()["predictions"][:2]]
+
+
+def test_training_step_reads_the_logits_of_a_model_output():
+    from camlens.training.wsol.base import TrainingMethod
+
+    model, x = _model("hf-convnext"), _input("hf-convnext")
+    loss, logits = TrainingMethod().loss(model, x, torch.tensor([1, 3]))
+    assert torch.equal(logits, model(x).logits)
+    assert torch.allclose(loss, torch.nn.functional.cross_entropy(logits, torch.tensor([1, 3])))

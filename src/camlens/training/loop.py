@@ -28,7 +28,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .. import distributed
-from ..capture import CamlensError, find_classifier
+from ..capture import CamlensError, find_classifier, output_logits
 from ..distributed import Context, barrier, shard_batches, sum_tensors
 from ..models import IMAGENET_MEAN, IMAGENET_STD, Preprocess, build_model
 from ..networks import NETWORKS, new_layer_names
@@ -112,7 +112,7 @@ def accuracy(model: nn.Module, split: Split, preprocess: Preprocess, ctx: Contex
     batches = [torch.tensor(b) for _, b in shard_batches(len(split), batch_size, ctx)]
     correct = torch.zeros((), dtype=torch.int64)
     for x, labels in load_batches(split, batches, workers):
-        logits = model(preprocess(x.to(ctx.device)))
+        logits = output_logits(model(preprocess(x.to(ctx.device))))
         correct += int((logits.argmax(1).cpu() == labels).sum())
     total = sum_tensors({"correct": correct}, ctx)["correct"]
     return float(total) / len(split)

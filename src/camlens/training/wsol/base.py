@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ...capture import CamlensError
+from ...capture import CamlensError, output_logits
 from ...methods.base import Explainer
 
 # The attribute an attached network carries: its method's config, so an explainer can be chosen from the
@@ -99,7 +99,7 @@ class TrainingMethod:
 
     def loss(self, model: nn.Module, images: Tensor, targets: Any) -> tuple[Tensor, Tensor]:
         """(loss, logits (B, C)) for one training step; the logits feed the running accuracy."""
-        logits = model(images)
+        logits = output_logits(model(images))  # a tuple, dict or ModelOutput: its logits
         return F.cross_entropy(logits, targets), logits
 
     def explainer(self, model: nn.Module) -> Explainer:
