@@ -43,15 +43,15 @@ class Logits(nn.Module):
 
 
 def _hf(kind: str) -> nn.Module:
-    vit = dict(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-               intermediate_size=64, num_labels=5)
+    vit = dict(image_size=32, patch_size=8, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+               intermediate_size=32, num_labels=5)
     if kind == "vit":
         return transformers.ViTForImageClassification(transformers.ViTConfig(**vit))
     if kind == "deit":  # class and distillation tokens, two heads averaged
         return transformers.DeiTForImageClassificationWithTeacher(transformers.DeiTConfig(**vit))
     if kind == "swin":
         return transformers.SwinForImageClassification(transformers.SwinConfig(
-            image_size=32, patch_size=4, embed_dim=16, depths=[1, 1], num_heads=[1, 2], window_size=4, num_labels=5))
+            image_size=32, patch_size=4, embed_dim=8, depths=[1, 1], num_heads=[1, 2], window_size=4, num_labels=5))
     if kind == "convnext":
         return transformers.ConvNextForImageClassification(transformers.ConvNextConfig(
             num_stages=2, hidden_sizes=[8, 16], depths=[1, 1], num_labels=5))
@@ -60,7 +60,7 @@ def _hf(kind: str) -> nn.Module:
 
 
 def _vit(**options) -> nn.Module:
-    return timm.create_model("vit_small_patch16_224", pretrained=False, depth=2, embed_dim=32, num_heads=2,
+    return timm.create_model("vit_small_patch16_224", pretrained=False, depth=2, embed_dim=16, num_heads=2,
                              num_classes=5, **options)
 
 
@@ -69,15 +69,15 @@ FAMILIES = {
     "timm-vit-registers-nonsquare": (lambda: _vit(reg_tokens=4, dynamic_img_size=True), (48, 80), "blocks.1.norm1",
                                      (5, 3, 5, False)),
     "timm-deit-distilled": (lambda: timm.create_model("deit_tiny_distilled_patch16_224", pretrained=False, depth=2,
-                                                      embed_dim=32, num_heads=2, num_classes=5, img_size=64),
+                                                      embed_dim=16, num_heads=2, num_classes=5, img_size=64),
                             (64, 64), "blocks.1.norm1", (2, 4, 4, False)),
-    "timm-swin": (lambda: timm.create_model("swin_tiny_patch4_window7_224", pretrained=False, embed_dim=16,
+    "timm-swin": (lambda: timm.create_model("swin_tiny_patch4_window7_224", pretrained=False, embed_dim=8,
                                             depths=(1, 1), num_heads=(1, 2), window_size=4, img_size=32, num_classes=5),
                   (32, 32), "norm", (0, 4, 4, True)),
     "torchvision-vit": (lambda: VisionTransformer(image_size=64, patch_size=16, num_layers=2, num_heads=2,
-                                                  hidden_dim=32, mlp_dim=64, num_classes=5),
+                                                  hidden_dim=16, mlp_dim=32, num_classes=5),
                         (64, 64), "encoder.layers.encoder_layer_1.ln_1", (1, 4, 4, False)),
-    "torchvision-swin": (lambda: SwinTransformer(patch_size=[4, 4], embed_dim=16, depths=[1, 1], num_heads=[1, 2],
+    "torchvision-swin": (lambda: SwinTransformer(patch_size=[4, 4], embed_dim=8, depths=[1, 1], num_heads=[1, 2],
                                                  window_size=[4, 4], num_classes=5),
                          (32, 32), "norm", (0, 4, 4, True)),
     "hf-vit": (lambda: _hf("vit"), (32, 32), "vit.layers.1.layernorm_before", (1, 4, 4, False)),
@@ -328,7 +328,7 @@ def test_token_model_without_a_readable_layout_says_what_to_pass():
 # ----- the CLI, the web app and camlens.explain
 
 
-def test_cli_explains_a_timm_vit_by_name_with_random_weights(tmp_path, monkeypatch, capsys):
+def test_cli_explains_a_timm_vit_by_name_with_random_weights(tmp_path, monkeypatch):
     import numpy as np
     from PIL import Image
 
@@ -336,13 +336,9 @@ def test_cli_explains_a_timm_vit_by_name_with_random_weights(tmp_path, monkeypat
 
     monkeypatch.chdir(tmp_path)
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 60, 3), dtype=np.uint8)).save("a.jpg")
-    args = ["explain", "a.jpg", "--arch", "timm:vit_tiny_patch16_224", "--weights", "none", "--quiet"]
-    assert main([*args, "--method", "gradcam", "--out", "grad"]) == 0
+    assert main(["explain", "a.jpg", "--arch", "timm:vit_tiny_patch16_224", "--weights", "none", "--quiet",
+                 "--method", "gradcam", "--out", "grad"]) == 0
     assert len(list((tmp_path / "grad").glob("a_*.png"))) == 1
-    capsys.readouterr()
-    assert main([*args, "--method", "cam", "--out", "cam"]) != 0
-    errors = capsys.readouterr().err.strip().splitlines()
-    assert len(errors) == 1 and "GradCAM" in errors[0], errors
 
 
 def test_hugging_face_vit_is_served_and_explained_through_the_python_api():

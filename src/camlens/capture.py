@@ -371,13 +371,17 @@ def locate_gap_head(
             f"{type(model).__name__}: the 1x1 conv classifier {cls_call.name!r} is not followed by average pooling"
         )
 
+    width = cls_input.flatten(1).shape[1] if isinstance(cls_input, Tensor) else None
+
     def as_map(t: Any) -> Tensor | None:
-        """``t`` as a feature map (B, K, *S): on the patch grid of a token model, else when it is spatial."""
+        """``t`` as a feature map (B, K, *S): on the patch grid of a token model with the classifier's input width
+        (a (B, C, 1) pooled tensor with as many channels as patches is not tokens), else when it is spatial."""
         if tokens is not None and isinstance(t, Tensor):
             try:
-                return tokens.to_grid(t)
+                grid = tokens.to_grid(t)
             except CamlensError:
                 return None
+            return grid if grid.shape[1] == width else None
         return t if _is_spatial(t, ranks) else None
 
     if layer_mod is not None:
@@ -398,8 +402,8 @@ def locate_gap_head(
         feats = as_map(raw)
         if feats is None:
             raise NotAGapClassifierError(
-                f"layer {name!r} outputs {tuple(raw.shape)}, not tokens on the patch grid of {tokens.family}; give a "
-                "layer of the token sequence"
+                f"layer {name!r} outputs {tuple(raw.shape)}, not features of the classifier's width {width} on the "
+                f"patch grid of {tokens.family}; give a layer of the token sequence"
             )
     between = calls[feat_index + 1 : cls_index]
     z = cls_input.flatten(1) if isinstance(cls_input, Tensor) else None
