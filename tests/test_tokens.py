@@ -368,3 +368,17 @@ def test_training_step_reads_the_logits_of_a_model_output():
     loss, logits = TrainingMethod().loss(model, x, torch.tensor([1, 3]))
     assert torch.equal(logits, model(x).logits)
     assert torch.allclose(loss, torch.nn.functional.cross_entropy(logits, torch.tensor([1, 3])))
+
+
+def test_vit_tiny_gap_checkpoint_rebuilds_the_same_network(tmp_path):
+    from camlens.models import Preprocess, load_model, save_checkpoint
+
+    torch.manual_seed(0)
+    model = build_network("vit-tiny-gap", 3, depth=1, embed_dim=16, num_heads=2).eval()
+    path = save_checkpoint(tmp_path / "vit.safetensors", model, arch="vit-tiny-gap", class_names=["a", "b", "c"],
+                           preprocess=Preprocess((64, 64)))
+    loaded = load_model(path)
+    x = torch.randn(2, 3, 64, 64)
+    assert loaded.model.arch_options == model.arch_options and torch.equal(loaded.model(x), model(x))
+    with pytest.raises(CamlensError, match="no pretrained weights"):
+        build_network("vit-tiny-gap", 3, "DEFAULT")
