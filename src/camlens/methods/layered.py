@@ -21,9 +21,9 @@ from ..capture import (
     spatial_ranks,
     trace_calls,
 )
-from ..tokens import TokenLayout, token_layout
 from ..maps import fuse
 from ..targets import Target, bind_targets
+from ..tokens import TokenLayout, token_layout
 from .base import CAMResult, ClassSpec, Explainer, select_classes
 
 Reshape = Callable[..., Tensor]
