@@ -156,10 +156,12 @@ def ref_channel_mask(ak, size, mode):
     return F.interpolate(norm[None, None], size=size, mode=mode, align_corners=False)
 
 
-def ref_scorecam(model, layer, x, classes):
+def ref_scorecam(model, layer, x, classes, reshape=None):
     """One masked forward per channel; s(A) at layer resolution, bilinear Up (align_corners=False), softmax over
-    channels of the class logits, ReLU of the weighted sum."""
+    channels of the class logits, ReLU of the weighted sum.  ``reshape(A, input_size)``: a token layer's output
+    as (B, K, h, w)."""
     m64, _, a = layer_output(model, layer, x)
+    a = a if reshape is None else reshape(a, tuple(x.shape[-2:]))
     batch, K, h, w = a.shape
     out = torch.zeros(batch, classes.shape[1], h, w, dtype=torch.float64)
     with torch.no_grad():
@@ -178,9 +180,12 @@ def ref_scorecam(model, layer, x, classes):
     return out
 
 
-def ref_ablationcam(model, layer, x, classes):
-    """One forward per ablated channel (channel set to 0), w_k = (y - y_k) / y, ReLU of the weighted sum."""
+def ref_ablationcam(model, layer, x, classes, reshape=None):
+    """One forward per ablated channel (channel set to 0), w_k = (y - y_k) / y, ReLU of the weighted sum.  With
+    ``reshape`` (token layers) the channel is the output's last axis, zeroed for every token."""
     m64, out, a = layer_output(model, layer, x)
+    raw_ndim = a.ndim
+    a = a if reshape is None else reshape(a, tuple(x.shape[-2:]))
     batch, K, h, w = a.shape
     result = torch.zeros(batch, classes.shape[1], h, w, dtype=torch.float64)
     with torch.no_grad():
@@ -189,7 +194,10 @@ def ref_ablationcam(model, layer, x, classes):
             for k in range(K):
                 def zero(mod, args, o, k=k):
                     o = o.clone()
-                    o[:, k] = 0
+                    if reshape is None:
+                        o[:, k] = 0
+                    else:
+                        o[(slice(None),) * (raw_ndim - 1) + (k,)] = 0
                     return o
 
                 handle = module(m64, layer).register_forward_hook(zero)
@@ -203,8 +211,9 @@ def ref_ablationcam(model, layer, x, classes):
     return result
 
 
-def ref_eigencam(model, layer, x, center=False):
+def ref_eigencam(model, layer, x, center=False, reshape=None):
     _, _, a = layer_output(model, layer, x)
+    a = a if reshape is None else reshape(a, tuple(x.shape[-2:]))
     maps = []
     for b in range(a.shape[0]):
         mat = a[b].flatten(1).T.numpy()  # (hw, K)

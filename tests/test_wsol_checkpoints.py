@@ -25,11 +25,11 @@ from torch import Tensor
 import camlens.models as models
 from camlens import CamlensError
 from camlens.cli import main
-from camlens.wsolnet import build_explainer
 from camlens.models import load_model
 from camlens.networks import build_network
 from camlens.networks._common import skeleton_only, torchvision_skeleton
 from camlens.networks.wsolcheckpoint import camlens_state, misfit, read_layout, resolve
+from camlens.wsolnet import build_explainer
 
 C = 3  # classes
 ACOL_THRESHOLD = 0.6  # not in their files: given as --wsol-param threshold=0.6 (theirs: --acol_threshold)

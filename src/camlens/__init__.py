@@ -10,6 +10,7 @@ from .methods import *  # noqa: F403  (CAM, GradCAM, ... and get_method)
 from .models import LoadedModel, load_model
 from .networks import gapify
 from .render import overlay_image, three_panel
+from .tokens import TokenLayout, token_layout, tokens_to_grid
 from .wsolnet import build_explainer
 
 __version__ = "0.1.0"
@@ -30,6 +31,8 @@ __all__ = [
     "NotAGapClassifierError",
     "overlay_image",
     "three_panel",
+    "token_layout",
+    "TokenLayout",
     "tokens_to_grid",
     "upsample",
     *methods.__all__,

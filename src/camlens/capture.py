@@ -21,6 +21,15 @@ from .errors import CamlensError, NotAGapClassifierError
 LayerSpec = Union[str, nn.Module]
 
 
+class GridLayout(Protocol):
+    """What :func:`locate_gap_head` needs of a token model's layout (:class:`camlens.tokens.TokenLayout`): its
+    family's name and how a layer output lies on the patch grid."""
+
+    family: str
+
+    def to_grid(self, t: Tensor) -> Tensor: ...
+
+
 class CarriesModule(Protocol):
     """Anything holding its network in ``.model``, such as :class:`camlens.models.LoadedModel`."""
 
@@ -318,6 +327,10 @@ class GapHead:
     - ``logits = W · mean_S(act(f)) + b``
     - ``logits = W · LN(mean_S(act(f))) + b``
     - ``logits = mean_S(cls_act(W f + b))`` when ``pooled_last``
+
+    With ``tokens`` the layer's output is a token model's (B, T, C) tokens or (B, h, w, C) map, and f is that
+    output on the patch grid (:meth:`camlens.tokens.TokenLayout.to_grid`): a ViT whose head averages the patch
+    tokens (timm ``global_pool="avg"``), a Swin.
     """
 
     layer_name: str
@@ -330,6 +343,7 @@ class GapHead:
     norm: nn.LayerNorm | None = None
     pooled_last: bool = False
     class_act: Literal["identity", "relu"] = "identity"
+    tokens: bool = False
 
     def class_maps(self, features: Tensor, classes: Tensor) -> tuple[Tensor, Tensor]:
         """Maps M (B, N, *S) for ``classes`` (B, N) and offsets (B, N) with ``mean_S M + offset == logit``.
@@ -376,12 +390,14 @@ def locate_gap_head(
     x: Tensor,
     layer: LayerSpec | None = None,
     classifier: LayerSpec | None = None,
+    tokens: GridLayout | None = None,
 ) -> tuple[GapHead, Tensor, Any]:
     """Find the final feature layer and the linear classifier of a GAP network from one forward pass on ``x``,
-    and prove the head is GAP + linear by recomputing the classifier's input from the features.
+    and prove the head is GAP + linear by recomputing the classifier's input from the features.  With the token
+    layout ``tokens`` of a token model, feature maps are layer outputs on its patch grid (tokens included).
 
-    Returns the head, the captured features of this pass and the model output, so the first call costs no
-    extra forward pass.  Raises :class:`NotAGapClassifierError` with the reason otherwise.
+    Returns the head, the captured features of this pass (as (B, K, *S)) and the model output, so the first call
+    costs no extra forward pass.  Raises :class:`NotAGapClassifierError` with the reason otherwise.
     """
     layer_mod = resolve_module(model, layer)[1] if layer is not None else None
     cls_mod = resolve_module(model, classifier)[1] if classifier is not None else None
@@ -426,19 +442,40 @@ def locate_gap_head(
             f"{type(model).__name__}: the 1x1 conv classifier {cls_call.name!r} is not followed by average pooling"
         )
 
+    width = cls_input.flatten(1).shape[1] if isinstance(cls_input, Tensor) else None
+
+    def as_map(t: Any) -> Tensor | None:
+        """``t`` as a feature map (B, K, *S): on the patch grid of a token model with the classifier's input width
+        (a (B, C, 1) pooled tensor with as many channels as patches is not tokens), else when it is spatial."""
+        if tokens is not None and isinstance(t, Tensor):
+            try:
+                grid = tokens.to_grid(t)
+            except CamlensError:
+                return None
+            return grid if grid.shape[1] == width else None
+        return t if _is_spatial(t, ranks) else None
+
     if layer_mod is not None:
         feat_index = next((i for i in range(cls_index - 1, -1, -1) if calls[i].module is layer_mod), None)
         if feat_index is None:
             raise CamlensError(f"layer {layer!r} did not run before the classifier {cls_call.name!r}")
     else:
-        feat_index = next((i for i in range(cls_index - 1, -1, -1) if _is_spatial(calls[i].output, ranks)), None)
+        feat_index = next((i for i in range(cls_index - 1, -1, -1) if as_map(calls[i].output) is not None), None)
         if feat_index is None:
             raise NotAGapClassifierError(
                 f"{type(model).__name__}: no spatial feature map (B, K, *S) of the input's rank with more than one "
                 f"position before {cls_call.name!r}; use a larger input or give layer="
             )
-    feats = calls[feat_index].output
-    name = calls[feat_index].name if layer_mod is not None else _outermost_name(calls[:cls_index], feats, calls[feat_index].name)
+    raw = calls[feat_index].output
+    name = calls[feat_index].name if layer_mod is not None else _outermost_name(calls[:cls_index], raw, calls[feat_index].name)
+    feats = raw
+    if tokens is not None and isinstance(raw, Tensor):
+        feats = as_map(raw)
+        if feats is None:
+            raise NotAGapClassifierError(
+                f"layer {name!r} outputs {tuple(raw.shape)}, not features of the classifier's width {width} on the "
+                f"patch grid of {tokens.family}; give a layer of the token sequence"
+            )
     between = calls[feat_index + 1 : cls_index]
     z = cls_input.flatten(1) if isinstance(cls_input, Tensor) else None
     if z is None or not isinstance(feats, Tensor) or not 3 <= feats.ndim <= 5 or feats.shape[1] != z.shape[1]:
@@ -458,7 +495,7 @@ def locate_gap_head(
             pooled = F.layer_norm(pooled, pooled.shape[-1:], w, b, norm.eps)
         if _close(pooled, z):
             head = GapHead(name, calls[feat_index].module, "output", cls_call.name, weight, bias,
-                           feature_act=feature_act, norm=norm)
+                           feature_act=feature_act, norm=norm, tokens=tokens is not None and feats is not raw)
             return head, feats, output
     found = ", ".join(f"{c.name} ({type(c.module).__name__})" for c in between[-8:]) or "only functional ops"
     raise NotAGapClassifierError(
@@ -485,7 +522,8 @@ def find_spatial_layer(model: nn.Module, x: Tensor, keep_last: int = 256) -> str
     position and is not itself the model output; of nested modules returning the same tensor, the outermost is
     named (``layer4`` rather than ``layer4.1.relu``).
 
-    Token models (ViT, Swin) have no such layer near their end: give ``layer=`` (see :func:`tokens_to_grid`).
+    Token models (ViT, Swin) have no such layer near their end: the layer methods take theirs from
+    :func:`camlens.tokens.token_layout`.
     """
     with torch.no_grad():
         calls, output = trace_calls(model, x, keep_last=keep_last)
@@ -498,42 +536,6 @@ def find_spatial_layer(model: nn.Module, x: Tensor, keep_last: int = 256) -> str
     raise CamlensError(
         f"{type(model).__name__}: no module among the last {keep_last} calls outputs a spatial map (B, K, *S); "
         "give layer= (see camlens.layer_names(model)), with reshape= for token models"
-    )
-
-
-def tokens_to_grid(tokens: Tensor, input_size: Sequence[int] | None = None, prefix_tokens: int | None = None) -> Tensor:
-    """Token outputs as spatial maps (B, D, h, w), for ``reshape=`` of the layer methods.
-
-    - (B, h, w, D), channels last (Swin): permuted to (B, D, h, w).
-    - (B, T, D) (ViT): the first ``prefix_tokens`` (class, distillation, register tokens) are dropped and the rest
-      laid out row by row on an h x w grid.  When ``prefix_tokens`` is None it is the smallest p in 0..16 such that
-      T - p tokens tile a grid with the aspect ratio of ``input_size`` (H, W) (square without it), i.e. h * w = T - p
-      and H * w == W * h.
-
-    Args:
-        tokens: a layer's output, (B, T, D) tokens or (B, h, w, D) channels-last maps.
-        input_size: the model input's (H, W), for the grid's aspect ratio.
-        prefix_tokens: how many leading tokens are not patches; None to infer it as above.
-
-    Returns:
-        The maps (B, D, h, w).
-    """
-    if tokens.ndim == 4:
-        return tokens.permute(0, 3, 1, 2)
-    if tokens.ndim != 3:
-        raise CamlensError(f"tokens_to_grid expects (B, T, D) tokens or (B, h, w, D) maps, got {tuple(tokens.shape)}")
-    batch, count, dim = tokens.shape
-    height, width = (1, 1) if input_size is None else (int(input_size[-2]), int(input_size[-1]))
-    candidates = [prefix_tokens] if prefix_tokens is not None else range(min(count - 1, 16) + 1)
-    for prefix in candidates:
-        n = count - prefix
-        h = max(1, round((n * height / width) ** 0.5))
-        w = n // h
-        if h * w == n and height * w == width * h and n > 1:
-            return tokens[:, prefix:].reshape(batch, h, w, dim).permute(0, 3, 1, 2)
-    raise CamlensError(
-        f"cannot lay {count} tokens on a grid with the aspect ratio of the input {height}x{width}; "
-        "pass prefix_tokens= (e.g. reshape=functools.partial(camlens.tokens_to_grid, prefix_tokens=1))"
     )
 
 

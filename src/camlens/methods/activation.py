@@ -25,6 +25,7 @@ from ..capture import (
 from ..errors import CamlensError
 from ..hardware import usable_approximation
 from ..maps import normalize, upsample
+from ..tokens import token_layout
 from .base import CAMResult, ClassSpec, Explainer, check_stop, select_classes
 from .layered import LayerExplainer, LayerOptions, Scorer, no_autocast
 
@@ -40,8 +41,11 @@ class CAM(Explainer):
 
     The feature layer and classifier are found on the first call from that call's own forward pass and checked
     numerically (DenseNet's functional ReLU, ConvNeXt's LayerNorm after pooling and SqueezeNet's 1x1 conv
-    classifier are folded in exactly); ``layer`` and ``classifier`` override the search.  One forward pass per
-    batch, no gradients.
+    classifier are folded in exactly); ``layer`` and ``classifier`` override the search.  On token models
+    (:func:`camlens.tokens.token_layout`) the features may be tokens: a ViT whose head averages its patch tokens
+    (timm ``global_pool="avg"``; prefix tokens left out, as timm's pooling does) or a Swin gets the exact CAM on
+    the patch grid; a class-token head is not GAP + linear and is refused.  One forward pass per batch, no
+    gradients.
     """
 
     name = "cam"
@@ -59,11 +63,22 @@ class CAM(Explainer):
         self._capture: LayerCapture | None = None
 
     def _locate(self, x: Tensor) -> tuple[Tensor, object]:
-        head, features, output = locate_gap_head(self.model, x, self.layer, self.classifier)
+        layout = token_layout(self.model, x.shape) if x.ndim == 4 else None
+        head, features, output = locate_gap_head(self.model, x, self.layer, self.classifier, layout)
         self.head = head
         self._capture = LayerCapture(head.layer, where=head.capture)
         self._captures.append(self._capture)
         return features, output
+
+    def _run(self, x: Tensor) -> tuple[Any, Tensor]:
+        """The model output and the features of one pass (on the patch grid of this input for token features)."""
+        output = self.model(x)
+        features = cast(LayerCapture, self._capture).pop()
+        if cast(GapHead, self.head).tokens:
+            layout = token_layout(self.model, x.shape)
+            assert layout is not None  # the head was found with this model's layout
+            features = layout.to_grid(features)
+        return output, features
 
     def __call__(self, x: Tensor, classes: ClassSpec = None, *, topk: int = 1) -> CAMResult:
         """The CAMs of ``classes`` for the batch ``x``, from one forward pass.
@@ -85,11 +100,9 @@ class CAM(Explainer):
                     if self._capture is None:
                         features, output = self._locate(x)
                     else:
-                        output = self.model(x)
-                        features = self._capture.pop()
+                        output, features = self._run(x)
             else:
-                output = self.model(x)
-                features = self._capture.pop()
+                output, features = self._run(x)
             logits = output_logits(output)
             chosen = select_classes(logits, classes, topk)
             head = cast(GapHead, self.head)  # set by _locate on the first call
@@ -478,8 +491,8 @@ class AblationCAM(_PerturbationMethod):
     """Ablation-CAM (Desai & Ramaswamy, WACV 2020, "Ablation-CAM: Visual Explanations for Deep Convolutional
     Network via Gradient-free Localization").
 
-    y_k = the explained score with channel k of the layer's output set to 0 (for every position or token; with
-    ``reshape`` the channel is the output's last dim, as for tokens and channels-last maps);
+    y_k = the explained score with channel k of the layer's output set to 0 (for every position or token,
+    prefix tokens included; the channel is the output's last dim for tokens and channels-last maps);
     w_k = (y - y_k) / y  (y - y_k where y == 0);  M = ReLU(sum_k w_k A_k).  The ReLU is part of the paper's
     formula.  pytorch-grad-cam ablates with min(A) - 1e7 instead of 0 when the layer's minimum is not 0.
 
@@ -501,7 +514,7 @@ class AblationCAM(_PerturbationMethod):
     def _ablated_scores(self, x: Tensor, index: int, act: Tensor, scorer: Scorer) -> Tensor:
         """The explained scores with each channel of ``act`` zeroed in turn, (B, N, K)."""
         batch = x.shape[0]
-        channel_dim = -1 if self.reshape is not None else 1
+        channel_dim = self._channel_dim(act, x)
         channels = act.shape[channel_dim]
         # every pass re-runs the layers before the target on the original batch, so take as many ablated copies a
         # pass as ABLATION_ELEMENTS activation values allow (at least batch_size rows)

@@ -18,11 +18,13 @@ from ..capture import (
     find_spatial_layer,
     output_logits,
     resolve_module,
+    spatial_ranks,
     trace_calls,
 )
 from ..errors import CamlensError
 from ..maps import fuse
 from ..targets import Target, bind_targets
+from ..tokens import TokenLayout, token_layout
 from .base import CAMResult, ClassSpec, Explainer, select_classes
 
 Reshape = Callable[..., Tensor]
@@ -111,11 +113,14 @@ def _reshape_takes_size(fn: Reshape) -> bool:
 
 
 class LayerExplainer(Explainer):
-    """Base of the layer methods.  ``layer``: None (automatic, see :func:`camlens.capture.find_spatial_layer`;
-    for token models with ``reshape``, the last layer whose gradient reaches more than one token), a name, a
-    module, or a list of them (maps fused by :func:`camlens.fuse` with ``fuse`` = "max" or "mean").
-    ``reshape(output, input_size)`` (or ``reshape(output)``) turns a layer's output into (B, K, h, w), e.g.
-    :func:`camlens.tokens_to_grid` for ViT/Swin tokens.  The result's ``maps`` are raw per the method's formula
+    """Base of the layer methods.  ``layer``: None (automatic: a token model's default layer, see
+    :func:`camlens.tokens.token_layout`; otherwise :func:`camlens.capture.find_spatial_layer`; with ``reshape``,
+    the last layer whose gradient reaches more than one token), a name, a module, or a list of them (maps fused by
+    :func:`camlens.fuse` with ``fuse`` = "max" or "mean").  Token models known to
+    :func:`camlens.tokens.token_layout` (timm, torchvision and Hugging Face ViT/DeiT/Swin) need no configuration:
+    their (B, T, C) tokens and (B, h, w, C) stages are laid on the patch grid read from the model.
+    ``reshape(output, input_size)`` (or ``reshape(output)``) overrides that and turns a layer's output into
+    (B, K, h, w), e.g. :func:`camlens.tokens_to_grid`.  The result's ``maps`` are raw per the method's formula
     for one layer; fused maps are in [0, 1] by the fusion rule.
 
     Layers may be 1-D (B, K, L), 2-D (B, K, h, w) or 3-D (B, K, d, h, w): maps are (B, N, *S) at the layer's
@@ -148,6 +153,7 @@ class LayerExplainer(Explainer):
         self._reshape_size = reshape is not None and _reshape_takes_size(reshape)
         self._hooks: HookSet | None = None
         self.layer_names: list[str] = []
+        self._layouts: dict[tuple[int, ...], TokenLayout | None] = {}
 
     # ----- layers and hooks
     def prepare(self, x: Tensor) -> None:
@@ -172,7 +178,12 @@ class LayerExplainer(Explainer):
 
     def _choose_layers(self, x: Tensor) -> list[str]:
         if self.layer is None:
-            return [find_spatial_layer(self.model, x) if self.reshape is None else self._probe_token_layer(x)]
+            if self.reshape is not None:
+                return [self._probe_token_layer(x)]
+            layout = self.token_layout(x)
+            if layout is not None and layout.layer is not None:
+                return [layout.layer]
+            return [find_spatial_layer(self.model, x)]
         specs = list(self.layer) if isinstance(self.layer, (list, tuple)) else [self.layer]
         if not specs:
             raise CamlensError("layer=[] names no layer; give a name, a module, a list of them, or None")
@@ -208,10 +219,40 @@ class LayerExplainer(Explainer):
                 return _outermost_name(calls[: i + 1], calls[i].output, calls[i].name)
         raise CamlensError("no token layer receives gradient at more than one position; give layer=")
 
+    def token_layout(self, x: Tensor) -> TokenLayout | None:
+        """The model's token layout for inputs like ``x`` (:func:`camlens.tokens.token_layout`, read once per input
+        size); None with ``reshape`` (which overrides it) and for models without tokens."""
+        if self.reshape is not None:
+            return None
+        size = tuple(x.shape[2:])
+        if size not in self._layouts:
+            self._layouts[size] = token_layout(self.model, size) if x.ndim == 4 else None
+        return self._layouts[size]
+
+    def _channel_dim(self, t: Tensor, x: Tensor) -> int:
+        """The channel axis of layer output ``t`` as the model produces it (the output's last axis with ``reshape``,
+        as for tokens and channels-last maps)."""
+        if self.reshape is not None:
+            return -1
+        layout = self.token_layout(x)
+        return 1 if layout is None else layout.channel_dim(t)
+
     def _spatial(self, t: Tensor, x: Tensor) -> Tensor:
-        """A layer output (B, ...) as (B, K, *S) with S = (L,), (h, w) or (d, h, w), through ``reshape`` when given."""
+        """A layer output (B, ...) as (B, K, *S) with S = (L,), (h, w) or (d, h, w): through ``reshape`` when
+        given, else on a token model's patch grid (:meth:`token_layout`)."""
         if self.reshape is not None:
             t = self.reshape(t, tuple(x.shape[-2:])) if self._reshape_size else self.reshape(t)
+        else:
+            layout = self.token_layout(x)
+            if layout is not None:
+                return layout.to_grid(t)
+            if t.ndim == 3 and t.ndim - 2 not in spatial_ranks(x):
+                raise CamlensError(
+                    f"the layer outputs tokens {tuple(t.shape)} for a {x.ndim - 2}-D input, and the token layout of "
+                    f"{type(self.model).__name__} could not be read from the model (no timm num_prefix_tokens with "
+                    "patch_embed.patch_size, nor a torchvision or Hugging Face ViT/Swin): pass reshape=, e.g. "
+                    "functools.partial(camlens.tokens_to_grid, prefix_tokens=1) for one class token"
+                )
         if not 3 <= t.ndim <= 5:
             raise CamlensError(
                 f"layer output has shape {tuple(t.shape)}, not (B, K, L), (B, K, h, w) or (B, K, d, h, w); "

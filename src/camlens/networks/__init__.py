@@ -21,6 +21,7 @@ from ..errors import CamlensError
 from ._common import ConvGapNet, feature_resolution
 from .gapify import gapify
 from .paper import alexnet_cam, googlenet_cam, vgg16_cam
+from .vit import vit_tiny_gap
 from .wsolbench import wsol_inceptionv3, wsol_resnet50, wsol_vgg16
 from .wsolref import (
     wsol_inceptionv3_acol,
@@ -54,6 +55,7 @@ NETWORKS: dict[str, Callable[..., nn.Module]] = {
     "wsol-resnet50-spg": wsol_resnet50_spg,
     "wsol-inceptionv3-spg": wsol_inceptionv3_spg,
     "gapify": gapify_backbone,
+    "vit-tiny-gap": vit_tiny_gap,
 }
 
 
@@ -97,6 +99,7 @@ __all__ = [
     "googlenet_cam",
     "new_layer_names",
     "vgg16_cam",
+    "vit_tiny_gap",
     "wsol_inceptionv3",
     "wsol_inceptionv3_acol",
     "wsol_inceptionv3_spg",

@@ -126,7 +126,7 @@ def accuracy(model: nn.Module, split: Split, preprocess: Preprocess, ctx: Contex
     batches = [torch.tensor(b) for _, b in shard_batches(len(split), batch_size, ctx)]
     correct = torch.zeros((), dtype=torch.int64)
     for x, labels in load_batches(split, batches, workers):
-        logits = model(preprocess(x.to(ctx.device)))
+        logits = output_logits(model(preprocess(x.to(ctx.device))))
         correct += int((logits.argmax(1).cpu() == labels).sum())
     total = sum_tensors({"correct": correct}, ctx)["correct"]
     return float(total) / len(split)

@@ -96,7 +96,7 @@ class TrainingMethod:
 
     def loss(self, model: nn.Module, images: Tensor, targets: Any) -> tuple[Tensor, Tensor]:
         """(loss, logits (B, C)) for one training step; the logits feed the running accuracy."""
-        logits = model(images)
+        logits = output_logits(model(images))  # a tuple, dict or ModelOutput: its logits
         return F.cross_entropy(logits, targets), logits
 
     def explainer(self, model: nn.Module) -> Explainer:
