@@ -8,6 +8,7 @@ from torch import nn
 
 from ..capture import CamlensError
 from .activation import CAM, ISCAM, SSCAM, AblationCAM, ScoreCAM
+from .attention import AttentionExplainer, AttentionRollout, GenericAttentionCAM, LeGrad
 from .base import CAMResult, Cancelled, Explainer, select_classes, stop_when
 from .decomposition import EigenCAM
 from .gradient import GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, XGradCAM
@@ -15,7 +16,8 @@ from .layered import LayerExplainer
 
 METHODS: dict[str, type[Explainer]] = {
     cls.name: cls
-    for cls in (CAM, GradCAM, GradCAMPlusPlus, XGradCAM, LayerCAM, HiResCAM, ScoreCAM, SSCAM, ISCAM, AblationCAM, EigenCAM)
+    for cls in (CAM, GradCAM, GradCAMPlusPlus, XGradCAM, LayerCAM, HiResCAM, ScoreCAM, SSCAM, ISCAM, AblationCAM, EigenCAM,
+                AttentionRollout, GenericAttentionCAM, LeGrad)
 }
 
 
@@ -44,17 +46,21 @@ def build_explainer(model: nn.Module, method: str = "cam", layer: str | None = N
 
 __all__ = [
     "AblationCAM",
+    "AttentionExplainer",
+    "AttentionRollout",
     "CAM",
     "CAMResult",
     "Cancelled",
     "EigenCAM",
     "Explainer",
     "GradCAM",
+    "GenericAttentionCAM",
     "GradCAMPlusPlus",
     "HiResCAM",
     "ISCAM",
     "LayerCAM",
     "LayerExplainer",
+    "LeGrad",
     "METHODS",
     "SSCAM",
     "ScoreCAM",
