@@ -150,7 +150,7 @@ class _Recorder:
     """The hooks of one call: per site, the attention probabilities (B, H, N, N), passed to ``keep`` (which returns
     what is stored), and optionally the block's output tokens.  ``graph``: the attention is recomputed in the autograd
     graph and substituted into the network (value unchanged, see the module docstring); ``leaves``: sites whose block
-    input becomes a leaf that requires grad (autograd starts there; before it the network runs without a graph)."""
+    input becomes a leaf that requires grad (no gradient flows below it, also with frozen parameters)."""
 
     def __init__(self, sites: Sequence[AttentionSite], *, graph: bool, leaves: Sequence[int] = (),
                  keep: Callable[[Tensor], Tensor] = lambda a: a, block_outputs: bool = False) -> None:
@@ -183,7 +183,6 @@ class _Recorder:
 
     @staticmethod
     def _leaf(block: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
-        torch.set_grad_enabled(True)  # undone when the caller's no_grad block exits
         if args:
             return (args[0].detach().requires_grad_(), *args[1:]), kwargs
         key = next(k for k, v in kwargs.items() if isinstance(v, Tensor))
@@ -399,6 +398,7 @@ class AttentionExplainer(Explainer):
                 f"{type(self).__name__} needs gradients, which torch.inference_mode() forbids; call it outside "
                 "inference_mode (torch.no_grad() is fine) or use attention rollout"
             )
+        self.sites()  # a model without attention is refused first, naming the method
         prefix, grid = _attention_token_layout(self.model, x)
         logits, chosen, relevance = self._relevance(x, classes, topk, prefix)
         if relevance.shape[-1] != grid[0] * grid[1]:
@@ -461,7 +461,9 @@ class _GradientAttention(AttentionExplainer):
         """One forward pass with the attention in the graph, then d scores / d A_l for every site from one backward.
         Returns logits, classes, attentions (B, H, N, N) and their gradients (B, N, H, N, N)."""
         sites = self.sites()
-        with _Recorder(sites, graph=True, leaves=leaves, block_outputs=block_outputs) as rec, torch.no_grad():
+        # the whole pass in grad mode, as a plain model(x): torchvision's attention takes another kernel without
+        # grad, so a pass that switched modes midway would not give the caller's logits bit for bit
+        with _Recorder(sites, graph=True, leaves=leaves, block_outputs=block_outputs) as rec, torch.enable_grad():
             output = self.model(x)
         logits = output_logits(output)
         chosen = select_classes(logits.detach(), classes, topk)
