@@ -6,9 +6,9 @@ from typing import Any
 
 from torch import nn
 
-from ..capture import CamlensError
+from ..capture import CamlensError, unwrap_model
 from .activation import CAM, ISCAM, SSCAM, AblationCAM, ScoreCAM
-from .attention import AttentionExplainer, AttentionRollout, GenericAttentionCAM, LeGrad
+from .attention import AttentionExplainer, AttentionRollout, GenericAttentionCAM, LeGrad, attention_sites
 from .base import CAMResult, Cancelled, Explainer, select_classes, stop_when
 from .decomposition import EigenCAM
 from .gradient import GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, XGradCAM
@@ -28,6 +28,20 @@ def get_method(name: str) -> type[Explainer]:
     if key not in METHODS:
         raise CamlensError(f"unknown method {name!r}; choose from {', '.join(sorted(METHODS))}")
     return METHODS[key]
+
+
+def applicable_methods(model: nn.Module) -> tuple[str, ...]:
+    """The names of the registered methods that apply to ``model``, sorted: the attention methods (rollout, gae,
+    legrad) only where it has self-attention (:func:`camlens.methods.attention.attention_sites`).
+
+    Args:
+        model: the model to explain.
+
+    Returns:
+        Method names, keys of :data:`METHODS`.
+    """
+    has_attention = bool(attention_sites(unwrap_model(model)))
+    return tuple(name for name in sorted(METHODS) if has_attention or not METHODS[name].needs_attention)
 
 
 def build_explainer(model: nn.Module, method: str = "cam", layer: str | None = None, **options: Any) -> Explainer:
@@ -53,8 +67,8 @@ __all__ = [
     "Cancelled",
     "EigenCAM",
     "Explainer",
-    "GradCAM",
     "GenericAttentionCAM",
+    "GradCAM",
     "GradCAMPlusPlus",
     "HiResCAM",
     "ISCAM",
@@ -65,6 +79,7 @@ __all__ = [
     "SSCAM",
     "ScoreCAM",
     "XGradCAM",
+    "applicable_methods",
     "build_explainer",
     "get_method",
     "select_classes",

@@ -87,6 +87,12 @@ def attention_sites(model: nn.Module) -> list[AttentionSite]:
     return sites
 
 
+def no_attention_message(method: str, model: nn.Module) -> str:
+    """The one-line refusal of an attention method on a model without self-attention."""
+    return (f"method {method!r} needs a vision transformer's self-attention; {type(model).__name__} has none "
+            "(a CNN?): use a layer method (gradcam, eigencam, cam) on it")
+
+
 def _attention_token_layout(model: nn.Module, x: Tensor) -> tuple[int, tuple[int, int]]:
     """(prefix tokens, patch grid (h, w)) of a ViT for input ``x``: timm ``num_prefix_tokens`` and
     ``patch_embed.patch_size``, torchvision's class token and ``patch_size``, a Hugging Face config's
@@ -354,6 +360,7 @@ class AttentionExplainer(Explainer):
     and must be None.  Maps are raw (B, N, h, w) on the patch grid, prefix tokens (class, distillation, registers)
     left out; every call places its hooks and removes them before returning."""
 
+    needs_attention = True
     default_blocks: ClassVar[int | None] = None
 
     def __init__(self, model: nn.Module, layer: Any = None, *, blocks: int | Sequence[int] | None = None) -> None:
@@ -365,16 +372,14 @@ class AttentionExplainer(Explainer):
             )
         self.blocks = blocks
         self._sites: list[AttentionSite] | None = None
+        self.sites()  # a model without self-attention is refused here, before any work
 
     def sites(self) -> list[AttentionSite]:
         """The attention sites this explainer reads, in execution order."""
         if self._sites is None:
             found = attention_sites(self.model)
             if not found:
-                raise CamlensError(
-                    f"method {self.name!r} needs a vision transformer's self-attention; {type(self.model).__name__} "
-                    "has none (a CNN?): use a layer method (gradcam, eigencam, cam) on it"
-                )
+                raise CamlensError(no_attention_message(self.name, self.model))
             self._sites = [found[i] for i in _block_indices(self.blocks, len(found), self.default_blocks)]
         return self._sites
 
@@ -398,7 +403,6 @@ class AttentionExplainer(Explainer):
                 f"{type(self).__name__} needs gradients, which torch.inference_mode() forbids; call it outside "
                 "inference_mode (torch.no_grad() is fine) or use attention rollout"
             )
-        self.sites()  # a model without attention is refused first, naming the method
         prefix, grid = _attention_token_layout(self.model, x)
         logits, chosen, relevance = self._relevance(x, classes, topk, prefix)
         if relevance.shape[-1] != grid[0] * grid[1]:
@@ -536,5 +540,5 @@ class LeGrad(_GradientAttention):
 
 __all__: Sequence[str] = [
     "AttentionExplainer", "AttentionRollout", "AttentionSite", "GenericAttentionCAM", "LeGrad", "attention_rollout",
-    "attention_sites", "fuse_heads", "rollout_matrix",
+    "attention_sites", "fuse_heads", "no_attention_message", "rollout_matrix",
 ]

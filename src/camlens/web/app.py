@@ -27,7 +27,8 @@ from torch import Tensor
 from .. import __version__
 from ..capture import CamlensError, layer_names, resolve_module
 from ..data.images import ImageError, decode_image, to_tensor
-from ..methods import METHODS, get_method
+from ..methods import METHODS, applicable_methods, get_method
+from ..methods.attention import no_attention_message
 from ..methods.layered import LayerExplainer
 from ..models import LoadedModel
 from ..targets import TargetRecipe, default_layer, parse_target
@@ -104,6 +105,8 @@ def parse_options(params: Mapping[str, str], loaded: LoadedModel, max_topk: int,
     except ValueError:
         raise BadRequest(400, f"unknown method {raw_method!r}; choose from {', '.join(methods)}") from None
     if method not in methods:
+        if method not in applicable_methods(loaded.model):
+            raise BadRequest(400, no_attention_message(method, loaded.model))
         raise BadRequest(400, f"method {method!r} is not offered by this server; choose from {', '.join(methods)}")
     raw_layer = params.get("layer", "").strip()
     task = model_task(loaded)
@@ -202,11 +205,15 @@ def create_app(
     (more get 503); ``max_batch`` > 1 lets a model thread batch requests that arrive together; ``max_pending``
     requests at most are held at once (more get 503); at most ``max_explainers`` explainers are kept (each
     one-pass one on its own copy of the model, see :mod:`camlens.web.engine`); ``methods`` restricts the methods
-    offered (default: all); overlays are rendered at most ``max_side`` pixels on the longer side.
+    offered (default: all that apply: rollout, gae and legrad on transformers only); overlays are rendered at most ``max_side`` pixels on the longer side.
     """
-    offered = tuple(get_method(m).name for m in methods) if methods else tuple(sorted(METHODS))
+    fit = applicable_methods(loaded.model)  # the attention methods on transformers only
+    offered = tuple(get_method(m).name for m in methods) if methods else fit
     if not offered:
         raise CamlensError("methods= names no method")
+    unfit = sorted(set(offered) - set(fit))
+    if unfit:
+        raise CamlensError(no_attention_message(unfit[0], loaded.model))
     limits = Limits(max_upload_bytes, max_pixels, max_topk, max_side, max_pending)
     name = model_name or loaded.arch
     device = next(loaded.model.parameters()).device
