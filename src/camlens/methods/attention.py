@@ -206,10 +206,17 @@ class _Recorder:
 
     def _attend(self, i: int, q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor | None:
         """Record A = softmax(q k^T * scale) of site i; in graph mode return e = A v (B, H, N, d)."""
+        b, h, n, d = q.shape
         with torch.set_grad_enabled(self.graph and torch.is_grad_enabled()):
-            attention = torch.softmax((q @ k.transpose(-2, -1)) * scale, dim=-1)
+            # contiguous (B H, N, d) and (B H, d, N) operands: CPU bmm is ~4x faster on them than on timm's
+            # permuted views; scaling q rather than q k^T touches N/d times fewer values
+            qs = (q * scale).contiguous().view(b * h, n, d)
+            kt = k.reshape(b * h, n, d).transpose(1, 2).contiguous()
+            attention = torch.softmax(torch.bmm(qs, kt), dim=-1).view(b, h, n, n)
             self.attentions[i] = self.keep(attention)
-            return attention @ v if self.graph else None
+            if not self.graph:
+                return None
+            return torch.bmm(attention.view(b * h, n, n), v.reshape(b * h, n, -1)).view(b, h, n, -1)
 
     def _hook(self, i: int, site: AttentionSite) -> None:
         m, add = site.module, self._handles.append
@@ -300,7 +307,8 @@ def rollout_matrix(attention: Tensor, discard_ratio: float = 0.0, prefix_tokens:
         if drop:
             flat = flat.scatter(1, flat.topk(drop, dim=1, largest=False).indices, 0.0)
             a[:, :, prefix_tokens:] = flat.view_as(cols)
-    a = 0.5 * a + 0.5 * torch.eye(a.shape[-1], dtype=a.dtype, device=a.device)
+    a = 0.5 * a
+    a.diagonal(dim1=-2, dim2=-1).add_(0.5)  # + 0.5 I
     return a / a.sum(-1, keepdim=True)
 
 
