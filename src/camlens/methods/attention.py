@@ -99,12 +99,13 @@ def _attention_token_layout(model: nn.Module, x: Tensor) -> tuple[int, tuple[int
     ``patch_size`` with the embeddings' class / distillation / register tokens.
     Stand-in until ``camlens.tokens.token_layout`` is merged; swap it for that at merge."""
     size = tuple(int(s) for s in x.shape[-2:])
+    vit: Any = model  # attributes read by name, per library
     patch_embed = getattr(model, "patch_embed", None)
     config = getattr(model, "config", None)
     if patch_embed is not None and hasattr(model, "num_prefix_tokens"):
-        prefix, patch = int(model.num_prefix_tokens), tuple(patch_embed.patch_size)
+        prefix, patch = int(vit.num_prefix_tokens), tuple(patch_embed.patch_size)
     elif isinstance(getattr(model, "patch_size", None), int) and hasattr(model, "class_token"):
-        prefix, patch = 1, (model.patch_size, model.patch_size)
+        prefix, patch = 1, (vit.patch_size, vit.patch_size)
     elif config is not None and getattr(config, "patch_size", None) is not None:
         p = config.patch_size
         patch = (p, p) if isinstance(p, int) else tuple(p)
@@ -129,14 +130,15 @@ def _attention_token_layout(model: nn.Module, x: Tensor) -> tuple[int, tuple[int
 def _score_projection(model: nn.Module) -> Callable[[Tensor], Tensor]:
     """LeGrad's per-block scores: the model's final normalization and classifier applied to the mean of a block's
     tokens (B, N, C) -> (B, classes), as the paper's code and torchcam do."""
+    vit: Any = model  # attributes read by name, per library
     if all(isinstance(getattr(model, a, None), nn.Module) for a in ("norm", "fc_norm", "head")):  # timm ViT
-        return lambda z: model.head(model.fc_norm(model.norm(z.mean(1))))
-    encoder = getattr(model, "encoder", None)
+        return lambda z: vit.head(vit.fc_norm(vit.norm(z.mean(1))))
+    encoder: Any = getattr(model, "encoder", None)
     if isinstance(getattr(encoder, "ln", None), nn.Module) and isinstance(getattr(model, "heads", None), nn.Module):
-        return lambda z: model.heads(encoder.ln(z.mean(1)))  # torchvision VisionTransformer
-    base = getattr(model, getattr(model, "base_model_prefix", "") or "-", None)
+        return lambda z: vit.heads(encoder.ln(z.mean(1)))  # torchvision VisionTransformer
+    base: Any = getattr(model, getattr(model, "base_model_prefix", "") or "-", None)
     if isinstance(getattr(base, "layernorm", None), nn.Module) and isinstance(getattr(model, "classifier", None), nn.Module):
-        return lambda z: model.classifier(base.layernorm(z.mean(1)))  # Hugging Face *ForImageClassification
+        return lambda z: vit.classifier(base.layernorm(z.mean(1)))  # Hugging Face *ForImageClassification
     raise CamlensError(
         f"LeGrad needs the final norm and classifier of {type(model).__name__} to score each block's tokens; "
         "pass score_projection=callable (tokens (B, N, C) -> logits (B, classes))"
@@ -219,7 +221,8 @@ class _Recorder:
             return torch.bmm(attention.view(b * h, n, n), v.reshape(b * h, n, -1)).view(b, h, n, -1)
 
     def _hook(self, i: int, site: AttentionSite) -> None:
-        m, add = site.module, self._handles.append
+        m: Any = site.module  # submodules read by name, per library
+        add = self._handles.append
         if site.kind == "timm":
             add(m.q_norm.register_forward_hook(self._store(i, "q")))
             add(m.k_norm.register_forward_hook(self._store(i, "k")))
