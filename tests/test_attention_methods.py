@@ -296,3 +296,18 @@ def test_non_square_grid():
     result = AttentionRollout(model)(torch.randn(1, 3, 32, 48))
     assert result.maps.shape == (1, 1, 4, 6)
 
+
+
+def test_grid_that_cannot_be_read_is_named():
+    class Tokens(torch.nn.Module):  # self-attention over patch tokens, but no patch size anywhere
+        def __init__(self):
+            super().__init__()
+            self.embed = torch.nn.Conv2d(3, 8, 8, 8)
+            self.block = torch.nn.TransformerEncoderLayer(8, 2, 16, batch_first=True)
+            self.head = torch.nn.Linear(8, 3)
+
+        def forward(self, x):
+            return self.head(self.block(self.embed(x).flatten(2).transpose(1, 2)).mean(1))
+
+    with pytest.raises(CamlensError, match="cannot read the patch grid of Tokens"):
+        AttentionRollout(Tokens().eval())(torch.randn(1, 3, 32, 32))
