@@ -8,8 +8,8 @@ A = softmax(q k^T / sqrt(d)).  Hooks recompute A from the attention's own q and 
   ``norm`` (an identity unless ``scale_norm``) before ``proj``;
 - torchvision ``EncoderBlock.self_attention`` (``nn.MultiheadAttention``): q, k, v from ``in_proj`` applied to
   the block's normalized input, the output after ``out_proj``;
-- Hugging Face ``transformers`` ViT/DeiT attention: q, k, v from the ``q_proj``/``k_proj``/``v_proj`` outputs, the
-  merged heads at ``o_proj``.
+- Hugging Face ``transformers`` (>= 5) ViT/DeiT attention: q, k, v from the ``q_proj``/``k_proj``/``v_proj``
+  outputs, the merged heads at ``o_proj``.
 
 Gradient methods need d(score)/dA.  There the hook also recomputes the attention output e = A v (through
 ``out_proj`` for torchvision) and hands the network ``out.detach() + (e - e.detach())``: its value is the fused
