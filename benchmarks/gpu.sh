@@ -18,3 +18,6 @@ $methods --skip-gradient --scorecam-batch 8 --scorecam-rounds 5 --scorecam-rows 
 $methods --no-tf32 --repeats 30 --scorecam-rounds 10 --scorecam-rows 64 2>&1 | tee "$out/methods_fp32.log"
 $methods --cudnn-benchmark --skip-gradient --scorecam-rounds 10 --scorecam-rows 64 2>&1 \
     | tee "$out/scorecam_cudnn_benchmark.log"
+# Vision transformer methods (rollout, GAE, LeGrad, Grad-CAM/Eigen-CAM on tokens) and torchcam's LeGrad, as ratios
+# to one forward pass on the GPU (writes its JSON beside the logs, not over the CPU figures in benchmarks/results).
+$py benchmarks/bench_vit.py --device cuda --repeats 20 --out "$out/vit.json" 2>&1 | tee "$out/vit.log"

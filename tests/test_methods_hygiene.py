@@ -15,7 +15,7 @@ import camlens
 from _method_refs import TinyNet
 from camlens import CamlensError, GradCAM, ScoreCAM
 
-LAYER_METHODS = [name for name in camlens.METHODS if name != "cam"]
+LAYER_METHODS = [name for name, cls in camlens.METHODS.items() if name != "cam" and not cls.needs_attention]
 CHEAP = {"sscam": {"num_samples": 2}, "iscam": {"num_samples": 2}}
 
 

@@ -244,7 +244,7 @@ def test_cam_on_a_vit_averaging_its_patch_tokens_is_exact_for_any_input_size():
             assert_close(res.maps.mean((-2, -1)) + res.bias, res.logits.gather(1, res.classes).double(), rtol=1e-5)
             m64 = _gap_vit().double()
             store = {}
-            m64.blocks.register_forward_hook(lambda mod, args, out: store.__setitem__("t", out))
+            m64.blocks.register_forward_hook(lambda mod, args, out, store=store: store.__setitem__("t", out))
             m64(x.double())
             patches = store["t"][:, 4:]  # (B, P, K): the 4 registers dropped (no class token)
             pooled = patches.mean(1)

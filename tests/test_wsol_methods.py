@@ -443,3 +443,16 @@ def test_two_epochs_of_every_method_beat_an_untrained_network(zeros_and_ones, on
             opt.step()
     trained = accuracy()
     assert untrained <= 0.55 and trained >= 0.60, (untrained, trained)
+
+
+def test_the_inference_side_knows_every_parameter_of_every_method():
+    """wsolnet checks a checkpoint's record without importing training: its list of each method's parameters
+    must be the training dataclass's fields."""
+    import dataclasses
+
+    from camlens.wsolnet import CHECKPOINT_MODULES, PARAMETERS
+
+    for name, cls in WSOL_METHODS.items():
+        fields = tuple(f.name for f in dataclasses.fields(cls) if f.init)
+        assert PARAMETERS[name] == fields, name
+        assert name in CHECKPOINT_MODULES

@@ -1,7 +1,7 @@
 """camlens: Class Activation Maps and their family for PyTorch."""
 
 from . import methods
-from .capture import layer_names, tokens_to_grid
+from .capture import layer_names
 from .data.images import as_image, load_image
 from .errors import CamlensError, NotAGapClassifierError
 from .explanation import Explanation, explain

@@ -112,6 +112,9 @@ def build_backbone(arch: str, num_classes: int | None = None, weights: str | Non
             return timm.create_model(arch[5:], pretrained=pretrained, **kwargs)
         except RuntimeError as err:
             raise CamlensError(f"timm model {arch[5:]!r}: {err}") from err
+        except OSError as err:  # huggingface_hub's offline / not-found errors
+            raise CamlensError(f"cannot download the weights of timm model {arch[5:]!r} ({type(err).__name__}); "
+                               "offline, use --weights none or --checkpoint FILE") from err
     import torchvision.models as tvm
 
     if model_task(arch) != "classification":

@@ -25,7 +25,8 @@ class GridLayout(Protocol):
     """What :func:`locate_gap_head` needs of a token model's layout (:class:`camlens.tokens.TokenLayout`): its
     family's name and how a layer output lies on the patch grid."""
 
-    family: str
+    @property
+    def family(self) -> str: ...
 
     def to_grid(self, t: Tensor) -> Tensor: ...
 

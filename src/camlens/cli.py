@@ -229,7 +229,8 @@ def skipped_lines(summary, task: str | None) -> list[tuple[str, bool]]:
 def add_method_args(p: argparse.ArgumentParser) -> None:
     """The CAM method and its target layers, shared by explain, localize and evaluate."""
     p.add_argument("--method", default="cam", help="cam, gradcam, gradcampp, xgradcam, layercam, hirescam, scorecam, "
-                                                   "sscam, iscam, ablationcam, eigencam (default: cam)")
+                                                   "sscam, iscam, ablationcam, eigencam; on vision transformers also "
+                                                   "rollout, gae (Chefer et al.), legrad (default: cam)")
     p.add_argument("--layer", action="append", help="target layer name (default: found automatically; repeat to fuse)")
     p.add_argument("--fuse", "--target-layer-fuse", choices=["max", "mean"], default="max",
                    help="how maps of several --layer are combined, after min-max normalizing and upsampling each")

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from torch import nn
+
+from ..capture import unwrap_model
 from ..errors import CamlensError
 from .activation import CAM, ISCAM, SSCAM, AblationCAM, ScoreCAM
+from .attention import AttentionExplainer, AttentionRollout, GenericAttentionCAM, LeGrad, attention_sites
 from .base import CAMResult, Cancelled, Explainer, select_classes, stop_when
 from .decomposition import EigenCAM
 from .gradient import GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, XGradCAM
@@ -11,7 +15,8 @@ from .layered import LayerExplainer
 
 METHODS: dict[str, type[Explainer]] = {
     cls.name: cls
-    for cls in (CAM, GradCAM, GradCAMPlusPlus, XGradCAM, LayerCAM, HiResCAM, ScoreCAM, SSCAM, ISCAM, AblationCAM, EigenCAM)
+    for cls in (CAM, GradCAM, GradCAMPlusPlus, XGradCAM, LayerCAM, HiResCAM, ScoreCAM, SSCAM, ISCAM, AblationCAM, EigenCAM,
+                AttentionRollout, GenericAttentionCAM, LeGrad)
 }
 
 
@@ -31,23 +36,42 @@ def get_method(name: str) -> type[Explainer]:
     return METHODS[key]
 
 
+def applicable_methods(model: nn.Module) -> tuple[str, ...]:
+    """The names of the registered methods that apply to ``model``, sorted: the attention methods (rollout, gae,
+    legrad) only where it has self-attention (:func:`camlens.methods.attention.attention_sites`).
+
+    Args:
+        model: the model to explain.
+
+    Returns:
+        Method names, keys of :data:`METHODS`.
+    """
+    has_attention = bool(attention_sites(unwrap_model(model)))
+    return tuple(name for name in sorted(METHODS) if has_attention or not METHODS[name].needs_attention)
+
+
 __all__ = [
     "AblationCAM",
+    "AttentionExplainer",
+    "AttentionRollout",
     "CAM",
     "CAMResult",
     "Cancelled",
     "EigenCAM",
     "Explainer",
+    "GenericAttentionCAM",
     "GradCAM",
     "GradCAMPlusPlus",
     "HiResCAM",
     "ISCAM",
     "LayerCAM",
     "LayerExplainer",
+    "LeGrad",
     "METHODS",
     "SSCAM",
     "ScoreCAM",
     "XGradCAM",
+    "applicable_methods",
     "get_method",
     "select_classes",
     "stop_when",

@@ -143,7 +143,9 @@ class Explainer:
     server, the CLI): ``thread_safe`` (one instance may be called from several threads at once, tested from 8),
     ``draws_noise`` (takes a ``generator``), ``fuses_layers`` (``layer`` may be a list), ``expensive`` (passes per
     channel, seconds to minutes an image on CPU; stops between passes under :func:`stop_when`) and
-    ``exclusive_setup`` (:meth:`prepare` touches process-wide state: run it while no other thread runs a model).
+    ``exclusive_setup`` (:meth:`prepare` touches process-wide state: run it while no other thread runs a model) and
+    ``needs_attention`` (reads a transformer's self-attention: applies to ViTs only, see
+    :func:`camlens.methods.applicable_methods`).
 
     Args:
         model: the model; a DataParallel / DistributedDataParallel wrapper is looked through (hooks go on the
@@ -159,6 +161,7 @@ class Explainer:
     fuses_layers: ClassVar[bool] = False
     expensive: ClassVar[bool] = False
     exclusive_setup: ClassVar[bool] = False
+    needs_attention: ClassVar[bool] = False
 
     def __init__(self, model: ModelLike, layer: LayerSpec | Sequence[LayerSpec] | None = None) -> None:
         self.model = unwrap_model(model)  # DataParallel / DistributedDataParallel: the module inside

@@ -29,7 +29,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .. import distributed
-from ..capture import find_classifier
+from ..capture import find_classifier, output_logits
 from ..distributed import Context, barrier, shard_batches, sum_tensors
 from ..errors import CamlensError
 from ..models import IMAGENET_MEAN, IMAGENET_STD, Preprocess, build_model

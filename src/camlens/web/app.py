@@ -32,7 +32,8 @@ from .. import __version__
 from ..capture import layer_names, resolve_module
 from ..data.images import BudgetFull, DecodeBudget, FormatError, ImageError, decode_image, image_pixels, to_tensor
 from ..errors import CamlensError
-from ..methods import METHODS, get_method
+from ..methods import METHODS, applicable_methods, get_method
+from ..methods.attention import no_attention_message
 from ..methods.layered import LayerExplainer
 from ..models import LoadedModel
 from ..targets import TargetRecipe, default_layer, parse_target
@@ -115,6 +116,8 @@ def parse_options(params: Mapping[str, str], loaded: LoadedModel, max_topk: int,
     except ValueError:
         raise BadRequest(400, f"unknown method {raw_method!r}; choose from {', '.join(methods)}") from None
     if method not in methods:
+        if method not in applicable_methods(loaded.model):
+            raise BadRequest(400, no_attention_message(method, loaded.model))
         raise BadRequest(400, f"method {method!r} is not offered by this server; choose from {', '.join(methods)}")
     raw_layer = params.get("layer", "").strip()
     task = model_task(loaded)
@@ -254,7 +257,7 @@ def create_app(
     (more get 503); ``max_batch`` > 1 lets a model thread batch requests that arrive together; ``max_pending``
     requests at most are held at once (more get 503); at most ``max_explainers`` explainers are kept (each
     one-pass one on its own copy of the model, see :mod:`camlens.web.engine`); ``methods`` restricts the methods
-    offered (default: all); overlays are rendered at most ``max_side`` pixels on the longer side.
+    offered (default: all that apply: rollout, gae and legrad on transformers only); overlays are rendered at most ``max_side`` pixels on the longer side.
 
     Only requests whose Host is in ``allowed_hosts`` are served (None: any host; `camlens serve` passes the
     bound address and the loopback names, see :func:`camlens.web.guard.default_hosts`); cross-site
@@ -265,9 +268,13 @@ def create_app(
     ``DecodeBudget.for_batches(workers * max_batch, input size, max_pixels)``); an upload that finds no room
     within :data:`DECODE_WAIT_S` seconds gets a 503 with Retry-After.
     """
-    offered = tuple(get_method(m).name for m in methods) if methods else tuple(sorted(METHODS))
+    fit = applicable_methods(loaded.model)  # the attention methods on transformers only
+    offered = tuple(get_method(m).name for m in methods) if methods else fit
     if not offered:
         raise CamlensError("methods= names no method")
+    unfit = sorted(set(offered) - set(fit))
+    if unfit:
+        raise CamlensError(no_attention_message(unfit[0], loaded.model))
     limits = Limits(max_upload_bytes, max_pixels, max_topk, max_side, max_pending, body_timeout, min_body_rate)
     budget = (DecodeBudget(decode_budget) if decode_budget else
               DecodeBudget.for_batches(workers * max_batch, loaded.preprocess.size, max_pixels))

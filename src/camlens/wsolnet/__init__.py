@@ -49,6 +49,19 @@ RECORDED_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
+# every parameter each method takes (the training dataclasses' fields; tests/test_wsol_methods.py keeps the two
+# lists equal), so a checkpoint's record can be checked without the training side
+PARAMETERS: dict[str, tuple[str, ...]] = {
+    "cam": (),
+    "has": ("patch_size", "drop_rate", "reference_grid"),
+    "cutmix": ("beta", "prob"),
+    "acol": ("threshold",),
+    "adl": ("drop_rate", "threshold", "positions"),
+    "spg": ("threshold_1h", "threshold_1l", "threshold_2h", "threshold_2l", "threshold_3h", "threshold_3l",
+            "branches"),
+}
+
+
 def recorded_config(name: str, params: Mapping[str, Any], recorded: Mapping[str, Any] | None = None) -> dict:
     """The record of a WSOL method for a checkpoint that does not keep it (Choe et al.'s files) or keeps it without
     ``params``: the name, the defaults of the parameters its network and map depend on, ``recorded`` and
@@ -65,11 +78,11 @@ def recorded_config(name: str, params: Mapping[str, Any], recorded: Mapping[str,
     name = name.lower()
     if name not in CHECKPOINT_MODULES:
         raise CamlensError(f"unknown WSOL method {name!r}; choose from {', '.join(CHECKPOINT_MODULES)}")
-    known = set(RECORDED_DEFAULTS.get(name, {})) | set(recorded or {}) - {"name"}
+    known = set(PARAMETERS.get(name, ())) | set(recorded or {}) - {"name"}
     unknown = sorted(set(params) - known)
     if unknown:
-        raise CamlensError(f"WSOL method {name}: parameter(s) {', '.join(unknown)} do not change a loaded network or "
-                           f"its map; it takes {', '.join(sorted(known)) or 'none'}")
+        raise CamlensError(f"WSOL method {name}: unknown parameter(s) {', '.join(unknown)}; it takes "
+                           f"{', '.join(sorted(known)) or 'none'}")
     return {**RECORDED_DEFAULTS.get(name, {}), **(recorded or {}), **params, "name": name}
 
 
@@ -147,6 +160,6 @@ def build_explainer(model: ModelLike, method: str = "cam", layer: str | None = N
     return cls(model, layer=layer, **options)
 
 
-__all__ = ["ADL", "ACoLCAM", "BRANCHES", "BRANCH_B", "CHECKPOINT_MODULES", "MARK", "META_KEY", "RECORDED_DEFAULTS",
+__all__ = ["ADL", "ACoLCAM", "BRANCHES", "BRANCH_B", "CHECKPOINT_MODULES", "MARK", "META_KEY", "PARAMETERS", "RECORDED_DEFAULTS",
            "attach_recorded", "recorded_config",
            "build_explainer", "check_fraction", "mark", "method_explainer", "trained_explainer"]

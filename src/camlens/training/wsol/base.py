@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ...capture import output_logits
 from ...errors import CamlensError
 from ...methods.base import Explainer
 from ...wsolnet import check_fraction, mark, trained_explainer

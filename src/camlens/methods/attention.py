@@ -1,0 +1,534 @@
+"""Transformer-native methods, read from the attention probabilities of a ViT: attention rollout (Abnar &
+Zuidema, 2020), Chefer et al.'s generic attention-model explainability (2021) and LeGrad (Bousselham et al., 2024).
+
+timm and PyTorch run fused scaled-dot-product attention, which never materializes the probabilities
+A = softmax(q k^T / sqrt(d)).  Hooks recompute A from the attention's own q and k during the call:
+
+- timm ``Attention``: q and k from the ``q_norm`` / ``k_norm`` outputs, v from ``qkv``; the merged heads arrive at
+  ``norm`` (an identity unless ``scale_norm``) before ``proj``;
+- torchvision ``EncoderBlock.self_attention`` (``nn.MultiheadAttention``): q, k, v from ``in_proj`` applied to
+  the block's normalized input, the output after ``out_proj``;
+- Hugging Face ``transformers`` (>= 5) ViT/DeiT attention: q, k, v from the ``q_proj``/``k_proj``/``v_proj``
+  outputs, the merged heads at ``o_proj``.
+
+Gradient methods need d(score)/dA.  There the hook also recomputes the attention output e = A v (through
+``out_proj`` for torchvision) and hands the network ``out.detach() + (e - e.detach())``: its value is the fused
+output exactly (e - e.detach() is +0), so the logits do not change, and autograd sees only the explicit path, so
+the gradient that reaches A is exactly d(score)/dA of softmax(q k^T / sqrt(d)) v.  Hooks live for one call only:
+nothing is left on the model afterwards.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
+
+from ..capture import output_logits
+from ..errors import CamlensError
+from ..tokens import token_layout
+from .base import CAMResult, ClassSpec, Explainer, select_classes
+from .layered import score_gradients
+
+HEAD_FUSIONS = ("mean", "max", "min")
+
+
+@dataclass
+class AttentionSite:
+    """One self-attention module of a transformer, and the block around it (its output is the block's tokens)."""
+
+    name: str
+    module: nn.Module
+    block: nn.Module
+    kind: str  # "timm", "torchvision" or "hf"
+    heads: int
+    scale: float
+
+
+def _is_timm_attention(module: nn.Module) -> bool:
+    return all(isinstance(getattr(module, a, None), nn.Module) for a in ("qkv", "q_norm", "k_norm", "norm", "proj")) \
+        and isinstance(getattr(module, "num_heads", None), int) and isinstance(getattr(module, "scale", None), float)
+
+
+def _is_hf_attention(module: nn.Module) -> bool:
+    return all(isinstance(getattr(module, a, None), nn.Linear) for a in ("q_proj", "k_proj", "v_proj", "o_proj")) \
+        and isinstance(getattr(module, "num_attention_heads", None), int)
+
+
+def attention_sites(model: nn.Module) -> list[AttentionSite]:
+    """The self-attention modules of ``model`` in execution order (timm ``Attention``, ``nn.MultiheadAttention``
+    inside torchvision's encoder blocks, Hugging Face ViT/DeiT attention).
+
+    Args:
+        model: a vision transformer.
+
+    Returns:
+        One :class:`AttentionSite` per block; empty for a model without such attention (a CNN).
+    """
+    parents = {name: module for name, module in model.named_modules()}
+    sites = []
+    for name, module in model.named_modules():
+        if _is_timm_attention(module):
+            kind, heads, scale = "timm", int(module.num_heads), float(module.scale)
+        elif isinstance(module, nn.MultiheadAttention):
+            if not module.batch_first or not module._qkv_same_embed_dim or module.bias_k is not None:
+                continue
+            kind, heads, scale = "torchvision", module.num_heads, module.head_dim ** -0.5
+        elif _is_hf_attention(module):
+            head_dim = module.q_proj.out_features // int(module.num_attention_heads)
+            scale = float(getattr(module, "scaling", head_dim ** -0.5))
+            kind, heads = "hf", int(module.num_attention_heads)
+        else:
+            continue
+        block_name = name.rsplit(".", 1)[0] if "." in name else ""
+        sites.append(AttentionSite(name, module, parents[block_name], kind, heads, scale))
+    return sites
+
+
+def no_attention_message(method: str, model: nn.Module) -> str:
+    """The one-line refusal of an attention method on a model without self-attention."""
+    return (f"method {method!r} needs a vision transformer's self-attention; {type(model).__name__} has none "
+            "(a CNN?): use a layer method (gradcam, eigencam, cam) on it")
+
+
+def _attention_token_layout(model: nn.Module, x: Tensor) -> tuple[int, tuple[int, int]]:
+    """(prefix tokens, patch grid (h, w)) of a ViT for input ``x``, read by :func:`camlens.tokens.token_layout`."""
+    layout = token_layout(model, tuple(x.shape[-2:]))
+    if layout is None or layout.channels_last:
+        raise CamlensError(
+            f"cannot read the patch grid of {type(model).__name__}: attention methods support timm, torchvision and "
+            "Hugging Face ViTs (patch_embed / patch_size / config.patch_size)"
+        )
+    return layout.prefix, layout.grid
+
+
+def _score_projection(model: nn.Module) -> Callable[[Tensor], Tensor]:
+    """LeGrad's per-block scores: the model's final normalization and classifier applied to the mean of a block's
+    tokens (B, N, C) -> (B, classes), as the paper's code and torchcam do."""
+    vit: Any = model  # attributes read by name, per library
+    if all(isinstance(getattr(model, a, None), nn.Module) for a in ("norm", "fc_norm", "head")):  # timm ViT
+        return lambda z: vit.head(vit.fc_norm(vit.norm(z.mean(1))))
+    encoder: Any = getattr(model, "encoder", None)
+    if isinstance(getattr(encoder, "ln", None), nn.Module) and isinstance(getattr(model, "heads", None), nn.Module):
+        return lambda z: vit.heads(encoder.ln(z.mean(1)))  # torchvision VisionTransformer
+    base: Any = getattr(model, getattr(model, "base_model_prefix", "") or "-", None)
+    if isinstance(getattr(base, "layernorm", None), nn.Module) and isinstance(getattr(model, "classifier", None), nn.Module):
+        return lambda z: vit.classifier(base.layernorm(z.mean(1)))  # Hugging Face *ForImageClassification
+    raise CamlensError(
+        f"LeGrad needs the final norm and classifier of {type(model).__name__} to score each block's tokens; "
+        "pass score_projection=callable (tokens (B, N, C) -> logits (B, classes))"
+    )
+
+
+def _split_heads(t: Tensor, heads: int) -> Tensor:
+    """(B, N, H * d) -> (B, H, N, d)."""
+    return t.unflatten(-1, (heads, -1)).transpose(1, 2)
+
+
+def _first_tensor(args: tuple[Any, ...], kwargs: dict[str, Any], key: str) -> Tensor:
+    return args[0] if args else kwargs[key]
+
+
+class _Recorder:
+    """The hooks of one call: per site, the attention probabilities (B, H, N, N), passed to ``keep`` (which returns
+    what is stored), and optionally the block's output tokens.  ``graph``: the attention is recomputed in the autograd
+    graph and substituted into the network (value unchanged, see the module docstring); ``leaves``: sites whose block
+    input becomes a leaf that requires grad (no gradient flows below it, also with frozen parameters)."""
+
+    def __init__(self, sites: Sequence[AttentionSite], *, graph: bool, leaves: Sequence[int] = (),
+                 keep: Callable[[Tensor], Tensor] = lambda a: a, block_outputs: bool = False) -> None:
+        self.graph, self.keep = graph, keep
+        self.attentions: list[Tensor | None] = [None] * len(sites)
+        self.outputs: list[Tensor | None] = [None] * len(sites)
+        self._qkv: list[dict[str, Tensor]] = [{} for _ in sites]
+        self._handles: list[RemovableHandle] = []
+        try:
+            for i, site in enumerate(sites):
+                self._hook(i, site)
+                if i in leaves:
+                    self._handles.append(site.block.register_forward_pre_hook(self._leaf, with_kwargs=True))
+                if block_outputs:
+                    self._handles.append(site.block.register_forward_hook(self._output_hook(i)))
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def __enter__(self) -> "_Recorder":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @staticmethod
+    def _leaf(block: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        if args:
+            return (args[0].detach().requires_grad_(), *args[1:]), kwargs
+        key = next(k for k, v in kwargs.items() if isinstance(v, Tensor))
+        return args, {**kwargs, key: kwargs[key].detach().requires_grad_()}
+
+    def _output_hook(self, i: int) -> Callable[..., None]:
+        def hook(block: nn.Module, args: Any, output: Any) -> None:
+            self.outputs[i] = output if isinstance(output, Tensor) else output[0]
+        return hook
+
+    def _store(self, i: int, name: str) -> Callable[..., None]:
+        def hook(module: nn.Module, args: Any, output: Tensor) -> None:
+            self._qkv[i][name] = output
+        return hook
+
+    def _attend(self, i: int, q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor | None:
+        """Record A = softmax(q k^T * scale) of site i; in graph mode return e = A v (B, H, N, d)."""
+        b, h, n, d = q.shape
+        with torch.set_grad_enabled(self.graph and torch.is_grad_enabled()):
+            # contiguous (B H, N, d) and (B H, d, N) operands: CPU bmm is ~4x faster on them than on timm's
+            # permuted views; scaling q rather than q k^T touches N/d times fewer values
+            qs = (q * scale).contiguous().view(b * h, n, d)
+            kt = k.reshape(b * h, n, d).transpose(1, 2).contiguous()
+            attention = torch.softmax(torch.bmm(qs, kt), dim=-1).view(b, h, n, n)
+            self.attentions[i] = self.keep(attention)
+            if not self.graph:
+                return None
+            return torch.bmm(attention.view(b * h, n, n), v.reshape(b * h, n, -1)).view(b, h, n, -1)
+
+    def _hook(self, i: int, site: AttentionSite) -> None:
+        m: Any = site.module  # submodules read by name, per library
+        add = self._handles.append
+        if site.kind == "timm":
+            add(m.q_norm.register_forward_hook(self._store(i, "q")))
+            add(m.k_norm.register_forward_hook(self._store(i, "k")))
+            add(m.qkv.register_forward_hook(self._store(i, "qkv")))
+
+            def merged_timm(module: nn.Module, args: tuple[Tensor, ...]) -> tuple[Tensor, ...] | None:
+                s = self._qkv[i]
+                v = s["qkv"].unflatten(-1, (3, site.heads, -1))[:, :, 2].transpose(1, 2)
+                e = self._attend(i, s["q"], s["k"], v, site.scale)
+                s.clear()
+                return None if e is None else (_substitute(args[0], e.transpose(1, 2).flatten(2)), *args[1:])
+
+            add(m.norm.register_forward_pre_hook(merged_timm))
+        elif site.kind == "hf":
+            for name in ("q", "k", "v"):
+                add(getattr(m, f"{name}_proj").register_forward_hook(self._store(i, name)))
+
+            def merged_hf(module: nn.Module, args: tuple[Tensor, ...]) -> tuple[Tensor, ...] | None:
+                s = self._qkv[i]
+                q, k, v = (_split_heads(s[n], site.heads) for n in ("q", "k", "v"))
+                e = self._attend(i, q, k, v, site.scale)
+                s.clear()
+                return None if e is None else (_substitute(args[0], e.transpose(1, 2).flatten(2)), *args[1:])
+
+            add(m.o_proj.register_forward_pre_hook(merged_hf))
+        else:
+            def after_mha(module: nn.MultiheadAttention, args: tuple[Any, ...], kwargs: dict[str, Any],
+                          output: tuple[Tensor, Tensor | None]) -> tuple[Tensor, Tensor | None] | None:
+                query = _first_tensor(args, kwargs, "query")
+                q, k, v = (_split_heads(t, site.heads)
+                           for t in F.linear(query, module.in_proj_weight, module.in_proj_bias).chunk(3, -1))
+                e = self._attend(i, q, k, v, site.scale)
+                if e is None:
+                    return None
+                return _substitute(output[0], module.out_proj(e.transpose(1, 2).flatten(2))), output[1]
+
+            add(m.register_forward_hook(after_mha, with_kwargs=True))
+
+
+def _substitute(fused: Tensor, explicit: Tensor) -> Tensor:
+    """The fused value, with the explicit computation's gradient: ``fused.detach() + (e - e.detach())``."""
+    return fused.detach() + (explicit - explicit.detach())
+
+
+def fuse_heads(attention: Tensor, head_fusion: str = "mean") -> Tensor:
+    """Attention (B, H, N, N) fused over heads by ``mean``, ``max`` or ``min`` (Abnar & Zuidema's head fusion).
+
+    Args:
+        attention: attention probabilities, heads on dim 1.
+        head_fusion: "mean", "max" or "min".
+
+    Returns:
+        (B, N, N).
+    """
+    if head_fusion == "mean":
+        return attention.mean(1)
+    if head_fusion == "max":
+        return attention.amax(1)
+    if head_fusion == "min":
+        return attention.amin(1)
+    raise CamlensError(f"head_fusion={head_fusion!r}: use one of {', '.join(HEAD_FUSIONS)}")
+
+
+def rollout_matrix(attention: Tensor, discard_ratio: float = 0.0, prefix_tokens: int = 1) -> Tensor:
+    """One layer's rollout factor from head-fused attention A (B, N, N): the ``discard_ratio`` fraction of the
+    lowest entries set to 0 (entries attending to the prefix tokens are never dropped), then
+    A_hat = rownorm(0.5 A + 0.5 I), the residual connection as an identity (Abnar & Zuidema, 2020, Sec. 3).
+
+    Args:
+        attention: head-fused attention (B, N, N), rows the query tokens.
+        discard_ratio: fraction in [0, 1) of the non-prefix-column entries of each sample to zero.
+        prefix_tokens: the class / distillation / register tokens at the start of the sequence.
+
+    Returns:
+        (B, N, N) row-stochastic.
+    """
+    if not 0.0 <= discard_ratio < 1.0:
+        raise CamlensError(f"discard_ratio={discard_ratio}: use a fraction in [0, 1)")
+    a = attention.float()
+    if discard_ratio > 0:
+        a = a.clone()
+        cols = a[:, :, prefix_tokens:]
+        flat = cols.reshape(a.shape[0], -1)
+        drop = int(flat.shape[1] * discard_ratio)
+        if drop:
+            flat = flat.scatter(1, flat.topk(drop, dim=1, largest=False).indices, 0.0)
+            a[:, :, prefix_tokens:] = flat.view_as(cols)
+    a = 0.5 * a
+    a.diagonal(dim1=-2, dim2=-1).add_(0.5)  # + 0.5 I
+    return a / a.sum(-1, keepdim=True)
+
+
+def _query_row(batch: int, tokens: int, prefix: int, device: torch.device) -> Tensor:
+    """The row that reads a relevance matrix: the class token's (e_0) with prefix tokens, the mean over all tokens
+    (1/N) without (a model pooling its patch tokens has no single token that carries the prediction)."""
+    row = torch.zeros(batch, tokens, device=device)
+    if prefix:
+        row[:, 0] = 1.0
+    else:
+        row += 1.0 / tokens
+    return row
+
+
+def attention_rollout(attentions: Sequence[Tensor], *, head_fusion: str = "mean", discard_ratio: float = 0.0,
+                      prefix_tokens: int = 1) -> Tensor:
+    """Attention rollout (Abnar & Zuidema, ACL 2020, "Quantifying Attention Flow in Transformers").
+
+    A_hat_l = rownorm(0.5 fuse_h(A_l) + 0.5 I);  R = A_hat_L ... A_hat_1;  relevance = R[cls, patches], or the mean
+    of R's rows over patches for a model without prefix tokens.
+
+    Args:
+        attentions: per block in execution order, attention probabilities (B, H, N, N).
+        head_fusion: "mean", "max" or "min" over heads.
+        discard_ratio: see :func:`rollout_matrix`.
+        prefix_tokens: the class / distillation / register tokens at the start of the sequence.
+
+    Returns:
+        (B, N - prefix_tokens) relevance of each patch token.
+    """
+    first = attentions[0]
+    row = _query_row(first.shape[0], first.shape[-1], prefix_tokens, first.device)
+    for attention in reversed(attentions):  # row^T A_hat_L ... A_hat_1, from the left
+        row = torch.einsum("bi,bij->bj", row, rollout_matrix(fuse_heads(attention, head_fusion), discard_ratio,
+                                                             prefix_tokens))
+    return row[:, prefix_tokens:]
+
+
+def _block_indices(blocks: int | Sequence[int] | None, count: int, default: int | None) -> list[int]:
+    """Indices of the blocks used: None (the method's default: the last ``default`` blocks, all if None), an int
+    k (the last k blocks) or explicit indices (negative counted from the end)."""
+    if blocks is None:
+        blocks = count if default is None else default
+    if isinstance(blocks, int):
+        if not 1 <= blocks <= count:
+            raise CamlensError(f"blocks={blocks}: the model has {count} attention blocks; use 1..{count}")
+        return list(range(count - blocks, count))
+    out = sorted({b % count if -count <= b < count else count for b in blocks})
+    if not out or out[-1] >= count:
+        raise CamlensError(f"blocks={list(blocks)}: give block indices within 0..{count - 1}")
+    return out
+
+
+class AttentionExplainer(Explainer):
+    """Base of the methods that read a transformer's attention.  ``blocks``: which attention blocks (None: the
+    method's default; k: the last k; or a list of indices).  ``layer`` is not used (maps are at the patch grid)
+    and must be None.  Maps are raw (B, N, h, w) on the patch grid, prefix tokens (class, distillation, registers)
+    left out; every call places its hooks and removes them before returning."""
+
+    needs_attention = True
+    default_blocks: ClassVar[int | None] = None
+
+    def __init__(self, model: nn.Module, layer: Any = None, *, blocks: int | Sequence[int] | None = None) -> None:
+        super().__init__(model, None)
+        if layer is not None:
+            raise CamlensError(
+                f"{self.name} reads the attention of transformer blocks, not a layer: pass blocks= (the last k blocks "
+                "or a list of indices) instead of layer="
+            )
+        self.blocks = blocks
+        self._sites: list[AttentionSite] | None = None
+        self.sites()  # a model without self-attention is refused here, before any work
+
+    def sites(self) -> list[AttentionSite]:
+        """The attention sites this explainer reads, in execution order."""
+        if self._sites is None:
+            found = attention_sites(self.model)
+            if not found:
+                raise CamlensError(no_attention_message(self.name, self.model))
+            self._sites = [found[i] for i in _block_indices(self.blocks, len(found), self.default_blocks)]
+        return self._sites
+
+    def _layer_name(self) -> str:
+        sites = self.sites()
+        return sites[0].name if len(sites) == 1 else f"{sites[0].name}..{sites[-1].name}"
+
+    def __call__(self, x: Tensor, classes: ClassSpec = None, *, topk: int = 1) -> CAMResult:
+        """Explain ``classes`` (see :func:`camlens.methods.base.select_classes`; default the ``topk`` best).
+
+        Args:
+            x: images (B, C, H, W) with H, W multiples of the patch size.
+            classes: classes to explain, or None for the ``topk`` highest logits.
+            topk: how many of the highest logits, when ``classes`` is None.
+
+        Returns:
+            :class:`CAMResult` with maps (B, N, h, w) on the patch grid.
+        """
+        if self.needs_gradients and torch.is_inference_mode_enabled():
+            raise CamlensError(
+                f"{type(self).__name__} needs gradients, which torch.inference_mode() forbids; call it outside "
+                "inference_mode (torch.no_grad() is fine) or use attention rollout"
+            )
+        prefix, grid = _attention_token_layout(self.model, x)
+        logits, chosen, relevance = self._relevance(x, classes, topk, prefix)
+        if relevance.shape[-1] != grid[0] * grid[1]:
+            raise CamlensError(
+                f"{type(self.model).__name__} has {relevance.shape[-1] + prefix} tokens, not {prefix} prefix + "
+                f"{grid[0]}x{grid[1]} patches for input {tuple(x.shape[-2:])}"
+            )
+        maps = relevance.reshape(*relevance.shape[:2], *grid)
+        return CAMResult(logits=logits.detach(), classes=chosen, maps=maps.detach(), layer=self._layer_name())
+
+    def _relevance(self, x: Tensor, classes: ClassSpec, topk: int, prefix: int) -> tuple[Tensor, Tensor, Tensor]:
+        """(logits (B, C), classes (B, N), relevance (B, N, patches))."""
+        raise NotImplementedError
+
+
+class AttentionRollout(AttentionExplainer):
+    """Attention rollout (Abnar & Zuidema, ACL 2020, "Quantifying Attention Flow in Transformers").
+
+    A_l = fuse_h softmax(q k^T / sqrt(d)) (head fusion ``mean``, ``max`` or ``min``), optionally with the lowest
+    ``discard_ratio`` of each sample's entries set to 0 (never those attending to the class/prefix tokens, as in
+    the common implementation of Gildenblat's vit-explain); A_hat_l = rownorm(0.5 A_l + 0.5 I) (the residual as
+    an identity); R = A_hat_L ... A_hat_1; map = R[cls, patches].  A model without prefix tokens (patch tokens
+    pooled) takes the mean of R's rows instead.
+
+    Class-agnostic: every explained class gets the same map (``classes`` is still filled).  One forward pass with
+    no gradients; the fused attention keeps running, q k^T is recomputed beside it.
+    """
+
+    name = "rollout"
+    thread_safe = False
+
+    def __init__(self, model: nn.Module, layer: Any = None, *, blocks: int | Sequence[int] | None = None,
+                 head_fusion: str = "mean", discard_ratio: float = 0.0) -> None:
+        super().__init__(model, layer, blocks=blocks)
+        if head_fusion not in HEAD_FUSIONS:
+            raise CamlensError(f"head_fusion={head_fusion!r}: use one of {', '.join(HEAD_FUSIONS)}")
+        if not 0.0 <= discard_ratio < 1.0:
+            raise CamlensError(f"discard_ratio={discard_ratio}: use a fraction in [0, 1)")
+        self.head_fusion, self.discard_ratio = head_fusion, discard_ratio
+
+    def _relevance(self, x: Tensor, classes: ClassSpec, topk: int, prefix: int) -> tuple[Tensor, Tensor, Tensor]:
+        def keep(attention: Tensor) -> Tensor:  # heads fused in the hook: (B, 1, N, N) stored, not (B, H, N, N)
+            return fuse_heads(attention.float(), self.head_fusion).unsqueeze(1)
+
+        with _Recorder(self.sites(), graph=False, keep=keep) as rec, torch.no_grad():
+            output = self.model(x)
+        logits = output_logits(output)
+        chosen = select_classes(logits, classes, topk)
+        relevance = attention_rollout([a for a in rec.attentions if a is not None], head_fusion="mean",
+                                      discard_ratio=self.discard_ratio, prefix_tokens=prefix)
+        return logits, chosen, relevance[:, None].expand(-1, chosen.shape[1], -1)
+
+
+class _GradientAttention(AttentionExplainer):
+    needs_gradients = True
+    thread_safe = False
+
+    def _gradients(self, x: Tensor, classes: ClassSpec, topk: int, leaves: Sequence[int], block_outputs: bool,
+                   scores: Callable[[Tensor, Tensor, _Recorder], Tensor]) -> tuple[Tensor, Tensor, list[Tensor], list[Tensor]]:
+        """One forward pass with the attention in the graph, then d scores / d A_l for every site from one backward.
+        Returns logits, classes, attentions (B, H, N, N) and their gradients (B, N, H, N, N)."""
+        sites = self.sites()
+        # the whole pass in grad mode, as a plain model(x): torchvision's attention takes another kernel without
+        # grad, so a pass that switched modes midway would not give the caller's logits bit for bit
+        with _Recorder(sites, graph=True, leaves=leaves, block_outputs=block_outputs) as rec, torch.enable_grad():
+            output = self.model(x)
+        logits = output_logits(output)
+        chosen = select_classes(logits.detach(), classes, topk)
+        attentions = [a for a in rec.attentions if a is not None]
+        with torch.enable_grad():
+            grads = score_gradients(scores(logits, chosen, rec), attentions, [s.name for s in sites])
+        return logits, chosen, attentions, grads
+
+
+class GenericAttentionCAM(_GradientAttention):
+    """Generic attention-model explainability (Chefer, Gur & Wolf, ICCV 2021, "Generic Attention-model
+    Explainability for Interpreting Bi-Modal and Encoder-Decoder Transformers"), for self-attention (their eq. 5-6).
+
+    A_bar_l = E_h[(grad_l ⊙ A_l)^+] with grad_l = d y_c / d A_l;  R = I;  R <- R + A_bar_l R for l = 1..L;
+    map = R[cls, patches] (the mean of R's rows for a model without prefix tokens).
+
+    One forward pass with the attention in the autograd graph, one backward to the first block used (the whole
+    network by default, as the paper does: ``blocks=k`` starts k blocks from the end, cheaper).
+    """
+
+    name = "gae"
+
+    def _relevance(self, x: Tensor, classes: ClassSpec, topk: int, prefix: int) -> tuple[Tensor, Tensor, Tensor]:
+        logits, chosen, attentions, grads = self._gradients(
+            x, classes, topk, leaves=[0], block_outputs=False,
+            scores=lambda logits, chosen, rec: logits.gather(1, chosen))
+        row = _query_row(x.shape[0], attentions[0].shape[-1], prefix, x.device)
+        row = row[:, None].expand(-1, chosen.shape[1], -1)
+        for attention, grad in zip(reversed(attentions), reversed(grads)):  # row^T (I + A_bar_L) ... (I + A_bar_1)
+            a_bar = (grad.float() * attention.detach().float()[:, None]).clamp_min(0).mean(2)
+            row = row + torch.einsum("bni,bnij->bnj", row, a_bar)
+        return logits, chosen, row[..., prefix:]
+
+
+class LeGrad(_GradientAttention):
+    """LeGrad (Bousselham, Boggust, Chaybouti, Strobelt & Kuehne, 2024, "LeGrad: An Explainability Method for
+    Vision Transformers via Feature Formation Sensitivity").
+
+    For each block l used: s_l = head(norm(mean_tokens Z_l)) (the model's final norm and classifier applied to the
+    mean of block l's output tokens, as the paper's code and torchcam do); E_l = mean_{h, i} ReLU(d s_l,c / d A_l)
+    over heads h and query tokens i; map = mean_l E_l[patches] (the paper sums, then min-max normalizes: the same
+    map after :func:`camlens.normalize`).  Attention values are not multiplied in.
+
+    ``blocks`` defaults to the last 2, the paper code's default (``layer_index=-2``).  Each block's input becomes
+    a leaf, so one backward of sum_l s_l gives every d s_l / d A_l at once (s_l' for l' > l no longer reaches A_l).
+    Equal to torchcam 0.5.0's ``LeGrad`` on torchvision's ViT (unnormalized) with the same blocks; also timm and
+    Hugging Face ViTs.  ``score_projection`` maps tokens (B, N, C) to logits for other models.
+    """
+
+    name = "legrad"
+    default_blocks = 2
+
+    def __init__(self, model: nn.Module, layer: Any = None, *, blocks: int | Sequence[int] | None = None,
+                 score_projection: Callable[[Tensor], Tensor] | None = None) -> None:
+        super().__init__(model, layer, blocks=blocks)
+        self.score_projection = score_projection
+
+    def _relevance(self, x: Tensor, classes: ClassSpec, topk: int, prefix: int) -> tuple[Tensor, Tensor, Tensor]:
+        project = self.score_projection or _score_projection(self.model)
+
+        def scores(logits: Tensor, chosen: Tensor, rec: _Recorder) -> Tensor:
+            tokens = [z for z in rec.outputs if z is not None]
+            return torch.stack([project(z).gather(1, chosen) for z in tokens]).sum(0)
+
+        logits, chosen, _, grads = self._gradients(x, classes, topk, leaves=range(len(self.sites())),
+                                                   block_outputs=True, scores=scores)
+        per_block = [g.float().clamp_min(0).mean((2, 3)) for g in grads]  # (B, N, keys)
+        return logits, chosen, torch.stack(per_block).mean(0)[..., prefix:]
+
+
+__all__: Sequence[str] = [
+    "AttentionExplainer", "AttentionRollout", "AttentionSite", "GenericAttentionCAM", "LeGrad", "attention_rollout",
+    "attention_sites", "fuse_heads", "no_attention_message", "rollout_matrix",
+]
