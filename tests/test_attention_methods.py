@@ -280,7 +280,7 @@ def test_cnn_asked_for_rollout():
 
 def test_input_not_divisible_by_patch():
     model = timm_vit(dynamic_img_size=True)
-    with pytest.raises(CamlensError, match=r"36x32 is not divisible by the patch size 8x8"):
+    with pytest.raises(CamlensError, match=r"36x32 is not a multiple of the patch size 8x8"):
         LeGrad(model)(torch.randn(1, 3, 36, 32))
 
 

@@ -354,6 +354,12 @@ class AttentionExplainer(Explainer):
     default_blocks: ClassVar[int | None] = None
 
     def __init__(self, model: nn.Module, layer: Any = None, *, blocks: int | Sequence[int] | None = None) -> None:
+        """Args:
+            model: a timm, torchvision or Hugging Face vision transformer (wrappers looked through).
+            layer: must be None: these methods read the attention of blocks, not one layer.
+            blocks: the blocks whose attention is read: the last k (an int), a list of indices, or None for the
+                method's default.
+        """
         super().__init__(model, None)
         if layer is not None:
             raise CamlensError(
@@ -426,6 +432,14 @@ class AttentionRollout(AttentionExplainer):
 
     def __init__(self, model: nn.Module, layer: Any = None, *, blocks: int | Sequence[int] | None = None,
                  head_fusion: str = "mean", discard_ratio: float = 0.0) -> None:
+        """Args:
+            model: a vision transformer.
+            layer: must be None (see :class:`AttentionExplainer`).
+            blocks: the blocks rolled out (default: all).
+            head_fusion: how the heads' attentions are fused: ``mean``, ``max`` or ``min``.
+            discard_ratio: the fraction of each fused attention's lowest entries set to zero (the class token's
+                row and column kept), in [0, 1).
+        """
         super().__init__(model, layer, blocks=blocks)
         if head_fusion not in HEAD_FUSIONS:
             raise CamlensError(f"head_fusion={head_fusion!r}: use one of {', '.join(HEAD_FUSIONS)}")
@@ -512,6 +526,13 @@ class LeGrad(_GradientAttention):
 
     def __init__(self, model: nn.Module, layer: Any = None, *, blocks: int | Sequence[int] | None = None,
                  score_projection: Callable[[Tensor], Tensor] | None = None) -> None:
+        """Args:
+            model: a vision transformer.
+            layer: must be None (see :class:`AttentionExplainer`).
+            blocks: the blocks whose attention is read (default: the last two, as the paper's code).
+            score_projection: a block's tokens (B, N, C) -> class scores (B, classes); default the model's final
+                norm and head on the mean token, as the paper's code and torchcam.
+        """
         super().__init__(model, layer, blocks=blocks)
         self.score_projection = score_projection
 
