@@ -8,6 +8,7 @@ from torch import nn
 
 from ..capture import CamlensError
 from .activation import CAM, ISCAM, SSCAM, AblationCAM, ScoreCAM
+from .bagging import BagCAMs
 from .base import CAMResult, Cancelled, Explainer, select_classes, stop_when
 from .decomposition import EigenCAM
 from .gradient import GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, XGradCAM
@@ -15,7 +16,8 @@ from .layered import LayerExplainer
 
 METHODS: dict[str, type[Explainer]] = {
     cls.name: cls
-    for cls in (CAM, GradCAM, GradCAMPlusPlus, XGradCAM, LayerCAM, HiResCAM, ScoreCAM, SSCAM, ISCAM, AblationCAM, EigenCAM)
+    for cls in (CAM, GradCAM, GradCAMPlusPlus, XGradCAM, LayerCAM, HiResCAM, ScoreCAM, SSCAM, ISCAM, AblationCAM, EigenCAM,
+                BagCAMs)
 }
 
 
@@ -44,6 +46,7 @@ def build_explainer(model: nn.Module, method: str = "cam", layer: str | None = N
 
 __all__ = [
     "AblationCAM",
+    "BagCAMs",
     "CAM",
     "CAMResult",
     "Cancelled",
