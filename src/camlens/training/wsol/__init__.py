@@ -15,18 +15,20 @@ from ...methods.base import Explainer
 from .acol import ACoL, ACoLCAM
 from .adl import ADL, ADLMethod
 from .base import MARK, Param, TrainingMethod
+from .bridging import Bridging
 from .cutmix import CutMix
+from .dawsol import DAWSOL
 from .has import HaS
 from .spg import SPG
 
 WSOL_METHODS: dict[str, type[TrainingMethod]] = {
-    cls.name: cls for cls in (TrainingMethod, HaS, ACoL, SPG, ADLMethod, CutMix)
+    cls.name: cls for cls in (TrainingMethod, HaS, ACoL, SPG, ADLMethod, CutMix, DAWSOL, Bridging)
 }
 META_KEY = "wsol_method"  # where checkpoints record the method's config
 
 
 def get_wsol_method(name: str, **params: Any) -> TrainingMethod:
-    """The training method registered under ``name`` (cam, has, acol, spg, adl, cutmix) with ``params``."""
+    """The training method registered under ``name`` (cam, has, acol, spg, adl, cutmix, dawsol, bridging) with ``params``."""
     cls = WSOL_METHODS.get(name.lower())
     if cls is None:
         raise CamlensError(f"unknown WSOL method {name!r}; choose from {', '.join(WSOL_METHODS)}")
@@ -51,5 +53,5 @@ def method_explainer(model: nn.Module) -> Explainer | None:
     return None if config is None else wsol_method_from_config(config).explainer(model)
 
 
-__all__ = ["ACoL", "ACoLCAM", "ADL", "ADLMethod", "CutMix", "HaS", "META_KEY", "Param", "SPG", "TrainingMethod",
-           "WSOL_METHODS", "get_wsol_method", "method_explainer", "wsol_method_from_config"]
+__all__ = ["ACoL", "ACoLCAM", "ADL", "ADLMethod", "Bridging", "CutMix", "DAWSOL", "HaS", "META_KEY", "Param", "SPG",
+           "TrainingMethod", "WSOL_METHODS", "get_wsol_method", "method_explainer", "wsol_method_from_config"]
