@@ -32,16 +32,22 @@ class TSACache(nn.Module):
 
 def kmeans(samples: Tensor, init: Tensor, max_iter: int = 300) -> tuple[Tensor, Tensor]:
     """Lloyd's k-means from the given centres: (centres (k, K), labels (N,)) for samples (N, K) and ``init``
-    (k, K), iterated until the assignment stops changing (sklearn's ``k_means(init=..., n_init=1)``, which the
-    authors call, reaches the same fixed point).  An empty cluster keeps its centre (sklearn relocates it)."""
+    (k, K), iterated until the assignment stops changing, as sklearn's ``k_means(init=..., n_init=1)`` that the
+    authors call.  As there, a cluster left empty (two equal inits: a class seen for the first time) moves to the
+    sample farthest from its own centre, the next empty one to the next farthest."""
     centers = init.clone()
-    labels = torch.cdist(samples, centers).argmin(1)
+    dist = torch.cdist(samples, centers)
+    labels = dist.argmin(1)
     for _ in range(max_iter):
         onehot = F.one_hot(labels, len(centers)).to(samples.dtype)  # (N, k)
         sizes = onehot.sum(0)
-        means = onehot.T @ samples / sizes.clamp_min(1)[:, None]
-        centers = torch.where(sizes[:, None] > 0, means, centers)
-        new = torch.cdist(samples, centers).argmin(1)
+        centers = onehot.T @ samples / sizes.clamp_min(1)[:, None]
+        empty = torch.nonzero(sizes == 0)[:, 0]
+        if len(empty):
+            far = dist.gather(1, labels[:, None])[:, 0].argsort(descending=True)[:len(empty)]
+            centers[empty] = samples[far]
+        dist = torch.cdist(samples, centers)
+        new = dist.argmin(1)
         if torch.equal(new, labels):
             break
         labels = new
@@ -135,7 +141,7 @@ class DAWSOL(TrainingMethod):
     Defaults from the authors' code (``zh460045050/DA-WSOL_CVPR2022``, ``libs/config.py`` and the CUB ResNet50 run
     ``runs/CUB/runTrain_CUB_RES.sh``): ``beta=0.3`` (their lambda_1), ``univer=2`` (lambda_2; ``config.py``'s
     default is 0.3), ``sample_num_source = sample_num_target = 32`` (``num_samples``), MMD on from the first epoch
-    (``start_epoch=0``).  Departures: clustering in torch (Lloyd's iterations), random sets from the loop's
+    (``start_epoch=0``).  Departures: clustering in torch (Lloyd's iterations, as :func:`kmeans`), random sets from the loop's
     generator, and a batch with no full set or no universum pixel adds 0 where their code divides by zero.
     The TSA's cache is a buffer module (``dawsol_cache``), so a resumed run continues it.
     """
