@@ -126,7 +126,7 @@ def test_dawsol_loss_is_ce_plus_weighted_mmd_and_universum():
     found = assign(f, f.mean((-2, -1)), y, cache, 4, torch.Generator().manual_seed(3))
     assert len(found.source) > 0 and len(found.universum) > 0  # this seed exercises both terms
     mmd = torch.stack([mmd_linear(s.double(), t.double()) for s, t in zip(found.source, found.target)]).mean()
-    expected = F.cross_entropy(logits.double(), y) + 0.3 * mmd + 2.0 * found.universum.double().mean()
+    expected = F.cross_entropy(logits.double(), y) + 0.3 * mmd + 0.3 * found.universum.double().mean()
     assert torch.allclose(loss.double(), expected, atol=1e-5)
     assert torch.equal(getattr(net, CACHE).centers, cache.centers)  # both updated the same way
     plain = DAWSOL(beta=0.0, univer=0.0)
@@ -198,7 +198,7 @@ def test_bridging_erases_after_layer4_block_0_on_resnet():
 
 
 @pytest.mark.parametrize("build, message", [
-    (lambda: DAWSOL(beta=-1), "DA-WSOL: beta=-1 and univer=2.0 must be >= 0"),
+    (lambda: DAWSOL(beta=-1), "DA-WSOL: beta=-1 and univer=0.3 must be >= 0"),
     (lambda: DAWSOL(num_samples=1), "DA-WSOL: num_samples=1 must be an integer >= 2"),
     (lambda: Bridging(drop_prob=1.5), "Bridging: drop_prob=1.5 is outside [0, 1]"),
     (lambda: Bridging(norm_sign="min"), "Bridging: norm_sign='min'; choose max or target"),
@@ -234,7 +234,7 @@ def test_cli_checkpoints_record_the_method_and_load_with_it(trained):
     """The checkpoint names the method and its parameters; load_model re-attaches it (DA-WSOL's cache buffers
     come back with their trained values) and its map is the CAM."""
     dawsol = load_model(trained / "dawsol" / "best.safetensors")
-    assert dawsol.meta["wsol_method"] == {"name": "dawsol", "beta": 0.3, "univer": 2.0, "num_samples": 4}
+    assert dawsol.meta["wsol_method"] == {"name": "dawsol", "beta": 0.3, "univer": 0.3, "num_samples": 4}
     assert float(getattr(dawsol.model, CACHE).universe_count) == 32  # one update per training image
     bridging = load_model(trained / "bridging" / "best.safetensors")
     assert bridging.meta["wsol_method"]["name"] == "bridging" and bridging.meta["wsol_method"]["warm_epochs"] == 0

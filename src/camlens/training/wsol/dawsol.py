@@ -139,9 +139,9 @@ class DAWSOL(TrainingMethod):
     universum term pushing background features to zero.  Nothing changes at inference: the map is the CAM.
 
     Defaults from the authors' code (``zh460045050/DA-WSOL_CVPR2022``, ``libs/config.py`` and the CUB ResNet50 run
-    ``runs/CUB/runTrain_CUB_RES.sh``): ``beta=0.3`` (their lambda_1), ``univer=2`` (lambda_2; ``config.py``'s
-    default is 0.3), ``sample_num_source = sample_num_target = 32`` (``num_samples``), MMD on from the first epoch
-    (``start_epoch=0``).  Departures: clustering in torch (Lloyd's iterations, as :func:`kmeans`), random sets from the loop's
+    ``runs/CUB/runTrain_CUB_RES.sh``): ``beta=0.3`` (their lambda_1), ``univer=0.3`` (lambda_2, ``config.py``; their
+    CUB ResNet50 run, a pretrained network, uses 2, which collapses a small network trained from scratch),
+    ``sample_num_source = sample_num_target = 32`` (``num_samples``), MMD on from the first epoch (``start_epoch=0``).  Departures: clustering in torch (Lloyd's iterations, as :func:`kmeans`), random sets from the loop's
     generator, and a batch with no full set or no universum pixel adds 0 where their code divides by zero.
     The TSA's cache is a buffer module (``dawsol_cache``), so a resumed run continues it.
     """
@@ -150,7 +150,7 @@ class DAWSOL(TrainingMethod):
     search_space: ClassVar[dict[str, Param]] = {"beta": Param("loguniform", 0.03, 3.0),
                                                 "univer": Param("loguniform", 0.03, 3.0)}
     beta: float = 0.3
-    univer: float = 2.0
+    univer: float = 0.3
     num_samples: int = 32
     head: GapHead | None = field(default=None, init=False, repr=False)
     taps: Taps | None = field(default=None, init=False, repr=False)
