@@ -72,7 +72,7 @@ def rest_of_path(model: nn.Module, head: GapHead, drop_after: str) -> nn.Sequent
     if parent != head.layer_name or not isinstance(seq, nn.Sequential) or not index.isdigit():
         raise CamlensError(f"Bridging: drop_after={drop_after!r} must be a block of the nn.Sequential "
                            f"{head.layer_name!r} that ends at the CAM feature map")
-    return seq[int(index) + 1:]  # type: ignore[return-value]
+    return seq[int(index) + 1:]
 
 
 @dataclass

@@ -22,6 +22,11 @@ class TSACache(nn.Module):
     """The TSA's cache matrix M: the running mean of the universum (background) centre, ``universe`` (K,) over
     ``universe_count`` updates, and one per class, ``centers`` (C, K) over ``counts`` (C,) updates."""
 
+    centers: Tensor
+    counts: Tensor
+    universe: Tensor
+    universe_count: Tensor
+
     def __init__(self, num_classes: int, channels: int) -> None:
         super().__init__()
         self.register_buffer("centers", torch.zeros(num_classes, channels))
