@@ -64,7 +64,8 @@ def main() -> None:
         history = json.loads((args.runs / run / "train_state.json").read_text())["history"]
         speed = "1.0" if name == "cam" else throughput.get(name, "-")
         rows.append([label, *(f"{metrics[m]:.1f}" for m in METRICS), speed,
-                     f"{sum(h['seconds'] for h in history):.0f} s training"])
+                     "none of its own (the CAM checkpoint)" if name == "cam-bagcams"
+                     else f"{sum(h['seconds'] for h in history):.0f} s training"])
     columns = ["500 test images (gapnet, 64 px, 16x16 maps)", "Top-1 Cls", "GT-known Loc", "MaxBoxAcc", "MaxBoxAccV2",
                "PxAP", "training throughput vs CAM", "source / training time"]
     result = {
