@@ -20,11 +20,14 @@ from camlens.models import build_model
 from camlens.training.wsol import WSOL_METHODS, get_wsol_method
 from common import header, interleaved, write_result
 
+# Bridging's alignment terms start after its warm-up epochs: time its full loss
+PARAMS = {"bridging": {"warm_epochs": 0}}
+
 
 def step_fn(name: str, arch: str, x: torch.Tensor, y: torch.Tensor, device: torch.device):
     torch.manual_seed(0)
     net = build_model(arch, 10)
-    method = get_wsol_method(name)
+    method = get_wsol_method(name, **PARAMS.get(name, {}))
     method.attach(net)
     net.to(device).train()
     opt = torch.optim.AdamW(net.parameters(), lr=1e-3)

@@ -8,6 +8,7 @@ from ..capture import unwrap_model
 from ..errors import CamlensError
 from .activation import CAM, ISCAM, SSCAM, AblationCAM, ScoreCAM
 from .attention import AttentionExplainer, AttentionRollout, GenericAttentionCAM, LeGrad, attention_sites
+from .bagging import BagCAMs
 from .base import CAMResult, Cancelled, Explainer, select_classes, stop_when
 from .decomposition import EigenCAM
 from .gradient import GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, XGradCAM
@@ -16,7 +17,7 @@ from .layered import LayerExplainer
 METHODS: dict[str, type[Explainer]] = {
     cls.name: cls
     for cls in (CAM, GradCAM, GradCAMPlusPlus, XGradCAM, LayerCAM, HiResCAM, ScoreCAM, SSCAM, ISCAM, AblationCAM, EigenCAM,
-                AttentionRollout, GenericAttentionCAM, LeGrad)
+                AttentionRollout, GenericAttentionCAM, LeGrad, BagCAMs)
 }
 
 
@@ -54,6 +55,7 @@ __all__ = [
     "AblationCAM",
     "AttentionExplainer",
     "AttentionRollout",
+    "BagCAMs",
     "CAM",
     "CAMResult",
     "Cancelled",

@@ -219,6 +219,7 @@ def train(
         params = [augment.draw(g, len(b)) for b in batches]
         mine = [local_part(b, ctx) for b in batches]
         net.train()
+        method.start_epoch(epoch)
         loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         correct = torch.zeros((), dtype=torch.int64, device=device)
         seen = 0

@@ -20,6 +20,7 @@ from ..methods.activation import CAM
 from .acol import BRANCH_B, ACoLCAM, attach_recorded_branch
 from .adl import ADL, add_layers
 from .base import MARK, META_KEY, check_fraction, mark
+from .dawsol import add_cache
 from .spg import BRANCHES, attach_recorded_branches
 
 
@@ -33,6 +34,8 @@ CHECKPOINT_MODULES: dict[str, Callable[[nn.Module, Mapping[str, Any]], object]] 
     "cutmix": _no_modules,
     "acol": lambda model, params: attach_recorded_branch(model),
     "spg": lambda model, params: attach_recorded_branches(model, params.get("branches")),
+    "dawsol": lambda model, params: add_cache(model),
+    "bridging": _no_modules,
     "adl": lambda model, params: add_layers(model, params.get("positions"), params["drop_rate"], params["threshold"]),
 }
 
@@ -57,6 +60,9 @@ PARAMETERS: dict[str, tuple[str, ...]] = {
     "cutmix": ("beta", "prob"),
     "acol": ("threshold",),
     "adl": ("drop_rate", "threshold", "positions"),
+    "dawsol": ("beta", "univer", "num_samples"),
+    "bridging": ("sim_ratio", "norm_ratio", "drop_ratio", "fg_threshold", "bg_threshold", "drop_threshold",
+                 "drop_prob", "warm_epochs", "norm_sign", "drop_after"),
     "spg": ("threshold_1h", "threshold_1l", "threshold_2h", "threshold_2l", "threshold_3h", "threshold_3l",
             "branches"),
 }

@@ -14,17 +14,19 @@ from ...wsolnet import META_KEY, ACoLCAM, method_explainer
 from .acol import ACoL
 from .adl import ADL, ADLMethod
 from .base import Param, TrainingMethod
+from .bridging import Bridging
 from .cutmix import CutMix
+from .dawsol import DAWSOL
 from .has import HaS
 from .spg import SPG
 
 WSOL_METHODS: dict[str, type[TrainingMethod]] = {
-    cls.name: cls for cls in (TrainingMethod, HaS, ACoL, SPG, ADLMethod, CutMix)
+    cls.name: cls for cls in (TrainingMethod, HaS, ACoL, SPG, ADLMethod, CutMix, DAWSOL, Bridging)
 }
 
 
 def get_wsol_method(name: str, **params: Any) -> TrainingMethod:
-    """The training method registered under ``name`` (cam, has, acol, spg, adl, cutmix) with ``params``."""
+    """The training method registered under ``name`` (cam, has, acol, spg, adl, cutmix, dawsol, bridging) with ``params``."""
     cls = WSOL_METHODS.get(name.lower())
     if cls is None:
         raise CamlensError(f"unknown WSOL method {name!r}; choose from {', '.join(WSOL_METHODS)}")
@@ -42,5 +44,5 @@ def wsol_method_from_config(config: Mapping[str, Any]) -> TrainingMethod:
     return get_wsol_method(str(params.pop("name", "cam")), **params)
 
 
-__all__ = ["ACoL", "ACoLCAM", "ADL", "ADLMethod", "CutMix", "HaS", "META_KEY", "Param", "SPG", "TrainingMethod",
-           "WSOL_METHODS", "get_wsol_method", "method_explainer", "wsol_method_from_config"]
+__all__ = ["ACoL", "ACoLCAM", "ADL", "ADLMethod", "Bridging", "CutMix", "DAWSOL", "HaS", "META_KEY", "Param", "SPG",
+           "TrainingMethod", "WSOL_METHODS", "get_wsol_method", "method_explainer", "wsol_method_from_config"]

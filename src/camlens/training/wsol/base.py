@@ -89,6 +89,9 @@ class TrainingMethod:
         """Raise a one-line :class:`CamlensError` if the parameters cannot work on (H, W) inputs (a HaS patch
         larger than the image); called before training starts, so nothing is written for a run that would fail."""
 
+    def start_epoch(self, epoch: int) -> None:
+        """Called before each training epoch (0-based), for methods whose loss changes over training (a warm-up)."""
+
     def batch(self, images: Tensor, labels: Tensor, generator: torch.Generator) -> tuple[Tensor, Any]:
         """The training batch the network sees and the targets :meth:`loss` takes (HaS hides patches, CutMix
         pastes boxes and mixes labels).  ``images`` are preprocessed (B, 3, H, W) on the training device;
