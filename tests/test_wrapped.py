@@ -18,7 +18,9 @@ from camlens.capture import resolve_module
 
 CHEAP = {"sscam": {"num_samples": 2, "optimize": False}, "iscam": {"num_samples": 2, "optimize": False},
          "scorecam": {"optimize": False}}  # the optimized copy is tested elsewhere; here it only costs time
-GRADIENT_METHODS = [name for name, cls in camlens.METHODS.items() if cls.needs_gradients]
+# the attention methods read a transformer's attention: tests/test_attention_methods.py holds them to the same rules
+CNN_METHODS = [name for name, cls in camlens.METHODS.items() if not cls.needs_attention]
+GRADIENT_METHODS = [name for name in CNN_METHODS if camlens.METHODS[name].needs_gradients]
 
 
 def _make(name, model, **kw):
@@ -32,7 +34,7 @@ def _state(model: nn.Module) -> tuple:
             [m.training for m in model.modules()])
 
 
-@pytest.mark.parametrize("name", list(camlens.METHODS))
+@pytest.mark.parametrize("name", CNN_METHODS)
 def test_data_parallel_is_explained_like_the_module_inside(name):
     model = TinyNet().eval()
     x = torch.randn(4, 3, 8, 8)
@@ -92,7 +94,7 @@ def test_frozen_model_gives_the_maps_of_the_trainable_one_and_stays_frozen(name)
     assert _state(model) == before
 
 
-@pytest.mark.parametrize("name", list(camlens.METHODS))
+@pytest.mark.parametrize("name", CNN_METHODS)
 def test_a_call_leaves_nothing_on_the_model(name):
     model = TinyNet().eval()
     model.fc.weight.requires_grad_(False)  # a partly frozen model keeps exactly its flags

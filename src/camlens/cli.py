@@ -886,8 +886,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if "RANK" in os.environ and args.command in RESUMABLE:
             _fail(f"rank {os.environ['RANK']} failed ({type(err).__name__}: {_one_line(err)}); finished batches are "
                   f"logged, so rerunning the same command resumes ({RESUMABLE[args.command]})")
-        else:
-            _fail(f"error: {type(err).__name__}: {_one_line(err)} (rerun with --debug for the traceback)")
+            raise  # torchrun's failure report shows the rank's traceback
+        _fail(f"error: {type(err).__name__}: {_one_line(err)} (rerun with --debug for the traceback)")
         return 1
 
 
