@@ -11,7 +11,6 @@ from torch import Tensor, nn
 
 from ..capture import CamlensError, NotAGapClassifierError, locate_gap_head
 from .gradient import _GradientMethod, _positions
-from .layered import Scorer, no_autocast, score_gradients
 
 
 class _RectifiedGradient(torch.autograd.Function):
@@ -79,24 +78,11 @@ class BagCAMs(_GradientMethod):
             for handle in handles:
                 handle.remove()
 
-    def _explain(self, x: Tensor, output: Any, acts: list[Tensor], scorer: Scorer) -> list[Tensor]:
-        with torch.enable_grad():
-            scores = scorer(output, torch.arange(x.shape[0], device=x.device))
-            grads = score_gradients(scores, acts, self.layer_names)
-        scores = scores.detach()
+    def _maps(self, a: Tensor, g: Tensor, scores: Tensor) -> Tensor:
         positive = scores > 0
-        safe = torch.where(positive, scores, torch.ones_like(scores))
-        maps = []
-        for act, grad in zip(acts, grads):
-            a = self._spatial(act.detach(), x)
-            g = self._spatial(grad.flatten(0, 1), x).unflatten(0, grad.shape[:2])
-            if a.dtype in (torch.float16, torch.bfloat16):
-                a, g = a.float(), g.float()
-            g = g / safe.to(g.dtype).view(*safe.shape, *[1] * (g.ndim - 2))  # d log s = ds / s
-            with no_autocast(a):
-                m = self._combine(a, g)
-            maps.append(torch.where(positive.view(*positive.shape, *[1] * (m.ndim - 2)), m, torch.zeros_like(m)))
-        return maps
+        safe = torch.where(positive, scores, torch.ones_like(scores)).to(g.dtype)
+        maps = self._combine(a, g / safe.view(*safe.shape, *[1] * (g.ndim - 2)))  # d log s = ds / s
+        return torch.where(positive.view(*positive.shape, *[1] * (maps.ndim - 2)), maps, torch.zeros_like(maps))
 
     def _combine(self, a: Tensor, g: Tensor) -> Tensor:
         local = g * a[:, None]  # (B, N, K, *S): every position's localizer

@@ -34,8 +34,13 @@ class _GradientMethod(LayerExplainer):
             if a.dtype in (torch.float16, torch.bfloat16):
                 a, g = a.float(), g.float()
             with no_autocast(a):
-                maps.append(self._combine(a, g.to(a.dtype)))
+                maps.append(self._maps(a, g.to(a.dtype), scores.detach()))
         return maps
+
+    def _maps(self, a: Tensor, g: Tensor, scores: Tensor) -> Tensor:
+        """Maps from activations, gradients and the explained scores (B, N); :meth:`_combine` for the methods whose
+        formula takes the gradient of the score itself."""
+        return self._combine(a, g)
 
     def _combine(self, a: Tensor, g: Tensor) -> Tensor:
         """Maps (B, N, *S) from activations ``a`` (B, K, *S) and gradients ``g`` (B, N, K, *S)."""
