@@ -25,7 +25,7 @@ import httpx
 import torch
 from PIL import Image
 
-from camlens.hardware import SHOWN_FLAGS, cpu_description, cpu_flags
+from camlens.hardware import UNITS, cpu_description, cpu_flags
 from camlens.models import GapNet, Preprocess, save_checkpoint
 
 ROOT = Path(__file__).parents[1]
@@ -101,7 +101,7 @@ def main() -> None:
         "title": "Peak memory decoding 39-megapixel images",
         "command": "PYTHONPATH=src python benchmarks/bench_decode_memory.py" + (f" --files {args.files}" if args.files != 24 else ""),
         "machine": {"cpu": cpu_description(), "cores": os.cpu_count(),
-                    "flags": [f for f in SHOWN_FLAGS if f in cpu_flags()], "torch": torch.__version__,
+                    "flags": [f for f in UNITS if f in cpu_flags()], "torch": torch.__version__,
                     "python": platform.python_version()},
         "columns": ["case", "images", "batch", "peak RSS (GB)", "seconds", "notes"],
         "rows": rows,

@@ -28,9 +28,9 @@ import torch
 import torchvision.models as tvm
 
 import camlens
+from camlens.metrics.faithfulness.road import _imputation_system
 from camlens.metrics.faithfulness import (
     FaithfulnessConfig,
-    _imputation_system,
     confidence_change,
     deletion_curve,
     faithfulness_scores,

@@ -29,7 +29,7 @@ import torchvision
 from torchcam import methods as tc
 
 import camlens
-from camlens.hardware import SHOWN_FLAGS, cpu_description, cpu_flags
+from camlens.hardware import UNITS, cpu_description, cpu_flags
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import header, interleaved, report  # noqa: E402
@@ -101,7 +101,7 @@ def main() -> None:
             for name, (s, r) in ratios(small_times, "forward (no_grad)").items()]
     rows += [["vit_b_16 (torchvision)", name, round(s, 4), round(r, 3)]
              for name, (s, r) in ratios(big_times, "forward (no_grad)").items()]
-    machine = {"cpu": cpu_description(), "cores": os.cpu_count(), "flags": [f for f in SHOWN_FLAGS if f in cpu_flags()],
+    machine = {"cpu": cpu_description(), "cores": os.cpu_count(), "flags": [f for f in UNITS if f in cpu_flags()],
                "torch": torch.__version__, "torchvision": torchvision.__version__, "timm": timm.__version__,
                "threads": torch.get_num_threads(), "device": str(device),
                "load_average_1min": [round(load_before[0], 2), round(load_after[0], 2)]}

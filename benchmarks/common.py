@@ -15,7 +15,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from camlens.hardware import SHOWN_FLAGS, cpu_description, cpu_flags
+from camlens.hardware import UNITS, cpu_description, cpu_flags
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -36,9 +36,9 @@ def machine(device: str = "cpu") -> dict[str, Any]:
     import torchvision
 
     described: dict[str, Any] = {
-        "cpu": cpu_description().split(", flags:")[0],
+        "cpu": cpu_description().split(";")[0],
         "cores": os.cpu_count() or 0,
-        "flags": [flag for flag in SHOWN_FLAGS if flag in cpu_flags()],
+        "flags": [flag for flag in UNITS if flag in cpu_flags()],
         "torch threads": torch.get_num_threads(),
         "python": platform.python_version(),
         "torch": torch.__version__,
