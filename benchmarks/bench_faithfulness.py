@@ -28,7 +28,6 @@ import torch
 import torchvision.models as tvm
 
 import camlens
-from camlens.metrics.faithfulness.road import _imputation_system
 from camlens.metrics.faithfulness import (
     FaithfulnessConfig,
     confidence_change,
@@ -40,6 +39,7 @@ from camlens.metrics.faithfulness import (
     randomization_check,
     road,
 )
+from camlens.metrics.faithfulness.road import _imputation_system
 from common import header, write_result
 
 

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -29,10 +27,9 @@ from pathlib import Path
 
 import av
 import numpy as np
-import torch
 from skimage import data, transform
 
-from common import header
+from common import header, write_result
 
 PLAIN = r'''
 import json, sys
@@ -129,22 +126,11 @@ def main() -> None:
     print(f"{'what':<60}{'wall s':>9}{'frames/s':>10}{'ratio':>8}")
     for row in rows:
         print(f"{row[0]:<60}{row[1]:>9}{row[2]:>10}{row[3]:>8}")
-    from camlens.hardware import cpu_description
-
-    result = {
-        "title": "Explaining a video: camlens explain against plain frame-by-frame classification",
-        "command": f"python benchmarks/bench_video.py --frames {args.frames} --rounds {args.rounds}",
-        "machine": {"cpu": cpu_description(), "cores": os.cpu_count(), "torch": torch.__version__,
-                    "python": platform.python_version(), "pyav": av.__version__},
-        "columns": ["what", "wall s (median)", "frames/s", "wall ratio to plain"],
-        "rows": rows,
-        "notes": (f"{args.arch} ({args.weights} weights), a {args.frames}-frame 320x240 H.264 clip, whole processes "
-                  f"(start-up included), {args.rounds} round(s); top-1 classes identical on every frame."),
-    }
-    out = Path(__file__).parent / "results" / "video.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_result("video", "Explaining a video: camlens explain against plain frame-by-frame classification",
+                 ["what", "wall s (median)", "frames/s", "wall ratio to plain"], rows,
+                 notes=(f"{args.arch} ({args.weights} weights), a {args.frames}-frame 320x240 H.264 clip, whole "
+                        f"processes (start-up included), {args.rounds} round(s), PyAV {av.__version__}; top-1 classes "
+                        "identical on every frame."))
 
 
 if __name__ == "__main__":
