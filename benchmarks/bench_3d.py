@@ -32,8 +32,13 @@ warnings.filterwarnings("ignore")
 os.environ.setdefault("TQDM_DISABLE", "1")
 
 METHODS = ["gradcam", "gradcampp", "xgradcam", "layercam", "hirescam"]
-PGC_NAMES = {"gradcam": "GradCAM", "gradcampp": "GradCAMPlusPlus", "xgradcam": "XGradCAM", "layercam": "LayerCAM",
-             "hirescam": "HiResCAM"}
+PGC_NAMES = {
+    "gradcam": "GradCAM",
+    "gradcampp": "GradCAMPlusPlus",
+    "xgradcam": "XGradCAM",
+    "layercam": "LayerCAM",
+    "hirescam": "HiResCAM",
+}
 
 
 def main() -> None:
@@ -46,8 +51,10 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     header("bench_3d: gradient methods on r3d_18, CPU")
-    print(f"# grad-cam {version('grad-cam')} | input ({args.batch}, 3, {args.frames}, {args.size}, {args.size}) | "
-          f"layer4 | {args.repeats} interleaved rounds after 2 warm-up rounds")
+    print(
+        f"# grad-cam {version('grad-cam')} | input ({args.batch}, 3, {args.frames}, {args.size}, {args.size}) | "
+        f"layer4 | {args.repeats} interleaved rounds after 2 warm-up rounds"
+    )
 
     import pytorch_grad_cam as pgc
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
@@ -83,8 +90,10 @@ def main() -> None:
     ref = torch.from_numpy(theirs["gradcam"](input_tensor=x, targets=targets))
     diff = (upsampled() - ref).abs().max().item()
     layer = tuple(ours["gradcam"](x).maps.shape[2:])
-    print(f"# layer4 maps {layer}; resized Grad-CAM maps, camlens (trilinear) vs pytorch-grad-cam (spline zoom): "
-          f"max abs diff {diff:.3f}")
+    print(
+        f"# layer4 maps {layer}; resized Grad-CAM maps, camlens (trilinear) vs pytorch-grad-cam (spline zoom): "
+        f"max abs diff {diff:.3f}"
+    )
 
     times = interleaved(fns, args.repeats)
     base = times["forward (no_grad)"]
@@ -92,23 +101,43 @@ def main() -> None:
     for name, ts in times.items():
         ratio = statistics.median(t / b for t, b in zip(ts, base))
         peer = name.replace("pytorch-grad-cam", "camlens")
-        vs = (f"{statistics.median(t / o for t, o in zip(ts, times[peer])):>11.2f}"
-              if name.startswith("pytorch-grad-cam") else "")
+        vs = (
+            f"{statistics.median(t / o for t, o in zip(ts, times[peer])):>11.2f}"
+            if name.startswith("pytorch-grad-cam")
+            else ""
+        )
         print(f"{name:<34}{statistics.median(ts):>10.4f}{ratio:>11.2f}{vs}")
+
     def ratio(name: str, over: str) -> str:
         return f"{statistics.median(t / o for t, o in zip(times[name], times[over])):.2f}x"
 
     rows = [["cam", ratio("camlens cam", "forward (no_grad)"), None, None]]
-    rows += [[name, ratio(f"camlens {name}", "forward (no_grad)"),
-              ratio(f"pytorch-grad-cam {name}", "forward (no_grad)"), ratio(f"pytorch-grad-cam {name}", f"camlens {name}")]
-             for name in METHODS]
-    rows.append(["gradcam + normalize + trilinear upsample to the clip",
-                 ratio("camlens gradcam + upsample", "forward (no_grad)"), None, None])
-    write_result("ndim_r3d18_cpu", f"Gradient methods on a 3-D network: r3d_18 (random weights), batch {args.batch} "
-                 f"of 3 x {args.frames} x {args.size} x {args.size} clips, layer4",
-                 ["method", "camlens / forward", "pytorch-grad-cam / forward", "pytorch-grad-cam / camlens"], rows,
-                 f"{args.repeats} interleaved rounds after 2 warm-up rounds, medians of per-round ratios; a plain "
-                 f"forward pass took {statistics.median(base):.2f} s.")
+    rows += [
+        [
+            name,
+            ratio(f"camlens {name}", "forward (no_grad)"),
+            ratio(f"pytorch-grad-cam {name}", "forward (no_grad)"),
+            ratio(f"pytorch-grad-cam {name}", f"camlens {name}"),
+        ]
+        for name in METHODS
+    ]
+    rows.append(
+        [
+            "gradcam + normalize + trilinear upsample to the clip",
+            ratio("camlens gradcam + upsample", "forward (no_grad)"),
+            None,
+            None,
+        ]
+    )
+    write_result(
+        "ndim_r3d18_cpu",
+        f"Gradient methods on a 3-D network: r3d_18 (random weights), batch {args.batch} "
+        f"of 3 x {args.frames} x {args.size} x {args.size} clips, layer4",
+        ["method", "camlens / forward", "pytorch-grad-cam / forward", "pytorch-grad-cam / camlens"],
+        rows,
+        f"{args.repeats} interleaved rounds after 2 warm-up rounds, medians of per-round ratios; a plain "
+        f"forward pass took {statistics.median(base):.2f} s.",
+    )
     for explainer in [cam, *ours.values()]:
         explainer.close()
     for peer in theirs.values():

@@ -26,8 +26,10 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     args = parser.parse_args()
     retained = retain_freed_memory() if args.retain else False
-    header(f"allocator: {args.passes} forward passes, efficientnet_lite0, batch {args.batch}, 224 px; "
-           f"freed memory retained: {retained}")
+    header(
+        f"allocator: {args.passes} forward passes, efficientnet_lite0, batch {args.batch}, 224 px; "
+        f"freed memory retained: {retained}"
+    )
     try:
         model = build_model("efficientnet_lite0", None, "imagenet").eval()
     except CamlensError:  # without camlens[real]: the same compute with random weights
@@ -39,8 +41,10 @@ def main() -> None:
         for _ in range(args.passes):
             model(x)
         after, wall = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter() - start
-    print(f"wall {wall:.2f} s  user {after.ru_utime - before.ru_utime:.2f} s  kernel {after.ru_stime - before.ru_stime:.2f} s  "
-          f"page faults {after.ru_minflt - before.ru_minflt}")
+    print(
+        f"wall {wall:.2f} s  user {after.ru_utime - before.ru_utime:.2f} s  kernel {after.ru_stime - before.ru_stime:.2f} s  "
+        f"page faults {after.ru_minflt - before.ru_minflt}"
+    )
 
 
 if __name__ == "__main__":

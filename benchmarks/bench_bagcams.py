@@ -38,8 +38,12 @@ def main() -> None:
     torch.manual_seed(0)
     model = torchvision.models.resnet50().eval().to(device)
     x = torch.randn(args.batch, 3, args.size, args.size, generator=torch.Generator().manual_seed(1)).to(device)
-    explainers = {"CAM (layer4)": CAM(model), "Grad-CAM (layer4)": GradCAM(model, "layer4"),
-                  "BagCAMs (layer4)": BagCAMs(model), "BagCAMs (layer3)": BagCAMs(model, "layer3")}
+    explainers = {
+        "CAM (layer4)": CAM(model),
+        "Grad-CAM (layer4)": GradCAM(model, "layer4"),
+        "BagCAMs (layer4)": BagCAMs(model),
+        "BagCAMs (layer3)": BagCAMs(model, "layer3"),
+    }
 
     def forward() -> None:
         with torch.no_grad():
@@ -59,13 +63,19 @@ def main() -> None:
     result = {
         "title": f"BagCAMs' cost: resnet50, {args.size} px, batch {args.batch}, {args.device}",
         "command": "PYTHONPATH=src python " + shlex.join(["benchmarks/bench_bagcams.py", *sys.argv[1:]]),
-        "machine": {"cpu": cpu_description().split(", flags:")[0], "cores": os.cpu_count() or 0, "flags": [],
-                    "torch threads": torch.get_num_threads(), "python": platform.python_version(),
-                    "torch": torch.__version__, "torchvision": torchvision.__version__},
+        "machine": {
+            "cpu": cpu_description().split(", flags:")[0],
+            "cores": os.cpu_count() or 0,
+            "flags": [],
+            "torch threads": torch.get_num_threads(),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "torchvision": torchvision.__version__,
+        },
         "columns": ["what", "median s per batch", "x one forward pass"],
         "rows": rows,
         "notes": f"Median over {args.rounds} interleaved rounds; ratio = median over rounds of t / t[forward] "
-                 "(forward without gradients).",
+        "(forward without gradients).",
     }
     out = Path(__file__).resolve().parent / "results" / "bagcams_cost.json"
     out.parent.mkdir(exist_ok=True)

@@ -1,7 +1,7 @@
 """CAM cost against a plain inference forward pass, torchcam's CAM and the classic numpy recipe, in one run.
 
-    python benchmarks/bench_cam.py [--arch resnet50] [--batch 8] [--size 224] [--repeats 15] [--device cuda]
-    python benchmarks/bench_cam.py --real      # EfficientNet-Lite0 with its ImageNet weights on the shipped photos
+python benchmarks/bench_cam.py [--arch resnet50] [--batch 8] [--size 224] [--repeats 15] [--device cuda]
+python benchmarks/bench_cam.py --real      # EfficientNet-Lite0 with its ImageNet weights on the shipped photos
 """
 
 from __future__ import annotations
@@ -75,17 +75,26 @@ def main() -> None:
                 m += weight[c, k] * f[i, k]
 
     times = interleaved(
-        {"plain forward (inference_mode)": forward, "camlens.CAM": camlens_cam,
-         "torchcam CAM": torchcam_cam, "numpy recipe": numpy_recipe},
+        {
+            "plain forward (inference_mode)": forward,
+            "camlens.CAM": camlens_cam,
+            "torchcam CAM": torchcam_cam,
+            "numpy recipe": numpy_recipe,
+        },
         args.repeats,
     )
     hook.remove()
     cam.close()
     rows = report(times, "plain forward (inference_mode)")
     name = "lite0" if args.real else args.arch
-    write_result(f"cam_{name}_{args.device.split(':')[0]}", f"CAM against a plain forward pass: {arch}, batch "
-                 f"{args.batch}, {args.size} px, {args.device}", ["what", "median s", "time / plain forward"], rows,
-                 f"Interleaved rounds ({args.repeats}), medians of per-round ratios.", device=args.device)
+    write_result(
+        f"cam_{name}_{args.device.split(':')[0]}",
+        f"CAM against a plain forward pass: {arch}, batch {args.batch}, {args.size} px, {args.device}",
+        ["what", "median s", "time / plain forward"],
+        rows,
+        f"Interleaved rounds ({args.repeats}), medians of per-round ratios.",
+        device=args.device,
+    )
 
 
 if __name__ == "__main__":

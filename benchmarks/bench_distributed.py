@@ -38,8 +38,13 @@ def _checkpoint(arg: str | None, tmp: Path) -> Path:
     from camlens.models import GapNet, Preprocess, save_checkpoint
 
     torch.manual_seed(0)
-    return save_checkpoint(tmp / "gapnet.safetensors", GapNet(10).eval(), arch="gapnet",
-                           class_names=[str(i) for i in range(10)], preprocess=Preprocess((64, 64), (0.5,) * 3, (0.25,) * 3))
+    return save_checkpoint(
+        tmp / "gapnet.safetensors",
+        GapNet(10).eval(),
+        arch="gapnet",
+        class_names=[str(i) for i in range(10)],
+        preprocess=Preprocess((64, 64), (0.5,) * 3, (0.25,) * 3),
+    )
 
 
 def _free_port() -> int:
@@ -52,9 +57,20 @@ def _command(procs: int, args: list[str]) -> tuple[list[str], dict]:
     cpus = os.cpu_count() or 1
     if procs == 1:
         return [sys.executable, "-m", "camlens", *args], {**os.environ, "OMP_NUM_THREADS": str(cpus)}
-    return ([sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={procs}", "--master-addr=127.0.0.1",
-             f"--master-port={_free_port()}", "-m", "camlens", *args],
-            {**os.environ, "OMP_NUM_THREADS": str(max(1, cpus // procs))})
+    return (
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            f"--nproc-per-node={procs}",
+            "--master-addr=127.0.0.1",
+            f"--master-port={_free_port()}",
+            "-m",
+            "camlens",
+            *args,
+        ],
+        {**os.environ, "OMP_NUM_THREADS": str(max(1, cpus // procs))},
+    )
 
 
 def _run(procs: int, args: list[str], cwd: Path) -> float:
@@ -91,10 +107,29 @@ def main() -> None:
             save_image(data[i]["image"], files / f"{i:05d}.png")
         print(f"# checkpoint {ckpt}; {opts.images} PNG files written for explain")
 
-        evaluate = ["evaluate", "--checkpoint", str(ckpt), "--num-images", str(opts.images), "--batch-size",
-                    str(opts.batch_size), "--quiet"] + (["--faithfulness", "--steps", "20"] if opts.faithfulness else [])
-        jobs = {"evaluate": evaluate, "explain": ["explain", str(files), "--checkpoint", str(ckpt), "--batch-size",
-                                                 str(opts.batch_size), "--quiet", "--restart"]}
+        evaluate = [
+            "evaluate",
+            "--checkpoint",
+            str(ckpt),
+            "--num-images",
+            str(opts.images),
+            "--batch-size",
+            str(opts.batch_size),
+            "--quiet",
+        ] + (["--faithfulness", "--steps", "20"] if opts.faithfulness else [])
+        jobs = {
+            "evaluate": evaluate,
+            "explain": [
+                "explain",
+                str(files),
+                "--checkpoint",
+                str(ckpt),
+                "--batch-size",
+                str(opts.batch_size),
+                "--quiet",
+                "--restart",
+            ],
+        }
         times: dict[tuple[str, int], list[float]] = {(job, p): [] for job in jobs for p in opts.procs}
         for _ in range(opts.repeats):
             for job, args in jobs.items():
@@ -103,9 +138,15 @@ def main() -> None:
                     times[job, p].append(_run(p, args + out, tmp))
         for p in opts.procs[1:]:
             first = opts.procs[0]
-            same_metrics = json.loads((tmp / f"evaluate-{p}.json").read_text()) == json.loads((tmp / f"evaluate-{first}.json").read_text())
-            same_summary = (tmp / f"explain-{p}" / "summary.json").read_text() == (tmp / f"explain-{first}" / "summary.json").read_text()
-            print(f"# {p} processes vs {first}: identical metrics {same_metrics}, identical explain summary {same_summary}")
+            same_metrics = json.loads((tmp / f"evaluate-{p}.json").read_text()) == json.loads(
+                (tmp / f"evaluate-{first}.json").read_text()
+            )
+            same_summary = (tmp / f"explain-{p}" / "summary.json").read_text() == (
+                tmp / f"explain-{first}" / "summary.json"
+            ).read_text()
+            print(
+                f"# {p} processes vs {first}: identical metrics {same_metrics}, identical explain summary {same_summary}"
+            )
 
     print(f"{'job':<10}{'procs':>6}{'median s':>10}{'images/s':>10}{'speed-up':>10}")
     rows = []
@@ -115,12 +156,15 @@ def main() -> None:
             med = statistics.median(times[job, p])
             print(f"{job:<10}{p:>6}{med:>10.2f}{opts.images / med:>10.1f}{base / med:>10.2f}")
             rows.append([job, p, round(med, 2), round(opts.images / med, 1), round(base / med, 2)])
-    write_result("distributed_faithfulness" if opts.faithfulness else "distributed",
-                 f"torchrun: {opts.images} images, processes {' / '.join(map(str, opts.procs))}"
-                 + (" (evaluate --faithfulness --steps 20)" if opts.faithfulness else ""),
-                 ["job", "processes", "median s", "images/s", "speed-up"], rows,
-                 f"Whole processes, start-up included, medians of {opts.repeats} rounds; the threads of the machine's "
-                 "cores are split between the processes. Every process count gives identical metrics and summaries.")
+    write_result(
+        "distributed_faithfulness" if opts.faithfulness else "distributed",
+        f"torchrun: {opts.images} images, processes {' / '.join(map(str, opts.procs))}"
+        + (" (evaluate --faithfulness --steps 20)" if opts.faithfulness else ""),
+        ["job", "processes", "median s", "images/s", "speed-up"],
+        rows,
+        f"Whole processes, start-up included, medians of {opts.repeats} rounds; the threads of the machine's "
+        "cores are split between the processes. Every process count gives identical metrics and summaries.",
+    )
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ from PIL import Image
 
 from common import header
 
-PLAIN = r'''
+PLAIN = r"""
 import json, sys
 from pathlib import Path
 
@@ -66,7 +66,7 @@ with torch.inference_mode():
         logits = loaded.model(torch.cat(images))
         top1.update((str(p), int(c)) for p, c in zip(batch, logits.argmax(1)))
 print(json.dumps(top1))
-'''
+"""
 
 
 def photos() -> list[np.ndarray]:
@@ -74,8 +74,16 @@ def photos() -> list[np.ndarray]:
     from skimage import data
     from sklearn.datasets import load_sample_images
 
-    shots = [data.astronaut(), data.chelsea(), data.coffee(), data.rocket(), data.stereo_motorcycle()[0],
-             data.hubble_deep_field(), data.retina(), data.camera()]
+    shots = [
+        data.astronaut(),
+        data.chelsea(),
+        data.coffee(),
+        data.rocket(),
+        data.stereo_motorcycle()[0],
+        data.hubble_deep_field(),
+        data.retina(),
+        data.camera(),
+    ]
     shots += list(load_sample_images().images)
     out = []
     for shot in shots:
@@ -99,7 +107,7 @@ def make_folder(folder: Path, count: int, seed: int = 0) -> None:
         h, w = arr.shape[:2]
         ch, cw = int(h * rng.uniform(0.6, 1.0)), int(w * rng.uniform(0.6, 1.0))
         y, x = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
-        crop = Image.fromarray(arr[y:y + ch, x:x + cw])
+        crop = Image.fromarray(arr[y : y + ch, x : x + cw])
         side = int(rng.integers(300, 641))
         scale = side / max(ch, cw)
         crop = crop.resize((max(1, round(cw * scale)), max(1, round(ch * scale))), Image.Resampling.BICUBIC)
@@ -114,12 +122,18 @@ def model_args(args: argparse.Namespace, tmp: Path) -> tuple[dict, list[str], st
     if args.checkpoint:
         return {"checkpoint": args.checkpoint}, ["--checkpoint", args.checkpoint], args.checkpoint
     if args.arch:
-        return ({"arch": args.arch, "weights": args.weights}, ["--arch", args.arch, "--weights", args.weights],
-                f"{args.arch} ({args.weights})")
+        return (
+            {"arch": args.arch, "weights": args.weights},
+            ["--arch", args.arch, "--weights", args.weights],
+            f"{args.arch} ({args.weights})",
+        )
     try:
         load_model(arch="efficientnet_lite0", weights="imagenet")
-        return ({"arch": "efficientnet_lite0", "weights": "imagenet"},
-                ["--arch", "efficientnet_lite0", "--weights", "imagenet"], "EfficientNet-Lite0, ImageNet weights")
+        return (
+            {"arch": "efficientnet_lite0", "weights": "imagenet"},
+            ["--arch", "efficientnet_lite0", "--weights", "imagenet"],
+            "EfficientNet-Lite0, ImageNet weights",
+        )
     except CamlensError:
         pass
     import timm
@@ -129,10 +143,18 @@ def model_args(args: argparse.Namespace, tmp: Path) -> tuple[dict, list[str], st
 
     torch.manual_seed(0)
     model = timm.create_model("tf_efficientnet_lite0").eval()
-    path = save_checkpoint(tmp / "lite0.safetensors", model, arch="timm:tf_efficientnet_lite0",
-                           class_names=read_class_names("imagenet", 1000), preprocess=Preprocess((224, 224), (0.5,) * 3, (0.5,) * 3))
-    return ({"checkpoint": str(path)}, ["--checkpoint", str(path)],
-            "timm tf_efficientnet_lite0, random weights (the real weights are not available in this checkout)")
+    path = save_checkpoint(
+        tmp / "lite0.safetensors",
+        model,
+        arch="timm:tf_efficientnet_lite0",
+        class_names=read_class_names("imagenet", 1000),
+        preprocess=Preprocess((224, 224), (0.5,) * 3, (0.5,) * 3),
+    )
+    return (
+        {"checkpoint": str(path)},
+        ["--checkpoint", str(path)],
+        "timm tf_efficientnet_lite0, random weights (the real weights are not available in this checkout)",
+    )
 
 
 def _run(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, float, str]:
@@ -158,8 +180,11 @@ def main() -> None:
     parser.add_argument("--weights", default="none")
     parser.add_argument("--checkpoint")
     parser.add_argument("--keep", help="also leave the last round's explain output here")
-    parser.add_argument("--explain-src", help="run the explain side from this source folder (PYTHONPATH), e.g. an "
-                                               "older checkout's src/, to measure a change")
+    parser.add_argument(
+        "--explain-src",
+        help="run the explain side from this source folder (PYTHONPATH), e.g. an "
+        "older checkout's src/, to measure a change",
+    )
     args = parser.parse_args()
     header("camlens explain over a folder vs plain classification, whole processes")
     with tempfile.TemporaryDirectory() as name:
@@ -169,8 +194,10 @@ def main() -> None:
         sizes = [Image.open(p).size for p in sorted(folder.iterdir())]
         kwargs, options, what = model_args(args, tmp)
         print(f"# model: {what}")
-        print(f"# {len(sizes)} JPEGs, longer side {min(map(max, sizes))}-{max(map(max, sizes))} px; batch "
-              f"{args.batch_size}; top-1; explain: CAM, PNG overlays at the original size, {args.workers} workers")
+        print(
+            f"# {len(sizes)} JPEGs, longer side {min(map(max, sizes))}-{max(map(max, sizes))} px; batch "
+            f"{args.batch_size}; top-1; explain: CAM, PNG overlays at the original size, {args.workers} workers"
+        )
         script = tmp / "plain.py"
         script.write_text(PLAIN)
         plain_cmd = [sys.executable, str(script), str(folder), json.dumps(kwargs), str(args.batch_size)]
@@ -183,9 +210,24 @@ def main() -> None:
             t_plain, c_plain, out = _run(plain_cmd)
             plain_top1 = json.loads(out)
             out_dir = tmp / f"out{round_}"
-            t_explain, c_explain, _ = _run([sys.executable, "-m", "camlens", "explain", str(folder), *options,
-                                 "--batch-size", str(args.batch_size), "--workers", str(args.workers),
-                                 "--out", str(out_dir), "--quiet"], explain_env)
+            t_explain, c_explain, _ = _run(
+                [
+                    sys.executable,
+                    "-m",
+                    "camlens",
+                    "explain",
+                    str(folder),
+                    *options,
+                    "--batch-size",
+                    str(args.batch_size),
+                    "--workers",
+                    str(args.workers),
+                    "--out",
+                    str(out_dir),
+                    "--quiet",
+                ],
+                explain_env,
+            )
             records = json.loads((out_dir / "summary.json").read_text())["images"]
             explain_top1 = {r["file"]: r["explained"][0]["class"] for r in records}
             if explain_top1 != plain_top1:
@@ -204,10 +246,14 @@ def main() -> None:
     print(f"{'what':<10}{'median wall s':>15}{'min wall s':>12}{'median cpu s':>14}")
     for key, ts in times.items():
         print(f"{key:<10}{statistics.median(ts):>15.3f}{min(ts):>12.3f}{statistics.median(cpus[key]):>14.3f}")
-    print(f"explain / plain wall time: median {statistics.median(ratios):.3f}x over {len(ratios)} rounds "
-          f"(per round: {', '.join(f'{r:.2f}' for r in ratios)}); top-1 identical on all {len(plain_top1)} files")
-    print(f"explain / plain CPU time (user + system): median {statistics.median(cpu_ratios):.3f}x "
-          f"(per round: {', '.join(f'{r:.2f}' for r in cpu_ratios)})")
+    print(
+        f"explain / plain wall time: median {statistics.median(ratios):.3f}x over {len(ratios)} rounds "
+        f"(per round: {', '.join(f'{r:.2f}' for r in ratios)}); top-1 identical on all {len(plain_top1)} files"
+    )
+    print(
+        f"explain / plain CPU time (user + system): median {statistics.median(cpu_ratios):.3f}x "
+        f"(per round: {', '.join(f'{r:.2f}' for r in cpu_ratios)})"
+    )
 
 
 if __name__ == "__main__":

@@ -54,8 +54,10 @@ def main() -> None:
     parser.add_argument("--real", action="store_true", help="EfficientNet-Lite0 (ImageNet weights) on real photos")
     args = parser.parse_args()
     what = "efficientnet_lite0 (ImageNet weights), shipped photos" if args.real else f"{args.arch} (random weights)"
-    header(f"faithfulness metrics: {what}, {args.batch} images, {args.size} px, "
-           f"{args.steps} deletion/insertion steps, forward batch {args.forward_batch}, CPU")
+    header(
+        f"faithfulness metrics: {what}, {args.batch} images, {args.size} px, "
+        f"{args.steps} deletion/insertion steps, forward batch {args.forward_batch}, CPU"
+    )
     print(f"# numpy {np.__version__} | scipy {scipy.__version__} | camlens {camlens.__version__}")
 
     torch.manual_seed(0)
@@ -101,16 +103,22 @@ def main() -> None:
         "insertion (blur)": lambda: insertion_curve(model, images, maps, classes, steps=args.steps, **common),
         "road (9 percentages)": lambda: road(model, images, maps, classes, **common),
         "  of which imputation (18/image)": lambda: [
-            noisy_linear_imputation(images[i:i + 1].expand(len(holes), -1, -1, -1), holes) for i in range(args.batch)
+            noisy_linear_imputation(images[i : i + 1].expand(len(holes), -1, -1, -1), holes) for i in range(args.batch)
         ],
         "  same systems, scipy spsolve (COLAMD)": lambda: [
             scipy.sparse.linalg.spsolve(*_imputation_system(hole, image)[:2])
-            for image in images.double().numpy() for hole in holes.numpy()
+            for image in images.double().numpy()
+            for hole in holes.numpy()
         ],
         "pointing game (box)": lambda: pointing_game(maps, boxes=boxes),
         "faithfulness_scores (all)": lambda: faithfulness_scores(
-            model, images, maps, classes, boxes=boxes,
-            config=FaithfulnessConfig(steps=args.steps, batch_size=args.forward_batch)),
+            model,
+            images,
+            maps,
+            classes,
+            boxes=boxes,
+            config=FaithfulnessConfig(steps=args.steps, batch_size=args.forward_batch),
+        ),
         "randomization (CAM, every layer)": lambda: randomization_check(model, camlens.CAM, images, classes),
     }
     if not args.no_peers:
@@ -123,16 +131,26 @@ def main() -> None:
             seconds, passes = seconds * args.batch / args.forward_batch, 1.0
         print(f"{name:<40}{passes:>10.1f}{seconds:>10.4f}{seconds / base:>11.1f}")
         table.append([name.strip(), round(passes, 1), round(seconds, 4), round(seconds / base, 1)])
-    values = faithfulness_scores(model, images, maps, classes, boxes=boxes,
-                                 config=FaithfulnessConfig(steps=args.steps, batch_size=args.forward_batch))
-    line = ("values (mean over images; pointing game against the central box): " +
-            ", ".join(f"{k} {float(v.mean()):.3f}" for k, v in values.items()))
+    values = faithfulness_scores(
+        model,
+        images,
+        maps,
+        classes,
+        boxes=boxes,
+        config=FaithfulnessConfig(steps=args.steps, batch_size=args.forward_batch),
+    )
+    line = "values (mean over images; pointing game against the central box): " + ", ".join(
+        f"{k} {float(v.mean()):.3f}" for k, v in values.items()
+    )
     print(line)
-    write_result(f"faithfulness_cost_{'lite0' if args.real else args.arch}",
-                 f"Faithfulness metrics, cost per image: {what}, {args.batch} images at {args.size} px",
-                 ["metric", "forward passes / image", "s / image", "x forward"], table,
-                 f"{args.steps} deletion/insertion steps, forward batch {args.forward_batch}; x forward divides by one "
-                 f"plain inference pass. CAM maps; {line}.")
+    write_result(
+        f"faithfulness_cost_{'lite0' if args.real else args.arch}",
+        f"Faithfulness metrics, cost per image: {what}, {args.batch} images at {args.size} px",
+        ["metric", "forward passes / image", "s / image", "x forward"],
+        table,
+        f"{args.steps} deletion/insertion steps, forward batch {args.forward_batch}; x forward divides by one "
+        f"plain inference pass. CAM maps; {line}.",
+    )
 
 
 def peer_rows(model, images, maps, classes) -> dict[str, Callable[[], object]]:

@@ -90,8 +90,10 @@ def gradient_part(repeats: int, device: torch.device, real: bool = False) -> Non
 
     # one copy of the same weights per library, so no library's hooks run in another's (or the plain) pass
     mine, theirs_pgc, theirs_tc = (copy.deepcopy(model) for _ in range(3))
-    ours = {name: camlens.get_method(name)(mine, layer=layer) for name in
-            ("gradcam", "gradcampp", "xgradcam", "layercam", "hirescam")}
+    ours = {
+        name: camlens.get_method(name)(mine, layer=layer)
+        for name in ("gradcam", "gradcampp", "xgradcam", "layercam", "hirescam")
+    }
     pgc_gradcam = pgc.GradCAM(model=theirs_pgc, target_layers=[camlens.capture.resolve_module(theirs_pgc, layer)[1]])
     tc_gradcam = tc.GradCAM(theirs_tc, target_layer=layer)
 
@@ -113,7 +115,7 @@ def gradient_part(repeats: int, device: torch.device, real: bool = False) -> Non
     times = {name: [] for name in runs}
     names = list(runs)
     for round_ in range(repeats):  # rotate the order so no method always follows the same one
-        for name in names[round_ % len(names):] + names[: round_ % len(names)]:
+        for name in names[round_ % len(names) :] + names[: round_ % len(names)]:
             times[name].append(_timed(runs[name])[0])
     base = statistics.median(times["plain forward (no_grad)"])
     print(f"\n[1] gradient methods at {layer}, {what}, 224 px, {device}, {repeats} rounds (median; order rotated)")
@@ -122,8 +124,10 @@ def gradient_part(repeats: int, device: torch.device, real: bool = False) -> Non
         med = statistics.median(ts)
         print(f"{name:32s} {med:8.3f} {med / base:8.2f}")
     g = statistics.median(times["camlens gradcam"])
-    print(f"camlens GradCAM vs pytorch-grad-cam: {statistics.median(times['pytorch-grad-cam GradCAM']) / g:.2f}x faster, "
-          f"vs torchcam: {statistics.median(times['torchcam GradCAM']) / g:.2f}x faster")
+    print(
+        f"camlens GradCAM vs pytorch-grad-cam: {statistics.median(times['pytorch-grad-cam GradCAM']) / g:.2f}x faster, "
+        f"vs torchcam: {statistics.median(times['torchcam GradCAM']) / g:.2f}x faster"
+    )
     pgc_gradcam.activations_and_grads.release()
     tc_gradcam.remove_hooks()
     for e in ours.values():
@@ -136,7 +140,8 @@ def constant_channels(model: torch.nn.Module, layer: str, x: torch.Tensor) -> li
     with torch.no_grad():
         acts = {}
         handle = camlens.capture.resolve_module(model, layer)[1].register_forward_hook(
-            lambda m, a, o: acts.__setitem__("a", o))
+            lambda m, a, o: acts.__setitem__("a", o)
+        )
         model(x)
         handle.remove()
     flat = acts["a"].flatten(2)
@@ -145,15 +150,19 @@ def constant_channels(model: torch.nn.Module, layer: str, x: torch.Tensor) -> li
     return list(zip(constant, distinct))
 
 
-def scorecam_part(size: int, rounds: int, batch: int, device: torch.device, rows: list[int], real: bool = False) -> None:
+def scorecam_part(
+    size: int, rounds: int, batch: int, device: torch.device, rows: list[int], real: bool = False
+) -> None:
     pgc, tc, Target, _, _ = _peers()
     torch.manual_seed(0)
     if real:
         model, every = _real_model(device, 7)
         x, layer = every[:batch], "bn2"
         counts = constant_channels(model, layer, every)
-        print("\n[2'] EfficientNet-Lite0 (ImageNet weights) at bn2, 1280 channels, the 7 shipped photos at 224 px: "
-              "constant channels / distinct masks: " + ", ".join(f"{c}/{d}" for c, d in counts))
+        print(
+            "\n[2'] EfficientNet-Lite0 (ImageNet weights) at bn2, 1280 channels, the 7 shipped photos at 224 px: "
+            "constant channels / distinct masks: " + ", ".join(f"{c}/{d}" for c, d in counts)
+        )
     else:
         model = torchvision.models.resnet18().eval().to(device)
         x = torch.randn(batch, 3, size, size, device=device)
@@ -164,8 +173,9 @@ def scorecam_part(size: int, rounds: int, batch: int, device: torch.device, rows
     results = {}
 
     def run_ours(optimize: bool, approximate: bool | torch.dtype = False, batch_size: int | None = None):
-        with camlens.ScoreCAM(model, layer=layer, optimize=optimize, approximate=approximate,
-                              batch_size=batch_size) as explainer:
+        with camlens.ScoreCAM(
+            model, layer=layer, optimize=optimize, approximate=approximate, batch_size=batch_size
+        ) as explainer:
             return camlens.normalize(explainer(x, classes=classes).maps[:, 0])
 
     def run_torchcam():
@@ -188,8 +198,11 @@ def scorecam_part(size: int, rounds: int, batch: int, device: torch.device, rows
         "camlens ScoreCAM": lambda: run_ours(True),
         "camlens ScoreCAM optimize=False": lambda: run_ours(False),
         "camlens ScoreCAM approximate=True": lambda: run_ours(True, approximate=True),
-        **({"camlens ScoreCAM approximate=float16": lambda: run_ours(True, approximate=torch.float16)}
-           if device.type == "cuda" else {}),
+        **(
+            {"camlens ScoreCAM approximate=float16": lambda: run_ours(True, approximate=torch.float16)}
+            if device.type == "cuda"
+            else {}
+        ),
         **{f"camlens ScoreCAM batch_size={n}": (lambda n=n: run_ours(True, batch_size=n)) for n in rows},
         "torchcam ScoreCAM": run_torchcam,
         "pytorch-grad-cam ScoreCAM": run_pgc,
@@ -199,7 +212,7 @@ def scorecam_part(size: int, rounds: int, batch: int, device: torch.device, rows
     for fn in runs.values():  # warm-up: camlens' per-model pass copies, oneDNN primitive caches
         fn()
     for round_ in range(rounds):  # interleaved and rotated: the machine's load changes between runs
-        for name in names[round_ % len(names):] + names[: round_ % len(names)]:
+        for name in names[round_ % len(names) :] + names[: round_ % len(names)]:
             seconds, maps = _timed(runs[name])
             times[name].append(seconds)
             results[name] = maps
@@ -209,8 +222,10 @@ def scorecam_part(size: int, rounds: int, batch: int, device: torch.device, rows
     constant, distinct = sum(c for c, _ in counts), sum(d for _, d in counts)
     channels = x.shape[0] * (1280 if real else 512)
     what = "efficientnet_lite0 (ImageNet weights), shipped photos" if real else "resnet18 (random weights)"
-    print(f"\n[2] Score-CAM, {what}, {batch} image(s), {x.shape[-1]} px, {device}, {layer} ({channels} channels, "
-          f"{constant} constant, {distinct} distinct maps), median of {rounds} interleaved rounds")
+    print(
+        f"\n[2] Score-CAM, {what}, {batch} image(s), {x.shape[-1]} px, {device}, {layer} ({channels} channels, "
+        f"{constant} constant, {distinct} distinct maps), median of {rounds} interleaved rounds"
+    )
     print(f"{'method':38s} {'seconds':>8s} {'x camlens':>9s} max|diff| vs camlens (normalized)")
     for name, (maps, t) in results.items():
         mine = ours if maps.shape[-1] == ours.shape[-1] else camlens.normalize(camlens.upsample(ours, maps.shape[-2:]))
@@ -219,8 +234,10 @@ def scorecam_part(size: int, rounds: int, batch: int, device: torch.device, rows
     print("speed-up over the faster peer (median of per-round ratios):")
     for name in names:
         if name.startswith("camlens"):
-            paired = [min(a, b) / c for a, b, c in
-                      zip(times["torchcam ScoreCAM"], times["pytorch-grad-cam ScoreCAM"], times[name])]
+            paired = [
+                min(a, b) / c
+                for a, b, c in zip(times["torchcam ScoreCAM"], times["pytorch-grad-cam ScoreCAM"], times[name])
+            ]
             print(f"  {name:34s} {statistics.median(paired):5.2f}x   rounds: {' '.join(f'{r:.2f}' for r in paired)}")
 
 
@@ -232,16 +249,28 @@ def main() -> None:
     parser.add_argument("--scorecam-size", type=int, default=224, help="input size of the Score-CAM comparison")
     parser.add_argument("--scorecam-rounds", type=int, default=3, help="timed rounds of each Score-CAM")
     parser.add_argument("--scorecam-batch", type=int, default=1, help="images per Score-CAM call")
-    parser.add_argument("--scorecam-rows", type=int, nargs="*", default=[],
-                        help="also time camlens' Score-CAM with these batch_size values (masked copies a pass)")
-    parser.add_argument("--real", action="store_true",
-                        help="also run both parts on EfficientNet-Lite0 with its ImageNet weights on real photos")
+    parser.add_argument(
+        "--scorecam-rows",
+        type=int,
+        nargs="*",
+        default=[],
+        help="also time camlens' Score-CAM with these batch_size values (masked copies a pass)",
+    )
+    parser.add_argument(
+        "--real",
+        action="store_true",
+        help="also run both parts on EfficientNet-Lite0 with its ImageNet weights on real photos",
+    )
     parser.add_argument("--skip-random", action="store_true", help="only the trained-weight parts (with --real)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
-    parser.add_argument("--no-tf32", action="store_true",
-                        help="on GPU, float32 convolutions and matrix products without TF32 rounding")
-    parser.add_argument("--cudnn-benchmark", action="store_true",
-                        help="on GPU, let cuDNN time its algorithms per shape (for every library alike)")
+    parser.add_argument(
+        "--no-tf32", action="store_true", help="on GPU, float32 convolutions and matrix products without TF32 rounding"
+    )
+    parser.add_argument(
+        "--cudnn-benchmark",
+        action="store_true",
+        help="on GPU, let cuDNN time its algorithms per shape (for every library alike)",
+    )
     args = parser.parse_args()
     device = torch.device(args.device)
     torch.backends.cudnn.benchmark = args.cudnn_benchmark
@@ -249,19 +278,26 @@ def main() -> None:
         torch.backends.cudnn.allow_tf32 = False
         torch.backends.cuda.matmul.allow_tf32 = False
     _, _, _, pgc_version, tc_version = _peers()
-    print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-          f"python {platform.python_version()}")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+        f"python {platform.python_version()}"
+    )
     if device.type == "cuda":
-        print(f"device: {torch.cuda.get_device_name(device)}, cuDNN TF32 {torch.backends.cudnn.allow_tf32}, "
-              f"matmul TF32 {torch.backends.cuda.matmul.allow_tf32}, cuDNN benchmark {args.cudnn_benchmark}")
-    print(f"torch {torch.__version__}, torchvision {torchvision.__version__}, grad-cam {pgc_version}, "
-          f"torchcam {tc_version}, camlens {camlens.__version__}")
+        print(
+            f"device: {torch.cuda.get_device_name(device)}, cuDNN TF32 {torch.backends.cudnn.allow_tf32}, "
+            f"matmul TF32 {torch.backends.cuda.matmul.allow_tf32}, cuDNN benchmark {args.cudnn_benchmark}"
+        )
+    print(
+        f"torch {torch.__version__}, torchvision {torchvision.__version__}, grad-cam {pgc_version}, "
+        f"torchcam {tc_version}, camlens {camlens.__version__}"
+    )
     for real in ([False] if not args.skip_random else []) + ([True] if args.real else []):
         if not args.skip_gradient:
             gradient_part(args.repeats, device, real)
         if not args.skip_scorecam:
-            scorecam_part(args.scorecam_size, args.scorecam_rounds, args.scorecam_batch, device, args.scorecam_rows,
-                          real)
+            scorecam_part(
+                args.scorecam_size, args.scorecam_rounds, args.scorecam_batch, device, args.scorecam_rows, real
+            )
 
 
 if __name__ == "__main__":

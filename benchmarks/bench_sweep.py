@@ -75,7 +75,7 @@ def reference(maps: np.ndarray, gts: list[np.ndarray], thresholds: np.ndarray) -
             top.append((x, y, min(x + bw, w - 1), min(y + bh, h - 1)))
             rects = [cv2.boundingRect(c) for c in contours]
             best.append([(x, y, min(x + bw, w - 1), min(y + bh, h - 1)) for x, y, bw, bh in rects])
-        largest += (_iou_inclusive(np.array(top), gt).max(1)[None] >= cut)
+        largest += _iou_inclusive(np.array(top), gt).max(1)[None] >= cut
         counts = np.array([len(b) for b in best])
         ious = _iou_inclusive(np.concatenate([np.array(b) for b in best]), gt).max(1)
         per_t = np.maximum.reduceat(ious, np.r_[0, np.cumsum(counts)[:-1]])
@@ -101,9 +101,11 @@ def main() -> None:
     parser.add_argument("--noise", type=float, default=0.0)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    header(f"WSOL sweep, {args.maps} maps of {args.size} px from a {args.grid}x{args.grid} field + noise {args.noise}, "
-           f"1000 thresholds, MaxBoxAcc + MaxBoxAccV2; opencv {cv2.__version__}, numpy {np.__version__}, "
-           f"numba {numba.__version__}")
+    header(
+        f"WSOL sweep, {args.maps} maps of {args.size} px from a {args.grid}x{args.grid} field + noise {args.noise}, "
+        f"1000 thresholds, MaxBoxAcc + MaxBoxAccV2; opencv {cv2.__version__}, numpy {np.__version__}, "
+        f"numba {numba.__version__}"
+    )
     maps = cam_like_maps(args.maps, args.size, args.grid, noise=args.noise)
     gts = ground_truth(args.maps, args.size)
     gts_camlens = [torch.from_numpy(g + np.array([0, 0, 1, 1])).double() for g in gts]  # inclusive -> exclusive
@@ -118,34 +120,45 @@ def main() -> None:
     fast()
     print(f"camlens first call (numba compile, or load from its cache): {time.perf_counter() - start:.2f} s")
     ours, (ref_largest, ref_every) = fast(), reference(maps, gts, thresholds)
-    same = np.array_equal(ours.correct_largest.numpy(), ref_largest) and np.array_equal(ours.correct_any.numpy(), ref_every)
+    same = np.array_equal(ours.correct_largest.numpy(), ref_largest) and np.array_equal(
+        ours.correct_any.numpy(), ref_every
+    )
     print(f"identical MaxBoxAcc/V2 hit counts at all {len(thresholds)} thresholds x IoU {IOUS}: {same}")
     print(f"MaxBoxAcc {ours.compute()['maxboxacc']:.2f}  MaxBoxAccV2 {ours.compute()['maxboxacc_v2']:.2f}")
 
     wall = {"opencv per threshold": [], "camlens one pass": []}
     cpu = {"opencv per threshold": [], "camlens one pass": []}
     for _ in range(args.repeats):
-        for name, fn in (("opencv per threshold", lambda: reference(maps, gts, thresholds)), ("camlens one pass", fast)):
+        for name, fn in (
+            ("opencv per threshold", lambda: reference(maps, gts, thresholds)),
+            ("camlens one pass", fast),
+        ):
             w0, c0 = time.perf_counter(), time.process_time()
             fn()
             wall[name].append(time.perf_counter() - w0)
             cpu[name].append(time.process_time() - c0)
     print(f"{'what':<24}{'wall ms/map':>14}{'cpu ms/map':>14}")
     for name in wall:
-        print(f"{name:<24}{statistics.median(wall[name]) / args.maps * 1e3:>14.2f}"
-              f"{statistics.median(cpu[name]) / args.maps * 1e3:>14.2f}")
+        print(
+            f"{name:<24}{statistics.median(wall[name]) / args.maps * 1e3:>14.2f}"
+            f"{statistics.median(cpu[name]) / args.maps * 1e3:>14.2f}"
+        )
     ratio_wall = statistics.median(r / f for r, f in zip(wall["opencv per threshold"], wall["camlens one pass"]))
     ratio_cpu = statistics.median(r / f for r, f in zip(cpu["opencv per threshold"], cpu["camlens one pass"]))
-    print(f"speedup (reference / camlens): {ratio_wall:.1f}x wall, {ratio_cpu:.1f}x cpu time"
-          f"{'' if same else '   RESULTS DIFFER'}")
+    print(
+        f"speedup (reference / camlens): {ratio_wall:.1f}x wall, {ratio_cpu:.1f}x cpu time"
+        f"{'' if same else '   RESULTS DIFFER'}"
+    )
     what = f"{args.maps} maps, {args.size} px, from {args.grid}x{args.grid}"
     what += f", noise {args.noise}" if args.noise else ""
     ms = {name: round(statistics.median(wall[name]) / args.maps * 1e3, 2) for name in wall}
-    write_result(f"sweep_{args.size}px_grid{args.grid}" + (f"_noise{args.noise}" if args.noise else ""),
-                 f"WSOL threshold sweep (1000 thresholds, MaxBoxAcc + MaxBoxAccV2): {what}",
-                 ["maps", "OpenCV per threshold, ms/map", "camlens one pass, ms/map", "ratio", "identical hit counts"],
-                 [[what, ms["opencv per threshold"], ms["camlens one pass"], f"{ratio_wall:.1f}x", same]],
-                 f"Wall time, medians of {args.repeats} interleaved rounds, one thread.")
+    write_result(
+        f"sweep_{args.size}px_grid{args.grid}" + (f"_noise{args.noise}" if args.noise else ""),
+        f"WSOL threshold sweep (1000 thresholds, MaxBoxAcc + MaxBoxAccV2): {what}",
+        ["maps", "OpenCV per threshold, ms/map", "camlens one pass, ms/map", "ratio", "identical hit counts"],
+        [[what, ms["opencv per threshold"], ms["camlens one pass"], f"{ratio_wall:.1f}x", same]],
+        f"Wall time, medians of {args.repeats} interleaved rounds, one thread.",
+    )
 
 
 if __name__ == "__main__":

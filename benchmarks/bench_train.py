@@ -45,8 +45,16 @@ NETWORKS = {
 }
 
 
-def plain_epoch(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, batch: int, lr: float,
-                device: torch.device, channels_last: bool, amp: bool) -> None:
+def plain_epoch(
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    batch: int,
+    lr: float,
+    device: torch.device,
+    channels_last: bool,
+    amp: bool,
+) -> None:
     """What a user writes by hand: shuffle, normalize, forward, cross-entropy, backward, AdamW step."""
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model.to(device, memory_format=fmt).train()
@@ -65,12 +73,31 @@ def plain_epoch(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tens
     sync()
 
 
-def camlens_epoch(model: torch.nn.Module, data: TrainData, batch: int, lr: float, device: str, channels_last: bool,
-                  amp: bool, arch: str) -> float:
+def camlens_epoch(
+    model: torch.nn.Module,
+    data: TrainData,
+    batch: int,
+    lr: float,
+    device: str,
+    channels_last: bool,
+    amp: bool,
+    arch: str,
+) -> float:
     """One epoch of ``camlens.training.train``; returns the seconds its training steps took (``train_seconds``)."""
     with tempfile.TemporaryDirectory() as out:
-        config = TrainConfig("builtin", arch=arch, out=out, epochs=1, batch_size=batch, lr=lr, augment="none",
-                             device=device, channels_last=channels_last, amp=amp, progress=False)
+        config = TrainConfig(
+            "builtin",
+            arch=arch,
+            out=out,
+            epochs=1,
+            batch_size=batch,
+            lr=lr,
+            augment="none",
+            device=device,
+            channels_last=channels_last,
+            amp=amp,
+            progress=False,
+        )
         result = train(config, model=model, prepared=data, log=None)
     sync()
     return float(result.history[-1].train_seconds or 0.0)
@@ -85,34 +112,55 @@ def spread(ratios: list[float]) -> str:
 def main() -> None:
     retained = retain_freed_memory()
     parser = argparse.ArgumentParser()
-    parser.add_argument("--archs", nargs="+", default=["gapnet", "gapify-resnet18", "vgg16-cam", "wsol-resnet50"],
-                        choices=list(NETWORKS))
+    parser.add_argument(
+        "--archs",
+        nargs="+",
+        default=["gapnet", "gapify-resnet18", "vgg16-cam", "wsol-resnet50"],
+        choices=list(NETWORKS),
+    )
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--images", type=int, default=2048)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=8)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
-                        help="default: on for CPU (camlens's default there), off for CUDA")
+    parser.add_argument(
+        "--channels-last",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="default: on for CPU (camlens's default there), off for CUDA",
+    )
     parser.add_argument("--amp", action="store_true", help="bfloat16 autocast (CUDA)")
     args = parser.parse_args()
     device = torch.device(args.device)
     channels_last = args.channels_last if args.channels_last is not None else device.type == "cpu"
-    header(f"training throughput, camlens loop vs plain loop: {args.images} images of {args.size} px, batch "
-           f"{args.batch}, {args.device}, channels_last={channels_last}, amp={args.amp}")
+    header(
+        f"training throughput, camlens loop vs plain loop: {args.images} images of {args.size} px, batch "
+        f"{args.batch}, {args.device}, channels_last={channels_last}, amp={args.amp}"
+    )
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (args.images + 32, 3, args.size, args.size), generator=g, dtype=torch.uint8)
     labels = torch.randint(0, 10, (args.images + 32,), generator=g)
-    data = TrainData(Split(labels[: args.images], images[: args.images]), Split(labels[args.images :], images[args.images :]),
-                     [str(i) for i in range(10)], args.size, False, "random", "none")
+    data = TrainData(
+        Split(labels[: args.images], images[: args.images]),
+        Split(labels[args.images :], images[args.images :]),
+        [str(i) for i in range(10)],
+        args.size,
+        False,
+        "random",
+        "none",
+    )
     lr = 1e-3
     print(f"# freed memory retained (glibc mallopt): {retained}")
-    print(f"# ratios: medians over {args.repeats} rounds of t(camlens) / t(plain) [first quartile, third quartile]; "
-          "steps: camlens's training steps alone (its train_seconds); run: the whole train() call (set-up, the "
-          "steps, the validation pass, the checkpoint files, loading the best weights back); end of epoch: "
-          "run - steps, in seconds")
-    print(f"{'network':<18}{'plain img/s':>12}{'camlens img/s':>14}{'steps ratio':>24}{'run ratio':>24}"
-          f"{'run CPU-time ratio':>24}{'end of epoch s':>16}")
+    print(
+        f"# ratios: medians over {args.repeats} rounds of t(camlens) / t(plain) [first quartile, third quartile]; "
+        "steps: camlens's training steps alone (its train_seconds); run: the whole train() call (set-up, the "
+        "steps, the validation pass, the checkpoint files, loading the best weights back); end of epoch: "
+        "run - steps, in seconds"
+    )
+    print(
+        f"{'network':<18}{'plain img/s':>12}{'camlens img/s':>14}{'steps ratio':>24}{'run ratio':>24}"
+        f"{'run CPU-time ratio':>24}{'end of epoch s':>16}"
+    )
     for name in args.archs:
         arch, options = NETWORKS[name]
         torch.manual_seed(0)
@@ -120,15 +168,31 @@ def main() -> None:
         times: dict[str, list[float]] = {"plain": [], "camlens": [], "steps": []}
         cpu: dict[str, list[float]] = {"plain": [], "camlens": []}
         runs = {  # the lambdas run within this iteration, so they see its `initial` and `arch`
-            "plain": lambda: plain_epoch(copy.deepcopy(initial), images[: args.images],  # noqa: B023
-                                         labels[: args.images], args.batch, lr, device, channels_last, args.amp),
-            "camlens": lambda: camlens_epoch(copy.deepcopy(initial), data, args.batch, lr,  # noqa: B023
-                                             args.device, channels_last, args.amp, arch),  # noqa: B023
+            "plain": lambda: plain_epoch(
+                copy.deepcopy(initial),  # noqa: B023
+                images[: args.images],
+                labels[: args.images],
+                args.batch,
+                lr,
+                device,
+                channels_last,
+                args.amp,
+            ),
+            "camlens": lambda: camlens_epoch(
+                copy.deepcopy(initial),  # noqa: B023
+                data,
+                args.batch,
+                lr,
+                args.device,
+                channels_last,
+                args.amp,
+                arch,  # noqa: B023
+            ),
         }
         for fn in runs.values():  # warm-up
             fn()
         for round_ in range(args.repeats):
-            for key in (["plain", "camlens"] if round_ % 2 == 0 else ["camlens", "plain"]):
+            for key in ["plain", "camlens"] if round_ % 2 == 0 else ["camlens", "plain"]:
                 start, start_cpu = time.perf_counter(), time.process_time()
                 steps = runs[key]()
                 times[key].append(time.perf_counter() - start)
@@ -138,11 +202,14 @@ def main() -> None:
 
         plain = times["plain"]
         end_of_epoch = statistics.median(t - s for t, s in zip(times["camlens"], times["steps"]))
-        print(f"{name:<18}{args.images / statistics.median(plain):>12.1f}"
-              f"{args.images / statistics.median(times['camlens']):>14.1f}"
-              f"{spread([s / p for s, p in zip(times['steps'], plain)]):>24}"
-              f"{spread([c / p for c, p in zip(times['camlens'], plain)]):>24}"
-              f"{spread([c / p for c, p in zip(cpu['camlens'], cpu['plain'])]):>24}{end_of_epoch:>16.3f}", flush=True)
+        print(
+            f"{name:<18}{args.images / statistics.median(plain):>12.1f}"
+            f"{args.images / statistics.median(times['camlens']):>14.1f}"
+            f"{spread([s / p for s, p in zip(times['steps'], plain)]):>24}"
+            f"{spread([c / p for c, p in zip(times['camlens'], plain)]):>24}"
+            f"{spread([c / p for c, p in zip(cpu['camlens'], cpu['plain'])]):>24}{end_of_epoch:>16.3f}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

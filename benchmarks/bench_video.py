@@ -31,7 +31,7 @@ from skimage import data, transform
 
 from common import header, write_result
 
-PLAIN = r'''
+PLAIN = r"""
 import json, sys
 
 import av
@@ -56,7 +56,7 @@ with torch.inference_mode(), av.open(clip) as container:
     if batch:
         classify()
 print(json.dumps(top1))
-'''
+"""
 
 
 def make_clip(path: Path, frames: int) -> None:
@@ -69,7 +69,7 @@ def make_clip(path: Path, frames: int) -> None:
             zoom = 1.0 + 0.5 * t / max(1, frames - 1)
             h, w = int(360 / zoom), int(480 / zoom)
             y0, x0 = (512 - h) * t // max(1, frames - 1), (512 - w) // 2
-            crop = transform.resize(photo[y0:y0 + h, x0:x0 + w], (240, 320), anti_aliasing=True)
+            crop = transform.resize(photo[y0 : y0 + h, x0 : x0 + w], (240, 320), anti_aliasing=True)
             pixels = (crop * 255).round().astype(np.uint8)
             container.mux(stream.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")))
         container.mux(stream.encode(None))
@@ -98,9 +98,25 @@ def main() -> None:
         model_args = json.dumps({"arch": args.arch, "weights": args.weights})
         plain_cmd = [sys.executable, "-c", PLAIN, str(clip), model_args, "1"]
         batched_cmd = [sys.executable, "-c", PLAIN, str(clip), model_args, str(args.batch_size)]
-        explain_cmd = [sys.executable, "-m", "camlens", "explain", str(clip), "--arch", args.arch, "--weights",
-                       args.weights, "--topk", "1", "--batch-size", str(args.batch_size), "--quiet", "--restart",
-                       "--out", str(Path(tmp) / "out")]
+        explain_cmd = [
+            sys.executable,
+            "-m",
+            "camlens",
+            "explain",
+            str(clip),
+            "--arch",
+            args.arch,
+            "--weights",
+            args.weights,
+            "--topk",
+            "1",
+            "--batch-size",
+            str(args.batch_size),
+            "--quiet",
+            "--restart",
+            "--out",
+            str(Path(tmp) / "out"),
+        ]
         plain_s, batched_s, explain_s = [], [], []
         for _ in range(args.rounds):
             seconds, out = timed(plain_cmd)
@@ -115,22 +131,40 @@ def main() -> None:
             if explain_top1 != plain_top1:
                 sys.exit(f"top-1 classes differ on {sum(a != b for a, b in zip(explain_top1, plain_top1))} frames")
     ratios = [e / p for e, p in zip(explain_s, plain_s)]
-    rows = [["plain frame-by-frame classification (batch 1)", round(statistics.median(plain_s), 2),
-             round(args.frames / statistics.median(plain_s), 1), 1.0],
-            [f"plain classification, frames batched by {args.batch_size}", round(statistics.median(batched_s), 2),
-             round(args.frames / statistics.median(batched_s), 1),
-             round(statistics.median(b / p for b, p in zip(batched_s, plain_s)), 3)],
-            [f"camlens explain clip.mp4 (batch {args.batch_size}, CAM + overlay video)",
-             round(statistics.median(explain_s), 2), round(args.frames / statistics.median(explain_s), 1),
-             round(statistics.median(ratios), 3)]]
+    rows = [
+        [
+            "plain frame-by-frame classification (batch 1)",
+            round(statistics.median(plain_s), 2),
+            round(args.frames / statistics.median(plain_s), 1),
+            1.0,
+        ],
+        [
+            f"plain classification, frames batched by {args.batch_size}",
+            round(statistics.median(batched_s), 2),
+            round(args.frames / statistics.median(batched_s), 1),
+            round(statistics.median(b / p for b, p in zip(batched_s, plain_s)), 3),
+        ],
+        [
+            f"camlens explain clip.mp4 (batch {args.batch_size}, CAM + overlay video)",
+            round(statistics.median(explain_s), 2),
+            round(args.frames / statistics.median(explain_s), 1),
+            round(statistics.median(ratios), 3),
+        ],
+    ]
     print(f"{'what':<60}{'wall s':>9}{'frames/s':>10}{'ratio':>8}")
     for row in rows:
         print(f"{row[0]:<60}{row[1]:>9}{row[2]:>10}{row[3]:>8}")
-    write_result("video", "Explaining a video: camlens explain against plain frame-by-frame classification",
-                 ["what", "wall s (median)", "frames/s", "wall ratio to plain"], rows,
-                 notes=(f"{args.arch} ({args.weights} weights), a {args.frames}-frame 320x240 H.264 clip, whole "
-                        f"processes (start-up included), {args.rounds} round(s), PyAV {av.__version__}; top-1 classes "
-                        "identical on every frame."))
+    write_result(
+        "video",
+        "Explaining a video: camlens explain against plain frame-by-frame classification",
+        ["what", "wall s (median)", "frames/s", "wall ratio to plain"],
+        rows,
+        notes=(
+            f"{args.arch} ({args.weights} weights), a {args.frames}-frame 320x240 H.264 clip, whole "
+            f"processes (start-up included), {args.rounds} round(s), PyAV {av.__version__}; top-1 classes "
+            "identical on every frame."
+        ),
+    )
 
 
 if __name__ == "__main__":

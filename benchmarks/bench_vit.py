@@ -37,8 +37,9 @@ from common import header, interleaved, report  # noqa: E402
 
 def ratios(times: dict[str, list[float]], baseline: str) -> dict[str, tuple[float, float]]:
     base = times[baseline]
-    return {name: (statistics.median(ts), statistics.median(t / b for t, b in zip(ts, base)))
-            for name, ts in times.items()}
+    return {
+        name: (statistics.median(ts), statistics.median(t / b for t, b in zip(ts, base))) for name, ts in times.items()
+    }
 
 
 def main() -> None:
@@ -92,19 +93,32 @@ def main() -> None:
         top = big(x).argmax(1)
     diff = float((ours(x, top).maps[:, 0] - torchcam_legrad()).abs().max())
     print(f"\n## torchvision vit_b_16, {args.repeats} rounds; max |camlens - torchcam| LeGrad map: {diff:.2e}")
-    big_times = interleaved({"forward (no_grad)": forward_big, "camlens legrad": lambda: ours(x),
-                             "torchcam legrad": torchcam_legrad}, args.repeats)
+    big_times = interleaved(
+        {"forward (no_grad)": forward_big, "camlens legrad": lambda: ours(x), "torchcam legrad": torchcam_legrad},
+        args.repeats,
+    )
     report(big_times, "forward (no_grad)")
     load_after = os.getloadavg()
 
-    rows = [["vit_small_patch16_224", name, round(s, 4), round(r, 3)]
-            for name, (s, r) in ratios(small_times, "forward (no_grad)").items()]
-    rows += [["vit_b_16 (torchvision)", name, round(s, 4), round(r, 3)]
-             for name, (s, r) in ratios(big_times, "forward (no_grad)").items()]
-    machine = {"cpu": cpu_description(), "cores": os.cpu_count(), "flags": [f for f in UNITS if f in cpu_flags()],
-               "torch": torch.__version__, "torchvision": torchvision.__version__, "timm": timm.__version__,
-               "threads": torch.get_num_threads(), "device": str(device),
-               "load_average_1min": [round(load_before[0], 2), round(load_after[0], 2)]}
+    rows = [
+        ["vit_small_patch16_224", name, round(s, 4), round(r, 3)]
+        for name, (s, r) in ratios(small_times, "forward (no_grad)").items()
+    ]
+    rows += [
+        ["vit_b_16 (torchvision)", name, round(s, 4), round(r, 3)]
+        for name, (s, r) in ratios(big_times, "forward (no_grad)").items()
+    ]
+    machine = {
+        "cpu": cpu_description(),
+        "cores": os.cpu_count(),
+        "flags": [f for f in UNITS if f in cpu_flags()],
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "timm": timm.__version__,
+        "threads": torch.get_num_threads(),
+        "device": str(device),
+        "load_average_1min": [round(load_before[0], 2), round(load_after[0], 2)],
+    }
     if device.type == "cuda":
         machine["gpu"] = torch.cuda.get_device_name(device)
     result = {
@@ -113,11 +127,13 @@ def main() -> None:
         "machine": machine,
         "columns": ["model", "what", "median s", "ratio to forward"],
         "rows": rows,
-        "notes": (f"Random weights; {args.repeats} interleaved rounds, ratio = median over rounds of t / t[forward]. "
-                  f"camlens and torchcam LeGrad maps differ by at most {diff:.1e} (raw). CAM does not apply to "
-                  "vit_small (class-token head). GAE needs one backward to the first block, so it costs about a "
-                  "forward more; LeGrad's backward stays inside its blocks. The machine was shared: 1-min load "
-                  f"average {load_before[0]:.1f} before, {load_after[0]:.1f} after."),
+        "notes": (
+            f"Random weights; {args.repeats} interleaved rounds, ratio = median over rounds of t / t[forward]. "
+            f"camlens and torchcam LeGrad maps differ by at most {diff:.1e} (raw). CAM does not apply to "
+            "vit_small (class-token head). GAE needs one backward to the first block, so it costs about a "
+            "forward more; LeGrad's backward stays inside its blocks. The machine was shared: 1-min load "
+            f"average {load_before[0]:.1f} before, {load_after[0]:.1f} after."
+        ),
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

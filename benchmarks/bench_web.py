@@ -42,8 +42,13 @@ def _checkpoint(arg: str | None, tmp: Path) -> Path:
     from camlens.models import GapNet, Preprocess, save_checkpoint
 
     torch.manual_seed(0)
-    return save_checkpoint(tmp / "gapnet.safetensors", GapNet(10).eval(), arch="gapnet",
-                           class_names=[f"class{i}" for i in range(10)], preprocess=Preprocess((64, 64)))
+    return save_checkpoint(
+        tmp / "gapnet.safetensors",
+        GapNet(10).eval(),
+        arch="gapnet",
+        class_names=[f"class{i}" for i in range(10)],
+        preprocess=Preprocess((64, 64)),
+    )
 
 
 def _images(count: int, size: int) -> list[bytes]:
@@ -55,8 +60,15 @@ def _images(count: int, size: int) -> list[bytes]:
         tensors = [data[i]["image"] for i in range(count)]
     except Exception:  # an older checkout without the built-in dataset
         rng = np.random.default_rng(0)
-        tensors = [torch.nn.functional.interpolate(torch.from_numpy(rng.random((1, 3, 6, 6))).float(), size=(size, size),
-                                                   mode="bicubic", align_corners=False)[0].clamp(0, 1) for _ in range(count)]
+        tensors = [
+            torch.nn.functional.interpolate(
+                torch.from_numpy(rng.random((1, 3, 6, 6))).float(),
+                size=(size, size),
+                mode="bicubic",
+                align_corners=False,
+            )[0].clamp(0, 1)
+            for _ in range(count)
+        ]
     out = []
     for t in tensors:
         buf = io.BytesIO()
@@ -70,9 +82,26 @@ class Server:
 
     def __init__(self, checkpoint: Path, workers: int, max_batch: int) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "camlens", "serve", "--checkpoint", str(checkpoint), "--port", "0",
-             "--workers", str(workers), "--max-batch", str(max_batch), "--log-level", "warning"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            [
+                sys.executable,
+                "-m",
+                "camlens",
+                "serve",
+                "--checkpoint",
+                str(checkpoint),
+                "--port",
+                "0",
+                "--workers",
+                str(workers),
+                "--max-batch",
+                str(max_batch),
+                "--log-level",
+                "warning",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         line = self.proc.stdout.readline()
         match = re.search(r"http://127\.0\.0\.1:\d+", line)
         if not match:
@@ -113,9 +142,15 @@ async def _load(url: str, images: list[bytes], clients: int, requests: int, max_
         await asyncio.gather(*[client(k, c) for k in range(clients)])
         wall = time.perf_counter() - began
     ms = sorted(1000 * t for t in latencies)
-    return {"done": len(ms), "errors": errors, "wall": wall, "rps": len(ms) / wall,
-            "p50": statistics.median(ms), "p95": ms[min(len(ms) - 1, int(round(0.95 * (len(ms) - 1))))],
-            "mean": statistics.fmean(ms)}
+    return {
+        "done": len(ms),
+        "errors": errors,
+        "wall": wall,
+        "rps": len(ms) / wall,
+        "p50": statistics.median(ms),
+        "p95": ms[min(len(ms) - 1, int(round(0.95 * (len(ms) - 1))))],
+        "mean": statistics.fmean(ms),
+    }
 
 
 def main() -> None:
@@ -131,12 +166,16 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = _checkpoint(args.checkpoint, Path(tmp))
-        header(f"camlens serve under load: {checkpoint}, {args.size} px PNG uploads, method {args.method}, "
-               f"top-{args.topk}, {args.workers} model threads, loopback")
+        header(
+            f"camlens serve under load: {checkpoint}, {args.size} px PNG uploads, method {args.method}, "
+            f"top-{args.topk}, {args.workers} model threads, loopback"
+        )
         images = _images(32, args.size)
         query = f"?method={args.method}&topk={args.topk}"
         configs = [(1, 1), (args.clients, 1), (args.clients, 8)]
-        print(f"{'clients':>7} {'max_batch':>9} {'requests':>8} {'errors':>6} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'mean ms':>8}")
+        print(
+            f"{'clients':>7} {'max_batch':>9} {'requests':>8} {'errors':>6} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'mean ms':>8}"
+        )
         rows = []
         for clients, max_batch in configs:
             server = Server(checkpoint, args.workers, max_batch)
@@ -145,18 +184,31 @@ def main() -> None:
             finally:
                 server.stop()
             rows.append(r)
-            print(f"{clients:>7} {max_batch:>9} {r['done']:>8} {r['errors']:>6} {r['rps']:>8.1f} {r['p50']:>8.1f} "
-                  f"{r['p95']:>8.1f} {r['mean']:>8.1f}")
-        print(f"throughput with {args.clients} clients vs 1: {rows[1]['rps'] / rows[0]['rps']:.2f}x unbatched, "
-              f"{rows[2]['rps'] / rows[0]['rps']:.2f}x with batches of up to 8")
-        write_result("serve_load", f"camlens serve under load: {args.size} px PNG uploads, method {args.method}, "
-                     f"top-{args.topk}, {args.workers} model threads",
-                     ["clients", "batching", "req/s", "p50 ms", "p95 ms"],
-                     [[clients, "off" if max_batch == 1 else f"up to {max_batch} (--max-batch {max_batch})",
-                       round(r["rps"], 1), round(r["p50"], 1), round(r["p95"], 1)]
-                      for (clients, max_batch), r in zip(configs, rows)],
-                     "The real server on loopback, clients in the same machine; "
-                     f"{sum(r['errors'] for r in rows)} errors.")
+            print(
+                f"{clients:>7} {max_batch:>9} {r['done']:>8} {r['errors']:>6} {r['rps']:>8.1f} {r['p50']:>8.1f} "
+                f"{r['p95']:>8.1f} {r['mean']:>8.1f}"
+            )
+        print(
+            f"throughput with {args.clients} clients vs 1: {rows[1]['rps'] / rows[0]['rps']:.2f}x unbatched, "
+            f"{rows[2]['rps'] / rows[0]['rps']:.2f}x with batches of up to 8"
+        )
+        write_result(
+            "serve_load",
+            f"camlens serve under load: {args.size} px PNG uploads, method {args.method}, "
+            f"top-{args.topk}, {args.workers} model threads",
+            ["clients", "batching", "req/s", "p50 ms", "p95 ms"],
+            [
+                [
+                    clients,
+                    "off" if max_batch == 1 else f"up to {max_batch} (--max-batch {max_batch})",
+                    round(r["rps"], 1),
+                    round(r["p50"], 1),
+                    round(r["p95"], 1),
+                ]
+                for (clients, max_batch), r in zip(configs, rows)
+            ],
+            f"The real server on loopback, clients in the same machine; {sum(r['errors'] for r in rows)} errors.",
+        )
 
 
 if __name__ == "__main__":

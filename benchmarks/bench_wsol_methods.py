@@ -67,12 +67,19 @@ def main() -> None:
         ratio = statistics.median(b / t for t, b in zip(ts, base))
         print(f"{name:<8}{per_step:>15.4f}{args.batch / per_step:>10.0f}{ratio:>19.3f}")
         rows.append([name, round(per_step, 4), round(args.batch / per_step), round(ratio, 3)])
-    note = (f"Throughput vs cam: median over {args.rounds} interleaved rounds of t[cam] / t[method] "
-            f"({args.steps} steps per round each)")
+    note = (
+        f"Throughput vs cam: median over {args.rounds} interleaved rounds of t[cam] / t[method] "
+        f"({args.steps} steps per round each)"
+    )
     print(f"# {note[0].lower()}{note[1:]}")
-    write_result("wsol_methods_throughput", f"WSOL training steps: {args.arch}, {args.size} px, batch {args.batch}, "
-                 f"{args.device}", ["method", "median s/step", "images/s", "throughput vs cam"], rows, note + ".",
-                 device=args.device)
+    write_result(
+        "wsol_methods_throughput",
+        f"WSOL training steps: {args.arch}, {args.size} px, batch {args.batch}, {args.device}",
+        ["method", "median s/step", "images/s", "throughput vs cam"],
+        rows,
+        note + ".",
+        device=args.device,
+    )
 
 
 if __name__ == "__main__":

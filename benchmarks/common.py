@@ -25,8 +25,10 @@ def header(title: str) -> None:
 
     cpu = platform.processor() or platform.machine()
     print(f"# {title}")
-    print(f"# {platform.node()} | {cpu} | {os.cpu_count()} cpus | torch threads {torch.get_num_threads()} | "
-          f"python {platform.python_version()} | torch {torch.__version__} | torchvision {torchvision.__version__}")
+    print(
+        f"# {platform.node()} | {cpu} | {os.cpu_count()} cpus | torch threads {torch.get_num_threads()} | "
+        f"python {platform.python_version()} | torch {torch.__version__} | torchvision {torchvision.__version__}"
+    )
     print(f"# cpu: {cpu_description()}")
 
 
@@ -49,8 +51,16 @@ def machine(device: str = "cpu") -> dict[str, Any]:
     return described
 
 
-def write_result(name: str, title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], notes: str = "",
-                 *, device: str = "cpu", command: str | None = None) -> Path:
+def write_result(
+    name: str,
+    title: str,
+    columns: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+    notes: str = "",
+    *,
+    device: str = "cpu",
+    command: str | None = None,
+) -> Path:
     """Write ``benchmarks/results/NAME.json`` for the documentation's benchmark pages: the title, the table, the
     command that made it (this process's command line unless given) and this machine.
 
@@ -68,8 +78,14 @@ def write_result(name: str, title: str, columns: Sequence[str], rows: Sequence[S
     """
     if command is None:
         command = "python " + shlex.join(["benchmarks/" + Path(sys.argv[0]).name, *sys.argv[1:]])
-    result = {"title": title, "command": command, "machine": machine(device), "columns": list(columns),
-              "rows": [list(row) for row in rows], "notes": notes}
+    result = {
+        "title": title,
+        "command": command,
+        "machine": machine(device),
+        "columns": list(columns),
+        "rows": [list(row) for row in rows],
+        "notes": notes,
+    }
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")

@@ -48,14 +48,19 @@ def render(name: str) -> str:
     if missing:
         raise ValueError(f"{path} lacks {', '.join(missing)}")
     columns = result["columns"]
-    lines = [f"### {result['title']}", "", "| " + " | ".join(_cell(c) for c in columns) + " |",
-             "|" + "---|" * len(columns)]
+    lines = [
+        f"### {result['title']}",
+        "",
+        "| " + " | ".join(_cell(c) for c in columns) + " |",
+        "|" + "---|" * len(columns),
+    ]
     for row in result["rows"]:
         if len(row) != len(columns):
             raise ValueError(f"{path}: row {row} has {len(row)} cells for {len(columns)} columns")
         lines.append("| " + " | ".join(_cell(c) for c in row) + " |")
-    machine = ", ".join(f"{key}: {', '.join(map(str, v)) if isinstance(v, list) else v}"
-                        for key, v in result["machine"].items())
+    machine = ", ".join(
+        f"{key}: {', '.join(map(str, v)) if isinstance(v, list) else v}" for key, v in result["machine"].items()
+    )
     lines += ["", "Command:", "", "```bash", result["command"], "```", "", f"Machine: {machine}."]
     if result["notes"]:
         lines += ["", result["notes"]]
@@ -83,5 +88,7 @@ def on_page_markdown(markdown: str, page: Any, config: Any, files: Any) -> str:
 def on_post_build(config: Any) -> None:
     unshown = sorted(path.stem for path in RESULTS.glob("*.json") if path.stem not in _shown)
     if unshown:
-        log.warning(f"benchmarks/results has files no page shows: {', '.join(unshown)}; "
-                    f"add <!-- benchmark: NAME --> to a page under docs/benchmarks/")
+        log.warning(
+            f"benchmarks/results has files no page shows: {', '.join(unshown)}; "
+            f"add <!-- benchmark: NAME --> to a page under docs/benchmarks/"
+        )

@@ -28,26 +28,45 @@ def main() -> None:
 
     buffer = io.BytesIO()
     Image.fromarray(getattr(data, args.photo)()).save(buffer, "JPEG", quality=92)
-    proc = subprocess.Popen([sys.executable, "-m", "camlens", "serve", "--arch", "efficientnet_lite0", "--weights",
-                             "imagenet", "--port", "0", "--log-level", "warning"], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "camlens",
+            "serve",
+            "--arch",
+            "efficientnet_lite0",
+            "--weights",
+            "imagenet",
+            "--port",
+            "0",
+            "--log-level",
+            "warning",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         line = proc.stdout.readline() if proc.stdout else ""
         match = re.search(r"http://127\.0\.0\.1:\d+/", line)
         if not match:
             raise SystemExit(f"camlens serve did not start: {line!r}")
         with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=args.chromium, headless=True,
-                                        args=["--no-sandbox", "--disable-gpu", "--no-first-run"])
+            browser = p.chromium.launch(
+                executable_path=args.chromium, headless=True, args=["--no-sandbox", "--disable-gpu", "--no-first-run"]
+            )
             page = browser.new_page(viewport={"width": 1100, "height": 760})
             page.goto(match.group(0))
             page.wait_for_function("() => document.querySelectorAll('#method option').length > 1")
             page.fill("#topk", "3")
             page.locator("#topk").blur()
-            page.set_input_files("#file", files=[{"name": f"{args.photo}.jpg", "mimeType": "image/jpeg",
-                                                  "buffer": buffer.getvalue()}])
+            page.set_input_files(
+                "#file", files=[{"name": f"{args.photo}.jpg", "mimeType": "image/jpeg", "buffer": buffer.getvalue()}]
+            )
             page.wait_for_function("() => document.querySelectorAll('.card .overlay').length === 3", timeout=120_000)
             page.wait_for_function(
-                "() => [...document.querySelectorAll('.card .overlay')].every(i => i.complete && i.naturalWidth > 0)")
+                "() => [...document.querySelectorAll('.card .overlay')].every(i => i.complete && i.naturalWidth > 0)"
+            )
             page.screenshot(path=args.out, full_page=True)
             browser.close()
     finally:

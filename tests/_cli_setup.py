@@ -15,8 +15,13 @@ from camlens.models import GapNet, Preprocess, save_checkpoint
 def checkpoint_and_images(root: Path, images: int) -> Path:
     """root/m.safetensors (an untrained 10-class GapNet at 32 px) and root/imgs/im{i}.png of varied sizes."""
     torch.manual_seed(0)
-    save_checkpoint(root / "m.safetensors", GapNet(10).eval(), arch="gapnet", class_names=list("abcdefghij"),
-                    preprocess=Preprocess((32, 32), (0.5,) * 3, (0.25,) * 3))
+    save_checkpoint(
+        root / "m.safetensors",
+        GapNet(10).eval(),
+        arch="gapnet",
+        class_names=list("abcdefghij"),
+        preprocess=Preprocess((32, 32), (0.5,) * 3, (0.25,) * 3),
+    )
     rng = np.random.default_rng(1)
     (root / "imgs").mkdir()
     for i in range(images):

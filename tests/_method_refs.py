@@ -117,7 +117,9 @@ def ref_xgradcam(a, g):
 
 def ref_layercam(a, g):
     def rule(A, G, K, h, w):
-        return [[max(0.0, sum(max(G[k][i][j], 0.0) * A[k][i][j] for k in range(K))) for j in range(w)] for i in range(h)]
+        return [
+            [max(0.0, sum(max(G[k][i][j], 0.0) * A[k][i][j] for k in range(K))) for j in range(w)] for i in range(h)
+        ]
 
     return _loops(a, g, rule)
 
@@ -192,6 +194,7 @@ def ref_ablationcam(model, layer, x, classes, reshape=None):
         for b in range(batch):
             ablated = []
             for k in range(K):
+
                 def zero(mod, args, o, k=k):
                     o = o.clone()
                     if reshape is None:

@@ -25,8 +25,18 @@ from camlens.methods import METHODS
 
 RESNET_LAYERS = ["", "auto", "layer1", "layer3", "layer4", "layer4.0.conv1", "layer4.1", "fc", "avgpool"]
 GAPNET_LAYERS = ["", "auto", "features.2", "features.5", "features.6", "features.6.0", "features.6.1", "pool", "fc"]
-BAD_FORM = [("method", "nope"), ("layer", "nolayer"), ("topk", "0"), ("topk", "99"), ("topk", "x"), ("class", "-1"),
-            ("class", "99999"), ("class", "zebra"), ("alpha", "2"), ("alpha", "nan")]
+BAD_FORM = [
+    ("method", "nope"),
+    ("layer", "nolayer"),
+    ("topk", "0"),
+    ("topk", "99"),
+    ("topk", "x"),
+    ("class", "-1"),
+    ("class", "99999"),
+    ("class", "zebra"),
+    ("alpha", "2"),
+    ("alpha", "nan"),
+]
 
 
 def png(rng: random.Random) -> bytes:
@@ -58,8 +68,11 @@ def request_mix(count: int, layers: list[str] = RESNET_LAYERS, seed: int = 0) ->
     methods = [m for m in sorted(METHODS) if not METHODS[m].needs_attention]  # a ResNet is served
     out = []
     for i in range(count):
-        fields = {"method": methods[i % len(methods)], "layer": layers[(i // len(methods)) % len(layers)],
-                  "topk": str(1 + i % 3)}
+        fields = {
+            "method": methods[i % len(methods)],
+            "layer": layers[(i // len(methods)) % len(layers)],
+            "topk": str(1 + i % 3),
+        }
         body = png(rng)
         if i % 3 == 1:
             body = corrupt(body, rng)
@@ -93,7 +106,8 @@ class Server:
 
     def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
         self.proc, self.url = start_server(
-            [sys.executable, "-m", "camlens", "serve", "--port", "0", "--log-level", "warning", *args], env)
+            [sys.executable, "-m", "camlens", "serve", "--port", "0", "--log-level", "warning", *args], env
+        )
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -104,8 +118,9 @@ class Server:
             self.proc.wait()
 
 
-async def drive(url: str, mix: list[tuple[dict[str, str], bytes]], clients: int = 4,
-                timeout: float = 60) -> dict[int, int]:
+async def drive(
+    url: str, mix: list[tuple[dict[str, str], bytes]], clients: int = 4, timeout: float = 60
+) -> dict[int, int]:
     """Send every request of ``mix`` from ``clients`` concurrent connections; the count of each status."""
     statuses: dict[int, int] = {}
     queue = list(reversed(mix))
@@ -135,9 +150,12 @@ def main() -> None:
         mix = request_mix(args.requests)
         start = time.perf_counter()
         for i in range(0, len(mix), args.every):
-            statuses = asyncio.run(drive(server.url, mix[i:i + args.every], args.clients))
-            print(f"{i + args.every:5d} requests  RSS {rss_bytes(server.proc.pid) / 2**20:7.1f} MiB  "
-                  f"{time.perf_counter() - start:6.1f} s  {dict(sorted(statuses.items()))}", flush=True)
+            statuses = asyncio.run(drive(server.url, mix[i : i + args.every], args.clients))
+            print(
+                f"{i + args.every:5d} requests  RSS {rss_bytes(server.proc.pid) / 2**20:7.1f} MiB  "
+                f"{time.perf_counter() - start:6.1f} s  {dict(sorted(statuses.items()))}",
+                flush=True,
+            )
     finally:
         server.stop()
 

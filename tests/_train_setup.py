@@ -44,8 +44,12 @@ def write_builtin_metadata(root: Path, num_train: int = 40, num_val: int = 20, s
         ids = [f"{split}/{i}.png" for i in ds.ids]
         for image_id, img in zip(ids, ds.uint8_images()):
             Image.fromarray(img.permute(1, 2, 0).numpy()).save(images / image_id)
-        ann = Annotations(ids, data["labels"].long(), [b.double().round().reshape(1, 4) for b in data["boxes"]],
-                          [(size, size)] * count)
+        ann = Annotations(
+            ids,
+            data["labels"].long(),
+            [b.double().round().reshape(1, 4) for b in data["boxes"]],
+            [(size, size)] * count,
+        )
         write_wsol_metadata(meta / split, ann)
         if split == "train":
             for name in ("localization.txt", "image_sizes.txt"):  # Choe et al.'s train split has labels only

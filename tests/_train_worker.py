@@ -21,10 +21,17 @@ def run(out: str, epochs: int, resume: bool = False, crash_after: int | None = N
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (52, 3, 16, 16), generator=g, dtype=torch.uint8)
     labels = torch.randint(0, 10, (52,), generator=g)
-    data = TrainData(Split(labels[:44], images[:44]), Split(labels[44:], images[44:]), [str(i) for i in range(10)],
-                     16, True, "random")
-    config = TrainConfig(out=out, epochs=epochs, batch_size=12, optimizer="sgd", lr=0.05, lr_decay_every=2,
-                         resume=resume, progress=False)
+    data = TrainData(
+        Split(labels[:44], images[:44]),
+        Split(labels[44:], images[44:]),
+        [str(i) for i in range(10)],
+        16,
+        True,
+        "random",
+    )
+    config = TrainConfig(
+        out=out, epochs=epochs, batch_size=12, optimizer="sgd", lr=0.05, lr_decay_every=2, resume=resume, progress=False
+    )
 
     def log(line: str) -> None:
         if crash_after is not None and line.startswith(f"epoch {crash_after}/"):

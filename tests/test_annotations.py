@@ -27,8 +27,13 @@ def write(path, text):
     return path
 
 
-def wsol_folder(tmp_path, loc="a.jpg,1,2,3,4\nb.jpg,0,0,9,9\nb.jpg,5,5,6,6\n", sizes="a.jpg,10,8\nb.jpg,10,10\n",
-                labels="a.jpg,3\nb.jpg,0\n", ids="a.jpg\nb.jpg\n"):
+def wsol_folder(
+    tmp_path,
+    loc="a.jpg,1,2,3,4\nb.jpg,0,0,9,9\nb.jpg,5,5,6,6\n",
+    sizes="a.jpg,10,8\nb.jpg,10,10\n",
+    labels="a.jpg,3\nb.jpg,0\n",
+    ids="a.jpg\nb.jpg\n",
+):
     write(tmp_path / "image_ids.txt", ids)
     write(tmp_path / "class_labels.txt", labels)
     if sizes is not None:
@@ -50,9 +55,12 @@ def test_wsol_boxes_are_inclusive_and_become_exclusive(tmp_path):
 
 
 def test_wsol_metadata_round_trip(tmp_path):
-    ann = Annotations(["x/1.png", "y/2.png"], torch.tensor([4, 1]),
-                      [torch.tensor([[0.0, 1.0, 5.0, 6.0]]), torch.tensor([[2.0, 2.0, 3.0, 3.0], [0.0, 0.0, 8.0, 7.0]])],
-                      [(8, 7), (8, 7)])
+    ann = Annotations(
+        ["x/1.png", "y/2.png"],
+        torch.tensor([4, 1]),
+        [torch.tensor([[0.0, 1.0, 5.0, 6.0]]), torch.tensor([[2.0, 2.0, 3.0, 3.0], [0.0, 0.0, 8.0, 7.0]])],
+        [(8, 7), (8, 7)],
+    )
     back = read_wsol_metadata(write_wsol_metadata(tmp_path / "meta", ann))
     assert back.ids == ann.ids and back.labels.tolist() == ann.labels.tolist() and back.sizes == ann.sizes
     assert all(torch.equal(a, b) for a, b in zip(back.boxes, ann.boxes))
@@ -167,10 +175,15 @@ def test_cub_boxes_splits_and_zero_based_labels(tmp_path):
     assert len(read_cub(root, None)) == 3
 
 
-@pytest.mark.parametrize("boxes, where", [("1 10 20 30\n2 0 0 5 5\n3 1 1 2 2\n", ":1"),
-                                          ("1 10 20 30 40\n2 0 0 -5 5\n3 1 1 2 2\n", ":2"),
-                                          ("1 10 20 30 40\n2 0 0 5 5\n3 1 1 2 nan\n", ":3"),
-                                          ("1 10 20 30 40\n2 0 0 5 5\n", "no entry for image id 3")])
+@pytest.mark.parametrize(
+    "boxes, where",
+    [
+        ("1 10 20 30\n2 0 0 5 5\n3 1 1 2 2\n", ":1"),
+        ("1 10 20 30 40\n2 0 0 -5 5\n3 1 1 2 2\n", ":2"),
+        ("1 10 20 30 40\n2 0 0 5 5\n3 1 1 2 nan\n", ":3"),
+        ("1 10 20 30 40\n2 0 0 5 5\n", "no entry for image id 3"),
+    ],
+)
 def test_cub_errors_name_file_and_line(tmp_path, boxes, where):
     with pytest.raises(AnnotationError) as err:
         read_cub(cub_root(tmp_path, boxes), None)

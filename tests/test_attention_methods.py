@@ -22,14 +22,29 @@ except ImportError:  # the Hugging Face cases skip alone; timm and torchvision s
 
 # ----- tiny models of the three families (random weights)
 def timm_vit(**kw):
-    return timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=6, img_size=32, patch_size=8,
-                             depth=3, embed_dim=24, num_heads=3, **kw).eval()
+    return timm.create_model(
+        "vit_tiny_patch16_224",
+        pretrained=False,
+        num_classes=6,
+        img_size=32,
+        patch_size=8,
+        depth=3,
+        embed_dim=24,
+        num_heads=3,
+        **kw,
+    ).eval()
 
 
 def tv_vit(image_size=32, patch_size=8, num_layers=3, num_heads=2, hidden_dim=16, mlp_dim=32, num_classes=6):
-    model = torchvision.models.VisionTransformer(image_size=image_size, patch_size=patch_size, num_layers=num_layers,
-                                                 num_heads=num_heads, hidden_dim=hidden_dim, mlp_dim=mlp_dim,
-                                                 num_classes=num_classes).eval()
+    model = torchvision.models.VisionTransformer(
+        image_size=image_size,
+        patch_size=patch_size,
+        num_layers=num_layers,
+        num_heads=num_heads,
+        hidden_dim=hidden_dim,
+        mlp_dim=mlp_dim,
+        num_classes=num_classes,
+    ).eval()
     torch.nn.init.normal_(model.heads.head.weight, std=0.5)  # torchvision starts the head at zero: no gradient
     return model
 
@@ -37,8 +52,15 @@ def tv_vit(image_size=32, patch_size=8, num_layers=3, num_heads=2, hidden_dim=16
 def hf_vit():
     if transformers is None:
         pytest.skip("transformers is not installed (pip install 'camlens[test]')")
-    config = transformers.ViTConfig(image_size=32, patch_size=8, num_hidden_layers=3, num_attention_heads=2,
-                                    hidden_size=16, intermediate_size=32, num_labels=6)
+    config = transformers.ViTConfig(
+        image_size=32,
+        patch_size=8,
+        num_hidden_layers=3,
+        num_attention_heads=2,
+        hidden_size=16,
+        intermediate_size=32,
+        num_labels=6,
+    )
     return transformers.ViTForImageClassification(config).eval()
 
 
@@ -67,14 +89,16 @@ def reference_pass(model, x, family):
             # PyTorch returns a view of the probabilities made after their use: recompute the output from it
             weights = out[1]
             dim, heads = m.embed_dim, m.num_heads
-            v = torch.nn.functional.linear(args[2], m.in_proj_weight[2 * dim:], m.in_proj_bias[2 * dim:])
+            v = torch.nn.functional.linear(args[2], m.in_proj_weight[2 * dim :], m.in_proj_bias[2 * dim :])
             v = v.unflatten(-1, (heads, -1)).transpose(1, 2)
             attentions.append(weights)
             return m.out_proj((weights @ v).transpose(1, 2).flatten(2)), weights
 
         for block in blocks:
+
             def want_weights(m, args, kwargs):
                 return args, {**kwargs, "need_weights": True, "average_attn_weights": False}
+
             handles.append(block.self_attention.register_forward_pre_hook(want_weights, with_kwargs=True))
             handles.append(block.self_attention.register_forward_hook(replay_with_weights))
     else:
@@ -257,7 +281,7 @@ def test_batch_equals_samples_one_by_one():
     explainer = GenericAttentionCAM(model)
     batch = explainer(x, [1, 2, 3])
     for i, c in enumerate([1, 2, 3]):
-        single = explainer(x[i:i + 1], c)
+        single = explainer(x[i : i + 1], c)
         torch.testing.assert_close(batch.maps[i], single.maps[0], rtol=1e-4, atol=1e-7)
 
 
@@ -300,7 +324,6 @@ def test_non_square_grid():
     model = timm_vit(dynamic_img_size=True)
     result = AttentionRollout(model)(torch.randn(1, 3, 32, 48))
     assert result.maps.shape == (1, 1, 4, 6)
-
 
 
 def test_grid_that_cannot_be_read_is_named():

@@ -33,8 +33,16 @@ def _png(h=40, w=56):
 
 def _vit():
     torch.manual_seed(0)
-    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=4, img_size=32, patch_size=8,
-                              depth=2, embed_dim=24, num_heads=3).eval()
+    model = timm.create_model(
+        "vit_tiny_patch16_224",
+        pretrained=False,
+        num_classes=4,
+        img_size=32,
+        patch_size=8,
+        depth=2,
+        embed_dim=24,
+        num_heads=3,
+    ).eval()
     return LoadedModel(model, list("abcd"), Preprocess((32, 32)), "timm:tiny-vit")
 
 
@@ -46,8 +54,22 @@ def _cnn():
 def test_cli_explains_a_timm_vit_by_name(tmp_path):
     # one method through the real command line (a process start is seconds); serve below runs all three
     (tmp_path / "a.png").write_bytes(_png())
-    proc = _run("explain", "a.png", "--arch", "timm:vit_tiny_patch16_224", "--weights", "none", "--method", "gae",
-                "--topk", "2", "--out", "out", "--quiet", cwd=tmp_path)
+    proc = _run(
+        "explain",
+        "a.png",
+        "--arch",
+        "timm:vit_tiny_patch16_224",
+        "--weights",
+        "none",
+        "--method",
+        "gae",
+        "--topk",
+        "2",
+        "--out",
+        "out",
+        "--quiet",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr
     explained = json.loads((tmp_path / "out" / "summary.json").read_text())["images"][0]["explained"]
     assert len(explained) == 2 and Image.open(tmp_path / "out" / explained[0]["overlay"]).size == (56, 40)
@@ -55,8 +77,9 @@ def test_cli_explains_a_timm_vit_by_name(tmp_path):
 
 def test_cli_refuses_rollout_on_a_cnn_in_one_line(tmp_path):
     (tmp_path / "a.png").write_bytes(_png())
-    proc = _run("explain", "a.png", "--arch", "resnet18", "--weights", "none", "--method", "rollout", "--out", "o",
-                cwd=tmp_path)
+    proc = _run(
+        "explain", "a.png", "--arch", "resnet18", "--weights", "none", "--method", "rollout", "--out", "o", cwd=tmp_path
+    )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "'rollout' needs a vision transformer" in lines[0] and "ResNet" in lines[0]
@@ -81,7 +104,9 @@ def test_serve_refuses_attention_methods_on_a_cnn_with_the_reason():
         assert not set(ATTENTION) & set(offered) and "gradcam" in offered
         res = client.post("/api/explain?method=legrad", files={"file": ("x", _png())})
         assert res.status_code == 400
-        assert res.json()["error"] == ("method 'legrad' needs a vision transformer's self-attention; GapNet has none "
-                                       "(a CNN?): use a layer method (gradcam, eigencam, cam) on it")
+        assert res.json()["error"] == (
+            "method 'legrad' needs a vision transformer's self-attention; GapNet has none "
+            "(a CNN?): use a layer method (gradcam, eigencam, cam) on it"
+        )
     with pytest.raises(CamlensError, match="'rollout' needs a vision transformer"):
         create_app(loaded, methods=["gradcam", "rollout"])

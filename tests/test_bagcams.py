@@ -93,8 +93,9 @@ def test_bagcams_leaves_the_logits_unchanged_and_zeroes_maps_of_non_positive_sco
 
 
 def test_bagcams_on_a_network_without_a_gap_head_is_one_line():
-    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 8), nn.ReLU(),
-                          nn.Linear(8, 3)).eval()
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 8), nn.ReLU(), nn.Linear(8, 3)
+    ).eval()
     with camlens.BagCAMs(model) as bag, pytest.raises(CamlensError, match="GAP classifier") as err:
         bag(torch.randn(1, 3, 8, 8))
     assert "\n" not in str(err.value)

@@ -20,8 +20,13 @@ def _run(*args, cwd):
 def workspace(tmp_path_factory):
     root = tmp_path_factory.mktemp("explain")
     torch.manual_seed(0)
-    save_checkpoint(root / "m.safetensors", GapNet(3).eval(), arch="gapnet", class_names=["ant", "bee", "cow"],
-                    preprocess=Preprocess((32, 32), (0.5,) * 3, (0.25,) * 3))
+    save_checkpoint(
+        root / "m.safetensors",
+        GapNet(3).eval(),
+        arch="gapnet",
+        class_names=["ant", "bee", "cow"],
+        preprocess=Preprocess((32, 32), (0.5,) * 3, (0.25,) * 3),
+    )
     imgs = root / "imgs"
     imgs.mkdir()
     rng = np.random.default_rng(0)
@@ -35,12 +40,29 @@ def workspace(tmp_path_factory):
 
 
 def test_bad_inputs_are_one_line_each_and_the_rest_is_done(workspace):
-    proc = _run("explain", "imgs", "missing.jpg", "--checkpoint", "m.safetensors", "--topk", "2",
-                "--max-pixels", "5000", "--out", "out", "--quiet", cwd=workspace)
+    proc = _run(
+        "explain",
+        "imgs",
+        "missing.jpg",
+        "--checkpoint",
+        "m.safetensors",
+        "--topk",
+        "2",
+        "--max-pixels",
+        "5000",
+        "--out",
+        "out",
+        "--quiet",
+        cwd=workspace,
+    )
     assert proc.returncode == 1
     errors = [line for line in proc.stderr.splitlines() if line.startswith("camlens:")]
-    for name, reason in [("truncated.jpg", "corrupt or truncated"), ("notes.png", "not an image"),
-                         ("huge.png", "over the limit"), ("missing.jpg", "no such file")]:
+    for name, reason in [
+        ("truncated.jpg", "corrupt or truncated"),
+        ("notes.png", "not an image"),
+        ("huge.png", "over the limit"),
+        ("missing.jpg", "no such file"),
+    ]:
         assert any(name in line and reason in line for line in errors), (name, proc.stderr)
     assert "Traceback" not in proc.stderr
     summary = json.loads((workspace / "out" / "summary.json").read_text())
@@ -59,8 +81,21 @@ def test_explained_class_and_scores_match_the_library(workspace):
     from camlens.data.images import load_image
     from camlens.models import load_model
 
-    proc = _run("explain", "imgs/rgb.jpg", "--checkpoint", "m.safetensors", "--class", "2", "--figure",
-                "--format", "jpg", "--out", "one", "--quiet", cwd=workspace)
+    proc = _run(
+        "explain",
+        "imgs/rgb.jpg",
+        "--checkpoint",
+        "m.safetensors",
+        "--class",
+        "2",
+        "--figure",
+        "--format",
+        "jpg",
+        "--out",
+        "one",
+        "--quiet",
+        cwd=workspace,
+    )
     assert proc.returncode == 0, proc.stderr
     rec = json.loads((workspace / "one" / "summary.json").read_text())["images"][0]
     loaded = load_model(workspace / "m.safetensors")
@@ -76,7 +111,9 @@ def test_usage_errors_are_one_line_without_traceback(workspace):
     proc = _run("explain", "imgs/rgb.jpg", "--out", "x", cwd=workspace)
     assert proc.returncode == 2 and "give --checkpoint FILE or --arch NAME" in proc.stderr
     assert "Traceback" not in proc.stderr
-    proc = _run("explain", "imgs/rgb.jpg", "--arch", "vgg11", "--weights", "none", "--out", "x", "--quiet", cwd=workspace)
+    proc = _run(
+        "explain", "imgs/rgb.jpg", "--arch", "vgg11", "--weights", "none", "--out", "x", "--quiet", cwd=workspace
+    )
     assert proc.returncode == 2 and "GradCAM" in proc.stderr and "Traceback" not in proc.stderr
     proc = _run("--debug", "explain", "imgs/rgb.jpg", "--arch", "nope", "--out", "x", cwd=workspace)
     assert "Traceback" in proc.stderr
@@ -98,10 +135,13 @@ def test_fused_layers_are_the_fusion_rule_of_the_single_layer_maps(workspace):
             torch.testing.assert_close(both(x, [0, 2]).maps, camlens.fuse(singles, rule))
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--method", "nope"], "unknown method 'nope'; choose from"),
-    (["--method", "cam", "--layer", "features.2", "--layer", "features.6"], "fusing 2 layers needs"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--method", "nope"], "unknown method 'nope'; choose from"),
+        (["--method", "cam", "--layer", "features.2", "--layer", "features.6"], "fusing 2 layers needs"),
+    ],
+)
 def test_bad_method_options_are_one_line_errors(workspace, args, message):
     proc = _run("explain", "imgs/rgb.jpg", "--checkpoint", "m.safetensors", *args, "--out", "o", cwd=workspace)
     assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr

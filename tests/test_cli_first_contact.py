@@ -31,14 +31,19 @@ def workspace(tmp_path_factory) -> Path:
         if isinstance(m, torch.nn.BatchNorm2d):
             m.running_mean.uniform_(-0.2, 0.2)
             m.running_var.uniform_(0.5, 2.0)
-    save_checkpoint(root / "m.safetensors", model, arch="gapnet", class_names=[str(i) for i in range(10)],
-                    preprocess=Preprocess((32, 32), (0.5,) * 3, (0.25,) * 3))
+    save_checkpoint(
+        root / "m.safetensors",
+        model,
+        arch="gapnet",
+        class_names=[str(i) for i in range(10)],
+        preprocess=Preprocess((32, 32), (0.5,) * 3, (0.25,) * 3),
+    )
     rng = np.random.default_rng(0)
     sizes = [(40, 48), (36, 36), (48, 30), (40, 40)]  # (H, W)
     ids, boxes = [], []
     for i, (h, w) in enumerate(sizes):
         pixels = rng.integers(0, 80, (h, w, 3), dtype=np.uint8)
-        pixels[h // 4: h // 2 + 6, w // 3: w - 4] += 150  # a bright object
+        pixels[h // 4 : h // 2 + 6, w // 3 : w - 4] += 150  # a bright object
         ids.append(f"c0/{i}.png")
         (root / "imgs" / "c0").mkdir(parents=True, exist_ok=True)
         Image.fromarray(pixels).save(root / "imgs" / ids[-1])
@@ -67,7 +72,10 @@ def test_layers_lists_spatial_layers_with_shapes_and_marks_the_default(workspace
     rows = {line.split()[0]: line for line in out.splitlines()[1:-1]}
     # GapNet at 32 px: two 2x poolings, so 8x8 maps; 16 channels, then 32, 64, 64, 128
     assert rows["features.0"].split()[1:] == ["16", "x", "32", "x", "32"]
-    assert rows["features"].split()[1:6] == ["128", "x", "8", "x", "8"] and "<- default for --method cam" in rows["features"]
+    assert (
+        rows["features"].split()[1:6] == ["128", "x", "8", "x", "8"]
+        and "<- default for --method cam" in rows["features"]
+    )
     assert sum("<- default" in line for line in out.splitlines()) == 1
     assert "fc" not in rows and "pool" not in rows  # (B, 10) and 1x1: not maps
     code, out, _ = _main(workspace, monkeypatch, capsys, "layers", "--checkpoint", "m.safetensors", "--all")
@@ -85,17 +93,65 @@ def test_layers_marks_the_layer_each_method_explains(workspace, monkeypatch, cap
 
 
 def test_saved_maps_score_like_the_model_in_evaluate(workspace, monkeypatch, capsys):
-    code, out, err = _main(workspace, monkeypatch, capsys, "explain", "imgs", "--checkpoint", "m.safetensors",
-                           "--class", "0", "--batch-size", "3", "--save-maps", "maps", "--out", "ex", "--quiet")
+    code, out, err = _main(
+        workspace,
+        monkeypatch,
+        capsys,
+        "explain",
+        "imgs",
+        "--checkpoint",
+        "m.safetensors",
+        "--class",
+        "0",
+        "--batch-size",
+        "3",
+        "--save-maps",
+        "maps",
+        "--out",
+        "ex",
+        "--quiet",
+    )
     assert code == 0, err
     assert sorted(p.relative_to(workspace / "maps").as_posix() for p in (workspace / "maps").rglob("*.npy")) == [
-        f"c0/{i}.png.npy" for i in range(4)]
+        f"c0/{i}.png.npy" for i in range(4)
+    ]
     saved = np.load(workspace / "maps" / "c0" / "1.png.npy")
     assert saved.shape == (36, 36) and saved.dtype == np.float32 and saved.min() == 0 and saved.max() == 1
-    assert _main(workspace, monkeypatch, capsys, "evaluate", "--maps", "maps", "--metadata", "meta",
-                 "--json", "from_maps.json")[0] == 0
-    assert _main(workspace, monkeypatch, capsys, "evaluate", "--checkpoint", "m.safetensors", "--data", "meta",
-                 "--images", "imgs", "--batch-size", "3", "--json", "from_model.json", "--quiet")[0] == 0
+    assert (
+        _main(
+            workspace,
+            monkeypatch,
+            capsys,
+            "evaluate",
+            "--maps",
+            "maps",
+            "--metadata",
+            "meta",
+            "--json",
+            "from_maps.json",
+        )[0]
+        == 0
+    )
+    assert (
+        _main(
+            workspace,
+            monkeypatch,
+            capsys,
+            "evaluate",
+            "--checkpoint",
+            "m.safetensors",
+            "--data",
+            "meta",
+            "--images",
+            "imgs",
+            "--batch-size",
+            "3",
+            "--json",
+            "from_model.json",
+            "--quiet",
+        )[0]
+        == 0
+    )
     maps, model = (json.loads((workspace / name).read_text()) for name in ("from_maps.json", "from_model.json"))
     assert maps["num_images"] == model["num_images"] == 4
     for key in ("maxboxacc", "maxboxacc_v2", "best_threshold", "maxboxacc_v2_by_iou"):
@@ -103,16 +159,31 @@ def test_saved_maps_score_like_the_model_in_evaluate(workspace, monkeypatch, cap
     assert 0 < model["maxboxacc_v2"] < 100  # not a degenerate case where any maps agree
 
 
-@pytest.mark.parametrize("make, message", [
-    (lambda p: p.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}"), "not a valid .safetensors file"),
-    (lambda p: torch.save(GapNet(3), p), "torch.save(model.state_dict(), 'weights.pt')"),
-    (lambda p: p.write_bytes(b"PK\x03\x04 truncated"), "not a PyTorch weights file"),
-])
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda p: p.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}"), "not a valid .safetensors file"),
+        (lambda p: torch.save(GapNet(3), p), "torch.save(model.state_dict(), 'weights.pt')"),
+        (lambda p: p.write_bytes(b"PK\x03\x04 truncated"), "not a PyTorch weights file"),
+    ],
+)
 def test_bad_checkpoints_are_one_plain_line(workspace, monkeypatch, capsys, make, message):
     name = "bad.safetensors" if "safetensors" in message else "bad.pt"
     make(workspace / name)
-    code, _, err = _main(workspace, monkeypatch, capsys, "explain", "imgs", "--checkpoint", name, "--arch", "gapnet",
-                         "--out", "bad", "--quiet")
+    code, _, err = _main(
+        workspace,
+        monkeypatch,
+        capsys,
+        "explain",
+        "imgs",
+        "--checkpoint",
+        name,
+        "--arch",
+        "gapnet",
+        "--out",
+        "bad",
+        "--quiet",
+    )
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
     assert "\x1b" not in err and "Traceback" not in err
 
@@ -126,8 +197,13 @@ def test_a_checkpoint_of_another_architecture_says_which(workspace, monkeypatch,
 def test_missing_cuda_is_one_line_before_any_work(workspace, monkeypatch, capsys):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     model = ["--checkpoint", "m.safetensors"]
-    for command in (["explain", "imgs", "--out", "cuda", *model], ["layers", *model], ["evaluate", *model],
-                    ["train", "--epochs", "1", "--out", "cuda"], ["demo", "--out", "cuda"]):
+    for command in (
+        ["explain", "imgs", "--out", "cuda", *model],
+        ["layers", *model],
+        ["evaluate", *model],
+        ["train", "--epochs", "1", "--out", "cuda"],
+        ["demo", "--out", "cuda"],
+    ):
         code, _, err = _main(workspace, monkeypatch, capsys, *command, "--device", "cuda")
         assert code == 2 and "--device cuda: no CUDA GPU is usable here" in err and "use --device cpu" in err
         assert len(err.strip().splitlines()) == 1
@@ -171,8 +247,20 @@ def test_slow_run_warning_estimates_from_the_first_passes(monkeypatch):
 
 def test_slow_method_from_the_command_line_warns_and_explains(workspace, monkeypatch, capsys):
     monkeypatch.setattr(cli, "SLOW_RUN_SECONDS", 0)
-    code, _, err = _main(workspace, monkeypatch, capsys, "explain", "imgs/c0/0.png", "--checkpoint", "m.safetensors",
-                         "--method", "scorecam", "--out", "slow", "--quiet")
+    code, _, err = _main(
+        workspace,
+        monkeypatch,
+        capsys,
+        "explain",
+        "imgs/c0/0.png",
+        "--checkpoint",
+        "m.safetensors",
+        "--method",
+        "scorecam",
+        "--out",
+        "slow",
+        "--quiet",
+    )
     assert code == 0 and "camlens: scorecam: about" in err and "for 1 image(s) on this CPU" in err
 
 
@@ -182,13 +270,34 @@ def test_a_segmentation_class_without_pixels_is_reported_as_skipped(workspace, m
     from camlens.data.images import load_image
 
     with torch.no_grad():
-        predicted = set(loaded.model(loaded.preprocess(load_image(workspace / "imgs/c0/0.png")))["out"][0]
-                        .argmax(0).unique().tolist())
+        predicted = set(
+            loaded.model(loaded.preprocess(load_image(workspace / "imgs/c0/0.png")))["out"][0]
+            .argmax(0)
+            .unique()
+            .tolist()
+        )
     absent = min(set(range(21)) - predicted)
     torch.manual_seed(0)
-    code, out, err = _main(workspace, monkeypatch, capsys, "explain", "imgs/c0/0.png", "--arch",
-                           "deeplabv3_mobilenet_v3_large", "--weights", "none", "--size", "48", "--method", "gradcam",
-                           "--target", f"segment:{absent}", "--out", "seg", "--quiet")
+    code, out, err = _main(
+        workspace,
+        monkeypatch,
+        capsys,
+        "explain",
+        "imgs/c0/0.png",
+        "--arch",
+        "deeplabv3_mobilenet_v3_large",
+        "--weights",
+        "none",
+        "--size",
+        "48",
+        "--method",
+        "gradcam",
+        "--target",
+        f"segment:{absent}",
+        "--out",
+        "seg",
+        "--quiet",
+    )
     assert code == 0  # the run worked; the answer is that the class is absent
     assert "explained 0 image(s) into seg/" in out and f"1 skipped: imgs/c0/0.png (no pixels of class {absent})" in out
     assert f"camlens: skipped imgs/c0/0.png (no pixels of class {absent})" in err
@@ -205,8 +314,18 @@ def test_localize_overlays_carry_class_labels(workspace, monkeypatch, capsys):
     assert len(changed) and changed.min(0).tolist() >= [10, 5] and changed[:, 0].max() < 25  # text inside, at the top
     text = labelled[changed[:, 0], changed[:, 1]]
     assert ((text[:, 1] > 128) & (text[:, 0] == 0) & (text[:, 2] == 0)).sum() > 20  # written in the box's colour
-    code, _, err = _main(workspace, monkeypatch, capsys, "localize", "imgs/c0/0.png", "--checkpoint", "m.safetensors",
-                         "--out", "boxes", "--quiet")
+    code, _, err = _main(
+        workspace,
+        monkeypatch,
+        capsys,
+        "localize",
+        "imgs/c0/0.png",
+        "--checkpoint",
+        "m.safetensors",
+        "--out",
+        "boxes",
+        "--quiet",
+    )
     assert code == 0, err
     (record,) = json.loads((workspace / "boxes" / "boxes.json").read_text())["images"]
     (entry,) = record["boxes"]
@@ -219,6 +338,7 @@ def test_localize_overlays_carry_class_labels(workspace, monkeypatch, capsys):
         loaded = load_model(workspace / "m.safetensors")
         img = camlens.load_image(workspace / "imgs/c0/0.png")
         _, res = explain_batch(loaded, cam, [img], None)
-    expected = draw_boxes(blend(img, image_maps(res.maps, [img], normalized=False)[0][0]), [entry["box"]],
-                          labels=[label])
+    expected = draw_boxes(
+        blend(img, image_maps(res.maps, [img], normalized=False)[0][0]), [entry["box"]], labels=[label]
+    )
     assert (overlay == np.asarray(expected)).all()

@@ -40,8 +40,21 @@ def _images(loaded, workspace: Path, *names: str) -> torch.Tensor:
 
 
 def test_multilabel_target_writes_one_overlay_per_positive_label(workspace, monkeypatch, capsys):
-    code, summary, err = _explain(workspace, monkeypatch, capsys, "imgs", "flat.npy", "--checkpoint", "m.safetensors",
-                                  "--method", "gradcam", "--target", "labels:0.5", "--out", "ml")
+    code, summary, err = _explain(
+        workspace,
+        monkeypatch,
+        capsys,
+        "imgs",
+        "flat.npy",
+        "--checkpoint",
+        "m.safetensors",
+        "--method",
+        "gradcam",
+        "--target",
+        "labels:0.5",
+        "--out",
+        "ml",
+    )
     assert code == 0, err
     loaded = load_model(workspace / "m.safetensors")
     with torch.no_grad():
@@ -55,14 +68,25 @@ def test_multilabel_target_writes_one_overlay_per_positive_label(workspace, monk
 
 
 def test_segmentation_model_by_name_explains_a_class_over_its_predicted_pixels(workspace, monkeypatch, capsys):
-    args = ["imgs/im0.png", "--arch", "deeplabv3_mobilenet_v3_large", "--weights", "none", "--size", "48",
-            "--method", "gradcam"]
+    args = [
+        "imgs/im0.png",
+        "--arch",
+        "deeplabv3_mobilenet_v3_large",
+        "--weights",
+        "none",
+        "--size",
+        "48",
+        "--method",
+        "gradcam",
+    ]
     torch.manual_seed(0)
     loaded = load_model(arch="deeplabv3_mobilenet_v3_large", weights="none", size=48)
     with torch.no_grad():
         out = loaded.model(_images(loaded, workspace, "im0.png"))["out"][0]
     category = int(out.argmax(0).flatten().mode().values)
-    code, summary, err = _explain(workspace, monkeypatch, capsys, *args, "--target", f"segment:{category}", "--out", "seg")
+    code, summary, err = _explain(
+        workspace, monkeypatch, capsys, *args, "--target", f"segment:{category}", "--out", "seg"
+    )
     assert code == 0, err
     (entry,) = summary["images"][0]["explained"]
     want = float(out[category][out.argmax(0) == category].sum())
@@ -71,8 +95,22 @@ def test_segmentation_model_by_name_explains_a_class_over_its_predicted_pixels(w
 
 
 def test_detection_model_by_name_explains_the_box_that_matches_the_given_one(workspace, monkeypatch, capsys):
-    args = ["imgs/im0.png", "imgs/im1.png", "--arch", "fasterrcnn_resnet50_fpn", "--weights", "none", "--size", "64",
-            "--box-threshold", "0", "--method", "gradcam", "--batch-size", "1"]
+    args = [
+        "imgs/im0.png",
+        "imgs/im1.png",
+        "--arch",
+        "fasterrcnn_resnet50_fpn",
+        "--weights",
+        "none",
+        "--size",
+        "64",
+        "--box-threshold",
+        "0",
+        "--method",
+        "gradcam",
+        "--batch-size",
+        "1",
+    ]
     torch.manual_seed(0)
     loaded = load_model(arch="fasterrcnn_resnet50_fpn", weights="none", size=64)
     loaded.model.roi_heads.score_thresh = 0.0
@@ -94,8 +132,21 @@ def test_detection_model_by_name_explains_the_box_that_matches_the_given_one(wor
 
 
 def test_volume_from_npy_is_explained_by_a_3d_model_and_written_as_npy(workspace, monkeypatch, capsys):
-    args = ["vol.npy", "flat.npy", "--arch", "r3d_18", "--weights", "none", "--size", "24", "--method", "gradcam",
-            "--figure", "--out", "vol"]
+    args = [
+        "vol.npy",
+        "flat.npy",
+        "--arch",
+        "r3d_18",
+        "--weights",
+        "none",
+        "--size",
+        "24",
+        "--method",
+        "gradcam",
+        "--figure",
+        "--out",
+        "vol",
+    ]
     code, summary, err = _explain(workspace, monkeypatch, capsys, *args)
     assert code == 1
     assert "flat.npy: an array of shape (24, 30) is not a volume" in err
@@ -106,13 +157,22 @@ def test_volume_from_npy_is_explained_by_a_3d_model_and_written_as_npy(workspace
     assert (workspace / "vol" / entry["figure"]).is_file()  # slices and the maximum-intensity projection
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--checkpoint", "m.safetensors", "--method", "gradcam", "--target", "segment:1"], "does not fit a classification"),
-    (["--checkpoint", "m.safetensors", "--method", "cam", "--target", "logit"], "--target needs a layer method"),
-    (["--checkpoint", "m.safetensors", "--method", "gradcam", "--target", "box:1:0,0,5"], "box:C:x0,y0,x1,y1"),
-    (["--checkpoint", "m.safetensors", "--method", "gradcam", "--target", "softmax:zebra"], "neither a class index"),
-    (["--arch", "fcos_resnet50_fpn", "--weights", "none", "--size", "32"], "give --target box:C:x0,y0,x1,y1"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (
+            ["--checkpoint", "m.safetensors", "--method", "gradcam", "--target", "segment:1"],
+            "does not fit a classification",
+        ),
+        (["--checkpoint", "m.safetensors", "--method", "cam", "--target", "logit"], "--target needs a layer method"),
+        (["--checkpoint", "m.safetensors", "--method", "gradcam", "--target", "box:1:0,0,5"], "box:C:x0,y0,x1,y1"),
+        (
+            ["--checkpoint", "m.safetensors", "--method", "gradcam", "--target", "softmax:zebra"],
+            "neither a class index",
+        ),
+        (["--arch", "fcos_resnet50_fpn", "--weights", "none", "--size", "32"], "give --target box:C:x0,y0,x1,y1"),
+    ],
+)
 def test_a_target_that_does_not_fit_is_a_one_line_error(workspace, monkeypatch, capsys, args, message):
     code, _, err = _explain(workspace, monkeypatch, capsys, "imgs/im0.png", *args, "--out", "bad")
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err

@@ -24,8 +24,19 @@ from camlens.methods.activation import pass_model
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 GPU = torch.device("cuda")
-METHODS = ["cam", "gradcam", "gradcampp", "xgradcam", "layercam", "hirescam", "scorecam", "sscam", "iscam",
-           "ablationcam", "eigencam"]
+METHODS = [
+    "cam",
+    "gradcam",
+    "gradcampp",
+    "xgradcam",
+    "layercam",
+    "hirescam",
+    "scorecam",
+    "sscam",
+    "iscam",
+    "ablationcam",
+    "eigencam",
+]
 
 
 @pytest.fixture(autouse=True)
@@ -124,8 +135,21 @@ def checkpoint(tmp_path_factory):
     return checkpoint_and_images(tmp_path_factory.mktemp("gpu"), 5)
 
 
-EVALUATE = ["evaluate", "--checkpoint", "m.safetensors", "--num-images", "11", "--batch-size", "3",
-            "--faithfulness", "--steps", "4", "--pointing-tolerance", "4", "--quiet"]
+EVALUATE = [
+    "evaluate",
+    "--checkpoint",
+    "m.safetensors",
+    "--num-images",
+    "11",
+    "--batch-size",
+    "3",
+    "--faithfulness",
+    "--steps",
+    "4",
+    "--pointing-tolerance",
+    "4",
+    "--quiet",
+]
 STRICT_FP32 = """\
 import runpy, sys, torch
 torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
@@ -136,11 +160,22 @@ runpy.run_module("camlens", run_name="__main__", alter_sys=True)
 def _camlens(*args, cwd, torchrun=False):
     """``python -m camlens ARGS`` (under torchrun with one process), float32 without TF32 as in these tests."""
     (cwd / "strict_fp32.py").write_text(STRICT_FP32)
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=1", "--master-addr=127.0.0.1",
-                f"--master-port={free_port()}"] if torchrun else [sys.executable]
+    launcher = (
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc-per-node=1",
+            "--master-addr=127.0.0.1",
+            f"--master-port={free_port()}",
+        ]
+        if torchrun
+        else [sys.executable]
+    )
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([*launcher, "strict_fp32.py", *args], cwd=cwd, capture_output=True, text=True, env=env,
-                          timeout=300)
+    proc = subprocess.run(
+        [*launcher, "strict_fp32.py", *args], cwd=cwd, capture_output=True, text=True, env=env, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 

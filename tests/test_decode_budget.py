@@ -55,7 +55,9 @@ def test_four_concurrent_39_megapixel_uploads_stay_under_the_bound():
     try:
         small = io.BytesIO()
         Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(small, "PNG")
-        assert httpx.post(f"{url}/api/explain", files={"file": ("s.png", small.getvalue())}, timeout=30).status_code == 200
+        assert (
+            httpx.post(f"{url}/api/explain", files={"file": ("s.png", small.getvalue())}, timeout=30).status_code == 200
+        )
         warm = _vm_hwm(proc.pid)
         answers: list = []
 
@@ -98,8 +100,9 @@ def test_parts_fit_the_budget_and_never_span_batches(tmp_path):
     with ThreadPoolExecutor(2) as pool:
         for part in _decoded_batches(batches, pool, 10**6, 2, budget):
             seen.append([p for p, _, _ in part])
-            assert all(isinstance(arr, np.ndarray) and arr.shape[:2] == (Image.open(p).size[::-1])
-                       for p, arr, _ in part)
+            assert all(
+                isinstance(arr, np.ndarray) and arr.shape[:2] == (Image.open(p).size[::-1]) for p, arr, _ in part
+            )
             assert sum(px for _, _, px in part) == sum(w * h for w, h in (Image.open(p).size for p, _, _ in part))
             for _, _, px in part:
                 budget.release(px)
@@ -110,11 +113,31 @@ def test_parts_fit_the_budget_and_never_span_batches(tmp_path):
 
 def _explain_peak(folder: Path, ckpt: Path, out: Path, *extra: str) -> tuple[int, str]:
     """`camlens explain folder` in a fresh interpreter: (its peak RSS in bytes, its stderr)."""
-    code = ("import resource, sys\nfrom camlens.cli import main\nrc = main(sys.argv[1:])\n"
-            "print('PEAK', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\nsys.exit(rc)\n")
-    run = subprocess.run([sys.executable, "-c", code, "explain", str(folder), "--checkpoint", str(ckpt), "--out",
-                          str(out), "--quiet", "--format", "jpg", *extra], capture_output=True, text=True,
-                         env={**os.environ, "PYTHONPATH": SRC}, timeout=300)
+    code = (
+        "import resource, sys\nfrom camlens.cli import main\nrc = main(sys.argv[1:])\n"
+        "print('PEAK', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\nsys.exit(rc)\n"
+    )
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            code,
+            "explain",
+            str(folder),
+            "--checkpoint",
+            str(ckpt),
+            "--out",
+            str(out),
+            "--quiet",
+            "--format",
+            "jpg",
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": SRC},
+        timeout=300,
+    )
     assert run.stderr.strip().splitlines()[-1].startswith("PEAK"), run.stderr
     return int(run.stderr.strip().splitlines()[-1].split()[1]) * 1024, run.stderr
 
@@ -125,8 +148,13 @@ def test_cli_holds_about_one_large_image_at_a_time_and_skips_one_over_the_limit(
     a batch and the next, as before, cost about 24 x 9 MB more: 210 MB), and a 25th image over the limit is one
     skipped line."""
     torch.manual_seed(0)
-    ckpt = save_checkpoint(tmp_path / "m.safetensors", GapNet(4).eval(), arch="gapnet", class_names=list("abcd"),
-                           preprocess=Preprocess((32, 32)))
+    ckpt = save_checkpoint(
+        tmp_path / "m.safetensors",
+        GapNet(4).eval(),
+        arch="gapnet",
+        class_names=list("abcd"),
+        preprocess=Preprocess((32, 32)),
+    )
     one, many = tmp_path / "one", tmp_path / "many"
     one.mkdir()
     many.mkdir()
@@ -154,10 +182,18 @@ def test_a_checkpoint_cannot_switch_the_resize_off(tmp_path):
     from camlens.capture import CamlensError
     from camlens.models import load_model
 
-    path = save_checkpoint(tmp_path / "m.safetensors", GapNet(4).eval(), arch="gapnet", class_names=list("abcd"),
-                           preprocess=Preprocess((32, 32)))
-    meta = {"arch": "gapnet", "class_names": list("abcd"), "preprocess": {"size": None, "mean": [0.5] * 3,
-                                                                           "std": [0.25] * 3}}
+    path = save_checkpoint(
+        tmp_path / "m.safetensors",
+        GapNet(4).eval(),
+        arch="gapnet",
+        class_names=list("abcd"),
+        preprocess=Preprocess((32, 32)),
+    )
+    meta = {
+        "arch": "gapnet",
+        "class_names": list("abcd"),
+        "preprocess": {"size": None, "mean": [0.5] * 3, "std": [0.25] * 3},
+    }
     save_file(load_file(str(path)), str(path), metadata={"camlens": json.dumps(meta)})
     loaded = load_model(path, device="cpu")
     assert loaded.preprocess.size == (224, 224)

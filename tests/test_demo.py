@@ -51,13 +51,27 @@ def small_demo(tmp_path_factory):
 
     def tables(result):
         seen["result"] = result
-        return [("Localization <extra>", ("metric", "value"), [("made-up", 0.5)]),
-                Table("Methods", ("method", "x"), [("cam", 1)], note="a note")]
+        return [
+            ("Localization <extra>", ("metric", "value"), [("made-up", 0.5)]),
+            Table("Methods", ("method", "x"), [("cam", 1)], note="a note"),
+        ]
 
     torch.manual_seed(0)
-    result = run_demo(out, epochs=1, num_train=200, num_val=40, num_test=60, num_examples=4,
-                      methods=("cam", "gradcam"), num_compare=20, extra_tables=tables, real=REAL,
-                      real_compare=("chelsea",), progress=False, log=None)
+    result = run_demo(
+        out,
+        epochs=1,
+        num_train=200,
+        num_val=40,
+        num_test=60,
+        num_examples=4,
+        methods=("cam", "gradcam"),
+        num_compare=20,
+        extra_tables=tables,
+        real=REAL,
+        real_compare=("chelsea",),
+        progress=False,
+        log=None,
+    )
     return result, seen
 
 
@@ -94,12 +108,24 @@ def test_report_has_the_real_part_in_the_same_file(small_demo):
     result, _ = small_demo
     text = result.report.read_text(encoding="utf-8")
     photos = result.photos
-    assert photos is not None and list(photos.top5) == ["chelsea", "coffee", "camera", "rocket", "astronaut", "china",
-                                                        "flower"]
+    assert photos is not None and list(photos.top5) == [
+        "chelsea",
+        "coffee",
+        "camera",
+        "rocket",
+        "astronaut",
+        "china",
+        "flower",
+    ]
     assert photos.top5["chelsea"][0][0] == "Egyptian cat" and photos.top5["camera"][0][0] == "tripod"
     assert all(len(ranked) == 5 and ranked[0][1] >= ranked[-1][1] for ranked in photos.top5.values())
-    for title in (REAL_GALLERY, "The three-panel figure", "The CAM family side by side",
-                  "Real photos: top-5 ImageNet predictions", "faithfulness (mean over 1 photos)"):
+    for title in (
+        REAL_GALLERY,
+        "The three-panel figure",
+        "The CAM family side by side",
+        "Real photos: top-5 ImageNet predictions",
+        "faithfulness (mean over 1 photos)",
+    ):
         assert title in text, title
     parser = _Collect()
     parser.feed(text.split(REAL_GALLERY)[1])
@@ -119,8 +145,11 @@ def test_report_says_how_long_each_phase_took_and_on_what_cpu(small_demo):
     text = result.report.read_text(encoding="utf-8")
     assert "Time per phase" in text and cpu_description() in text
     phases = ["data", "train", "explain", "localization", "methods"]
-    phases += ["photos: model and photos", "photos: predictions and CAM overlays",
-               "photos: CAM family and faithfulness"] if REAL else []
+    phases += (
+        ["photos: model and photos", "photos: predictions and CAM overlays", "photos: CAM family and faithfulness"]
+        if REAL
+        else []
+    )
     assert list(result.timings)[: len(phases)] == phases
     for phase in phases:
         assert f"<td>{phase}</td><td>{result.timings[phase]:.1f}</td>" in text
@@ -172,15 +201,20 @@ def test_report_shows_localization_against_baselines_and_the_method_comparison(s
     assert loc["gt_known_loc"] == pytest.approx(expected, abs=100 / 60 + 1e-9)  # a threshold tie may flip one image
     text = result.report.read_text(encoding="utf-8")
     centre = loc["baselines"]["center_box"]["gt_known_loc"]
-    assert "Localization on the 60 test images" in text and f"{loc['gt_known_loc']:.1f}" in text and f"{centre:.1f}" in text
+    assert (
+        "Localization on the 60 test images" in text
+        and f"{loc['gt_known_loc']:.1f}" in text
+        and f"{centre:.1f}" in text
+    )
     assert [r["method"] for r in result.methods] == ["cam", "gradcam"] and "The CAM family on the first 20" in text
     for row in result.methods:
         assert row["num_images"] == 20
         for key in ("average_drop", "increase_in_confidence", "deletion_auc", "insertion_auc", "road", "pointing_game"):
             assert row[key] is not None and np.isfinite(row[key]), (row["method"], key)
     cam_row = result.methods[0]
-    assert cam_row["gt_known_loc"] == pytest.approx(_gt_known(result.upsampled_maps(1)[:20].double().numpy(),
-                                                              result.boxes[:20].tolist()), abs=100 / 20 + 1e-9)
+    assert cam_row["gt_known_loc"] == pytest.approx(
+        _gt_known(result.upsampled_maps(1)[:20].double().numpy(), result.boxes[:20].tolist()), abs=100 / 20 + 1e-9
+    )
     summary = json.loads((result.out_dir / "summary.json").read_text())
     assert summary["localization"]["gt_known_loc"] == loc["gt_known_loc"] and len(summary["methods"]) == 2
 
@@ -208,9 +242,13 @@ def test_confusion_matrix_hand_case():
 
 def test_write_report_accepts_plain_tuples_and_examples(tmp_path):
     tile = torch.zeros(3, 10, 12)
-    path = write_report(tmp_path / "r.html", title="t <1>", figures=[("acc", "50%")],
-                        examples=[Example(tile, "cap", ["line"], ok=False)],
-                        tables=[("T", ["a", "b"], [[1.23456, "x&y"]])])
+    path = write_report(
+        tmp_path / "r.html",
+        title="t <1>",
+        figures=[("acc", "50%")],
+        examples=[Example(tile, "cap", ["line"], ok=False)],
+        tables=[("T", ["a", "b"], [[1.23456, "x&y"]])],
+    )
     text = path.read_text()
     assert "t &lt;1&gt;" in text and "1.235" in text and "x&amp;y" in text and 'class="bad"' in text
 
@@ -253,8 +291,10 @@ def test_full_demo_meets_its_targets(tmp_path):
         lo, hi = size * (1 - frac) / 2, size * (1 + frac) / 2
         centre[frac] = float(np.mean([iou([lo, lo, hi, hi], g) >= 0.5 for g in gt]))
     best_centre = max(centre.values())
-    print(f"\ndemo: {result.seconds:.1f}s, test accuracy {result.test_accuracy:.2%}, GT-known Loc {loc:.2%}, "
-          f"best centred box {best_centre:.2%} ({centre})")
+    print(
+        f"\ndemo: {result.seconds:.1f}s, test accuracy {result.test_accuracy:.2%}, GT-known Loc {loc:.2%}, "
+        f"best centred box {best_centre:.2%} ({centre})"
+    )
     assert result.test_accuracy >= 0.90
     assert loc >= 0.75 and loc - best_centre >= 0.25
     assert result.localization["gt_known_loc"] - result.localization["baselines"]["center_box"]["gt_known_loc"] >= 25

@@ -18,8 +18,17 @@ ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}  # torchrun's default; the s
 
 
 def _torchrun(nproc: int, *args, cwd):
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}", "--master-addr=127.0.0.1",
-           f"--master-port={free_port()}", "-m", "camlens", *map(str, args)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc-per-node={nproc}",
+        "--master-addr=127.0.0.1",
+        f"--master-port={free_port()}",
+        "-m",
+        "camlens",
+        *map(str, args),
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, timeout=240, env=ONE_THREAD)
 
 
@@ -75,8 +84,13 @@ def _outputs(folder):
 
 def test_explain_with_two_and_three_ranks_equals_one_process(images):
     args = ["explain", "imgs", "--checkpoint", "m.safetensors", "--topk", "2", "--batch-size", "2", "--quiet"]
-    single = subprocess.run([sys.executable, "-m", "camlens", *args, "--out", "one"], cwd=images,
-                            capture_output=True, text=True, env=ONE_THREAD)
+    single = subprocess.run(
+        [sys.executable, "-m", "camlens", *args, "--out", "one"],
+        cwd=images,
+        capture_output=True,
+        text=True,
+        env=ONE_THREAD,
+    )
     assert single.returncode == 1 and "broken.png" in single.stderr  # one bad file, the rest done
     expected = _outputs(images / "one")
     assert len(expected[0]["images"]) == 7 and len(expected[1]) == 14
@@ -98,12 +112,21 @@ def test_interrupted_explain_resumes_to_identical_output(images, tmp_path):
     with CAM(loaded.model) as cam:
         full = explain_files(loaded, cam, paths, tmp_path / "full", topk=2, batch_size=2, run_key={"k": 1})
         with pytest.raises(KeyboardInterrupt):
-            explain_files(loaded, cam, paths, tmp_path / "part", topk=2, batch_size=2, run_key={"k": 1},
-                          progress=crash_after_two_batches())
+            explain_files(
+                loaded,
+                cam,
+                paths,
+                tmp_path / "part",
+                topk=2,
+                batch_size=2,
+                run_key={"k": 1},
+                progress=crash_after_two_batches(),
+            )
         assert not (tmp_path / "part" / "summary.json").exists()
         redone = []
-        resumed = explain_files(loaded, cam, paths, tmp_path / "part", topk=2, batch_size=2, run_key={"k": 1},
-                                progress=redone.append)
+        resumed = explain_files(
+            loaded, cam, paths, tmp_path / "part", topk=2, batch_size=2, run_key={"k": 1}, progress=redone.append
+        )
         assert redone[0] == 4  # the first two batches were skipped
         assert resumed.records == full.records and resumed.errors == full.errors
         assert _outputs(tmp_path / "part") == _outputs(tmp_path / "full")
@@ -112,10 +135,28 @@ def test_interrupted_explain_resumes_to_identical_output(images, tmp_path):
 
 
 def test_evaluate_with_two_and_three_ranks_gives_the_single_process_metrics(images):
-    args = ["evaluate", "--checkpoint", "m.safetensors", "--num-images", "11", "--batch-size", "3",
-            "--faithfulness", "--steps", "4", "--pointing-tolerance", "4", "--quiet"]  # 4 batches, uneven over ranks
-    single = subprocess.run([sys.executable, "-m", "camlens", *args, "--json", "one.json"], cwd=images,
-                            capture_output=True, text=True, env=ONE_THREAD)
+    args = [
+        "evaluate",
+        "--checkpoint",
+        "m.safetensors",
+        "--num-images",
+        "11",
+        "--batch-size",
+        "3",
+        "--faithfulness",
+        "--steps",
+        "4",
+        "--pointing-tolerance",
+        "4",
+        "--quiet",
+    ]  # 4 batches, uneven over ranks
+    single = subprocess.run(
+        [sys.executable, "-m", "camlens", *args, "--json", "one.json"],
+        cwd=images,
+        capture_output=True,
+        text=True,
+        env=ONE_THREAD,
+    )
     assert single.returncode == 0, single.stderr[-2000:]
     expected = json.loads((images / "one.json").read_text())
     assert expected["num_images"] == 11 and expected["insertion_auc"] is not None
@@ -166,16 +207,32 @@ def test_a_crashing_rank_says_which_rank_and_how_to_resume(images, monkeypatch, 
 
 
 def test_a_hung_rank_ends_the_job_after_the_timeout_with_one_line_naming_it(images):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--master-addr=127.0.0.1",
-           f"--master-port={free_port()}", str(Path(__file__).with_name("_hung_rank.py")), "explain", "imgs",
-           "--checkpoint", "m.safetensors", "--out", "hung", "--quiet", "--dist-timeout", "3"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node=2",
+        "--master-addr=127.0.0.1",
+        f"--master-port={free_port()}",
+        str(Path(__file__).with_name("_hung_rank.py")),
+        "explain",
+        "imgs",
+        "--checkpoint",
+        "m.safetensors",
+        "--out",
+        "hung",
+        "--quiet",
+        "--dist-timeout",
+        "3",
+    ]
     began = time.monotonic()
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=images, timeout=240, env=ONE_THREAD)
     assert proc.returncode != 0
     assert time.monotonic() - began < 120  # not torch's default 30 minutes
     lines = [line for line in proc.stderr.splitlines() if line.startswith("camlens: ")]
-    assert len(lines) == 1 and lines[0].startswith("camlens: error: rank 0: rank 1 did not answer within 3 s"), \
+    assert len(lines) == 1 and lines[0].startswith("camlens: error: rank 0: rank 1 did not answer within 3 s"), (
         proc.stderr[-2000:]
+    )
     assert "--dist-timeout" in lines[0]
 
 

@@ -30,8 +30,9 @@ BLOCK = re.compile(r"^(?:<!-- not run: (?P<reason>.*?) -->\n)?```python[^\n]*\n(
 def python_blocks(path: Path) -> list[tuple[int, str | None, str]]:
     """The ```python blocks of a Markdown file: (line of the block's first code line, skip reason or None, code)."""
     text = path.read_text(encoding="utf-8")
-    return [(text.count("\n", 0, m.start("code")) + 1, m.group("reason"), m.group("code"))
-            for m in BLOCK.finditer(text)]
+    return [
+        (text.count("\n", 0, m.start("code")) + 1, m.group("reason"), m.group("code")) for m in BLOCK.finditer(text)
+    ]
 
 
 def pages() -> list[Path]:
@@ -68,12 +69,17 @@ def page_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path,
         folders[name] = tmp_path_factory.mktemp(page.stem)
         for line, reason, _ in python_blocks(page):
             assert reason is None or reason.strip(), f"{name}:{line}: a block marked not run must say why"
-        job.append((name, str(folders[name]), [(line, code) for line, reason, code in python_blocks(page)
-                                               if reason is None]))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
-           "MPLBACKEND": "Agg"}
-    run = subprocess.run([sys.executable, "-c", RUNNER], env=env, capture_output=True, text=True,
-                         input=json.dumps(job), timeout=600)
+        job.append(
+            (name, str(folders[name]), [(line, code) for line, reason, code in python_blocks(page) if reason is None])
+        )
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
+        "MPLBACKEND": "Agg",
+    }
+    run = subprocess.run(
+        [sys.executable, "-c", RUNNER], env=env, capture_output=True, text=True, input=json.dumps(job), timeout=600
+    )
     assert run.returncode == 0, run.stderr[-4000:]
     results = json.loads(run.stdout.strip().splitlines()[-1])
     return {name: (folders[name], result) for name, result in results.items()}
@@ -117,8 +123,9 @@ def test_python_blocks_run_as_written(page: Path, page_runs: dict[str, tuple[Pat
 
 def test_block_parser_reads_skips_and_lines(tmp_path: Path) -> None:
     page = tmp_path / "p.md"
-    page.write_text("# t\n\n```python\na = 1\n```\n\n<!-- not run: needs a GPU -->\n```python\nb = 2\n```\n"
-                    "```bash\nc\n```\n")
+    page.write_text(
+        "# t\n\n```python\na = 1\n```\n\n<!-- not run: needs a GPU -->\n```python\nb = 2\n```\n```bash\nc\n```\n"
+    )
     assert python_blocks(page) == [(4, None, "a = 1\n"), (9, "needs a GPU", "b = 2\n")]
 
 
@@ -135,8 +142,14 @@ def test_site_builds_strictly_offline(tmp_path: Path) -> None:
     results that are missing or that no page shows all fail the build.  No network is needed: no plugin fetches
     anything and the theme's fonts are off (``theme.font: false``)."""
     env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
-    run = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
-                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    run = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert run.returncode == 0, run.stderr[-4000:]
     reference = (tmp_path / "site" / "reference" / "methods" / "index.html").read_text(encoding="utf-8")
     assert 'id="camlens.methods.GradCAM"' in reference  # the API reference was generated from the docstrings
@@ -156,15 +169,24 @@ def _hooks(results: Path, monkeypatch: pytest.MonkeyPatch):
 def test_benchmark_hook_renders_a_results_file_and_rejects_a_malformed_one(tmp_path, monkeypatch) -> None:
     hooks = _hooks(tmp_path, monkeypatch)
     machine = {"cpu": "X", "cores": 2, "flags": ["avx2", "avx512f"]}
-    result = {"title": "CAM speed", "command": "python benchmarks/bench_cam.py", "machine": machine,
-              "columns": ["what", "ratio"], "rows": [["camlens.CAM", 1.0], ["a|b", None]], "notes": "medians"}
+    result = {
+        "title": "CAM speed",
+        "command": "python benchmarks/bench_cam.py",
+        "machine": machine,
+        "columns": ["what", "ratio"],
+        "rows": [["camlens.CAM", 1.0], ["a|b", None]],
+        "notes": "medians",
+    }
     (tmp_path / "cam.json").write_text(json.dumps(result))
     text = hooks.render("cam")
     assert "### CAM speed\n\n| what | ratio |\n|---|---|\n| camlens.CAM | 1.0 |\n| a\\|b | - |\n" in text
     assert "python benchmarks/bench_cam.py" in text and "Machine: cpu: X, cores: 2, flags: avx2, avx512f." in text
     (tmp_path / "short.json").write_text(json.dumps({**result, "rows": [["only one cell"]]}))
     (tmp_path / "partial.json").write_text(json.dumps({"title": "t", "rows": []}))
-    for name, message in (("short", "has 1 cells for 2 columns"), ("partial", "lacks command, machine, columns, notes"),
-                          ("missing", "no benchmark results")):
+    for name, message in (
+        ("short", "has 1 cells for 2 columns"),
+        ("partial", "lacks command, machine, columns, notes"),
+        ("missing", "no benchmark results"),
+    ):
         with pytest.raises(ValueError, match=message):
             hooks.render(name)

@@ -15,13 +15,29 @@ from camlens.evaluation import box_baselines, evaluate_maps, evaluate_model, for
 from camlens.methods import CAM, METHODS, get_method
 from camlens.models import GapNet, LoadedModel, Preprocess, save_checkpoint
 
-KEYS = {"top1_cls", "top1_loc", "top5_loc", "gt_known_loc", "maxboxacc", "maxboxacc_v2", "pxap", "num_images", "best_threshold",
-        "maxboxacc_per_iou", "maxboxacc_v2_per_iou", "baselines"}
+KEYS = {
+    "top1_cls",
+    "top1_loc",
+    "top5_loc",
+    "gt_known_loc",
+    "maxboxacc",
+    "maxboxacc_v2",
+    "pxap",
+    "num_images",
+    "best_threshold",
+    "maxboxacc_per_iou",
+    "maxboxacc_v2_per_iou",
+    "baselines",
+}
 
 
 def metadata_with_maps(tmp_path, perfect=True):
     """Three 20x16 images with one box each, as a WSOL metadata folder, and 10x8 maps (half size)."""
-    boxes = [torch.tensor([[2.0, 2.0, 10.0, 8.0]]), torch.tensor([[10.0, 4.0, 20.0, 16.0]]), torch.tensor([[0.0, 0.0, 6.0, 6.0]])]
+    boxes = [
+        torch.tensor([[2.0, 2.0, 10.0, 8.0]]),
+        torch.tensor([[10.0, 4.0, 20.0, 16.0]]),
+        torch.tensor([[0.0, 0.0, 6.0, 6.0]]),
+    ]
     ann = Annotations(["c/0.jpg", "c/1.jpg", "d/2.jpg"], torch.tensor([0, 1, 0]), boxes, [(20, 16)] * 3)
     meta = write_wsol_metadata(tmp_path / "meta", ann)
     maps_dir = tmp_path / "maps"
@@ -56,8 +72,15 @@ def test_missing_and_extra_maps_are_errors(tmp_path):
         evaluate_maps(maps_dir, ann)
 
 
-@pytest.mark.parametrize("bad, message", [(np.full((8, 10), np.nan), "NaN"), (np.zeros((2, 8, 10)), "2-D"),
-                                          (np.full((8, 10), 1.5), "\\[0, 1\\]"), (np.zeros((8, 10), int), "floating")])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (np.full((8, 10), np.nan), "NaN"),
+        (np.zeros((2, 8, 10)), "2-D"),
+        (np.full((8, 10), 1.5), "\\[0, 1\\]"),
+        (np.zeros((8, 10), int), "floating"),
+    ],
+)
 def test_bad_maps_name_the_file(tmp_path, bad, message):
     meta, maps_dir = metadata_with_maps(tmp_path)
     np.save(maps_dir / "c" / "1.jpg.npy", bad)
@@ -150,8 +173,13 @@ def checkpoint(tmp_path_factory):
         if isinstance(m, torch.nn.BatchNorm2d):
             m.running_mean.uniform_(-0.2, 0.2)
             m.running_var.uniform_(0.5, 2.0)
-    return save_checkpoint(root / "m.safetensors", model, arch="gapnet", class_names=[str(i) for i in range(10)],
-                           preprocess=Preprocess((32, 32), (0.5,) * 3, (0.25,) * 3))
+    return save_checkpoint(
+        root / "m.safetensors",
+        model,
+        arch="gapnet",
+        class_names=[str(i) for i in range(10)],
+        preprocess=Preprocess((32, 32), (0.5,) * 3, (0.25,) * 3),
+    )
 
 
 def box_by_hand(m: np.ndarray) -> list[float]:
@@ -174,8 +202,21 @@ def test_localize_writes_the_boxes_of_the_maps_in_original_pixels(checkpoint, tm
         Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(tmp_path / name)
     (tmp_path / "c.png").write_bytes(b"not an image")
     out = tmp_path / "boxes"
-    code = main(["localize", str(tmp_path / "a.png"), str(tmp_path / "b.jpg"), str(tmp_path / "c.png"),
-                 "--checkpoint", str(checkpoint), "--topk", "2", "--out", str(out), "--quiet"])
+    code = main(
+        [
+            "localize",
+            str(tmp_path / "a.png"),
+            str(tmp_path / "b.jpg"),
+            str(tmp_path / "c.png"),
+            "--checkpoint",
+            str(checkpoint),
+            "--topk",
+            "2",
+            "--out",
+            str(out),
+            "--quiet",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 1 and "c.png" in err and "Traceback" not in err  # one bad file, the rest done
     records = json.loads((out / "boxes.json").read_text())["images"]
@@ -203,8 +244,23 @@ def test_evaluate_cli_json_equals_the_library_result(checkpoint, tmp_path):
     from camlens.models import load_model
 
     target = tmp_path / "m.json"
-    assert main(["evaluate", "--checkpoint", str(checkpoint), "--num-images", "10", "--batch-size", "4",
-                 "--json", str(target), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--checkpoint",
+                str(checkpoint),
+                "--num-images",
+                "10",
+                "--batch-size",
+                "4",
+                "--json",
+                str(target),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     got = json.loads(target.read_text())
     loaded = load_model(checkpoint)
     samples = dataset_samples("builtin", num_images=10, image_size=32)
@@ -217,8 +273,21 @@ def test_evaluate_cli_json_equals_the_library_result(checkpoint, tmp_path):
 
 def test_evaluate_cli_scores_precomputed_maps(tmp_path, capsys):
     meta, maps_dir = metadata_with_maps(tmp_path)
-    assert main(["evaluate", "--maps", str(maps_dir), "--metadata", str(meta), "--json", str(tmp_path / "r.json"),
-                 "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--maps",
+                str(maps_dir),
+                "--metadata",
+                str(meta),
+                "--json",
+                str(tmp_path / "r.json"),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     got = json.loads((tmp_path / "r.json").read_text())
     assert got["maxboxacc"] == 100.0 and got["top1_loc"] is None and got["pxap"] is None
     assert "MaxBoxAcc" in capsys.readouterr().out
@@ -232,9 +301,30 @@ def test_evaluate_faithfulness_means_equal_the_metrics_on_each_image(checkpoint,
     from camlens.models import load_model
 
     target = tmp_path / "f.json"
-    assert main(["evaluate", "--checkpoint", str(checkpoint), "--num-images", "6", "--batch-size", "4",
-                 "--method", "gradcam", "--faithfulness", "--steps", "8", "--pointing-tolerance", "3",
-                 "--json", str(target), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--checkpoint",
+                str(checkpoint),
+                "--num-images",
+                "6",
+                "--batch-size",
+                "4",
+                "--method",
+                "gradcam",
+                "--faithfulness",
+                "--steps",
+                "8",
+                "--pointing-tolerance",
+                "3",
+                "--json",
+                str(target),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     got = json.loads(target.read_text())
     loaded = load_model(checkpoint)
     samples = [dataset_samples("builtin", num_images=6, image_size=32)[i] for i in range(6)]
@@ -245,8 +335,9 @@ def test_evaluate_faithfulness_means_equal_the_metrics_on_each_image(checkpoint,
             x = loaded.preprocess(s.image)
             res = explainer(x, [s.label])
             boxes = [s.boxes]  # rendered at the 32 px input: boxes in its pixels
-            for k, v in faithfulness_scores(loaded.model, x, res.maps[:, 0].detach(), [s.label], boxes=boxes,
-                                            config=config).items():
+            for k, v in faithfulness_scores(
+                loaded.model, x, res.maps[:, 0].detach(), [s.label], boxes=boxes, config=config
+            ).items():
                 per_image.setdefault(k, []).append(float(v[0]))
     for key in ("average_drop", "increase_in_confidence", "deletion_auc", "insertion_auc", "road"):
         assert got[key] == pytest.approx(np.mean(per_image[key]), abs=1e-4), key
@@ -259,8 +350,28 @@ def test_evaluate_faithfulness_means_equal_the_metrics_on_each_image(checkpoint,
 @pytest.mark.parametrize("method", [m for m in sorted(METHODS) if not METHODS[m].needs_attention])
 def test_evaluate_faithfulness_runs_for_every_method(checkpoint, tmp_path, method):
     target = tmp_path / "f.json"
-    assert main(["evaluate", "--checkpoint", str(checkpoint), "--num-images", "3", "--method", method,
-                 "--faithfulness", "--steps", "2", "--road-percentages", "50", "--json", str(target), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--checkpoint",
+                str(checkpoint),
+                "--num-images",
+                "3",
+                "--method",
+                method,
+                "--faithfulness",
+                "--steps",
+                "2",
+                "--road-percentages",
+                "50",
+                "--json",
+                str(target),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     got = json.loads(target.read_text())
     assert got["method"] == method and got["num_images"] == 3
     for key in ("average_drop", "increase_in_confidence", "deletion_auc", "insertion_auc", "road", "pointing_game"):
@@ -289,12 +400,35 @@ def test_evaluate_on_a_metadata_folder_with_loader_workers_matches_the_images_in
         (tmp_path / "imgs" / image_id).parent.mkdir(parents=True, exist_ok=True)
         save_image(image, tmp_path / "imgs" / image_id)
         samples.append(Sample(image_id, image, item["label"], boxes))
-    ann = Annotations([s.image_id for s in samples], torch.tensor([s.label for s in samples]),
-                      [s.boxes for s in samples], [(w, h) for h, w in sizes])
+    ann = Annotations(
+        [s.image_id for s in samples],
+        torch.tensor([s.label for s in samples]),
+        [s.boxes for s in samples],
+        [(w, h) for h, w in sizes],
+    )
     meta = write_wsol_metadata(tmp_path / "meta", ann)
     target = tmp_path / "m.json"
-    assert main(["evaluate", "--checkpoint", str(checkpoint), "--data", str(meta), "--images", str(tmp_path / "imgs"),
-                 "--workers", "2", "--batch-size", "3", "--json", str(target), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--checkpoint",
+                str(checkpoint),
+                "--data",
+                str(meta),
+                "--images",
+                str(tmp_path / "imgs"),
+                "--workers",
+                "2",
+                "--batch-size",
+                "3",
+                "--json",
+                str(target),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     loaded = load_model(checkpoint)
     with CAM(loaded.model) as cam:
         expected = evaluate_model(loaded, cam, samples, batch_size=3)

@@ -71,8 +71,13 @@ class Constant(nn.Module):
 def tiny_net(classes: int = 3) -> nn.Module:
     torch.manual_seed(1)
     return nn.Sequential(
-        nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 8, 3, padding=1), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, classes),
+        nn.Conv2d(3, 6, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(6, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, classes),
     ).eval()
 
 
@@ -125,8 +130,9 @@ def test_increase_in_confidence_counts_a_higher_masked_score():
 
 
 def test_average_drop_with_logits_is_nan_where_the_original_logit_is_not_positive():
-    out = confidence_change(RegionMean(corner_region()).eval(), -torch.ones(1, 3, 4, 4), torch.rand(1, 4, 4), [0],
-                            score="logit")
+    out = confidence_change(
+        RegionMean(corner_region()).eval(), -torch.ones(1, 3, 4, 4), torch.rand(1, 4, 4), [0], score="logit"
+    )
     assert torch.isnan(out.average_drop).all()
 
 
@@ -158,8 +164,9 @@ def test_low_resolution_maps_are_upsampled_bilinearly_to_the_image():
 def test_deletion_auc_of_a_region_mean_logit_is_known_in_closed_form(first, auc):
     # One pixel per step: the logit is (4 - region pixels deleted) / 4.
     region = corner_region()
-    curve = deletion_curve(RegionMean(region).eval(), torch.ones(1, 3, 4, 4), ranked_map(region, first), [0],
-                           steps=16, score="logit")
+    curve = deletion_curve(
+        RegionMean(region).eval(), torch.ones(1, 3, 4, 4), ranked_map(region, first), [0], steps=16, score="logit"
+    )
     assert curve.auc.item() == pytest.approx(auc, abs=1e-6)
     expected = [1 - min(k, 4) / 4 for k in range(17)] if first else [1.0] * 13 + [0.75, 0.5, 0.25, 0.0]
     np.testing.assert_allclose(curve.scores[0], expected, atol=1e-6)
@@ -167,15 +174,23 @@ def test_deletion_auc_of_a_region_mean_logit_is_known_in_closed_form(first, auc)
 
 def test_insertion_auc_of_a_region_mean_logit_is_known_in_closed_form():
     region = corner_region()
-    curve = insertion_curve(RegionMean(region).eval(), torch.ones(1, 3, 4, 4), ranked_map(region, True), [0],
-                            steps=16, baseline="zeros", score="logit")
+    curve = insertion_curve(
+        RegionMean(region).eval(),
+        torch.ones(1, 3, 4, 4),
+        ranked_map(region, True),
+        [0],
+        steps=16,
+        baseline="zeros",
+        score="logit",
+    )
     assert curve.auc.item() == pytest.approx(14 / 16, abs=1e-6)
 
 
 def test_deletion_with_softmax_integrates_the_probability_over_the_fraction_removed():
     region = corner_region()
-    curve = deletion_curve(RegionMean(region, scale=3.0).eval(), torch.ones(1, 3, 4, 4), ranked_map(region, True),
-                           [0], steps=8)
+    curve = deletion_curve(
+        RegionMean(region, scale=3.0).eval(), torch.ones(1, 3, 4, 4), ranked_map(region, True), [0], steps=8
+    )
     logit = np.array([3 * (1 - min(2 * k, 4) / 4) for k in range(9)])
     prob = np.exp(logit) / (np.exp(logit) + 2)
     assert curve.auc.item() == pytest.approx(trapezoid(prob, np.arange(9) / 8), rel=1e-6)
@@ -192,8 +207,9 @@ def test_tied_map_values_are_ranked_by_row_major_index(rows, auc):
     # A constant map deletes pixels in row-major order: the first row first, the last row last.
     region = torch.zeros(4, 4, dtype=torch.bool)
     region[rows] = True
-    curve = deletion_curve(RegionMean(region).eval(), torch.ones(1, 3, 4, 4), torch.zeros(1, 4, 4), [0],
-                           steps=16, score="logit")
+    curve = deletion_curve(
+        RegionMean(region).eval(), torch.ones(1, 3, 4, 4), torch.zeros(1, 4, 4), [0], steps=16, score="logit"
+    )
     assert curve.auc.item() == pytest.approx(auc, abs=1e-6)
 
 
@@ -219,7 +235,7 @@ def rise_reference(model, image, cam, cls, step, start, finish):
     for i in range(n_steps + 1):
         with torch.no_grad():
             scores.append(model(current.view_as(image)).softmax(-1)[0, cls].item())
-        coords = torch.from_numpy(order[step * i: step * (i + 1)].copy())
+        coords = torch.from_numpy(order[step * i : step * (i + 1)].copy())
         current[0, :, coords] = finish.reshape(1, 3, hw)[0, :, coords]
     scores = np.array(scores)
     return scores, (scores.sum() - scores[0] / 2 - scores[-1] / 2) / (len(scores) - 1)
@@ -248,10 +264,12 @@ def test_deletion_and_insertion_match_the_rise_loop():
     ins = insertion_curve(model, images, cams, [0, 2], steps=16)
     blurred = rise_gkern_blur(images)
     for b, cls in enumerate([0, 2]):
-        scores, auc = rise_reference(model, images[b:b + 1], cams[b], cls, 4, images[b:b + 1], torch.zeros(1, 3, 8, 8))
+        scores, auc = rise_reference(
+            model, images[b : b + 1], cams[b], cls, 4, images[b : b + 1], torch.zeros(1, 3, 8, 8)
+        )
         np.testing.assert_allclose(dele.scores[b], scores, atol=1e-6)
         assert dele.auc[b].item() == pytest.approx(auc, abs=1e-6)
-        scores, auc = rise_reference(model, images[b:b + 1], cams[b], cls, 4, blurred[b:b + 1], images[b:b + 1])
+        scores, auc = rise_reference(model, images[b : b + 1], cams[b], cls, 4, blurred[b : b + 1], images[b : b + 1])
         assert ins.auc[b].item() == pytest.approx(auc, abs=1e-6)
 
 
@@ -259,8 +277,9 @@ def test_mean_baseline_replaces_pixels_by_the_channel_means_of_each_image():
     region = corner_region()
     images = torch.ones(1, 3, 4, 4)
     images[0, :, 3, 3] = 17.0  # channel mean 2, so the region mean falls from 1 to 2 once fully replaced
-    curve = deletion_curve(RegionMean(region).eval(), images, ranked_map(region, True), [0], steps=16,
-                           baseline="mean", score="logit")
+    curve = deletion_curve(
+        RegionMean(region).eval(), images, ranked_map(region, True), [0], steps=16, baseline="mean", score="logit"
+    )
     assert curve.scores[0, 4].item() == pytest.approx(2.0)
 
 
@@ -341,7 +360,9 @@ def imputation_cases():
         torch.rand(23, 17, generator=g) < 0.9,
         torch.rand(1, 10, generator=g) < 0.6,
         torch.rand(13, 1, generator=g) < 0.6,
-        border, column, one_kept,
+        border,
+        column,
+        one_kept,
     ]
 
 
@@ -494,8 +515,11 @@ def test_pointing_game_matches_a_plain_loop_reference():
 
 def test_boxes_and_their_masks_give_the_same_hits_and_images_without_boxes_are_nan():
     cams = torch.rand(3, 24, 24)
-    boxes = [torch.tensor([[1.0, 2.0, 9.0, 7.0], [15.0, 15.0, 22.0, 20.0]]), torch.zeros(0, 4),
-             torch.tensor([[10.0, 0.0, 24.0, 5.0]])]
+    boxes = [
+        torch.tensor([[1.0, 2.0, 9.0, 7.0], [15.0, 15.0, 22.0, 20.0]]),
+        torch.zeros(0, 4),
+        torch.tensor([[10.0, 0.0, 24.0, 5.0]]),
+    ]
     out = pointing_game(cams, boxes=boxes, tolerance=4)
     ref = pointing_game(cams, masks=boxes_to_masks(boxes, (24, 24)), tolerance=4)
     assert torch.equal(out.nan_to_num(-1), ref.nan_to_num(-1))
@@ -503,8 +527,10 @@ def test_boxes_and_their_masks_give_the_same_hits_and_images_without_boxes_are_n
 
 
 def test_totals_give_per_class_and_mean_class_pointing_accuracy_and_add_across_parts():
-    scores = {"pointing_game": torch.tensor([1.0, 0.0, 1.0, float("nan")]),
-              "average_drop": torch.tensor([10.0, 20, 30, 40])}
+    scores = {
+        "pointing_game": torch.tensor([1.0, 0.0, 1.0, float("nan")]),
+        "average_drop": torch.tensor([10.0, 20, 30, 40]),
+    }
     classes = torch.tensor([0, 0, 1, 2])
     whole = FaithfulnessTotals()
     whole.update(scores, classes)
@@ -537,8 +563,14 @@ def test_ssim_matches_skimage():
     b[0] = a[0] * 0.8 + 0.1 * b[0]
     ours = ssim(a, b)
     for i in range(2):
-        ref = structural_similarity(a[i].double().numpy(), b[i].double().numpy(), gaussian_weights=True, sigma=1.5,
-                                    use_sample_covariance=False, data_range=1.0)
+        ref = structural_similarity(
+            a[i].double().numpy(),
+            b[i].double().numpy(),
+            gaussian_weights=True,
+            sigma=1.5,
+            use_sample_covariance=False,
+            data_range=1.0,
+        )
         assert ours[i].item() == pytest.approx(ref, abs=1e-6)
 
 
@@ -570,15 +602,21 @@ def test_randomization_leaves_the_model_untouched_and_goes_top_down():
 
 
 def test_randomizing_an_unused_layer_keeps_the_maps_identical():
-    out = randomization_check(GapNet().eval(), camlens.CAM, torch.randn(2, 3, 16, 16), [1, 3], layers=["spare"],
-                              with_ssim=True)
+    out = randomization_check(
+        GapNet().eval(), camlens.CAM, torch.randn(2, 3, 16, 16), [1, 3], layers=["spare"], with_ssim=True
+    )
     torch.testing.assert_close(out.spearman, torch.ones(2, 1))
     torch.testing.assert_close(out.ssim, torch.ones(2, 1))
 
 
 def test_randomization_runs_gradient_methods_built_by_a_factory_on_the_copy():
-    out = randomization_check(GapNet().eval(), lambda m: camlens.GradCAM(m, layer="conv2"), torch.randn(2, 3, 16, 16),
-                              [0, 2], layers=["spare", "fc"])
+    out = randomization_check(
+        GapNet().eval(),
+        lambda m: camlens.GradCAM(m, layer="conv2"),
+        torch.randn(2, 3, 16, 16),
+        [0, 2],
+        layers=["spare", "fc"],
+    )
     torch.testing.assert_close(out.spearman[:, 0], torch.ones(2))
     assert (out.spearman[:, 1] < 0.999).all()
 
@@ -625,8 +663,13 @@ def test_faithfulness_scores_equal_the_separate_metrics_and_share_the_unperturbe
 
 
 def test_faithfulness_scores_skip_the_pointing_game_without_ground_truth():
-    scores = faithfulness_scores(tiny_net(), torch.randn(1, 3, 8, 8), torch.rand(1, 8, 8), [0],
-                                 config=FaithfulnessConfig(metrics=("average_drop", "pointing_game")))
+    scores = faithfulness_scores(
+        tiny_net(),
+        torch.randn(1, 3, 8, 8),
+        torch.rand(1, 8, 8),
+        [0],
+        config=FaithfulnessConfig(metrics=("average_drop", "pointing_game")),
+    )
     assert set(scores) == {"average_drop"}
 
 
@@ -638,7 +681,8 @@ def test_errors_name_the_problem():
     with pytest.raises(CamlensError, match="one map per image"):
         deletion_curve(model, torch.randn(2, 3, 8, 8), torch.rand(2, 3, 8, 8), [0, 1])
     with pytest.raises(CamlensError, match="unknown metrics"):
-        faithfulness_scores(model, torch.randn(1, 3, 8, 8), torch.rand(1, 8, 8), [0],
-                            config=FaithfulnessConfig(metrics=("avg_drop",)))
+        faithfulness_scores(
+            model, torch.randn(1, 3, 8, 8), torch.rand(1, 8, 8), [0], config=FaithfulnessConfig(metrics=("avg_drop",))
+        )
     with pytest.raises(CamlensError, match="out of range"):
         confidence_change(model, torch.randn(1, 3, 8, 8), torch.rand(1, 8, 8), [7])

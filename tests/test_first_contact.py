@@ -131,4 +131,6 @@ def test_faithfulness_metrics_take_a_loaded_model(net):
     loaded = LoadedModel(net, list("abcd"), Preprocess((16, 16)), "gapnet")
     x, maps = torch.randn(2, 3, 16, 16), torch.rand(2, 16, 16)
     torch.testing.assert_close(class_scores(loaded, x, [1, 2]), class_scores(net, x, [1, 2]))
-    torch.testing.assert_close(deletion_curve(loaded, x, maps, 0, steps=4).auc, deletion_curve(net, x, maps, 0, steps=4).auc)
+    torch.testing.assert_close(
+        deletion_curve(loaded, x, maps, 0, steps=4).auc, deletion_curve(net, x, maps, 0, steps=4).auc
+    )

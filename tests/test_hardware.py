@@ -34,7 +34,11 @@ def test_bfloat16_on_a_cpu_without_units_runs_the_exact_mode_with_one_warning(mo
     _stub_flags(monkeypatch, {"avx2", "avx512f"})
     asked = []
     real_pass_model = activation.pass_model
-    monkeypatch.setattr(activation, "pass_model", lambda m, x, out, approx=False: asked.append(approx) or real_pass_model(m, x, out, approx))
+    monkeypatch.setattr(
+        activation,
+        "pass_model",
+        lambda m, x, out, approx=False: asked.append(approx) or real_pass_model(m, x, out, approx),
+    )
     x = torch.rand(2, 3, 10, 10)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -99,8 +103,13 @@ print(json.dumps({"kept": kept, "faults": resource.getrusage(resource.RUSAGE_SEL
 
 def _passes(mode: str, **env: str) -> dict:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
-    proc = subprocess.run([sys.executable, "-c", _PASSES, mode], capture_output=True, text=True,
-                          env={**clean, "OMP_NUM_THREADS": "1", **env}, check=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", _PASSES, mode],
+        capture_output=True,
+        text=True,
+        env={**clean, "OMP_NUM_THREADS": "1", **env},
+        check=True,
+    )
     return json.loads(proc.stdout.splitlines()[-1])
 
 

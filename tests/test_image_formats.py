@@ -71,8 +71,13 @@ def test_eps_is_refused_by_load_image_and_as_image_and_no_program_runs(tmp_path)
         "        print(err)\n"
         "print('EPS' in PIL.Image.OPEN)\n"
     )
-    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "x.eps"), str(tmp_path / "x.png")], env=env,
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "x.eps"), str(tmp_path / "x.png")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert len(lines) == 4 and all("not an image in a supported format" in line for line in lines[:3]), lines
@@ -144,13 +149,34 @@ def test_cli_explain_skips_an_eps_file_in_one_line_and_runs_no_program(tmp_path)
     env, marker = fake_ghostscript(tmp_path)
     env["PYTHONPATH"] = str(Path(__file__).parents[1] / "src")
     torch.manual_seed(0)
-    ckpt = save_checkpoint(tmp_path / "m.safetensors", GapNet(4).eval(), arch="gapnet", class_names=list("abcd"),
-                           preprocess=Preprocess((32, 32)))
+    ckpt = save_checkpoint(
+        tmp_path / "m.safetensors",
+        GapNet(4).eval(),
+        arch="gapnet",
+        class_names=list("abcd"),
+        preprocess=Preprocess((32, 32)),
+    )
     (tmp_path / "drawing.eps").write_bytes(EPS)
     Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(tmp_path / "ok.png")
-    run = subprocess.run([sys.executable, "-m", "camlens", "explain", str(tmp_path / "drawing.eps"),
-                          str(tmp_path / "ok.png"), "--checkpoint", str(ckpt), "--out", str(tmp_path / "out"),
-                          "--quiet"], env=env, capture_output=True, text=True, timeout=120)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "camlens",
+            "explain",
+            str(tmp_path / "drawing.eps"),
+            str(tmp_path / "ok.png"),
+            "--checkpoint",
+            str(ckpt),
+            "--out",
+            str(tmp_path / "out"),
+            "--quiet",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     lines = run.stderr.strip().splitlines()
     assert run.returncode == 1 and len(lines) == 1, run.stderr
     assert lines[0].startswith("camlens: skipped") and "drawing.eps: not an image in a supported format" in lines[0]

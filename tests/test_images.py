@@ -31,8 +31,12 @@ def test_bad_files_give_one_line_reasons_naming_the_file(tmp_path):
     (tmp_path / "trunc.jpg").write_bytes(good.read_bytes()[:200])
     (tmp_path / "text.png").write_text("not an image")
     (tmp_path / "empty.png").write_bytes(b"")
-    cases = {"trunc.jpg": "corrupt or truncated", "text.png": "not an image", "empty.png": "not an image",
-             "missing.png": "no such file"}
+    cases = {
+        "trunc.jpg": "corrupt or truncated",
+        "text.png": "not an image",
+        "empty.png": "not an image",
+        "missing.png": "no such file",
+    }
     for name, reason in cases.items():
         with pytest.raises(ImageError, match=reason) as info:
             load_image(tmp_path / name)

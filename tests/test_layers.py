@@ -126,8 +126,11 @@ def cycles(graph: Graph) -> list[list[str]]:
 def violations(graph: Graph, layers: list[list[str]], package: str = PACKAGE) -> list[str]:
     """One line per broken rule: a module in no layer, an import from a higher layer or from another entry of the
     same layer, a cycle."""
-    problems = [f"{m} is in no layer: add it to the '## Layers' table of docs/ARCHITECTURE.md"
-                for m in sorted(graph) if place(m, layers, package) is None]
+    problems = [
+        f"{m} is in no layer: add it to the '## Layers' table of docs/ARCHITECTURE.md"
+        for m in sorted(graph)
+        if place(m, layers, package) is None
+    ]
     for module in sorted(graph):
         mine = place(module, layers, package)
         for dep in sorted(graph[module]):

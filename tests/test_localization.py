@@ -196,13 +196,19 @@ def test_pxap_rejects_out_of_range_maps():
 def test_top1_top5_and_gt_known_loc_by_hand():
     maps = torch.zeros(3, 8, 8)
     maps[:, 2:6, 2:6] = 1.0
-    gt = [torch.tensor([[2.0, 2.0, 6.0, 6.0]]), torch.tensor([[2.0, 2.0, 6.0, 6.0]]), torch.tensor([[0.0, 0.0, 2.0, 2.0]])]
+    gt = [
+        torch.tensor([[2.0, 2.0, 6.0, 6.0]]),
+        torch.tensor([[2.0, 2.0, 6.0, 6.0]]),
+        torch.tensor([[0.0, 0.0, 2.0, 2.0]]),
+    ]
     labels = torch.tensor([0, 1, 2])
-    logits = torch.tensor([
-        [9.0, 1, 0, 0, 0, 0],  # top-1 right, box right
-        [9.0, 1, 0, 0, 0, 0],  # label 1 is second: top-5 only
-        [0.0, 0, 9, 0, 0, 0],  # class right, box wrong
-    ])
+    logits = torch.tensor(
+        [
+            [9.0, 1, 0, 0, 0, 0],  # top-1 right, box right
+            [9.0, 1, 0, 0, 0, 0],  # label 1 is second: top-5 only
+            [0.0, 0, 9, 0, 0, 0],  # class right, box wrong
+        ]
+    )
     loc = ClassLocalization()
     boxes = loc.update(maps, gt, labels, logits)
     assert boxes[0].tolist() == [2.0, 2.0, 6.0, 6.0]

@@ -105,7 +105,9 @@ def test_gradcam_at_last_layer_is_relu_cam_over_positions(arch):
     assert torch.allclose(xg.maps, c.maps / positions, atol=1e-5, rtol=1e-3)
 
 
-@pytest.mark.parametrize("method,reference,batch_size", [(ScoreCAM, ref_scorecam, 40), (AblationCAM, ref_ablationcam, 50)])
+@pytest.mark.parametrize(
+    "method,reference,batch_size", [(ScoreCAM, ref_scorecam, 40), (AblationCAM, ref_ablationcam, 50)]
+)
 @pytest.mark.parametrize("arch,layer,size", [("tiny", "features", 8), ("resnet18", "layer2", 32)])
 def test_perturbation_methods_match_their_float64_reference(method, reference, batch_size, arch, layer, size):
     model = _model(arch)
@@ -134,7 +136,10 @@ def test_scorecam_constant_channels_share_the_baseline_score():
 def test_scorecam_inference_copy_gives_the_same_maps():
     model = _model("resnet18")
     x = torch.randn(1, 3, 32, 32)
-    with ScoreCAM(model, layer="layer2", optimize=True) as fast, ScoreCAM(model, layer="layer2", optimize=False) as plain:
+    with (
+        ScoreCAM(model, layer="layer2", optimize=True) as fast,
+        ScoreCAM(model, layer="layer2", optimize=False) as plain,
+    ):
         a, b = fast(x).maps, plain(x).maps
         assert pass_model(model, x, model(x)) is not model  # the optimized copy was built and kept
     assert torch.allclose(camlens.normalize(a), camlens.normalize(b), atol=1e-4)
@@ -184,9 +189,10 @@ class _FitsFourRows(nn.Module):
 def test_scorecam_default_batch_halves_until_the_passes_fit_in_memory():
     model = _FitsFourRows(_model("resnet18")).eval()
     x = torch.randn(2, 3, 32, 32)
-    with ScoreCAM(model, layer="inner.layer3", optimize=False) as auto, ScoreCAM(
-        model, layer="inner.layer3", optimize=False, batch_size=4
-    ) as fixed:
+    with (
+        ScoreCAM(model, layer="inner.layer3", optimize=False) as auto,
+        ScoreCAM(model, layer="inner.layer3", optimize=False, batch_size=4) as fixed,
+    ):
         assert torch.equal(auto(x, classes=[1, 2]).maps, fixed(x, classes=[1, 2]).maps)
     with ScoreCAM(model, layer="inner.layer3", optimize=False, batch_size=8) as asked:  # the user's size stands
         with pytest.raises(torch.OutOfMemoryError):
@@ -248,9 +254,10 @@ class DictOut(nn.Module):
 def test_dict_outputs_use_their_logits(method):
     inner = _model("tiny")
     x = torch.randn(2, 3, 8, 8)
-    with camlens.get_method(method)(DictOut(inner).eval(), layer="inner.features") as a, camlens.get_method(method)(
-        inner, layer="features"
-    ) as b:
+    with (
+        camlens.get_method(method)(DictOut(inner).eval(), layer="inner.features") as a,
+        camlens.get_method(method)(inner, layer="features") as b,
+    ):
         assert torch.allclose(a(x, topk=2).maps, b(x, topk=2).maps, atol=1e-6)
 
 
@@ -281,15 +288,19 @@ def test_tokens_to_grid_infers_prefix_and_aspect():
 def test_several_layers_are_fused_by_the_documented_rule():
     model = _model("resnet18")
     x = torch.randn(2, 3, 64, 64)
-    with GradCAM(model, layer=["layer3", "layer4"], fuse="max") as both, GradCAM(model, layer="layer3") as l3, GradCAM(
-        model, layer="layer4"
-    ) as l4:
+    with (
+        GradCAM(model, layer=["layer3", "layer4"], fuse="max") as both,
+        GradCAM(model, layer="layer3") as l3,
+        GradCAM(model, layer="layer4") as l4,
+    ):
         fused = both(x, classes=[1, 2])
         m3, m4 = l3(x, classes=[1, 2]).maps, l4(x, classes=[1, 2]).maps
     assert fused.layer == "layer3+layer4" and fused.maps.shape == (2, 1, 4, 4)
     want = torch.maximum(camlens.normalize(m3), camlens.upsample(camlens.normalize(m4), 4))
     assert torch.allclose(fused.maps, want, atol=1e-6)
-    assert torch.allclose(camlens.fuse([m3, m4], "mean"), (camlens.normalize(m3) + camlens.upsample(camlens.normalize(m4), 4)) / 2)
+    assert torch.allclose(
+        camlens.fuse([m3, m4], "mean"), (camlens.normalize(m3) + camlens.upsample(camlens.normalize(m4), 4)) / 2
+    )
 
 
 def test_layer_given_as_module_or_name_and_cli_style_construction():

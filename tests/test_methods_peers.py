@@ -161,15 +161,22 @@ def test_torchcam_gradcampp_is_sum_of_squared_times_relu_gradients():
 def test_sscam_without_noise_is_scorecam_and_with_noise_matches_a_reference_for_any_batch_size():
     model = _tiny()
     x = torch.randn(2, 3, 8, 8)
-    with camlens.ScoreCAM(model, layer="features") as score, camlens.SSCAM(
-        model, layer="features", num_samples=3, std=0.0
-    ) as smooth:
+    with (
+        camlens.ScoreCAM(model, layer="features") as score,
+        camlens.SSCAM(model, layer="features", num_samples=3, std=0.0) as smooth,
+    ):
         assert torch.allclose(score(x, classes=[1, 2]).maps, smooth(x, classes=[1, 2]).maps, atol=1e-6)
     seed, n, std = 7, 4, 0.5
     results = []
     for batch_size in (1000, 3):  # one pass for all masks, or passes of 3 masks: the same noise for each mask
-        with camlens.SSCAM(model, layer="features", num_samples=n, std=std, batch_size=batch_size,
-                           generator=torch.Generator().manual_seed(seed)) as smooth:
+        with camlens.SSCAM(
+            model,
+            layer="features",
+            num_samples=n,
+            std=std,
+            batch_size=batch_size,
+            generator=torch.Generator().manual_seed(seed),
+        ) as smooth:
             results.append(smooth(x, classes=[1, 2]))
     # reference: one draw of (B*K, 1, H, W) noise per sample index, as documented for a single batch
     gen = torch.Generator().manual_seed(seed)
@@ -177,7 +184,12 @@ def test_sscam_without_noise_is_scorecam_and_with_noise_matches_a_reference_for_
         acts = model.features(x)
         flat = acts.flatten(2)
         low, high = flat.amin(-1, keepdim=True), flat.amax(-1, keepdim=True)
-        masks = torch.where(high > low, (flat - low) / (high - low).clamp_min(1e-30), 0.0).view_as(acts).flatten(0, 1)[:, None].double()
+        masks = (
+            torch.where(high > low, (flat - low) / (high - low).clamp_min(1e-30), 0.0)
+            .view_as(acts)
+            .flatten(0, 1)[:, None]
+            .double()
+        )
         images = x.repeat_interleave(acts.shape[1], 0).double()
         model64 = TinyNet().double()
         model64.load_state_dict(model.state_dict())

@@ -14,8 +14,19 @@ from torch import nn
 
 import camlens
 
-METHODS = ["cam", "gradcam", "gradcampp", "xgradcam", "layercam", "hirescam", "scorecam", "sscam", "iscam",
-           "ablationcam", "eigencam"]
+METHODS = [
+    "cam",
+    "gradcam",
+    "gradcampp",
+    "xgradcam",
+    "layercam",
+    "hirescam",
+    "scorecam",
+    "sscam",
+    "iscam",
+    "ablationcam",
+    "eigencam",
+]
 # max |M_low - M_32| / max |M_32| per map; measured on this network (3 seeds): 4e-3 to 7.4e-3, Ablation-CAM 0.13
 BFLOAT16_BOUND = 2e-2
 # Ablation-CAM's weights 1 - y_k / y are differences of two rounded scores: their rounding is absolute (~2^-8)
@@ -30,9 +41,18 @@ def small_net(seed: int = 0) -> nn.Sequential:
     """conv-BN-ReLU-pool-conv-BN-ReLU-conv-ReLU (module "8", 8x8 at 16 px) - GAP - linear with weights >= 0."""
     torch.manual_seed(seed)
     model = nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(8, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
-        nn.Conv2d(16, 12, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(12, 5),
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(8, 16, 3, padding=1),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        nn.Conv2d(16, 12, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(12, 5),
     ).eval()
     with torch.no_grad():
         for m in model.modules():

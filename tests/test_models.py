@@ -10,7 +10,9 @@ from camlens.models import GapNet, Preprocess, build_model, load_model, read_cla
 def test_checkpoint_round_trip_carries_arch_classes_and_preprocessing(tmp_path):
     model = GapNet(num_classes=3).eval()
     pre = Preprocess((40, 48), (0.1, 0.2, 0.3), (0.5, 0.6, 0.7))
-    path = save_checkpoint(tmp_path / "m.safetensors", model, arch="gapnet", class_names=["a", "b", "c"], preprocess=pre)
+    path = save_checkpoint(
+        tmp_path / "m.safetensors", model, arch="gapnet", class_names=["a", "b", "c"], preprocess=pre
+    )
     loaded = load_model(path)
     assert loaded.arch == "gapnet" and loaded.class_names == ["a", "b", "c"] and loaded.preprocess == pre
     x = torch.rand(2, 3, 40, 48)
@@ -87,5 +89,11 @@ def test_one_rule_reads_random_initialization_from_a_weights_name():
     from camlens.training import TrainConfig
 
     assert [no_weights(w) for w in (None, "none", "None", "DEFAULT", "IMAGENET1K_V1", "imagenet")] == [
-        True, True, True, False, False, False]
+        True,
+        True,
+        True,
+        False,
+        False,
+        False,
+    ]
     assert TrainConfig(weights="None").pretrained is False and TrainConfig(weights="DEFAULT").pretrained is True

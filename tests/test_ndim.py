@@ -108,8 +108,13 @@ def _hirescam(A, G, K, P):
     return [sum(G[k][p] * A[k][p] for k in range(K)) for p in range(P)]
 
 
-RULES = {"gradcam": _gradcam, "gradcampp": _gradcampp, "xgradcam": _xgradcam, "layercam": _layercam,
-         "hirescam": _hirescam}
+RULES = {
+    "gradcam": _gradcam,
+    "gradcampp": _gradcampp,
+    "xgradcam": _xgradcam,
+    "layercam": _layercam,
+    "hirescam": _hirescam,
+}
 
 
 def _combine(a, weights):
@@ -156,6 +161,7 @@ def ref_ablation(model, x, classes):
         for b in range(a.shape[0]):
             ablated = []
             for k in range(a.shape[1]):
+
                 def zero(mod, args, o, k=k):
                     o = o.clone()
                     o[:, k] = 0
@@ -202,8 +208,13 @@ def test_cam_is_the_classifier_weighted_sum_of_the_features_in_float64(rank):
     w = model.fc.weight.double()
     weights = [[w[c].tolist() for c in row] for row in res.classes.tolist()]
     flat = a.flatten(2).tolist()
-    want = torch.tensor([[_weighted(flat[b], wc, a.shape[1], a.shape[2:].numel(), relu=False) for wc in weights[b]]
-                         for b in range(a.shape[0])], dtype=torch.float64).view(res.maps.shape)
+    want = torch.tensor(
+        [
+            [_weighted(flat[b], wc, a.shape[1], a.shape[2:].numel(), relu=False) for wc in weights[b]]
+            for b in range(a.shape[0])
+        ],
+        dtype=torch.float64,
+    ).view(res.maps.shape)
     assert_close(res.maps, want, what=f"CAM {rank}-D")
 
 
@@ -258,8 +269,10 @@ def test_gradcam_at_the_last_layer_is_relu_cam_over_positions(rank):
 def test_score_cam_family_matches_float64_reference_with_linear_or_trilinear_masks(method, rank):
     model, x = net(rank), inputs(rank)
     classes = torch.tensor([[0, 3], [2, 1]])
-    extra = {"iscam": {"num_samples": 2}, "sscam": {"num_samples": 2, "std": 0.5,
-                                                      "generator": torch.Generator().manual_seed(5)}}.get(method, {})
+    extra = {
+        "iscam": {"num_samples": 2},
+        "sscam": {"num_samples": 2, "std": 0.5, "generator": torch.Generator().manual_seed(5)},
+    }.get(method, {})
     with camlens.get_method(method)(model, layer="features", batch_size=3, **extra) as explainer:
         res = explainer(x, classes=classes)
     noise = None
@@ -327,8 +340,14 @@ def test_matches_pytorch_grad_cam_on_3d(method):
     with torch.no_grad():
         model.fc.weight.mul_(100)  # its eps (1e-7) negligible against the gradients
     x = inputs(3)
-    names = {"gradcam": "GradCAM", "gradcampp": "GradCAMPlusPlus", "xgradcam": "XGradCAM", "layercam": "LayerCAM",
-             "hirescam": "HiResCAM", "eigencam": "EigenCAM"}
+    names = {
+        "gradcam": "GradCAM",
+        "gradcampp": "GradCAMPlusPlus",
+        "xgradcam": "XGradCAM",
+        "layercam": "LayerCAM",
+        "hirescam": "HiResCAM",
+        "eigencam": "EigenCAM",
+    }
     peer = getattr(pgc, names[method])(model=model, target_layers=[model.features])
     try:
         theirs = torch.from_numpy(peer(input_tensor=x, targets=[ClassifierOutputTarget(c) for c in (0, 3)]))
@@ -340,8 +359,9 @@ def test_matches_pytorch_grad_cam_on_3d(method):
     ours = normalize(F.relu(res.maps[:, 0]), spatial_dims=3)
     if method == "eigencam":  # the sign of an SVD vector is arbitrary; pytorch-grad-cam keeps numpy's
         flipped = normalize(F.relu(-res.maps[:, 0]), spatial_dims=3)
-        ours = torch.stack([o if (o - t).abs().max() < (f - t).abs().max() else f
-                            for o, f, t in zip(ours, flipped, theirs)])
+        ours = torch.stack(
+            [o if (o - t).abs().max() < (f - t).abs().max() else f for o, f, t in zip(ours, flipped, theirs)]
+        )
     assert theirs.shape == ours.shape == (2, 6, 6, 6)
     assert torch.allclose(ours, theirs, atol=1e-4), (method, (ours - theirs).abs().max().item())
 

@@ -44,8 +44,9 @@ def _perturb(model: nn.Module) -> nn.Module:
             nn.init.uniform_(m.bias, -0.2, 0.2)
             m.running_mean.uniform_(-0.1, 0.1)
             m.running_var.uniform_(0.5, 2.0)
-        classifier = isinstance(m, nn.Linear) or (isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1)
-                                                  and m.out_channels == 5)
+        classifier = isinstance(m, nn.Linear) or (
+            isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and m.out_channels == 5
+        )
         if classifier and m.bias is not None:
             nn.init.uniform_(m.bias, -1, 1)
     return model
@@ -55,13 +56,21 @@ def _check_identity(model: nn.Module, x: torch.Tensor) -> camlens.CAMResult:
     with torch.no_grad(), CAM(model) as cam:
         res = cam(x, topk=2)
     explained = res.logits.gather(1, res.classes)
-    torch.testing.assert_close(res.maps.mean((-2, -1)) + res.bias, explained, atol=1e-4 * explained.abs().max().item(),
-                               rtol=0, msg="mean of the raw CAM plus the offset must equal the logit")
+    torch.testing.assert_close(
+        res.maps.mean((-2, -1)) + res.bias,
+        explained,
+        atol=1e-4 * explained.abs().max().item(),
+        rtol=0,
+        msg="mean of the raw CAM plus the offset must equal the logit",
+    )
     return res
 
 
-@pytest.mark.parametrize(("name", "options", "resolution", "new"), BUILDERS,
-                         ids=[f"{b[0]}{'-' + '-'.join(map(str, b[1].values())) if b[1] else ''}" for b in BUILDERS])
+@pytest.mark.parametrize(
+    ("name", "options", "resolution", "new"),
+    BUILDERS,
+    ids=[f"{b[0]}{'-' + '-'.join(map(str, b[1].values())) if b[1] else ''}" for b in BUILDERS],
+)
 def test_builder_resolution_identity_and_new_layers(name, options, resolution, new):
     model = _perturb(_small(name, **options))
     assert feature_resolution(model, 224) == resolution, "the feature map at 224 px the docstring states"
@@ -90,8 +99,13 @@ def test_paper_vgg16_keeps_conv5_3_and_its_relu_then_the_grouped_1024_conv():
     assert len(model.features) == 30 and isinstance(model.features[-1], nn.ReLU), "pool5 and the FC layers are gone"
     assert len(_convs(model.features)) == 13 and not any(isinstance(m, nn.Linear) for m in model.features.modules())
     conv = model.conv
-    assert (conv.in_channels, conv.out_channels, conv.kernel_size, conv.padding, conv.groups) == (512, 1024, (3, 3),
-                                                                                                  (1, 1), 2)
+    assert (conv.in_channels, conv.out_channels, conv.kernel_size, conv.padding, conv.groups) == (
+        512,
+        1024,
+        (3, 3),
+        (1, 1),
+        2,
+    )
     assert model.fc.in_features == 1024 and model.fc.out_features == 5 and model.dropout.p == 0.5
     assert build_network("vgg16-cam", 5, groups=1).conv.groups == 1
 
@@ -109,8 +123,10 @@ def test_paper_googlenet_is_cut_after_inception4e_and_alexnet_keeps_13x13():
 
 def test_wsol_vgg16_has_the_reference_state_dict_keys():
     """wsolevaluation's make_layers indices: conv layers of the '14x14' and '28x28' configs, then conv6 and fc."""
-    for large, convs in ((False, [0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28]),
-                         (True, [0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 23, 25, 27])):
+    for large, convs in (
+        (False, [0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28]),
+        (True, [0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 23, 25, 27]),
+    ):
         model = build_network("wsol-vgg16", 5, width=8, large_feature_map=large)
         expected = {f"features.{i}.{p}" for i in convs for p in ("weight", "bias")}
         expected |= {"conv6.weight", "conv6.bias", "fc.weight", "fc.bias"}
@@ -136,21 +152,53 @@ def test_wsol_resnet50_strides_and_inception_changes():
 def _fake_state(arch: str, **kwargs) -> dict[str, torch.Tensor]:
     """Random tensors under torchvision's names and shapes (the huge FC layers, always dropped, left out)."""
     skeleton = torchvision_skeleton(arch, **kwargs)
-    return {k: (torch.randn(v.shape) if v.is_floating_point() else torch.zeros(v.shape, dtype=v.dtype))
-            for k, v in skeleton.state_dict().items() if v.numel() < 5_000_000}
+    return {
+        k: (torch.randn(v.shape) if v.is_floating_point() else torch.zeros(v.shape, dtype=v.dtype))
+        for k, v in skeleton.state_dict().items()
+        if v.numel() < 5_000_000
+    }
 
 
-@pytest.mark.parametrize(("name", "arch", "options", "pairs"), [
-    ("wsol-vgg16", "vgg16", {"large_feature_map": True},
-     {"features.0.weight": "features.0.weight", "features.21.bias": "features.21.bias",
-      "features.23.weight": "features.24.weight", "features.27.weight": "features.28.weight"}),
-    ("googlenet-cam", "googlenet", {}, {"features.inception4e.branch1.conv.weight": "inception4e.branch1.conv.weight",
-                                        "features.conv1.bn.running_var": "conv1.bn.running_var"}),
-    ("wsol-inceptionv3", "inception_v3", {}, {"Mixed_6a.branch3x3.conv.weight": "Mixed_6a.branch3x3.conv.weight",
-                                              "Conv2d_1a_3x3.bn.weight": "Conv2d_1a_3x3.bn.weight"}),
-    ("wsol-resnet50", "resnet50", {}, {"layer4.0.conv2.weight": "layer4.0.conv2.weight",
-                                       "bn1.running_mean": "bn1.running_mean"}),
-])
+@pytest.mark.parametrize(
+    ("name", "arch", "options", "pairs"),
+    [
+        (
+            "wsol-vgg16",
+            "vgg16",
+            {"large_feature_map": True},
+            {
+                "features.0.weight": "features.0.weight",
+                "features.21.bias": "features.21.bias",
+                "features.23.weight": "features.24.weight",
+                "features.27.weight": "features.28.weight",
+            },
+        ),
+        (
+            "googlenet-cam",
+            "googlenet",
+            {},
+            {
+                "features.inception4e.branch1.conv.weight": "inception4e.branch1.conv.weight",
+                "features.conv1.bn.running_var": "conv1.bn.running_var",
+            },
+        ),
+        (
+            "wsol-inceptionv3",
+            "inception_v3",
+            {},
+            {
+                "Mixed_6a.branch3x3.conv.weight": "Mixed_6a.branch3x3.conv.weight",
+                "Conv2d_1a_3x3.bn.weight": "Conv2d_1a_3x3.bn.weight",
+            },
+        ),
+        (
+            "wsol-resnet50",
+            "resnet50",
+            {},
+            {"layer4.0.conv2.weight": "layer4.0.conv2.weight", "bn1.running_mean": "bn1.running_mean"},
+        ),
+    ],
+)
 def test_pretrained_tensors_land_on_the_kept_modules(monkeypatch, name, arch, options, pairs):
     """The weight-loading path without a download: a state dict under torchvision's names is moved onto the
     modules each builder keeps, whatever they are called there; every other tensor is a freshly initialized one."""
@@ -170,8 +218,13 @@ def test_pretrained_tensors_land_on_the_kept_modules(monkeypatch, name, arch, op
 
 def test_checkpoint_records_builder_options_and_rebuilds_the_network(tmp_path):
     model = _perturb(build_model("wsol-vgg16", 3, None, width=8, large_feature_map=True)).eval()
-    path = save_checkpoint(tmp_path / "v.safetensors", model, arch="wsol-vgg16", class_names=["a", "b", "c"],
-                           preprocess=Preprocess((32, 32)))
+    path = save_checkpoint(
+        tmp_path / "v.safetensors",
+        model,
+        arch="wsol-vgg16",
+        class_names=["a", "b", "c"],
+        preprocess=Preprocess((32, 32)),
+    )
     loaded = load_model(path)
     assert loaded.meta["arch_options"] == {"width": 8, "large_feature_map": True}
     assert loaded.model.arch_options == model.arch_options
@@ -228,8 +281,9 @@ def test_gapify_takes_a_hand_cut_backbone_whole():
 def test_gapify_by_name_round_trips_through_a_checkpoint(tmp_path):
     model = build_model("gapify", 4, None, backbone="resnet18", cut="layer2", width=8).eval()
     assert feature_resolution(model, 224) == (28, 28)
-    path = save_checkpoint(tmp_path / "g.safetensors", model, arch="gapify", class_names=list("abcd"),
-                           preprocess=Preprocess((32, 32)))
+    path = save_checkpoint(
+        tmp_path / "g.safetensors", model, arch="gapify", class_names=list("abcd"), preprocess=Preprocess((32, 32))
+    )
     loaded = load_model(path)
     assert loaded.meta["arch_options"]["cut"] == "layer2"
     x = torch.randn(1, 3, 32, 32)
@@ -237,12 +291,15 @@ def test_gapify_by_name_round_trips_through_a_checkpoint(tmp_path):
         torch.testing.assert_close(loaded.model(x), model(x))
 
 
-@pytest.mark.parametrize(("cut", "size", "message"), [
-    ("layer9", 224, "no layer named 'layer9' in ResNet"),
-    ("fc", 224, "the cut at 'fc' has no spatial output: shape \\(1, 10\\)"),
-    ("avgpool", 224, "the cut at 'avgpool' leaves a 1x1 map at 224 px"),
-    ("layer4", 32, "the cut at 'layer4' leaves a 1x1 map at 32 px"),
-])
+@pytest.mark.parametrize(
+    ("cut", "size", "message"),
+    [
+        ("layer9", 224, "no layer named 'layer9' in ResNet"),
+        ("fc", 224, "the cut at 'fc' has no spatial output: shape \\(1, 10\\)"),
+        ("avgpool", 224, "the cut at 'avgpool' leaves a 1x1 map at 224 px"),
+        ("layer4", 32, "the cut at 'layer4' leaves a 1x1 map at 32 px"),
+    ],
+)
 def test_gapify_bad_cuts_are_one_line_errors(cut, size, message):
     with pytest.raises(CamlensError, match=message) as info:
         gapify(tvm.resnet18(num_classes=10), cut=cut, num_classes=3, input_size=size)

@@ -30,8 +30,13 @@ HOSTILE = ["$x^{5$", "=1+2", "-3", "@SUM(A1)", "+cmd", "\tx", "\rx", "ok", "$a$"
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory) -> Path:
     root = checkpoint_and_images(tmp_path_factory.mktemp("lost"), 3)
-    save_checkpoint(root / "hostile.safetensors", GapNet(10).eval(), arch="gapnet", class_names=HOSTILE,
-                    preprocess=Preprocess((32, 32), (0.5,) * 3, (0.25,) * 3))
+    save_checkpoint(
+        root / "hostile.safetensors",
+        GapNet(10).eval(),
+        arch="gapnet",
+        class_names=HOSTILE,
+        preprocess=Preprocess((32, 32), (0.5,) * 3, (0.25,) * 3),
+    )
     return root
 
 
@@ -120,8 +125,20 @@ def test_a_symlink_planted_in_the_output_folder_is_refused(workspace, monkeypatc
     else:
         outside.write_bytes(b"precious")
     (out / planted).symlink_to(outside)
-    code, err = _run(workspace, monkeypatch, capsys, "explain", "imgs/im0.png", "--checkpoint", "m.safetensors",
-                     "--class", "0", "--out", out.name, "--overwrite")
+    code, err = _run(
+        workspace,
+        monkeypatch,
+        capsys,
+        "explain",
+        "imgs/im0.png",
+        "--checkpoint",
+        "m.safetensors",
+        "--class",
+        "0",
+        "--out",
+        out.name,
+        "--overwrite",
+    )
     assert code == 2 and len(err.strip().splitlines()) == 1, err
     assert "is a symlink" in err
     if planted == ".progress":
@@ -140,8 +157,18 @@ def test_localize_and_evaluate_keep_earlier_outputs_unless_overwrite(workspace, 
     assert json.loads((workspace / "boxes" / "boxes.json").read_text())["images"][0]["threshold"] == 0.5
 
     (workspace / "metrics.json").write_text('{"old": 1}')
-    code, err = _run(workspace, monkeypatch, capsys, "evaluate", "--checkpoint", "m.safetensors", "--num-images",
-                     "2", "--json", "metrics.json")
+    code, err = _run(
+        workspace,
+        monkeypatch,
+        capsys,
+        "evaluate",
+        "--checkpoint",
+        "m.safetensors",
+        "--num-images",
+        "2",
+        "--json",
+        "metrics.json",
+    )
     assert code == 2 and "--json" in err and "--overwrite" in err
     assert (workspace / "metrics.json").read_text() == '{"old": 1}'
 
@@ -179,8 +206,11 @@ def test_a_full_disk_keeps_the_old_file_leaves_no_torn_one_and_says_one_line(wor
         def __exit__(self, *exc):
             self.f.close()
 
-    monkeypatch.setattr(camlens.files.os, "fdopen", lambda fd, mode="r", *a: FillsUp(real(fd, mode, *a))
-                        if mode == "wb" else real(fd, mode, *a))
+    monkeypatch.setattr(
+        camlens.files.os,
+        "fdopen",
+        lambda fd, mode="r", *a: FillsUp(real(fd, mode, *a)) if mode == "wb" else real(fd, mode, *a),
+    )
     code, err = _run(workspace, monkeypatch, capsys, *args, "--restart")
     monkeypatch.setattr(camlens.files.os, "fdopen", real)
     assert code == 2 and len(err.strip().splitlines()) == 1, err
@@ -194,8 +224,21 @@ def test_explain_killed_at_random_points_leaves_only_whole_files(tmp_path):
     rng = np.random.default_rng(2)
     for i in range(12):
         Image.fromarray(rng.integers(0, 255, (120, 160, 3), dtype=np.uint8)).save(root / "imgs" / f"p{i}.png")
-    cmd = [sys.executable, "-m", "camlens", "explain", "imgs", "--checkpoint", "m.safetensors", "--out", "out",
-           "--batch-size", "2", "--figure", "--quiet"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "camlens",
+        "explain",
+        "imgs",
+        "--checkpoint",
+        "m.safetensors",
+        "--out",
+        "out",
+        "--batch-size",
+        "2",
+        "--figure",
+        "--quiet",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     draw = random.Random(int(time.time()))
     interrupted = 0
@@ -236,8 +279,20 @@ def test_atomic_write_never_follows_a_symlink_at_the_temporary_name(tmp_path, mo
 
 @pytest.mark.filterwarnings("ignore:Glyph")  # DejaVu Sans has no tab or carriage-return glyph; drawn as boxes
 def test_class_names_are_text_in_figures_and_never_formulas_in_the_csv(workspace, monkeypatch, capsys):
-    code, err = _run(workspace, monkeypatch, capsys, "explain", "imgs/im0.png", "--checkpoint",
-                     "hostile.safetensors", "--topk", "10", "--figure", "--out", "hostile")
+    code, err = _run(
+        workspace,
+        monkeypatch,
+        capsys,
+        "explain",
+        "imgs/im0.png",
+        "--checkpoint",
+        "hostile.safetensors",
+        "--topk",
+        "10",
+        "--figure",
+        "--out",
+        "hostile",
+    )
     assert code == 0, err
     out = workspace / "hostile"
     summary = json.loads((out / "summary.json").read_text())
@@ -255,15 +310,34 @@ def test_class_names_are_text_in_figures_and_never_formulas_in_the_csv(workspace
 def test_negative_scores_stay_numbers_and_text_cells_are_neutralized(tmp_path):
     from camlens.pipeline import Summary
 
-    summary = Summary(records=[{"file": "=evil.png", "explained": [
-        {"class": 3, "label": "-1", "score": -1.5, "overlay": "@x.png"},
-        {"class": 4, "label": "cat", "score": 0.25, "overlay": "cat.png"}]}])
+    summary = Summary(
+        records=[
+            {
+                "file": "=evil.png",
+                "explained": [
+                    {"class": 3, "label": "-1", "score": -1.5, "overlay": "@x.png"},
+                    {"class": 4, "label": "cat", "score": 0.25, "overlay": "cat.png"},
+                ],
+            }
+        ]
+    )
     summary.write(tmp_path)
     rows = list(csv.reader((tmp_path / "summary.csv").open(newline="")))
-    assert rows[1:] == [["'=evil.png", "1", "3", "'-1", "-1.500000", "'@x.png"],
-                        ["'=evil.png", "2", "4", "cat", "0.250000", "cat.png"]]
-    assert [csv_text(v) for v in ("=", "+", "-", "@", "\t", "\r", "a=b", "", "1")] == \
-        ["'=", "'+", "'-", "'@", "'\t", "'\r", "a=b", "", "1"]
+    assert rows[1:] == [
+        ["'=evil.png", "1", "3", "'-1", "-1.500000", "'@x.png"],
+        ["'=evil.png", "2", "4", "cat", "0.250000", "cat.png"],
+    ]
+    assert [csv_text(v) for v in ("=", "+", "-", "@", "\t", "\r", "a=b", "", "1")] == [
+        "'=",
+        "'+",
+        "'-",
+        "'@",
+        "'\t",
+        "'\r",
+        "a=b",
+        "",
+        "1",
+    ]
 
 
 def test_bad_inputs_of_every_kind_are_skipped_with_their_reason_in_the_summary(workspace, monkeypatch, capsys):
@@ -281,8 +355,9 @@ def test_bad_inputs_of_every_kind_are_skipped_with_their_reason_in_the_summary(w
     (workspace / "dir.png").mkdir()
     (workspace / "secret.png").write_bytes(png)
     (bad / "link.png").symlink_to(workspace / "secret.png")
-    code, err = _run(workspace, monkeypatch, capsys, "explain", "bad", "dir.png", "--checkpoint", "m.safetensors",
-                     "--out", "skipped")
+    code, err = _run(
+        workspace, monkeypatch, capsys, "explain", "bad", "dir.png", "--checkpoint", "m.safetensors", "--out", "skipped"
+    )
     assert code == 1
     summary = json.loads((workspace / "skipped" / "summary.json").read_text())
     assert sorted(Path(r["file"]).name for r in summary["images"]) == ["good.npy", "good.png"]
@@ -307,8 +382,9 @@ def test_folder_inputs_pick_up_npy_and_skip_symlinks_leading_outside(tmp_path):
     assert lines == [f"{tmp_path / 'in' / 'evil.png'}: a symlink leading outside {tmp_path / 'in'}, skipped"]
 
 
-def test_an_item_whose_figure_cannot_be_drawn_is_one_skipped_line_and_the_rest_is_done(workspace, tmp_path,
-                                                                                        monkeypatch):
+def test_an_item_whose_figure_cannot_be_drawn_is_one_skipped_line_and_the_rest_is_done(
+    workspace, tmp_path, monkeypatch
+):
     import camlens.pipeline as pipeline
     from camlens import CAM
     from camlens.data.images import expand_paths
@@ -325,10 +401,12 @@ def test_an_item_whose_figure_cannot_be_drawn_is_one_skipped_line_and_the_rest_i
     paths, _ = expand_paths([workspace / "imgs"])
     lines: list[str] = []
     with CAM(loaded.model) as cam:
-        summary = pipeline.explain_files(loaded, cam, paths, tmp_path, render=pipeline.RenderOptions(figure=True),
-                                         on_error=lines.append)
+        summary = pipeline.explain_files(
+            loaded, cam, paths, tmp_path, render=pipeline.RenderOptions(figure=True), on_error=lines.append
+        )
     assert [Path(r["file"]).name for r in summary.records] == ["im0.png", "im2.png"]
-    assert summary.skipped == [{"path": str(workspace / "imgs" / "im1.png"),
-                                "reason": "could not render (ValueError: bad glyph)"}]
+    assert summary.skipped == [
+        {"path": str(workspace / "imgs" / "im1.png"), "reason": "could not render (ValueError: bad glyph)"}
+    ]
     assert lines == [f"{workspace / 'imgs' / 'im1.png'}: could not render (ValueError: bad glyph)"]
     assert json.loads((tmp_path / "summary.json").read_text())["skipped"] == summary.skipped

@@ -36,8 +36,17 @@ def test_jet_table_without_matplotlib_equals_matplotlibs():
     assert torch.equal(colormap_table("jet"), _lut("jet"))
 
 
-@pytest.mark.parametrize("colormap, alpha, classic", [("jet", 0.5, False), ("jet", 0.35, False), ("jet", 1.0, False),
-                                                      ("jet", 0.0, False), ("jet", 0.5, True), ("viridis", 0.7, False)])
+@pytest.mark.parametrize(
+    "colormap, alpha, classic",
+    [
+        ("jet", 0.5, False),
+        ("jet", 0.35, False),
+        ("jet", 1.0, False),
+        ("jet", 0.0, False),
+        ("jet", 0.5, True),
+        ("viridis", 0.7, False),
+    ],
+)
 def test_table_blend_equals_the_reference_overlay_bytes(colormap, alpha, classic):
     gen = torch.Generator().manual_seed(0)
     image = torch.randint(0, 256, (3, 29, 43), generator=gen).to(torch.uint8)
@@ -48,24 +57,28 @@ def test_table_blend_equals_the_reference_overlay_bytes(colormap, alpha, classic
         assert np.array_equal(got, want), f"{int((got != want).sum())} bytes differ from render.overlay"
 
 
-@pytest.mark.parametrize("render, workers, topk", [
-    (RenderOptions(), 2, 2),
-    (RenderOptions(colormap="viridis", alpha=0.3, image_format="jpg"), 1, 1),
-    (RenderOptions(classic=True), 3, 1),
-])
+@pytest.mark.parametrize(
+    "render, workers, topk",
+    [
+        (RenderOptions(), 2, 2),
+        (RenderOptions(colormap="viridis", alpha=0.3, image_format="jpg"), 1, 1),
+        (RenderOptions(classic=True), 3, 1),
+    ],
+)
 def test_overlays_and_scores_equal_the_reference_path(workspace, tmp_path, render, workers, topk):
     loaded = load_model(workspace / "m.safetensors")
     paths = sorted((workspace / "imgs").iterdir())
     with CAM(loaded.model) as explainer:
-        summary = explain_files(loaded, explainer, paths, tmp_path, topk=topk, batch_size=3, workers=workers,
-                                render=render, resume=False)
+        summary = explain_files(
+            loaded, explainer, paths, tmp_path, topk=topk, batch_size=3, workers=workers, render=render, resume=False
+        )
     assert len(summary.errors) == 1 and "broken.png" in summary.errors[0]
     good = [p for p in paths if p.name != "broken.png"]
     assert [r["file"] for r in summary.records] == [str(p) for p in good]
     on_disk = json.loads((tmp_path / "summary.json").read_text())["images"]
     assert on_disk == summary.records
     # the reference: the same batches of 3 files (the broken one leaves its batch with 2), through the library
-    batches = [[p for p in paths[i:i + 3] if p.name != "broken.png"] for i in range(0, len(paths), 3)]
+    batches = [[p for p in paths[i : i + 3] if p.name != "broken.png"] for i in range(0, len(paths), 3)]
     with CAM(loaded.model) as reference:
         for batch in batches:
             images = [load_image(p) for p in batch]
@@ -78,8 +91,15 @@ def test_overlays_and_scores_equal_the_reference_path(workspace, tmp_path, rende
                 assert [p["score"] for p in record["predictions"]] == probs[i].topk(5).values.tolist()
                 for rank, entry in enumerate(record["explained"]):
                     assert entry["class"] == int(res.classes[i, rank])
-                    want = to_pil(overlay(image, res.maps[i, rank], colormap=render.colormap, alpha=render.alpha,
-                                          classic=render.classic))
+                    want = to_pil(
+                        overlay(
+                            image,
+                            res.maps[i, rank],
+                            colormap=render.colormap,
+                            alpha=render.alpha,
+                            classic=render.classic,
+                        )
+                    )
                     if render.image_format == "jpg":  # the reference bytes through the same encoder settings
                         buffer = tmp_path / "want.jpg"
                         want.save(buffer, quality=92)
@@ -94,8 +114,14 @@ def test_a_bad_colormap_fails_before_any_file_is_written(workspace, tmp_path):
 
     loaded = load_model(workspace / "m.safetensors")
     with CAM(loaded.model) as explainer, pytest.raises(CamlensError, match="unknown colormap 'nope'"):
-        explain_files(loaded, explainer, sorted((workspace / "imgs").iterdir()), tmp_path / "out",
-                      render=RenderOptions(colormap="nope"), resume=False)
+        explain_files(
+            loaded,
+            explainer,
+            sorted((workspace / "imgs").iterdir()),
+            tmp_path / "out",
+            render=RenderOptions(colormap="nope"),
+            resume=False,
+        )
     assert not (tmp_path / "out").exists() or not any(p.suffix == ".png" for p in (tmp_path / "out").iterdir())
 
 
@@ -157,6 +183,7 @@ def test_decoding_runs_at_most_two_batches_ahead_of_the_model(workspace, tmp_pat
     paths = sorted(p for p in (workspace / "imgs").iterdir() if p.name != "broken.png") * 3  # 24 files, batches of 2
     seen: list[int] = []
     with CAM(loaded.model) as explainer:
+
         def counting(x, *args, **kwargs):
             seen.append(len(decoded))
             return explainer(x, *args, **kwargs)
@@ -189,8 +216,9 @@ def test_a_batch_whose_write_failed_is_not_logged_so_resume_redoes_it(workspace,
     assert resumed.records == full.records and len(resumed.records) == len(paths)
     for record in resumed.records:
         name = record["explained"][0]["overlay"]
-        assert np.array_equal(np.asarray(Image.open(tmp_path / "out" / name)),
-                              np.asarray(Image.open(tmp_path / "full" / name))), name
+        assert np.array_equal(
+            np.asarray(Image.open(tmp_path / "out" / name)), np.asarray(Image.open(tmp_path / "full" / name))
+        ), name
 
 
 def test_input_rank_reads_convolution_subclasses():

@@ -18,7 +18,9 @@ from camlens.training.probe import PROBE, fit_logistic, linear_probe, pooled_fea
 def _blobs(n: int = 240, k: int = 10, c: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(0)
     y = torch.arange(n) % c
-    x = torch.randn(c, k, generator=g, dtype=torch.float64)[y] + 1.5 * torch.randn(n, k, generator=g, dtype=torch.float64)
+    x = torch.randn(c, k, generator=g, dtype=torch.float64)[y] + 1.5 * torch.randn(
+        n, k, generator=g, dtype=torch.float64
+    )
     return x, y
 
 
@@ -55,8 +57,7 @@ def test_probe_fits_the_pooled_features_and_keeps_the_cam_identity():
     assert result.train_accuracy == pytest.approx(float((ref.predict(z.numpy()) == y.numpy()).mean()))
     with torch.no_grad(), CAM(model) as cam:
         res = cam(x[:4], topk=3)
-    torch.testing.assert_close(res.maps.mean((-2, -1)) + res.bias, res.logits.gather(1, res.classes), rtol=0,
-                               atol=1e-5)
+    torch.testing.assert_close(res.maps.mean((-2, -1)) + res.bias, res.logits.gather(1, res.classes), rtol=0, atol=1e-5)
 
 
 def test_standardized_probe_equals_a_scaler_and_logistic_regression_pipeline():
@@ -64,10 +65,16 @@ def test_standardized_probe_equals_a_scaler_and_logistic_regression_pipeline():
     batches = _images()
     linear_probe(model, batches, 3, C=0.3)
     z, y, _ = pooled_features(model, batches)
-    ref = make_pipeline(StandardScaler(), LogisticRegression(C=0.3, tol=1e-12, max_iter=10_000)).fit(z.numpy(), y.numpy())
+    ref = make_pipeline(StandardScaler(), LogisticRegression(C=0.3, tol=1e-12, max_iter=10_000)).fit(
+        z.numpy(), y.numpy()
+    )
     logits = (z @ model.fc.weight.detach().double().T + model.fc.bias.detach().double()).numpy()
-    np.testing.assert_allclose(torch.softmax(torch.from_numpy(logits), 1).numpy(), ref.predict_proba(z.numpy()),
-                               atol=1e-4, err_msg="the folded classifier on raw features is the fitted pipeline")
+    np.testing.assert_allclose(
+        torch.softmax(torch.from_numpy(logits), 1).numpy(),
+        ref.predict_proba(z.numpy()),
+        atol=1e-4,
+        err_msg="the folded classifier on raw features is the fitted pipeline",
+    )
 
 
 class _ConvClassifierNet(nn.Module):
@@ -90,8 +97,7 @@ def test_probe_replaces_a_conv_classifier_applied_before_pooling():
     x = _images()[0][0][:2]
     with torch.no_grad(), CAM(model) as cam:
         res = cam(x, topk=2)
-    torch.testing.assert_close(res.maps.mean((-2, -1)) + res.bias, res.logits.gather(1, res.classes), rtol=0,
-                               atol=1e-5)
+    torch.testing.assert_close(res.maps.mean((-2, -1)) + res.bias, res.logits.gather(1, res.classes), rtol=0, atol=1e-5)
 
 
 def test_probe_bad_input_is_a_one_line_error():
@@ -106,10 +112,32 @@ def test_probe_bad_input_is_a_one_line_error():
 
 def test_cli_linear_probe_writes_a_self_describing_checkpoint(tmp_path, capsys):
     torch.manual_seed(0)
-    backbone = save_checkpoint(tmp_path / "g.safetensors", GapNet(10).eval(), arch="gapnet",
-                               class_names=list("abcdefghij"), preprocess=Preprocess((32, 32)))
-    code = main(["train", "--linear-probe", str(backbone), "--data", "builtin", "--num-train", "40", "--num-val", "20",
-                 "--out", str(tmp_path / "out"), "--probe-raw", "--probe-c", "0.5", "--quiet"])
+    backbone = save_checkpoint(
+        tmp_path / "g.safetensors",
+        GapNet(10).eval(),
+        arch="gapnet",
+        class_names=list("abcdefghij"),
+        preprocess=Preprocess((32, 32)),
+    )
+    code = main(
+        [
+            "train",
+            "--linear-probe",
+            str(backbone),
+            "--data",
+            "builtin",
+            "--num-train",
+            "40",
+            "--num-val",
+            "20",
+            "--out",
+            str(tmp_path / "out"),
+            "--probe-raw",
+            "--probe-c",
+            "0.5",
+            "--quiet",
+        ]
+    )
     assert code == 0 and "val acc" in capsys.readouterr().out
     loaded = load_model(tmp_path / "out" / PROBE)
     probe = loaded.meta["linear_probe"]

@@ -46,8 +46,10 @@ def _float64_depthwise():
         k = weight.shape[-2:]
         cols = F.unfold(x, k, dilation=dilation, padding=padding, stride=stride)  # (B, C * kh * kw, L)
         out = (cols.view(x.shape[0], groups, k.numel(), -1) * weight.view(1, groups, -1, 1)).sum(2)
-        sizes = [(x.shape[d + 2] + 2 * _pair(padding)[d] - _pair(dilation)[d] * (k[d] - 1) - 1) // _pair(stride)[d] + 1
-                 for d in range(2)]
+        sizes = [
+            (x.shape[d + 2] + 2 * _pair(padding)[d] - _pair(dilation)[d] * (k[d] - 1) - 1) // _pair(stride)[d] + 1
+            for d in range(2)
+        ]
         out = out.view(x.shape[0], groups, *sizes)
         return out if bias is None else out + bias.view(1, -1, 1, 1)
 
@@ -65,8 +67,13 @@ def _photos() -> dict[str, np.ndarray]:
 
     shipped = load_sample_images()
     return {
-        "chelsea": data.chelsea(), "coffee": data.coffee(), "camera": data.camera(), "rocket": data.rocket(),
-        "astronaut": data.astronaut(), "china": shipped.images[0], "flower": shipped.images[1],
+        "chelsea": data.chelsea(),
+        "coffee": data.coffee(),
+        "camera": data.camera(),
+        "rocket": data.rocket(),
+        "astronaut": data.astronaut(),
+        "china": shipped.images[0],
+        "flower": shipped.images[1],
     }
 
 
@@ -187,8 +194,13 @@ def _pgc(method: str, model, x, classes):
     import pytorch_grad_cam as pgc
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-    cls = {"gradcam": pgc.GradCAM, "gradcampp": pgc.GradCAMPlusPlus, "xgradcam": pgc.XGradCAM,
-           "layercam": pgc.LayerCAM, "hirescam": pgc.HiResCAM}[method]
+    cls = {
+        "gradcam": pgc.GradCAM,
+        "gradcampp": pgc.GradCAMPlusPlus,
+        "xgradcam": pgc.XGradCAM,
+        "layercam": pgc.LayerCAM,
+        "hirescam": pgc.HiResCAM,
+    }[method]
     peer = cls(model=model, target_layers=[model.bn2])
     try:
         return torch.from_numpy(peer(input_tensor=x, targets=[ClassifierOutputTarget(c) for c in classes]))
@@ -304,8 +316,10 @@ def test_random_weights_need_no_package_and_unknown_weights_are_refused(monkeypa
 def test_explain_takes_a_file_a_pil_image_or_an_array_and_shows_itself(lite0, photos, tmp_path):
     path = tmp_path / "cat.png"
     camlens.render.to_pil(photos["chelsea"]).save(path)
-    results = [camlens.explain(lite0, src, topk=2) for src in
-               (path, Image.open(path), np.asarray(Image.open(path)), photos["chelsea"])]
+    results = [
+        camlens.explain(lite0, src, topk=2)
+        for src in (path, Image.open(path), np.asarray(Image.open(path)), photos["chelsea"])
+    ]
     for exp in results:
         assert torch.equal(exp.result.maps, results[0].result.maps)
         assert exp.predictions[0][0] == "Egyptian cat" and exp.top(3)[:2] == exp.predictions
@@ -332,7 +346,8 @@ def test_web_api_serves_the_real_model(lite0, photos):
     camlens.render.to_pil(photos["coffee"]).save(buffer, "PNG")
     with TestClient(create_app(lite0, workers=1, model_name="efficientnet_lite0")) as client:
         info = client.get("/api/info").json()
-        answer = client.post("/api/explain", files={"file": ("coffee.png", buffer.getvalue(), "image/png")},
-                             data={"topk": "2"}).json()
+        answer = client.post(
+            "/api/explain", files={"file": ("coffee.png", buffer.getvalue(), "image/png")}, data={"topk": "2"}
+        ).json()
     assert len(info["classes"]) == 1000
     assert answer["predictions"][0]["label"] == "espresso" and answer["predictions"][0]["score"] > 0.8

@@ -125,8 +125,13 @@ def workspace(tmp_path_factory):
     (OpenImages layout), and an untrained GapNet checkpoint at SIZE px."""
     root = tmp_path_factory.mktemp("reference")
     torch.manual_seed(3)
-    save_checkpoint(root / "m.safetensors", GapNet(3).eval(), arch="gapnet", class_names=["a", "b", "c"],
-                    preprocess=Preprocess((SIZE, SIZE), MEAN, STD))
+    save_checkpoint(
+        root / "m.safetensors",
+        GapNet(3).eval(),
+        arch="gapnet",
+        class_names=["a", "b", "c"],
+        preprocess=Preprocess((SIZE, SIZE), MEAN, STD),
+    )
     rng = np.random.default_rng(7)
     (root / "images").mkdir()
     (root / "masks").mkdir()
@@ -139,14 +144,14 @@ def workspace(tmp_path_factory):
         pixels = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
         x0, y0 = int(rng.integers(0, w // 2)), int(rng.integers(0, h // 2))
         x1, y1 = int(rng.integers(x0 + 5, w)), int(rng.integers(y0 + 5, h))
-        pixels[y0:y1 + 1, x0:x1 + 1] = (pixels[y0:y1 + 1, x0:x1 + 1] // 3 + 160).astype(np.uint8)
+        pixels[y0 : y1 + 1, x0 : x1 + 1] = (pixels[y0 : y1 + 1, x0 : x1 + 1] // 3 + 160).astype(np.uint8)
         image_id = f"c{i % 3}/im{i}.png"
         (root / "images" / f"c{i % 3}").mkdir(exist_ok=True)
         Image.fromarray(pixels).save(root / "images" / image_id)
         mask = np.zeros((h, w), np.uint8)
-        mask[y0:y1 + 1, x0:x1 + 1] = 255
+        mask[y0 : y1 + 1, x0 : x1 + 1] = 255
         ignore = np.zeros((h, w), np.uint8)
-        ignore[max(0, y0 - 4):y1 + 5, max(0, x0 - 4):x1 + 5] = 255
+        ignore[max(0, y0 - 4) : y1 + 5, max(0, x0 - 4) : x1 + 5] = 255
         Image.fromarray(mask).save(root / "masks" / f"m{i}.png")
         Image.fromarray(ignore).save(root / "masks" / f"i{i}.png")
         ids.append(image_id)
@@ -159,7 +164,12 @@ def workspace(tmp_path_factory):
         (folder / "class_labels.txt").write_text("\n".join(labels) + "\n")
         (folder / "image_sizes.txt").write_text("\n".join(sizes) + "\n")
         (folder / "localization.txt").write_text("\n".join(lines) + "\n")
-    return root, ids, [tuple(map(int, s.split(",")[1:])) for s in sizes], [list(map(int, s.split(",")[1:])) for s in loc]
+    return (
+        root,
+        ids,
+        [tuple(map(int, s.split(",")[1:])) for s in sizes],
+        [list(map(int, s.split(",")[1:])) for s in loc],
+    )
 
 
 def _camlens(*args, cwd):
@@ -182,8 +192,23 @@ def _oracle_maps(root, ids):
 
 def test_evaluate_in_reference_mode_gives_their_box_metrics_and_thresholds(workspace):
     root, ids, sizes, boxes = workspace
-    _camlens("evaluate", "--checkpoint", "m.safetensors", "--data", "meta/boxes", "--split", "test", "--images",
-             "images", "--protocol", "wsolevaluation", "--json", "box.json", "--quiet", cwd=root)
+    _camlens(
+        "evaluate",
+        "--checkpoint",
+        "m.safetensors",
+        "--data",
+        "meta/boxes",
+        "--split",
+        "test",
+        "--images",
+        "images",
+        "--protocol",
+        "wsolevaluation",
+        "--json",
+        "box.json",
+        "--quiet",
+        cwd=root,
+    )
     got = json.loads((root / "box.json").read_text())
     thresholds = np.arange(0, 1, 0.001)  # config.py's cam_curve_interval for a model
     gts = [[oracle_resize_box(b, s, SIZE)] for b, s in zip(boxes, sizes)]
@@ -197,19 +222,55 @@ def test_evaluate_in_reference_mode_gives_their_box_metrics_and_thresholds(works
 
 def test_evaluate_in_reference_mode_gives_their_pxap(workspace):
     root, ids, sizes, _ = workspace
-    _camlens("evaluate", "--checkpoint", "m.safetensors", "--data", "meta/masks", "--split", "test", "--images",
-             "images", "--mask-root", "masks", "--protocol", "wsolevaluation", "--cam-curve-interval", "0.01",
-             "--json", "mask.json", "--quiet", cwd=root)
+    _camlens(
+        "evaluate",
+        "--checkpoint",
+        "m.safetensors",
+        "--data",
+        "meta/masks",
+        "--split",
+        "test",
+        "--images",
+        "images",
+        "--mask-root",
+        "masks",
+        "--protocol",
+        "wsolevaluation",
+        "--cam-curve-interval",
+        "0.01",
+        "--json",
+        "mask.json",
+        "--quiet",
+        cwd=root,
+    )
     got = json.loads((root / "mask.json").read_text())
-    near = lambda p: cv2.resize(np.float32(cv2.imread(str(p), cv2.IMREAD_GRAYSCALE)), (SIZE, SIZE),  # noqa: E731
-                                interpolation=cv2.INTER_NEAREST) > 0.5
+
+    def near(p):  # evaluation.py's load_mask_image, then > 0.5
+        image = np.float32(cv2.imread(str(p), cv2.IMREAD_GRAYSCALE))
+        return cv2.resize(image, (SIZE, SIZE), interpolation=cv2.INTER_NEAREST) > 0.5
+
     masks = [near(root / "masks" / f"m{i}.png") for i in range(len(ids))]
     ignores = [near(root / "masks" / f"i{i}.png") for i in range(len(ids))]
     want = oracle_pxap(_oracle_maps(root, ids), masks, ignores, np.arange(0, 1, 0.01))
     assert got["pxap"] == pytest.approx(want, abs=1e-9)
     # a mask-only (OpenImages) folder has no boxes: box metrics are null, in the default protocol too
-    _camlens("evaluate", "--checkpoint", "m.safetensors", "--data", "meta/masks", "--split", "test", "--images",
-             "images", "--mask-root", "masks", "--json", "default.json", "--quiet", cwd=root)
+    _camlens(
+        "evaluate",
+        "--checkpoint",
+        "m.safetensors",
+        "--data",
+        "meta/masks",
+        "--split",
+        "test",
+        "--images",
+        "images",
+        "--mask-root",
+        "masks",
+        "--json",
+        "default.json",
+        "--quiet",
+        cwd=root,
+    )
     default = json.loads((root / "default.json").read_text())
     assert default["maxboxacc"] is None and default["pxap"] is not None and default["num_images"] == len(ids)
 
@@ -226,8 +287,21 @@ def test_saved_maps_in_reference_mode_use_their_step_of_001(workspace, tmp_path)
         (tmp_path / image_id).parent.mkdir(exist_ok=True)
         np.save(tmp_path / f"{image_id}.npy", m.astype(np.float32))
         maps.append(m.astype(np.float32))
-    _camlens("evaluate", "--maps", tmp_path, "--metadata", "meta/boxes", "--split", "test", "--protocol",
-             "wsolevaluation", "--json", "maps.json", "--quiet", cwd=root)
+    _camlens(
+        "evaluate",
+        "--maps",
+        tmp_path,
+        "--metadata",
+        "meta/boxes",
+        "--split",
+        "test",
+        "--protocol",
+        "wsolevaluation",
+        "--json",
+        "maps.json",
+        "--quiet",
+        cwd=root,
+    )
     got = json.loads((root / "maps.json").read_text())
     gts = [[b] for b in boxes]  # maps at the image size: boxes as given
     want = oracle_box_metrics(maps, gts, np.arange(0, 1, 0.01))
@@ -262,7 +336,9 @@ def test_reference_learning_rate_groups_follow_their_name_patterns(arch):
     assert groups["classifier"]["lr_mult"] == 10.0 and groups["features"]["lr_mult"] == 1.0
     assert features | classifier == set(named.values()) and not features & classifier
     if arch == "wsol-vgg16":  # main.py: 'features.' at lr, everything else (conv6, fc) at 10x
-        assert all(n.startswith("features.") for n in features) and not any(n.startswith("features.") for n in classifier)
+        assert all(n.startswith("features.") for n in features) and not any(
+            n.startswith("features.") for n in classifier
+        )
     elif arch == "wsol-resnet50":  # the other way round: layer4 and fc at 10x
         assert all(n.startswith(("layer4.", "fc.")) for n in classifier)
         assert not any(n.startswith(("layer4.", "fc.")) for n in features)
@@ -313,9 +389,19 @@ def test_reference_training_uses_nesterov_sgd_and_their_groups(tmp_path):
     from camlens.training import TrainConfig, train
     from camlens.training.optim import build_optimizer, training_groups
 
-    config = TrainConfig("builtin", arch="wsol-resnet50", image_size=32, num_train=8, num_val=4, epochs=1,
-                         batch_size=4, optimizer="sgd", protocol="wsolevaluation", out=str(tmp_path / "run"),
-                         progress=False)
+    config = TrainConfig(
+        "builtin",
+        arch="wsol-resnet50",
+        image_size=32,
+        num_train=8,
+        num_val=4,
+        epochs=1,
+        batch_size=4,
+        optimizer="sgd",
+        protocol="wsolevaluation",
+        out=str(tmp_path / "run"),
+        progress=False,
+    )
     assert config.lr_mult == 10.0  # their lr_classifier_ratio, from scratch too
     model = build_network("wsol-resnet50", num_classes=10)
     optimizer = build_optimizer(config, training_groups(config, model, ("fc",)))
@@ -323,7 +409,9 @@ def test_reference_training_uses_nesterov_sgd_and_their_groups(tmp_path):
     boosted = {id(p) for g in optimizer.param_groups if g["lr_mult"] == 10.0 for p in g["params"]}
     names = {n for n, p in model.named_parameters() if id(p) in boosted}
     assert names == {n for n, _ in model.named_parameters() if n.startswith(("layer4.", "fc."))}
-    default = build_optimizer(TrainConfig(optimizer="sgd"), training_groups(TrainConfig(optimizer="sgd"), model, ("fc",)))
+    default = build_optimizer(
+        TrainConfig(optimizer="sgd"), training_groups(TrainConfig(optimizer="sgd"), model, ("fc",))
+    )
     assert not default.defaults["nesterov"]
     result = train(config, log=None)  # the whole loop runs in this mode, selection included
     assert result.checkpoint.is_file()

@@ -17,8 +17,11 @@ def test_overlay_blend_formulas():
     image = torch.full((3, 4, 4), 0.6)
     cam = torch.zeros(2, 2)
     cam[0, 0] = 1.0
-    heat = colorize(torch.nn.functional.interpolate(
-        ((cam - cam.min()) / (cam.max() - cam.min()))[None, None], size=(4, 4), mode="bilinear", align_corners=False)[0, 0])
+    heat = colorize(
+        torch.nn.functional.interpolate(
+            ((cam - cam.min()) / (cam.max() - cam.min()))[None, None], size=(4, 4), mode="bilinear", align_corners=False
+        )[0, 0]
+    )
     torch.testing.assert_close(overlay(image, cam, alpha=0.25), 0.75 * image + 0.25 * heat)
     torch.testing.assert_close(overlay(image, cam, classic=True), (0.3 * heat + 0.5 * image).clamp(0, 1))
 

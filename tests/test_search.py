@@ -22,8 +22,23 @@ from camlens.models import load_model
 from camlens.training.search import best_per_method, draw_trials, read_result
 from camlens.training.wsol import WSOL_METHODS, ACoLCAM, method_explainer
 
-TINY = ["--size", "32", "--num-train", "32", "--num-val", "16", "--epochs", "1", "--batch-size", "32",
-        "--select-by", "maxboxacc_v2", "--num-test", "16", "--quiet"]
+TINY = [
+    "--size",
+    "32",
+    "--num-train",
+    "32",
+    "--num-val",
+    "16",
+    "--epochs",
+    "1",
+    "--batch-size",
+    "32",
+    "--select-by",
+    "maxboxacc_v2",
+    "--num-test",
+    "16",
+    "--quiet",
+]
 
 
 def test_draws_are_reproducible_per_method_and_inside_each_space():
@@ -40,9 +55,11 @@ def test_draws_are_reproducible_per_method_and_inside_each_space():
 
 
 def test_best_trial_is_chosen_on_the_selection_split_never_on_test():
-    records = [{"method": "cam", "number": 0, "val_score": 50.0, "test": {"maxboxacc_v2": 90.0}},
-               {"method": "cam", "number": 1, "val_score": 60.0, "test": {"maxboxacc_v2": 10.0}},
-               {"method": "cam", "number": 2, "val_score": 60.0, "test": {"maxboxacc_v2": 80.0}}]
+    records = [
+        {"method": "cam", "number": 0, "val_score": 50.0, "test": {"maxboxacc_v2": 90.0}},
+        {"method": "cam", "number": 1, "val_score": 60.0, "test": {"maxboxacc_v2": 10.0}},
+        {"method": "cam", "number": 2, "val_score": 60.0, "test": {"maxboxacc_v2": 80.0}},
+    ]
     assert best_per_method(records)["cam"]["number"] == 1
 
 
@@ -66,8 +83,11 @@ def searched(tmp_path_factory, one_thread):
 def test_search_trains_selects_and_reports_every_method(searched, capsys):
     summary = json.loads((searched / "search.json").read_text())
     assert sorted(summary["best"]) == sorted(WSOL_METHODS)
-    assert summary["select_by"] == "maxboxacc_v2" and summary["test"] == {"data": "builtin", "split": "test",
-                                                                          "num_images": 16}
+    assert summary["select_by"] == "maxboxacc_v2" and summary["test"] == {
+        "data": "builtin",
+        "split": "test",
+        "num_images": 16,
+    }
     for record in summary["trials"]:
         folder = searched / record["trial"]
         meta = load_model(folder / "best.safetensors").meta
@@ -112,10 +132,27 @@ def test_acol_checkpoint_drives_explain_localize_and_evaluate(searched, tmp_path
     ckpt = str(searched / "acol-000" / "best.safetensors")
     loaded = load_model(ckpt)
     assert isinstance(method_explainer(loaded.model), ACoLCAM)
-    assert main(["evaluate", "--checkpoint", ckpt, "--data", "builtin", "--num-images", "12", "--quiet",
-                 "--json", str(tmp_path / "m.json")]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--checkpoint",
+                ckpt,
+                "--data",
+                "builtin",
+                "--num-images",
+                "12",
+                "--quiet",
+                "--json",
+                str(tmp_path / "m.json"),
+            ]
+        )
+        == 0
+    )
     got = json.loads((tmp_path / "m.json").read_text())
-    samples = BuiltinSamples(BuiltinDataset("test", num_images=12, image_size=32))  # the model's input, as evaluate renders it
+    samples = BuiltinSamples(
+        BuiltinDataset("test", num_images=12, image_size=32)
+    )  # the model's input, as evaluate renders it
     with ACoLCAM(loaded.model, threshold=loaded.meta["wsol_method"]["threshold"]) as explainer:
         expected = evaluate_model(loaded, explainer, samples)
     assert got["maxboxacc_v2"] == pytest.approx(expected["maxboxacc_v2"])
@@ -125,8 +162,9 @@ def test_acol_checkpoint_drives_explain_localize_and_evaluate(searched, tmp_path
     (tmp_path / "imgs").mkdir()
     Image.fromarray((samples[0].image.permute(1, 2, 0) * 255).byte().numpy()).save(tmp_path / "imgs" / "a.png")
     assert main(["explain", str(tmp_path / "imgs"), "--checkpoint", ckpt, "--out", str(tmp_path / "x"), "--quiet"]) == 0
-    assert main(["localize", str(tmp_path / "imgs"), "--checkpoint", ckpt, "--out", str(tmp_path / "b"),
-                 "--quiet"]) == 0
+    assert (
+        main(["localize", str(tmp_path / "imgs"), "--checkpoint", ckpt, "--out", str(tmp_path / "b"), "--quiet"]) == 0
+    )
     assert (tmp_path / "b" / "boxes.json").is_file()
 
 
@@ -166,12 +204,16 @@ def test_bad_search_and_method_input_are_one_line_errors(tmp_path, capsys):
     cases = [
         (["train", "--trials", "1", "--select-by", "accuracy"], "a fair search selects on a split with boxes"),
         (["train", "--trials", "0", "--select-by", "maxboxacc_v2"], "--trials 0 must be at least 1"),
-        (["train", "--wsol-method", "has", "--wsol-param", "patch_size=99", "--size", "32"],
-         "HaS: patch_size=99 is larger than the 32x32 input"),
+        (
+            ["train", "--wsol-method", "has", "--wsol-param", "patch_size=99", "--size", "32"],
+            "HaS: patch_size=99 is larger than the 32x32 input",
+        ),
         (["train", "--wsol-method", "acol", "--wsol-param", "threshold=1.5"], "ACoL: threshold=1.5 is outside [0, 1]"),
         (["train", "--wsol-method", "adl", "--wsol-param", "rate"], "--wsol-param 'rate': expected KEY=VALUE"),
-        (["train", "--trials", "1", "--wsol-method", "has,foo", "--select-by", "maxboxacc_v2"],
-         "unknown WSOL method 'foo'"),
+        (
+            ["train", "--trials", "1", "--wsol-method", "has,foo", "--select-by", "maxboxacc_v2"],
+            "unknown WSOL method 'foo'",
+        ),
     ]
     for argv, message in cases:
         assert main([*argv, "--out", str(tmp_path / "o")]) == 2, argv
@@ -183,9 +225,25 @@ def test_bad_search_and_method_input_are_one_line_errors(tmp_path, capsys):
 def test_trials_are_dealt_out_to_torchrun_ranks(tmp_path):
     """2 gloo ranks, 2 trials each of cam and has: rank r runs trials r, r + 2, ... of the draw order."""
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--master-addr=127.0.0.1",
-           f"--master-port={free_port()}", "--monitor-interval=0.1", "-m", "camlens", "train", "--trials", "1",
-           "--wsol-method", "cam,has", "--out", str(out), *TINY]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node=2",
+        "--master-addr=127.0.0.1",
+        f"--master-port={free_port()}",
+        "--monitor-interval=0.1",
+        "-m",
+        "camlens",
+        "train",
+        "--trials",
+        "1",
+        "--wsol-method",
+        "cam,has",
+        "--out",
+        str(out),
+        *TINY,
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -198,8 +256,22 @@ def test_one_method_run_records_its_parameters_in_the_checkpoint(tmp_path):
     """``camlens train --wsol-method adl --wsol-param drop_rate=0.5``: the checkpoint names the method and its
     parameters (the others at Choe et al.'s defaults) and was selected on the boxed split."""
     out = tmp_path / "adl"
-    assert main(["train", "--wsol-method", "adl", "--wsol-param", "drop_rate=0.5", "--out", str(out),
-                 *TINY[:TINY.index("--num-test")], "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--wsol-method",
+                "adl",
+                "--wsol-param",
+                "drop_rate=0.5",
+                "--out",
+                str(out),
+                *TINY[: TINY.index("--num-test")],
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     meta = load_model(out / "best.safetensors").meta
     assert meta["wsol_method"] == {"name": "adl", "drop_rate": 0.5, "threshold": 0.9, "positions": None}
     assert meta["selection"]["metric"] == "maxboxacc_v2"

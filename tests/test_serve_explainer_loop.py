@@ -45,7 +45,9 @@ def test_explainers_made_and_closed_in_a_loop_leave_no_garbage_hooks_or_copies(n
             del explainer
         alive = sum(ref() is not None for ref in refs)
         gc.collect()
-        heavy = [type(o).__name__ for o in gc.garbage if isinstance(o, (torch.Tensor, torch.nn.Module, camlens.Explainer))]
+        heavy = [
+            type(o).__name__ for o in gc.garbage if isinstance(o, (torch.Tensor, torch.nn.Module, camlens.Explainer))
+        ]
     finally:
         gc.set_debug(0)
         gc.garbage.clear()

@@ -92,8 +92,9 @@ def test_cross_site_posts_are_refused_same_origin_and_scripts_allowed(client):
 def test_cors_is_closed_by_default(client):
     res = client.get("/api/info", headers={"origin": "https://evil.example"})
     assert "access-control-allow-origin" not in res.headers
-    res = client.options("/api/explain", headers={"origin": "https://evil.example",
-                                                  "access-control-request-method": "POST"})
+    res = client.options(
+        "/api/explain", headers={"origin": "https://evil.example", "access-control-request-method": "POST"}
+    )
     assert "access-control-allow-origin" not in res.headers and res.status_code >= 400
 
 
@@ -108,9 +109,15 @@ def test_cors_origin_opens_the_api_to_that_origin_only(cors_client):
 
 
 def test_security_headers_on_every_response(client):
-    responses = [client.get("/"), client.get("/static/app.js"), client.get("/api/info"), client.get("/nowhere"),
-                 _upload(client), client.get("/api/info", headers={"host": "evil.example"}),
-                 _upload(client, origin="https://evil.example")]
+    responses = [
+        client.get("/"),
+        client.get("/static/app.js"),
+        client.get("/api/info"),
+        client.get("/nowhere"),
+        _upload(client),
+        client.get("/api/info", headers={"host": "evil.example"}),
+        _upload(client, origin="https://evil.example"),
+    ]
     for res in responses:
         csp = res.headers["content-security-policy"]
         assert "frame-ancestors 'none'" in csp and "default-src 'self'" in csp, res.request.url
@@ -130,11 +137,20 @@ def test_eps_upload_is_415_and_runs_no_program(tmp_path):
     JSON line, and `gs` never runs."""
     env, marker = fake_ghostscript(tmp_path)
     env["PYTHONPATH"] = str(Path(__file__).parents[1] / "src")
-    ckpt = save_checkpoint(tmp_path / "m.safetensors", GapNet(4).eval(), arch="gapnet",
-                           class_names=list("abcd"), preprocess=Preprocess((32, 32)))
-    proc = subprocess.Popen([sys.executable, "-m", "camlens", "serve", "--checkpoint", str(ckpt), "--port", "0",
-                             "--log-level", "warning"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=env)
+    ckpt = save_checkpoint(
+        tmp_path / "m.safetensors",
+        GapNet(4).eval(),
+        arch="gapnet",
+        class_names=list("abcd"),
+        preprocess=Preprocess((32, 32)),
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "camlens", "serve", "--checkpoint", str(ckpt), "--port", "0", "--log-level", "warning"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     try:
         url = re.search(r"http://127\.0\.0\.1:(\d+)/", proc.stdout.readline()).group(0)
         for name in ("x.eps", "x.png"):

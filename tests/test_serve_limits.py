@@ -38,7 +38,8 @@ class SlowServer:
         src = str(Path(__file__).parents[1] / "src")
         env = {**os.environ, "PYTHONPATH": src}
         self.proc, self.url = start_server(
-            [sys.executable, str(SCRIPT), str(DELAY), *(f"{k}={v!r}" for k, v in options.items())], env)
+            [sys.executable, str(SCRIPT), str(DELAY), *(f"{k}={v!r}" for k, v in options.items())], env
+        )
 
     def post(self, method: str, timeout: float = 60) -> httpx.Response:
         return httpx.post(f"{self.url}/api/explain?method={method}", files={"file": ("x.png", _png())}, timeout=timeout)

@@ -40,8 +40,10 @@ def _stop(proc) -> None:
 
 
 def _head(port: int, length: int = 100_000) -> bytes:
-    return (f"POST /api/explain HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: multipart/form-data; "
-            f"boundary=xyz\r\nContent-Length: {length}\r\n\r\n").encode()
+    return (
+        f"POST /api/explain HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: multipart/form-data; "
+        f"boundary=xyz\r\nContent-Length: {length}\r\n\r\n"
+    ).encode()
 
 
 def _closed_within(sock: socket.socket, seconds: float) -> float | None:
@@ -60,8 +62,14 @@ def _closed_within(sock: socket.socket, seconds: float) -> float | None:
 
 
 def test_idle_and_trickling_connections_do_not_lock_out_uploads():
-    proc, url = _server(header_timeout=TIMEOUT, body_timeout=TIMEOUT, keep_alive=TIMEOUT, max_per_client=400,
-                        max_connections=400, max_pending=64)
+    proc, url = _server(
+        header_timeout=TIMEOUT,
+        body_timeout=TIMEOUT,
+        keep_alive=TIMEOUT,
+        max_per_client=400,
+        max_connections=400,
+        max_pending=64,
+    )
     port = int(url.rsplit(":", 1)[1])
     socks: list[socket.socket] = []
     stop = threading.Event()
@@ -123,8 +131,12 @@ def test_connections_are_bounded_per_client_address_and_in_total():
         time.sleep(0.2)
         # a 4th from the same address is refused; 2 from another are admitted (5 in all); a 6th, from a third
         # address, is over the total
-        for source, reason in [("127.0.0.1", b"too many connections from 127.0.0.1"), ("127.0.0.2", None),
-                               ("127.0.0.2", None), ("127.0.0.3", b"busy: 5 connections open")]:
+        for source, reason in [
+            ("127.0.0.1", b"too many connections from 127.0.0.1"),
+            ("127.0.0.2", None),
+            ("127.0.0.2", None),
+            ("127.0.0.3", b"busy: 5 connections open"),
+        ]:
             sock = socket.create_connection(("127.0.0.1", port), source_address=(source, 0))
             if reason is None:
                 held.append(sock)

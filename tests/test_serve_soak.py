@@ -35,18 +35,34 @@ def test_memory_stays_flat_under_hostile_traffic_after_warm_up(tmp_path):
     torch.manual_seed(0)
     model = GapNet(CLASSES).eval()
     copy_bytes = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
-    checkpoint = save_checkpoint(tmp_path / "wide.safetensors", model, arch="gapnet",
-                                 class_names=[f"c{i}" for i in range(CLASSES)], preprocess=Preprocess((32, 32)))
+    checkpoint = save_checkpoint(
+        tmp_path / "wide.safetensors",
+        model,
+        arch="gapnet",
+        class_names=[f"c{i}" for i in range(CLASSES)],
+        preprocess=Preprocess((32, 32)),
+    )
     # glibc gives each allocating thread its own arena (up to 8 per core), each keeping freed pages: slack that
     # moves RSS by tens of MiB with no leak; two arenas keep the measurement about what the server holds
     env = {**os.environ, "MALLOC_ARENA_MAX": "2"}
-    server = Server(["--checkpoint", str(checkpoint), "--compute-budget", "0.5", "--workers", str(WORKERS),
-                     "--max-explainers", str(MAX_EXPLAINERS)], env=env)
+    server = Server(
+        [
+            "--checkpoint",
+            str(checkpoint),
+            "--compute-budget",
+            "0.5",
+            "--workers",
+            str(WORKERS),
+            "--max-explainers",
+            str(MAX_EXPLAINERS),
+        ],
+        env=env,
+    )
     mix = request_mix(WINDOW * WINDOWS, GAPNET_LAYERS)
     try:
         rss, statuses = [], {}
         for w in range(WINDOWS):
-            for status, count in asyncio.run(drive(server.url, mix[w * WINDOW:(w + 1) * WINDOW])).items():
+            for status, count in asyncio.run(drive(server.url, mix[w * WINDOW : (w + 1) * WINDOW])).items():
                 statuses[status] = statuses.get(status, 0) + count
             rss.append(rss_bytes(server.proc.pid))
     finally:
@@ -55,5 +71,7 @@ def test_memory_stays_flat_under_hostile_traffic_after_warm_up(tmp_path):
     bound = (MAX_EXPLAINERS + WORKERS + 2) * copy_bytes + 128 * 2**20
     growth = max(rss[1:]) - rss[0]
     print(f"RSS after each window of {WINDOW}: {[round(r / 2**20) for r in rss]} MiB; statuses {statuses}")
-    assert growth < bound, (f"RSS after each window {[round(r / 2**20) for r in rss]} MiB: grew {growth / 2**20:.0f} MiB "
-                            f"after warm-up, over the bound of {bound / 2**20:.0f} MiB")
+    assert growth < bound, (
+        f"RSS after each window {[round(r / 2**20) for r in rss]} MiB: grew {growth / 2**20:.0f} MiB "
+        f"after warm-up, over the bound of {bound / 2**20:.0f} MiB"
+    )

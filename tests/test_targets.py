@@ -49,8 +49,9 @@ def assert_close(got, want, rel=1e-5):
 # ----- classification and regression
 
 
-@pytest.mark.parametrize("cls, fn", [(Logit, lambda z: z), (Softmax, lambda z: z.softmax(-1)),
-                                     (Sigmoid, lambda z: z.sigmoid())])
+@pytest.mark.parametrize(
+    "cls, fn", [(Logit, lambda z: z), (Softmax, lambda z: z.softmax(-1)), (Sigmoid, lambda z: z.sigmoid())]
+)
 def test_classification_target_map_is_the_gradient_of_that_score(cls, fn):
     model = TinyNet(classes=5).eval()
     x = torch.randn(3, 3, 8, 8)
@@ -83,12 +84,12 @@ def test_positive_labels_give_one_sigmoid_map_per_positive_label_and_zero_paddin
     for b in range(3):
         labels = positive[b].nonzero()[:, 0].tolist()
         slots = res.classes[b].tolist()
-        assert slots[: len(labels)] == labels and all(c == -1 for c in slots[len(labels):])
+        assert slots[: len(labels)] == labels and all(c == -1 for c in slots[len(labels) :])
         for n, c in enumerate(labels):
-            want = direct_hirescam(model, "features", x[b:b + 1], lambda out: out.sigmoid()[:, c])  # noqa: B023 (called now)
+            want = direct_hirescam(model, "features", x[b : b + 1], lambda out: out.sigmoid()[:, c])  # noqa: B023 (called now)
             assert_close(res.maps[b, n], want[0])
             assert_close(res.target_scores[b, n], z.sigmoid()[b, c])
-        assert (res.maps[b, len(labels):] == 0).all() and res.target_scores[b, len(labels):].isnan().all()
+        assert (res.maps[b, len(labels) :] == 0).all() and res.target_scores[b, len(labels) :].isnan().all()
 
 
 class Regressor(nn.Module):
@@ -146,8 +147,12 @@ def test_segmentation_target_over_a_given_mask_per_image(segmenter):
 # ----- detection
 
 DETECTORS = {  # few candidates, so that a pass on two 64 px images takes a fraction of a second
-    "fasterrcnn_resnet50_fpn": {"box_score_thresh": 0.0, "rpn_pre_nms_top_n_test": 30, "rpn_post_nms_top_n_test": 30,
-                                "box_detections_per_img": 10},
+    "fasterrcnn_resnet50_fpn": {
+        "box_score_thresh": 0.0,
+        "rpn_pre_nms_top_n_test": 30,
+        "rpn_post_nms_top_n_test": 30,
+        "box_detections_per_img": 10,
+    },
     "retinanet_resnet50_fpn": {"score_thresh": 0.0, "topk_candidates": 30, "detections_per_img": 10},
     "fcos_resnet50_fpn": {"score_thresh": 0.0, "topk_candidates": 30, "detections_per_img": 10},
 }
@@ -162,8 +167,9 @@ def _a_predicted_box(found: dict) -> int:
 @pytest.mark.parametrize("name", list(DETECTORS))
 def test_detection_target_map_is_the_gradient_of_the_matched_boxs_score(name):
     torch.manual_seed(0)
-    model = torchvision.models.get_model(name, weights=None, weights_backbone=None, num_classes=4, min_size=64,
-                                         max_size=64, **DETECTORS[name]).eval()
+    model = torchvision.models.get_model(
+        name, weights=None, weights_backbone=None, num_classes=4, min_size=64, max_size=64, **DETECTORS[name]
+    ).eval()
     x = torch.rand(2, 3, 64, 64)
     layer = default_layer(model)
     assert layer == "backbone.body.layer4"
@@ -212,8 +218,14 @@ def _tiny_fasterrcnn() -> nn.Module:
 
     torch.manual_seed(0)
     return detection.FasterRCNN(
-        TinyBackbone(), num_classes=3, min_size=32, max_size=32, box_score_thresh=0.0, box_detections_per_img=30,
-        rpn_anchor_generator=AnchorGenerator(((8, 16),), ((1.0,),)), box_roi_pool=MultiScaleRoIAlign(["0"], 4, 2),
+        TinyBackbone(),
+        num_classes=3,
+        min_size=32,
+        max_size=32,
+        box_score_thresh=0.0,
+        box_detections_per_img=30,
+        rpn_anchor_generator=AnchorGenerator(((8, 16),), ((1.0,),)),
+        box_roi_pool=MultiScaleRoIAlign(["0"], 4, 2),
     ).eval()
 
 
@@ -242,7 +254,7 @@ def test_per_image_detection_target_in_perturbation_batches_equals_a_loop_over_i
     explainer = camlens.get_method(method)(model, "backbone", batch_size=64)
     batched = explainer(x, target=Detection(boxes, labels))
     for b in range(3):
-        single = explainer(x[b:b + 1], target=Detection(boxes[b], labels[b]))
+        single = explainer(x[b : b + 1], target=Detection(boxes[b], labels[b]))
         assert_close(batched.maps[b], single.maps[0], rel=1e-4)
     assert (batched.maps.flatten(1).amax(1) > 0).all()
 
@@ -256,7 +268,7 @@ def test_per_image_segmentation_mask_in_perturbation_batches_equals_a_loop_over_
     explainer = camlens.get_method(method)(model, "backbone", batch_size=4, **kw)  # passes mix the images' copies
     batched = explainer(x, target=Segmentation(2, mask))
     for b in range(3):
-        single = explainer(x[b:b + 1], target=Segmentation(2, mask[b]))
+        single = explainer(x[b : b + 1], target=Segmentation(2, mask[b]))
         assert_close(batched.maps[b], single.maps[0], rel=1e-5)
 
 
@@ -314,9 +326,14 @@ def test_parse_target_reads_every_kind_and_names_what_is_wrong():
     assert recipe.box == (10, 20, 30, 40) and recipe.category == 0
     target = recipe.build([(100, 200)], (50, 50))  # boxes scale from image pixels to the model input
     assert target.box.tolist() == [[5.0, 5.0, 15.0, 10.0]]
-    for spec, message in [("box:cat:1,2,3", "x0,y0,x1,y1"), ("labels:2", "between 0 and 1"), ("seg:1", "use one of"),
-                          ("softmax:horse", "neither a class index"), ("logit:5", "out of range"),
-                          ("box:cat:30,0,10,5", "x0 < x1")]:
+    for spec, message in [
+        ("box:cat:1,2,3", "x0,y0,x1,y1"),
+        ("labels:2", "between 0 and 1"),
+        ("seg:1", "use one of"),
+        ("softmax:horse", "neither a class index"),
+        ("logit:5", "out of range"),
+        ("box:cat:30,0,10,5", "x0 < x1"),
+    ]:
         with pytest.raises(CamlensError, match=message):
             parse_target(spec, names)
     with pytest.raises(CamlensError, match="outside the 20x20 image"):

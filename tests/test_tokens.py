@@ -42,43 +42,93 @@ class Logits(nn.Module):
 
 
 def _hf(kind: str) -> nn.Module:
-    vit = dict(image_size=32, patch_size=8, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-               intermediate_size=32, num_labels=5)
+    vit = dict(
+        image_size=32,
+        patch_size=8,
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=32,
+        num_labels=5,
+    )
     if kind == "vit":
         return transformers.ViTForImageClassification(transformers.ViTConfig(**vit))
     if kind == "deit":  # class and distillation tokens, two heads averaged
         return transformers.DeiTForImageClassificationWithTeacher(transformers.DeiTConfig(**vit))
     if kind == "swin":
-        return transformers.SwinForImageClassification(transformers.SwinConfig(
-            image_size=32, patch_size=4, embed_dim=8, depths=[1, 1], num_heads=[1, 2], window_size=4, num_labels=5))
+        return transformers.SwinForImageClassification(
+            transformers.SwinConfig(
+                image_size=32, patch_size=4, embed_dim=8, depths=[1, 1], num_heads=[1, 2], window_size=4, num_labels=5
+            )
+        )
     if kind == "convnext":
-        return transformers.ConvNextForImageClassification(transformers.ConvNextConfig(
-            num_stages=2, hidden_sizes=[8, 16], depths=[1, 1], num_labels=5))
-    return transformers.ResNetForImageClassification(transformers.ResNetConfig(
-        embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], num_labels=5))
+        return transformers.ConvNextForImageClassification(
+            transformers.ConvNextConfig(num_stages=2, hidden_sizes=[8, 16], depths=[1, 1], num_labels=5)
+        )
+    return transformers.ResNetForImageClassification(
+        transformers.ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], num_labels=5)
+    )
 
 
 def _vit(**options) -> nn.Module:
-    return timm.create_model("vit_small_patch16_224", pretrained=False, depth=2, embed_dim=16, num_heads=2,
-                             num_classes=5, **options)
+    return timm.create_model(
+        "vit_small_patch16_224", pretrained=False, depth=2, embed_dim=16, num_heads=2, num_classes=5, **options
+    )
 
 
 # name -> (builder, input (H, W), default layer, (prefix, grid h, grid w, channels_last) of that layer)
 FAMILIES = {
-    "timm-vit-registers-nonsquare": (lambda: _vit(reg_tokens=4, dynamic_img_size=True), (48, 80), "blocks.1.norm1",
-                                     (5, 3, 5, False)),
-    "timm-deit-distilled": (lambda: timm.create_model("deit_tiny_distilled_patch16_224", pretrained=False, depth=2,
-                                                      embed_dim=16, num_heads=2, num_classes=5, img_size=64),
-                            (64, 64), "blocks.1.norm1", (2, 4, 4, False)),
-    "timm-swin": (lambda: timm.create_model("swin_tiny_patch4_window7_224", pretrained=False, embed_dim=8,
-                                            depths=(1, 1), num_heads=(1, 2), window_size=4, img_size=32, num_classes=5),
-                  (32, 32), "norm", (0, 4, 4, True)),
-    "torchvision-vit": (lambda: VisionTransformer(image_size=64, patch_size=16, num_layers=2, num_heads=2,
-                                                  hidden_dim=16, mlp_dim=32, num_classes=5),
-                        (64, 64), "encoder.layers.encoder_layer_1.ln_1", (1, 4, 4, False)),
-    "torchvision-swin": (lambda: SwinTransformer(patch_size=[4, 4], embed_dim=8, depths=[1, 1], num_heads=[1, 2],
-                                                 window_size=[4, 4], num_classes=5),
-                         (32, 32), "norm", (0, 4, 4, True)),
+    "timm-vit-registers-nonsquare": (
+        lambda: _vit(reg_tokens=4, dynamic_img_size=True),
+        (48, 80),
+        "blocks.1.norm1",
+        (5, 3, 5, False),
+    ),
+    "timm-deit-distilled": (
+        lambda: timm.create_model(
+            "deit_tiny_distilled_patch16_224",
+            pretrained=False,
+            depth=2,
+            embed_dim=16,
+            num_heads=2,
+            num_classes=5,
+            img_size=64,
+        ),
+        (64, 64),
+        "blocks.1.norm1",
+        (2, 4, 4, False),
+    ),
+    "timm-swin": (
+        lambda: timm.create_model(
+            "swin_tiny_patch4_window7_224",
+            pretrained=False,
+            embed_dim=8,
+            depths=(1, 1),
+            num_heads=(1, 2),
+            window_size=4,
+            img_size=32,
+            num_classes=5,
+        ),
+        (32, 32),
+        "norm",
+        (0, 4, 4, True),
+    ),
+    "torchvision-vit": (
+        lambda: VisionTransformer(
+            image_size=64, patch_size=16, num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=32, num_classes=5
+        ),
+        (64, 64),
+        "encoder.layers.encoder_layer_1.ln_1",
+        (1, 4, 4, False),
+    ),
+    "torchvision-swin": (
+        lambda: SwinTransformer(
+            patch_size=[4, 4], embed_dim=8, depths=[1, 1], num_heads=[1, 2], window_size=[4, 4], num_classes=5
+        ),
+        (32, 32),
+        "norm",
+        (0, 4, 4, True),
+    ),
     "hf-vit": (lambda: _hf("vit"), (32, 32), "vit.layers.1.layernorm_before", (1, 4, 4, False)),
     "hf-deit": (lambda: _hf("deit"), (32, 32), "deit.layers.1.layernorm_before", (2, 4, 4, False)),
     "hf-swin": (lambda: _hf("swin"), (32, 32), "swin.layernorm", (0, 4, 4, False)),
@@ -100,10 +150,12 @@ def _model(name: str) -> nn.Module:
 
 def _by_hand(prefix: int, h: int, w: int, channels_last: bool):
     """The layer output as (B, C, h, w), written out for the test: drop the prefix tokens, rows of w tokens."""
+
     def reshape(t, size):
         if channels_last:
             return t.permute(0, 3, 1, 2)
         return t[:, prefix:].reshape(t.shape[0], h, w, t.shape[-1]).permute(0, 3, 1, 2)
+
     return reshape
 
 
@@ -143,8 +195,11 @@ def test_patch_tokens_are_laid_row_by_row_after_the_prefix():
 # The perturbation references run one float64 pass per channel: on one model of each kind (prefix tokens on a
 # non-square grid, channels-last stages, a Hugging Face ViT and a Hugging Face CNN) to keep the file fast.
 PERTURBATION_FAMILIES = ["timm-vit-registers-nonsquare", "torchvision-swin", "hf-vit", "hf-resnet"]
-CASES = [(method, name) for method in ["gradcam", "gradcampp", "xgradcam", "layercam", "hirescam", "eigencam"]
-         for name in sorted(FAMILIES) + sorted(CONV_FAMILIES)]
+CASES = [
+    (method, name)
+    for method in ["gradcam", "gradcampp", "xgradcam", "layercam", "hirescam", "eigencam"]
+    for name in sorted(FAMILIES) + sorted(CONV_FAMILIES)
+]
 CASES += [(method, name) for method in ["scorecam", "ablationcam"] for name in PERTURBATION_FAMILIES]
 
 
@@ -176,7 +231,7 @@ def test_topk_per_sample_classes_and_batches_on_a_vit():
     with GradCAM(model) as explainer:
         top = explainer(x, topk=3)
         together = explainer(x, classes=[[2, 0], [1, 4], [0, 2]]).maps
-        single = [explainer(x[i:i + 1], classes=[c]).maps[0] for i, c in enumerate([[2, 0], [1, 4], [0, 2]])]
+        single = [explainer(x[i : i + 1], classes=[c]).maps[0] for i, c in enumerate([[2, 0], [1, 4], [0, 2]])]
     assert torch.equal(top.classes, top.logits.topk(3, 1).indices) and top.maps.shape == (3, 3, 3, 5)
     assert torch.allclose(top.logits, model(x), atol=1e-5)
     for i in range(3):
@@ -204,7 +259,9 @@ def test_a_tensor_inside_the_attention_is_refused_not_mapped():
 @pytest.mark.parametrize("method", ["gradcam", "xgradcam", "layercam", "hirescam"])
 @pytest.mark.parametrize("name", ["timm-deit-distilled", "timm-swin", "hf-vit"])
 def test_gradient_methods_match_pytorch_grad_cam_with_its_reshape_transform(method, name):
-    peer_class = {"gradcam": PgcGradCAM, "xgradcam": PgcXGradCAM, "layercam": PgcLayerCAM, "hirescam": PgcHiResCAM}[method]
+    peer_class = {"gradcam": PgcGradCAM, "xgradcam": PgcXGradCAM, "layercam": PgcLayerCAM, "hirescam": PgcHiResCAM}[
+        method
+    ]
     model, x = _model(name), _input(name)
     ref_model, layer = _reference_model(name)  # Hugging Face: its documented wrapper returning .logits
 
@@ -216,8 +273,9 @@ def test_gradient_methods_match_pytorch_grad_cam_with_its_reshape_transform(meth
         result = tensor[:, prefix:, :].reshape(tensor.size(0), height, width, tensor.size(2))
         return result.transpose(2, 3).transpose(1, 2)
 
-    peer = peer_class(model=ref_model, target_layers=[dict(ref_model.named_modules())[layer]],
-                      reshape_transform=reshape_transform)
+    peer = peer_class(
+        model=ref_model, target_layers=[dict(ref_model.named_modules())[layer]], reshape_transform=reshape_transform
+    )
     try:
         theirs = torch.from_numpy(peer(input_tensor=x, targets=[ClassifierOutputTarget(c) for c in (1, 2)]))
     finally:
@@ -335,8 +393,24 @@ def test_cli_explains_a_timm_vit_by_name_with_random_weights(tmp_path, monkeypat
 
     monkeypatch.chdir(tmp_path)
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 60, 3), dtype=np.uint8)).save("a.jpg")
-    assert main(["explain", "a.jpg", "--arch", "timm:vit_tiny_patch16_224", "--weights", "none", "--quiet",
-                 "--method", "gradcam", "--out", "grad"]) == 0
+    assert (
+        main(
+            [
+                "explain",
+                "a.jpg",
+                "--arch",
+                "timm:vit_tiny_patch16_224",
+                "--weights",
+                "none",
+                "--quiet",
+                "--method",
+                "gradcam",
+                "--out",
+                "grad",
+            ]
+        )
+        == 0
+    )
     assert len(list((tmp_path / "grad").glob("a_*.png"))) == 1
 
 
@@ -374,8 +448,13 @@ def test_vit_tiny_gap_checkpoint_rebuilds_the_same_network(tmp_path):
 
     torch.manual_seed(0)
     model = build_network("vit-tiny-gap", 3, depth=1, embed_dim=16, num_heads=2).eval()
-    path = save_checkpoint(tmp_path / "vit.safetensors", model, arch="vit-tiny-gap", class_names=["a", "b", "c"],
-                           preprocess=Preprocess((64, 64)))
+    path = save_checkpoint(
+        tmp_path / "vit.safetensors",
+        model,
+        arch="vit-tiny-gap",
+        class_names=["a", "b", "c"],
+        preprocess=Preprocess((64, 64)),
+    )
     loaded = load_model(path)
     x = torch.randn(2, 3, 64, 64)
     assert loaded.model.arch_options == model.arch_options and torch.equal(loaded.model(x), model(x))

@@ -36,8 +36,14 @@ class SmallGap(nn.Module):
             return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU())
 
         w = width
-        self.features = nn.Sequential(block(3, w, 2), block(w, 2 * w), nn.MaxPool2d(2),
-                                      block(2 * w, 3 * w), block(3 * w, 4 * w), block(4 * w, 6 * w))
+        self.features = nn.Sequential(
+            block(3, w, 2),
+            block(w, 2 * w),
+            nn.MaxPool2d(2),
+            block(2 * w, 3 * w),
+            block(3 * w, 4 * w),
+            block(4 * w, 6 * w),
+        )
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(6 * w, num_classes)
 
@@ -48,8 +54,11 @@ class SmallGap(nn.Module):
 def test_reduced_run_on_builtin_reaches_80_percent(tmp_path):
     """3000 images of 32 px, 6 epochs: validation accuracy on unseen handwriting >= 80% (chance: 10%)."""
     torch.manual_seed(0)
-    result = train(cfg(out=str(tmp_path), epochs=6, batch_size=32, num_train=3000, num_val=300, image_size=32),
-                   model=SmallGap(), log=None)
+    result = train(
+        cfg(out=str(tmp_path), epochs=6, batch_size=32, num_train=3000, num_val=300, image_size=32),
+        model=SmallGap(),
+        log=None,
+    )
     assert result.best_val_acc >= 0.80, [h.val_acc for h in result.history]
     assert len(result.history) == 6 and result.history[-1].train_loss < result.history[0].train_loss
     assert (tmp_path / "best.safetensors").is_file()
@@ -81,8 +90,12 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path):
     state = json.loads((tmp_path / "b" / "train_state.json").read_text())
     assert state["epoch"] == 1
     torch.manual_seed(123)  # a different fresh init: everything must come from the saved state
-    resumed = train(cfg(out=str(tmp_path / "b"), epochs=3, batch_size=16, resume=True), model=SmallGap(width=4),
-                    prepared=data, log=None)
+    resumed = train(
+        cfg(out=str(tmp_path / "b"), epochs=3, batch_size=16, resume=True),
+        model=SmallGap(width=4),
+        prepared=data,
+        log=None,
+    )
     assert [h.epoch for h in resumed.history] == [1, 2, 3]
     from safetensors.torch import load_file
 
@@ -98,11 +111,14 @@ def test_resume_refuses_other_settings_and_empty_folders(tmp_path):
     data = _tiny_data()
     train(cfg(out=str(tmp_path / "run"), epochs=1, batch_size=16), model=SmallGap(width=4), prepared=data, log=None)
     with pytest.raises(CamlensError, match="batch_size=16, not 32"):
-        train(cfg(out=str(tmp_path / "run"), epochs=2, batch_size=32, resume=True), model=SmallGap(width=4),
-              prepared=data, log=None)
+        train(
+            cfg(out=str(tmp_path / "run"), epochs=2, batch_size=32, resume=True),
+            model=SmallGap(width=4),
+            prepared=data,
+            log=None,
+        )
     with pytest.raises(CamlensError, match="no interrupted run"):
-        train(cfg(out=str(tmp_path / "empty"), epochs=1, resume=True), model=SmallGap(width=4), prepared=data,
-              log=None)
+        train(cfg(out=str(tmp_path / "empty"), epochs=1, resume=True), model=SmallGap(width=4), prepared=data, log=None)
     assert not (tmp_path / "empty").exists()  # nothing written by a refused run
 
 
@@ -140,8 +156,12 @@ def test_augment_is_an_exact_bounded_translation_and_flips_only_when_allowed():
     out = aug(images, aug.draw(torch.Generator().manual_seed(0), 6))
     padded = torch.nn.functional.pad(images, (shift,) * 4, mode="replicate")
     for i in range(6):
-        matches = [(dy, dx) for dy in range(2 * shift + 1) for dx in range(2 * shift + 1)
-                   if torch.equal(out[i], padded[i, :, dy : dy + 8, dx : dx + 8])]
+        matches = [
+            (dy, dx)
+            for dy in range(2 * shift + 1)
+            for dx in range(2 * shift + 1)
+            if torch.equal(out[i], padded[i, :, dy : dy + 8, dx : dx + 8])
+        ]
         assert matches, f"image {i} is not a shifted copy"
     flip = Augmentation("shift", 8, 0, flips=True)
     flipped = flip(images, flip.draw(torch.Generator().manual_seed(0), 6))
@@ -184,8 +204,11 @@ def test_image_folder_tree_trains_with_a_held_out_share_per_class(tmp_path):
     data = load_data(str(tmp_path), image_size=16, val_fraction=0.2)
     assert data.classes == ["cat", "dog"] and data.flips and data.augment == "crop" and data.resize_size == 18
     assert sorted(data.val.labels.tolist()) == [0, 0, 1] and len(data.train) == 12
-    result = train(cfg(data=str(tmp_path), out=str(tmp_path / "out"), epochs=1, batch_size=4, image_size=16,
-                       val_fraction=0.2), model=SmallGap(2, width=4), log=None)
+    result = train(
+        cfg(data=str(tmp_path), out=str(tmp_path / "out"), epochs=1, batch_size=4, image_size=16, val_fraction=0.2),
+        model=SmallGap(2, width=4),
+        log=None,
+    )
     assert result.class_names == ["cat", "dog"] and result.preprocess.size == (16, 16)
 
 

@@ -36,8 +36,29 @@ def _meta(path):
 def test_wsol_metadata_trains_selects_by_maxboxacc_v2_and_localize_evaluate_use_its_threshold(wsol, capsys):
     root, meta, images = wsol
     out = root / "run"
-    assert main(["train", "--data", str(meta), "--images", str(images), "--size", "32", "--epochs", "2",
-                 "--batch-size", "16", "--select-by", "maxboxacc_v2", "--out", str(out), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(meta),
+                "--images",
+                str(images),
+                "--size",
+                "32",
+                "--epochs",
+                "2",
+                "--batch-size",
+                "16",
+                "--select-by",
+                "maxboxacc_v2",
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     data = load_data(str(meta), images=images, image_size=32)
     assert len(data.train) == 32 and len(data.val) == 12 and data.augment == "crop" and data.resize_size == 37
     selection = _meta(out / "best.safetensors")["selection"]
@@ -47,15 +68,46 @@ def test_wsol_metadata_trains_selects_by_maxboxacc_v2_and_localize_evaluate_use_
     capsys.readouterr()
     # evaluate on the same boxed split: its sweep's best threshold is the recorded one, and the accuracy there is
     # MaxBoxAcc
-    assert main(["evaluate", "--checkpoint", str(out / "best.safetensors"), "--data", str(meta), "--split", "val",
-                 "--images", str(images), "--json", str(root / "m.json"), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--checkpoint",
+                str(out / "best.safetensors"),
+                "--data",
+                str(meta),
+                "--split",
+                "val",
+                "--images",
+                str(images),
+                "--json",
+                str(root / "m.json"),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     metrics = json.loads((root / "m.json").read_text())
     assert metrics["best_threshold"] == selection["wsol_threshold"]
     assert metrics["maxboxacc_v2"] == selection["score"]
     assert metrics["box_acc_at_fixed_threshold"] == metrics["maxboxacc"]
     assert "at the checkpoint's threshold" in capsys.readouterr().out
-    assert main(["localize", str(images / "val"), "--checkpoint", str(out / "best.safetensors"), "--protocol", "wsol",
-                 "--out", str(root / "boxes"), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "localize",
+                str(images / "val"),
+                "--checkpoint",
+                str(out / "best.safetensors"),
+                "--protocol",
+                "wsol",
+                "--out",
+                str(root / "boxes"),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     boxes = json.loads((root / "boxes" / "boxes.json").read_text())["images"]
     assert {r["threshold"] for r in boxes} == {selection["wsol_threshold"]}
     assert "the one the checkpoint was selected with" in capsys.readouterr().err
@@ -89,8 +141,24 @@ def test_bad_metadata_is_a_one_line_error_naming_it_and_nothing_is_written(wsol,
         args = []
         expected = "--images DIR"
     capsys.readouterr()
-    assert main(["train", "--data", str(bad), *args, "--size", "32", "--epochs", "1", "--out", str(root / f"o-{case}"),
-                 "--quiet"]) == 2
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(bad),
+                *args,
+                "--size",
+                "32",
+                "--epochs",
+                "1",
+                "--out",
+                str(root / f"o-{case}"),
+                "--quiet",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip()
     assert expected in err and len(err.splitlines()) == 1, err
     assert not (root / f"o-{case}").exists()

@@ -24,8 +24,18 @@ ATOL = 1e-6
 
 
 def _torchrun(out: Path, *args: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--master-addr=127.0.0.1",
-           f"--master-port={free_port()}", "--monitor-interval=0.1", str(WORKER), str(out), *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node=2",
+        "--master-addr=127.0.0.1",
+        f"--master-port={free_port()}",
+        "--monitor-interval=0.1",
+        str(WORKER),
+        str(out),
+        *args,
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=ONE_THREAD)
 
 

@@ -59,8 +59,9 @@ class _Extra(TrainingMethod):
 
 
 def test_new_layers_and_attached_modules_train_at_the_multiplied_rate(data, tmp_path):
-    config = TrainConfig(out=str(tmp_path), epochs=1, batch_size=16, optimizer="sgd", lr=0.05, new_layer_lr_mult=10,
-                         progress=False)
+    config = TrainConfig(
+        out=str(tmp_path), epochs=1, batch_size=16, optimizer="sgd", lr=0.05, new_layer_lr_mult=10, progress=False
+    )
     method = _Extra()
     model = TinyCam()
     train(config, model=model, method=method, prepared=data, log=None)
@@ -100,5 +101,7 @@ def test_best_is_the_last_file_as_it_was_even_after_last_is_replaced(tmp_path, m
     checkpoint.keep_as_best(last, best)
     assert (best.stat().st_ino == last.stat().st_ino) is links
     checkpoint._save(last, {"w": torch.zeros(3)}, {})
-    assert torch.equal(load_file(str(best))["w"], torch.ones(3)) and torch.equal(load_file(str(last))["w"], torch.zeros(3))
+    assert torch.equal(load_file(str(best))["w"], torch.ones(3)) and torch.equal(
+        load_file(str(last))["w"], torch.zeros(3)
+    )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best.safetensors", "last.safetensors"]  # no temporaries

@@ -28,7 +28,7 @@ def _frames() -> list[np.ndarray]:
     frames = []
     for t in range(FRAMES):
         frame = background.copy()
-        frame[8:24, 2 + t:18 + t] = (240, 200, 40)
+        frame[8:24, 2 + t : 18 + t] = (240, 200, 40)
         frames.append(frame)
     return frames
 
@@ -52,8 +52,13 @@ def _read(path: Path) -> list[np.ndarray]:
 def workspace(tmp_path_factory):
     root = tmp_path_factory.mktemp("video")
     torch.manual_seed(0)
-    save_checkpoint(root / "m.safetensors", GapNet(3).eval(), arch="gapnet", class_names=["ant", "bee", "cow"],
-                    preprocess=Preprocess((32, 32), (0.5,) * 3, (0.25,) * 3))
+    save_checkpoint(
+        root / "m.safetensors",
+        GapNet(3).eval(),
+        arch="gapnet",
+        class_names=["ant", "bee", "cow"],
+        preprocess=Preprocess((32, 32), (0.5,) * 3, (0.25,) * 3),
+    )
     _write_clip(root / "clip.mp4", "mpeg4", "yuv420p")
     _write_clip(root / "lossless.mkv", "ffv1", "bgr0")
     (root / "broken.mp4").write_bytes((root / "clip.mp4").read_bytes()[:200])
@@ -78,11 +83,12 @@ def test_each_overlay_frame_is_the_image_overlay_of_that_frame(workspace, tmp_pa
     frames = _read(workspace / "lossless.mkv")
     assert np.array_equal(frames[3], _frames()[3])  # the input really is lossless
     with CAM(loaded.model) as cam:
-        record = explain_video(loaded, cam, workspace / "lossless.mkv", tmp_path, topk=2, batch_size=8,
-                               options=VideoOptions(codec="ffv1"))
+        record = explain_video(
+            loaded, cam, workspace / "lossless.mkv", tmp_path, topk=2, batch_size=8, options=VideoOptions(codec="ffv1")
+        )
         expected = {1: [], 2: []}
         for start in range(0, FRAMES, 8):
-            batch = np.stack(frames[start:start + 8])
+            batch = np.stack(frames[start : start + 8])
             res = cam(loaded.preprocess(torch.from_numpy(batch).permute(0, 3, 1, 2).float() / 255), topk=2)
             for i, frame in enumerate(batch):
                 for rank in (1, 2):
@@ -101,8 +107,14 @@ def test_each_overlay_frame_is_the_image_overlay_of_that_frame(workspace, tmp_pa
 def test_every_and_max_frames_pick_the_frames_and_the_rate(workspace, tmp_path):
     loaded = _loaded(workspace)
     with CAM(loaded.model) as cam:
-        record = explain_video(loaded, cam, workspace / "lossless.mkv", tmp_path, batch_size=3,
-                               options=VideoOptions(codec="ffv1", every=3, max_frames=5))
+        record = explain_video(
+            loaded,
+            cam,
+            workspace / "lossless.mkv",
+            tmp_path,
+            batch_size=3,
+            options=VideoOptions(codec="ffv1", every=3, max_frames=5),
+        )
     assert record["frames"] == 5 and record["rate"] == "10/3"
     rows = list(csv.DictReader((tmp_path / "lossless_frames.csv").open()))
     assert [int(r["frame"]) for r in rows] == [0, 3, 6, 9, 12]
@@ -112,15 +124,32 @@ def test_every_and_max_frames_pick_the_frames_and_the_rate(workspace, tmp_path):
 def test_fixed_classes_are_explained_in_every_frame(workspace, tmp_path):
     loaded = _loaded(workspace)
     with CAM(loaded.model) as cam:
-        explain_video(loaded, cam, workspace / "clip.mp4", tmp_path, classes=[2, 0], render=RenderOptions(),
-                      options=VideoOptions(codec="mpeg4", max_frames=4))
+        explain_video(
+            loaded,
+            cam,
+            workspace / "clip.mp4",
+            tmp_path,
+            classes=[2, 0],
+            render=RenderOptions(),
+            options=VideoOptions(codec="mpeg4", max_frames=4),
+        )
     table = json.loads((tmp_path / "clip_frames.json").read_text())["per_frame"]
     assert all([e["class"] for e in row["explained"]] == [2, 0] for row in table)
 
 
 def test_cli_writes_an_overlay_video_and_reports_bad_videos_in_one_line(workspace):
-    proc = _run("explain", "clip.mp4", "broken.mp4", "text.mp4", "--checkpoint", "m.safetensors", "--out", "out",
-                "--quiet", cwd=workspace)
+    proc = _run(
+        "explain",
+        "clip.mp4",
+        "broken.mp4",
+        "text.mp4",
+        "--checkpoint",
+        "m.safetensors",
+        "--out",
+        "out",
+        "--quiet",
+        cwd=workspace,
+    )
     assert proc.returncode == 1, proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.startswith("camlens:")]
     assert len(errors) == 2 and all(line.count("\n") == 0 for line in errors)
@@ -135,8 +164,9 @@ def test_cli_writes_an_overlay_video_and_reports_bad_videos_in_one_line(workspac
 
 
 def test_bad_video_options_are_one_line(workspace):
-    proc = _run("explain", "clip.mp4", "--checkpoint", "m.safetensors", "--video-codec", "divx", "--out", "o2",
-                cwd=workspace)
+    proc = _run(
+        "explain", "clip.mp4", "--checkpoint", "m.safetensors", "--video-codec", "divx", "--out", "o2", cwd=workspace
+    )
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and "divx" in proc.stderr
 
 

@@ -36,8 +36,9 @@ MAX_PIXELS = 1_000_000
 def tiny_classifier() -> LoadedModel:
     """The 4-class GapNet the web tests serve (also tests/test_web_targets.py)."""
     torch.manual_seed(0)
-    return LoadedModel(GapNet(len(CLASSES), width=8).eval(), CLASSES, Preprocess((32, 32), (0.5,) * 3, (0.25,) * 3),
-                       "gapnet")
+    return LoadedModel(
+        GapNet(len(CLASSES), width=8).eval(), CLASSES, Preprocess((32, 32), (0.5,) * 3, (0.25,) * 3), "gapnet"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -65,8 +66,15 @@ def _photo(h: int = 40, w: int = 56, seed: int = 0) -> np.ndarray:
     """A smooth random picture (random noise would make every format's artefacts dominate)."""
     rng = np.random.default_rng(seed)
     small = torch.from_numpy(rng.random((1, 3, 5, 7))).float()
-    return (F.interpolate(small, size=(h, w), mode="bicubic", align_corners=False)[0].clamp(0, 1)
-            .permute(1, 2, 0).mul(255).round().byte().numpy())
+    return (
+        F.interpolate(small, size=(h, w), mode="bicubic", align_corners=False)[0]
+        .clamp(0, 1)
+        .permute(1, 2, 0)
+        .mul(255)
+        .round()
+        .byte()
+        .numpy()
+    )
 
 
 def _post(client, data: bytes, params: str = "", name: str = "file", filename: str = "x.bin"):
@@ -156,8 +164,11 @@ def test_every_format_and_mode_gives_the_models_own_scores_and_maps(client, load
     for e in body["explained"]:
         assert e["map_size"] == [8, 8]  # stride 4 on a 32 px input
         # the heatmap is this class's map, min-max normalized, resized to the image and coloured (one LUT step of slack)
-        ref = _jet(F.interpolate(_norm(maps[e["class"]])[None, None], size=(40, 56), mode="bilinear",
-                                 align_corners=False)[0, 0])
+        ref = _jet(
+            F.interpolate(_norm(maps[e["class"]])[None, None], size=(40, 56), mode="bilinear", align_corners=False)[
+                0, 0
+            ]
+        )
         heat = _decode_url(e["heatmap"])
         assert np.abs(heat - ref).max() <= 8 and np.abs(heat - ref).mean() < 1.0
         overlay = _decode_url(e["overlay"])
@@ -203,8 +214,9 @@ def _squares(h: int = 60, w: int = 90) -> bytes:
 
 @pytest.fixture(scope="module")
 def colours() -> LoadedModel:
-    return LoadedModel(ColourNet().eval(), ["red", "green", "blue"], Preprocess((32, 32), (0.5,) * 3, (0.25,) * 3),
-                       "colournet")
+    return LoadedModel(
+        ColourNet().eval(), ["red", "green", "blue"], Preprocess((32, 32), (0.5,) * 3, (0.25,) * 3), "colournet"
+    )
 
 
 def _reference_box(map01: torch.Tensor) -> list[int]:
@@ -237,7 +249,9 @@ def test_box_is_the_paper_protocol_on_the_map_resized_to_the_image(colours, max_
     boxes = {}
     for e in body["explained"]:
         assert e["map_size"] == [32, 32] and _decode_url(e["overlay"]).shape == (dh, dw, 3)
-        up = F.interpolate(_norm(maps[e["class"]])[None, None], size=(dh, dw), mode="bilinear", align_corners=False)[0, 0]
+        up = F.interpolate(_norm(maps[e["class"]])[None, None], size=(dh, dw), mode="bilinear", align_corners=False)[
+            0, 0
+        ]
         assert e["box"] == [scale * v for v in _reference_box(up)]
         boxes[e["label"]] = e["box"]
     assert np.abs(np.subtract(boxes["red"], [50, 10, 80, 30])).max() <= 4
@@ -261,7 +275,9 @@ def test_every_registered_method_explains_the_top_classes(client, method):
 def test_class_and_layer_can_come_from_the_query_or_the_form(client):
     data = GOOD["png_rgb"]()
     by_index = _post(client, data, "?class=2").json()
-    by_label = client.post("/api/explain", files={"file": ("x", data)}, data={"class": "cow", "layer": "features"}).json()
+    by_label = client.post(
+        "/api/explain", files={"file": ("x", data)}, data={"class": "cow", "layer": "features"}
+    ).json()
     assert [e["class"] for e in by_index["explained"]] == [2] == [e["class"] for e in by_label["explained"]]
     assert by_label["layer"] == "features"
     assert by_index["explained"] == by_label["explained"]  # 'features' is the layer CAM finds by itself
@@ -282,15 +298,35 @@ def _png_header_claiming(width: int, height: int) -> bytes:
 BAD = {
     # name: (how to send it, expected status, words in the error)
     "zero_byte_file": (lambda c: _post(c, b""), 400, "empty"),
-    "empty_body": (lambda c: c.post("/api/explain", content=b"", headers={"content-type": "multipart/form-data; boundary=x"}), 400, "no file"),
+    "empty_body": (
+        lambda c: c.post("/api/explain", content=b"", headers={"content-type": "multipart/form-data; boundary=x"}),
+        400,
+        "no file",
+    ),
     "text_file": (lambda c: _post(c, b"just some text\n" * 20, filename="cat.jpg"), 415, "not an image"),
-    "html_named_png": (lambda c: _post(c, b"<html><script>alert(1)</script></html>", filename="x.png"), 415, "not an image"),
+    "html_named_png": (
+        lambda c: _post(c, b"<html><script>alert(1)</script></html>", filename="x.png"),
+        415,
+        "not an image",
+    ),
     "truncated_jpeg": (lambda c: _post(c, GOOD["jpeg"]()[:400]), 422, "truncated"),
     "huge_dimensions": (lambda c: _post(c, _encode(np.zeros((1001, 1000, 3), np.uint8), "PNG")), 422, "over the limit"),
     "bomb_header": (lambda c: _post(c, _png_header_claiming(60000, 60000)), 422, "limit"),
     "wrong_field_name": (lambda c: _post(c, GOOD["png_rgb"](), name="image"), 400, "field 'file'"),
-    "not_multipart": (lambda c: c.post("/api/explain", content=GOOD["png_rgb"](), headers={"content-type": "image/png"}), 415, "multipart"),
-    "malformed_multipart": (lambda c: c.post("/api/explain", content=b"--x\r\nbad\r\n\r\n--y--", headers={"content-type": "multipart/form-data; boundary=x"}), 400, ""),
+    "not_multipart": (
+        lambda c: c.post("/api/explain", content=GOOD["png_rgb"](), headers={"content-type": "image/png"}),
+        415,
+        "multipart",
+    ),
+    "malformed_multipart": (
+        lambda c: c.post(
+            "/api/explain",
+            content=b"--x\r\nbad\r\n\r\n--y--",
+            headers={"content-type": "multipart/form-data; boundary=x"},
+        ),
+        400,
+        "",
+    ),
     "over_upload_bytes": (lambda c: _post(c, b"\0" * (MAX_BYTES + 1)), 413, "limit"),
     "unknown_method": (lambda c: _post(c, GOOD["png_rgb"](), "?method=nope"), 400, "unknown method"),
     "topk_zero": (lambda c: _post(c, GOOD["png_rgb"](), "?topk=0"), 400, "topk"),
@@ -349,8 +385,10 @@ def test_full_server_answers_503_instead_of_queueing_without_bound(loaded):
 
 def _requests() -> list[tuple[bytes, str]]:
     methods = CNN_METHODS
-    return [(_encode(_photo(30 + i, 50 - i, seed=i), "PNG"), f"?topk={1 + i % 3}&method={methods[i % len(methods)]}")
-            for i in range(16)]
+    return [
+        (_encode(_photo(30 + i, 50 - i, seed=i), "PNG"), f"?topk={1 + i % 3}&method={methods[i % len(methods)]}")
+        for i in range(16)
+    ]
 
 
 async def _parallel(app, requests):
@@ -435,7 +473,9 @@ def test_batched_requests_match_the_sequential_answers_to_rounding(client, loade
     for res, seq in zip(result, sequential):
         got = res.json()
         assert [p["class"] for p in got["predictions"]] == [p["class"] for p in seq["predictions"]]
-        assert [p["score"] for p in got["predictions"]] == pytest.approx([p["score"] for p in seq["predictions"]], abs=1e-6)
+        assert [p["score"] for p in got["predictions"]] == pytest.approx(
+            [p["score"] for p in seq["predictions"]], abs=1e-6
+        )
         for e, s in zip(got["explained"], seq["explained"]):
             assert e["class"] == s["class"] and e["map_size"] == s["map_size"]
             assert np.abs(_decode_url(e["heatmap"]) - _decode_url(s["heatmap"])).max() <= 8
@@ -481,14 +521,23 @@ def test_serve_on_a_busy_port_fails_with_one_line_and_no_traceback(tmp_path):
 
     from camlens.models import save_checkpoint
 
-    ckpt = save_checkpoint(tmp_path / "m.safetensors", GapNet(2).eval(), arch="gapnet", class_names=["a", "b"],
-                           preprocess=Preprocess((32, 32)))
+    ckpt = save_checkpoint(
+        tmp_path / "m.safetensors",
+        GapNet(2).eval(),
+        arch="gapnet",
+        class_names=["a", "b"],
+        preprocess=Preprocess((32, 32)),
+    )
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        proc = subprocess.run([sys.executable, "-m", "camlens", "serve", "--checkpoint", str(ckpt), "--port", str(port)],
-                              capture_output=True, text=True, timeout=120)
+        proc = subprocess.run(
+            [sys.executable, "-m", "camlens", "serve", "--checkpoint", str(ckpt), "--port", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
     assert proc.returncode == 2, proc.stderr
     assert f"cannot listen on 127.0.0.1:{port}" in proc.stderr and "Traceback" not in proc.stderr
 

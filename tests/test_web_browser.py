@@ -20,14 +20,22 @@ from PIL import Image
 from camlens.models import GapNet, Preprocess, load_model, save_checkpoint
 
 CHROMIUM = os.environ.get("CAMLENS_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 CLASSES = ["ant", "bee", "cow", "dog"]
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
 pytest.importorskip("uvicorn", reason="uvicorn is not installed (pip install 'camlens[web]')")
 if not (os.path.isfile(CHROMIUM) or shutil.which(CHROMIUM)):
-    pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium, or set CAMLENS_CHROMIUM)", allow_module_level=True)
+    pytest.skip(
+        f"no Chromium at {CHROMIUM} (apt-get install chromium, or set CAMLENS_CHROMIUM)", allow_module_level=True
+    )
 
 
 def _png(h: int = 120, w: int = 160) -> bytes:
@@ -44,10 +52,19 @@ def server(tmp_path_factory):
     """`camlens serve --port 0` for real in a subprocess, on a random GapNet checkpoint; yields (URL, model)."""
     root = tmp_path_factory.mktemp("serve")
     torch.manual_seed(0)
-    ckpt = save_checkpoint(root / "tiny.safetensors", GapNet(len(CLASSES)).eval(), arch="gapnet",
-                           class_names=CLASSES, preprocess=Preprocess((32, 32), (0.5,) * 3, (0.25,) * 3))
-    proc = subprocess.Popen([sys.executable, "-m", "camlens", "serve", "--checkpoint", str(ckpt), "--port", "0",
-                             "--log-level", "warning"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    ckpt = save_checkpoint(
+        root / "tiny.safetensors",
+        GapNet(len(CLASSES)).eval(),
+        arch="gapnet",
+        class_names=CLASSES,
+        preprocess=Preprocess((32, 32), (0.5,) * 3, (0.25,) * 3),
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "camlens", "serve", "--checkpoint", str(ckpt), "--port", "0", "--log-level", "warning"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         line = proc.stdout.readline()
         match = re.search(r"http://127\.0\.0\.1:\d+/", line)
@@ -89,7 +106,9 @@ def _upload(page, data: bytes, name: str = "photo.png", mime: str = "image/png")
     page.set_input_files("#file", files=[{"name": name, "mimeType": mime, "buffer": data}])
 
 
-def test_upload_shows_the_predicted_class_and_a_loaded_overlay_that_the_slider_and_toggle_change(server, page, tmp_path):
+def test_upload_shows_the_predicted_class_and_a_loaded_overlay_that_the_slider_and_toggle_change(
+    server, page, tmp_path
+):
     url, loaded = server
     data = _png()
     from camlens.data.images import decode_image, to_tensor
@@ -103,7 +122,9 @@ def test_upload_shows_the_predicted_class_and_a_loaded_overlay_that_the_slider_a
     page.locator("#topk").blur()  # fire its change event now, before there is a file to explain
     _upload(page, data)
     page.wait_for_function("() => document.querySelectorAll('.card .overlay').length === 2")
-    page.wait_for_function("() => [...document.querySelectorAll('.card .overlay')].every(i => i.complete && i.naturalWidth > 0)")
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('.card .overlay')].every(i => i.complete && i.naturalWidth > 0)"
+    )
     assert page.eval_on_selector(".card .overlay", "i => [i.naturalWidth, i.naturalHeight]") == [160, 120]
     assert page.inner_text(".card .label") == CLASSES[top]
     assert page.inner_text("#prediction-list li:first-child .pred-label") == CLASSES[top]
@@ -141,7 +162,9 @@ def test_a_bad_file_shows_the_servers_error_and_the_page_recovers(server, page):
     page.wait_for_selector("#status.error")
     assert "not an image" in page.inner_text("#status")
     _upload(page, _png(), name="photo.png")
-    page.wait_for_function("() => document.querySelector('.card .overlay') && document.querySelector('.card .overlay').naturalWidth > 0")
+    page.wait_for_function(
+        "() => document.querySelector('.card .overlay') && document.querySelector('.card .overlay').naturalWidth > 0"
+    )
     assert "error" not in (page.get_attribute("#status", "class") or "")
     assert all("415" in p or "Unsupported" in p for p in page.problems)  # only the console note of the 415
 

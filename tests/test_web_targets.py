@@ -30,8 +30,15 @@ def _photo(h: int, w: int, seed: int = 0) -> bytes:
     """A smooth random picture as PNG bytes."""
     rng = np.random.default_rng(seed)
     small = torch.from_numpy(rng.random((1, 3, 5, 7))).float()
-    arr = (F.interpolate(small, size=(h, w), mode="bicubic", align_corners=False)[0].clamp(0, 1)
-           .permute(1, 2, 0).mul(255).round().byte().numpy())
+    arr = (
+        F.interpolate(small, size=(h, w), mode="bicubic", align_corners=False)[0]
+        .clamp(0, 1)
+        .permute(1, 2, 0)
+        .mul(255)
+        .round()
+        .byte()
+        .numpy()
+    )
     buf = io.BytesIO()
     Image.fromarray(arr).save(buf, "PNG")
     return buf.getvalue()
@@ -44,8 +51,13 @@ def classifier() -> LoadedModel:
 
 @pytest.fixture(scope="module")
 def detector() -> LoadedModel:
-    return LoadedModel(_tiny_fasterrcnn(), BOXES, Preprocess((32, 32), (0.0,) * 3, (1.0,) * 3), "tiny-fasterrcnn",
-                       {"task": "detection"})
+    return LoadedModel(
+        _tiny_fasterrcnn(),
+        BOXES,
+        Preprocess((32, 32), (0.0,) * 3, (1.0,) * 3),
+        "tiny-fasterrcnn",
+        {"task": "detection"},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -147,8 +159,13 @@ def test_box_target_on_a_detector_gives_the_python_apis_map_for_the_box_in_image
 
 def test_segment_target_on_a_segmenter_gives_the_python_apis_map():
     torch.manual_seed(0)
-    seg = LoadedModel(TinySegmenter().eval(), BOXES, Preprocess((32, 32), (0.5,) * 3, (0.25,) * 3), "tiny-seg",
-                      {"task": "segmentation"})
+    seg = LoadedModel(
+        TinySegmenter().eval(),
+        BOXES,
+        Preprocess((32, 32), (0.5,) * 3, (0.25,) * 3),
+        "tiny-seg",
+        {"task": "segmentation"},
+    )
     data = _photo(40, 48, seed=3)
     x = seg.preprocess(to_tensor(decode_image(data)))
     with torch.no_grad():

@@ -20,8 +20,23 @@ def test_wheel_holds_the_package_the_web_page_py_typed_and_the_command(tmp_path)
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, source / name)
     # what `make wheel` runs, without build isolation so the test needs no network
-    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", ".", "--no-deps", "--no-build-isolation", "-q",
-                           "-w", str(tmp_path / "dist")], cwd=source, capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            ".",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path / "dist"),
+        ],
+        cwd=source,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr
     (wheel,) = (tmp_path / "dist").glob("camlens-*-py3-none-any.whl")
     with zipfile.ZipFile(wheel) as archive:
@@ -29,8 +44,11 @@ def test_wheel_holds_the_package_the_web_page_py_typed_and_the_command(tmp_path)
         info = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
         entry_points = archive.read(info).decode()
         metadata = archive.read(info.replace("entry_points.txt", "METADATA")).decode()
-    expected = {f"camlens/{p.relative_to(ROOT / 'src' / 'camlens').as_posix()}"
-                for p in (ROOT / "src" / "camlens").rglob("*") if p.is_file() and "__pycache__" not in p.parts}
+    expected = {
+        f"camlens/{p.relative_to(ROOT / 'src' / 'camlens').as_posix()}"
+        for p in (ROOT / "src" / "camlens").rglob("*")
+        if p.is_file() and "__pycache__" not in p.parts
+    }
     assert expected <= names, sorted(expected - names)
     assert {"camlens/py.typed", "camlens/web/static/app.js", "camlens/web/static/index.html"} <= names
     assert "camlens = camlens.cli:main" in entry_points

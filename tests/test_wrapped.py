@@ -16,8 +16,11 @@ import camlens
 from _method_refs import TinyNet
 from camlens.capture import resolve_module
 
-CHEAP = {"sscam": {"num_samples": 2, "optimize": False}, "iscam": {"num_samples": 2, "optimize": False},
-         "scorecam": {"optimize": False}}  # the optimized copy is tested elsewhere; here it only costs time
+CHEAP = {
+    "sscam": {"num_samples": 2, "optimize": False},
+    "iscam": {"num_samples": 2, "optimize": False},
+    "scorecam": {"optimize": False},
+}  # the optimized copy is tested elsewhere; here it only costs time
 # the attention methods read a transformer's attention: tests/test_attention_methods.py holds them to the same rules
 CNN_METHODS = [name for name, cls in camlens.METHODS.items() if not cls.needs_attention]
 GRADIENT_METHODS = [name for name in CNN_METHODS if camlens.METHODS[name].needs_gradients]
@@ -30,8 +33,12 @@ def _make(name, model, **kw):
 
 def _state(model: nn.Module) -> tuple:
     hooks = sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks) for m in model.modules())
-    return (hooks, [p.requires_grad for p in model.parameters()], [p.grad for p in model.parameters()],
-            [m.training for m in model.modules()])
+    return (
+        hooks,
+        [p.requires_grad for p in model.parameters()],
+        [p.grad for p in model.parameters()],
+        [m.training for m in model.modules()],
+    )
 
 
 @pytest.mark.parametrize("name", CNN_METHODS)

@@ -104,7 +104,9 @@ def test_mmd_matches_a_float64_reference_and_is_zero_for_equal_sets():
     got = mmd_linear(torch.tensor(s, dtype=torch.float64), torch.tensor(t, dtype=torch.float64))
     assert abs(float(got) - _mmd_reference(s, t)) < 1e-12
     # an unbiased estimate (negative here); sets far apart give a clearly positive one
-    far = mmd_linear(torch.tensor([[0.0, 0.0], [0.1, 0.0], [0.0, 0.1]]), torch.tensor([[9.0, 9.0], [9.1, 9.0], [9.0, 9.1]]))
+    far = mmd_linear(
+        torch.tensor([[0.0, 0.0], [0.1, 0.0], [0.0, 0.1]]), torch.tensor([[9.0, 9.0], [9.1, 9.0], [9.0, 9.1]])
+    )
     assert float(far) > 1
     same = torch.tensor(s, dtype=torch.float64)
     assert float(mmd_linear(same, same.clone())) == 0.0
@@ -197,15 +199,20 @@ def test_bridging_erases_after_layer4_block_0_on_resnet():
     assert drop_point(net, probe(net).head) == "layer4.0"
 
 
-@pytest.mark.parametrize("build, message", [
-    (lambda: DAWSOL(beta=-1), "DA-WSOL: beta=-1 and univer=0.3 must be >= 0"),
-    (lambda: DAWSOL(num_samples=1), "DA-WSOL: num_samples=1 must be an integer >= 2"),
-    (lambda: Bridging(drop_prob=1.5), "Bridging: drop_prob=1.5 is outside [0, 1]"),
-    (lambda: Bridging(norm_sign="min"), "Bridging: norm_sign='min'; choose max or target"),
-    (lambda: Bridging(drop_after="fc").attach(GapNet(2)), "Bridging: drop_after='fc' must be"),
-    (lambda: Bridging().attach(torchvision.models.squeezenet1_1(num_classes=2)),
-     "Bridging needs a network ending in GAP + one linear classifier"),
-])
+@pytest.mark.parametrize(
+    "build, message",
+    [
+        (lambda: DAWSOL(beta=-1), "DA-WSOL: beta=-1 and univer=0.3 must be >= 0"),
+        (lambda: DAWSOL(num_samples=1), "DA-WSOL: num_samples=1 must be an integer >= 2"),
+        (lambda: Bridging(drop_prob=1.5), "Bridging: drop_prob=1.5 is outside [0, 1]"),
+        (lambda: Bridging(norm_sign="min"), "Bridging: norm_sign='min'; choose max or target"),
+        (lambda: Bridging(drop_after="fc").attach(GapNet(2)), "Bridging: drop_after='fc' must be"),
+        (
+            lambda: Bridging().attach(torchvision.models.squeezenet1_1(num_classes=2)),
+            "Bridging needs a network ending in GAP + one linear classifier",
+        ),
+    ],
+)
 def test_bad_parameters_are_one_line_errors(build, message):
     with pytest.raises(CamlensError) as err:
         build()
@@ -214,8 +221,21 @@ def test_bad_parameters_are_one_line_errors(build, message):
 
 # ---------------------------------------------------------------- through the CLI
 
-TINY = ["--size", "32", "--num-train", "32", "--num-val", "16", "--epochs", "1", "--batch-size", "32",
-        "--select-by", "maxboxacc_v2", "--quiet"]
+TINY = [
+    "--size",
+    "32",
+    "--num-train",
+    "32",
+    "--num-val",
+    "16",
+    "--epochs",
+    "1",
+    "--batch-size",
+    "32",
+    "--select-by",
+    "maxboxacc_v2",
+    "--quiet",
+]
 
 
 @pytest.fixture(scope="module")
@@ -249,8 +269,22 @@ def test_cli_evaluate_and_serve_use_the_trained_methods(trained, capsys):
 
     for name in ("dawsol", "bridging"):
         ckpt = trained / name / "best.safetensors"
-        assert main(["evaluate", "--checkpoint", str(ckpt), "--data", "builtin", "--num-images", "8",
-                     "--json", str(trained / f"{name}.json")]) == 0
+        assert (
+            main(
+                [
+                    "evaluate",
+                    "--checkpoint",
+                    str(ckpt),
+                    "--data",
+                    "builtin",
+                    "--num-images",
+                    "8",
+                    "--json",
+                    str(trained / f"{name}.json"),
+                ]
+            )
+            == 0
+        )
         metrics = json.loads((trained / f"{name}.json").read_text())
         assert metrics["method"] == "cam" and metrics["num_images"] == 8 and 0 <= metrics["maxboxacc_v2"] <= 100
         cache = ExplainerCache(load_model(ckpt).model)

@@ -52,23 +52,36 @@ RESNET_ADL = ([], [], [], [0], [0, 2])  # wsol/resnet.py _ADL_POSITION
 
 # ---- their key layouts: (key, shape) in order ----
 
+
 def _conv(name: str, cout: int, cin: int, k: int, bias: bool = True) -> list[tuple[str, tuple]]:
     return [(f"{name}.weight", (cout, cin, k, k))] + ([(f"{name}.bias", (cout,))] if bias else [])
 
 
 def _bn(name: str, c: int) -> list[tuple[str, tuple]]:
-    return [(f"{name}.{k}", (c,)) for k in ("weight", "bias", "running_mean", "running_var")] + \
-        [(f"{name}.num_batches_tracked", ())]
+    return [(f"{name}.{k}", (c,)) for k in ("weight", "bias", "running_mean", "running_var")] + [
+        (f"{name}.num_batches_tracked", ())
+    ]
 
 
 def _acol_heads(cin: int) -> list[tuple[str, tuple]]:
-    return [kv for b in "AB" for kv in _conv(f"classifier_{b}.0", 1024, cin, 3) + _conv(f"classifier_{b}.2", 1024, 1024, 3)
-            + _conv(f"classifier_{b}.4", C, 1024, 1)]
+    return [
+        kv
+        for b in "AB"
+        for kv in _conv(f"classifier_{b}.0", 1024, cin, 3)
+        + _conv(f"classifier_{b}.2", 1024, 1024, 3)
+        + _conv(f"classifier_{b}.4", C, 1024, 1)
+    ]
 
 
 def _spg_sides(b1: int, b2: int, width: int, c_in: int) -> list[tuple[str, tuple]]:
-    return (_conv("SPG_B_1a.0", width, b1, 3) + _conv("SPG_B_2a.0", width, b2, 3) + _conv("SPG_B_shared.0", width, width, 3)
-            + _conv("SPG_B_shared.2", 1, width, 1) + _conv("SPG_C.0", 512, c_in, 3) + _conv("SPG_C.2", 1, 512, 1))
+    return (
+        _conv("SPG_B_1a.0", width, b1, 3)
+        + _conv("SPG_B_2a.0", width, b2, 3)
+        + _conv("SPG_B_shared.0", width, width, 3)
+        + _conv("SPG_B_shared.2", 1, width, 1)
+        + _conv("SPG_C.0", 512, c_in, 3)
+        + _conv("SPG_C.2", 1, 512, 1)
+    )
 
 
 def vgg_keys(layout: str, large: bool) -> list[tuple[str, tuple]]:
@@ -112,7 +125,9 @@ def resnet_keys(layout: str) -> list[tuple[str, tuple]]:
             keys += _conv(f"{name}.conv2", planes, planes, 3, False) + _bn(f"{name}.bn2", planes)
             keys += _conv(f"{name}.conv3", 4 * planes, planes, 1, False) + _bn(f"{name}.bn3", 4 * planes)
             if j == 0:
-                keys += _conv(f"{name}.downsample.0", 4 * planes, inplanes, 1, False) + _bn(f"{name}.downsample.1", 4 * planes)
+                keys += _conv(f"{name}.downsample.0", 4 * planes, inplanes, 1, False) + _bn(
+                    f"{name}.downsample.1", 4 * planes
+                )
             inplanes = 4 * planes
     if layout in ("cam", "adl"):
         return keys + [("fc.weight", (C, 2048)), ("fc.bias", (C,))]
@@ -156,14 +171,23 @@ def their_state(backbone: str, layout: str, large: bool, seed: int = 0) -> dict[
 
 # ---- their forward passes, float64 ----
 
+
 def _c(sd: dict, name: str, x: Tensor, stride: int = 1, padding: int = 0) -> Tensor:
     bias = sd.get(f"{name}.bias")
     return F.conv2d(x, sd[f"{name}.weight"].double(), None if bias is None else bias.double(), stride, padding)
 
 
 def _bn_f(sd: dict, name: str, x: Tensor, eps: float = 1e-5) -> Tensor:
-    return F.batch_norm(x, sd[f"{name}.running_mean"].double(), sd[f"{name}.running_var"].double(),
-                        sd[f"{name}.weight"].double(), sd[f"{name}.bias"].double(), False, 0.0, eps)
+    return F.batch_norm(
+        x,
+        sd[f"{name}.running_mean"].double(),
+        sd[f"{name}.running_var"].double(),
+        sd[f"{name}.weight"].double(),
+        sd[f"{name}.bias"].double(),
+        False,
+        0.0,
+        eps,
+    )
 
 
 def _norm(m: Tensor) -> Tensor:  # normalize_tensor on one map per row
@@ -190,8 +214,12 @@ def vgg_forward(sd: dict, layout: str, large: bool, x: Tensor, label: Tensor) ->
         if isinstance(v, int):
             x, index = F.relu(_c(sd, f"features.{index}", x, padding=1)), index + 2
             continue
-        x = {"M": lambda t: F.max_pool2d(t, 2, 2), "M1": lambda t: F.max_pool2d(t, 3, 2, 1),
-             "M2": lambda t: F.max_pool2d(t, 3, 1, 1), "A": lambda t: t}[v](x)
+        x = {
+            "M": lambda t: F.max_pool2d(t, 2, 2),
+            "M1": lambda t: F.max_pool2d(t, 3, 2, 1),
+            "M2": lambda t: F.max_pool2d(t, 3, 1, 1),
+            "A": lambda t: t,
+        }[v](x)
         index += 1
     rows = torch.arange(len(label))
     if layout in ("cam", "adl"):
@@ -251,8 +279,9 @@ def inception_forward(sd: dict, layout: str, large: bool, x: Tensor, label: Tens
     if not large:
         x = F.max_pool2d(x, 3, 2, ceil_mode=True)
     b = basic("Mixed_6a.branch3x3dbl_2", basic("Mixed_6a.branch3x3dbl_1", x), 1, 1)
-    x = torch.cat([basic("Mixed_6a.branch3x3", x, 1, 1), basic("Mixed_6a.branch3x3dbl_3", b, 1, 1),
-                   F.max_pool2d(x, 3, 1, 1)], 1)
+    x = torch.cat(
+        [basic("Mixed_6a.branch3x3", x, 1, 1), basic("Mixed_6a.branch3x3dbl_3", b, 1, 1), F.max_pool2d(x, 3, 1, 1)], 1
+    )
     feature = tv.Mixed_6e(tv.Mixed_6d(tv.Mixed_6c(tv.Mixed_6b(x))))
     if layout == "acol":
         return _acol(sd, feature, label, ACOL_THRESHOLD)
@@ -268,13 +297,16 @@ SIZE = {"vgg16": 64, "resnet50": 64, "inception_v3": 64}
 @pytest.fixture
 def reads(monkeypatch):
     """load_model reading a state dict from memory, with the ``architecture`` field their main.py writes."""
+
     def use(state: dict, architecture: str | None) -> None:
         meta = {} if architecture is None else {"wsolevaluation": {"architecture": architecture, "epoch": 1}}
         monkeypatch.setattr(models, "_read_state", lambda path: (dict(state), dict(meta)))
+
     return use
 
 
 # ---- every backbone x layout x size: keys and shapes (meta tensors, no arithmetic) ----
+
 
 @pytest.mark.parametrize("large", [False, True])
 @pytest.mark.parametrize("layout", ["cam", "adl", "acol", "spg"])
@@ -296,8 +328,12 @@ def test_every_reference_layout_is_recognised_and_fits_exactly(backbone, layout,
 
 # ---- numeric equality on every backbone x layout x feature-map size ----
 
-CASES = [(backbone, layout, large) for backbone in ("vgg16", "resnet50", "inception_v3")
-         for layout in ("cam", "adl", "acol", "spg") for large in (False, True)]
+CASES = [
+    (backbone, layout, large)
+    for backbone in ("vgg16", "resnet50", "inception_v3")
+    for layout in ("cam", "adl", "acol", "spg")
+    for large in (False, True)
+]
 
 
 @pytest.mark.parametrize("backbone,layout,large", CASES)
@@ -307,10 +343,16 @@ def test_logits_and_maps_equal_their_forward_and_return_cam(reads, backbone, lay
     flag = None if backbone == "vgg16" and layout in ("cam", "adl") else large  # VGG16 cam/adl: read from the keys
     # the file says which method, except ADL on InceptionV3 (no ADL key there: the same keys as CAM)
     stated = "adl" if (backbone, layout) == ("inception_v3", "adl") else None
-    loaded = load_model("ckpt.pth.tar", large_feature_map=flag, wsol_method=stated,
-                        wsol_params={"threshold": ACOL_THRESHOLD} if layout == "acol" else None)
-    assert loaded.arch == {"acol": f"wsol-{backbone.replace('_', '')}-acol", "spg": f"wsol-{backbone.replace('_', '')}-spg"
-                           }.get(layout, f"wsol-{backbone.replace('_', '')}")
+    loaded = load_model(
+        "ckpt.pth.tar",
+        large_feature_map=flag,
+        wsol_method=stated,
+        wsol_params={"threshold": ACOL_THRESHOLD} if layout == "acol" else None,
+    )
+    assert loaded.arch == {
+        "acol": f"wsol-{backbone.replace('_', '')}-acol",
+        "spg": f"wsol-{backbone.replace('_', '')}-spg",
+    }.get(layout, f"wsol-{backbone.replace('_', '')}")
     assert loaded.meta["wsol_method"]["name"] == layout and hasattr(loaded.model, "wsol_adl") == (layout == "adl")
     x = torch.randn(2, 3, SIZE[backbone], SIZE[backbone], generator=torch.Generator().manual_seed(1))
     result = build_explainer(loaded.model)(x)  # the network's own forward gives its logits
@@ -332,6 +374,7 @@ def test_logits_and_maps_equal_their_forward_and_return_cam(reads, backbone, lay
 
 # ---- bad input: one-line errors ----
 
+
 def test_keys_of_no_known_layout_are_a_one_line_error(reads):
     reads({"encoder.weight": torch.zeros(2, 2)}, None)
     with pytest.raises(CamlensError, match="no wsolevaluation layout; pass --arch") as err:
@@ -352,13 +395,22 @@ def test_vgg_numbering_of_no_configuration_is_named():
 def test_acol_file_without_its_second_branch_names_the_missing_keys(reads):
     state = {k: v for k, v in their_state("inception_v3", "acol", False).items() if not k.startswith("classifier_B")}
     reads(state, "inception_v3")
-    with pytest.raises(CamlensError, match=r"does not fit wsol-inceptionv3-acol .*6 missing key\(s\) "
-                                           r"\(classifier_B\.0\.weight"):
+    with pytest.raises(
+        CamlensError,
+        match=r"does not fit wsol-inceptionv3-acol .*6 missing key\(s\) "
+        r"\(classifier_B\.0\.weight",
+    ):
         load_model("acol.pth.tar", large_feature_map=False)
 
 
-@pytest.mark.parametrize("method,needs", [("acol", "ACoL's heads classifier_A and classifier_B"),
-                                          ("spg", "SPG's SPG_B_1a"), ("adl", "ADL's renumbered layers")])
+@pytest.mark.parametrize(
+    "method,needs",
+    [
+        ("acol", "ACoL's heads classifier_A and classifier_B"),
+        ("spg", "SPG's SPG_B_1a"),
+        ("adl", "ADL's renumbered layers"),
+    ],
+)
 def test_a_method_whose_layers_the_file_lacks_is_an_error(method, needs):
     state = {k: torch.empty(s, device="meta") for k, s in vgg_keys("cam", False)}
     with pytest.raises(CamlensError, match=f"--wsol-method {method} needs {needs}"):
@@ -390,21 +442,29 @@ def test_unrecorded_large_feature_map_warns_and_the_flag_sets_the_strides(reads)
 def test_cli_explains_localizes_a_pth_tar_with_no_flags(tmp_path, capsys):
     from PIL import Image
 
-    torch.save({"architecture": "vgg16", "epoch": 9, "state_dict": {f"module.{k}": v for k, v in
-                                                                  their_state("vgg16", "cam", True).items()},
-                "optimizer": {"state": {}, "param_groups": [{"lr": 0.01, "nesterov": True, "params": [0]}]}},
-               tmp_path / "vgg16_cam.pth.tar")
+    torch.save(
+        {
+            "architecture": "vgg16",
+            "epoch": 9,
+            "state_dict": {f"module.{k}": v for k, v in their_state("vgg16", "cam", True).items()},
+            "optimizer": {"state": {}, "param_groups": [{"lr": 0.01, "nesterov": True, "params": [0]}]},
+        },
+        tmp_path / "vgg16_cam.pth.tar",
+    )
     Image.new("RGB", (48, 40), (120, 30, 200)).save(tmp_path / "a.png")
     common = ["--checkpoint", str(tmp_path / "vgg16_cam.pth.tar"), "--size", "64", "--quiet"]
     assert main(["explain", str(tmp_path / "a.png"), *common, "--out", str(tmp_path / "e")]) == 0
     assert main(["localize", str(tmp_path / "a.png"), *common, "--out", str(tmp_path / "l")]) == 0
     assert (tmp_path / "l" / "boxes.json").is_file()
-    assert main(["explain", str(tmp_path / "a.png"), *common, "--wsol-method", "spg", "--out", str(tmp_path / "x")]) == 2
+    assert (
+        main(["explain", str(tmp_path / "a.png"), *common, "--wsol-method", "spg", "--out", str(tmp_path / "x")]) == 2
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("camlens: error: ") and "--wsol-method spg needs SPG's" in err[-1]
 
 
 # ---- training on their networks: their losses' inputs ----
+
 
 def _their_network(backbone: str, layout: str, large: bool):
     state = their_state(backbone, layout, large)
@@ -479,8 +539,9 @@ def test_overrides_on_files_that_are_not_wsolevaluation_are_applied_or_checked(t
     from camlens.models import GapNet, Preprocess, save_checkpoint
 
     net = build_network("wsol-vgg16", 2, None, width=8, large_feature_map=True)
-    path = save_checkpoint(tmp_path / "v.safetensors", net, arch="wsol-vgg16", class_names=["a", "b"],
-                           preprocess=Preprocess((64, 64)))
+    path = save_checkpoint(
+        tmp_path / "v.safetensors", net, arch="wsol-vgg16", class_names=["a", "b"], preprocess=Preprocess((64, 64))
+    )
     with pytest.raises(CamlensError, match="records large_feature_map=True; drop the large-feature-map option"):
         load_model(path, large_feature_map=False)
     with pytest.raises(CamlensError, match="records the WSOL method cam; drop --wsol-method acol"):
@@ -491,9 +552,17 @@ def test_overrides_on_files_that_are_not_wsolevaluation_are_applied_or_checked(t
     assert (recorded["name"], recorded["drop_rate"]) == ("has", 0.25)  # training-only defaults are not recorded
 
 
-@pytest.mark.parametrize("name,mode", [("wsol-vgg16-acol", "xavier"), ("wsol-vgg16-spg", "xavier"),
-                                       ("wsol-resnet50-acol", "he"), ("wsol-resnet50-spg", "xavier"),
-                                       ("wsol-inceptionv3-acol", "xavier"), ("wsol-inceptionv3-spg", "xavier")])
+@pytest.mark.parametrize(
+    "name,mode",
+    [
+        ("wsol-vgg16-acol", "xavier"),
+        ("wsol-vgg16-spg", "xavier"),
+        ("wsol-resnet50-acol", "he"),
+        ("wsol-resnet50-spg", "xavier"),
+        ("wsol-inceptionv3-acol", "xavier"),
+        ("wsol-inceptionv3-spg", "xavier"),
+    ],
+)
 def test_their_networks_take_their_initialization(monkeypatch, name, mode):
     """Their ``initialize_weights(self.modules(), init_mode=...)``: 'he' in ResNetAcol, 'xavier' in VggAcol,
     VggSpg, ResNetSpg, InceptionAcol and InceptionSpg (convolutions; zero biases, BatchNorm 1/0)."""

@@ -156,8 +156,11 @@ def test_spg_branches_on_gapnet_and_its_map_is_the_cam_of_the_classifier():
     net.train()
     loss, logits = method.loss(net, torch.randn(2, 3, 32, 32), torch.tensor([1, 4]))
     loss.backward()
-    assert all(p.grad is not None for n in ("spg_b1", "spg_b2", "spg_shared", "spg_c")
-               for p in net.get_submodule(n).parameters())
+    assert all(
+        p.grad is not None
+        for n in ("spg_b1", "spg_b2", "spg_shared", "spg_c")
+        for p in net.get_submodule(n).parameters()
+    )
     assert isinstance(method.explainer(net.eval()), CAM)
 
 
@@ -300,8 +303,14 @@ def test_checkpoint_rebuilds_the_method_and_its_explainer(tmp_path, name):
     method = get_wsol_method(name)
     method.attach(net)
     net.eval()
-    path = save_checkpoint(tmp_path / "m.safetensors", net, arch="gapnet", class_names=list("abcd"),
-                           preprocess=Preprocess((32, 32)), extra={"wsol_method": method.config()})
+    path = save_checkpoint(
+        tmp_path / "m.safetensors",
+        net,
+        arch="gapnet",
+        class_names=list("abcd"),
+        preprocess=Preprocess((32, 32)),
+        extra={"wsol_method": method.config()},
+    )
     loaded = load_model(path)
     x = torch.randn(2, 3, 32, 32)
     expected = method.explainer(net)(x)
@@ -325,8 +334,14 @@ def test_an_acol_checkpoint_loads_and_explains_without_importing_training(tmp_pa
     net = GapNet(4)
     method = get_wsol_method("acol")
     method.attach(net)
-    path = save_checkpoint(tmp_path / "acol.safetensors", net.eval(), arch="gapnet", class_names=list("abcd"),
-                           preprocess=Preprocess((32, 32)), extra={"wsol_method": method.config()})
+    path = save_checkpoint(
+        tmp_path / "acol.safetensors",
+        net.eval(),
+        arch="gapnet",
+        class_names=list("abcd"),
+        preprocess=Preprocess((32, 32)),
+        extra={"wsol_method": method.config()},
+    )
     code = (
         "import sys, torch\n"
         "from camlens import build_explainer, load_model\n"
@@ -336,24 +351,31 @@ def test_an_acol_checkpoint_loads_and_explains_without_importing_training(tmp_pa
         "    explainer(torch.randn(1, 3, 32, 32))\n"
         "assert not [m for m in sys.modules if m.startswith('camlens.training')], 'camlens.training was imported'\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(Path(camlens.__file__).parents[1])})
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(camlens.__file__).parents[1])},
+    )
     assert proc.returncode == 0, proc.stderr
 
 
 # ---------------------------------------------------------------- bad input
 
 
-@pytest.mark.parametrize("build, message", [
-    (lambda: ACoL(threshold=1.5), "ACoL: threshold=1.5 is outside [0, 1]"),
-    (lambda: ADLMethod(threshold=-0.1), "ADL: threshold=-0.1 is outside [0, 1]"),
-    (lambda: SPG(threshold_2l=0.6), "SPG: threshold_2l=0.6 is above threshold_2h=0.5"),
-    (lambda: HaS(drop_rate=2), "HaS: drop_rate=2 is outside [0, 1]"),
-    (lambda: HaS(patch_size=0), "HaS: patch_size=0 must be a positive number of pixels"),
-    (lambda: CutMix(prob=1.2), "CutMix: prob=1.2 is outside [0, 1]"),
-    (lambda: get_wsol_method("has", grid=3), "WSOL method has: unknown parameter(s) grid"),
-    (lambda: get_wsol_method("nope"), "unknown WSOL method 'nope'"),
-])
+@pytest.mark.parametrize(
+    "build, message",
+    [
+        (lambda: ACoL(threshold=1.5), "ACoL: threshold=1.5 is outside [0, 1]"),
+        (lambda: ADLMethod(threshold=-0.1), "ADL: threshold=-0.1 is outside [0, 1]"),
+        (lambda: SPG(threshold_2l=0.6), "SPG: threshold_2l=0.6 is above threshold_2h=0.5"),
+        (lambda: HaS(drop_rate=2), "HaS: drop_rate=2 is outside [0, 1]"),
+        (lambda: HaS(patch_size=0), "HaS: patch_size=0 must be a positive number of pixels"),
+        (lambda: CutMix(prob=1.2), "CutMix: prob=1.2 is outside [0, 1]"),
+        (lambda: get_wsol_method("has", grid=3), "WSOL method has: unknown parameter(s) grid"),
+        (lambda: get_wsol_method("nope"), "unknown WSOL method 'nope'"),
+    ],
+)
 def test_parameters_out_of_range_are_one_line_errors(build, message):
     with pytest.raises(CamlensError) as err:
         build()

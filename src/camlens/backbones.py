@@ -44,9 +44,13 @@ class GapNet(nn.Module):
         super().__init__()
         w = width
         self.features = nn.Sequential(
-            _block(in_channels, w), nn.MaxPool2d(2),
-            _block(w, 2 * w), nn.MaxPool2d(2),
-            _block(2 * w, 4 * w), _block(4 * w, 4 * w), _block(4 * w, 8 * w),
+            _block(in_channels, w),
+            nn.MaxPool2d(2),
+            _block(w, 2 * w),
+            nn.MaxPool2d(2),
+            _block(2 * w, 4 * w),
+            _block(4 * w, 4 * w),
+            _block(4 * w, 8 * w),
         )
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(8 * w, num_classes)
@@ -113,14 +117,18 @@ def build_backbone(arch: str, num_classes: int | None = None, weights: str | Non
         except RuntimeError as err:
             raise CamlensError(f"timm model {arch[5:]!r}: {err}") from err
         except OSError as err:  # huggingface_hub's offline / not-found errors
-            raise CamlensError(f"cannot download the weights of timm model {arch[5:]!r} ({type(err).__name__}); "
-                               "offline, use --weights none or --checkpoint FILE") from err
+            raise CamlensError(
+                f"cannot download the weights of timm model {arch[5:]!r} ({type(err).__name__}); "
+                "offline, use --weights none or --checkpoint FILE"
+            ) from err
     import torchvision.models as tvm
 
     if model_task(arch) != "classification":
         return _task_model(arch, num_classes, weights if pretrained else None)
     if arch not in tvm.list_models(module=tvm):
-        raise CamlensError(f"unknown architecture {arch!r}: use a torchvision classification model, timm:NAME or gapnet")
+        raise CamlensError(
+            f"unknown architecture {arch!r}: use a torchvision classification model, timm:NAME or gapnet"
+        )
     if not pretrained:
         return tvm.get_model(arch, weights=None, **({"num_classes": num_classes} if num_classes else {}))
     enum = torchvision_weights(arch, weights)
@@ -149,8 +157,9 @@ def _task_model(arch: str, num_classes: int | None, weights: str | None) -> nn.M
 
     kwargs: dict = {"num_classes": num_classes} if num_classes else {}
     if weights is None:
-        return tvm.get_model(arch, weights=None, **({} if model_task(arch) == "video" else {"weights_backbone": None}),
-                             **kwargs)
+        return tvm.get_model(
+            arch, weights=None, **({} if model_task(arch) == "video" else {"weights_backbone": None}), **kwargs
+        )
     enum = torchvision_weights(arch, weights)
     try:
         return tvm.get_model(arch, weights=enum)

@@ -64,8 +64,9 @@ def colormap_index(cam: Tensor, size: tuple[int, int]) -> np.ndarray:
     return to_bytes(upsample(normalize(cam.float()), size)).cpu().numpy()
 
 
-def blend(image: np.ndarray, index: np.ndarray, colormap: str = "jet", alpha: float = 0.5,
-          classic: bool = False) -> np.ndarray:
+def blend(
+    image: np.ndarray, index: np.ndarray, colormap: str = "jet", alpha: float = 0.5, classic: bool = False
+) -> np.ndarray:
     """The overlay of an (H, W, 3) uint8 image with colormap indices (H, W) uint8, as (H, W, 3) uint8."""
     table = blend_table(colormap, float(alpha), classic)
     key = (image.astype(np.uint16) << 8) | index[..., None]

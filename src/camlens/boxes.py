@@ -110,7 +110,9 @@ def _as_numpy_maps(maps: Tensor | np.ndarray, what: str = "maps", finite: bool =
     if arr.dtype.kind not in "fiub":
         raise CamlensError(f"{what} must be numeric; got dtype {arr.dtype}")
     if finite and arr.size and not np.isfinite(arr).all():
-        raise CamlensError(f"{what} contain NaN or infinite values; fix the map (e.g. torch.nan_to_num) before boxing it")
+        raise CamlensError(
+            f"{what} contain NaN or infinite values; fix the map (e.g. torch.nan_to_num) before boxing it"
+        )
     if 0 in arr.shape[-2:]:
         raise CamlensError(f"{what} have an empty spatial size {tuple(arr.shape[-2:])}")
     return arr
@@ -213,7 +215,9 @@ def wsol_resize_boxes(boxes: Tensor, image_size: Sequence[int], map_size: Sequen
     big_w, big_h = (float(v) for v in image_size)
     h, w = (float(v) for v in map_size)
     b = torch.as_tensor(boxes, dtype=torch.float64).reshape(-1, 4)
-    out = torch.stack([b[:, 0] * w / big_w, b[:, 1] * h / big_h, (b[:, 2] - 1) * w / big_w, (b[:, 3] - 1) * h / big_h], 1)
+    out = torch.stack(
+        [b[:, 0] * w / big_w, b[:, 1] * h / big_h, (b[:, 2] - 1) * w / big_w, (b[:, 3] - 1) * h / big_h], 1
+    )
     out = out.trunc()
     out[:, 2:] += 1
     return out
@@ -275,16 +279,28 @@ def _component_tree(wp, offsets, order, starts, colw, holes, rows):
     level where it met the outside, 0 for a root), entries ``base + L - low``; ``base`` is -1 for the other
     nodes, whose ``parent`` then is their canonical node.  Returns the number of nodes and of entries."""
     (node_of, zpar, height, latest, level, parent, first, last, col0, col1, wsum, base, low) = (
-        rows[0], rows[1], rows[2], rows[3], rows[4], rows[5], rows[6], rows[7], rows[8], rows[9], rows[10],
-        rows[11], rows[12])
+        rows[0],
+        rows[1],
+        rows[2],
+        rows[3],
+        rows[4],
+        rows[5],
+        rows[6],
+        rows[7],
+        rows[8],
+        rows[9],
+        rows[10],
+        rows[11],
+        rows[12],
+    )
     n = rows.shape[1]
     node_of[:] = -1
     zpar[:] = -1  # -1: not added yet
     if holes:
         zpar[:wp] = 0
-        zpar[n - wp:] = 0
-        zpar[wp - 1:n - wp:wp] = 0
-        zpar[wp:n - wp:wp] = 0
+        zpar[n - wp :] = 0
+        zpar[wp - 1 : n - wp : wp] = 0
+        zpar[wp : n - wp : wp] = 0
     nn = 0
     # indices known to be >= 0 are made unsigned on the hot path: numba checks signed ones for wraparound
     for i in range(255):  # the values 255..1 down, or 0..254 up
@@ -373,7 +389,7 @@ def _quad_weights(v, wp, k):
     background pixel among them goes to that pixel's background region.  So summing these weights over a
     component's pixels gives twice its polygon area, at every level at once."""
     for r in range(1, v.shape[0] // wp - 1):
-        a = v[(r - 1) * wp:(r + 2) * wp]  # rows r - 1, r, r + 1
+        a = v[(r - 1) * wp : (r + 2) * wp]  # rows r - 1, r, r + 1
         for c in range(1, wp - 1):
             x = a[wp + c]
             # each neighbour below p in the corner order's ties: before p (up, left) if <=, after it if <
@@ -413,7 +429,7 @@ def _sweep_map(q, work, at, largest):
     count = np.zeros(256, np.int64)
     starts = np.empty(257, np.int64)
     v[:wp] = 0
-    v[n - wp:] = 0
+    v[n - wp :] = 0
     for r in range(h):
         row = (r + 1) * wp
         v[row] = v[row + wp - 1] = 0
@@ -432,14 +448,34 @@ def _sweep_map(q, work, at, largest):
             p = (r + 1) * wp + c + 1
             order[count[x]], colw[count[x]] = p, (c + 1) * 8 + k[p]
             count[x] += 1
-    frows, brows = work[4:4 + _TREE_ROWS], work[4 + _TREE_ROWS:]
+    frows, brows = work[4 : 4 + _TREE_ROWS], work[4 + _TREE_ROWS :]
     ring8 = (-wp - 1, -wp, -wp + 1, -1, 1, wp - 1, wp, wp + 1)
     nfn, nf = _component_tree(wp, ring8, order, starts, colw, False, frows)
     nbn, nb = _component_tree(wp, (-wp, -1, 1, wp), order, starts, colw, True, brows)
     fnode, flevel, fpar, ffirst, flast, fcol0, fcol1, fw, fbase, flow = (
-        frows[0], frows[4], frows[5], frows[6], frows[7], frows[8], frows[9], frows[10], frows[11], frows[12])
+        frows[0],
+        frows[4],
+        frows[5],
+        frows[6],
+        frows[7],
+        frows[8],
+        frows[9],
+        frows[10],
+        frows[11],
+        frows[12],
+    )
     bnode, blevel, bpar, bfirst, blast, bcol0, bcol1, bw, bbase, blow = (
-        brows[0], brows[4], brows[5], brows[6], brows[7], brows[8], brows[9], brows[10], brows[11], brows[12])
+        brows[0],
+        brows[4],
+        brows[5],
+        brows[6],
+        brows[7],
+        brows[8],
+        brows[9],
+        brows[10],
+        brows[11],
+        brows[12],
+    )
 
     # nesting at each level: a component's parent is the hole just above its first pixel, a hole's parent the
     # component just above its first pixel; -1 for a component in the outside.  Entries 0..nf-1 are the
@@ -512,7 +548,11 @@ def _sweep_map(q, work, at, largest):
     for i in range(at.shape[0]):
         lv = at[i]
         largest[i, 0], largest[i, 1], largest[i, 2], largest[i, 3] = (
-            by_level[lv, 0], by_level[lv, 1], by_level[lv, 2], by_level[lv, 3])
+            by_level[lv, 0],
+            by_level[lv, 1],
+            by_level[lv, 2],
+            by_level[lv, 3],
+        )
     return levels, boxes
 
 
@@ -565,8 +605,9 @@ class ContourSweep:
         0 where the level has no contour.  What MaxBoxAccV2 scores, in one pass over the contours."""
         gts, offsets = _gt_array(gt_boxes, self.levels.shape[0])
         out = np.zeros(self.levels.shape[0] * 256)
-        _best_iou_by_level(self.boxes.numpy(), self.image.numpy(), self.level.numpy(), gts, offsets, self.size[0],
-                           self.size[1], out)
+        _best_iou_by_level(
+            self.boxes.numpy(), self.image.numpy(), self.level.numpy(), gts, offsets, self.size[0], self.size[1], out
+        )
         return torch.from_numpy(out).view(-1, 256)
 
     def protocol_ious(self, gt_boxes: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
@@ -577,11 +618,29 @@ class ContourSweep:
         bsz, t = self.levels.shape
         gts, offsets = _gt_array(gt_boxes, bsz)
         by_level = np.zeros(bsz * 256)
-        _best_iou_by_level(self.boxes.numpy(), self.image.numpy(), self.level.numpy(), gts, offsets, self.size[0],
-                           self.size[1], by_level)
+        _best_iou_by_level(
+            self.boxes.numpy(),
+            self.image.numpy(),
+            self.level.numpy(),
+            gts,
+            offsets,
+            self.size[0],
+            self.size[1],
+            by_level,
+        )
         largest, best = np.empty((bsz, t)), np.empty((bsz, t))
-        _protocol_ious(self.largest.numpy(), self.levels.numpy(), np.bincount(self.image.numpy(), minlength=bsz),
-                       by_level.reshape(bsz, 256), gts, offsets, self.size[0], self.size[1], largest, best)
+        _protocol_ious(
+            self.largest.numpy(),
+            self.levels.numpy(),
+            np.bincount(self.image.numpy(), minlength=bsz),
+            by_level.reshape(bsz, 256),
+            gts,
+            offsets,
+            self.size[0],
+            self.size[1],
+            largest,
+            best,
+        )
         return torch.from_numpy(largest), torch.from_numpy(best)
 
 

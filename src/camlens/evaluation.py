@@ -72,8 +72,12 @@ class Accumulators:
     pixel: PixelAP
 
     @classmethod
-    def create(cls, thresholds: np.ndarray | None = None, paper_threshold: float = PAPER_THRESHOLD,
-               ious: Sequence[float] = DEFAULT_IOUS) -> "Accumulators":
+    def create(
+        cls,
+        thresholds: np.ndarray | None = None,
+        paper_threshold: float = PAPER_THRESHOLD,
+        ious: Sequence[float] = DEFAULT_IOUS,
+    ) -> "Accumulators":
         return cls(ClassLocalization(paper_threshold), BoxAccuracy(thresholds, ious), PixelAP(thresholds))
 
     def merge(self, other: "Accumulators") -> "Accumulators":
@@ -103,8 +107,13 @@ class Accumulators:
 # --------------------------------------------------------------------------------------------- baselines
 
 
-def box_baselines(boxes: Sequence[Tensor], sizes: Sequence[tuple[int, int]], ious: Sequence[float] = DEFAULT_IOUS,
-                  center_fraction: float = 0.5, grid: int = 16) -> dict[str, dict]:
+def box_baselines(
+    boxes: Sequence[Tensor],
+    sizes: Sequence[tuple[int, int]],
+    ious: Sequence[float] = DEFAULT_IOUS,
+    center_fraction: float = 0.5,
+    grid: int = 16,
+) -> dict[str, dict]:
     """Input-independent boxes scored on the same ground truth: the centered box covering ``center_fraction`` of
     the width and height, and the best fixed box (in coordinates relative to the image size, on a ``grid``-step
     lattice, chosen on this very data by its accuracy at IoU 0.5, so an upper bound for any box that ignores the
@@ -115,11 +124,14 @@ def box_baselines(boxes: Sequence[Tensor], sizes: Sequence[tuple[int, int]], iou
     lo, hi = torch.meshgrid(ticks, ticks, indexing="ij")
     spans = torch.stack([lo[lo < hi], hi[lo < hi]], 1)  # (S, 2) with x0 < x1
     ax, ay = torch.meshgrid(torch.arange(spans.shape[0]), torch.arange(spans.shape[0]), indexing="ij")
-    grid_boxes = torch.stack([spans[ax.ravel(), 0], spans[ay.ravel(), 0], spans[ax.ravel(), 1], spans[ay.ravel(), 1]], 1)
+    grid_boxes = torch.stack(
+        [spans[ax.ravel(), 0], spans[ay.ravel(), 0], spans[ax.ravel(), 1], spans[ay.ravel(), 1]], 1
+    )
     c0, c1 = (1 - center_fraction) / 2, (1 + center_fraction) / 2
     candidates = torch.cat([torch.tensor([[c0, c0, c1, c1]], dtype=torch.float64), grid_boxes])
-    gts = torch.cat([b.double().reshape(-1, 4) / torch.tensor([w, h, w, h], dtype=torch.float64)
-                     for b, (w, h) in zip(boxes, sizes)])
+    gts = torch.cat(
+        [b.double().reshape(-1, 4) / torch.tensor([w, h, w, h], dtype=torch.float64) for b, (w, h) in zip(boxes, sizes)]
+    )
     owner = torch.cat([torch.full((b.reshape(-1, 4).shape[0],), i) for i, b in enumerate(boxes)])
     best = torch.zeros(len(boxes), candidates.shape[0], dtype=torch.float64)
     for start in range(0, gts.shape[0], 64):
@@ -135,9 +147,13 @@ def box_baselines(boxes: Sequence[Tensor], sizes: Sequence[tuple[int, int]], iou
 
     def summary(column: int) -> dict:
         acc = {_iou_key(i): float(h) * 100.0 / n for i, h in zip(ious, hits[:, column])}
-        return {"gt_known_loc": acc[_iou_key(0.5)], "maxboxacc": acc[_iou_key(0.5)],
-                "maxboxacc_v2": float(np.mean(list(acc.values()))), "per_iou": acc,
-                "box": [round(float(v), 4) for v in candidates[column]]}
+        return {
+            "gt_known_loc": acc[_iou_key(0.5)],
+            "maxboxacc": acc[_iou_key(0.5)],
+            "maxboxacc_v2": float(np.mean(list(acc.values()))),
+            "per_iou": acc,
+            "box": [round(float(v), 4) for v in candidates[column]],
+        }
 
     return {"center_box": summary(0), "best_fixed_box": summary(pick)}
 
@@ -181,14 +197,24 @@ def _reference_batch(loaded, explainer, samples: Sequence[Sample], labels: Tenso
         acc.box.update(maps, boxes)
     if all(s.mask is not None for s in samples):
         masks = torch.cat([nearest_masks(s.mask[None], size) for s in samples])  # type: ignore[index]
-        ignore = torch.cat([nearest_masks(s.ignore[None], size) if s.ignore is not None
-                            else torch.zeros(1, *size, dtype=torch.bool) for s in samples])
+        ignore = torch.cat(
+            [
+                nearest_masks(s.ignore[None], size) if s.ignore is not None else torch.zeros(1, *size, dtype=torch.bool)
+                for s in samples
+            ]
+        )
         acc.pixel.update(maps, masks, ignore)
     return x, res
 
 
-def _evaluate_batch(loaded, explainer, batch: Sequence[tuple[int, Sample]], acc: Accumulators,
-                    faithfulness: FaithfulnessConfig | None, protocol: str = "camlens") -> list[dict]:
+def _evaluate_batch(
+    loaded,
+    explainer,
+    batch: Sequence[tuple[int, Sample]],
+    acc: Accumulators,
+    faithfulness: FaithfulnessConfig | None,
+    protocol: str = "camlens",
+) -> list[dict]:
     """Add one batch to ``acc``; returns its per-image records (index, ground truth for the baselines, and the
     faithfulness values)."""
     samples = [s for _, s in batch]
@@ -209,25 +235,36 @@ def _evaluate_batch(loaded, explainer, batch: Sequence[tuple[int, Sample]], acc:
             acc.box.update(stack, boxes)
         if all(samples[i].mask is not None for i in group):
             # every mask is set (checked above), which mypy cannot see through all()
-            ignore = [samples[i].ignore if samples[i].ignore is not None else torch.zeros_like(samples[i].mask) for i in group]  # type: ignore[arg-type]
+            ignore = [
+                samples[i].ignore if samples[i].ignore is not None else torch.zeros_like(samples[i].mask)  # type: ignore[arg-type]
+                for i in group
+            ]
             acc.pixel.update(stack, torch.stack([samples[i].mask for i in group]), torch.stack(ignore))  # type: ignore[arg-type, misc]
     return _records(loaded, batch, x, res, labels, faithfulness)
 
 
-def _records(loaded, batch: Sequence[tuple[int, Sample]], x: Tensor, res, labels: Tensor,
-             faithfulness: FaithfulnessConfig | None) -> list[dict]:
+def _records(
+    loaded, batch: Sequence[tuple[int, Sample]], x: Tensor, res, labels: Tensor, faithfulness: FaithfulnessConfig | None
+) -> list[dict]:
     """Each image's record: index, ground truth for the baselines, and the faithfulness values."""
     samples = [s for _, s in batch]
     scores: dict[str, Tensor] = {}
     if faithfulness is not None:
         input_boxes = [scale_boxes(s.boxes, s.image.shape[-2:], x.shape[-2:]).to(x.device) for s in samples]
         with torch.no_grad():
-            scores = faithfulness_scores(loaded.model, x, res.maps[:, 0].detach(), labels.to(x.device),
-                                         boxes=input_boxes, config=faithfulness)
-    return [{"index": index, "label": s.label, "boxes": s.boxes.tolist(),
-             "size": [int(s.image.shape[-1]), int(s.image.shape[-2])],
-             "faithfulness": {k: float(v[i]) for k, v in scores.items()}}
-            for i, (index, s) in enumerate(batch)]
+            scores = faithfulness_scores(
+                loaded.model, x, res.maps[:, 0].detach(), labels.to(x.device), boxes=input_boxes, config=faithfulness
+            )
+    return [
+        {
+            "index": index,
+            "label": s.label,
+            "boxes": s.boxes.tolist(),
+            "size": [int(s.image.shape[-1]), int(s.image.shape[-2])],
+            "faithfulness": {k: float(v[i]) for k, v in scores.items()},
+        }
+        for i, (index, s) in enumerate(batch)
+    ]
 
 
 def evaluate_model(
@@ -284,7 +321,10 @@ def evaluate_model(
             total.merge(part)
             records.extend(entry["images"])
     loader = torch.utils.data.DataLoader(
-        _Indexed(samples), batch_sampler=[batch for _, batch in todo], collate_fn=list, num_workers=workers,
+        _Indexed(samples),
+        batch_sampler=[batch for _, batch in todo],
+        collate_fn=list,
+        num_workers=workers,
         pin_memory=ctx.device.type == "cuda",
     )
     with torch.inference_mode(not explainer.needs_gradients):
@@ -395,8 +435,10 @@ def evaluate_maps(
             size = ann.sizes[i] or _image_size(ann, image_id)
             boxes = ann.boxes[i] if size is None else wsol_resize_boxes(ann.boxes[i], size, (h, w))
             if (boxes[:, 2] > w).any() or (boxes[:, 3] > h).any():
-                raise CamlensError(f"{image_id}: ground-truth box {ann.boxes[i].tolist()} lies outside its {w}x{h} map; "
-                                   "give image sizes (image_sizes.txt) or the images (--images) so boxes are rescaled")
+                raise CamlensError(
+                    f"{image_id}: ground-truth box {ann.boxes[i].tolist()} lies outside its {w}x{h} map; "
+                    "give image sizes (image_sizes.txt) or the images (--images) so boxes are rescaled"
+                )
             acc.box.update(score[None], [boxes])
             acc.loc.update(score[None], [boxes])  # no predictions: GT-known Loc only
             gt_boxes.append(boxes)
@@ -426,15 +468,19 @@ def map_names(maps_dir: Path, ids: Sequence[str]) -> tuple[list[str], str]:
         if all(n in found for n in names):
             extra = sorted(found - set(names))
             if extra:
-                raise CamlensError(f"{maps_dir}: {len(extra)} map(s) for image ids not in the annotations, "
-                                   f"e.g. {extra[0]}.npy")
+                raise CamlensError(
+                    f"{maps_dir}: {len(extra)} map(s) for image ids not in the annotations, e.g. {extra[0]}.npy"
+                )
             return names, naming
     missing = [i for i in ids if i not in found]
     stem_note = ""
     if stems != list(ids):
         shared = len(stems) - len(set(stems))
-        stem_note = (f"; named by stem, {shared} id(s) share a stem, so that naming is ambiguous" if shared else
-                     f"; nor by stem, e.g. {stems[ids.index(missing[0])]}.npy")
+        stem_note = (
+            f"; named by stem, {shared} id(s) share a stem, so that naming is ambiguous"
+            if shared
+            else f"; nor by stem, e.g. {stems[ids.index(missing[0])]}.npy"
+        )
     raise CamlensError(f"{maps_dir}: no map for {len(missing)} image id(s), e.g. {missing[0]}.npy{stem_note}")
 
 
@@ -459,8 +505,10 @@ def format_table(result: dict) -> str:
         extra.append(f"best threshold (MaxBoxAcc): {result['best_threshold']:.3f}")
     extra.append(f"paper protocol threshold: {result.get('paper_threshold')}")
     if result.get("box_acc_at_fixed_threshold") is not None:
-        extra.append(f"box accuracy at the checkpoint's threshold {result['fixed_threshold']:.3f}: "
-                     f"{result['box_acc_at_fixed_threshold']:.2f}")
+        extra.append(
+            f"box accuracy at the checkpoint's threshold {result['fixed_threshold']:.3f}: "
+            f"{result['box_acc_at_fixed_threshold']:.2f}"
+        )
     if result.get("map_naming"):
         extra.append(f"maps named {result['map_naming']}")
     return "\n".join(lines + ["; ".join(extra)])

@@ -79,13 +79,16 @@ class Explanation:
             A matplotlib figure, shown by Jupyter as a PNG without ``%matplotlib inline``.
         """
         name, prob = self.predictions[k]
-        return three_panel(self.image, self._map(k), title=f"{self.method}: {name} ({prob:.1%})", colormap=colormap,
-                           alpha=alpha)
+        return three_panel(
+            self.image, self._map(k), title=f"{self.method}: {name} ({prob:.1%})", colormap=colormap, alpha=alpha
+        )
 
     def __repr__(self) -> str:
         shown = ", ".join(f"{name} {prob:.1%}" for name, prob in self.predictions)
-        return (f"Explanation({self.method}, image {self.image.shape[-2]}x{self.image.shape[-1]}, maps "
-                f"{'x'.join(map(str, self.result.maps.shape[2:]))} at {self.result.layer!r}: {shown})")
+        return (
+            f"Explanation({self.method}, image {self.image.shape[-2]}x{self.image.shape[-1]}, maps "
+            f"{'x'.join(map(str, self.result.maps.shape[2:]))} at {self.result.layer!r}: {shown})"
+        )
 
     def _tiles(self, height: int = 224) -> list[Image.Image]:
         tiles = []
@@ -111,8 +114,10 @@ class Explanation:
             buffer = io.BytesIO()
             tile.save(buffer, format="PNG")
             src = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
-            cells.append(f'<figure style="display:inline-block;margin:0 6px 0 0"><img src="{src}">'
-                         f"<figcaption>{html.escape(name)} {prob:.1%}</figcaption></figure>")
+            cells.append(
+                f'<figure style="display:inline-block;margin:0 6px 0 0"><img src="{src}">'
+                f"<figcaption>{html.escape(name)} {prob:.1%}</figcaption></figure>"
+            )
         return f"<div><b>{html.escape(self.method)}</b><br>{''.join(cells)}</div>"
 
 

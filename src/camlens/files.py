@@ -51,14 +51,18 @@ def check_target(path: Path, replace: bool = True) -> None:
         OutputError: naming the path and what to do.
     """
     if path.is_symlink():
-        raise OutputError(f"{path} is a symlink; camlens never writes through one: remove it or choose another "
-                          "output folder")
+        raise OutputError(
+            f"{path} is a symlink; camlens never writes through one: remove it or choose another output folder"
+        )
     if path.is_dir():
-        raise OutputError(f"{path} is a folder, where camlens would write a file: move it or choose another output "
-                          "folder")
+        raise OutputError(
+            f"{path} is a folder, where camlens would write a file: move it or choose another output folder"
+        )
     if not replace and path.exists():
-        raise OutputError(f"{path} already exists (an earlier run's output?): pass --overwrite to replace it, or "
-                          "choose another output folder")
+        raise OutputError(
+            f"{path} already exists (an earlier run's output?): pass --overwrite to replace it, or "
+            "choose another output folder"
+        )
 
 
 def output_folder(path: str | Path) -> Path:
@@ -101,8 +105,10 @@ def _publish(tmp: Path, path: Path, replace: bool) -> None:
     try:
         os.link(tmp, path)  # fails if the name exists, whatever it is
     except FileExistsError:
-        raise OutputError(f"{path} already exists (an earlier run's output?): pass --overwrite to replace it, or "
-                          "choose another output folder") from None
+        raise OutputError(
+            f"{path} already exists (an earlier run's output?): pass --overwrite to replace it, or "
+            "choose another output folder"
+        ) from None
     except OSError:  # a filesystem without hard links
         check_target(path, replace=False)
         os.replace(tmp, path)

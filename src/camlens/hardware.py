@@ -73,17 +73,22 @@ def cpu_description() -> str:
     name = _cpuinfo()[0] or str(_torch_capabilities().get("cpu_name") or platform.processor() or platform.machine())
     flags = cpu_flags()
     units = [f for f in UNITS if f in flags]
-    return (f"{name}, {os.cpu_count()} cores, torch {torch.get_num_threads()} threads; "
-            f"{' '.join(units) or 'no AVX2/AVX-512/AMX'}{'' if 'avx512f' in flags else ' (no AVX-512)'}")
+    return (
+        f"{name}, {os.cpu_count()} cores, torch {torch.get_num_threads()} threads; "
+        f"{' '.join(units) or 'no AVX2/AVX-512/AMX'}{'' if 'avx512f' in flags else ' (no AVX-512)'}"
+    )
 
 
 def usable_approximation(approximate: bool | torch.dtype, device: torch.device) -> bool | torch.dtype:
     """``approximate`` as given, except bfloat16 on a CPU without bfloat16 units: ``False`` (the exact mode,
     faster there), with a warning naming the reason."""
     if approximate in (True, torch.bfloat16) and device.type == "cpu" and not cpu_has_bf16():
-        warnings.warn("approximate=True (bfloat16) needs a CPU with bfloat16 units (avx512_bf16, amx_bf16 or Arm "
-                      "bf16), which this one lacks: running the exact float32 mode, which is faster here",
-                      RuntimeWarning, stacklevel=3)
+        warnings.warn(
+            "approximate=True (bfloat16) needs a CPU with bfloat16 units (avx512_bf16, amx_bf16 or Arm "
+            "bf16), which this one lacks: running the exact float32 mode, which is faster here",
+            RuntimeWarning,
+            stacklevel=3,
+        )
         return False
     return approximate
 
@@ -130,11 +135,14 @@ def check_device(spec: str | torch.device) -> torch.device:
     if device.type == "cuda":
         if not torch.cuda.is_available():
             build = f"built for CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
-            raise CamlensError(f"--device {spec}: no CUDA GPU is usable here (torch {torch.__version__}, {build}); "
-                               "use --device cpu")
+            raise CamlensError(
+                f"--device {spec}: no CUDA GPU is usable here (torch {torch.__version__}, {build}); use --device cpu"
+            )
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise CamlensError(f"--device {spec}: this machine has {torch.cuda.device_count()} CUDA GPU(s), "
-                               f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+            raise CamlensError(
+                f"--device {spec}: this machine has {torch.cuda.device_count()} CUDA GPU(s), "
+                f"cuda:0 to cuda:{torch.cuda.device_count() - 1}"
+            )
     elif device.type == "mps" and not torch.backends.mps.is_available():
         raise CamlensError(f"--device {spec}: Apple's MPS is not available here; use --device cpu")
     return device

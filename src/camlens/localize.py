@@ -53,8 +53,10 @@ def localize_files(
     """
     output_folder(out_dir)
     if not overwrite and (out_dir / "boxes.json").exists():
-        raise OutputError(f"{out_dir} holds the boxes of an earlier run; keep them by choosing another --out, or "
-                          "pass --overwrite to replace them")
+        raise OutputError(
+            f"{out_dir} holds the boxes of an earlier run; keep them by choosing another --out, or "
+            "pass --overwrite to replace them"
+        )
     stems = output_stems(paths)
     records: list[dict] = []
     written: set[str] = set()  # an input given twice writes its overlay twice
@@ -74,17 +76,39 @@ def localize_files(
             probs = logits.float().softmax(-1)[0]
             entries = []
             for rank, (cls, box) in enumerate(zip(classes[0].tolist(), boxes.tolist()), 1):
-                entries.append({"rank": rank, "class": cls, "label": loaded.class_names[cls],
-                                "score": float(probs[cls]), "box": [float(v) for v in box]})
+                entries.append(
+                    {
+                        "rank": rank,
+                        "class": cls,
+                        "label": loaded.class_names[cls],
+                        "score": float(probs[cls]),
+                        "box": [float(v) for v in box],
+                    }
+                )
             drawn = [e for e in entries if e["box"][2] > e["box"][0] and e["box"][3] > e["box"][1]]
             picture = overlay(image, maps[0]) if entries else image
             name = f"{stems[path]}_boxes.png"
-            save_image(draw_boxes(picture, [e["box"] for e in drawn], colors=("lime", "red", "yellow", "cyan", "magenta"),
-                                  labels=[f"{e['label']} {e['score']:.0%}" for e in drawn]), out_dir / name,
-                       replace=overwrite or name in written)
+            save_image(
+                draw_boxes(
+                    picture,
+                    [e["box"] for e in drawn],
+                    colors=("lime", "red", "yellow", "cyan", "magenta"),
+                    labels=[f"{e['label']} {e['score']:.0%}" for e in drawn],
+                ),
+                out_dir / name,
+                replace=overwrite or name in written,
+            )
             written.add(name)
-            records.append({"file": str(path), "size": [int(image.shape[-1]), int(image.shape[-2])],
-                            "protocol": protocol, "threshold": threshold, "boxes": entries, "overlay": name})
+            records.append(
+                {
+                    "file": str(path),
+                    "size": [int(image.shape[-1]), int(image.shape[-2])],
+                    "protocol": protocol,
+                    "threshold": threshold,
+                    "boxes": entries,
+                    "overlay": name,
+                }
+            )
             progress(1)
     write_json({"images": records}, out_dir / "boxes.json", replace=overwrite)
     return records

@@ -43,7 +43,9 @@ def normalize(maps: Tensor, eps: float = 0.0, *, spatial_dims: int = 2) -> Tenso
     flat = maps.flatten(-_spatial_dims(maps, spatial_dims))
     low = flat.amin(-1, keepdim=True)
     span = flat.amax(-1, keepdim=True) - low
-    scaled = torch.where(span > eps, (flat - low) / span.clamp_min(torch.finfo(flat.dtype).tiny), torch.zeros_like(flat))
+    scaled = torch.where(
+        span > eps, (flat - low) / span.clamp_min(torch.finfo(flat.dtype).tiny), torch.zeros_like(flat)
+    )
     return scaled.view_as(maps)
 
 
@@ -110,7 +112,8 @@ def fuse(
     if len(size) != spatial_dims:
         raise CamlensError(f"fuse size {tuple(size)} has {len(size)} dimensions for {spatial_dims}-D maps")
     scaled = [
-        normalize(m, spatial_dims=spatial_dims) if tuple(m.shape[-spatial_dims:]) == tuple(size)
+        normalize(m, spatial_dims=spatial_dims)
+        if tuple(m.shape[-spatial_dims:]) == tuple(size)
         else upsample(normalize(m, spatial_dims=spatial_dims), size)
         for m in maps
     ]

@@ -69,7 +69,9 @@ class LoadedModel:
     meta: dict = field(default_factory=dict)
 
 
-def _task_setup(model: nn.Module, arch: str, weights: str | None, size: tuple[int, int] | None) -> tuple[list, "Preprocess"]:
+def _task_setup(
+    model: nn.Module, arch: str, weights: str | None, size: tuple[int, int] | None
+) -> tuple[list, "Preprocess"]:
     """Class names and preprocessing of a segmentation, detection or video model.  Detectors normalize inside
     (their ``transform``), so they get [0, 1] images at ``size`` (default 800) and their internal resize is set
     to that size, so boxes are in the model input's pixels."""
@@ -78,8 +80,9 @@ def _task_setup(model: nn.Module, arch: str, weights: str | None, size: tuple[in
     m: Any = model  # torchvision's attributes (roi_heads, head, classifier) are not typed
     if task == "detection":
         head = getattr(m, "roi_heads", None)
-        count = (head.box_predictor.cls_score.out_features if head is not None
-                 else m.head.classification_head.num_classes)
+        count = (
+            head.box_predictor.cls_score.out_features if head is not None else m.head.classification_head.num_classes
+        )
         side = size or (800, 800)
         m.transform.min_size, m.transform.max_size = (min(side),), max(side)
         preprocess = Preprocess(side, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
@@ -122,8 +125,10 @@ def _num_classes_from_state(arch: str, state: dict[str, Tensor], options: dict |
     key = f"{find_classifier(build_model(arch, **(options or {})))[0]}.weight"
     if key not in state:
         keys = ", ".join(list(state)[:3]) or "none"
-        raise CamlensError(f"the checkpoint has no classifier weight {key!r} for {arch} (its first keys: {keys}); it "
-                           "was saved from another architecture: pass the --arch it was trained as")
+        raise CamlensError(
+            f"the checkpoint has no classifier weight {key!r} for {arch} (its first keys: {keys}); it "
+            "was saved from another architecture: pass the --arch it was trained as"
+        )
     return int(state[key].shape[0])
 
 
@@ -139,8 +144,10 @@ def _read_state(path: Path) -> tuple[dict[str, Tensor], dict]:
                 recorded = json.loads((f.metadata() or {}).get("camlens", "{}"))
             return load_file(str(path)), recorded
         except Exception as err:  # safetensors raises its own error type (and OSError, JSON errors) for bad files
-            raise CamlensError(f"cannot read checkpoint {str(path)!r}: not a valid .safetensors file "
-                               f"({first_line(err)}); it is damaged or truncated: copy or save it again") from err
+            raise CamlensError(
+                f"cannot read checkpoint {str(path)!r}: not a valid .safetensors file "
+                f"({first_line(err)}); it is damaged or truncated: copy or save it again"
+            ) from err
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # pickle errors come in many types; weights_only refuses anything but tensors
@@ -157,15 +164,17 @@ def _read_state(path: Path) -> tuple[dict[str, Tensor], dict]:
     return state, meta
 
 
-def _stated_options(meta: dict, source: str, wsol_method: str | None, large_feature_map: bool | None,
-                    wsol_params: dict[str, Any]) -> dict:
+def _stated_options(
+    meta: dict, source: str, wsol_method: str | None, large_feature_map: bool | None, wsol_params: dict[str, Any]
+) -> dict:
     """The builder options of a checkpoint that is not wsolevaluation's, with the caller's ``large_feature_map``,
     ``wsol_method`` and ``wsol_params`` applied to ``meta`` where it records none and checked where it does."""
     options = dict(meta.get("arch_options") or {})
     if large_feature_map is not None:
         if options.get("large_feature_map", large_feature_map) != large_feature_map:
-            raise CamlensError(f"{source} records large_feature_map={options['large_feature_map']}; drop the "
-                               "large-feature-map option")
+            raise CamlensError(
+                f"{source} records large_feature_map={options['large_feature_map']}; drop the large-feature-map option"
+            )
         options["large_feature_map"] = large_feature_map
     recorded = meta.get("wsol_method") or ({"name": "cam"} if meta.get("arch") else None)
     if wsol_method is not None and recorded is not None and recorded["name"] != wsol_method.lower():
@@ -176,8 +185,15 @@ def _stated_options(meta: dict, source: str, wsol_method: str | None, large_feat
     return options
 
 
-def _reference_model(state: dict[str, Tensor], meta: dict, source: str, arch: str | None, wsol_method: str | None,
-                     large_feature_map: bool | None, wsol_params: dict[str, Any]) -> tuple[nn.Module, str, dict] | None:
+def _reference_model(
+    state: dict[str, Tensor],
+    meta: dict,
+    source: str,
+    arch: str | None,
+    wsol_method: str | None,
+    large_feature_map: bool | None,
+    wsol_params: dict[str, Any],
+) -> tuple[nn.Module, str, dict] | None:
     """The network of a wsolevaluation checkpoint with its weights (and its WSOL method attached), its camlens
     name and metadata; None when the keys are no wsolevaluation layout and nothing says they are."""
     from .networks import build_network
@@ -190,12 +206,16 @@ def _reference_model(state: dict[str, Tensor], meta: dict, source: str, arch: st
     if layout is None:
         return None
     if arch is not None and arch not in NETWORKS:
-        raise CamlensError(f"{source} is a wsolevaluation checkpoint of {layout.arch}; --arch {arch} would run it with "
-                           f"other strides and heads: drop --arch (or pass --arch {layout.arch})")
+        raise CamlensError(
+            f"{source} is a wsolevaluation checkpoint of {layout.arch}; --arch {arch} would run it with "
+            f"other strides and heads: drop --arch (or pass --arch {layout.arch})"
+        )
     layout, method = resolve(layout, wsol_method, large_feature_map, source)
     if arch is not None and arch != layout.arch:
-        raise CamlensError(f"{source} has wsolevaluation's {layout.layout} layout of {layout.backbone} "
-                           f"({layout.arch}), not {arch}: drop --arch")
+        raise CamlensError(
+            f"{source} has wsolevaluation's {layout.layout} layout of {layout.backbone} "
+            f"({layout.arch}), not {arch}: drop --arch"
+        )
     with skeleton_only():  # every tensor comes from the file
         model = build_network(layout.arch, layout.num_classes, None, large_feature_map=layout.large_feature_map)
     state = camlens_state(state, layout)
@@ -206,8 +226,12 @@ def _reference_model(state: dict[str, Tensor], meta: dict, source: str, arch: st
     config = recorded_config(method, wsol_params)
     attach_recorded(model, config)  # after the weights: ADL's placement runs the network once
     info = {**(meta.get("wsolevaluation") or {}), "layout": layout.layout}
-    meta = {"arch": layout.arch, "arch_options": dict(getattr(model, "arch_options", {})), "wsol_method": config,
-            "wsolevaluation": info}
+    meta = {
+        "arch": layout.arch,
+        "arch_options": dict(getattr(model, "arch_options", {})),
+        "wsol_method": config,
+        "wsolevaluation": info,
+    }
     return model, layout.arch, meta
 
 
@@ -224,9 +248,11 @@ def _weights_only_error(path: Path, err: Exception) -> CamlensError:
             "--arch (or use camlens.models.save_checkpoint)"
         )
     reason = re.search(r"WeightsUnpickler error: \s*(.+)", text)
-    return CamlensError(f"cannot read checkpoint {str(path)!r} as a weights-only state dict: not a PyTorch weights "
-                        f"file ({reason.group(1).strip() if reason else first_line(text).split('. ')[0]}); give a .safetensors "
-                        "checkpoint or a file written by torch.save(model.state_dict(), ...)")
+    return CamlensError(
+        f"cannot read checkpoint {str(path)!r} as a weights-only state dict: not a PyTorch weights "
+        f"file ({reason.group(1).strip() if reason else first_line(text).split('. ')[0]}); give a .safetensors "
+        "checkpoint or a file written by torch.save(model.state_dict(), ...)"
+    )
 
 
 def save_checkpoint(
@@ -301,27 +327,33 @@ def load_model(
     meta: dict = {}
     if checkpoint is not None:
         state, meta = _read_state(Path(checkpoint))
-        reference = None if meta.get("arch") else _reference_model(state, meta, str(checkpoint), arch, wsol_method,
-                                                                     large_feature_map, wsol_params or {})
+        reference = (
+            None
+            if meta.get("arch")
+            else _reference_model(state, meta, str(checkpoint), arch, wsol_method, large_feature_map, wsol_params or {})
+        )
         if reference is not None:
             model, arch, meta = reference
             names = None
         else:
             arch = arch or meta.get("arch")
             if arch is None:
-                raise CamlensError(f"{checkpoint}: no architecture recorded in the checkpoint and its keys are no "
-                                   "wsolevaluation layout; pass --arch")
+                raise CamlensError(
+                    f"{checkpoint}: no architecture recorded in the checkpoint and its keys are no "
+                    "wsolevaluation layout; pass --arch"
+                )
             names = meta.get("class_names")
             options = _stated_options(meta, str(checkpoint), wsol_method, large_feature_map, wsol_params or {})
-            model = build_model(arch, len(names) if names else _num_classes_from_state(arch, state, options),
-                                **options)
+            model = build_model(arch, len(names) if names else _num_classes_from_state(arch, state, options), **options)
             if meta.get("wsol_method"):  # the training method's layers must exist before its weights are loaded
                 attach_recorded(model, meta["wsol_method"])
             try:
                 model.load_state_dict(state)
             except RuntimeError as err:
                 first = str(err).strip().splitlines()
-                raise CamlensError(f"{checkpoint} does not fit {arch}: {first[1] if len(first) > 1 else first[0]}") from err
+                raise CamlensError(
+                    f"{checkpoint} does not fit {arch}: {first[1] if len(first) > 1 else first[0]}"
+                ) from err
         base = Preprocess.from_json(meta["preprocess"]) if "preprocess" in meta else Preprocess()
     else:
         if arch is None:

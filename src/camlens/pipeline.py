@@ -83,16 +83,26 @@ class Summary:
     def write(self, out_dir: Path) -> None:
         """summary.json and summary.csv in ``out_dir``; text cells of the CSV neutralized (:func:`csv_text`)."""
         output_folder(out_dir)
-        write_atomic(out_dir / SUMMARIES[0], json.dumps({"images": self.records, "errors": self.errors,
-                                                         "skipped": self.skipped}, indent=2))
+        write_atomic(
+            out_dir / SUMMARIES[0],
+            json.dumps({"images": self.records, "errors": self.errors, "skipped": self.skipped}, indent=2),
+        )
         rows = io.StringIO()
         writer = csv.writer(rows)
         writer.writerow(["file", "rank", "class", "label", "score", "overlay"])
         for rec in self.records:
             for rank, pred in enumerate(rec["explained"], 1):
                 score = "" if pred["score"] is None else f"{pred['score']:.6f}"
-                writer.writerow([csv_text(rec["file"]), rank, pred["class"], csv_text(pred["label"]), score,
-                                 csv_text(pred["overlay"])])
+                writer.writerow(
+                    [
+                        csv_text(rec["file"]),
+                        rank,
+                        pred["class"],
+                        csv_text(pred["label"]),
+                        score,
+                        csv_text(pred["overlay"]),
+                    ]
+                )
         write_atomic(out_dir / SUMMARIES[1], rows.getvalue())
 
 
@@ -105,14 +115,16 @@ def _safe(name: str) -> str:
 Decoded = list[tuple[Path, "np.ndarray | Path | ImageError", int]]
 
 
-def _decoded_batches(batches: Sequence[Sequence[Path]], pool: ThreadPoolExecutor, max_pixels: int,
-                     rank: int, budget: DecodeBudget) -> Iterator[Decoded]:
+def _decoded_batches(
+    batches: Sequence[Sequence[Path]], pool: ThreadPoolExecutor, max_pixels: int, rank: int, budget: DecodeBudget
+) -> Iterator[Decoded]:
     """The batches' image files decoded in ``pool`` up to AHEAD parts ahead (``.npy`` files are passed on).
 
     Each image file's pixels (from its header) are taken from ``budget`` before it is queued for decoding; the
     caller gives them back once the image's files are written.  When the next image does not fit, the images
     queued so far are handed out first (the current batch's as a part of it), so the caller can run them and
     give their pixels back; a part is never waited on while it holds pixels that the next image needs."""
+
     def decode(path: Path) -> np.ndarray | Path | ImageError:
         if path.suffix.lower() == ".npy":
             return path
@@ -148,13 +160,16 @@ def _decoded_batches(batches: Sequence[Sequence[Path]], pool: ThreadPoolExecutor
             yield oldest()
 
 
-def _as_input(path: Path, item: np.ndarray | Path | ImageError, rank: int, max_pixels: int,
-              target: TargetRecipe | None) -> tuple[Tensor, np.ndarray | None] | ImageError:
+def _as_input(
+    path: Path, item: np.ndarray | Path | ImageError, rank: int, max_pixels: int, target: TargetRecipe | None
+) -> tuple[Tensor, np.ndarray | None] | ImageError:
     """The image (3, H, W) or volume (C, D, H, W) in [0, 1], with an image file's bytes; or why it cannot be used."""
     if isinstance(item, ImageError):
         return item
     try:
-        img, rgb = (load_array(item, rank, max_pixels), None) if isinstance(item, Path) else (array_to_tensor(item), item)
+        img, rgb = (
+            (load_array(item, rank, max_pixels), None) if isinstance(item, Path) else (array_to_tensor(item), item)
+        )
     except ImageError as err:
         return err
     if target is not None:
@@ -229,8 +244,10 @@ def explain_files(
     key = {**(run_key or {}), "batch_size": batch_size}
     taken = _kept_files(out_dir, progress_dir, key, overwrite)
     if taken & set(SUMMARIES):
-        raise OutputError(f"{out_dir} holds the summary of an earlier run; keep it by choosing another --out, or "
-                          "pass --overwrite to replace it")
+        raise OutputError(
+            f"{out_dir} holds the summary of an earlier run; keep it by choosing another --out, or "
+            "pass --overwrite to replace it"
+        )
     previous = resume_entries(progress_dir, key, resume, ctx, overwrite)
     if ctx.is_main:
         write_atomic(progress_dir / KEPT, json.dumps(sorted(taken)))
@@ -240,8 +257,11 @@ def explain_files(
     todo = [batch for batch in mine if not all(str(p) in finished for p in batch)]
     progress(sum(map(len, mine)) - sum(map(len, todo)))
     log = ProgressLog(progress_dir, ctx)
-    budget = (DecodeBudget(decode_budget) if decode_budget else
-              DecodeBudget.for_batches(batch_size, loaded.preprocess.size, max_pixels))
+    budget = (
+        DecodeBudget(decode_budget)
+        if decode_budget
+        else DecodeBudget.for_batches(batch_size, loaded.preprocess.size, max_pixels)
+    )
     stems = output_stems(paths)
     entries: list[dict] = []
     rendering: deque[tuple[list[dict], list[tuple[int, Future[Any]]], int]] = deque()
@@ -265,8 +285,11 @@ def explain_files(
             progress(count)
 
     # the figures draw with pyplot, which is not thread-safe: one render thread then
-    with ThreadPoolExecutor(max(1, workers)) as decode_pool, \
-            ThreadPoolExecutor(1 if render.figure else max(1, workers)) as render_pool:
+    with (
+        ThreadPoolExecutor(max(1, workers)) as decode_pool,
+        ThreadPoolExecutor(1 if render.figure else max(1, workers)) as render_pool,
+    ):
+
         def run(batch: Decoded) -> tuple[list[dict], list[tuple[int, Future[Any]]]]:
             """Explain one part and queue its files; the part's pixels are dropped here (its list emptied, no
             local left), so that only the render queue holds them, as the budget counts."""
@@ -290,7 +313,11 @@ def explain_files(
                     sizes = [(int(img.shape[-1]), int(img.shape[-2])) for _, img, _ in good]
                     res = layered(x, target=target.build(sizes, x.shape[-2:]))
                 else:
-                    per_sample = classes if isinstance(classes, (int, str)) or classes is None else cast(ClassSpec, [classes] * len(good))
+                    per_sample = (
+                        classes
+                        if isinstance(classes, (int, str)) or classes is None
+                        else cast(ClassSpec, [classes] * len(good))
+                    )
                     res = explainer(x, per_sample, topk=topk)
                 probs = res.logits.float().softmax(-1)
                 for i, (path, img, rgb) in enumerate(good):
@@ -379,8 +406,10 @@ def _check_free(out_dir: Path, slots: list[tuple[int, dict[str, Any]]], taken: s
         overlay = entry["overlay"]
         for name in (overlay, entry.get("figure"), overlay.rpartition(".")[0] + ".npy"):
             if name in taken:
-                raise OutputError(f"{out_dir / name} was there before this run: pass --overwrite to replace it, or "
-                                  "choose another --out")
+                raise OutputError(
+                    f"{out_dir / name} was there before this run: pass --overwrite to replace it, or "
+                    "choose another --out"
+                )
 
 
 def _model_input(loaded: LoadedModel, img: Tensor, rank: int) -> Tensor:
@@ -390,8 +419,16 @@ def _model_input(loaded: LoadedModel, img: Tensor, rank: int) -> Tensor:
     return prepare_volume(img, pre.size, pre.mean, pre.std, input_channels(loaded.model))
 
 
-def _image_record(loaded: LoadedModel, res: CAMResult, probs: Tensor, i: int, path: Path, img: Tensor, stem: str,
-                  render: RenderOptions) -> tuple[dict, list[tuple[int, dict[str, Any]]]]:
+def _image_record(
+    loaded: LoadedModel,
+    res: CAMResult,
+    probs: Tensor,
+    i: int,
+    path: Path,
+    img: Tensor,
+    stem: str,
+    render: RenderOptions,
+) -> tuple[dict, list[tuple[int, dict[str, Any]]]]:
     """The image's summary record, and the (map slot, entry) of each explained class that gets files."""
     explained: list[dict[str, Any]] = []
     slots: list[tuple[int, dict[str, Any]]] = []
@@ -400,13 +437,24 @@ def _image_record(loaded: LoadedModel, res: CAMResult, probs: Tensor, i: int, pa
         label = loaded.class_names[cls] if 0 <= cls < len(loaded.class_names) else "target"
         if value is not None and value != value:  # NaN: the target explains nothing here (no label, no match)
             if cls >= 0:  # not a multi-label padding slot: say why there is no overlay
-                explained.append({"class": cls, "label": label, "score": None, "overlay": "",
-                                  "note": "nothing to explain: no matching box or no pixel of this class"})
+                explained.append(
+                    {
+                        "class": cls,
+                        "label": label,
+                        "score": None,
+                        "overlay": "",
+                        "note": "nothing to explain: no matching box or no pixel of this class",
+                    }
+                )
             continue
         name = f"{stem}_{slot + 1}_{_safe(label)}"
         score = value if value is not None else float(probs[i, cls]) if cls >= 0 else None
-        entry: dict[str, Any] = {"class": cls, "label": label, "score": score,
-                                 "overlay": f"{name}.{render.image_format}"}
+        entry: dict[str, Any] = {
+            "class": cls,
+            "label": label,
+            "score": score,
+            "overlay": f"{name}.{render.image_format}",
+        }
         if render.figure:
             entry["figure"] = f"{name}_figure.png"
         explained.append(entry)
@@ -414,14 +462,29 @@ def _image_record(loaded: LoadedModel, res: CAMResult, probs: Tensor, i: int, pa
     if probs.ndim != 2 or loaded.meta.get("task") in ("detection", "segmentation"):  # no image-level classes
         probs = probs.new_zeros(probs.shape[0], 0)
     top = probs[i].topk(min(5, probs.shape[1]))
-    predictions = [{"class": int(c), "label": loaded.class_names[int(c)], "score": float(s)} for s, c in zip(top.values, top.indices)]
-    record = {"file": str(path), "size": [int(img.shape[-1]), int(img.shape[-2])], "predictions": predictions,
-              "explained": explained}
+    predictions = [
+        {"class": int(c), "label": loaded.class_names[int(c)], "score": float(s)}
+        for s, c in zip(top.values, top.indices)
+    ]
+    record = {
+        "file": str(path),
+        "size": [int(img.shape[-1]), int(img.shape[-2])],
+        "predictions": predictions,
+        "explained": explained,
+    }
     return record, slots
 
 
-def _write_image(slots: list[tuple[int, dict[str, Any]]], res: CAMResult, i: int, img: Tensor, rgb: np.ndarray | None,
-                 out_dir: Path, render: RenderOptions, pool: ThreadPoolExecutor) -> list[Future[Any]]:
+def _write_image(
+    slots: list[tuple[int, dict[str, Any]]],
+    res: CAMResult,
+    i: int,
+    img: Tensor,
+    rgb: np.ndarray | None,
+    out_dir: Path,
+    render: RenderOptions,
+    pool: ThreadPoolExecutor,
+) -> list[Future[Any]]:
     """Queue the files of one input in ``pool``.  An image file's overlay: colormap indices computed here (on the
     maps' device), the blend and encoding in the pool.  A ``.npy`` image's or a volume's overlay is rendered here
     by :mod:`camlens.render` (its pixels are not bytes) and encoded in the pool; a volume's map is upsampled to
@@ -446,8 +509,17 @@ def _write_image(slots: list[tuple[int, dict[str, Any]]], res: CAMResult, i: int
             score = entry["score"]
             title = entry["label"] if score is None else f"{entry['label']} ({score:.2f})"
             figure = volume_figure if volume else three_panel_figure
-            futures.append(pool.submit(figure, img, cam, out_dir / entry["figure"], title=title,
-                                       colormap=render.colormap, alpha=render.alpha))
+            futures.append(
+                pool.submit(
+                    figure,
+                    img,
+                    cam,
+                    out_dir / entry["figure"],
+                    title=title,
+                    colormap=render.colormap,
+                    alpha=render.alpha,
+                )
+            )
     return futures
 
 

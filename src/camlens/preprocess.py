@@ -38,10 +38,15 @@ class Preprocess:
 
     def __post_init__(self) -> None:
         size = self.size
-        if (not isinstance(size, (tuple, list)) or len(size) != 2
-                or not all(isinstance(v, int) and 1 <= v <= MAX_INPUT_SIDE for v in size)):
-            raise CamlensError(f"the model's input size must be (height, width), each 1 to {MAX_INPUT_SIDE} pixels; "
-                               f"got {size!r} (pass --size N)")
+        if (
+            not isinstance(size, (tuple, list))
+            or len(size) != 2
+            or not all(isinstance(v, int) and 1 <= v <= MAX_INPUT_SIDE for v in size)
+        ):
+            raise CamlensError(
+                f"the model's input size must be (height, width), each 1 to {MAX_INPUT_SIDE} pixels; "
+                f"got {size!r} (pass --size N)"
+            )
         object.__setattr__(self, "size", (int(size[0]), int(size[1])))
 
     def __call__(self, images: Tensor) -> Tensor:

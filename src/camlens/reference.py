@@ -61,8 +61,9 @@ def curve_interval(protocol: str, interval: float | None, scoring_saved_maps: bo
     return None
 
 
-def reference_input(images: Sequence[Tensor], size: Sequence[int], mean: Sequence[float],
-                    std: Sequence[float]) -> Tensor:
+def reference_input(
+    images: Sequence[Tensor], size: Sequence[int], mean: Sequence[float], std: Sequence[float]
+) -> Tensor:
     """The reference code's test input: each image (3, H, W) in [0, 1] (8-bit pixels, as decoded) resized by PIL's
     bilinear filter to ``size`` (H, W), then normalized: ``(x - mean) / std``; (B, 3, h, w) float32."""
     h, w = (int(v) for v in size)
@@ -79,8 +80,9 @@ def reference_score_maps(maps: Tensor, size: Sequence[int]) -> Tensor:
     """The reference code's score maps: raw maps (B, h, w) resized to ``size`` (H, W) by bicubic interpolation
     (OpenCV's INTER_CUBIC and torch's bicubic both use a = -0.75 with replicated borders; they agree to float32
     rounding) and min-max normalized; a constant map, or one with NaN, gives zeros (``normalize_scoremap``)."""
-    up = F.interpolate(maps.detach().float()[:, None], size=tuple(int(v) for v in size), mode="bicubic",
-                       align_corners=False)[:, 0]
+    up = F.interpolate(
+        maps.detach().float()[:, None], size=tuple(int(v) for v in size), mode="bicubic", align_corners=False
+    )[:, 0]
     finite = torch.isfinite(up).flatten(1).all(1)
     return torch.where(finite[:, None, None], normalize(up.nan_to_num()), torch.zeros_like(up))
 
@@ -103,8 +105,10 @@ def backbone_family(arch: str) -> str:
     for family in ("vgg", "resnet", "inception"):
         if family in name:
             return family
-    raise CamlensError(f"--protocol wsolevaluation trains Choe et al.'s backbones (VGG16, ResNet50, InceptionV3); "
-                       f"{arch!r} is none of them")
+    raise CamlensError(
+        f"--protocol wsolevaluation trains Choe et al.'s backbones (VGG16, ResNet50, InceptionV3); "
+        f"{arch!r} is none of them"
+    )
 
 
 def reference_parameter_groups(model: nn.Module, arch: str, lr_mult: float) -> list[dict]:
@@ -120,6 +124,8 @@ def reference_parameter_groups(model: nn.Module, arch: str, lr_mult: float) -> l
             continue
         matched = any(p in name for p in patterns)
         (boosted if matched == (family == "resnet") else base).append(param)
-    groups = [{"params": base, "lr_mult": 1.0, "name": "features"},
-              {"params": boosted, "lr_mult": float(lr_mult), "name": "classifier"}]
+    groups = [
+        {"params": base, "lr_mult": 1.0, "name": "features"},
+        {"params": boosted, "lr_mult": float(lr_mult), "name": "classifier"},
+    ]
     return [g for g in groups if g["params"]]

@@ -43,7 +43,9 @@ def _lut(colormap: str) -> Tensor:
     try:
         cmap = matplotlib.colormaps[colormap]
     except KeyError:
-        raise CamlensError(f"unknown colormap {colormap!r}; any matplotlib colormap name works (jet, viridis, ...)") from None
+        raise CamlensError(
+            f"unknown colormap {colormap!r}; any matplotlib colormap name works (jet, viridis, ...)"
+        ) from None
     return torch.from_numpy(cmap(np.linspace(0.0, 1.0, 256))[:, :3].astype(np.float32))
 
 
@@ -110,8 +112,9 @@ def draw_boxes(
     return img
 
 
-def save_image(image: Tensor | Image.Image, path: str | Path, quality: int = JPEG_QUALITY, *,
-               replace: bool = True) -> Path:
+def save_image(
+    image: Tensor | Image.Image, path: str | Path, quality: int = JPEG_QUALITY, *, replace: bool = True
+) -> Path:
     """Save as PNG or JPEG (chosen by the suffix), atomically (:func:`camlens.files.atomic_open`); an existing
     file is kept (:class:`camlens.files.OutputError`) unless ``replace``."""
     path = Path(path)
@@ -248,25 +251,32 @@ def _unit(t: Tensor) -> Tensor:
     return (t - t.min()) / span if span > 0 else torch.zeros_like(t)
 
 
-def signal_figure(
-    signal: Tensor, cam: Tensor, path: str | Path, *, title: str = "", colormap: str = "jet"
-) -> Path:
+def signal_figure(signal: Tensor, cam: Tensor, path: str | Path, *, title: str = "", colormap: str = "jet") -> Path:
     """A 1-D signal (C, L) or (L,) with its map beneath: the channels plotted against the sample index over a
     band coloured by the map, and under them the map (L') min-max normalized and linearly upsampled to the L
     samples (:func:`camlens.normalize`, :func:`camlens.upsample`) as a line in [0, 1]."""
     if signal.ndim == 1:
         signal = signal[None]
     if signal.ndim != 2 or cam.ndim != 1:
-        raise CamlensError(f"signal_figure takes a signal (C, L) and a map (L',), got {tuple(signal.shape)} and "
-                           f"{tuple(cam.shape)}")
+        raise CamlensError(
+            f"signal_figure takes a signal (C, L) and a map (L',), got {tuple(signal.shape)} and {tuple(cam.shape)}"
+        )
     length = signal.shape[-1]
     curve = upsample(normalize(cam.float(), spatial_dims=1), (length,)).cpu()
     plt = _pyplot()
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 4.2), sharex=True, height_ratios=(2, 1))
     values = signal.detach().float().cpu()
     low, high = float(values.min()), float(values.max())
-    top.imshow(curve[None].numpy(), cmap=colormap, aspect="auto", alpha=0.35, vmin=0, vmax=1,
-               extent=(-0.5, length - 0.5, low, high if high > low else low + 1), interpolation="nearest")
+    top.imshow(
+        curve[None].numpy(),
+        cmap=colormap,
+        aspect="auto",
+        alpha=0.35,
+        vmin=0,
+        vmax=1,
+        extent=(-0.5, length - 0.5, low, high if high > low else low + 1),
+        interpolation="nearest",
+    )
     for channel in values:
         top.plot(channel.numpy(), linewidth=1)
     top.set_ylabel("signal")
@@ -302,8 +312,10 @@ def volume_panels(
     if volume.ndim == 3:
         volume = volume[None]
     if volume.ndim != 4 or volume.shape[0] not in (1, 3) or cam.ndim != 3:
-        raise CamlensError(f"volume_panels takes a volume (C, D, H, W) with C = 1 or 3 and a map (d, h, w), got "
-                           f"{tuple(volume.shape)} and {tuple(cam.shape)}")
+        raise CamlensError(
+            f"volume_panels takes a volume (C, D, H, W) with C = 1 or 3 and a map (d, h, w), got "
+            f"{tuple(volume.shape)} and {tuple(cam.shape)}"
+        )
     if axis not in (0, 1, 2) or slices < 1:
         raise CamlensError(f"axis={axis} must be 0, 1 or 2 and slices={slices} at least 1")
     if not 0.0 <= alpha <= 1.0:

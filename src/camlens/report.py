@@ -67,12 +67,12 @@ def _cell(value: object) -> str:
 def table_html(table: TableLike) -> str:
     t = as_table(table)
     head = "".join(f"<th>{html.escape(str(h))}</th>" for h in t.header)
-    body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(_cell(v))}</td>" for v in row) + "</tr>" for row in t.rows
-    )
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(_cell(v))}</td>" for v in row) + "</tr>" for row in t.rows)
     note = f'<p class="note">{html.escape(t.note)}</p>' if t.note else ""
-    return (f"<section><h2>{html.escape(t.title)}</h2><table><thead><tr>{head}</tr></thead>"
-            f"<tbody>{body}</tbody></table>{note}</section>")
+    return (
+        f"<section><h2>{html.escape(t.title)}</h2><table><thead><tr>{head}</tr></thead>"
+        f"<tbody>{body}</tbody></table>{note}</section>"
+    )
 
 
 def confusion_html(confusion: Tensor, classes: Sequence[str], title: str = "Confusion matrix", note: str = "") -> str:
@@ -94,8 +94,10 @@ def confusion_html(confusion: Tensor, classes: Sequence[str], title: str = "Conf
         recall = f"{row[i] / total:.1%}" if total else "-"
         rows.append(f"<tr><th>{html.escape(classes[i])}</th>{''.join(cells)}<td>{recall}</td></tr>")
     note_html = f'<p class="note">{html.escape(note)}</p>' if note else ""
-    return (f"<section><h2>{html.escape(title)}</h2><table class=\"confusion\"><thead><tr>{head}</tr></thead>"
-            f"<tbody>{''.join(rows)}</tbody></table>{note_html}</section>")
+    return (
+        f'<section><h2>{html.escape(title)}</h2><table class="confusion"><thead><tr>{head}</tr></thead>'
+        f"<tbody>{''.join(rows)}</tbody></table>{note_html}</section>"
+    )
 
 
 def _gallery(examples: Sequence[Example]) -> str:
@@ -103,8 +105,10 @@ def _gallery(examples: Sequence[Example]) -> str:
     for ex in examples:
         cls = {True: "ok", False: "bad", None: ""}[ex.ok]
         lines = "".join(f"<div>{html.escape(line)}</div>" for line in ex.lines)
-        tiles.append(f'<figure class="{cls}"><img src="{png_data_uri(ex.image)}" alt="{html.escape(ex.caption)}">'
-                     f"<figcaption><b>{html.escape(ex.caption)}</b>{lines}</figcaption></figure>")
+        tiles.append(
+            f'<figure class="{cls}"><img src="{png_data_uri(ex.image)}" alt="{html.escape(ex.caption)}">'
+            f"<figcaption><b>{html.escape(ex.caption)}</b>{lines}</figcaption></figure>"
+        )
     return f'<div class="gallery">{"".join(tiles)}</div>'
 
 
@@ -146,8 +150,10 @@ def write_report(
     """Write the report: a title and intro, key ``figures`` as (label, value) cards, the gallery, the confusion
     matrix (rows: true class, columns: predicted) with ``confusion_note``, then every table in order, then more
     ``galleries`` as (title, legend, examples) and the ``trailer`` tables after them.  Returns the path."""
-    cards = "".join(f'<div class="card"><div class="v">{html.escape(v)}</div><div class="k">{html.escape(k)}</div>'
-                    "</div>" for k, v in figures)
+    cards = "".join(
+        f'<div class="card"><div class="v">{html.escape(v)}</div><div class="k">{html.escape(k)}</div></div>'
+        for k, v in figures
+    )
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',

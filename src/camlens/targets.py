@@ -79,8 +79,10 @@ class _ClassScore(Target):
             return [type(self)(logits.detach().argmax(1))]
         table = _per_sample(self.category, x.shape[0], "category", logits.device)
         if table.numel() and (table.max() >= logits.shape[1] or table.min() < -1):
-            raise CamlensError(f"{type(self).__name__}: class {int(table.max())} is out of range: the model has "
-                               f"{logits.shape[1]} classes (0..{logits.shape[1] - 1})")
+            raise CamlensError(
+                f"{type(self).__name__}: class {int(table.max())} is out of range: the model has "
+                f"{logits.shape[1]} classes (0..{logits.shape[1] - 1})"
+            )
         return [type(self)(table)]
 
     def classes(self, batch: int, device: torch.device) -> Tensor:
@@ -93,8 +95,9 @@ class _ClassScore(Target):
 
     def __call__(self, output: Any, rows: Tensor) -> Tensor:
         if self.category is None:
-            raise CamlensError(f"{type(self).__name__}() without a class is bound to the unperturbed output first "
-                               "(explainers do this)")
+            raise CamlensError(
+                f"{type(self).__name__}() without a class is bound to the unperturbed output first (explainers do this)"
+            )
         logits = output_logits(output)
         category = torch.as_tensor(self.category, dtype=torch.long, device=logits.device)
         category = category.expand(len(rows)) if category.ndim == 0 else category[rows.to(logits.device)]
@@ -173,8 +176,10 @@ class Regression(Target):
         if y.ndim == 2 and self.index is not None and -y.shape[1] <= self.index < y.shape[1]:
             return y[:, self.index]
         need = "an index" if self.index is None else f"index {self.index} to be in range"
-        raise CamlensError(f"Regression: the model output has shape {tuple(y.shape)}; that needs {need} "
-                           "(one column of a (batch, D) output)")
+        raise CamlensError(
+            f"Regression: the model output has shape {tuple(y.shape)}; that needs {need} "
+            "(one column of a (batch, D) output)"
+        )
 
     def __repr__(self) -> str:
         return f"Regression({self.index!r})"
@@ -183,8 +188,10 @@ class Regression(Target):
 def _segment_scores(output: Any) -> Tensor:
     out = output_logits(output)
     if out.ndim != 4:
-        raise CamlensError(f"Segmentation needs per-pixel class scores (batch, classes, H, W), as torchvision's "
-                           f"segmentation models return in 'out'; the model output has shape {tuple(out.shape)}")
+        raise CamlensError(
+            f"Segmentation needs per-pixel class scores (batch, classes, H, W), as torchvision's "
+            f"segmentation models return in 'out'; the model output has shape {tuple(out.shape)}"
+        )
     return out
 
 
@@ -202,16 +209,20 @@ class Segmentation(Target):
     def bind(self, output: Any, x: Tensor) -> list[Target]:
         out = _segment_scores(output)
         if not 0 <= self.category < out.shape[1]:
-            raise CamlensError(f"Segmentation: class {self.category} is out of range: the model segments "
-                               f"{out.shape[1]} classes (0..{out.shape[1] - 1})")
+            raise CamlensError(
+                f"Segmentation: class {self.category} is out of range: the model segments "
+                f"{out.shape[1]} classes (0..{out.shape[1] - 1})"
+            )
         if self.mask is None:
             return [Segmentation(self.category, out.detach().argmax(1) == self.category)]
         mask = self.mask.to(out.device)
         if mask.ndim == 2:
             mask = mask.expand(out.shape[0], *mask.shape)
         if mask.shape != (out.shape[0], *out.shape[-2:]):
-            raise CamlensError(f"Segmentation: the mask has shape {tuple(self.mask.shape)}; give (H, W) or (B, H, W) "
-                               f"at the output's resolution {tuple(out.shape[-2:])}")
+            raise CamlensError(
+                f"Segmentation: the mask has shape {tuple(self.mask.shape)}; give (H, W) or (B, H, W) "
+                f"at the output's resolution {tuple(out.shape[-2:])}"
+            )
         return [Segmentation(self.category, mask)]
 
     def classes(self, batch: int, device: torch.device) -> Tensor:
@@ -243,12 +254,15 @@ def _box_iou(box: Tensor, boxes: Tensor) -> Tensor:
 
 
 def _detections(output: Any) -> Sequence[dict]:
-    if not (isinstance(output, (list, tuple)) and all(
-        isinstance(d, dict) and all(k in d for k in ("boxes", "labels", "scores")) for d in output
-    )):
-        raise CamlensError(f"Detection needs a detector's output, a list of dicts with 'boxes', 'labels' and "
-                           f"'scores' per image (torchvision's Faster R-CNN, RetinaNet, FCOS in eval mode); the "
-                           f"model returned {type(output).__name__}")
+    if not (
+        isinstance(output, (list, tuple))
+        and all(isinstance(d, dict) and all(k in d for k in ("boxes", "labels", "scores")) for d in output)
+    ):
+        raise CamlensError(
+            f"Detection needs a detector's output, a list of dicts with 'boxes', 'labels' and "
+            f"'scores' per image (torchvision's Faster R-CNN, RetinaNet, FCOS in eval mode); the "
+            f"model returned {type(output).__name__}"
+        )
     return output
 
 
@@ -280,8 +294,10 @@ class Detection(Target):
         height, width = x.shape[-2:]
         for b in boxes.tolist():
             if not (0 <= b[0] < b[2] <= width and 0 <= b[1] < b[3] <= height):
-                raise CamlensError(f"Detection: box {b} is empty or lies outside the {width}x{height} input "
-                                   "([x0, y0, x1, y1] with 0 <= x0 < x1 <= W, 0 <= y0 < y1 <= H)")
+                raise CamlensError(
+                    f"Detection: box {b} is empty or lies outside the {width}x{height} input "
+                    "([x0, y0, x1, y1] with 0 <= x0 < x1 <= W, 0 <= y0 < y1 <= H)"
+                )
         bound = Detection(boxes, _per_sample(self.category, batch, "category", torch.device("cpu")), self.min_iou)
         with torch.no_grad():
             bound._matched = bound(output, torch.arange(batch)) > 0

@@ -76,7 +76,7 @@ class TokenLayout:
             count = t.shape[1] - self.prefix
             for h, w in grids:
                 if h * w == count:
-                    return t[:, self.prefix:].reshape(t.shape[0], h, w, t.shape[2]).permute(0, 3, 1, 2)
+                    return t[:, self.prefix :].reshape(t.shape[0], h, w, t.shape[2]).permute(0, 3, 1, 2)
         elif t.ndim == 4:
             if self.channels_last and tuple(t.shape[1:3]) in grids:
                 return t.permute(0, 3, 1, 2)
@@ -205,12 +205,19 @@ def _huggingface(model: nn.Module, size: tuple[int, int]) -> TokenLayout | None:
     embeddings = next((m for m in model.modules() if isinstance(getattr(m, "cls_token", None), Tensor)), None)
     if embeddings is not None:  # ViT, DeiT, DINOv2: class (+ distillation) (+ register) tokens
         registers = getattr(embeddings, "register_tokens", None)
-        prefix = 1 + isinstance(getattr(embeddings, "distillation_token", None), Tensor) + (
-            registers.shape[1] if isinstance(registers, Tensor) else 0)
+        prefix = (
+            1
+            + isinstance(getattr(embeddings, "distillation_token", None), Tensor)
+            + (registers.shape[1] if isinstance(registers, Tensor) else 0)
+        )
         image_size = getattr(config, "image_size", None)
         if image_size is not None and config.model_type in ("vit", "deit"):
-            _fixed(size, _pair(image_size), family, "called positionally, the model does not interpolate its "
-                   "position embeddings")
+            _fixed(
+                size,
+                _pair(image_size),
+                family,
+                "called positionally, the model does not interpolate its position embeddings",
+            )
         grid = _divided(size, patch, family)
         return TokenLayout(prefix, grid, False, patch, _last_named(model, ("layernorm_before",)), family)
     depths = getattr(config, "depths", None)

@@ -129,11 +129,14 @@ class _Writer:
     """One overlay video: frames encoded in order, written under a temporary name and renamed by :meth:`close`
     (:func:`camlens.files.atomic_path`: a symlink at ``path`` is refused, and an existing file unless ``replace``)."""
 
-    def __init__(self, av: Any, path: Path, rate: Fraction, width: int, height: int, options: VideoOptions,
-                 replace: bool) -> None:
+    def __init__(
+        self, av: Any, path: Path, rate: Fraction, width: int, height: int, options: VideoOptions, replace: bool
+    ) -> None:
         self.publish = ExitStack()
         self.temporary = self.publish.enter_context(atomic_path(path, replace=replace))
-        self.container = av.open(str(self.temporary), mode="w", format=CONTAINERS[options.codec].replace("mkv", "matroska"))
+        self.container = av.open(
+            str(self.temporary), mode="w", format=CONTAINERS[options.codec].replace("mkv", "matroska")
+        )
         stream = self.container.add_stream(options.codec, rate=rate)
         stream.width, stream.height = width, height
         if options.codec in ("ffv1", "png"):
@@ -224,17 +227,28 @@ def explain_video(
             try:
                 for batch in _frame_batches(container, stream, options, batch_size):
                     rgb = np.stack([pixels for _, _, pixels in batch])
-                    x = loaded.preprocess(torch.from_numpy(rgb).permute(0, 3, 1, 2).float().div_(255)
-                                          .to(next(loaded.model.parameters()).device))
+                    x = loaded.preprocess(
+                        torch.from_numpy(rgb)
+                        .permute(0, 3, 1, 2)
+                        .float()
+                        .div_(255)
+                        .to(next(loaded.model.parameters()).device)
+                    )
                     res = explainer(x, per_frame * len(batch) if per_frame else classes, topk=topk)
                     probs = res.logits.float().softmax(-1)
                     height, width = rgb.shape[1:3]
                     if not writers:
                         extension = CONTAINERS[options.codec]
-                        writers = [_Writer(av, out_dir / f"{stem}_{rank + 1}.{extension}", rate, width, height, options,
-                                           overwrite) for rank in range(res.classes.shape[1])]
-                    indices = [[colormap_index(res.maps[i, k], (height, width)) for k in range(len(writers))]
-                               for i in range(len(batch))]
+                        writers = [
+                            _Writer(
+                                av, out_dir / f"{stem}_{rank + 1}.{extension}", rate, width, height, options, overwrite
+                            )
+                            for rank in range(res.classes.shape[1])
+                        ]
+                    indices = [
+                        [colormap_index(res.maps[i, k], (height, width)) for k in range(len(writers))]
+                        for i in range(len(batch))
+                    ]
                     for i, (number, seconds, _) in enumerate(batch):
                         frames.append(_frame_record(loaded, probs[i], res.classes[i].tolist(), number, seconds))
                     pending.append(encoder.submit(_encode, writers, rgb, indices, render))
@@ -255,12 +269,20 @@ def explain_video(
             writer.abandon()
         container.close()
     outputs = [f"{stem}_{rank + 1}.{CONTAINERS[options.codec]}" for rank in range(len(frames[0]["explained"]))]
-    record = {"file": str(path), "size": [int(width), int(height)], "rate": str(rate), "frames": len(frames),
-              "frame_table": f"{stem}_frames.csv",
-              "explained": [{"class": None, "label": f"rank {rank} of each frame", "score": None, "overlay": name}
-                            for rank, name in enumerate(outputs, 1)]}
-    write_atomic(out_dir / f"{stem}_frames.json", json.dumps({**record, "per_frame": frames}, indent=2),
-                 replace=overwrite)
+    record = {
+        "file": str(path),
+        "size": [int(width), int(height)],
+        "rate": str(rate),
+        "frames": len(frames),
+        "frame_table": f"{stem}_frames.csv",
+        "explained": [
+            {"class": None, "label": f"rank {rank} of each frame", "score": None, "overlay": name}
+            for rank, name in enumerate(outputs, 1)
+        ],
+    }
+    write_atomic(
+        out_dir / f"{stem}_frames.json", json.dumps({**record, "per_frame": frames}, indent=2), replace=overwrite
+    )
     write_atomic(out_dir / f"{stem}_frames.csv", _frames_csv(frames), replace=overwrite)
     return record
 
@@ -275,15 +297,17 @@ def _encode(writers: list[_Writer], rgb: np.ndarray, indices: list[list[np.ndarr
             writer.write(blend(frame, index, render.colormap, render.alpha, render.classic))
 
 
-def _frame_record(loaded: LoadedModel, probs: torch.Tensor, classes: list[int], number: int,
-                  seconds: float) -> dict[str, Any]:
+def _frame_record(
+    loaded: LoadedModel, probs: torch.Tensor, classes: list[int], number: int, seconds: float
+) -> dict[str, Any]:
     top = probs.topk(min(5, probs.shape[0]))
     name = loaded.class_names
     return {
         "frame": number,
         "time": round(seconds, 6),
-        "predictions": [{"class": int(c), "label": name[int(c)], "score": float(s)}
-                        for s, c in zip(top.values, top.indices)],
+        "predictions": [
+            {"class": int(c), "label": name[int(c)], "score": float(s)} for s, c in zip(top.values, top.indices)
+        ],
         "explained": [{"class": c, "label": name[c], "score": float(probs[c])} for c in classes],
     }
 
@@ -294,13 +318,28 @@ def _frames_csv(frames: list[dict[str, Any]]) -> str:
     writer.writerow(["frame", "time", "rank", "class", "label", "score"])
     for frame in frames:
         for rank, entry in enumerate(frame["explained"], 1):
-            writer.writerow([frame["frame"], f"{frame['time']:.6f}", rank, entry["class"], csv_text(entry["label"]),
-                             f"{entry['score']:.6f}"])
+            writer.writerow(
+                [
+                    frame["frame"],
+                    f"{frame['time']:.6f}",
+                    rank,
+                    entry["class"],
+                    csv_text(entry["label"]),
+                    f"{entry['score']:.6f}",
+                ]
+            )
     return rows.getvalue()
 
 
-def explain_videos(loaded: LoadedModel, explainer: Explainer, paths: list[Path], out_dir: Path, *,
-                   on_error: Callable[[str], None] = lambda line: None, **kwargs: Any) -> Summary:
+def explain_videos(
+    loaded: LoadedModel,
+    explainer: Explainer,
+    paths: list[Path],
+    out_dir: Path,
+    *,
+    on_error: Callable[[str], None] = lambda line: None,
+    **kwargs: Any,
+) -> Summary:
     """:func:`explain_video` on each file; a file that cannot be read costs one error line, the rest are done."""
     summary = Summary()
     for path in paths:

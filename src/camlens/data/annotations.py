@@ -147,7 +147,9 @@ def read_wsol_labels(folder: str | Path) -> tuple[list[str], Tensor]:
     return ids, torch.tensor([labels[i] for i in ids], dtype=torch.long)
 
 
-def read_wsol_metadata(folder: str | Path, mask_root: str | Path | None = None, image_root: str | Path | None = None) -> Annotations:
+def read_wsol_metadata(
+    folder: str | Path, mask_root: str | Path | None = None, image_root: str | Path | None = None
+) -> Annotations:
     """A metadata folder of Choe et al.'s ``wsolevaluation``: ``image_ids.txt`` (one id a line),
     ``class_labels.txt`` (``id,label``), ``image_sizes.txt`` (``id,W,H``; optional) and ``localization.txt``
     (``id,x0,y0,x1,y1`` per box, or ``id,mask,ignore`` per mask with paths under ``mask_root``, default the
@@ -184,7 +186,9 @@ def read_wsol_metadata(folder: str | Path, mask_root: str | Path | None = None, 
         fields = line.split(",")
         line_kind = {5: "box", 3: "mask"}.get(len(fields))
         if line_kind is None:
-            raise AnnotationError(f"{loc_path}:{lineno}: expected 'image_id,x0,y0,x1,y1' or 'image_id,mask,ignore', got {line!r}")
+            raise AnnotationError(
+                f"{loc_path}:{lineno}: expected 'image_id,x0,y0,x1,y1' or 'image_id,mask,ignore', got {line!r}"
+            )
         if kind is not None and line_kind != kind:
             raise AnnotationError(f"{loc_path}:{lineno}: a {line_kind} line in a file of {kind} lines")
         kind = line_kind
@@ -200,7 +204,9 @@ def read_wsol_metadata(folder: str | Path, mask_root: str | Path | None = None, 
                 raise AnnotationError(f"{loc_path}:{lineno}: empty mask path")
             masks.setdefault(image_id, []).append(mroot / fields[1])
             if image_id in ignores and fields[2]:
-                raise AnnotationError(f"{loc_path}:{lineno}: a second ignore mask for {image_id!r} (give it on its first line only)")
+                raise AnnotationError(
+                    f"{loc_path}:{lineno}: a second ignore mask for {image_id!r} (give it on its first line only)"
+                )
             ignores.setdefault(image_id, mroot / fields[2] if fields[2] else None)
 
     table = boxes if kind == "box" else masks
@@ -225,7 +231,9 @@ def write_wsol_metadata(folder: str | Path, ann: Annotations) -> Path:
     write_atomic(folder / "image_ids.txt", "".join(f"{i}\n" for i in ann.ids))
     write_atomic(folder / "class_labels.txt", "".join(f"{i},{int(label)}\n" for i, label in zip(ann.ids, ann.labels)))
     if all(s is not None for s in ann.sizes):
-        write_atomic(folder / "image_sizes.txt", "".join(f"{i},{s[0]},{s[1]}\n" for i, s in zip(ann.ids, ann.sizes) if s))
+        write_atomic(
+            folder / "image_sizes.txt", "".join(f"{i},{s[0]},{s[1]}\n" for i, s in zip(ann.ids, ann.sizes) if s)
+        )
     lines = []
     for image_id, boxes in zip(ann.ids, ann.boxes):
         for x0, y0, x1, y1 in boxes.round().long().tolist():
@@ -278,7 +286,9 @@ def read_voc_xml(path: str | Path) -> tuple[str, tuple[int, int] | None, list[tu
         data = path.read_bytes()
         root = ET.fromstring(data)
         locator = expat.ParserCreate()
-        locator.StartElementHandler = lambda name, _: object_lines.append(locator.CurrentLineNumber) if name == "object" else None
+        locator.StartElementHandler = lambda name, _: (
+            object_lines.append(locator.CurrentLineNumber) if name == "object" else None
+        )
         locator.Parse(data, True)
     except (ET.ParseError, expat.ExpatError, OSError) as err:
         raise AnnotationError(f"{path}: not a readable XML annotation ({err})") from err
@@ -310,9 +320,7 @@ def read_voc_xml(path: str | Path) -> tuple[str, tuple[int, int] | None, list[tu
     return filename, size, objects
 
 
-def read_voc(
-    folder: str | Path, class_names: Sequence[str] | None = None, split: str | None = None
-) -> Annotations:
+def read_voc(folder: str | Path, class_names: Sequence[str] | None = None, split: str | None = None) -> Annotations:
     """A VOC-style folder (``Annotations/*.xml``, images in ``JPEGImages/``; ``ImageSets/Main/<split>.txt`` picks
     a split) or a folder of XML files next to their images.  Each image's label is the class of its first
     object, and its boxes are all objects of that class.  Labels index ``class_names`` (default: the sorted
@@ -422,8 +430,13 @@ def builtin_annotations(dataset) -> Annotations:
     )
 
 
-def find_annotations(path: str | Path, split: str | None = None, class_names: Sequence[str] | None = None,
-                     image_root: str | Path | None = None, mask_root: str | Path | None = None) -> Annotations:
+def find_annotations(
+    path: str | Path,
+    split: str | None = None,
+    class_names: Sequence[str] | None = None,
+    image_root: str | Path | None = None,
+    mask_root: str | Path | None = None,
+) -> Annotations:
     """Read whichever supported layout ``path`` holds: a WSOL metadata folder (or its ``<split>/`` subfolder),
     a CUB-200-2011 root, or a VOC/ImageNet XML folder."""
     path = Path(path)

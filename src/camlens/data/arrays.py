@@ -73,8 +73,9 @@ def load_array(path: str | Path, rank: int, max_values: int) -> Tensor:
             return values[None]
         if values.ndim == 4 and values.shape[0] <= 4:
             return values
-        raise ImageError(f"{path}: an array of shape {shape} is not a volume; this model takes 3-D volumes "
-                         f"{VOLUME_SHAPES}")
+        raise ImageError(
+            f"{path}: an array of shape {shape} is not a volume; this model takes 3-D volumes {VOLUME_SHAPES}"
+        )
     if rank == 2:
         if values.ndim == 2:
             return values.expand(3, *shape)
@@ -82,13 +83,15 @@ def load_array(path: str | Path, rank: int, max_values: int) -> Tensor:
             return values.expand(3, *shape[1:])
         if values.ndim == 3 and shape[-1] in (1, 3):
             return values.permute(2, 0, 1).expand(3, *shape[:2])
-        raise ImageError(f"{path}: an array of shape {shape} is not an image; this model takes 2-D images "
-                         f"{IMAGE_SHAPES}")
+        raise ImageError(
+            f"{path}: an array of shape {shape} is not an image; this model takes 2-D images {IMAGE_SHAPES}"
+        )
     raise ImageError(f"{path}: this model reads {rank}-D inputs; .npy files are read as 2-D images or 3-D volumes")
 
 
-def prepare_volume(volume: Tensor, size: tuple[int, int] | None, mean: tuple[float, ...], std: tuple[float, ...],
-                   channels: int) -> Tensor:
+def prepare_volume(
+    volume: Tensor, size: tuple[int, int] | None, mean: tuple[float, ...], std: tuple[float, ...], channels: int
+) -> Tensor:
     """A volume (C, D, H, W) as a model input (1, channels, D, h, w): each slice resized to ``size`` (h, w)
     (depth kept), single-channel volumes repeated to ``channels``, then normalized per channel."""
     x = volume[None].float()

@@ -31,8 +31,19 @@ CLASSES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight
 DEFAULT_SIZES = {"train": 6000, "val": 500, "test": 1000}
 # Photos shipped inside scikit-image's wheel (no download): colour photos and grey textures/scenes.
 PHOTOS = (
-    "astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry",
-    "brick", "grass", "gravel", "camera", "coins", "page", "text", "moon",
+    "astronaut",
+    "coffee",
+    "chelsea",
+    "rocket",
+    "immunohistochemistry",
+    "brick",
+    "grass",
+    "gravel",
+    "camera",
+    "coins",
+    "page",
+    "text",
+    "moon",
 )
 PHOTO_SIZE = 128
 # Each class's digit instances are cut, in order, into disjoint train / val / test shares.
@@ -70,8 +81,10 @@ def _photos() -> Tensor:
         try:
             image = torch.as_tensor(getattr(skimage.data, name)())
         except Exception as err:  # a trimmed or changed install; the dataset must not silently change
-            raise CamlensError(f"scikit-image's bundled photo {name!r} cannot be read ({type(err).__name__}); "
-                               "reinstall scikit-image (pip install --force-reinstall scikit-image)") from err
+            raise CamlensError(
+                f"scikit-image's bundled photo {name!r} cannot be read ({type(err).__name__}); "
+                "reinstall scikit-image (pip install --force-reinstall scikit-image)"
+            ) from err
         image = image.float() / 255.0
         image = image[None].expand(3, -1, -1) if image.ndim == 2 else image[..., :3].permute(2, 0, 1)
         h, w = image.shape[-2:]
@@ -167,8 +180,9 @@ def sample_params(split: Literal["train", "val", "test"], num_images: int, seed:
     margin = extent * torch.tensor(PLATE[:2]) / 2
     centre = margin + (image_size - 2 * margin) * u(n, 2)
     angle = (u(n) * 2 - 1) * math.radians(15)
-    return SceneParams(label, digit, photo, crop, flip, tint, centre, extent, angle,
-                       u(n), 0.15 + 0.75 * u(n), u(n), u(n))
+    return SceneParams(
+        label, digit, photo, crop, flip, tint, centre, extent, angle, u(n), 0.15 + 0.75 * u(n), u(n), u(n)
+    )
 
 
 def render_backgrounds(p: SceneParams, image_size: int) -> Tensor:
@@ -351,5 +365,7 @@ class BuiltinDataset(Dataset):
         return self._data.images
 
     def __repr__(self) -> str:
-        return (f"BuiltinDataset(split={self.split!r}, num_images={self.num_images}, "
-                f"image_size={self.image_size}, seed={self.seed})")
+        return (
+            f"BuiltinDataset(split={self.split!r}, num_images={self.num_images}, "
+            f"image_size={self.image_size}, seed={self.seed})"
+        )

@@ -81,8 +81,10 @@ def folder_splits(
     val_dir = next((root / n for n in VAL_NAMES if (root / n).is_dir()), None)
     if (root / "train").is_dir() and val_dir is not None:
         classes = find_classes(root / "train")
-        return (ImageFolder(scan(root / "train", classes), classes, size, root),
-                ImageFolder(scan(val_dir, classes), classes, size, root))
+        return (
+            ImageFolder(scan(root / "train", classes), classes, size, root),
+            ImageFolder(scan(val_dir, classes), classes, size, root),
+        )
     if not 0 < val_fraction < 1:
         raise CamlensError(f"val_fraction={val_fraction} must be between 0 and 1")
     classes = find_classes(root)

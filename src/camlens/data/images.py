@@ -79,8 +79,9 @@ class DecodeBudget:
         self._cond = threading.Condition()
 
     @classmethod
-    def for_batches(cls, batch_size: int, input_size: tuple[int, int] | None,
-                    max_pixels: int = DEFAULT_MAX_PIXELS) -> "DecodeBudget":
+    def for_batches(
+        cls, batch_size: int, input_size: tuple[int, int] | None, max_pixels: int = DEFAULT_MAX_PIXELS
+    ) -> "DecodeBudget":
         """The budget of a run that feeds ``batch_size`` images of ``input_size`` (h, w) to the model at once:
         ``max(max_pixels, batch_size * BUDGET_PIXELS_PER_INPUT * h * w)``.
 

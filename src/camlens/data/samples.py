@@ -103,23 +103,36 @@ def dataset_samples(
     the layout does not say).  ``num_images`` keeps the first n."""
     source = resolve_data(data, split)
     if source.kind == "stl10":
-        raise CamlensError(f"--data {data}: STL-10 has no boxes to evaluate against; use builtin or a folder of "
-                           "annotations (WSOL metadata, CUB-200-2011, VOC/ImageNet XML)")
+        raise CamlensError(
+            f"--data {data}: STL-10 has no boxes to evaluate against; use builtin or a folder of "
+            "annotations (WSOL metadata, CUB-200-2011, VOC/ImageNet XML)"
+        )
     if source.kind == "builtin":
         from .builtin import BuiltinDataset
 
         dataset = BuiltinDataset(split, num_images=num_images, image_size=image_size or 64)  # type: ignore[arg-type]
         if class_names is not None and len(class_names) != len(dataset.classes):
-            raise CamlensError(f"the built-in dataset has {len(dataset.classes)} classes but the model has "
-                               f"{len(class_names)}; evaluate a model trained on it (camlens train --data builtin)")
+            raise CamlensError(
+                f"the built-in dataset has {len(dataset.classes)} classes but the model has "
+                f"{len(class_names)}; evaluate a model trained on it (camlens train --data builtin)"
+            )
         return BuiltinSamples(dataset)
     ann = find_annotations(data, split, class_names, image_root=images, mask_root=mask_root)
     if images is not None:
         ann.root = Path(images)
     if num_images is not None:
         keep = slice(0, num_images)
-        ann = Annotations(ann.ids[keep], ann.labels[keep], ann.boxes[keep], ann.sizes[keep], ann.masks[keep],
-                          ann.root, ann.class_names)
+        ann = Annotations(
+            ann.ids[keep],
+            ann.labels[keep],
+            ann.boxes[keep],
+            ann.sizes[keep],
+            ann.masks[keep],
+            ann.root,
+            ann.class_names,
+        )
     if class_names is not None and len(ann) and int(ann.labels.max()) >= len(class_names):
-        raise CamlensError(f"{data}: class label {int(ann.labels.max())} is out of range for a model with {len(class_names)} classes")
+        raise CamlensError(
+            f"{data}: class label {int(ann.labels.max())} is out of range for a model with {len(class_names)} classes"
+        )
     return AnnotationSamples(ann)

@@ -30,8 +30,10 @@ def stl10_folder(root: str | Path) -> Path:
     for folder in (root, root / FOLDER):
         if (folder / "train_X.bin").is_file() or (folder / "test_X.bin").is_file():
             return folder
-    raise CamlensError(f"no STL-10 binary files (train_X.bin, test_X.bin) in {root} or {root / FOLDER}; "
-                       "download them with download=True (or `camlens train --data stl10 --download`)")
+    raise CamlensError(
+        f"no STL-10 binary files (train_X.bin, test_X.bin) in {root} or {root / FOLDER}; "
+        "download them with download=True (or `camlens train --data stl10 --download`)"
+    )
 
 
 def read_images(path: str | Path) -> Tensor:
@@ -87,8 +89,10 @@ def download_stl10(root: str | Path) -> Path:
     try:
         STL10(str(root), split="train", download=True)
     except Exception as err:  # urllib, tarfile and checksum errors all end here
-        raise CamlensError(f"cannot download STL-10 into {root} ({type(err).__name__}: {err}); offline, copy "
-                           f"{FOLDER}/ there from another machine") from err
+        raise CamlensError(
+            f"cannot download STL-10 into {root} ({type(err).__name__}: {err}); offline, copy "
+            f"{FOLDER}/ there from another machine"
+        ) from err
     return Path(root) / FOLDER
 
 
@@ -96,8 +100,9 @@ class STL10(Dataset):
     """One STL-10 split held in memory as uint8; items are ``{"image": (3, 96, 96) float32 in [0, 1],
     "label": int, "id": str}``.  ``download=True`` fetches the archive when no local copy is found."""
 
-    def __init__(self, root: str | Path, split: Literal["train", "test", "unlabeled"] = "train", *,
-                 download: bool = False) -> None:
+    def __init__(
+        self, root: str | Path, split: Literal["train", "test", "unlabeled"] = "train", *, download: bool = False
+    ) -> None:
         if download:
             try:
                 stl10_folder(root)
@@ -111,5 +116,8 @@ class STL10(Dataset):
         return self.images.shape[0]
 
     def __getitem__(self, index: int) -> dict:
-        return {"image": self.images[index].float() / 255.0, "label": int(self.labels[index]),
-                "id": f"stl10-{self.split}-{index:05d}"}
+        return {
+            "image": self.images[index].float() / 255.0,
+            "label": int(self.labels[index]),
+            "id": f"stl10-{self.split}-{index:05d}",
+        }

@@ -16,8 +16,23 @@ from .layered import LayerExplainer
 
 METHODS: dict[str, type[Explainer]] = {
     cls.name: cls
-    for cls in (CAM, GradCAM, GradCAMPlusPlus, XGradCAM, LayerCAM, HiResCAM, ScoreCAM, SSCAM, ISCAM, AblationCAM, EigenCAM,
-                AttentionRollout, GenericAttentionCAM, LeGrad, BagCAMs)
+    for cls in (
+        CAM,
+        GradCAM,
+        GradCAMPlusPlus,
+        XGradCAM,
+        LayerCAM,
+        HiResCAM,
+        ScoreCAM,
+        SSCAM,
+        ISCAM,
+        AblationCAM,
+        EigenCAM,
+        AttentionRollout,
+        GenericAttentionCAM,
+        LeGrad,
+        BagCAMs,
+    )
 }
 
 

@@ -53,9 +53,9 @@ class CAM(Explainer):
 
     def __init__(self, model: ModelLike, layer: LayerSpec | None = None, classifier: LayerSpec | None = None) -> None:
         """Args:
-            model: a network (or a :func:`camlens.load_model` result) ending in global average pooling and a linear (or 1x1 convolution) classifier.
-            layer: the feature layer before the pooling (name or module); None to find it.
-            classifier: the classifier (name or module); None to find it.
+        model: a network (or a :func:`camlens.load_model` result) ending in global average pooling and a linear (or 1x1 convolution) classifier.
+        layer: the feature layer before the pooling (name or module); None to find it.
+        classifier: the classifier (name or module); None to find it.
         """
         super().__init__(model, layer)
         self.classifier = unwrapped_spec(model, classifier)
@@ -150,16 +150,22 @@ def pass_model(model: nn.Module, x: Tensor, output: Any, approximate: bool | tor
     with _copies_lock:
         built = _copies.setdefault(model, {}).get(approximate)
         if built is None or built[0] != key:
-            built = (key, _low_precision_copy(model, x, torch.bfloat16 if approximate is True else approximate)
-                     if approximate else _optimized_copy(model, x, output, tensors))
+            built = (
+                key,
+                _low_precision_copy(model, x, torch.bfloat16 if approximate is True else approximate)
+                if approximate
+                else _optimized_copy(model, x, output, tensors),
+            )
             _copies[model][approximate] = built
     return built[1] or model
 
 
 def _optimized_copy(model: nn.Module, x: Tensor, output: Any, tensors: list[Tensor]) -> PassModel | None:
     on_cpu = x.device.type == "cpu"
-    if x.dtype != torch.float32 or (not on_cpu and x.ndim != 4) or any(
-        t.device != x.device or (t.is_floating_point() and t.dtype != torch.float32) for t in tensors
+    if (
+        x.dtype != torch.float32
+        or (not on_cpu and x.ndim != 4)
+        or any(t.device != x.device or (t.is_floating_point() and t.dtype != torch.float32) for t in tensors)
     ):
         return None
     from torch.fx.experimental.optimization import optimize_for_inference
@@ -227,11 +233,11 @@ class _PerturbationMethod(LayerExplainer):
         **options: Unpack[LayerOptions],
     ) -> None:
         """Args:
-            model: the model (wrappers looked through, see :class:`~camlens.methods.base.Explainer`).
-            layer: None (automatic), a layer name or module, or a list of them (maps fused).
-            batch_size: rows of perturbed copies per pass.
-            **options: the options of every layer method: ``reshape`` (a layer output -> (B, K, h, w), e.g.
-                :func:`camlens.tokens_to_grid`) and ``fuse`` (``"max"`` or ``"mean"``, for several layers).
+        model: the model (wrappers looked through, see :class:`~camlens.methods.base.Explainer`).
+        layer: None (automatic), a layer name or module, or a list of them (maps fused).
+        batch_size: rows of perturbed copies per pass.
+        **options: the options of every layer method: ``reshape`` (a layer output -> (B, K, h, w), e.g.
+            :func:`camlens.tokens_to_grid`) and ``fuse`` (``"max"`` or ``"mean"``, for several layers).
         """
         super().__init__(model, layer, **options)
         if batch_size is not None and batch_size < 1:
@@ -309,14 +315,14 @@ class ScoreCAM(_PerturbationMethod):
         **options: Unpack[LayerOptions],
     ) -> None:
         """Args:
-            model: the model (wrappers looked through, see :class:`~camlens.methods.base.Explainer`).
-            layer: None (automatic), a layer name or module, or a list of them (maps fused).
-            batch_size: rows of masked copies per pass; None for 16 on CPU, 256 on GPU.
-            optimize: run the masked passes through an inference-optimized copy (:func:`pass_model`).
-            approximate: False (exact), True (bfloat16) or ``torch.float16`` for the masked passes.
-            progress: True for a progress bar with the time left, or a callback(done, total) per masked pass.
-            **options: the options of every layer method: ``reshape`` (a layer output -> (B, K, h, w), e.g.
-                :func:`camlens.tokens_to_grid`) and ``fuse`` (``"max"`` or ``"mean"``, for several layers).
+        model: the model (wrappers looked through, see :class:`~camlens.methods.base.Explainer`).
+        layer: None (automatic), a layer name or module, or a list of them (maps fused).
+        batch_size: rows of masked copies per pass; None for 16 on CPU, 256 on GPU.
+        optimize: run the masked passes through an inference-optimized copy (:func:`pass_model`).
+        approximate: False (exact), True (bfloat16) or ``torch.float16`` for the masked passes.
+        progress: True for a progress bar with the time left, or a callback(done, total) per masked pass.
+        **options: the options of every layer method: ``reshape`` (a layer output -> (B, K, h, w), e.g.
+            :func:`camlens.tokens_to_grid`) and ``fuse`` (``"max"`` or ``"mean"``, for several layers).
         """
         super().__init__(model, layer, batch_size=batch_size, progress=progress, **options)
         if approximate not in (False, True, torch.bfloat16, torch.float16):
@@ -429,13 +435,13 @@ class SSCAM(ScoreCAM):
         **options: Unpack[ScoreOptions],
     ) -> None:
         """Args:
-            model: the model (wrappers looked through, see :class:`~camlens.methods.base.Explainer`).
-            layer: None (automatic), a layer name or module, or a list of them (maps fused).
-            num_samples: noise draws n per mask.
-            std: the noise's standard deviation.
-            generator: where the noise is drawn from (None: torch's global generator).
-            **options: :class:`ScoreCAM`'s options (``batch_size``, ``optimize``, ``approximate``, ``reshape``,
-                ``fuse``).
+        model: the model (wrappers looked through, see :class:`~camlens.methods.base.Explainer`).
+        layer: None (automatic), a layer name or module, or a list of them (maps fused).
+        num_samples: noise draws n per mask.
+        std: the noise's standard deviation.
+        generator: where the noise is drawn from (None: torch's global generator).
+        **options: :class:`ScoreCAM`'s options (``batch_size``, ``optimize``, ``approximate``, ``reshape``,
+            ``fuse``).
         """
         super().__init__(model, layer, **options)
         self.variants = num_samples
@@ -470,11 +476,11 @@ class ISCAM(ScoreCAM):
         **options: Unpack[ScoreOptions],
     ) -> None:
         """Args:
-            model: the model (wrappers looked through, see :class:`~camlens.methods.base.Explainer`).
-            layer: None (automatic), a layer name or module, or a list of them (maps fused).
-            num_samples: integration steps n per mask.
-            **options: :class:`ScoreCAM`'s options (``batch_size``, ``optimize``, ``approximate``, ``reshape``,
-                ``fuse``).
+        model: the model (wrappers looked through, see :class:`~camlens.methods.base.Explainer`).
+        layer: None (automatic), a layer name or module, or a list of them (maps fused).
+        num_samples: integration steps n per mask.
+        **options: :class:`ScoreCAM`'s options (``batch_size``, ``optimize``, ``approximate``, ``reshape``,
+            ``fuse``).
         """
         super().__init__(model, layer, **options)
         self.variants = num_samples

@@ -50,13 +50,17 @@ class AttentionSite:
 
 
 def _is_timm_attention(module: nn.Module) -> bool:
-    return all(isinstance(getattr(module, a, None), nn.Module) for a in ("qkv", "q_norm", "k_norm", "norm", "proj")) \
-        and isinstance(getattr(module, "num_heads", None), int) and isinstance(getattr(module, "scale", None), float)
+    return (
+        all(isinstance(getattr(module, a, None), nn.Module) for a in ("qkv", "q_norm", "k_norm", "norm", "proj"))
+        and isinstance(getattr(module, "num_heads", None), int)
+        and isinstance(getattr(module, "scale", None), float)
+    )
 
 
 def _is_hf_attention(module: nn.Module) -> bool:
-    return all(isinstance(getattr(module, a, None), nn.Linear) for a in ("q_proj", "k_proj", "v_proj", "o_proj")) \
-        and isinstance(getattr(module, "num_attention_heads", None), int)
+    return all(
+        isinstance(getattr(module, a, None), nn.Linear) for a in ("q_proj", "k_proj", "v_proj", "o_proj")
+    ) and isinstance(getattr(module, "num_attention_heads", None), int)
 
 
 def attention_sites(model: nn.Module) -> list[AttentionSite]:
@@ -77,10 +81,10 @@ def attention_sites(model: nn.Module) -> list[AttentionSite]:
         elif isinstance(module, nn.MultiheadAttention):
             if not module.batch_first or not module._qkv_same_embed_dim or module.bias_k is not None:
                 continue
-            kind, heads, scale = "torchvision", module.num_heads, module.head_dim ** -0.5
+            kind, heads, scale = "torchvision", module.num_heads, module.head_dim**-0.5
         elif _is_hf_attention(module):
             head_dim = module.q_proj.out_features // int(module.num_attention_heads)
-            scale = float(getattr(module, "scaling", head_dim ** -0.5))
+            scale = float(getattr(module, "scaling", head_dim**-0.5))
             kind, heads = "hf", int(module.num_attention_heads)
         else:
             continue
@@ -91,8 +95,10 @@ def attention_sites(model: nn.Module) -> list[AttentionSite]:
 
 def no_attention_message(method: str, model: nn.Module) -> str:
     """The one-line refusal of an attention method on a model without self-attention."""
-    return (f"method {method!r} needs a vision transformer's self-attention; {type(model).__name__} has none "
-            "(a CNN?): use a layer method (gradcam, eigencam, cam) on it")
+    return (
+        f"method {method!r} needs a vision transformer's self-attention; {type(model).__name__} has none "
+        "(a CNN?): use a layer method (gradcam, eigencam, cam) on it"
+    )
 
 
 def _attention_token_layout(model: nn.Module, x: Tensor) -> tuple[int, tuple[int, int]]:
@@ -116,7 +122,9 @@ def _score_projection(model: nn.Module) -> Callable[[Tensor], Tensor]:
     if isinstance(getattr(encoder, "ln", None), nn.Module) and isinstance(getattr(model, "heads", None), nn.Module):
         return lambda z: vit.heads(encoder.ln(z.mean(1)))  # torchvision VisionTransformer
     base: Any = getattr(model, getattr(model, "base_model_prefix", "") or "-", None)
-    if isinstance(getattr(base, "layernorm", None), nn.Module) and isinstance(getattr(model, "classifier", None), nn.Module):
+    if isinstance(getattr(base, "layernorm", None), nn.Module) and isinstance(
+        getattr(model, "classifier", None), nn.Module
+    ):
         return lambda z: vit.classifier(base.layernorm(z.mean(1)))  # Hugging Face *ForImageClassification
     raise CamlensError(
         f"LeGrad needs the final norm and classifier of {type(model).__name__} to score each block's tokens; "
@@ -139,8 +147,15 @@ class _Recorder:
     graph and substituted into the network (value unchanged, see the module docstring); ``leaves``: sites whose block
     input becomes a leaf that requires grad (no gradient flows below it, also with frozen parameters)."""
 
-    def __init__(self, sites: Sequence[AttentionSite], *, graph: bool, leaves: Sequence[int] = (),
-                 keep: Callable[[Tensor], Tensor] = lambda a: a, block_outputs: bool = False) -> None:
+    def __init__(
+        self,
+        sites: Sequence[AttentionSite],
+        *,
+        graph: bool,
+        leaves: Sequence[int] = (),
+        keep: Callable[[Tensor], Tensor] = lambda a: a,
+        block_outputs: bool = False,
+    ) -> None:
         self.graph, self.keep = graph, keep
         self.attentions: list[Tensor | None] = [None] * len(sites)
         self.outputs: list[Tensor | None] = [None] * len(sites)
@@ -169,7 +184,9 @@ class _Recorder:
         self.close()
 
     @staticmethod
-    def _leaf(block: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    def _leaf(
+        block: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[tuple[Any, ...], dict[str, Any]]:
         if args:
             return (args[0].detach().requires_grad_(), *args[1:]), kwargs
         key = next(k for k, v in kwargs.items() if isinstance(v, Tensor))
@@ -178,11 +195,13 @@ class _Recorder:
     def _output_hook(self, i: int) -> Callable[..., None]:
         def hook(block: nn.Module, args: Any, output: Any) -> None:
             self.outputs[i] = output if isinstance(output, Tensor) else output[0]
+
         return hook
 
     def _store(self, i: int, name: str) -> Callable[..., None]:
         def hook(module: nn.Module, args: Any, output: Tensor) -> None:
             self._qkv[i][name] = output
+
         return hook
 
     def _attend(self, i: int, q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor | None:
@@ -228,11 +247,18 @@ class _Recorder:
 
             add(m.o_proj.register_forward_pre_hook(merged_hf))
         else:
-            def after_mha(module: nn.MultiheadAttention, args: tuple[Any, ...], kwargs: dict[str, Any],
-                          output: tuple[Tensor, Tensor | None]) -> tuple[Tensor, Tensor | None] | None:
+
+            def after_mha(
+                module: nn.MultiheadAttention,
+                args: tuple[Any, ...],
+                kwargs: dict[str, Any],
+                output: tuple[Tensor, Tensor | None],
+            ) -> tuple[Tensor, Tensor | None] | None:
                 query = _first_tensor(args, kwargs, "query")
-                q, k, v = (_split_heads(t, site.heads)
-                           for t in F.linear(query, module.in_proj_weight, module.in_proj_bias).chunk(3, -1))
+                q, k, v = (
+                    _split_heads(t, site.heads)
+                    for t in F.linear(query, module.in_proj_weight, module.in_proj_bias).chunk(3, -1)
+                )
                 e = self._attend(i, q, k, v, site.scale)
                 if e is None:
                     return None
@@ -305,8 +331,9 @@ def _query_row(batch: int, tokens: int, prefix: int, device: torch.device) -> Te
     return row
 
 
-def attention_rollout(attentions: Sequence[Tensor], *, head_fusion: str = "mean", discard_ratio: float = 0.0,
-                      prefix_tokens: int = 1) -> Tensor:
+def attention_rollout(
+    attentions: Sequence[Tensor], *, head_fusion: str = "mean", discard_ratio: float = 0.0, prefix_tokens: int = 1
+) -> Tensor:
     """Attention rollout (Abnar & Zuidema, ACL 2020, "Quantifying Attention Flow in Transformers").
 
     A_hat_l = rownorm(0.5 fuse_h(A_l) + 0.5 I);  R = A_hat_L ... A_hat_1;  relevance = R[cls, patches], or the mean
@@ -324,8 +351,9 @@ def attention_rollout(attentions: Sequence[Tensor], *, head_fusion: str = "mean"
     first = attentions[0]
     row = _query_row(first.shape[0], first.shape[-1], prefix_tokens, first.device)
     for attention in reversed(attentions):  # row^T A_hat_L ... A_hat_1, from the left
-        row = torch.einsum("bi,bij->bj", row, rollout_matrix(fuse_heads(attention, head_fusion), discard_ratio,
-                                                             prefix_tokens))
+        row = torch.einsum(
+            "bi,bij->bj", row, rollout_matrix(fuse_heads(attention, head_fusion), discard_ratio, prefix_tokens)
+        )
     return row[:, prefix_tokens:]
 
 
@@ -355,10 +383,10 @@ class AttentionExplainer(Explainer):
 
     def __init__(self, model: nn.Module, layer: Any = None, *, blocks: int | Sequence[int] | None = None) -> None:
         """Args:
-            model: a timm, torchvision or Hugging Face vision transformer (wrappers looked through).
-            layer: must be None: these methods read the attention of blocks, not one layer.
-            blocks: the blocks whose attention is read: the last k (an int), a list of indices, or None for the
-                method's default.
+        model: a timm, torchvision or Hugging Face vision transformer (wrappers looked through).
+        layer: must be None: these methods read the attention of blocks, not one layer.
+        blocks: the blocks whose attention is read: the last k (an int), a list of indices, or None for the
+            method's default.
         """
         super().__init__(model, None)
         if layer is not None:
@@ -430,15 +458,22 @@ class AttentionRollout(AttentionExplainer):
     name = "rollout"
     thread_safe = False
 
-    def __init__(self, model: nn.Module, layer: Any = None, *, blocks: int | Sequence[int] | None = None,
-                 head_fusion: str = "mean", discard_ratio: float = 0.0) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        layer: Any = None,
+        *,
+        blocks: int | Sequence[int] | None = None,
+        head_fusion: str = "mean",
+        discard_ratio: float = 0.0,
+    ) -> None:
         """Args:
-            model: a vision transformer.
-            layer: must be None (see :class:`AttentionExplainer`).
-            blocks: the blocks rolled out (default: all).
-            head_fusion: how the heads' attentions are fused: ``mean``, ``max`` or ``min``.
-            discard_ratio: the fraction of each fused attention's lowest entries set to zero (the class token's
-                row and column kept), in [0, 1).
+        model: a vision transformer.
+        layer: must be None (see :class:`AttentionExplainer`).
+        blocks: the blocks rolled out (default: all).
+        head_fusion: how the heads' attentions are fused: ``mean``, ``max`` or ``min``.
+        discard_ratio: the fraction of each fused attention's lowest entries set to zero (the class token's
+            row and column kept), in [0, 1).
         """
         super().__init__(model, layer, blocks=blocks)
         if head_fusion not in HEAD_FUSIONS:
@@ -455,8 +490,12 @@ class AttentionRollout(AttentionExplainer):
             output = self.model(x)
         logits = output_logits(output)
         chosen = select_classes(logits, classes, topk)
-        relevance = attention_rollout([a for a in rec.attentions if a is not None], head_fusion="mean",
-                                      discard_ratio=self.discard_ratio, prefix_tokens=prefix)
+        relevance = attention_rollout(
+            [a for a in rec.attentions if a is not None],
+            head_fusion="mean",
+            discard_ratio=self.discard_ratio,
+            prefix_tokens=prefix,
+        )
         return logits, chosen, relevance[:, None].expand(-1, chosen.shape[1], -1)
 
 
@@ -464,8 +503,15 @@ class _GradientAttention(AttentionExplainer):
     needs_gradients = True
     thread_safe = False
 
-    def _gradients(self, x: Tensor, classes: ClassSpec, topk: int, leaves: Sequence[int], block_outputs: bool,
-                   scores: Callable[[Tensor, Tensor, _Recorder], Tensor]) -> tuple[Tensor, Tensor, list[Tensor], list[Tensor]]:
+    def _gradients(
+        self,
+        x: Tensor,
+        classes: ClassSpec,
+        topk: int,
+        leaves: Sequence[int],
+        block_outputs: bool,
+        scores: Callable[[Tensor, Tensor, _Recorder], Tensor],
+    ) -> tuple[Tensor, Tensor, list[Tensor], list[Tensor]]:
         """One forward pass with the attention in the graph, then d scores / d A_l for every site from one backward.
         Returns logits, classes, attentions (B, H, N, N) and their gradients (B, N, H, N, N)."""
         sites = self.sites()
@@ -496,8 +542,13 @@ class GenericAttentionCAM(_GradientAttention):
 
     def _relevance(self, x: Tensor, classes: ClassSpec, topk: int, prefix: int) -> tuple[Tensor, Tensor, Tensor]:
         logits, chosen, attentions, grads = self._gradients(
-            x, classes, topk, leaves=[0], block_outputs=False,
-            scores=lambda logits, chosen, rec: logits.gather(1, chosen))
+            x,
+            classes,
+            topk,
+            leaves=[0],
+            block_outputs=False,
+            scores=lambda logits, chosen, rec: logits.gather(1, chosen),
+        )
         row = _query_row(x.shape[0], attentions[0].shape[-1], prefix, x.device)
         row = row[:, None].expand(-1, chosen.shape[1], -1)
         for attention, grad in zip(reversed(attentions), reversed(grads)):  # row^T (I + A_bar_L) ... (I + A_bar_1)
@@ -524,14 +575,20 @@ class LeGrad(_GradientAttention):
     name = "legrad"
     default_blocks = 2
 
-    def __init__(self, model: nn.Module, layer: Any = None, *, blocks: int | Sequence[int] | None = None,
-                 score_projection: Callable[[Tensor], Tensor] | None = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        layer: Any = None,
+        *,
+        blocks: int | Sequence[int] | None = None,
+        score_projection: Callable[[Tensor], Tensor] | None = None,
+    ) -> None:
         """Args:
-            model: a vision transformer.
-            layer: must be None (see :class:`AttentionExplainer`).
-            blocks: the blocks whose attention is read (default: the last two, as the paper's code).
-            score_projection: a block's tokens (B, N, C) -> class scores (B, classes); default the model's final
-                norm and head on the mean token, as the paper's code and torchcam.
+        model: a vision transformer.
+        layer: must be None (see :class:`AttentionExplainer`).
+        blocks: the blocks whose attention is read (default: the last two, as the paper's code).
+        score_projection: a block's tokens (B, N, C) -> class scores (B, classes); default the model's final
+            norm and head on the mean token, as the paper's code and torchcam.
         """
         super().__init__(model, layer, blocks=blocks)
         self.score_projection = score_projection
@@ -543,13 +600,22 @@ class LeGrad(_GradientAttention):
             tokens = [z for z in rec.outputs if z is not None]
             return torch.stack([project(z).gather(1, chosen) for z in tokens]).sum(0)
 
-        logits, chosen, _, grads = self._gradients(x, classes, topk, leaves=range(len(self.sites())),
-                                                   block_outputs=True, scores=scores)
+        logits, chosen, _, grads = self._gradients(
+            x, classes, topk, leaves=range(len(self.sites())), block_outputs=True, scores=scores
+        )
         per_block = [g.float().clamp_min(0).mean((2, 3)) for g in grads]  # (B, N, keys)
         return logits, chosen, torch.stack(per_block).mean(0)[..., prefix:]
 
 
 __all__: Sequence[str] = [
-    "AttentionExplainer", "AttentionRollout", "AttentionSite", "GenericAttentionCAM", "LeGrad", "attention_rollout",
-    "attention_sites", "fuse_heads", "no_attention_message", "rollout_matrix",
+    "AttentionExplainer",
+    "AttentionRollout",
+    "AttentionSite",
+    "GenericAttentionCAM",
+    "LeGrad",
+    "attention_rollout",
+    "attention_sites",
+    "fuse_heads",
+    "no_attention_message",
+    "rollout_matrix",
 ]

@@ -66,8 +66,10 @@ class BagCAMs(_GradientMethod):
                     return locate_gap_head(self.model, x, layer=layer)[0]
                 except NotAGapClassifierError as err:
                     reason = err
-        raise CamlensError(f"BagCAMs bags the regional localizers of a GAP classifier, and this model has none "
-                           f"({reason}); use gradcam or layercam")
+        raise CamlensError(
+            f"BagCAMs bags the regional localizers of a GAP classifier, and this model has none "
+            f"({reason}); use gradcam or layercam"
+        )
 
     def _forward(self, x: Tensor, grad: bool) -> tuple[Any, list[Tensor]]:
         self.prepare(x)

@@ -57,8 +57,14 @@ class CAMResult:
         def move(t: Tensor | None) -> Tensor | None:
             return None if t is None else t.to(device)
 
-        return CAMResult(self.logits.to(device), self.classes.to(device), self.maps.to(device), self.layer,
-                         move(self.bias), move(self.target_scores))
+        return CAMResult(
+            self.logits.to(device),
+            self.classes.to(device),
+            self.maps.to(device),
+            self.layer,
+            move(self.bias),
+            move(self.target_scores),
+        )
 
 
 def select_classes(logits: Tensor, classes: ClassSpec = None, topk: int = 1) -> Tensor:

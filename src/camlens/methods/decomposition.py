@@ -41,11 +41,11 @@ class EigenCAM(LayerExplainer):
         **options: Unpack[LayerOptions],
     ) -> None:
         """Args:
-            model: the model (wrappers looked through, see :class:`~camlens.methods.base.Explainer`).
-            layer: None (automatic), a layer name or module, or a list of them (maps fused).
-            center: subtract each channel's spatial mean before the SVD (pytorch-grad-cam's version).
-            **options: the options of every layer method: ``reshape`` (a layer output -> (B, K, h, w), e.g.
-                :func:`camlens.tokens_to_grid`) and ``fuse`` (``"max"`` or ``"mean"``, for several layers).
+        model: the model (wrappers looked through, see :class:`~camlens.methods.base.Explainer`).
+        layer: None (automatic), a layer name or module, or a list of them (maps fused).
+        center: subtract each channel's spatial mean before the SVD (pytorch-grad-cam's version).
+        **options: the options of every layer method: ``reshape`` (a layer output -> (B, K, h, w), e.g.
+            :func:`camlens.tokens_to_grid`) and ``fuse`` (``"max"`` or ``"mean"``, for several layers).
         """
         super().__init__(model, layer, **options)
         self.center = center

@@ -92,7 +92,9 @@ class GradCAMPlusPlus(_GradientMethod):
         g2 = g * g
         total = a.sum(_positions(a, 2), keepdim=True)[:, None]  # (B, 1, K, 1...)
         denom = 2 * g2 + total * g2 * g
-        alpha = torch.where(denom != 0, g2 / torch.where(denom != 0, denom, torch.ones_like(denom)), torch.zeros_like(g))
+        alpha = torch.where(
+            denom != 0, g2 / torch.where(denom != 0, denom, torch.ones_like(denom)), torch.zeros_like(g)
+        )
         return F.relu(_weighted_sum((alpha * F.relu(g)).sum(_positions(g, 3)), a))
 
 

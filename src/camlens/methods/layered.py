@@ -45,8 +45,11 @@ def _takes_rows(fn: Callable[..., Any]) -> bool:
     if isinstance(fn, Target):
         return True
     try:
-        params = [p for p in inspect.signature(fn).parameters.values()
-                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)]
+        params = [
+            p
+            for p in inspect.signature(fn).parameters.values()
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)
+        ]
     except (TypeError, ValueError):
         return False
     required = [p for p in params if p.default is p.empty and p.kind != p.VAR_POSITIONAL]
@@ -91,7 +94,9 @@ class Scorer:
             value = target(output, rows) if takes_rows else target(output)
             if not isinstance(value, Tensor) or value.shape != (len(rows),):
                 shape = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
-                raise CamlensError(f"target must return one scalar per sample, shape ({len(rows)},); it returned {shape}")
+                raise CamlensError(
+                    f"target must return one scalar per sample, shape ({len(rows)},); it returned {shape}"
+                )
             values.append(value)
         return torch.stack(values, 1)
 
@@ -105,8 +110,11 @@ def no_autocast(t: Tensor) -> torch.autocast:
 
 def _reshape_takes_size(fn: Reshape) -> bool:
     try:
-        params = [p for p in inspect.signature(fn).parameters.values()
-                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)]
+        params = [
+            p
+            for p in inspect.signature(fn).parameters.values()
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)
+        ]
     except (TypeError, ValueError):
         return False
     return len(params) >= 2 or any(p.kind == p.VAR_POSITIONAL for p in params)
@@ -139,11 +147,11 @@ class LayerExplainer(Explainer):
         fuse: str = "max",
     ) -> None:
         """Args:
-            model: the model (wrappers looked through, see :class:`~camlens.methods.base.Explainer`).
-            layer: None (automatic), a layer name or module, or a list of them (maps fused).
-            reshape: turns a layer's output into (B, K, h, w) (``reshape(output, input_size)`` or
-                ``reshape(output)``), e.g. :func:`camlens.tokens_to_grid`; None for spatial layers.
-            fuse: how the maps of several layers combine: ``"max"`` or ``"mean"``.
+        model: the model (wrappers looked through, see :class:`~camlens.methods.base.Explainer`).
+        layer: None (automatic), a layer name or module, or a list of them (maps fused).
+        reshape: turns a layer's output into (B, K, h, w) (``reshape(output, input_size)`` or
+            ``reshape(output)``), e.g. :func:`camlens.tokens_to_grid`; None for spatial layers.
+        fuse: how the maps of several layers combine: ``"max"`` or ``"mean"``.
         """
         super().__init__(model, layer)
         if fuse not in ("max", "mean"):
@@ -196,7 +204,9 @@ class LayerExplainer(Explainer):
         logit) reaches more than one position; after a ViT's last attention only the class token carries the
         prediction, so this is the last block's first normalization."""
         if torch.is_inference_mode_enabled():
-            raise CamlensError("choosing a token layer needs gradients; call outside torch.inference_mode() or give layer=")
+            raise CamlensError(
+                "choosing a token layer needs gradients; call outside torch.inference_mode() or give layer="
+            )
         with torch.enable_grad():
             calls, output = trace_calls(self.model, x.detach().requires_grad_(), keep_last=10**6)
             candidates: list[Any] = []  # (call index, channels), then call indices
@@ -315,13 +325,18 @@ class LayerExplainer(Explainer):
         except CamlensError:
             with torch.no_grad():
                 logits = scorer(output, torch.arange(batch, device=x.device))
-        chosen = torch.stack([t.classes(batch, x.device) if isinstance(t, Target) else
-                              torch.full((batch,), -1, dtype=torch.long, device=x.device) for t in bound], 1)
+        chosen = torch.stack(
+            [
+                t.classes(batch, x.device)
+                if isinstance(t, Target)
+                else torch.full((batch,), -1, dtype=torch.long, device=x.device)
+                for t in bound
+            ],
+            1,
+        )
         return logits, chosen, scorer
 
-    def __call__(
-        self, x: Tensor, classes: ClassSpec = None, *, topk: int = 1, target: TargetSpec = None
-    ) -> CAMResult:
+    def __call__(self, x: Tensor, classes: ClassSpec = None, *, topk: int = 1, target: TargetSpec = None) -> CAMResult:
         """Explain ``classes`` (see :func:`camlens.methods.base.select_classes`; default the ``topk`` best) or the
         scores of ``target``: a built-in target of :mod:`camlens.targets`, a callable (model output -> (B,), or
         ``(output, rows)`` -> (R,) with ``rows`` the source sample of each output row), or a list of them; maps
@@ -346,7 +361,9 @@ class LayerExplainer(Explainer):
         logits, chosen, scorer = self._select(x, output, classes, topk, target)
         per_layer = self._explain(x, output, acts, scorer)
         if len({m.ndim for m in per_layer}) > 1:
-            raise CamlensError(f"layers {self.layer_names} give maps of different spatial ranks; fuse layers of one rank")
+            raise CamlensError(
+                f"layers {self.layer_names} give maps of different spatial ranks; fuse layers of one rank"
+            )
         maps = per_layer[0] if len(per_layer) == 1 else fuse(per_layer, self.fuse, spatial_dims=per_layer[0].ndim - 2)
         values = None
         if scorer.targets is not None:
@@ -357,7 +374,10 @@ class LayerExplainer(Explainer):
                 maps = torch.where(valid.view(*valid.shape, *[1] * (maps.ndim - 2)), maps, torch.zeros_like(maps))
                 values = torch.where(valid.to(values.device), values, torch.full_like(values, float("nan")))
         return CAMResult(
-            logits=logits.detach(), classes=chosen, maps=maps.detach(), layer="+".join(self.layer_names),
+            logits=logits.detach(),
+            classes=chosen,
+            maps=maps.detach(),
+            layer="+".join(self.layer_names),
             target_scores=values,
         )
 

@@ -101,8 +101,13 @@ class ClassLocalization(_Counts):
         self.classified = torch.zeros((), dtype=torch.int64)  # the maps that came with predictions
         self.top1_cls = torch.zeros((), dtype=torch.int64)
 
-    def update(self, maps: Tensor | np.ndarray, gt_boxes: Sequence[Tensor], labels: Tensor | None = None,
-               logits: Tensor | None = None) -> Tensor:
+    def update(
+        self,
+        maps: Tensor | np.ndarray,
+        gt_boxes: Sequence[Tensor],
+        labels: Tensor | None = None,
+        logits: Tensor | None = None,
+    ) -> Tensor:
         """``maps`` (B, H, W): the ground-truth class's map of each image, in the pixel grid of ``gt_boxes``;
         ``labels`` (B,) and ``logits`` (B, C) for Top-1/Top-5 Loc and Top-1 Cls (without them, e.g. for
         precomputed maps, only GT-known Loc is counted).  Returns the predicted boxes (B, 4)."""
@@ -140,7 +145,9 @@ class BoxAccuracy(_Counts):
     _names = ("correct_largest", "correct_any", "count")
 
     def __init__(self, thresholds: Sequence[float] | np.ndarray | None = None, ious: Sequence[float] = DEFAULT_IOUS):
-        self.thresholds = torch.from_numpy(wsol_thresholds() if thresholds is None else np.asarray(thresholds, np.float64))
+        self.thresholds = torch.from_numpy(
+            wsol_thresholds() if thresholds is None else np.asarray(thresholds, np.float64)
+        )
         self.ious = tuple(float(i) for i in ious)
         if 0.5 not in self.ious:
             raise CamlensError(f"ious {self.ious} must include 0.5 (MaxBoxAcc's IoU)")
@@ -167,8 +174,13 @@ class BoxAccuracy(_Counts):
 
     def compute(self) -> dict[str, object]:
         if int(self.count) == 0:
-            return {"maxboxacc": None, "maxboxacc_v2": None, "best_threshold": None, "maxboxacc_per_iou": {},
-                    "maxboxacc_v2_per_iou": {}}
+            return {
+                "maxboxacc": None,
+                "maxboxacc_v2": None,
+                "best_threshold": None,
+                "maxboxacc_per_iou": {},
+                "maxboxacc_v2_per_iou": {},
+            }
         acc_largest = self.correct_largest.double() * 100.0 / float(self.count)
         acc_any = self.correct_any.double() * 100.0 / float(self.count)
         k50 = self.ious.index(0.5)
@@ -180,7 +192,6 @@ class BoxAccuracy(_Counts):
             "maxboxacc_per_iou": {_iou_key(i): float(a) for i, a in zip(self.ious, acc_largest.amax(1))},
             "maxboxacc_v2_per_iou": {_iou_key(i): float(a) for i, a in zip(self.ious, best_v2)},
         }
-
 
     def accuracy_at(self, threshold: float, iou: float = 0.5) -> float | None:
         """Box accuracy (largest contour, IoU >= ``iou``) at the sweep threshold nearest ``threshold``: the

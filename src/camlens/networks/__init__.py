@@ -33,12 +33,26 @@ from .wsolref import (
 )
 
 
-def gapify_backbone(num_classes: int = 1000, weights: str | None = None, *, backbone: str, cut: str | None = None,
-                    width: int = 1024, groups: int = 1, input_size: int = 224) -> nn.Module:
+def gapify_backbone(
+    num_classes: int = 1000,
+    weights: str | None = None,
+    *,
+    backbone: str,
+    cut: str | None = None,
+    width: int = 1024,
+    groups: int = 1,
+    input_size: int = 224,
+) -> nn.Module:
     """:func:`gapify` applied to ``camlens.backbones.build_backbone(backbone, weights=weights)``: the by-name form,
     so that a checkpoint of a converted torchvision or timm backbone rebuilds it."""
-    return gapify(build_backbone(backbone, None, weights), cut, width=width, num_classes=num_classes, groups=groups,
-                  input_size=input_size)
+    return gapify(
+        build_backbone(backbone, None, weights),
+        cut,
+        width=width,
+        num_classes=num_classes,
+        groups=groups,
+        input_size=input_size,
+    )
 
 
 NETWORKS: dict[str, Callable[..., nn.Module]] = {
@@ -71,8 +85,11 @@ def build_network(name: str, num_classes: int | None = None, weights: str | None
     unknown = sorted(set(options) - set(allowed))
     if unknown:
         raise CamlensError(f"{name} has no option {', '.join(unknown)}; its options: {', '.join(allowed) or 'none'}")
-    missing = [p.name for p in signature.parameters.values()
-               if p.kind is p.KEYWORD_ONLY and p.default is p.empty and p.name not in options]
+    missing = [
+        p.name
+        for p in signature.parameters.values()
+        if p.kind is p.KEYWORD_ONLY and p.default is p.empty and p.name not in options
+    ]
     if missing:
         raise CamlensError(f"{name} needs the option {', '.join(missing)}")
     bound = signature.bind(1000 if num_classes is None else num_classes, weights, **options)

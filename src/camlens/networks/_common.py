@@ -133,8 +133,9 @@ class ConvGapNet(nn.Module):
     ``new_layers`` names the layers the conversion adds (``conv``, ``fc``): they train at the higher rate.
     """
 
-    def __init__(self, features: nn.Module, channels: int, width: int, num_classes: int, *, groups: int = 1,
-                 dropout: float = 0.0) -> None:
+    def __init__(
+        self, features: nn.Module, channels: int, width: int, num_classes: int, *, groups: int = 1, dropout: float = 0.0
+    ) -> None:
         super().__init__()
         check_head(channels, width, num_classes, groups, dropout)
         self.features = features
@@ -177,8 +178,9 @@ def feature_resolution(model: nn.Module, size: int | tuple[int, int] = 224, in_c
     was_training = model.training
     model.eval()
     try:
-        calls, output = trace_calls(model, torch.empty(1, in_channels, h, w, device="meta"), keep_last=256,
-                                    run=meta_forward(model))
+        calls, output = trace_calls(
+            model, torch.empty(1, in_channels, h, w, device="meta"), keep_last=256, run=meta_forward(model)
+        )
     finally:
         model.train(was_training)
     finals = _output_tensors(output)

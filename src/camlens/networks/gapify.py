@@ -112,7 +112,9 @@ def _cut(model: nn.Module, cut: str) -> nn.Module:
             f"cannot cut {type(model).__name__} at {cut!r}: torch.fx could not trace it ({first}); cut it by hand "
             "(an nn.Module returning that layer's output) and call gapify(backbone) without cut="
         ) from err
-    graphs = {id(g): g for g in (getattr(traced, "train_graph", traced.graph), getattr(traced, "eval_graph", traced.graph))}
+    graphs = {
+        id(g): g for g in (getattr(traced, "train_graph", traced.graph), getattr(traced, "eval_graph", traced.graph))
+    }
     for graph in graphs.values():
         output = next(node for node in graph.nodes if node.op == "output")
         output.args = (output.args[0]["features"],)
@@ -139,9 +141,13 @@ def _check_spatial(features: nn.Module, cut: str | None, size: int) -> int:
         except CamlensError:
             raise CamlensError(f"{where} gives a {type(out).__name__}, not a feature map (B, K, h, w)") from None
     if out.ndim != 4:
-        raise CamlensError(f"{where} has no spatial output: shape {tuple(out.shape)} at {size} px, not (B, K, h, w); "
-                           "cut at an earlier convolutional layer")
+        raise CamlensError(
+            f"{where} has no spatial output: shape {tuple(out.shape)} at {size} px, not (B, K, h, w); "
+            "cut at an earlier convolutional layer"
+        )
     if out.shape[-2] * out.shape[-1] <= 1:
-        raise CamlensError(f"{where} leaves a 1x1 map at {size} px: CAM needs h*w > 1; cut at an earlier layer "
-                           "(or use a larger input_size)")
+        raise CamlensError(
+            f"{where} leaves a 1x1 map at {size} px: CAM needs h*w > 1; cut at an earlier layer "
+            "(or use a larger input_size)"
+        )
     return int(out.shape[1])

@@ -14,9 +14,19 @@ from torch import nn
 from ..errors import CamlensError
 
 
-def vit_tiny_gap(num_classes: int = 1000, weights: str | None = None, *, img_size: int = 64, patch_size: int = 8,
-                 embed_dim: int = 96, depth: int = 4, num_heads: int = 3, mlp_ratio: float = 2.0,
-                 reg_tokens: int = 0, stem: str = "conv") -> nn.Module:
+def vit_tiny_gap(
+    num_classes: int = 1000,
+    weights: str | None = None,
+    *,
+    img_size: int = 64,
+    patch_size: int = 8,
+    embed_dim: int = 96,
+    depth: int = 4,
+    num_heads: int = 3,
+    mlp_ratio: float = 2.0,
+    reg_tokens: int = 0,
+    stem: str = "conv",
+) -> nn.Module:
     """ViT-Tiny-GAP: patch embedding (``patch_size``, an ``img_size // patch_size`` square grid: 8x8 at 64 px),
     learned position embeddings, ``depth`` pre-norm blocks of ``num_heads`` heads and width ``embed_dim``, an MLP of
     ``mlp_ratio`` times the width, optional register tokens (Darcet et al., ICLR 2024), then the mean of the patch
@@ -44,19 +54,32 @@ def vit_tiny_gap(num_classes: int = 1000, weights: str | None = None, *, img_siz
         The timm ``VisionTransformer``.
     """
     if weights not in (None, "none", "None"):
-        raise CamlensError("vit-tiny-gap has no pretrained weights; train it with `camlens train` or use --weights none")
+        raise CamlensError(
+            "vit-tiny-gap has no pretrained weights; train it with `camlens train` or use --weights none"
+        )
     try:
         from timm.models.vision_transformer import VisionTransformer
     except ImportError as err:
-        raise CamlensError("vit-tiny-gap is built with timm, which is not installed: pip install 'camlens[timm]'") from err
+        raise CamlensError(
+            "vit-tiny-gap is built with timm, which is not installed: pip install 'camlens[timm]'"
+        ) from err
     if stem not in ("conv", "patch"):
         raise CamlensError(f"stem={stem!r}: use 'conv' or 'patch'")
     steps = patch_size.bit_length() - 1
     if stem == "conv" and (patch_size != 1 << steps or steps < 1):
         raise CamlensError(f"stem='conv' needs a patch_size that is a power of two, not {patch_size}; or stem='patch'")
-    model = VisionTransformer(img_size=img_size, patch_size=patch_size, num_classes=num_classes, embed_dim=embed_dim,
-                              depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio, class_token=False,
-                              global_pool="avg", reg_tokens=reg_tokens)
+    model = VisionTransformer(
+        img_size=img_size,
+        patch_size=patch_size,
+        num_classes=num_classes,
+        embed_dim=embed_dim,
+        depth=depth,
+        num_heads=num_heads,
+        mlp_ratio=mlp_ratio,
+        class_token=False,
+        global_pool="avg",
+        reg_tokens=reg_tokens,
+    )
     if stem == "conv":
         widths = [max(8, embed_dim >> (steps - i)) for i in range(1, steps)] + [embed_dim]
         layers: list[nn.Module] = []

@@ -38,8 +38,9 @@ class VGG16Wsol(nn.Module):
         return self.fc(self.avgpool(self.relu(self.conv6(self.features(x)))).flatten(1))
 
 
-def wsol_vgg16(num_classes: int = 1000, weights: str | None = None, *, width: int = 1024,
-               large_feature_map: bool = False) -> VGG16Wsol:
+def wsol_vgg16(
+    num_classes: int = 1000, weights: str | None = None, *, width: int = 1024, large_feature_map: bool = False
+) -> VGG16Wsol:
     """Choe et al.'s VGG16: torchvision's VGG16 features without pool5 (and without pool4 when
     ``large_feature_map``), conv6 3x3 512 -> ``width`` (1024), ReLU, GAP, fc.  New layers: conv6, fc.
     Feature map: 14x14 at 224 px (stride 16); 28x28 (stride 8) with ``large_feature_map``."""
@@ -52,8 +53,7 @@ def wsol_vgg16(num_classes: int = 1000, weights: str | None = None, *, width: in
     return materialize(net, skeleton, pretrained_state("vgg16", weights), init="he")
 
 
-def wsol_resnet50(num_classes: int = 1000, weights: str | None = None, *,
-                  large_feature_map: bool = False) -> nn.Module:
+def wsol_resnet50(num_classes: int = 1000, weights: str | None = None, *, large_feature_map: bool = False) -> nn.Module:
     """Choe et al.'s ResNet50: torchvision's ResNet50 with stride 1 in layer4 (and in layer3 when
     ``large_feature_map``; no dilation, as in their code), GAP, a fresh fc.  New layers: layer4, fc (the
     pretrained layer4 also trains at the higher rate in their code).
@@ -129,9 +129,24 @@ class InceptionV3Wsol(nn.Module):
 
 
 # The modules of InceptionV3Wsol up to Mixed_6e: the trunk their ACoL and SPG networks share.
-INCEPTION_TRUNK = ("Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "maxpool1", "Conv2d_3b_1x1", "Conv2d_4a_3x3",
-                   "maxpool2", "Mixed_5b", "Mixed_5c", "Mixed_5d", "maxpool3", "Mixed_6a", "Mixed_6b", "Mixed_6c",
-                   "Mixed_6d", "Mixed_6e")
+INCEPTION_TRUNK = (
+    "Conv2d_1a_3x3",
+    "Conv2d_2a_3x3",
+    "Conv2d_2b_3x3",
+    "maxpool1",
+    "Conv2d_3b_1x1",
+    "Conv2d_4a_3x3",
+    "maxpool2",
+    "Mixed_5b",
+    "Mixed_5c",
+    "Mixed_5d",
+    "maxpool3",
+    "Mixed_6a",
+    "Mixed_6b",
+    "Mixed_6c",
+    "Mixed_6d",
+    "Mixed_6e",
+)
 
 
 def inception_stages(net: Any, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -151,8 +166,14 @@ def inception_stages(net: Any, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return early, late, net.Mixed_6e(late)
 
 
-def wsol_inceptionv3(num_classes: int = 1000, weights: str | None = None, *, width: int = 1024,
-                     large_feature_map: bool = False, dropout: float = 0.5) -> InceptionV3Wsol:
+def wsol_inceptionv3(
+    num_classes: int = 1000,
+    weights: str | None = None,
+    *,
+    width: int = 1024,
+    large_feature_map: bool = False,
+    dropout: float = 0.5,
+) -> InceptionV3Wsol:
     """Choe et al.'s InceptionV3 (see :class:`InceptionV3Wsol`), cut after Mixed_6e (768 channels).  New layers:
     SPG_A3_1b, SPG_A3_2b, SPG_A4.  Feature map: 14x14 at 224 px; 28x28 with ``large_feature_map``.  ``dropout``:
     the rate before each head convolution (their ADL variant has none: 0)."""

@@ -90,8 +90,9 @@ def read_layout(state: Mapping[str, Tensor], architecture: str | None = None) ->
             VGG16 ``features`` numbering none of their configurations gives.
     """
     if architecture is not None and architecture not in BACKBONES:
-        raise CamlensError(f"the checkpoint's architecture {architecture!r} is none of wsolevaluation's "
-                           f"{', '.join(BACKBONES)}")
+        raise CamlensError(
+            f"the checkpoint's architecture {architecture!r} is none of wsolevaluation's {', '.join(BACKBONES)}"
+        )
     if "Mixed_6e.branch1x1.conv.weight" in state:
         backbone = "inception_v3"
     elif "layer1.0.conv1.weight" in state:
@@ -99,8 +100,10 @@ def read_layout(state: Mapping[str, Tensor], architecture: str | None = None) ->
     elif "features.0.weight" in state and "classifier.0.weight" not in state:
         backbone = "vgg16"
     elif architecture is not None:
-        raise CamlensError(f"the checkpoint says architecture {architecture!r} but its keys ({_sample(state)}) are "
-                           "not those of wsolevaluation's vgg16, resnet50 or inception_v3")
+        raise CamlensError(
+            f"the checkpoint says architecture {architecture!r} but its keys ({_sample(state)}) are "
+            "not those of wsolevaluation's vgg16, resnet50 or inception_v3"
+        )
     else:
         return None
     if architecture is not None and architecture != backbone:
@@ -115,23 +118,29 @@ def read_layout(state: Mapping[str, Tensor], architecture: str | None = None) ->
         convs = _vgg_conv_indices(state)
         matches = [key for key, indices in VGG_CONVS.items() if indices == convs]
         if not matches or "fc.weight" not in state:
-            raise CamlensError(f"VGG16 checkpoint: its features convolutions {list(convs)} and head "
-                               f"({'fc' if 'fc.weight' in state else 'no fc'}) match none of wsolevaluation's "
-                               "layouts (cam, adl; 14x14 or 28x28)")
-        (layout, large), = matches
+            raise CamlensError(
+                f"VGG16 checkpoint: its features convolutions {list(convs)} and head "
+                f"({'fc' if 'fc.weight' in state else 'no fc'}) match none of wsolevaluation's "
+                "layouts (cam, adl; 14x14 or 28x28)"
+            )
+        ((layout, large),) = matches
         rows = _classifier_rows(state, "fc.weight")
     elif backbone == "resnet50":
         if "fc.weight" not in state:
-            raise CamlensError(f"ResNet50 checkpoint without fc, classifier_A or SPG_A4 ({_sample(state)}): "
-                               "none of wsolevaluation's layouts")
+            raise CamlensError(
+                f"ResNet50 checkpoint without fc, classifier_A or SPG_A4 ({_sample(state)}): "
+                "none of wsolevaluation's layouts"
+            )
         layout = "adl" if "layer3.6.conv1.weight" in state else "cam"
         if layout == "cam" and architecture is None:
             return None  # torchvision's resnet50 has the same keys
         rows = _classifier_rows(state, "fc.weight")
     else:
         if "SPG_A4.weight" not in state:
-            raise CamlensError(f"InceptionV3 checkpoint without SPG_A4 or classifier_A ({_sample(state)}): none "
-                               "of wsolevaluation's layouts")
+            raise CamlensError(
+                f"InceptionV3 checkpoint without SPG_A4 or classifier_A ({_sample(state)}): none "
+                "of wsolevaluation's layouts"
+            )
         layout, rows = "cam", _classifier_rows(state, "SPG_A4.weight")  # their ADL adds no keys
     return ReferenceLayout(backbone, layout, large, rows)
 
@@ -141,8 +150,9 @@ def _sample(state: Mapping[str, Tensor]) -> str:
     return ", ".join(keys[:3]) + (", ..." if len(keys) > 3 else "")
 
 
-def resolve(layout: ReferenceLayout, method: str | None, large_feature_map: bool | None,
-            source: str) -> tuple[ReferenceLayout, str]:
+def resolve(
+    layout: ReferenceLayout, method: str | None, large_feature_map: bool | None, source: str
+) -> tuple[ReferenceLayout, str]:
     """The layout with ``large_feature_map`` settled and the camlens WSOL method to attach, from what the file
     says and the caller's overrides (``method``: cam, has, cutmix, adl, acol, spg).
 
@@ -166,22 +176,33 @@ def resolve(layout: ReferenceLayout, method: str | None, large_feature_map: bool
     if needed == "adl" and layout.backbone == "inception_v3":
         needed = "cam"  # their InceptionAdl has InceptionCam's keys
     if needed != layout.layout:
-        what = {"acol": "ACoL's heads classifier_A and classifier_B", "spg": "SPG's SPG_B_1a, SPG_B_2a, SPG_B_shared "
-                "and SPG_C branches", "adl": "ADL's renumbered layers", "cam": "the plain CAM network"}[needed]
-        raise CamlensError(f"{source}: --wsol-method {name} needs {what}, but the checkpoint has wsolevaluation's "
-                           f"{layout.layout} layout of {layout.backbone}; drop --wsol-method or pass "
-                           f"{layout.layout}")
+        what = {
+            "acol": "ACoL's heads classifier_A and classifier_B",
+            "spg": "SPG's SPG_B_1a, SPG_B_2a, SPG_B_shared and SPG_C branches",
+            "adl": "ADL's renumbered layers",
+            "cam": "the plain CAM network",
+        }[needed]
+        raise CamlensError(
+            f"{source}: --wsol-method {name} needs {what}, but the checkpoint has wsolevaluation's "
+            f"{layout.layout} layout of {layout.backbone}; drop --wsol-method or pass "
+            f"{layout.layout}"
+        )
     large = layout.large_feature_map
     if large is not None and large_feature_map is not None and large != large_feature_map:
-        raise CamlensError(f"{source}: its VGG16 features numbering is that of large_feature_map={large}, "
-                           f"not {large_feature_map}; drop the large-feature-map option")
+        raise CamlensError(
+            f"{source}: its VGG16 features numbering is that of large_feature_map={large}, "
+            f"not {large_feature_map}; drop the large-feature-map option"
+        )
     if large is None:
         large = large_feature_map
     if large is None:
         large = False
-        warnings.warn(f"{source}: wsolevaluation files do not record large_feature_map for {layout.backbone} "
-                      f"({layout.layout}), and no tensor depends on it; assuming False (their default): pass "
-                      "--large-feature-map if it was trained with 28x28 maps", stacklevel=3)
+        warnings.warn(
+            f"{source}: wsolevaluation files do not record large_feature_map for {layout.backbone} "
+            f"({layout.layout}), and no tensor depends on it; assuming False (their default): pass "
+            "--large-feature-map if it was trained with 28x28 maps",
+            stacklevel=3,
+        )
     return ReferenceLayout(layout.backbone, layout.layout, large, layout.num_classes), name
 
 

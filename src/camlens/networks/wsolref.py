@@ -39,9 +39,13 @@ def acol_classifier(channels: int, num_classes: int, width: int = ACOL_WIDTH) ->
     Returns:
         The branch, keys ``0``, ``2``, ``4`` as theirs.
     """
-    return nn.Sequential(nn.Conv2d(channels, width, 3, padding=1), nn.ReLU(),
-                         nn.Conv2d(width, width, 3, padding=1), nn.ReLU(),
-                         nn.Conv2d(width, num_classes, 1))
+    return nn.Sequential(
+        nn.Conv2d(channels, width, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(width, width, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(width, num_classes, 1),
+    )
 
 
 def _conv_relu(cin: int, cout: int) -> nn.Sequential:
@@ -102,9 +106,13 @@ class SPGNet(nn.Module):
         at the feature resolution), as their forward returns them."""
         x1, x2, features = self.stages(x)
         feat_map = self.classifier(features)
-        return {"logits": self.avgpool(feat_map).flatten(1), "feat_map": feat_map,
-                "logits_b1": self.SPG_B_shared(self.SPG_B_1a(x1)), "logits_b2": self.SPG_B_shared(self.SPG_B_2a(x2)),
-                "logits_c": self.SPG_C(features)}
+        return {
+            "logits": self.avgpool(feat_map).flatten(1),
+            "feat_map": feat_map,
+            "logits_b1": self.SPG_B_shared(self.SPG_B_1a(x1)),
+            "logits_b2": self.SPG_B_shared(self.SPG_B_2a(x2)),
+            "logits_c": self.SPG_C(features),
+        }
 
 
 def _vgg_skeleton() -> Any:
@@ -131,8 +139,9 @@ class VGG16AcolWsol(ACoLNet):
         return F.avg_pool2d(self.features(x), 3, stride=1, padding=1)
 
 
-def wsol_vgg16_acol(num_classes: int = 1000, weights: str | None = None, *,
-                    large_feature_map: bool = False) -> VGG16AcolWsol:
+def wsol_vgg16_acol(
+    num_classes: int = 1000, weights: str | None = None, *, large_feature_map: bool = False
+) -> VGG16AcolWsol:
     """Choe et al.'s VGG16 for ACoL (:class:`VGG16AcolWsol`), initialized as theirs (Xavier, zero biases).
     Feature map: 14x14 at 224 px; 28x28 with ``large_feature_map``.
 
@@ -171,8 +180,14 @@ class VGG16SpgWsol(SPGNet):
         large_feature_map: no pooling between conv4 and conv5.
     """
 
-    def __init__(self, features: nn.Sequential, conv4: nn.Sequential, conv5: nn.Sequential, num_classes: int,
-                 large_feature_map: bool) -> None:
+    def __init__(
+        self,
+        features: nn.Sequential,
+        conv4: nn.Sequential,
+        conv5: nn.Sequential,
+        num_classes: int,
+        large_feature_map: bool,
+    ) -> None:
         super().__init__()
         self.features = features
         self.SPG_A_1 = conv4
@@ -181,8 +196,16 @@ class VGG16SpgWsol(SPGNet):
         self.SPG_A_3 = nn.Sequential(*_conv_relu(512, 512), *_conv_relu(512, 512))
         self.SPG_A_4 = nn.Conv2d(512, num_classes, 1)
         self._add_branches(512, 512, 512, 512)
-        self.new_layers: tuple[str, ...] = ("SPG_A_1", "SPG_A_2", "SPG_A_3", "SPG_A_4", "SPG_B_1a", "SPG_B_2a",
-                                            "SPG_B_shared", "SPG_C")
+        self.new_layers: tuple[str, ...] = (
+            "SPG_A_1",
+            "SPG_A_2",
+            "SPG_A_3",
+            "SPG_A_4",
+            "SPG_B_1a",
+            "SPG_B_2a",
+            "SPG_B_shared",
+            "SPG_C",
+        )
 
     def stages(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         x1 = self.pool(self.SPG_A_1(self.features(x)))
@@ -190,8 +213,9 @@ class VGG16SpgWsol(SPGNet):
         return x1, x2, self.SPG_A_3(x2)
 
 
-def wsol_vgg16_spg(num_classes: int = 1000, weights: str | None = None, *,
-                   large_feature_map: bool = False) -> VGG16SpgWsol:
+def wsol_vgg16_spg(
+    num_classes: int = 1000, weights: str | None = None, *, large_feature_map: bool = False
+) -> VGG16SpgWsol:
     """Choe et al.'s VGG16 for SPG (:class:`VGG16SpgWsol`; conv4 and conv5 from the pretrained VGG16 as their
     ``batch_replace_layer`` maps them), initialized as theirs (Xavier, zero biases).  Feature map: 14x14 at
     224 px; 28x28 with ``large_feature_map``.
@@ -208,8 +232,9 @@ def wsol_vgg16_spg(num_classes: int = 1000, weights: str | None = None, *,
     skeleton = _vgg_skeleton()
     f = skeleton.features
     with torch.device("meta"):
-        net = VGG16SpgWsol(nn.Sequential(*f[:17]), nn.Sequential(*f[17:23]), nn.Sequential(*f[24:30]), num_classes,
-                           large_feature_map)
+        net = VGG16SpgWsol(
+            nn.Sequential(*f[:17]), nn.Sequential(*f[17:23]), nn.Sequential(*f[24:30]), num_classes, large_feature_map
+        )
     return materialize(net, skeleton, pretrained_state("vgg16", weights), init="xavier")
 
 
@@ -255,8 +280,9 @@ class ResNet50AcolWsol(ACoLNet, _ResNetStem):
         return self.layer4(self.layer3(self.stem(x)))
 
 
-def wsol_resnet50_acol(num_classes: int = 1000, weights: str | None = None, *,
-                       large_feature_map: bool = False) -> ResNet50AcolWsol:
+def wsol_resnet50_acol(
+    num_classes: int = 1000, weights: str | None = None, *, large_feature_map: bool = False
+) -> ResNet50AcolWsol:
     """Choe et al.'s ResNet50 for ACoL (:class:`ResNet50AcolWsol`), initialized as theirs (He, fan-out).
     Feature map: 14x14 at 224 px; 28x28 with ``large_feature_map``.
 
@@ -301,8 +327,9 @@ class ResNet50SpgWsol(SPGNet, _ResNetStem):
         return x1, x2, self.layer4(x2)
 
 
-def wsol_resnet50_spg(num_classes: int = 1000, weights: str | None = None, *,
-                      large_feature_map: bool = False) -> ResNet50SpgWsol:
+def wsol_resnet50_spg(
+    num_classes: int = 1000, weights: str | None = None, *, large_feature_map: bool = False
+) -> ResNet50SpgWsol:
     """Choe et al.'s ResNet50 for SPG (:class:`ResNet50SpgWsol`), initialized as theirs (Xavier).
     Feature map: 14x14 at 224 px; 28x28 with ``large_feature_map``.
 
@@ -364,8 +391,15 @@ class InceptionV3SpgWsol(SPGNet, _InceptionTrunk):
         self.SPG_A3_2b = _conv_relu(1024, 1024)
         self.SPG_A4 = nn.Conv2d(1024, num_classes, 1)
         self._add_branches(288, 768, 512, 1024)
-        self.new_layers: tuple[str, ...] = ("SPG_A3_1b", "SPG_A3_2b", "SPG_A4", "SPG_B_1a", "SPG_B_2a",
-                                            "SPG_B_shared", "SPG_C")
+        self.new_layers: tuple[str, ...] = (
+            "SPG_A3_1b",
+            "SPG_A3_2b",
+            "SPG_A4",
+            "SPG_B_1a",
+            "SPG_B_2a",
+            "SPG_B_shared",
+            "SPG_C",
+        )
 
     def stages(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         early, late, out = inception_stages(self, x)
@@ -379,8 +413,9 @@ def _inception(cls: Any, num_classes: int, weights: str | None, large_feature_ma
     return materialize(net, skeleton, pretrained_state("inception_v3", weights), init="xavier")
 
 
-def wsol_inceptionv3_acol(num_classes: int = 1000, weights: str | None = None, *,
-                          large_feature_map: bool = False) -> InceptionV3AcolWsol:
+def wsol_inceptionv3_acol(
+    num_classes: int = 1000, weights: str | None = None, *, large_feature_map: bool = False
+) -> InceptionV3AcolWsol:
     """Choe et al.'s InceptionV3 for ACoL (:class:`InceptionV3AcolWsol`), initialized as theirs (Xavier).
     Feature map: 14x14 at 224 px; 28x28 with ``large_feature_map``.
 
@@ -396,8 +431,9 @@ def wsol_inceptionv3_acol(num_classes: int = 1000, weights: str | None = None, *
     return _inception(InceptionV3AcolWsol, num_classes, weights, large_feature_map)
 
 
-def wsol_inceptionv3_spg(num_classes: int = 1000, weights: str | None = None, *,
-                         large_feature_map: bool = False) -> InceptionV3SpgWsol:
+def wsol_inceptionv3_spg(
+    num_classes: int = 1000, weights: str | None = None, *, large_feature_map: bool = False
+) -> InceptionV3SpgWsol:
     """Choe et al.'s InceptionV3 for SPG (:class:`InceptionV3SpgWsol`), initialized as theirs (Xavier).
     Feature map: 14x14 at 224 px; 28x28 with ``large_feature_map``.
 

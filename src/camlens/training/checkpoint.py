@@ -40,8 +40,16 @@ def _save(path: Path, tensors: dict[str, Tensor], metadata: dict[str, str]) -> N
         save_file(tensors, str(tmp), metadata=metadata)
 
 
-def save_weights(path: Path, state: dict[str, Tensor], *, arch: str, class_names: list[str], preprocess: Preprocess,
-                 arch_options: dict[str, Any] | None, extra: dict[str, Any]) -> None:
+def save_weights(
+    path: Path,
+    state: dict[str, Tensor],
+    *,
+    arch: str,
+    class_names: list[str],
+    preprocess: Preprocess,
+    arch_options: dict[str, Any] | None,
+    extra: dict[str, Any],
+) -> None:
     """A camlens checkpoint (the metadata of :func:`camlens.models.save_checkpoint`), written atomically."""
     meta = {"arch": arch, "class_names": list(class_names), "preprocess": preprocess.to_json(), **extra}
     if arch_options:
@@ -103,6 +111,6 @@ def load_resume(out: Path) -> tuple[dict[str, Tensor], dict[str, Tensor], dict]:
     with safe_open(str(path), framework="pt") as f:
         state = json.loads((f.metadata() or {})["camlens_train"])
     packed = load_file(str(path))
-    model = {k[len("model/"):]: v for k, v in packed.items() if k.startswith("model/")}
-    optim = {k[len("optimizer/"):]: v for k, v in packed.items() if k.startswith("optimizer/")}
+    model = {k[len("model/") :]: v for k, v in packed.items() if k.startswith("model/")}
+    optim = {k[len("optimizer/") :]: v for k, v in packed.items() if k.startswith("optimizer/")}
     return model, optim, state

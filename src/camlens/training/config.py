@@ -103,8 +103,10 @@ class TrainConfig:
         if self.new_layer_lr_mult is not None and not self.new_layer_lr_mult > 0:
             raise CamlensError(f"new_layer_lr_mult={self.new_layer_lr_mult} must be positive")
         if check_protocol(self.protocol) == REFERENCE and self.optimizer != "sgd":
-            raise CamlensError("protocol wsolevaluation trains with the reference code's SGD (Nesterov momentum): "
-                               f"optimizer={self.optimizer!r} does not fit it")
+            raise CamlensError(
+                "protocol wsolevaluation trains with the reference code's SGD (Nesterov momentum): "
+                f"optimizer={self.optimizer!r} does not fit it"
+            )
 
     @property
     def pretrained(self) -> bool:

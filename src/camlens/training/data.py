@@ -92,8 +92,16 @@ def load_data(
             ds = BuiltinDataset(split, num_images=count, image_size=size, seed=seed)  # type: ignore[arg-type]
             splits.append(Split(ds.tensors()["labels"], ds.uint8_images()))
         kind = "shift" if augment == "auto" else augment
-        return TrainData(splits[0], splits[1], list(BuiltinDataset.classes), size, False, "builtin", kind,
-                         _resize(kind, size, resize_size))
+        return TrainData(
+            splits[0],
+            splits[1],
+            list(BuiltinDataset.classes),
+            size,
+            False,
+            "builtin",
+            kind,
+            _resize(kind, size, resize_size),
+        )
     kind = "crop" if augment == "auto" else augment
     if source.kind == "stl10":
         from ..data.stl10 import STL10
@@ -104,8 +112,9 @@ def load_data(
         size = image_size or DEFAULT_SIZE["stl10"]
         train_split = _subset(Split(train_set.labels, train_set.images), num_train, seed)
         val_split = _subset(Split(val_set.labels, val_set.images), num_val, seed)
-        return TrainData(train_split, val_split, train_set.classes, size, True, "stl10", kind,
-                         _resize(kind, size, resize_size))
+        return TrainData(
+            train_split, val_split, train_set.classes, size, True, "stl10", kind, _resize(kind, size, resize_size)
+        )
     size = image_size or 224
     resize = _resize(kind, size, resize_size)
     path = Path(data)
@@ -115,8 +124,16 @@ def load_data(
 
     folder_train, folder_val = folder_splits(data, size, val_fraction, seed)
     folder_train.size = resize or size
-    return TrainData(Split(folder_train.labels, dataset=folder_train), Split(folder_val.labels, dataset=folder_val),
-                     folder_train.classes, size, True, str(path.resolve()), kind, resize)
+    return TrainData(
+        Split(folder_train.labels, dataset=folder_train),
+        Split(folder_val.labels, dataset=folder_val),
+        folder_train.classes,
+        size,
+        True,
+        str(path.resolve()),
+        kind,
+        resize,
+    )
 
 
 def _resize(kind: str, size: int, resize_size: int | None) -> int | None:
@@ -139,8 +156,17 @@ def _keep(n: int, count: int, seed: int) -> Tensor:
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:count].sort().values
 
 
-def _wsol_data(path: Path, images: str | Path | None, size: int, resize: int | None, kind: str, val_fraction: float,
-               seed: int, num_train: int | None, num_val: int | None) -> TrainData:
+def _wsol_data(
+    path: Path,
+    images: str | Path | None,
+    size: int,
+    resize: int | None,
+    kind: str,
+    val_fraction: float,
+    seed: int,
+    num_train: int | None,
+    num_val: int | None,
+) -> TrainData:
     """A Choe et al. metadata folder: train split ``path/train`` (or ``path`` itself), validation ``path/val``
     (their train-fullsup, labels only are read here) or a held-out ``val_fraction`` of each class."""
     from ..data.annotations import read_wsol_labels
@@ -149,8 +175,10 @@ def _wsol_data(path: Path, images: str | Path | None, size: int, resize: int | N
     train_dir = path / "train" if (path / "train" / "image_ids.txt").is_file() else path
     val_dir = path / "val" if train_dir != path and (path / "val" / "image_ids.txt").is_file() else None
     if images is None:
-        raise CamlensError(f"--data {path}: WSOL metadata names images relative to their dataset's root; "
-                           "give that folder with --images DIR")
+        raise CamlensError(
+            f"--data {path}: WSOL metadata names images relative to their dataset's root; "
+            "give that folder with --images DIR"
+        )
     root = Path(images)
     if not root.is_dir():
         raise CamlensError(f"--images {root}: not a folder")
@@ -158,14 +186,18 @@ def _wsol_data(path: Path, images: str | Path | None, size: int, resize: int | N
     num_classes = int(labels.max()) + 1
     absent = sorted(set(range(num_classes)) - set(labels.tolist()))
     if absent:
-        raise AnnotationError(f"{train_dir / 'class_labels.txt'}: class(es) {absent[:5]} of 0..{num_classes - 1} "
-                              "have no training image; labels must number the classes 0..K-1")
+        raise AnnotationError(
+            f"{train_dir / 'class_labels.txt'}: class(es) {absent[:5]} of 0..{num_classes - 1} "
+            "have no training image; labels must number the classes 0..K-1"
+        )
     if val_dir is not None:
         val_ids, val_labels = read_wsol_labels(val_dir)
         unknown = sorted(set(val_labels.tolist()) - set(range(num_classes)))
         if unknown:
-            raise AnnotationError(f"{val_dir / 'class_labels.txt'}: class(es) {unknown[:5]} are unknown: the "
-                                  f"training split {train_dir} has classes 0..{num_classes - 1}")
+            raise AnnotationError(
+                f"{val_dir / 'class_labels.txt'}: class(es) {unknown[:5]} are unknown: the "
+                f"training split {train_dir} has classes 0..{num_classes - 1}"
+            )
     else:
         if not 0 < val_fraction < 1:
             raise CamlensError(f"val_fraction={val_fraction} must be between 0 and 1")
@@ -182,13 +214,24 @@ def _wsol_data(path: Path, images: str | Path | None, size: int, resize: int | N
     for where, listed in ((train_dir, ids), (val_dir or train_dir, val_ids)):
         missing = [i for i in listed if not (root / i).is_file()]
         if missing:
-            raise CamlensError(f"{where / 'image_ids.txt'}: {len(missing)} of {len(listed)} image(s) are missing "
-                               f"under {root}, e.g. {missing[0]!r}")
+            raise CamlensError(
+                f"{where / 'image_ids.txt'}: {len(missing)} of {len(listed)} image(s) are missing "
+                f"under {root}, e.g. {missing[0]!r}"
+            )
     classes = [str(c) for c in range(num_classes)]
     train_set = ImageFolder([(root / i, int(c)) for i, c in zip(ids, labels)], classes, resize or size, root)
     val_set = ImageFolder([(root / i, int(c)) for i, c in zip(val_ids, val_labels)], classes, size, root)
-    return TrainData(Split(labels, dataset=train_set), Split(val_labels, dataset=val_set), classes, size, True,
-                     str(path.resolve()), kind, resize, path if val_dir is not None else None)
+    return TrainData(
+        Split(labels, dataset=train_set),
+        Split(val_labels, dataset=val_set),
+        classes,
+        size,
+        True,
+        str(path.resolve()),
+        kind,
+        resize,
+        path if val_dir is not None else None,
+    )
 
 
 def _held_out(labels: Tensor, fraction: float, seed: int) -> Tensor:
@@ -223,8 +266,9 @@ def load_batches(split: Split, batches: Sequence[Tensor], workers: int) -> Itera
         return
     if split.dataset is None:
         raise CamlensError("a split holds neither images nor a dataset")
-    loader = DataLoader(split.dataset, batch_sampler=[b.tolist() for b in batches], num_workers=workers,
-                        collate_fn=_collate)
+    loader = DataLoader(
+        split.dataset, batch_sampler=[b.tolist() for b in batches], num_workers=workers, collate_fn=_collate
+    )
     yield from loader
 
 
@@ -250,8 +294,14 @@ class Augmentation:
     def draw(self, generator: torch.Generator, n: int) -> Tensor:
         """(n, 3) int64: top and left offsets and the mirror flag of each image of a global batch."""
         span = {"shift": 2 * self.max_shift, "crop": (self.resize or self.size) - self.size}.get(self.kind, 0)
-        offsets = torch.randint(0, span + 1, (2, n), generator=generator) if span > 0 else torch.zeros(2, n, dtype=torch.long)
-        mirror = (torch.rand(n, generator=generator) < 0.5) if self.flips and self.kind != "none" else torch.zeros(n, dtype=torch.bool)
+        offsets = (
+            torch.randint(0, span + 1, (2, n), generator=generator) if span > 0 else torch.zeros(2, n, dtype=torch.long)
+        )
+        mirror = (
+            (torch.rand(n, generator=generator) < 0.5)
+            if self.flips and self.kind != "none"
+            else torch.zeros(n, dtype=torch.bool)
+        )
         return torch.stack([offsets[0], offsets[1], mirror.long()], 1)
 
     def __call__(self, images: Tensor, params: Tensor) -> Tensor:
@@ -265,8 +315,9 @@ class Augmentation:
         elif self.kind == "crop":
             resize = self.resize or self.size
             if tuple(images.shape[-2:]) != (resize, resize):
-                images = F.interpolate(images, size=(resize, resize), mode="bilinear", align_corners=False,
-                                       antialias=True)
+                images = F.interpolate(
+                    images, size=(resize, resize), mode="bilinear", align_corners=False, antialias=True
+                )
             images = crop(images, params[:, 0], params[:, 1], (self.size, self.size))
         if self.flips:
             images = torch.where(params[:, 2, None, None, None].bool(), images.flip(-1), images)
@@ -280,5 +331,6 @@ def crop(images: Tensor, top: Tensor, left: Tensor, size: Sequence[int]) -> Tens
     dev = images.device
     rows = (top[:, None] + torch.arange(h, device=dev))[:, None, :, None]
     cols = (left[:, None] + torch.arange(w, device=dev))[:, None, None, :]
-    return images[torch.arange(b, device=dev)[:, None, None, None], torch.arange(c, device=dev)[None, :, None, None],
-                  rows, cols]
+    return images[
+        torch.arange(b, device=dev)[:, None, None, None], torch.arange(c, device=dev)[None, :, None, None], rows, cols
+    ]

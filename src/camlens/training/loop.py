@@ -54,8 +54,19 @@ from .select import localization_metrics, selection_record, selection_samples
 from .wsol.base import TrainingMethod
 
 # what a resumed run must share with the run it continues
-RUN_IDENTITY = ("arch", "data", "classes", "image_size", "batch_size", "seed", "num_train", "optimizer", "augment",
-                "select_by", "method")
+RUN_IDENTITY = (
+    "arch",
+    "data",
+    "classes",
+    "image_size",
+    "batch_size",
+    "seed",
+    "num_train",
+    "optimizer",
+    "augment",
+    "select_by",
+    "method",
+)
 
 
 @dataclass
@@ -119,8 +130,9 @@ def build_network(config: TrainConfig, num_classes: int) -> tuple[nn.Module, tup
 
 
 @torch.no_grad()
-def accuracy(model: nn.Module, split: Split, preprocess: Preprocess, ctx: Context, *, workers: int = 0,
-             batch_size: int = 256) -> float:
+def accuracy(
+    model: nn.Module, split: Split, preprocess: Preprocess, ctx: Context, *, workers: int = 0, batch_size: int = 256
+) -> float:
     """Top-1 accuracy of ``model`` (eval mode) on a split; under torchrun each rank scores its batches and the
     counts are summed."""
     batches = [torch.tensor(b) for _, b in shard_batches(len(split), batch_size, ctx)]
@@ -152,8 +164,9 @@ def train(
     method = method or TrainingMethod()
     if config.protocol == REFERENCE:
         method = method.reference()
-        config = dataclasses.replace(config, arch_options={**reference_arch_options(config.arch, method.name),
-                                                           **config.arch_options})
+        config = dataclasses.replace(
+            config, arch_options={**reference_arch_options(config.arch, method.name), **config.arch_options}
+        )
     ctx = ctx or distributed.setup(config.device)
     device = ctx.device
     say = (log or (lambda _: None)) if ctx.is_main else (lambda _: None)
@@ -161,16 +174,26 @@ def train(
         raise CamlensError(f"amp (bfloat16 autocast) is for CUDA devices, not {device}")
     check_out(Path(config.out), config.resume, config.overwrite)
     torch.manual_seed(config.seed)
-    td = prepared or load_data(config.data, image_size=config.image_size, seed=config.seed,
-                               num_train=config.num_train, num_val=config.num_val, val_fraction=config.val_fraction,
-                               download=config.download, images=config.images, augment=config.augment,
-                               resize_size=config.resize_size)
+    td = prepared or load_data(
+        config.data,
+        image_size=config.image_size,
+        seed=config.seed,
+        num_train=config.num_train,
+        num_val=config.num_val,
+        val_fraction=config.val_fraction,
+        download=config.download,
+        images=config.images,
+        augment=config.augment,
+        resize_size=config.resize_size,
+    )
     if len(td.train) == 0 or len(td.val) == 0:
         raise CamlensError(f"--data {config.data}: the training or validation split is empty")
     remainder = len(td.train) % config.batch_size
     if ctx.distributed and 0 < remainder < ctx.world_size:
-        raise CamlensError(f"the last batch holds {remainder} image(s) ({len(td.train)} % {config.batch_size}), fewer "
-                           f"than the {ctx.world_size} ranks; change --batch-size or --num-train")
+        raise CamlensError(
+            f"the last batch holds {remainder} image(s) ({len(td.train)} % {config.batch_size}), fewer "
+            f"than the {ctx.world_size} ranks; change --batch-size or --num-train"
+        )
     samples = selection_samples(config, td)
     if model is not None:
         new_layers = new_layer_names(model)
@@ -186,10 +209,19 @@ def train(
     schedule = Schedule(config, steps)
 
     out = Path(config.out)
-    run = {"arch": config.arch, "data": td.name, "classes": td.classes, "image_size": td.image_size,
-           "batch_size": config.batch_size, "seed": config.seed, "num_train": len(td.train),
-           "optimizer": config.optimizer, "augment": td.augment, "select_by": config.select_by,
-           "method": method.config()}
+    run = {
+        "arch": config.arch,
+        "data": td.name,
+        "classes": td.classes,
+        "image_size": td.image_size,
+        "batch_size": config.batch_size,
+        "seed": config.seed,
+        "num_train": len(td.train),
+        "optimizer": config.optimizer,
+        "augment": td.augment,
+        "select_by": config.select_by,
+        "method": method.config(),
+    }
     arch_options = getattr(model, "arch_options", None)
     common = {"data": td.name, "wsol_method": method.config(), "new_layers": list(new_layers)}
     split_name = config.val_data or (f"{td.name}:val" if samples is not None else None)
@@ -224,8 +256,14 @@ def train(
         correct = torch.zeros((), dtype=torch.int64, device=device)
         seen = 0
         show = config.progress and ctx.is_main
-        bar = tqdm(load_batches(td.train, mine, config.workers), total=len(batches), disable=not show,
-                   desc=f"epoch {epoch + 1}/{config.epochs}", leave=False, unit="batch")
+        bar = tqdm(
+            load_batches(td.train, mine, config.workers),
+            total=len(batches),
+            disable=not show,
+            desc=f"epoch {epoch + 1}/{config.epochs}",
+            leave=False,
+            unit="batch",
+        )
         lr = 0.0
         for i, (images, labels) in enumerate(bar):
             lr = schedule.apply(optimizer, epoch * steps + i)
@@ -246,19 +284,29 @@ def train(
                 bar.set_postfix(loss=f"{float(loss_sum) / seen:.3f}", acc=f"{int(correct) / seen:.1%}", refresh=False)
         bar.close()
         train_seconds = time.perf_counter() - began
-        totals = sum_tensors({"loss": loss_sum.cpu(), "correct": correct.cpu(),
-                              "seen": torch.tensor(seen, dtype=torch.int64)}, ctx)
+        totals = sum_tensors(
+            {"loss": loss_sum.cpu(), "correct": correct.cpu(), "seen": torch.tensor(seen, dtype=torch.int64)}, ctx
+        )
         model.eval()
         val_acc = accuracy(model, td.val, preprocess, ctx, workers=config.workers)
         record = None
         if samples is not None:
-            metrics = localization_metrics(model, method, samples, preprocess, td.classes, ctx,
-                                           protocol=config.protocol)
+            metrics = localization_metrics(
+                model, method, samples, preprocess, td.classes, ctx, protocol=config.protocol
+            )
             record = selection_record(config.select_by, metrics, epoch + 1, str(split_name))
         score = val_acc if record is None else record["score"]
         seen_all = int(totals["seen"])
-        entry = EpochLog(epoch + 1, float(totals["loss"]) / seen_all, int(totals["correct"]) / seen_all, val_acc, lr,
-                         time.perf_counter() - began, None if record is None else score, train_seconds)
+        entry = EpochLog(
+            epoch + 1,
+            float(totals["loss"]) / seen_all,
+            int(totals["correct"]) / seen_all,
+            val_acc,
+            lr,
+            time.perf_counter() - began,
+            None if record is None else score,
+            train_seconds,
+        )
         history.append(entry)
         improved = score > best_score
         if improved:
@@ -266,18 +314,38 @@ def train(
         if ctx.is_main:
             state = weights(model)
             info = {**common, "epoch": epoch + 1, "val_acc": val_acc, "selection": record}
-            save_weights(out / LAST, state, arch=config.arch, class_names=td.classes, preprocess=preprocess,
-                         arch_options=arch_options, extra=info)
+            save_weights(
+                out / LAST,
+                state,
+                arch=config.arch,
+                class_names=td.classes,
+                preprocess=preprocess,
+                arch_options=arch_options,
+                extra=info,
+            )
             if improved:
                 keep_as_best(out / LAST, out / BEST)
-            save_resume(out, state, optimizer, {
-                "run": run, "config": config.to_json(), "epoch": epoch + 1, "best_score": best_score,
-                "best_epoch": best_epoch, "best_val_acc": best_acc, "selection": selection,
-                "history": [asdict(h) for h in history]})
+            save_resume(
+                out,
+                state,
+                optimizer,
+                {
+                    "run": run,
+                    "config": config.to_json(),
+                    "epoch": epoch + 1,
+                    "best_score": best_score,
+                    "best_epoch": best_epoch,
+                    "best_val_acc": best_acc,
+                    "selection": selection,
+                    "history": [asdict(h) for h in history],
+                },
+            )
         barrier(ctx)
         scored = "" if record is None else f"  {config.select_by} {score:.2f}"
-        say(f"epoch {epoch + 1}/{config.epochs}  loss {entry.train_loss:.4f}  train acc {entry.train_acc:.2%}  "
-            f"val acc {val_acc:.2%}{scored}{'  (best)' if improved else ''}  {entry.seconds:.1f}s")
+        say(
+            f"epoch {epoch + 1}/{config.epochs}  loss {entry.train_loss:.4f}  train acc {entry.train_acc:.2%}  "
+            f"val acc {val_acc:.2%}{scored}{'  (best)' if improved else ''}  {entry.seconds:.1f}s"
+        )
 
     if not (out / BEST).is_file():
         raise CamlensError(f"{out}: no epoch finished, so there is no checkpoint (epochs={config.epochs})")
@@ -286,8 +354,19 @@ def train(
     model.load_state_dict(load_file(str(out / BEST)))
     model.to(memory_format=torch.contiguous_format).eval()
     say(f"best {config.select_by} {best_score:.4g} at epoch {best_epoch} (val acc {best_acc:.2%}): {out / BEST}")
-    return TrainResult(out / BEST, best_acc, best_epoch, history, model, list(td.classes), preprocess, td,
-                       config.select_by, best_score, selection)
+    return TrainResult(
+        out / BEST,
+        best_acc,
+        best_epoch,
+        history,
+        model,
+        list(td.classes),
+        preprocess,
+        td,
+        config.select_by,
+        best_score,
+        selection,
+    )
 
 
 def check_out(out: Path, resume: bool, overwrite: bool) -> None:
@@ -295,20 +374,31 @@ def check_out(out: Path, resume: bool, overwrite: bool) -> None:
     it could no longer be resumed), unless ``resume`` or ``overwrite``."""
     held = [name for name in (RESUME, BEST, LAST, STATE) if (out / name).exists()]
     if held and not resume and not overwrite:
-        raise CamlensError(f"{out} holds a training run ({', '.join(held)}): add --resume to continue it, or "
-                           "--overwrite to replace it with a new run (or choose another --out)")
+        raise CamlensError(
+            f"{out} holds a training run ({', '.join(held)}): add --resume to continue it, or "
+            "--overwrite to replace it with a new run (or choose another --out)"
+        )
 
 
-def _resume(out: Path, run: dict, model: nn.Module, optimizer: torch.optim.Optimizer
-            ) -> tuple[int, float, int, float, list[EpochLog], dict | None]:
+def _resume(
+    out: Path, run: dict, model: nn.Module, optimizer: torch.optim.Optimizer
+) -> tuple[int, float, int, float, list[EpochLog], dict | None]:
     model_state, optimizer_state, state = load_resume(out)
     saved = state["run"]
     for key in RUN_IDENTITY:
         if saved.get(key) != run[key]:
-            raise CamlensError(f"--resume: {out} was trained with {key}={saved.get(key)!r}, not {run[key]!r}; "
-                               "use the same settings or another --out")
+            raise CamlensError(
+                f"--resume: {out} was trained with {key}={saved.get(key)!r}, not {run[key]!r}; "
+                "use the same settings or another --out"
+            )
     model.load_state_dict(model_state)
     load_optimizer(optimizer, optimizer_state, state["optimizer"])
     history = [EpochLog(**h) for h in state["history"]]
-    return (int(state["epoch"]), float(state["best_score"]), int(state["best_epoch"]), float(state["best_val_acc"]),
-            history, state.get("selection"))
+    return (
+        int(state["epoch"]),
+        float(state["best_score"]),
+        int(state["best_epoch"]),
+        float(state["best_val_acc"]),
+        history,
+        state.get("selection"),
+    )

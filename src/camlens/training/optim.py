@@ -32,7 +32,10 @@ def parameter_groups(model: nn.Module, new_layers: Sequence[str], lr_mult: float
         if not param.requires_grad:
             continue
         (new if name.startswith(prefixes) else old).append(param)
-    groups = [{"params": old, "lr_mult": 1.0, "name": "pretrained"}, {"params": new, "lr_mult": float(lr_mult), "name": "new"}]
+    groups = [
+        {"params": old, "lr_mult": 1.0, "name": "pretrained"},
+        {"params": new, "lr_mult": float(lr_mult), "name": "new"},
+    ]
     return [g for g in groups if g["params"]]
 
 
@@ -48,8 +51,13 @@ def build_optimizer(config: TrainConfig, groups: list[dict]) -> torch.optim.Opti
     """AdamW, or SGD with momentum (Choe et al.; Nesterov's under their protocol, as their code), over ``groups``
     at the configured base rate and weight decay."""
     if config.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=config.base_lr, momentum=config.momentum, weight_decay=config.decay,
-                               nesterov=config.protocol == REFERENCE)
+        return torch.optim.SGD(
+            groups,
+            lr=config.base_lr,
+            momentum=config.momentum,
+            weight_decay=config.decay,
+            nesterov=config.protocol == REFERENCE,
+        )
     return torch.optim.AdamW(groups, lr=config.base_lr, weight_decay=config.decay)
 
 

@@ -57,8 +57,10 @@ def pooled_features(
             if capture is None:
                 head = locate_gap_head(model, x[:1])[0]
                 if head.pooled_last and head.class_act == "relu":
-                    raise CamlensError(f"{type(model).__name__}: its classifier {head.classifier_name!r} is followed "
-                                       "by a ReLU before the pooling, so a linear probe cannot replace it exactly")
+                    raise CamlensError(
+                        f"{type(model).__name__}: its classifier {head.classifier_name!r} is followed "
+                        "by a ReLU before the pooling, so a linear probe cannot replace it exactly"
+                    )
                 name, pooled_last = head.classifier_name, head.pooled_last
                 capture = LayerCapture(resolve_module(model, name)[1], where="input")
             model(x)
@@ -96,8 +98,15 @@ def fit_logistic(
     weight = torch.zeros(num_classes, x.shape[1], dtype=torch.float64, device=x.device, requires_grad=True)
     bias = torch.zeros(num_classes, dtype=torch.float64, device=x.device, requires_grad=True)
     strength = 1.0 / (C * x.shape[0])
-    solver = torch.optim.LBFGS([weight, bias], lr=1.0, max_iter=max_iter, tolerance_grad=tol, tolerance_change=1e-15,
-                               history_size=20, line_search_fn="strong_wolfe")
+    solver = torch.optim.LBFGS(
+        [weight, bias],
+        lr=1.0,
+        max_iter=max_iter,
+        tolerance_grad=tol,
+        tolerance_change=1e-15,
+        history_size=20,
+        line_search_fn="strong_wolfe",
+    )
 
     def objective() -> Tensor:
         solver.zero_grad()
@@ -212,17 +221,38 @@ def run_linear_probe(
     td = load_data(data, image_size=size, seed=seed, num_train=num_train, num_val=num_val, augment="none")
     preprocess = Preprocess((td.image_size, td.image_size), base.mean, base.std)
     batches = global_batches(torch.arange(len(td.train)), batch_size)
-    result = linear_probe(model, load_batches(td.train, batches, workers), len(td.classes),
-                          preprocess=preprocess, C=C, standardize=standardize, device=device)
+    result = linear_probe(
+        model,
+        load_batches(td.train, batches, workers),
+        len(td.classes),
+        preprocess=preprocess,
+        C=C,
+        standardize=standardize,
+        device=device,
+    )
     val_accuracy = accuracy(model, td.val, preprocess, Context(0, 1, 0, torch.device(device)), workers=workers)
-    settings = {"C": C, "standardize": standardize, "backbone": str(checkpoint) if checkpoint is not None else f"{arch} ({weights or 'random'})",
-                "classifier": result.classifier, "train_images": result.num_images, "train_acc": result.train_accuracy,
-                "val_acc": val_accuracy, "iterations": result.iterations,
-                "seconds": result.extract_seconds + result.fit_seconds}
-    path = save_checkpoint(Path(out) / PROBE, model.to(memory_format=torch.contiguous_format), arch=arch,
-                           class_names=td.classes, preprocess=preprocess,
-                           extra={"linear_probe": settings, "data": td.name})
-    say(f"linear probe on {result.num_images} images: features {result.extract_seconds:.1f}s, fit "
+    settings = {
+        "C": C,
+        "standardize": standardize,
+        "backbone": str(checkpoint) if checkpoint is not None else f"{arch} ({weights or 'random'})",
+        "classifier": result.classifier,
+        "train_images": result.num_images,
+        "train_acc": result.train_accuracy,
+        "val_acc": val_accuracy,
+        "iterations": result.iterations,
+        "seconds": result.extract_seconds + result.fit_seconds,
+    }
+    path = save_checkpoint(
+        Path(out) / PROBE,
+        model.to(memory_format=torch.contiguous_format),
+        arch=arch,
+        class_names=td.classes,
+        preprocess=preprocess,
+        extra={"linear_probe": settings, "data": td.name},
+    )
+    say(
+        f"linear probe on {result.num_images} images: features {result.extract_seconds:.1f}s, fit "
         f"{result.fit_seconds:.2f}s ({result.iterations} L-BFGS iterations); train acc {result.train_accuracy:.2%}, "
-        f"val acc {val_accuracy:.2%}")
+        f"val acc {val_accuracy:.2%}"
+    )
     return ProbeRun(path, val_accuracy, result)

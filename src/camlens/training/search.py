@@ -55,8 +55,9 @@ class Trial:
         return f"{self.method}-{self.number:03d}"
 
 
-def draw_trials(methods: Sequence[str], trials: int, *, seed: int = 0,
-                lr_range: tuple[float, float] = DEFAULT_LR_RANGE) -> list[Trial]:
+def draw_trials(
+    methods: Sequence[str], trials: int, *, seed: int = 0, lr_range: tuple[float, float] = DEFAULT_LR_RANGE
+) -> list[Trial]:
     """``trials`` random draws for each method: the learning rate log-uniform in ``lr_range`` and each parameter of
     the method's :attr:`~camlens.training.wsol.TrainingMethod.search_space`; trial k of a method depends only on
     (seed, method, k), so adding methods or trials leaves the others' draws unchanged."""
@@ -77,8 +78,14 @@ def draw_trials(methods: Sequence[str], trials: int, *, seed: int = 0,
     return out
 
 
-def report_samples(config: TrainConfig, data: TrainData, test_data: str | None, split: str,
-                 num_images: int | None, images: str | None = None) -> Dataset:
+def report_samples(
+    config: TrainConfig,
+    data: TrainData,
+    test_data: str | None,
+    split: str,
+    num_images: int | None,
+    images: str | None = None,
+) -> Dataset:
     """The split the search reports on: the built-in dataset's test split at the training size, or ``split``
     of ``test_data`` (default: ``config.data``), read as ``camlens evaluate`` reads it."""
     from ..data.samples import BuiltinSamples, dataset_samples
@@ -87,27 +94,53 @@ def report_samples(config: TrainConfig, data: TrainData, test_data: str | None, 
     if source == "builtin":
         from ..data.builtin import BuiltinDataset
 
-        return BuiltinSamples(BuiltinDataset(split, num_images=num_images, image_size=data.image_size,  # type: ignore[arg-type]
-                                             seed=config.seed))
-    return dataset_samples(source, split, num_images=num_images, images=images or config.images,
-                           mask_root=config.mask_root, class_names=data.classes)
+        return BuiltinSamples(
+            BuiltinDataset(
+                split,  # type: ignore[arg-type]
+                num_images=num_images,
+                image_size=data.image_size,
+                seed=config.seed,
+            )
+        )
+    return dataset_samples(
+        source,
+        split,
+        num_images=num_images,
+        images=images or config.images,
+        mask_root=config.mask_root,
+        class_names=data.classes,
+    )
 
 
-def evaluate_trial(result_model, method, samples: Dataset, class_names: list[str], preprocess, device: torch.device,
-                   batch_size: int = 64) -> dict[str, Any]:
+def evaluate_trial(
+    result_model,
+    method,
+    samples: Dataset,
+    class_names: list[str],
+    preprocess,
+    device: torch.device,
+    batch_size: int = 64,
+) -> dict[str, Any]:
     """Test metrics of a trained trial: classification accuracy (%) and every localization metric of
     ``camlens evaluate`` with the method's maps."""
     from ..evaluation import evaluate_model
 
     loaded = LoadedModel(result_model, class_names, preprocess, "")
     with method.explainer(result_model) as explainer:
-        metrics = evaluate_model(loaded, explainer, samples, batch_size=batch_size, paper_threshold=PAPER_THRESHOLD,
-                                 ctx=Context(0, 1, 0, device))
+        metrics = evaluate_model(
+            loaded,
+            explainer,
+            samples,
+            batch_size=batch_size,
+            paper_threshold=PAPER_THRESHOLD,
+            ctx=Context(0, 1, 0, device),
+        )
     return {**metrics, "accuracy": metrics["top1_cls"]}
 
 
-def run_trial(trial: Trial, config: TrainConfig, data: TrainData, samples: Dataset, out: Path,
-              device: torch.device, rank: int = 0) -> dict[str, Any]:
+def run_trial(
+    trial: Trial, config: TrainConfig, data: TrainData, samples: Dataset, out: Path, device: torch.device, rank: int = 0
+) -> dict[str, Any]:
     """Train one trial into ``out/<trial>`` (resuming an interrupted one), then score its selected checkpoint on
     the test ``samples``; the record is written to ``result.json`` last, so it marks a finished trial."""
     folder = out / trial.name
@@ -115,18 +148,30 @@ def run_trial(trial: Trial, config: TrainConfig, data: TrainData, samples: Datas
     method.check_input((data.image_size, data.image_size))
     resume = (folder / RESUME).is_file() and (folder / STATE).is_file()
     # the trial's folder is the search's own: a trial killed before its first resume file restarts in it
-    cfg = replace(config, out=str(folder), lr=trial.lr, resume=resume, overwrite=not resume, progress=False,
-                  device=str(device))
+    cfg = replace(
+        config, out=str(folder), lr=trial.lr, resume=resume, overwrite=not resume, progress=False, device=str(device)
+    )
     began = time.perf_counter()
     result = train(cfg, method=method, prepared=data, log=None, ctx=Context(0, 1, 0, device))
     seconds = time.perf_counter() - began
     test = evaluate_trial(result.model, method, samples, data.classes, result.preprocess, device)
-    record = {"trial": trial.name, "method": trial.method, "number": trial.number, "lr": trial.lr,
-              "params": trial.params, "config": method.config(), "select_by": result.select_by,
-              "val_score": result.best_score, "val_acc": 100.0 * result.best_val_acc, "best_epoch": result.best_epoch,
-              "checkpoint": str(result.checkpoint), "train_seconds": seconds, "rank": rank,
-              "test": {k: test.get(k) for k in (*REPORTED, "top1_loc", "maxboxacc", "best_threshold")},
-              "baselines": test.get("baselines")}
+    record = {
+        "trial": trial.name,
+        "method": trial.method,
+        "number": trial.number,
+        "lr": trial.lr,
+        "params": trial.params,
+        "config": method.config(),
+        "select_by": result.select_by,
+        "val_score": result.best_score,
+        "val_acc": 100.0 * result.best_val_acc,
+        "best_epoch": result.best_epoch,
+        "checkpoint": str(result.checkpoint),
+        "train_seconds": seconds,
+        "rank": rank,
+        "test": {k: test.get(k) for k in (*REPORTED, "top1_loc", "maxboxacc", "best_threshold")},
+        "baselines": test.get("baselines"),
+    }
     write_atomic(folder / RESULT, json.dumps(record, indent=1))
     return record
 
@@ -137,8 +182,10 @@ def read_result(out: Path, trial: Trial) -> dict[str, Any] | None:
         return None
     record = json.loads(path.read_text())
     if record.get("params") != trial.params or not math.isclose(record.get("lr", -1), trial.lr, rel_tol=1e-12):
-        raise CamlensError(f"{path} holds a trial with other parameters than this search draws (another --seed or "
-                           "--lr-range?); use another --out or delete it")
+        raise CamlensError(
+            f"{path} holds a trial with other parameters than this search draws (another --seed or "
+            "--lr-range?); use another --out or delete it"
+        )
     return record
 
 
@@ -170,12 +217,17 @@ def format_search(records: Sequence[dict[str, Any]], best: dict[str, dict[str, A
         params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in r["params"].items())
         mark = " *" if best.get(r["method"]) is r else ""
         lines.append(f"{r['trial']:<12} {r['lr']:>9.2e} {r['val_score']:>18.2f} {r['val_acc']:>6.1f}  {params}{mark}")
-    lines += ["", f"selected on the boxed split by {select_by} (* above), reported on the test split:",
-              f"{'method':<8} {'accuracy':>9} {'GT-known':>9} {'MaxBoxAccV2':>12} {'PxAP':>6}  {select_by} (val)"]
+    lines += [
+        "",
+        f"selected on the boxed split by {select_by} (* above), reported on the test split:",
+        f"{'method':<8} {'accuracy':>9} {'GT-known':>9} {'MaxBoxAccV2':>12} {'PxAP':>6}  {select_by} (val)",
+    ]
     for name in (m for m in WSOL_METHODS if m in best):
         t = best[name]["test"]
-        lines.append(f"{name:<8} {_fmt(t['accuracy']):>9} {_fmt(t['gt_known_loc']):>9} {_fmt(t['maxboxacc_v2']):>12} "
-                     f"{_fmt(t['pxap']):>6}  {best[name]['val_score']:.2f}")
+        lines.append(
+            f"{name:<8} {_fmt(t['accuracy']):>9} {_fmt(t['gt_known_loc']):>9} {_fmt(t['maxboxacc_v2']):>12} "
+            f"{_fmt(t['pxap']):>6}  {best[name]['val_score']:.2f}"
+        )
     return "\n".join(lines)
 
 
@@ -198,26 +250,44 @@ def search(
     ``config`` (its ``select_by`` must be a localization metric, its ``out`` and ``lr`` are set per trial).
     Returns the result on rank 0 (None on the other ranks) and writes ``search.json`` in ``out``."""
     if config.select_by == "accuracy":
-        raise CamlensError("a fair search selects on a split with boxes: give --select-by maxboxacc_v2 (or "
-                           "another localization metric), not accuracy")
+        raise CamlensError(
+            "a fair search selects on a split with boxes: give --select-by maxboxacc_v2 (or "
+            "another localization metric), not accuracy"
+        )
     ctx = ctx or distributed.setup(config.device)
     say = (log or (lambda _: None)) if ctx.is_main else (lambda _: None)
     draws = draw_trials(methods, trials, seed=config.seed, lr_range=lr_range)
     for name in dict.fromkeys(t.method for t in draws):  # bad parameters and inputs fail before any training
         get_wsol_method(name)
     out = Path(out)
-    data = load_data(config.data, image_size=config.image_size, seed=config.seed, num_train=config.num_train,
-                     num_val=config.num_val, val_fraction=config.val_fraction, download=config.download,
-                     images=config.images, augment=config.augment, resize_size=config.resize_size)
+    data = load_data(
+        config.data,
+        image_size=config.image_size,
+        seed=config.seed,
+        num_train=config.num_train,
+        num_val=config.num_val,
+        val_fraction=config.val_fraction,
+        download=config.download,
+        images=config.images,
+        augment=config.augment,
+        resize_size=config.resize_size,
+    )
     for t in draws:
         get_wsol_method(t.method, **t.params).check_input((data.image_size, data.image_size))
     samples = report_samples(config, data, test_data, test_split, num_test, test_images)
     mine = draws[ctx.rank :: ctx.world_size]
     done = {t.name: r for t in mine if (r := read_result(out, t)) is not None}
-    say(f"{len(draws)} trials ({trials} per method, {len(methods)} methods) in {out}"
-        + (f"; {len(done)} of this rank's already finished" if done else ""))
-    with tqdm(total=len(mine), initial=len(done), unit="trial", disable=not (progress and ctx.is_main),
-              desc=f"search (rank {ctx.rank})" if ctx.distributed else "search") as bar:
+    say(
+        f"{len(draws)} trials ({trials} per method, {len(methods)} methods) in {out}"
+        + (f"; {len(done)} of this rank's already finished" if done else "")
+    )
+    with tqdm(
+        total=len(mine),
+        initial=len(done),
+        unit="trial",
+        disable=not (progress and ctx.is_main),
+        desc=f"search (rank {ctx.rank})" if ctx.distributed else "search",
+    ) as bar:
         for t in mine:
             if t.name in done:
                 continue
@@ -230,11 +300,18 @@ def search(
     records = [r for t in draws if (r := read_result(out, t)) is not None]
     best = best_per_method(records)
     table = format_search(records, best)
-    summary = {"select_by": config.select_by, "trials_per_method": trials, "lr_range": list(lr_range),
-               "config": {k: v for k, v in asdict(config).items() if k not in ("out", "lr", "resume", "overwrite", "progress")},
-               "test": {"data": test_data or config.data, "split": test_split, "num_images": len(samples)},  # type: ignore[arg-type]
-               "baselines": records[0].get("baselines") if records else None,  # the same test boxes for all
-               "best": {m: r["trial"] for m, r in best.items()}, "trials": records}
+    summary = {
+        "select_by": config.select_by,
+        "trials_per_method": trials,
+        "lr_range": list(lr_range),
+        "config": {
+            k: v for k, v in asdict(config).items() if k not in ("out", "lr", "resume", "overwrite", "progress")
+        },
+        "test": {"data": test_data or config.data, "split": test_split, "num_images": len(samples)},  # type: ignore[arg-type]
+        "baselines": records[0].get("baselines") if records else None,  # the same test boxes for all
+        "best": {m: r["trial"] for m, r in best.items()},
+        "trials": records,
+    }
     write_atomic(out / SUMMARY, json.dumps(summary, indent=1))
     say(table)
     return SearchResult(records, best, table)

@@ -39,45 +39,82 @@ def selection_samples(config: TrainConfig, data: TrainData) -> Dataset | None:
     from ..data.samples import BuiltinSamples, dataset_samples
 
     if config.val_data is not None:
-        samples = dataset_samples(config.val_data, "val", images=config.val_images or config.images,
-                                  mask_root=config.mask_root, class_names=data.classes)
+        samples = dataset_samples(
+            config.val_data,
+            "val",
+            images=config.val_images or config.images,
+            mask_root=config.mask_root,
+            class_names=data.classes,
+        )
     elif data.name == "builtin":
         from ..data.builtin import BuiltinDataset
 
-        samples = BuiltinSamples(BuiltinDataset("val", num_images=len(data.val), image_size=data.image_size,
-                                                seed=config.seed))
+        samples = BuiltinSamples(
+            BuiltinDataset("val", num_images=len(data.val), image_size=data.image_size, seed=config.seed)
+        )
     elif data.metadata is not None and (data.metadata / "val" / "localization.txt").is_file():
-        samples = dataset_samples(str(data.metadata), "val", images=config.val_images or config.images,
-                                  mask_root=config.mask_root, class_names=data.classes)
+        samples = dataset_samples(
+            str(data.metadata),
+            "val",
+            images=config.val_images or config.images,
+            mask_root=config.mask_root,
+            class_names=data.classes,
+        )
     else:
-        raise CamlensError(f"--select-by {config.select_by} needs a split with boxes: give --val-data DIR "
-                           "(a WSOL metadata folder with localization.txt, e.g. Choe et al.'s train-fullsup)")
+        raise CamlensError(
+            f"--select-by {config.select_by} needs a split with boxes: give --val-data DIR "
+            "(a WSOL metadata folder with localization.txt, e.g. Choe et al.'s train-fullsup)"
+        )
     return samples
 
 
-def localization_metrics(model: nn.Module, method: TrainingMethod, samples: Dataset, preprocess: Preprocess,
-                         class_names: list[str], ctx: Context, batch_size: int = 64,
-                         protocol: str = "camlens") -> dict[str, Any]:
+def localization_metrics(
+    model: nn.Module,
+    method: TrainingMethod,
+    samples: Dataset,
+    preprocess: Preprocess,
+    class_names: list[str],
+    ctx: Context,
+    batch_size: int = 64,
+    protocol: str = "camlens",
+) -> dict[str, Any]:
     """Every localization metric of ``method``'s maps of ``model`` (eval mode) on ``samples``, evaluated under
     ``protocol`` (camlens's, or wsolevaluation's: :mod:`camlens.reference`)."""
     from ..evaluation import evaluate_model
 
     loaded = LoadedModel(model, class_names, preprocess, "")
     with method.explainer(model) as explainer:
-        return evaluate_model(loaded, explainer, samples, batch_size=batch_size, paper_threshold=PAPER_THRESHOLD,
-                              ctx=ctx, protocol=protocol)
+        return evaluate_model(
+            loaded,
+            explainer,
+            samples,
+            batch_size=batch_size,
+            paper_threshold=PAPER_THRESHOLD,
+            ctx=ctx,
+            protocol=protocol,
+        )
 
 
 def selection_record(metric: str, metrics: dict[str, Any], epoch: int, split: str) -> dict[str, Any]:
     """What the checkpoint records about how it was chosen."""
     score = metrics.get(metric)
     if score is None:
-        raise CamlensError(f"--select-by {metric}: the selection split {split} gives no {metric} "
-                           "(pxap needs masks; top1_loc needs predictions)")
-    return {"metric": metric, "score": float(score), "epoch": epoch, "split": split,
-            "wsol_threshold": metrics.get("best_threshold"), "paper_threshold": PAPER_THRESHOLD,
-            "maxboxacc": metrics.get("maxboxacc"), "maxboxacc_v2": metrics.get("maxboxacc_v2"),
-            "gt_known_loc": metrics.get("gt_known_loc"), "pxap": metrics.get("pxap")}
+        raise CamlensError(
+            f"--select-by {metric}: the selection split {split} gives no {metric} "
+            "(pxap needs masks; top1_loc needs predictions)"
+        )
+    return {
+        "metric": metric,
+        "score": float(score),
+        "epoch": epoch,
+        "split": split,
+        "wsol_threshold": metrics.get("best_threshold"),
+        "paper_threshold": PAPER_THRESHOLD,
+        "maxboxacc": metrics.get("maxboxacc"),
+        "maxboxacc_v2": metrics.get("maxboxacc_v2"),
+        "gt_known_loc": metrics.get("gt_known_loc"),
+        "pxap": metrics.get("pxap"),
+    }
 
 
 def checkpoint_threshold(meta: dict[str, Any], protocol: str) -> float | None:

@@ -47,7 +47,7 @@ log = logging.getLogger("camlens.web")
 
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data: blob:; object-src 'none'; "
-                               "base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+    "base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
     "X-Frame-Options": "DENY",
@@ -79,8 +79,11 @@ class Options:
 
 TASK_TARGETS = {"detection": ("box",), "segmentation": ("segment",)}
 CLASS_TARGETS = ("logit", "softmax", "sigmoid", "labels", "regression")
-TARGET_HINT = {"detection": "box:C:x0,y0,x1,y1 (in the image's pixels)", "segmentation": "segment:C",
-               "classification": "logit[:C], softmax[:C], sigmoid[:C], labels[:T] (multi-label), regression[:I]"}
+TARGET_HINT = {
+    "detection": "box:C:x0,y0,x1,y1 (in the image's pixels)",
+    "segmentation": "segment:C",
+    "classification": "logit[:C], softmax[:C], sigmoid[:C], labels[:T] (multi-label), regression[:I]",
+}
 
 
 def model_task(loaded: LoadedModel) -> str:
@@ -103,8 +106,9 @@ def _int(params: Mapping[str, str], name: str) -> int | None:
         raise BadRequest(400, f"{name}={raw!r} is not an integer") from None
 
 
-def parse_options(params: Mapping[str, str], loaded: LoadedModel, max_topk: int,
-                  methods: Sequence[str] = tuple(METHODS)) -> Options:
+def parse_options(
+    params: Mapping[str, str], loaded: LoadedModel, max_topk: int, methods: Sequence[str] = tuple(METHODS)
+) -> Options:
     """Validate ``method`` (one of ``methods``), ``layer``, ``topk``, ``class``, ``target`` and ``alpha`` (query
     or form fields).  ``target`` has the syntax of the CLI's ``--target`` (:func:`camlens.targets.parse_target`)
     and must fit the model's task; with it ``topk`` is ignored, and ``class`` fills in a ``logit``, ``softmax``
@@ -156,16 +160,22 @@ def _target(raw: str, loaded: LoadedModel, method: str, task: str) -> TargetReci
     """The ``target`` field, checked against the model's task and the method; None when empty."""
     if not raw:
         if task == "segmentation" or (task == "detection" and method != "eigencam"):
-            raise BadRequest(400, f"a {task} model has no image-level classes: give target={TARGET_HINT[task]}"
-                                  + (" or method=eigencam" if task == "detection" else ""))
+            raise BadRequest(
+                400,
+                f"a {task} model has no image-level classes: give target={TARGET_HINT[task]}"
+                + (" or method=eigencam" if task == "detection" else ""),
+            )
         return None
     try:
         recipe = parse_target(raw, loaded.class_names)
     except CamlensError as err:
         raise BadRequest(400, str(err).replace(f"--target {raw!r}", f"target={raw!r}")) from None
     if not issubclass(get_method(method), LayerExplainer):
-        raise BadRequest(400, f"method={method} explains classes (class=, topk=); target= needs a layer method "
-                              "(gradcam, hirescam, eigencam, scorecam...)")
+        raise BadRequest(
+            400,
+            f"method={method} explains classes (class=, topk=); target= needs a layer method "
+            "(gradcam, hirescam, eigencam, scorecam...)",
+        )
     if recipe.kind not in TASK_TARGETS.get(task, CLASS_TARGETS):
         raise BadRequest(400, f"target={raw!r} does not fit a {task} model's output; use {TARGET_HINT[task]}")
     return recipe
@@ -178,15 +188,18 @@ def _class(raw: str, names: list[str]) -> int | None:
     if raw.lstrip("-").isdigit():
         index = int(raw)
         if not 0 <= index < len(names):
-            raise BadRequest(400, f"class={index} is out of range: the model has {len(names)} classes (0..{len(names) - 1})")
+            raise BadRequest(
+                400, f"class={index} is out of range: the model has {len(names)} classes (0..{len(names) - 1})"
+            )
         return index
     if raw in names:
         return names.index(raw)
     raise BadRequest(400, f"class={raw!r} is neither a class index nor a label (GET /api/info lists them)")
 
 
-def _decode(data: bytes, max_pixels: int, max_side: int, loaded: LoadedModel,
-            budget: DecodeBudget | None = None) -> tuple[Tensor, Tensor, tuple[int, int]]:
+def _decode(
+    data: bytes, max_pixels: int, max_side: int, loaded: LoadedModel, budget: DecodeBudget | None = None
+) -> tuple[Tensor, Tensor, tuple[int, int]]:
     """The model's input (1, 3, h, w), the image scaled for display, and the image's (width, height); the full
     size image is dropped here, so a request waiting for the model holds only small tensors.  The image's pixels
     (read from its header) are held in ``budget`` meanwhile (:class:`BudgetFull` after :data:`DECODE_WAIT_S`
@@ -222,8 +235,11 @@ async def timed_body(chunks: AsyncIterator[bytes], read_timeout: float, min_rate
         except StopAsyncIteration:
             return
         except TimeoutError:
-            raise BadRequest(408, f"the upload arrived too slowly (at least {min_rate:g} bytes/s after "
-                                  f"{read_timeout:g} s, no pause over {read_timeout:g} s)") from None
+            raise BadRequest(
+                408,
+                f"the upload arrived too slowly (at least {min_rate:g} bytes/s after "
+                f"{read_timeout:g} s, no pause over {read_timeout:g} s)",
+            ) from None
         received += len(chunk)
         yield chunk
 
@@ -276,12 +292,21 @@ def create_app(
     if unfit:
         raise CamlensError(no_attention_message(unfit[0], loaded.model))
     limits = Limits(max_upload_bytes, max_pixels, max_topk, max_side, max_pending, body_timeout, min_body_rate)
-    budget = (DecodeBudget(decode_budget) if decode_budget else
-              DecodeBudget.for_batches(workers * max_batch, loaded.preprocess.size, max_pixels))
+    budget = (
+        DecodeBudget(decode_budget)
+        if decode_budget
+        else DecodeBudget.for_batches(workers * max_batch, loaded.preprocess.size, max_pixels)
+    )
     name = model_name or loaded.arch
     device = next(loaded.model.parameters()).device
-    engine = ModelWorkers(ExplainerCache(loaded.model, max_explainers), device, workers, max_batch,
-                          budget=compute_budget, max_expensive=max_expensive)
+    engine = ModelWorkers(
+        ExplainerCache(loaded.model, max_explainers),
+        device,
+        workers,
+        max_batch,
+        budget=compute_budget,
+        max_expensive=max_expensive,
+    )
     pool = ThreadPoolExecutor(max(1, workers), thread_name_prefix="camlens-io")
     pending = 0
 
@@ -294,8 +319,9 @@ def create_app(
         engine.close()
         pool.shutdown(wait=True)
 
-    app = FastAPI(title="camlens", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
-                  openapi_url=None)
+    app = FastAPI(
+        title="camlens", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None
+    )
     app.state.engine = engine
     app.state.close = close
     app.state.stop = engine.stop  # on SIGTERM, before the server waits for the requests in flight
@@ -309,15 +335,24 @@ def create_app(
         and add the security headers to every response."""
         host = request.headers.get("host")
         if allowed_hosts is not None and not host_allowed(host, allowed_hosts):
-            response: Response = _error(400, f"this server does not serve the host {host!r}; start it with "
-                                             "--allowed-hosts to add a name it is reached by")
-        elif reason := cross_site_reason(request.method, request.headers, f"{request.url.scheme}://{host}",
-                                         cors_origin):
+            response: Response = _error(
+                400,
+                f"this server does not serve the host {host!r}; start it with "
+                "--allowed-hosts to add a name it is reached by",
+            )
+        elif reason := cross_site_reason(
+            request.method, request.headers, f"{request.url.scheme}://{host}", cors_origin
+        ):
             response = _error(403, reason)
         elif cors_origin and request.method == "OPTIONS" and request.headers.get("origin") == cors_origin:
-            response = Response(status_code=204, headers={"Access-Control-Allow-Methods": "GET, POST",
-                                                          "Access-Control-Allow-Headers": "Content-Type",
-                                                          "Access-Control-Max-Age": "600"})
+            response = Response(
+                status_code=204,
+                headers={
+                    "Access-Control-Allow-Methods": "GET, POST",
+                    "Access-Control-Allow-Headers": "Content-Type",
+                    "Access-Control-Max-Age": "600",
+                },
+            )
         else:
             response = await call_next(request)
         if cors_origin and request.headers.get("origin") == cors_origin:
@@ -353,15 +388,21 @@ def create_app(
             "model": name,
             "arch": loaded.arch,
             "classes": loaded.class_names,
-            "methods": [{"name": key, "gradients": METHODS[key].needs_gradients, "expensive": METHODS[key].expensive}
-                        for key in offered],
+            "methods": [
+                {"name": key, "gradients": METHODS[key].needs_gradients, "expensive": METHODS[key].expensive}
+                for key in offered
+            ],
             "default_method": "cam" if "cam" in offered else offered[0],
             "layers": layer_names(loaded.model),
             "input_size": list(loaded.preprocess.size)[::-1] if loaded.preprocess.size else None,
             "task": model_task(loaded),
             "targets": TARGET_HINT[model_task(loaded)],
-            "limits": {"max_upload_bytes": max_upload_bytes, "max_pixels": max_pixels, "max_topk": max_topk,
-                       "compute_budget_s": compute_budget},
+            "limits": {
+                "max_upload_bytes": max_upload_bytes,
+                "max_pixels": max_pixels,
+                "max_topk": max_topk,
+                "compute_budget_s": compute_budget,
+            },
             "version": __version__,
         }
 
@@ -420,8 +461,15 @@ def create_app(
         except CamlensError as err:
             where = f" at layer {opts.layer!r}" if opts.layer else ""
             raise BadRequest(400, f"{opts.method}{where}: {err}") from None
-        body = await in_pool(explain_payload, shown, size, row, loaded.class_names, alpha=opts.alpha,
-                             predictions=model_task(loaded) == "classification")
+        body = await in_pool(
+            explain_payload,
+            shown,
+            size,
+            row,
+            loaded.class_names,
+            alpha=opts.alpha,
+            predictions=model_task(loaded) == "classification",
+        )
         return JSONResponse({"model": name, "method": opts.method, **body})
 
     return app

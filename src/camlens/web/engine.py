@@ -262,8 +262,15 @@ class ModelWorkers:
     (mostly on GPUs) and agree with sequential runs to float rounding (about 1e-6).
     """
 
-    def __init__(self, cache: ExplainerCache, device: torch.device, workers: int = 2, max_batch: int = 1,
-                 budget: float | None = None, max_expensive: int = 2) -> None:
+    def __init__(
+        self,
+        cache: ExplainerCache,
+        device: torch.device,
+        workers: int = 2,
+        max_batch: int = 1,
+        budget: float | None = None,
+        max_expensive: int = 2,
+    ) -> None:
         self.cache = cache
         self.device = device
         self.max_batch = max(1, max_batch)
@@ -279,9 +286,12 @@ class ModelWorkers:
         self._cond = threading.Condition()
         self._closed = False
         lanes = [False] * max(1, workers) + [True]
-        self._threads = [threading.Thread(target=self._loop, args=(lane,), daemon=True,
-                                          name=f"camlens-model-{'expensive' if lane else i}")
-                         for i, lane in enumerate(lanes)]
+        self._threads = [
+            threading.Thread(
+                target=self._loop, args=(lane,), daemon=True, name=f"camlens-model-{'expensive' if lane else i}"
+            )
+            for i, lane in enumerate(lanes)
+        ]
         for thread in self._threads:
             thread.start()
 
@@ -295,9 +305,12 @@ class ModelWorkers:
                 raise Refused(503, "the server is shutting down")
             if job.expensive:
                 if self._expensive_jobs >= self.max_expensive:
-                    raise Refused(503, f"busy: {self._expensive_jobs} requests of the slow methods (Score-CAM, SS-CAM, "
-                                       "IS-CAM, Ablation-CAM) in progress; retry shortly or use a one-pass method",
-                                  retry_after=5)
+                    raise Refused(
+                        503,
+                        f"busy: {self._expensive_jobs} requests of the slow methods (Score-CAM, SS-CAM, "
+                        "IS-CAM, Ablation-CAM) in progress; retry shortly or use a one-pass method",
+                        retry_after=5,
+                    )
                 self._expensive_jobs += 1
             self._jobs[job.expensive].append(job)
             self._cond.notify_all()
@@ -372,17 +385,28 @@ class ModelWorkers:
                 raise Refused(503, "the server is shutting down") from None
             if all(job.cancelled for job in batch):
                 raise Refused(499, "the client closed the connection") from None
-            raise Refused(504, f"{key.method} ran over this server's compute budget of {self.budget:g} s per "
-                               "request; use a one-pass method (cam, gradcam...), a smaller image or a later "
-                               "layer with fewer channels") from None
+            raise Refused(
+                504,
+                f"{key.method} ran over this server's compute budget of {self.budget:g} s per "
+                "request; use a one-pass method (cam, gradcam...), a smaller image or a later "
+                "layer with fewer channels",
+            ) from None
         with self._cond:
             self.batches += 1
             self.images += len(batch)
             self.largest_batch = max(self.largest_batch, len(batch))
         logits, classes, maps = (t.detach().cpu() for t in (result.logits, result.classes, result.maps))
         scores = None if result.target_scores is None else result.target_scores.detach().cpu()
-        return [Row(logits[i].clone(), classes[i].clone(), maps[i].clone(), result.layer,
-                    None if scores is None else scores[i].clone()) for i in range(len(batch))]
+        return [
+            Row(
+                logits[i].clone(),
+                classes[i].clone(),
+                maps[i].clone(),
+                result.layer,
+                None if scores is None else scores[i].clone(),
+            )
+            for i in range(len(batch))
+        ]
 
     def stop(self) -> None:
         """Refuse new jobs, fail the queued ones and stop the running expensive calls at their next pass (503);

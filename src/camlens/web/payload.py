@@ -78,22 +78,26 @@ def explain_payload(
         cam = row.maps[n].float()
         heat = upsample(cam, (dh, dw))
         heat01 = normalize(heat)
-        explained.append({
-            "class": cls,
-            "label": class_names[cls] if 0 <= cls < len(class_names) else "target",
-            "score": score if score is not None else float(probs[cls]) if 0 <= cls < probs.numel() else None,
-            "map_size": [int(cam.shape[-1]), int(cam.shape[-2])],
-            "box": paper_box(heat, width, height),
-            "overlay": data_url(overlay(shown, cam, alpha=alpha)),
-            "heatmap": data_url(colorize(heat01)),
-        })
+        explained.append(
+            {
+                "class": cls,
+                "label": class_names[cls] if 0 <= cls < len(class_names) else "target",
+                "score": score if score is not None else float(probs[cls]) if 0 <= cls < probs.numel() else None,
+                "map_size": [int(cam.shape[-1]), int(cam.shape[-2])],
+                "box": paper_box(heat, width, height),
+                "overlay": data_url(overlay(shown, cam, alpha=alpha)),
+                "heatmap": data_url(colorize(heat01)),
+            }
+        )
     return {
         "layer": row.layer,
         "image_size": [width, height],
         "display_size": [dw, dh],
         "image": data_url(shown, "jpeg"),
-        "predictions": [{"class": int(c), "label": class_names[int(c)], "score": float(s)}
-                        for s, c in zip(best.values, best.indices)],
+        "predictions": [
+            {"class": int(c), "label": class_names[int(c)], "score": float(s)}
+            for s, c in zip(best.values, best.indices)
+        ],
         "explained": explained,
     }
 

@@ -71,8 +71,10 @@ class ConnectionLimits:
 
 def _refusal(message: str) -> bytes:
     body = json.dumps({"error": message}).encode()
-    head = ("HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\n"
-            f"connection: close\r\ncontent-length: {len(body)}\r\n\r\n")
+    head = (
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\n"
+        f"connection: close\r\ncontent-length: {len(body)}\r\n\r\n"
+    )
     return head.encode("ascii") + body
 
 
@@ -143,8 +145,9 @@ def guarded_protocol(limits: ConnectionLimits) -> type:
     return Guarded
 
 
-def run(app: FastAPI, sock: socket.socket, log_level: str = "info",
-        limits: ConnectionLimits = ConnectionLimits()) -> None:
+def run(
+    app: FastAPI, sock: socket.socket, log_level: str = "info", limits: ConnectionLimits = ConnectionLimits()
+) -> None:
     """Serve ``app`` on ``sock`` with uvicorn until Ctrl+C or SIGTERM, under the connection ``limits``.
 
     The stop is quick and orderly: the app's ``state.stop`` is called at once (queued model work is refused and
@@ -160,6 +163,12 @@ def run(app: FastAPI, sock: socket.socket, log_level: str = "info",
             if stop is not None:  # not in the signal handler itself: it may have interrupted a holder of a lock
                 threading.Thread(target=stop, name="camlens-stop", daemon=True).start()
 
-    config = uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=SHUTDOWN_GRACE_S, ws="none",
-                            http=guarded_protocol(limits), timeout_keep_alive=limits.keep_alive)  # type: ignore[arg-type]
+    config = uvicorn.Config(
+        app,
+        log_level=log_level,
+        timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
+        ws="none",
+        http=guarded_protocol(limits),
+        timeout_keep_alive=limits.keep_alive,  # type: ignore[arg-type]
+    )
     Server(config).run(sockets=[sock])

@@ -61,10 +61,19 @@ PARAMETERS: dict[str, tuple[str, ...]] = {
     "acol": ("threshold",),
     "adl": ("drop_rate", "threshold", "positions"),
     "dawsol": ("beta", "univer", "num_samples"),
-    "bridging": ("sim_ratio", "norm_ratio", "drop_ratio", "fg_threshold", "bg_threshold", "drop_threshold",
-                 "drop_prob", "warm_epochs", "norm_sign", "drop_after"),
-    "spg": ("threshold_1h", "threshold_1l", "threshold_2h", "threshold_2l", "threshold_3h", "threshold_3l",
-            "branches"),
+    "bridging": (
+        "sim_ratio",
+        "norm_ratio",
+        "drop_ratio",
+        "fg_threshold",
+        "bg_threshold",
+        "drop_threshold",
+        "drop_prob",
+        "warm_epochs",
+        "norm_sign",
+        "drop_after",
+    ),
+    "spg": ("threshold_1h", "threshold_1l", "threshold_2h", "threshold_2l", "threshold_3h", "threshold_3l", "branches"),
 }
 
 
@@ -87,8 +96,10 @@ def recorded_config(name: str, params: Mapping[str, Any], recorded: Mapping[str,
     known = set(PARAMETERS.get(name, ())) | set(recorded or {}) - {"name"}
     unknown = sorted(set(params) - known)
     if unknown:
-        raise CamlensError(f"WSOL method {name}: unknown parameter(s) {', '.join(unknown)}; it takes "
-                           f"{', '.join(sorted(known)) or 'none'}")
+        raise CamlensError(
+            f"WSOL method {name}: unknown parameter(s) {', '.join(unknown)}; it takes "
+            f"{', '.join(sorted(known)) or 'none'}"
+        )
     return {**RECORDED_DEFAULTS.get(name, {}), **(recorded or {}), **params, "name": name}
 
 
@@ -106,8 +117,10 @@ def attach_recorded(model: nn.Module, config: Mapping[str, Any]) -> None:
     params = dict(config)
     name = str(params.pop("name", "cam"))
     if name not in CHECKPOINT_MODULES:
-        raise CamlensError(f"the checkpoint was trained with the WSOL method {name!r}, which this camlens does not "
-                           f"know ({', '.join(CHECKPOINT_MODULES)}); upgrade camlens")
+        raise CamlensError(
+            f"the checkpoint was trained with the WSOL method {name!r}, which this camlens does not "
+            f"know ({', '.join(CHECKPOINT_MODULES)}); upgrade camlens"
+        )
     CHECKPOINT_MODULES[name](model, params)
     mark(model, dict(config))
 
@@ -166,6 +179,21 @@ def build_explainer(model: ModelLike, method: str = "cam", layer: str | None = N
     return cls(model, layer=layer, **options)
 
 
-__all__ = ["ADL", "ACoLCAM", "BRANCHES", "BRANCH_B", "CHECKPOINT_MODULES", "MARK", "META_KEY", "PARAMETERS", "RECORDED_DEFAULTS",
-           "attach_recorded", "recorded_config",
-           "build_explainer", "check_fraction", "mark", "method_explainer", "trained_explainer"]
+__all__ = [
+    "ADL",
+    "ACoLCAM",
+    "BRANCHES",
+    "BRANCH_B",
+    "CHECKPOINT_MODULES",
+    "MARK",
+    "META_KEY",
+    "PARAMETERS",
+    "RECORDED_DEFAULTS",
+    "attach_recorded",
+    "recorded_config",
+    "build_explainer",
+    "check_fraction",
+    "mark",
+    "method_explainer",
+    "trained_explainer",
+]

@@ -63,10 +63,10 @@ class ACoLCAM(Explainer):
 
     def __init__(self, model: nn.Module, layer: None = None, threshold: float = 0.7) -> None:
         """Args:
-            model: a network that ACoL was attached to (it has :data:`BRANCH_B`), or one of Choe et al.'s ACoL
-                networks.
-            layer: always None: the layer is the network's CAM layer, found by a probing pass.
-            threshold: ACoL's erasing threshold on A's normalized map (Choe et al.'s default 0.7).
+        model: a network that ACoL was attached to (it has :data:`BRANCH_B`), or one of Choe et al.'s ACoL
+            networks.
+        layer: always None: the layer is the network's CAM layer, found by a probing pass.
+        threshold: ACoL's erasing threshold on A's normalized map (Choe et al.'s default 0.7).
         """
         super().__init__(model, layer)
         check_fraction("ACoL", "threshold", threshold)
@@ -105,7 +105,9 @@ class ACoLCAM(Explainer):
             branch_b: nn.Linear = getattr(self.model, BRANCH_B)
             bias_b = branch_b.bias if branch_b.bias is not None else branch_b.weight.new_zeros(branch_b.out_features)
             keep = (normalize(maps_a) < self.threshold).to(f.dtype)  # (B, N, h, w)
-            maps_b = torch.einsum("bnk,bkhw,bnhw->bnhw", branch_b.weight[chosen], f, keep) + bias_b[chosen][..., None, None]
+            maps_b = (
+                torch.einsum("bnk,bkhw,bnhw->bnhw", branch_b.weight[chosen], f, keep) + bias_b[chosen][..., None, None]
+            )
             maps = torch.maximum(normalize(maps_a), normalize(maps_b))
         return CAMResult(logits=logits, classes=chosen, maps=maps, layer=head.layer_name)
 
@@ -117,7 +119,12 @@ class ACoLCAM(Explainer):
             chosen = select_classes(logits, classes, topk)
             rows = torch.arange(len(x), device=x.device)
             maps_a = torch.stack([all_a[rows, c] for c in chosen.unbind(1)], 1)
-            maps_b = torch.stack([model.classifier_B(erased_features(features, maps_a[:, n], self.threshold))[rows, c]
-                                  for n, c in enumerate(chosen.unbind(1))], 1)
+            maps_b = torch.stack(
+                [
+                    model.classifier_B(erased_features(features, maps_a[:, n], self.threshold))[rows, c]
+                    for n, c in enumerate(chosen.unbind(1))
+                ],
+                1,
+            )
             maps = torch.maximum(normalize(maps_a), normalize(maps_b))
         return CAMResult(logits=logits, classes=chosen, maps=maps, layer="classifier_A")

@@ -82,8 +82,10 @@ def live_class_maps(model: nn.Module, head: GapHead, features: Tensor, classes: 
 def require_linear_head(method: str, head: GapHead) -> None:
     """A GAP + linear head, or a 1x1 convolution classifier before GAP without an activation (the same map)."""
     if head.norm is not None or head.class_act != "identity":
-        raise CamlensError(f"{method} needs a network ending in GAP + one linear classifier; {head.classifier_name!r} "
-                           "follows a LayerNorm or is a 1x1 convolution with a ReLU before the pooling")
+        raise CamlensError(
+            f"{method} needs a network ending in GAP + one linear classifier; {head.classifier_name!r} "
+            "follows a LayerNorm or is a 1x1 convolution with a ReLU before the pooling"
+        )
 
 
 def _is_sequential(model: nn.Module, name: str) -> bool:
@@ -119,8 +121,10 @@ def adl_positions(model: nn.Module) -> list[str]:
     if resnet_like(model):
         count = len(model.get_submodule("layer4"))  # type: ignore[arg-type]
         if count < 3:
-            raise CamlensError(f"ADL: layer4 of {type(model).__name__} has {count} blocks; Choe et al. place "
-                               "ADL after its blocks 0 and 2")
+            raise CamlensError(
+                f"ADL: layer4 of {type(model).__name__} has {count} blocks; Choe et al. place "
+                "ADL after its blocks 0 and 2"
+            )
         return ["layer3.0", "layer4.0", "layer4.2"]
     if vgg16_like(model):
         features: nn.Sequential = model.features  # type: ignore[assignment]
@@ -171,8 +175,10 @@ def spg_branch_points(model: nn.Module, head: GapHead) -> tuple[str, str]:
     if blocks is not None and len(blocks[0]) >= 3:
         names, at_end = blocks
         return (names[-3], names[-2]) if at_end else (names[-2], names[-1])
-    raise CamlensError(f"SPG does not know where to place its side branches on {type(model).__name__}; "
-                       "give branches=(LAYER1, LAYER2), two layers before the CAM feature map")
+    raise CamlensError(
+        f"SPG does not know where to place its side branches on {type(model).__name__}; "
+        "give branches=(LAYER1, LAYER2), two layers before the CAM feature map"
+    )
 
 
 class ReplaceOutput:

@@ -44,8 +44,10 @@ def add_branches(model: nn.Module, branches: Sequence[str] | None) -> tuple[GapH
     shapes = probe(model, [b1, b2]).shapes
     for name in (b1, b2):
         if name not in shapes:
-            raise CamlensError(f"SPG: layer {name!r} does not run as a module in the forward pass (a traced "
-                               "backbone runs only its leaf layers); give branches=(LAYER1, LAYER2)")
+            raise CamlensError(
+                f"SPG: layer {name!r} does not run as a module in the forward pass (a traced "
+                "backbone runs only its leaf layers); give branches=(LAYER1, LAYER2)"
+            )
         if len(shapes[name]) != 4:
             raise CamlensError(f"SPG: layer {name!r} gives no (B, C, h, w) feature map; give other branches=")
     c1, c2, k = shapes[b1][1], shapes[b2][1], head.weight.shape[1]

@@ -90,7 +90,11 @@ def _batched_scores(
 
 
 def class_scores(
-    model: ModelLike, images: Tensor, classes: Tensor | Sequence[int] | int, *, score: Score = "softmax",
+    model: ModelLike,
+    images: Tensor,
+    classes: Tensor | Sequence[int] | int,
+    *,
+    score: Score = "softmax",
     batch_size: int = 64,
 ) -> Tensor:
     """The score (softmax probability or logit) of ``classes`` (B,) on ``images`` (B, C, H, W), on the CPU."""

@@ -58,7 +58,8 @@ def confidence_change(
     masked = _batched_scores(model, batch, lambda i: (images[i] * weights[i], classes[i]), score, batch_size)
     original = (
         class_scores(model, images, classes, score=score, batch_size=batch_size)
-        if original_scores is None else original_scores.float().cpu()
+        if original_scores is None
+        else original_scores.float().cpu()
     )
     drop = torch.where(original > 0, 100 * (original - masked).clamp_min(0) / original, float("nan"))
     return ConfidenceChange(original, masked, drop, 100 * (masked > original).float())

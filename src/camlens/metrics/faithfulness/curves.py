@@ -136,13 +136,15 @@ def perturbation_curve(
     return PerturbationCurve(fractions.float(), scores, auc)
 
 
-def deletion_curve(model: ModelLike, images: Tensor, maps: Tensor, classes: Tensor | Sequence[int] | int,
-                   **options: Any) -> PerturbationCurve:
+def deletion_curve(
+    model: ModelLike, images: Tensor, maps: Tensor, classes: Tensor | Sequence[int] | int, **options: Any
+) -> PerturbationCurve:
     """Deletion AUC (lower is better): :func:`perturbation_curve` with ``mode="deletion"`` (baseline "zeros")."""
     return perturbation_curve(model, images, maps, classes, mode="deletion", **options)
 
 
-def insertion_curve(model: ModelLike, images: Tensor, maps: Tensor, classes: Tensor | Sequence[int] | int,
-                    **options: Any) -> PerturbationCurve:
+def insertion_curve(
+    model: ModelLike, images: Tensor, maps: Tensor, classes: Tensor | Sequence[int] | int, **options: Any
+) -> PerturbationCurve:
     """Insertion AUC (higher is better): :func:`perturbation_curve` with ``mode="insertion"`` (baseline "blur")."""
     return perturbation_curve(model, images, maps, classes, mode="insertion", **options)

@@ -22,9 +22,14 @@ from ._common import Score, _as_classes, _as_maps, _batched_scores, _check_model
 # ROAD's noisy linear imputation (Rong et al., ICML 2022): each removed pixel is the weighted mean of its
 # in-image 8-neighbours, direct neighbours weighing 1/6 and diagonal ones 1/12.
 ROAD_NEIGHBOUR_WEIGHTS: tuple[tuple[int, int, float], ...] = (
-    (-1, -1, 1 / 12), (-1, 0, 1 / 6), (-1, 1, 1 / 12),
-    (0, -1, 1 / 6), (0, 1, 1 / 6),
-    (1, -1, 1 / 12), (1, 0, 1 / 6), (1, 1, 1 / 12),
+    (-1, -1, 1 / 12),
+    (-1, 0, 1 / 6),
+    (-1, 1, 1 / 12),
+    (0, -1, 1 / 6),
+    (0, 1, 1 / 6),
+    (1, -1, 1 / 12),
+    (1, 0, 1 / 6),
+    (1, 1, 1 / 12),
 )
 ROAD_PERCENTAGES: tuple[float, ...] = (10, 20, 30, 40, 50, 60, 70, 80, 90)
 

@@ -20,7 +20,12 @@ from .pointing import pointing_game
 from .road import ROAD_PERCENTAGES, road
 
 METRICS: tuple[str, ...] = (
-    "average_drop", "increase_in_confidence", "deletion_auc", "insertion_auc", "road", "pointing_game",
+    "average_drop",
+    "increase_in_confidence",
+    "deletion_auc",
+    "insertion_auc",
+    "road",
+    "pointing_game",
 )
 
 
@@ -100,8 +105,14 @@ def faithfulness_scores(
         ).auc
     if "road" in wanted:
         result = road(
-            model, images, maps, classes, percentages=config.road_percentages, noise=config.road_noise,
-            seed=config.seed, **common,
+            model,
+            images,
+            maps,
+            classes,
+            percentages=config.road_percentages,
+            noise=config.road_noise,
+            seed=config.seed,
+            **common,
         )
         out.update(road=result.combined, road_morf=result.morf.mean(1), road_lerf=result.lerf.mean(1))
     if "pointing_game" in wanted and (boxes is not None or masks is not None):
@@ -141,8 +152,10 @@ class FaithfulnessTotals:
     def __add__(self, other: "FaithfulnessTotals") -> "FaithfulnessTotals":
         add = lambda a, b: {k: a.get(k, 0) + b.get(k, 0) for k in {*a, *b}}  # noqa: E731
         return FaithfulnessTotals(
-            add(self.sums, other.sums), add(self.counts, other.counts),
-            add(self.class_hits, other.class_hits), add(self.class_trials, other.class_trials),
+            add(self.sums, other.sums),
+            add(self.counts, other.counts),
+            add(self.class_hits, other.class_hits),
+            add(self.class_trials, other.class_trials),
         )
 
     def pointing_game_per_class(self) -> dict[int, float]:

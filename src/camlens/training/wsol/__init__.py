@@ -33,8 +33,10 @@ def get_wsol_method(name: str, **params: Any) -> TrainingMethod:
     known = {f for f in cls.__dataclass_fields__ if cls.__dataclass_fields__[f].init}
     unknown = sorted(set(params) - known)
     if unknown:
-        raise CamlensError(f"WSOL method {name}: unknown parameter(s) {', '.join(unknown)}; "
-                           f"it takes {', '.join(sorted(known)) or 'none'}")
+        raise CamlensError(
+            f"WSOL method {name}: unknown parameter(s) {', '.join(unknown)}; "
+            f"it takes {', '.join(sorted(known)) or 'none'}"
+        )
     return cls(**params)
 
 
@@ -44,5 +46,21 @@ def wsol_method_from_config(config: Mapping[str, Any]) -> TrainingMethod:
     return get_wsol_method(str(params.pop("name", "cam")), **params)
 
 
-__all__ = ["ACoL", "ACoLCAM", "ADL", "ADLMethod", "Bridging", "CutMix", "DAWSOL", "HaS", "META_KEY", "Param", "SPG",
-           "TrainingMethod", "WSOL_METHODS", "get_wsol_method", "method_explainer", "wsol_method_from_config"]
+__all__ = [
+    "ACoL",
+    "ACoLCAM",
+    "ADL",
+    "ADLMethod",
+    "Bridging",
+    "CutMix",
+    "DAWSOL",
+    "HaS",
+    "META_KEY",
+    "Param",
+    "SPG",
+    "TrainingMethod",
+    "WSOL_METHODS",
+    "get_wsol_method",
+    "method_explainer",
+    "wsol_method_from_config",
+]

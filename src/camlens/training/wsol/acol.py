@@ -102,5 +102,3 @@ class _HeadTap:
             raise CamlensError("ACoL: classifier_A did not run in the forward pass")
         value, self.value = self.value, None
         return value
-
-

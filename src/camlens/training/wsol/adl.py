@@ -25,8 +25,10 @@ class ADLMethod(TrainingMethod):
     """
 
     name: ClassVar[str] = "adl"
-    search_space: ClassVar[dict[str, Param]] = {"drop_rate": Param("uniform", 0.0, 1.0),
-                                                "threshold": Param("uniform", 0.0, 1.0)}
+    search_space: ClassVar[dict[str, Param]] = {
+        "drop_rate": Param("uniform", 0.0, 1.0),
+        "threshold": Param("uniform", 0.0, 1.0),
+    }
     drop_rate: float = ADL_DROP_RATE
     threshold: float = ADL_THRESHOLD
     positions: Sequence[str] | None = None

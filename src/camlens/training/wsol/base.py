@@ -30,6 +30,7 @@ from ...wsolnet import check_fraction, mark, trained_explainer
 
 __all__ = ["Param", "TrainingMethod", "check_fraction", "unwrap"]
 
+
 @dataclass(frozen=True)
 class Param:
     """How the random search draws one parameter: ``uniform`` / ``loguniform`` floats in [low, high], ``int``

@@ -29,8 +29,9 @@ def attentive_drop_mask(features: Tensor, threshold: float, prob: float, generat
     return ((a <= threshold * peak) | (u > prob)).to(features.dtype)
 
 
-def alignment_losses(features: Tensor, weight: Tensor, classes: Tensor, fg_threshold: float, bg_threshold: float,
-                     norm_sign: str = "max") -> tuple[Tensor, Tensor]:
+def alignment_losses(
+    features: Tensor, weight: Tensor, classes: Tensor, fg_threshold: float, bg_threshold: float, norm_sign: str = "max"
+) -> tuple[Tensor, Tensor]:
     """(L_sim, L_norm) of Kim et al. for CAM features f (B, K, h, w), classifier weights W (C, K) and labels y (B,).
 
     With s_c(x) = cos(f(x), w_c), n(x) = min-max normalized ||f(x)|| per image, mean_A the mean over pixels in A:
@@ -61,8 +62,10 @@ def drop_point(model: nn.Module, head: GapHead) -> str:
     seq = resolve_module(model, head.layer_name)[1]
     if isinstance(seq, nn.Sequential) and len(seq) >= 2:
         return f"{head.layer_name}.{len(seq) - 2}"
-    raise CamlensError(f"Bridging does not know where to erase features on {type(model).__name__}; give "
-                       f"drop_after=NAME, a block of the nn.Sequential {head.layer_name!r} ending at the CAM map")
+    raise CamlensError(
+        f"Bridging does not know where to erase features on {type(model).__name__}; give "
+        f"drop_after=NAME, a block of the nn.Sequential {head.layer_name!r} ending at the CAM map"
+    )
 
 
 def rest_of_path(model: nn.Module, head: GapHead, drop_after: str) -> nn.Sequential:
@@ -71,9 +74,11 @@ def rest_of_path(model: nn.Module, head: GapHead, drop_after: str) -> nn.Sequent
     parent, _, index = drop_after.rpartition(".")
     seq = resolve_module(model, parent)[1] if parent else None
     if parent != head.layer_name or not isinstance(seq, nn.Sequential) or not index.isdigit():
-        raise CamlensError(f"Bridging: drop_after={drop_after!r} must be a block of the nn.Sequential "
-                           f"{head.layer_name!r} that ends at the CAM feature map")
-    return seq[int(index) + 1:]
+        raise CamlensError(
+            f"Bridging: drop_after={drop_after!r} must be a block of the nn.Sequential "
+            f"{head.layer_name!r} that ends at the CAM feature map"
+        )
+    return seq[int(index) + 1 :]
 
 
 @dataclass
@@ -97,11 +102,13 @@ class Bridging(TrainingMethod):
     """
 
     name: ClassVar[str] = "bridging"
-    search_space: ClassVar[dict[str, Param]] = {"sim_ratio": Param("loguniform", 0.05, 5.0),
-                                                "norm_ratio": Param("loguniform", 0.005, 0.5),
-                                                "drop_ratio": Param("loguniform", 0.2, 20.0),
-                                                "drop_threshold": Param("uniform", 0.0, 1.0),
-                                                "drop_prob": Param("uniform", 0.0, 1.0)}
+    search_space: ClassVar[dict[str, Param]] = {
+        "sim_ratio": Param("loguniform", 0.05, 5.0),
+        "norm_ratio": Param("loguniform", 0.005, 0.5),
+        "drop_ratio": Param("loguniform", 0.2, 20.0),
+        "drop_threshold": Param("uniform", 0.0, 1.0),
+        "drop_prob": Param("uniform", 0.0, 1.0),
+    }
     sim_ratio: float = 0.5
     norm_ratio: float = 0.05
     drop_ratio: float = 2.0
@@ -158,7 +165,8 @@ class Bridging(TrainingMethod):
         if self.epoch >= self.warm_epochs:
             weight = classifier_of(unwrap(model), self.head).weight
             assert isinstance(weight, Tensor)
-            loss_sim, loss_norm = alignment_losses(f, weight.flatten(1), targets, self.fg_threshold,
-                                                   self.bg_threshold, self.norm_sign)
+            loss_sim, loss_norm = alignment_losses(
+                f, weight.flatten(1), targets, self.fg_threshold, self.bg_threshold, self.norm_sign
+            )
             loss = loss + self.sim_ratio * loss_sim + self.norm_ratio * loss_norm
         return loss, logits

@@ -31,8 +31,12 @@ def cutmix_box(height: int, width: int, lam: float, cy: int, cx: int) -> tuple[i
     integers, with r = sqrt(1 - lam), centred on (cy, cx), each half side rounded down, clipped to the image."""
     r = math.sqrt(1.0 - lam)
     half_h, half_w = int(height * r) // 2, int(width * r) // 2
-    return (min(max(cy - half_h, 0), height), min(max(cy + half_h, 0), height),
-            min(max(cx - half_w, 0), width), min(max(cx + half_w, 0), width))
+    return (
+        min(max(cy - half_h, 0), height),
+        min(max(cy + half_h, 0), height),
+        min(max(cx - half_w, 0), width),
+        min(max(cx + half_w, 0), width),
+    )
 
 
 @dataclass
@@ -46,8 +50,7 @@ class CutMix(TrainingMethod):
     """
 
     name: ClassVar[str] = "cutmix"
-    search_space: ClassVar[dict[str, Param]] = {"beta": Param("uniform", 0.0, 2.0),
-                                                "prob": Param("uniform", 0.0, 1.0)}
+    search_space: ClassVar[dict[str, Param]] = {"beta": Param("uniform", 0.0, 2.0), "prob": Param("uniform", 0.0, 1.0)}
     beta: float = 1.0
     prob: float = 1.0
 
@@ -74,7 +77,8 @@ class CutMix(TrainingMethod):
     def loss(self, model: nn.Module, images: Tensor, targets: Any) -> tuple[Tensor, Tensor]:
         logits = model(images)
         if isinstance(targets, MixedTargets):
-            loss = (targets.weight * F.cross_entropy(logits, targets.labels)
-                    + (1.0 - targets.weight) * F.cross_entropy(logits, targets.pasted))
+            loss = targets.weight * F.cross_entropy(logits, targets.labels) + (1.0 - targets.weight) * F.cross_entropy(
+                logits, targets.pasted
+            )
             return loss, logits
         return F.cross_entropy(logits, targets), logits

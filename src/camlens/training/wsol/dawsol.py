@@ -19,8 +19,6 @@ from .base import Param, TrainingMethod, unwrap
 UNIVERSUM, SOURCE, TARGET = 0, 1, 2  # the TSA's three clusters, in the order of the authors' k-means inits
 
 
-
-
 def kmeans(samples: Tensor, init: Tensor, max_iter: int = 300) -> tuple[Tensor, Tensor]:
     """Lloyd's k-means from the given centres: (centres (k, K), labels (N,)) for samples (N, K) and ``init``
     (k, K), iterated until the assignment stops changing, as sklearn's ``k_means(init=..., n_init=1)`` that the
@@ -35,7 +33,7 @@ def kmeans(samples: Tensor, init: Tensor, max_iter: int = 300) -> tuple[Tensor, 
         centers = onehot.T @ samples / sizes.clamp_min(1)[:, None]
         empty = torch.nonzero(sizes == 0)[:, 0]
         if len(empty):
-            far = dist.gather(1, labels[:, None])[:, 0].argsort(descending=True)[:len(empty)]
+            far = dist.gather(1, labels[:, None])[:, 0].argsort(descending=True)[: len(empty)]
             centers[empty] = samples[far]
         dist = torch.cdist(samples, centers)
         new = dist.argmin(1)
@@ -58,8 +56,9 @@ class Assignment:
     universum: Tensor
 
 
-def assign(pixels: Tensor, image: Tensor, classes: Tensor, cache: TSACache, num_samples: int,
-           generator: torch.Generator | None) -> Assignment:
+def assign(
+    pixels: Tensor, image: Tensor, classes: Tensor, cache: TSACache, num_samples: int, generator: torch.Generator | None
+) -> Assignment:
     """The target sampling assigner of DA-WSOL for pixel features (B, K, h, w), image features (B, K) and labels
     (B,).  For each image: a class seen for the first time gets its image feature as cache centre; k-means with
     3 clusters on its h*w pixel features, started from (universum centre, image feature, class centre), splits them
@@ -89,13 +88,17 @@ def assign(pixels: Tensor, image: Tensor, classes: Tensor, cache: TSACache, num_
         src = torch.nonzero(lab == SOURCE)[:, 0]
         tgt = torch.nonzero(lab == TARGET)[:, 0]
         if len(tgt) >= num_samples and len(src) >= num_samples - 1:
-            src = src[torch.randperm(len(src), generator=generator)[:num_samples - 1].to(src.device)]
+            src = src[torch.randperm(len(src), generator=generator)[: num_samples - 1].to(src.device)]
             tgt = tgt[torch.randperm(len(tgt), generator=generator)[:num_samples].to(tgt.device)]
             sources.append(torch.cat([image[i][None], flat[i][src]]))
             targets.append(flat[i][tgt])
     empty = pixels.new_zeros(0, num_samples, k)
-    return Assignment(torch.stack(labels), torch.stack(sources) if sources else empty,
-                      torch.stack(targets) if targets else empty, torch.cat(universum))
+    return Assignment(
+        torch.stack(labels),
+        torch.stack(sources) if sources else empty,
+        torch.stack(targets) if targets else empty,
+        torch.cat(universum),
+    )
 
 
 def gaussian_kernels(x: Tensor, kernel_mul: float = 2.0, kernel_num: int = 5) -> Tensor:
@@ -138,8 +141,10 @@ class DAWSOL(TrainingMethod):
     """
 
     name: ClassVar[str] = "dawsol"
-    search_space: ClassVar[dict[str, Param]] = {"beta": Param("loguniform", 0.03, 3.0),
-                                                "univer": Param("loguniform", 0.03, 3.0)}
+    search_space: ClassVar[dict[str, Param]] = {
+        "beta": Param("loguniform", 0.03, 3.0),
+        "univer": Param("loguniform", 0.03, 3.0),
+    }
     beta: float = 0.3
     univer: float = 0.3
     num_samples: int = 32

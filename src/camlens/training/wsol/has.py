@@ -14,8 +14,9 @@ from ...errors import CamlensError
 from .base import Param, TrainingMethod, check_fraction
 
 
-def hidden_pixels(batch: int, height: int, width: int, patch_size: int, drop_rate: float,
-                  generator: torch.Generator) -> Tensor:
+def hidden_pixels(
+    batch: int, height: int, width: int, patch_size: int, drop_rate: float, generator: torch.Generator
+) -> Tensor:
     """The (B, H, W) boolean mask of hidden pixels: the image is cut into a grid of ``patch_size`` x
     ``patch_size`` patches from its top-left corner (the last row and column of patches may be cut short) and
     each patch of each image is hidden independently with probability ``drop_rate``: patch (i, j) of image b
@@ -25,8 +26,9 @@ def hidden_pixels(batch: int, height: int, width: int, patch_size: int, drop_rat
     return hide.repeat_interleave(patch_size, 1).repeat_interleave(patch_size, 2)[:, :height, :width]
 
 
-def reference_hidden_pixels(batch: int, height: int, width: int, patch_size: int, drop_rate: float,
-                            generator: torch.Generator) -> Tensor:
+def reference_hidden_pixels(
+    batch: int, height: int, width: int, patch_size: int, drop_rate: float, generator: torch.Generator
+) -> Tensor:
     """The hidden pixels as wsolevaluation's ``has.py`` draws them: its loop runs ``x`` over the width and ``y``
     over the height in steps of ``patch_size`` and hides ``image[b, :, x:x_end, y:y_end]`` when
     ``random() <= drop_rate``, with ``x_end``, ``y_end`` both clipped to the height, so rows are indexed by ``x``
@@ -55,8 +57,10 @@ class HaS(TrainingMethod):
     """
 
     name: ClassVar[str] = "has"
-    search_space: ClassVar[dict[str, Param]] = {"patch_size": Param("choice", values=(2, 4, 8, 16)),
-                                                "drop_rate": Param("uniform", 0.0, 1.0)}
+    search_space: ClassVar[dict[str, Param]] = {
+        "patch_size": Param("choice", values=(2, 4, 8, 16)),
+        "drop_rate": Param("uniform", 0.0, 1.0),
+    }
     patch_size: int = 4
     drop_rate: float = 0.5
     reference_grid: bool = False  # the grid of Choe et al.'s loop (:func:`reference_hidden_pixels`)

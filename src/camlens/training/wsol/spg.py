@@ -137,15 +137,18 @@ class SPG(TrainingMethod):
             attention = normalize(up(live_class_maps(net, self.head, features, targets[:, None])))
         return self._loss(logits, targets, side1, side2, side_c, attention), logits
 
-    def _loss(self, logits: Tensor, targets: Tensor, side1: Tensor, side2: Tensor, side_c: Tensor,
-              attention: Tensor) -> Tensor:
+    def _loss(
+        self, logits: Tensor, targets: Tensor, side1: Tensor, side2: Tensor, side_c: Tensor, attention: Tensor
+    ) -> Tensor:
         """The loss of the class docstring from the logits, the three side outputs and the label's attention map,
         all at the input size."""
         (h1, l1), (h2, l2), (h3, l3) = self.thresholds()
         with torch.no_grad():
             guide2 = torch.sigmoid(side2)
             fused = (torch.sigmoid(side1) + guide2) / 2
-        return (F.cross_entropy(logits, targets)
-                + masked_bce(side2, pseudo_mask(attention, h1, l1))
-                + masked_bce(side1, pseudo_mask(guide2, h2, l2))
-                + masked_bce(side_c, pseudo_mask(fused, h3, l3)))
+        return (
+            F.cross_entropy(logits, targets)
+            + masked_bce(side2, pseudo_mask(attention, h1, l1))
+            + masked_bce(side1, pseudo_mask(guide2, h2, l2))
+            + masked_bce(side_c, pseudo_mask(fused, h3, l3))
+        )
