@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Sequence, cast
 
@@ -254,6 +256,28 @@ class PassWatch:
             self.bar.close()
 
 
+@contextmanager
+def explaining(args: argparse.Namespace, loaded, images: int, batch_size: int, *, quiet: bool) -> Iterator[tuple]:
+    """The explainer of ``--method``/``--layer``/``--fuse`` with a progress bar over ``images`` and, for the
+    perturbation methods, the pass bar and the slow-run warning (:class:`PassWatch`): yields (explainer, bar)."""
+    from tqdm import tqdm
+
+    with (
+        make_explainer(loaded, args.method, args.layer, args.fuse) as explainer,
+        tqdm(total=images, unit="img", disable=quiet, file=sys.stderr) as bar,
+        PassWatch(
+            explainer,
+            args.method,
+            images,
+            batch_size,
+            args.device,
+            quiet=quiet,
+            write=lambda line: bar.write(line, file=sys.stderr),
+        ),
+    ):
+        yield explainer, bar
+
+
 def map_files(specs: Sequence[str], paths: Sequence[Path], folder: Path) -> dict[Path, Path]:
     """``--save-maps``: each image's ``.npy`` as ``camlens evaluate --maps`` finds it, ``<image_id>.npy``, the image
     id being its path relative to the folder given on the command line (its file name for files and globs)."""
@@ -309,7 +333,6 @@ def add_method_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
 
     from . import distributed
     from .data.images import expand_paths
@@ -362,19 +385,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         }
         share = sum(len(b) for _, b in distributed.shard_batches(len(paths), args.batch_size, ctx))
         maps = map_files(args.paths, paths, Path(args.save_maps)) if args.save_maps else None
-        with (
-            make_explainer(loaded, args.method, args.layer, args.fuse) as explainer,
-            tqdm(total=share, unit="img", disable=args.quiet or not ctx.is_main, file=sys.stderr) as bar,
-            PassWatch(
-                explainer,
-                args.method,
-                share,
-                args.batch_size,
-                args.device,
-                quiet=args.quiet or not ctx.is_main,
-                write=lambda line: bar.write(line, file=sys.stderr),
-            ),
-        ):
+        with explaining(args, loaded, share, args.batch_size, quiet=args.quiet or not ctx.is_main) as (explainer, bar):
             target = target_from_args(args, loaded, explainer)
             summary = explain_files(
                 loaded,
@@ -474,7 +485,6 @@ def _explain_videos(
 
 
 def cmd_localize(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
 
     from .data.images import expand_paths
     from .localize import localize_files
@@ -492,19 +502,7 @@ def cmd_localize(args: argparse.Namespace) -> int:
         if threshold is not None:
             _fail(f"{args.protocol} threshold {threshold:.3f}, the one the checkpoint was selected with")
         threshold = PAPER_THRESHOLD if threshold is None else threshold
-    with (
-        make_explainer(loaded, args.method, args.layer, args.fuse) as explainer,
-        tqdm(total=len(paths), unit="img", disable=args.quiet, file=sys.stderr) as bar,
-        PassWatch(
-            explainer,
-            args.method,
-            len(paths),
-            1,
-            args.device,
-            quiet=args.quiet,
-            write=lambda line: bar.write(line, file=sys.stderr),
-        ),
-    ):
+    with explaining(args, loaded, len(paths), 1, quiet=args.quiet) as (explainer, bar):
         records = localize_files(
             loaded,
             explainer,
@@ -614,18 +612,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             }
             share = sum(len(b) for _, b in distributed.shard_batches(len(samples), args.batch_size, ctx))
             run_key.update({k: getattr(args, k) for k in ("wsol_method", "wsol_param", "large_feature_map")})
-            with (
-                make_explainer(loaded, args.method, args.layer, args.fuse) as explainer,
-                tqdm(total=share, unit="img", disable=args.quiet or not ctx.is_main, file=sys.stderr) as bar,
-                PassWatch(
-                    explainer,
-                    args.method,
-                    share,
-                    args.batch_size,
-                    args.device,
-                    quiet=args.quiet or not ctx.is_main,
-                    write=lambda line: bar.write(line, file=sys.stderr),
-                ),
+            with explaining(args, loaded, share, args.batch_size, quiet=args.quiet or not ctx.is_main) as (
+                explainer,
+                bar,
             ):
                 result = evaluate_model(
                     loaded,
