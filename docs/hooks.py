@@ -4,6 +4,10 @@ A page writes ``<!-- benchmark: NAME -->`` on a line of its own; the hook replac
 command and the machine of ``benchmarks/results/NAME.json`` (schema: ``title``, ``command``, ``machine``,
 ``columns``, ``rows``, ``notes``; ``benchmarks/common.py``'s ``write_result`` writes it).  A marker naming a missing
 or malformed file, and a results file that no page shows, are errors, so ``mkdocs build --strict`` fails on both.
+
+The README shows a few of the same tables, compact, between ``<!-- figures: NAME -->`` and ``<!-- /figures -->``:
+``python docs/hooks.py`` rewrites those blocks from the results files, and ``tests/test_docs.py`` fails when a block
+differs from its file, so the README's figures cannot drift from what the benchmarks wrote.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ log = logging.getLogger("mkdocs.hooks.benchmarks")
 
 RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
 MARKER = re.compile(r"^<!-- benchmark: ([A-Za-z0-9_.-]+) -->$", re.M)
+README = RESULTS.parents[1] / "README.md"
+FIGURES = re.compile(r"^(<!-- figures: ([A-Za-z0-9_.-]+) -->\n).*?^(<!-- /figures -->)$", re.S | re.M)
 KEYS = ("title", "command", "machine", "columns", "rows", "notes")
 
 _shown: set[str] = set()
@@ -26,6 +32,26 @@ _shown: set[str] = set()
 def _cell(value: Any) -> str:
     text = "-" if value is None else str(value)
     return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _load(name: str) -> dict[str, Any]:
+    path = RESULTS / f"{name}.json"
+    if not path.is_file():
+        raise ValueError(f"no benchmark results {path}; run the benchmark that writes it or fix the marker")
+    result = json.loads(path.read_text(encoding="utf-8"))
+    missing = [key for key in KEYS if key not in result]
+    if missing:
+        raise ValueError(f"{path} lacks {', '.join(missing)}")
+    for row in result["rows"]:
+        if len(row) != len(result["columns"]):
+            raise ValueError(f"{path}: row {row} has {len(row)} cells for {len(result['columns'])} columns")
+    return result
+
+
+def _table(result: dict[str, Any]) -> list[str]:
+    columns = result["columns"]
+    lines = ["| " + " | ".join(_cell(c) for c in columns) + " |", "|" + "---|" * len(columns)]
+    return lines + ["| " + " | ".join(_cell(c) for c in row) + " |" for row in result["rows"]]
 
 
 def render(name: str) -> str:
@@ -40,24 +66,8 @@ def render(name: str) -> str:
     Raises:
         ValueError: when the file is missing, is not JSON, or lacks a key of the schema or a row has the wrong width.
     """
-    path = RESULTS / f"{name}.json"
-    if not path.is_file():
-        raise ValueError(f"no benchmark results {path}; run the benchmark that writes it or fix the marker")
-    result = json.loads(path.read_text(encoding="utf-8"))
-    missing = [key for key in KEYS if key not in result]
-    if missing:
-        raise ValueError(f"{path} lacks {', '.join(missing)}")
-    columns = result["columns"]
-    lines = [
-        f"### {result['title']}",
-        "",
-        "| " + " | ".join(_cell(c) for c in columns) + " |",
-        "|" + "---|" * len(columns),
-    ]
-    for row in result["rows"]:
-        if len(row) != len(columns):
-            raise ValueError(f"{path}: row {row} has {len(row)} cells for {len(columns)} columns")
-        lines.append("| " + " | ".join(_cell(c) for c in row) + " |")
+    result = _load(name)
+    lines = [f"### {result['title']}", "", *_table(result)]
     machine = ", ".join(
         f"{key}: {', '.join(map(str, v)) if isinstance(v, list) else v}" for key, v in result["machine"].items()
     )
@@ -65,6 +75,30 @@ def render(name: str) -> str:
     if result["notes"]:
         lines += ["", result["notes"]]
     return "\n".join(lines) + "\n"
+
+
+def readme_block(name: str) -> str:
+    """The README's compact form of one results file: its title in bold, the table, the command and the CPU.
+
+    Args:
+        name: the file's stem under ``benchmarks/results``.
+
+    Returns:
+        Markdown text, ending in a newline.
+    """
+    result = _load(name)
+    cpu = result["machine"].get("cpu", "?")
+    cores = result["machine"].get("cores")
+    where = f"{cpu}, {cores} cores" if cores else cpu
+    load = result["machine"].get("load_average_1min")
+    if load:
+        where += f", 1-min load average {'-'.join(map(str, load)) if isinstance(load, list) else load}"
+    return "\n".join([f"**{result['title']}**", "", *_table(result), "", f"`{result['command']}` on {where}."]) + "\n"
+
+
+def readme_with_figures(text: str) -> str:
+    """``text`` with every ``<!-- figures: NAME -->`` block replaced by :func:`readme_block` of ``NAME``."""
+    return FIGURES.sub(lambda m: m.group(1) + readme_block(m.group(2)) + m.group(3), text)
 
 
 def on_pre_build(config: Any) -> None:
@@ -92,3 +126,8 @@ def on_post_build(config: Any) -> None:
             f"benchmarks/results has files no page shows: {', '.join(unshown)}; "
             f"add <!-- benchmark: NAME --> to a page under docs/benchmarks/"
         )
+
+
+if __name__ == "__main__":
+    README.write_text(readme_with_figures(README.read_text(encoding="utf-8")), encoding="utf-8")
+    print(f"rewrote the figures of {README}")

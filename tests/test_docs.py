@@ -157,6 +157,36 @@ def test_site_builds_strictly_offline(tmp_path: Path) -> None:
     assert "<td>cam-001: 72.7, lr 0.0021</td>" in benchmarks  # a cell of benchmarks/results/wsol_search_builtin.json
 
 
+def test_readme_figures_equal_the_results_files() -> None:
+    """The README's tables are the benchmarks' JSON files, rendered: a hand edit or a re-run benchmark whose README
+    block was not regenerated (``python docs/hooks.py``) fails here."""
+    spec = importlib.util.spec_from_file_location("docs_hooks", DOCS / "hooks.py")
+    assert spec is not None and spec.loader is not None
+    hooks = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hooks)
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    blocks = hooks.FIGURES.findall(readme)
+    assert {"cam_resnet50_cpu", "vit"} <= {name for _, name, _ in blocks}
+    assert hooks.readme_with_figures(readme) == readme, (
+        "README figures differ from benchmarks/results: run python docs/hooks.py"
+    )
+
+
+def test_readme_figures_block_is_replaced_from_its_file(tmp_path, monkeypatch) -> None:
+    hooks = _hooks(tmp_path, monkeypatch)
+    result = {
+        "title": "T",
+        "command": "python b.py",
+        "machine": {"cpu": "X", "cores": 2, "load_average_1min": [1.5, 2.0]},
+    }
+    (tmp_path / "t.json").write_text(json.dumps({**result, "columns": ["a"], "rows": [[1]], "notes": ""}))
+    text = "intro\n<!-- figures: t -->\nstale | 9 |\n<!-- /figures -->\nend\n"
+    assert hooks.readme_with_figures(text) == (
+        "intro\n<!-- figures: t -->\n**T**\n\n| a |\n|---|\n| 1 |\n\n"
+        "`python b.py` on X, 2 cores, 1-min load average 1.5-2.0.\n<!-- /figures -->\nend\n"
+    )
+
+
 def _hooks(results: Path, monkeypatch: pytest.MonkeyPatch):
     spec = importlib.util.spec_from_file_location("docs_hooks", DOCS / "hooks.py")
     assert spec is not None and spec.loader is not None
