@@ -1,5 +1,5 @@
-"""Boxes from maps: the CAM paper's protocol on hand-made maps, and the one-pass WSOL sweep against OpenCV's
-per-threshold contour search (the protocol's own definition)."""
+"""The one-pass WSOL sweep (camlens.boxes.sweep and .trees) against OpenCV's per-threshold contour search (the
+protocol's own definition), on random maps and on hand-made ones, and its IoU scoring against paired_iou."""
 
 from collections import Counter
 
@@ -8,97 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from camlens.boxes import (
-    box_iou,
-    paired_iou,
-    paper_boxes,
-    scale_boxes,
-    threshold_levels,
-    wsol_protocol_boxes,
-    wsol_quantize,
-    wsol_resize_boxes,
-    wsol_sweep,
-    wsol_thresholds,
-)
+from camlens.boxes import paired_iou, wsol_protocol_boxes, wsol_quantize, wsol_sweep, wsol_thresholds
 from camlens.capture import CamlensError
-
-# ----------------------------------------------------------------------------------------------- IoU, scaling
-
-
-def test_iou_of_exclusive_boxes_counts_pixels():
-    # [0, 0, 2, 2] covers 4 pixels, [1, 0, 3, 2] covers 4, they share 2: IoU = 2 / 6
-    iou = box_iou(torch.tensor([[0, 0, 2, 2]]), torch.tensor([[1, 0, 3, 2], [0, 0, 2, 2], [2, 2, 4, 4]]))
-    assert iou.tolist() == [[pytest.approx(1 / 3), 1.0, 0.0]]
-
-
-def test_iou_of_zero_area_box_is_zero():
-    assert box_iou(torch.tensor([[0, 0, 0, 0]]), torch.tensor([[0, 0, 0, 0], [0, 0, 5, 5]])).tolist() == [[0.0, 0.0]]
-
-
-def test_scale_boxes_maps_pixel_edges_between_grids():
-    # columns 1..2 of a 4-wide grid are columns 2..5 of an 8-wide grid covering the same image
-    assert scale_boxes(torch.tensor([[1.0, 0.0, 3.0, 2.0]]), (2, 4), (6, 8)).tolist() == [[2.0, 0.0, 6.0, 6.0]]
-
-
-# ----------------------------------------------------------------------------------------------- paper protocol
-
-
-def test_paper_box_of_unimodal_map_covers_pixels_above_20_percent():
-    m = torch.zeros(6, 7)
-    m[1:4, 2:6] = 0.5
-    m[2, 3] = 1.0
-    m[5, 0] = 0.2  # exactly 20% of the max: not above it
-    assert paper_boxes(m).tolist() == [2.0, 1.0, 6.0, 4.0]
-
-
-def test_paper_box_takes_the_largest_of_several_components():
-    m = torch.zeros(8, 8)
-    m[0, 0] = 1.0  # the peak, alone
-    m[4:7, 3:7] = 0.6  # 12 pixels
-    m[0:2, 5:8] = 0.5  # 6 pixels
-    assert paper_boxes(m).tolist() == [3.0, 4.0, 7.0, 7.0]
-
-
-def test_paper_box_ties_go_to_the_first_component_in_raster_order():
-    m = torch.zeros(5, 5)
-    m[3:5, 0:2] = 1.0
-    m[0:2, 3:5] = 1.0  # same size, starts first in raster order
-    assert paper_boxes(m).tolist() == [3.0, 0.0, 5.0, 2.0]
-
-
-def test_paper_box_of_ring_spans_the_hole():
-    m = torch.ones(5, 6)
-    m[0, :] = m[:, 0] = 0.0
-    m[2, 2:4] = 0.0  # a hole inside the ring does not cut the component
-    assert paper_boxes(m).tolist() == [1.0, 1.0, 6.0, 5.0]
-
-
-def test_paper_connectivity_decides_whether_diagonal_pixels_join():
-    m = torch.zeros(5, 5)
-    m[0, 0] = m[1, 1] = m[2, 2] = 1.0  # a diagonal: one component of 3, or three of 1
-    m[4, 0] = m[4, 1] = 1.0  # a pair
-    assert paper_boxes(m, connectivity=8).tolist() == [0.0, 0.0, 3.0, 3.0]
-    assert paper_boxes(m, connectivity=4).tolist() == [0.0, 4.0, 2.0, 5.0]
-
-
-def test_paper_box_of_empty_and_constant_maps():
-    assert paper_boxes(torch.zeros(3, 4)).tolist() == [0.0, 0.0, 0.0, 0.0]
-    assert paper_boxes(torch.full((3, 4), 0.7)).tolist() == [0.0, 0.0, 4.0, 3.0]
-
-
-def test_paper_boxes_are_batched_and_scaled_to_the_original_image():
-    maps = torch.zeros(2, 3, 4, 4)
-    maps[1, 2, 1:3, 2:4] = 1.0
-    boxes = paper_boxes(maps, image_size=(40, 80))
-    assert boxes.shape == (2, 3, 4)
-    assert boxes[1, 2].tolist() == [40.0, 10.0, 80.0, 30.0]
-
-
-@pytest.mark.parametrize("bad", [torch.tensor([[0.0, float("nan")]]), torch.zeros(5), np.array([["a"]])])
-def test_paper_boxes_reject_nan_wrong_rank_and_non_numbers(bad):
-    with pytest.raises(CamlensError):
-        paper_boxes(bad)
-
 
 # ----------------------------------------------------------------------------------------------- WSOL sweep: reference
 
@@ -258,11 +169,6 @@ def test_protocol_ious_reject_a_wrong_number_of_ground_truth_lists():
         wsol_sweep(np.ones((2, 3, 3))).protocol_ious([torch.tensor([[0, 0, 1, 1]])])
 
 
-def test_protocol_boxes_grow_by_one_pixel_except_at_the_border():
-    boxes = torch.tensor([[1, 1, 4, 3], [2, 0, 10, 8], [0, 0, 0, 0]])
-    assert wsol_protocol_boxes(boxes, (8, 10)).tolist() == [[1, 1, 5, 4], [2, 0, 10, 8], [0, 0, 1, 1]]
-
-
 def test_all_zero_map_has_no_contour_and_scores_the_protocol_fallback_pixel():
     sweep = wsol_sweep(np.zeros((2, 4, 5)))
     assert (sweep.largest == 0).all() and sweep.boxes.shape[0] == 0
@@ -272,15 +178,6 @@ def test_all_zero_map_has_no_contour_and_scores_the_protocol_fallback_pixel():
 def test_constant_map_is_one_box_over_the_whole_map():
     sweep = wsol_sweep(np.full((4, 6), 0.3), [0.0, 0.5, 0.999])
     assert sweep.largest[0].tolist() == [[0, 0, 6, 4]] * 3
-
-
-def test_threshold_levels_truncate_like_the_protocol():
-    q = np.array([[[0, 200]]], dtype=np.uint8)
-    assert threshold_levels(q, np.array([0.0, 0.001, 0.5, 0.999])).tolist() == [[0, 0, 100, 199]]
-
-
-def test_quantization_truncates_in_float64():
-    assert wsol_quantize(np.array([[0.0, 0.5, 1.0, 0.999]], dtype=np.float32)).tolist() == [[0, 127, 255, 254]]
 
 
 @pytest.mark.parametrize(
@@ -300,10 +197,3 @@ def test_sweep_rejects_bad_maps(bad, message):
 def test_sweep_rejects_thresholds_outside_unit_interval():
     with pytest.raises(CamlensError, match="thresholds"):
         wsol_sweep(np.zeros((3, 3)), [0.5, 1.0])
-
-
-def test_ground_truth_resize_follows_choe_truncation():
-    # a 500x335 image box (inclusive 60,27..385,331 in their file) onto a 224x224 map
-    box = torch.tensor([[60.0, 27.0, 386.0, 332.0]])
-    expect = [int(60 * 224 / 500), int(27 * 224 / 335), int(385 * 224 / 500) + 1, int(331 * 224 / 335) + 1]
-    assert wsol_resize_boxes(box, (500, 335), (224, 224)).tolist() == [expect]
