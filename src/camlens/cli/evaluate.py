@@ -78,13 +78,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def add_protocol_args(p: argparse.ArgumentParser) -> None:
+    """``--protocol`` of ``camlens evaluate`` (training's comes from :class:`~camlens.training.TrainConfig`)."""
+    from ..reference import PROTOCOLS
+
     p.add_argument(
         "--protocol",
-        choices=["camlens", "wsolevaluation"],
-        default="camlens",
-        help="wsolevaluation: reproduce Choe et al.'s reference code exactly (evaluation at the 224 input "
-        "with bicubic maps, their threshold step; training with Nesterov SGD, their learning-rate "
-        "groups and HaS grid); default: camlens",
+        choices=PROTOCOLS,
+        default=PROTOCOLS[0],
+        help="wsolevaluation: evaluate as Choe et al.'s reference code does (at the 224 input with bicubic maps, "
+        f"their threshold step) (default: {PROTOCOLS[0]})",
     )
 
 

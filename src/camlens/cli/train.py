@@ -3,104 +3,22 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import fields
 from pathlib import Path
+from types import UnionType
+from typing import Any, cast, get_args, get_origin, get_type_hints
 
 from ..errors import CamlensError
-from .common import add_dist_timeout_arg, add_overwrite_arg, arch_options
-from .evaluate import add_protocol_args
+from ..training.config import FLAGS, TrainConfig
+from .common import add_dist_timeout_arg, arch_options
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    """The ``train`` command and its flags."""
+    """The ``train`` command: one flag per :class:`~camlens.training.TrainConfig` field (:func:`add_config_flags`),
+    the linear probe, and the WSOL method with its search."""
     p = sub.add_parser("train", help="train or fine-tune a CAM network; writes a self-describing checkpoint")
-    p.add_argument(
-        "--data",
-        default="builtin",
-        help="builtin, stl10 (binary files under ./data), stl10:ROOT, an ImageFolder tree, or a WSOL "
-        "metadata folder (Choe et al.: train/ and val/ with image_ids.txt, class_labels.txt) "
-        "(default: builtin)",
-    )
-    p.add_argument("--images", help="root folder the image ids of WSOL metadata are relative to")
-    p.add_argument(
-        "--arch-option",
-        action="append",
-        metavar="KEY=VALUE",
-        help="a CAM network builder option, e.g. width=256, large_feature_map=true, backbone=resnet18 "
-        "cut=layer2 for --arch gapify (repeat)",
-    )
-    p.add_argument(
-        "--arch",
-        default="gapnet",
-        help="gapnet, a CAM network (vgg16-cam, wsol-resnet50, gapify ...), a "
-        "torchvision name (resnet18) or timm:NAME (default: gapnet)",
-    )
-    p.add_argument(
-        "--weights", default="none", help="pretrained weights to fine-tune from, e.g. DEFAULT (default: none)"
-    )
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument(
-        "--lr", type=float, help="peak learning rate (default: adamw 3e-3 from scratch, 3e-4 fine-tuning; sgd 0.01)"
-    )
-    p.add_argument(
-        "--optimizer",
-        choices=["adamw", "sgd"],
-        help="adamw: warm-up + cosine; sgd: momentum, lr x0.1 every --lr-decay-every epochs (Choe et al.) "
-        "(default: adamw; sgd with --protocol wsolevaluation)",
-    )
-    add_protocol_args(p)
-    p.add_argument("--weight-decay", type=float, help="default: 5e-4 adamw, 1e-4 sgd")
-    p.add_argument("--momentum", type=float, default=0.9, help="sgd momentum (default: 0.9)")
-    p.add_argument("--lr-decay-every", type=int, default=30, help="sgd: epochs between x0.1 decays (default: 30)")
-    p.add_argument(
-        "--new-layer-lr-mult",
-        type=float,
-        help="learning-rate multiple of the new layers (default: 10 fine-tuning, 1 from scratch)",
-    )
-    p.add_argument(
-        "--augment",
-        choices=["auto", "shift", "crop", "none"],
-        default="auto",
-        help="shift: random shifts (+ flips); crop: resize, random crop, flip (Choe et al.); "
-        "auto: shift for builtin, crop otherwise",
-    )
-    p.add_argument(
-        "--resize-size", type=int, help="crop augmentation: resize to this before cropping (default: size x 256/224)"
-    )
-    p.add_argument("--size", type=int, help="training image size (default: 64 builtin, 96 stl10, 224 folders)")
-    p.add_argument(
-        "--select-by",
-        choices=["accuracy", "maxboxacc_v2", "maxboxacc", "gt_known_loc", "top1_loc", "pxap"],
-        default="accuracy",
-        help="keep the epoch with the best validation accuracy, or the best "
-        "localization metric on --val-data (default: accuracy)",
-    )
-    p.add_argument(
-        "--val-data",
-        help="the split with boxes for --select-by (a WSOL metadata folder; default: "
-        "builtin's val split, or the val/ split of WSOL --data)",
-    )
-    p.add_argument("--val-images", help="root folder of the --val-data images (default: --images)")
-    p.add_argument("--mask-root", help="root folder of the mask files named in --val-data")
-    p.add_argument(
-        "--channels-last",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="train in channels-last memory format (default: on for CPU conv nets)",
-    )
-    p.add_argument("--amp", action="store_true", help="bfloat16 autocast (CUDA)")
-    p.add_argument("--num-train", type=int, help="use this many training images")
-    p.add_argument("--num-val", type=int, help="use this many validation images")
-    p.add_argument("--val-fraction", type=float, default=0.1, help="held-out share of a single ImageFolder tree")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps")
-    p.add_argument("--workers", type=int, default=0, help="image decoding processes for ImageFolder data")
-    p.add_argument("--download", action="store_true", help="download STL-10 when no local copy is found")
-    p.add_argument("--resume", action="store_true", help="continue the run recorded in --out")
-    add_overwrite_arg(p, "the run recorded in --out (its checkpoints and resume file)")
+    add_config_flags(p)
     add_dist_timeout_arg(p)
-    p.add_argument("--out", default="camlens-train", help="output folder (default: camlens-train)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument(
         "--linear-probe",
         nargs="?",
@@ -123,7 +41,62 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+class KeyValues(argparse.Action):
+    """A repeatable ``KEY=VALUE`` flag collected into a dict (values read as JSON, else kept as strings)."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        try:
+            new = arch_options([cast(str, values)], cast(str, option_string))
+        except CamlensError as err:
+            raise argparse.ArgumentError(self, str(err)) from None
+        setattr(namespace, self.dest, {**(getattr(namespace, self.dest) or {}), **new})
+
+
+def config_flag(name: str) -> str:
+    """The flag of the :class:`~camlens.training.TrainConfig` field ``name``: its :data:`~camlens.training.config.FLAGS`
+    entry's, else ``--`` and the name in kebab case."""
+    return FLAGS[name].name or "--" + name.replace("_", "-")
+
+
+def add_config_flags(p: argparse.ArgumentParser) -> None:
+    """One flag per field of :class:`~camlens.training.TrainConfig`, its default the field's (written only there),
+    its help from :data:`~camlens.training.config.FLAGS`; the value's type from the field's annotation."""
+    hints = get_type_hints(TrainConfig)
+    for f in fields(TrainConfig):
+        flag = FLAGS[f.name]
+        default = f.default_factory() if callable(f.default_factory) else f.default
+        hint = hints[f.name]
+        if isinstance(hint, UnionType):  # X | None: the flag's value is an X
+            (hint,) = [t for t in get_args(hint) if t is not type(None)]
+        kind = get_origin(hint) or hint
+        shown = default if isinstance(default, str) else f"{default:g}" if isinstance(default, (int, float)) else None
+        note = f" (default: {shown})" if shown is not None and not isinstance(default, bool) else ""
+        options: dict[str, Any] = {"dest": f.name, "default": default, "help": flag.help + note}
+        if kind is bool:
+            options["action"] = (
+                argparse.BooleanOptionalAction if default is None else "store_false" if default else "store_true"
+            )
+        elif kind is dict:
+            options.update(action=KeyValues, metavar=flag.metavar)
+        else:
+            options.update(type=kind, choices=flag.choices, metavar=flag.metavar)
+        p.add_argument(config_flag(f.name), **options)
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The :class:`~camlens.training.TrainConfig` of a parsed ``camlens train`` command line.
+
+    Args:
+        args: the parsed command line (its flags from :func:`add_config_flags`).
+
+    Returns:
+        The config, checked (one-line errors for values that do not fit).
+    """
+    return TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
+
+
 def run(args: argparse.Namespace) -> int:
+    """``camlens train``: the linear probe, the search (``--trials``) or one training run."""
     if args.linear_probe is not None:
         from ..files import check_target
         from ..training.probe import PROBE, run_linear_probe
@@ -135,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
             arch=args.arch,
             weights=args.weights,
             out=args.out,
-            image_size=args.size,
+            image_size=args.image_size,
             num_train=args.num_train,
             num_val=args.num_val,
             batch_size=args.batch_size,
@@ -150,44 +123,9 @@ def run(args: argparse.Namespace) -> int:
         )
         return 0
     from .. import distributed
-    from ..training import TrainConfig, train
+    from ..training import train
 
-    config = TrainConfig(
-        args.data,
-        images=args.images,
-        arch=args.arch,
-        arch_options=arch_options(args.arch_option),
-        weights=args.weights,
-        out=args.out,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        optimizer=args.optimizer or ("sgd" if args.protocol == "wsolevaluation" else "adamw"),
-        weight_decay=args.weight_decay,
-        momentum=args.momentum,
-        lr_decay_every=args.lr_decay_every,
-        new_layer_lr_mult=args.new_layer_lr_mult,
-        augment=args.augment,
-        image_size=args.size,
-        resize_size=args.resize_size,
-        num_train=args.num_train,
-        num_val=args.num_val,
-        val_fraction=args.val_fraction,
-        select_by=args.select_by,
-        val_data=args.val_data,
-        val_images=args.val_images,
-        mask_root=args.mask_root,
-        seed=args.seed,
-        device=args.device,
-        channels_last=args.channels_last,
-        amp=args.amp,
-        workers=args.workers,
-        download=args.download,
-        resume=args.resume,
-        overwrite=args.overwrite,
-        progress=not args.quiet,
-        protocol=args.protocol,
-    )
+    config = config_from_args(args)
     if args.trials is not None:
         return run_search(args, config)
     method = wsol_method_from_args(args, config)
@@ -287,7 +225,7 @@ def run_search(args: argparse.Namespace, config) -> int:
             test_split=args.test_split,
             num_test=args.num_test,
             ctx=ctx,
-            progress=not args.quiet,
+            progress=args.progress,
         )
     finally:
         distributed.teardown()
