@@ -7,9 +7,12 @@ import argparse
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Callable, Sequence, cast
+from typing import TYPE_CHECKING, Callable, Sequence, cast
 
 from ..errors import CamlensError
+
+if TYPE_CHECKING:
+    from ..request import ExplainRequest
 
 
 def fail(message: str) -> None:
@@ -97,24 +100,42 @@ def load_from_args(args: argparse.Namespace):
     return loaded
 
 
-def make_explainer(loaded, method: str, layers: Sequence[str] | None, fuse: str = "max"):
+def request_from_args(args: argparse.Namespace, loaded) -> ExplainRequest:
+    """``--method`` and ``--layer``, and where the command has them ``--topk``, ``--class``, ``--target`` and
+    ``--alpha``, checked against the model once (:class:`~camlens.request.ExplainRequest`, as the web API does)."""
+    from ..request import CLI, ExplainRequest
+
+    return ExplainRequest.parse(
+        loaded,
+        method=args.method,
+        layers=args.layer,
+        topk=getattr(args, "topk", None),
+        category=getattr(args, "target_class", None),
+        target=getattr(args, "target", None),
+        alpha=getattr(args, "alpha", None),
+        caller=CLI,
+        targets=hasattr(args, "target"),
+    )
+
+
+def explainer_for(loaded, request: ExplainRequest, fuse: str = "max"):
+    """The explainer of a checked request: its method at its layer, several layers fused by ``fuse``."""
     from ..methods import get_method
     from ..methods.layered import LayerExplainer
     from ..wsolnet import build_explainer
 
-    cls = get_method(method)
-    if not layers and loaded.meta.get("task") in ("detection", "segmentation"):
-        from ..targets import default_layer
+    if len(request.layers) > 1:
+        cls = cast("type[LayerExplainer]", get_method(request.method))
+        return cls(loaded.model, layer=list(request.layers), fuse=fuse)
+    return build_explainer(loaded.model, request.method, request.layer)
 
-        layers = [name for name in [default_layer(loaded.model)] if name]
-    if layers and len(layers) > 1:
-        if not cls.fuses_layers:
-            raise CamlensError(
-                f"--method {method} explains one layer; fusing {len(layers)} layers needs a method "
-                "such as gradcam, layercam or scorecam"
-            )
-        return cast("type[LayerExplainer]", cls)(loaded.model, layer=list(layers), fuse=fuse)
-    return build_explainer(loaded.model, method, layers[0] if layers else None)
+
+def make_explainer(loaded, method: str, layers: Sequence[str] | None, fuse: str = "max"):
+    """The explainer of ``method`` at ``layers`` (None: the default), checked as a request of the command line."""
+    from ..request import CLI, ExplainRequest
+
+    request = ExplainRequest.parse(loaded, method=method, layers=layers, caller=CLI, targets=False)
+    return explainer_for(loaded, request, fuse)
 
 
 def add_overwrite_arg(p: argparse.ArgumentParser, what: str) -> None:
@@ -205,17 +226,27 @@ class PassWatch:
 
 
 @contextmanager
-def explaining(args: argparse.Namespace, loaded, images: int, batch_size: int, *, quiet: bool) -> Iterator[tuple]:
-    """The explainer of ``--method``/``--layer``/``--fuse`` with a progress bar over ``images`` and, for the
-    perturbation methods, the pass bar and the slow-run warning (:class:`PassWatch`): yields (explainer, bar)."""
+def explaining(
+    args: argparse.Namespace,
+    loaded,
+    images: int,
+    batch_size: int,
+    *,
+    quiet: bool,
+    request: ExplainRequest | None = None,
+) -> Iterator[tuple]:
+    """The explainer of ``request`` (default: the command's :func:`request_from_args`) with ``--fuse``, a progress
+    bar over ``images`` and, for the perturbation methods, the pass bar and the slow-run warning
+    (:class:`PassWatch`): yields (explainer, bar)."""
     from tqdm import tqdm
 
+    request = request or request_from_args(args, loaded)
     with (
-        make_explainer(loaded, args.method, args.layer, args.fuse) as explainer,
+        explainer_for(loaded, request, args.fuse) as explainer,
         tqdm(total=images, unit="img", disable=quiet, file=sys.stderr) as bar,
         PassWatch(
             explainer,
-            args.method,
+            request.method,
             images,
             batch_size,
             args.device,

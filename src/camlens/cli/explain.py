@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from ..errors import CamlensError
 from .common import (
@@ -13,11 +13,15 @@ from .common import (
     add_method_args,
     add_model_args,
     add_overwrite_arg,
+    explainer_for,
     explaining,
     fail,
     load_from_args,
-    make_explainer,
+    request_from_args,
 )
+
+if TYPE_CHECKING:
+    from ..request import ExplainRequest
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -31,7 +35,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_model_args(p)
     add_method_args(p)
     p.add_argument("--topk", type=int, default=1, help="explain the k best classes (default: 1)")
-    p.add_argument("--class", dest="target_class", type=int, help="explain this class index instead of the top-k")
+    p.add_argument(
+        "--class",
+        dest="target_class",
+        metavar="CLASS",
+        help="explain this class (an index or a label) instead of the top-k",
+    )
     p.add_argument(
         "--target",
         help="what to explain instead of classes: logit[:C], softmax[:C], sigmoid[:C], "
@@ -82,49 +91,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     v.add_argument("--every", type=int, default=1, help="explain every n-th frame (default: 1)")
     v.add_argument("--max-frames", type=int, help="explain at most this many frames of each video")
     p.set_defaults(func=run)
-
-
-def target_from_args(args: argparse.Namespace, loaded, explainer):
-    """The ``--target`` of explain (None: classes), checked against the model and the method."""
-    from dataclasses import replace
-
-    from ..methods.layered import LayerExplainer
-    from ..targets import parse_target
-
-    task = loaded.meta.get("task")
-    if args.target is None:
-        if task in ("detection", "segmentation") and explainer.name != "eigencam":
-            example = "box:C:x0,y0,x1,y1" if task == "detection" else "segment:C"
-            raise CamlensError(
-                f"a {task} model has no image-level classes: give --target {example}"
-                + (" or --method eigencam" if task == "detection" else "")
-            )
-        return None
-    recipe = parse_target(args.target, loaded.class_names)
-    if args.topk != 1:
-        raise CamlensError(
-            "--topk ranks classes; with --target one target is explained (labels:T gives one map per positive label)"
-        )
-    if not isinstance(explainer, LayerExplainer):
-        raise CamlensError(
-            f"--method {args.method} explains logits of --class/--topk; --target needs a layer method "
-            "(gradcam, hirescam, scorecam, ablationcam...)"
-        )
-    wants = {"detection": ("box",), "segmentation": ("segment",)}.get(
-        task, ("logit", "softmax", "sigmoid", "labels", "regression")
-    )
-    if recipe.kind not in wants:
-        raise CamlensError(
-            f"--target {args.target!r} does not fit a {task or 'classification'} model's output; "
-            f"use {' or '.join(wants)}"
-        )
-    if args.box_threshold is not None:
-        from ..targets import set_box_threshold
-
-        set_box_threshold(loaded.model, args.box_threshold)
-    if recipe.kind in ("logit", "softmax", "sigmoid") and recipe.category is None and args.target_class is not None:
-        recipe = replace(recipe, category=args.target_class)
-    return recipe
 
 
 def map_files(specs: Sequence[str], paths: Sequence[Path], folder: Path) -> dict[Path, Path]:
@@ -180,10 +146,15 @@ def run(args: argparse.Namespace) -> int:
             raise CamlensError("video files are explained by one process: run them without torchrun")
         args.device = str(ctx.device)
         loaded = load_from_args(args)
+        request = request_from_args(args, loaded)
         out = Path(args.out)
-        render = RenderOptions(args.colormap, args.alpha, args.classic, args.figure, args.format)
+        render = RenderOptions(args.colormap, request.alpha, args.classic, args.figure, args.format)
         if videos:
-            return _explain_videos(args, loaded, videos, paths, missing, render)
+            return _explain_videos(args, loaded, request, videos, paths, missing, render)
+        if request.target is not None and args.box_threshold is not None:
+            from ..targets import set_box_threshold
+
+            set_box_threshold(loaded.model, args.box_threshold)
         run_key = {
             k: getattr(args, k)
             for k in (
@@ -201,7 +172,6 @@ def run(args: argparse.Namespace) -> int:
                 "layer",
                 "fuse",
                 "topk",
-                "target_class",
                 "alpha",
                 "colormap",
                 "classic",
@@ -213,17 +183,18 @@ def run(args: argparse.Namespace) -> int:
                 "save_maps",
             )
         }
+        run_key["target_class"] = request.category  # the index, whether given as an index or a label
         share = sum(len(b) for _, b in distributed.shard_batches(len(paths), args.batch_size, ctx))
         maps = map_files(args.paths, paths, Path(args.save_maps)) if args.save_maps else None
-        with explaining(args, loaded, share, args.batch_size, quiet=args.quiet or not ctx.is_main) as (explainer, bar):
-            target = target_from_args(args, loaded, explainer)
+        quiet = args.quiet or not ctx.is_main
+        with explaining(args, loaded, share, args.batch_size, quiet=quiet, request=request) as (explainer, bar):
             summary = explain_files(
                 loaded,
                 explainer,
                 paths,
                 out,
-                classes=args.target_class,
-                topk=args.topk,
+                classes=request.category,
+                topk=request.topk,
                 batch_size=args.batch_size,
                 workers=args.workers,
                 max_pixels=args.max_pixels,
@@ -233,7 +204,7 @@ def run(args: argparse.Namespace) -> int:
                 ctx=ctx,
                 on_error=lambda line: bar.write(f"camlens: skipped {line}", file=sys.stderr),
                 progress=bar.update,
-                target=target,
+                target=request.target,
                 decode_budget=args.decode_budget,
                 overwrite=args.overwrite,
                 input_errors=missing,
@@ -257,7 +228,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _explain_videos(
-    args: argparse.Namespace, loaded, videos: list[Path], images: list[Path], missing: list[str], render
+    args: argparse.Namespace,
+    loaded,
+    request: ExplainRequest,
+    videos: list[Path],
+    images: list[Path],
+    missing: list[str],
+    render,
 ) -> int:
     """``camlens explain`` with video files among the inputs: the videos frame by frame, then any images."""
     from tqdm import tqdm
@@ -265,13 +242,13 @@ def _explain_videos(
     from ..pipeline import Summary, explain_files
     from ..video import VideoOptions, explain_videos
 
-    if args.target is not None:
+    if request.target is not None:
         raise CamlensError("--target is for images; a video's frames are explained by --class or --topk")
     options = VideoOptions(args.video_codec, args.crf, args.every, args.max_frames)
     options.check()
     out = Path(args.out)
     with (
-        make_explainer(loaded, args.method, args.layer, args.fuse) as explainer,
+        explainer_for(loaded, request, args.fuse) as explainer,
         tqdm(unit="frame", disable=args.quiet, file=sys.stderr) as bar,
     ):
         summary = explain_videos(
@@ -279,8 +256,8 @@ def _explain_videos(
             explainer,
             videos,
             out,
-            classes=args.target_class,
-            topk=args.topk,
+            classes=request.category,
+            topk=request.topk,
             batch_size=args.batch_size,
             render=render,
             options=options,
@@ -294,8 +271,8 @@ def _explain_videos(
                 explainer,
                 images,
                 out,
-                classes=args.target_class,
-                topk=args.topk,
+                classes=request.category,
+                topk=request.topk,
                 batch_size=args.batch_size,
                 workers=args.workers,
                 max_pixels=args.max_pixels,

@@ -7,7 +7,15 @@ import sys
 from pathlib import Path
 
 from ..constants import PAPER_THRESHOLD
-from .common import add_method_args, add_model_args, add_overwrite_arg, explaining, fail, load_from_args
+from .common import (
+    add_method_args,
+    add_model_args,
+    add_overwrite_arg,
+    explaining,
+    fail,
+    load_from_args,
+    request_from_args,
+)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -55,7 +63,8 @@ def run(args: argparse.Namespace) -> int:
         if threshold is not None:
             fail(f"{args.protocol} threshold {threshold:.3f}, the one the checkpoint was selected with")
         threshold = PAPER_THRESHOLD if threshold is None else threshold
-    with explaining(args, loaded, len(paths), 1, quiet=args.quiet) as (explainer, bar):
+    request = request_from_args(args, loaded)
+    with explaining(args, loaded, len(paths), 1, quiet=args.quiet, request=request) as (explainer, bar):
         records = localize_files(
             loaded,
             explainer,
@@ -63,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
             out,
             protocol=args.protocol,
             threshold=threshold,
-            topk=args.topk,
+            topk=request.topk,
             progress=bar.update,
             on_error=lambda line: bar.write(f"camlens: skipped {line}", file=sys.stderr),
             overwrite=args.overwrite,
