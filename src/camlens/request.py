@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from .capture import resolve_module
 from .errors import CamlensError
@@ -18,6 +18,9 @@ from .methods import applicable_methods, get_method
 from .methods.attention import no_attention_message
 from .methods.layered import LayerExplainer
 from .targets import TargetRecipe, default_layer, parse_target
+
+if TYPE_CHECKING:
+    from .models import LoadedModel
 
 TASK_TARGETS = {"detection": ("box",), "segmentation": ("segment",)}  # the target kinds each task's output takes
 CLASS_TARGETS = ("logit", "softmax", "sigmoid", "labels", "regression")  # and a classifier's
@@ -69,7 +72,7 @@ CLI = Caller("--{}", "--{0} {1}", "camlens layers lists them", "the model's clas
 WEB = Caller("{}=", "{0}={1}", "GET /api/info lists the layers", "GET /api/info lists them", True)
 
 
-def task_of(loaded) -> str:
+def task_of(loaded: LoadedModel) -> str:
     """``detection``, ``segmentation`` (torchvision models by ``--arch``) or ``classification``.
 
     Args:
@@ -116,7 +119,7 @@ class ExplainRequest:
     @classmethod
     def parse(
         cls,
-        loaded,
+        loaded: LoadedModel,
         *,
         method: str | None = None,
         layers: Sequence[str] | None = None,
@@ -149,7 +152,7 @@ class ExplainRequest:
         Returns:
             The checked request; a :class:`RequestError` (one line, naming the field) otherwise.
         """
-        name = _method(loaded, method, caller, offered)
+        name = _method(loaded, method, offered)
         task = task_of(loaded)
         chosen = _layers(loaded, name, layers, task, caller)
         count = _topk(topk, min(max_topk or math.inf, len(loaded.class_names)), caller)
@@ -178,7 +181,7 @@ def _text(value: object) -> str:
     return "" if value is None else str(value).strip()
 
 
-def _method(loaded, raw: str | None, caller: Caller, offered: Sequence[str] | None) -> str:
+def _method(loaded: LoadedModel, raw: str | None, offered: Sequence[str] | None) -> str:
     text = _text(raw)
     if not text:
         return "cam" if offered is None or "cam" in offered else offered[0]
@@ -197,7 +200,7 @@ def _method(loaded, raw: str | None, caller: Caller, offered: Sequence[str] | No
     return name
 
 
-def _layers(loaded, method: str, raw: Sequence[str] | None, task: str, caller: Caller) -> tuple[str, ...]:
+def _layers(loaded: LoadedModel, method: str, raw: Sequence[str] | None, task: str, caller: Caller) -> tuple[str, ...]:
     names = tuple(name.strip() for name in raw or () if name.strip() not in ("", "auto"))
     if not names:
         found = default_layer(loaded.model) if task in TASK_TARGETS else None
@@ -249,7 +252,7 @@ def _category(raw: int | str | None, names: Sequence[str], caller: Caller) -> in
     )
 
 
-def _target(raw: str | None, loaded, method: str, task: str, caller: Caller) -> TargetRecipe | None:
+def _target(raw: str | None, loaded: LoadedModel, method: str, task: str, caller: Caller) -> TargetRecipe | None:
     text = _text(raw)
     if not text:
         if task == "segmentation" or (task == "detection" and method != "eigencam"):
