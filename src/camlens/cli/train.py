@@ -48,7 +48,7 @@ class KeyValues(argparse.Action):
         try:
             new = arch_options([cast(str, values)], cast(str, option_string))
         except CamlensError as err:
-            raise argparse.ArgumentError(self, str(err)) from None
+            raise argparse.ArgumentError(None, str(err)) from None  # the message names the flag
         setattr(namespace, self.dest, {**(getattr(namespace, self.dest) or {}), **new})
 
 
