@@ -246,7 +246,7 @@ def test_slow_run_warning_estimates_from_the_first_passes(monkeypatch):
 
 
 def test_slow_method_from_the_command_line_warns_and_explains(workspace, monkeypatch, capsys):
-    monkeypatch.setattr(cli, "SLOW_RUN_SECONDS", 0)
+    monkeypatch.setattr(cli.common, "SLOW_RUN_SECONDS", 0)
     code, _, err = _main(
         workspace,
         monkeypatch,

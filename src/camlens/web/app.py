@@ -18,7 +18,7 @@ import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, nullcontext
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import AsyncIterator, Callable, Mapping, Sequence
 
@@ -29,14 +29,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from torch import Tensor
 
 from .. import __version__
-from ..capture import layer_names, resolve_module
+from ..capture import layer_names
 from ..data.images import BudgetFull, DecodeBudget, FormatError, ImageError, decode_image, image_pixels, to_tensor
 from ..errors import CamlensError
 from ..methods import METHODS, applicable_methods, get_method
 from ..methods.attention import no_attention_message
-from ..methods.layered import LayerExplainer
 from ..models import LoadedModel
-from ..targets import TargetRecipe, default_layer, parse_target
+from ..request import TARGET_HINT, WEB, ExplainRequest, RequestError, task_of
 from .engine import ExplainerCache, Job, JobKey, ModelWorkers, Refused, Row
 from .guard import cross_site_reason, host_allowed
 from .payload import explain_payload, for_display
@@ -68,133 +67,34 @@ class Limits:
     min_body_rate: float = MIN_BODY_RATE
 
 
-@dataclass(frozen=True)
-class Options:
-    method: str
-    layer: str | None
-    target: int | TargetRecipe | None
-    topk: int
-    alpha: float
-
-
-TASK_TARGETS = {"detection": ("box",), "segmentation": ("segment",)}
-CLASS_TARGETS = ("logit", "softmax", "sigmoid", "labels", "regression")
-TARGET_HINT = {
-    "detection": "box:C:x0,y0,x1,y1 (in the image's pixels)",
-    "segmentation": "segment:C",
-    "classification": "logit[:C], softmax[:C], sigmoid[:C], labels[:T] (multi-label), regression[:I]",
-}
-
-
-def model_task(loaded: LoadedModel) -> str:
-    """``detection``, ``segmentation`` (torchvision models by ``--arch``) or ``classification``."""
-    task = loaded.meta.get("task")
-    return task if task in TASK_TARGETS else "classification"
-
-
 def _error(status: int, message: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
-def _int(params: Mapping[str, str], name: str) -> int | None:
-    raw = params.get(name, "").strip()
-    if not raw:
-        return None
-    try:
-        return int(raw)
-    except ValueError:
-        raise BadRequest(400, f"{name}={raw!r} is not an integer") from None
-
-
 def parse_options(
     params: Mapping[str, str], loaded: LoadedModel, max_topk: int, methods: Sequence[str] = tuple(METHODS)
-) -> Options:
-    """Validate ``method`` (one of ``methods``), ``layer``, ``topk``, ``class``, ``target`` and ``alpha`` (query
-    or form fields).  ``target`` has the syntax of the CLI's ``--target`` (:func:`camlens.targets.parse_target`)
-    and must fit the model's task; with it ``topk`` is ignored, and ``class`` fills in a ``logit``, ``softmax``
-    or ``sigmoid`` target without a class.  Detection and segmentation models explain the last backbone stage
-    by default (:func:`camlens.targets.default_layer`) and need a target (detectors: or Eigen-CAM)."""
-    raw_method = params.get("method", "").strip() or ("cam" if "cam" in methods else methods[0])
+) -> ExplainRequest:
+    """The request's ``method`` (one of ``methods``), ``layer``, ``topk``, ``class``, ``target`` and ``alpha``
+    (query or form fields), checked by :meth:`camlens.request.ExplainRequest.parse` as the CLI's flags are.
+    ``target`` has the syntax of the CLI's ``--target`` and must fit the model's task; with it ``topk`` is ignored
+    (the page always sends one), and ``class`` fills in a ``logit``, ``softmax`` or ``sigmoid`` target without a
+    class.  Detection and segmentation models explain their default layer and need a target (detectors: or
+    Eigen-CAM).  A field that does not fit is a :class:`BadRequest` (400)."""
     try:
-        method = get_method(raw_method).name
-    except ValueError:
-        raise BadRequest(400, f"unknown method {raw_method!r}; choose from {', '.join(methods)}") from None
-    if method not in methods:
-        if method not in applicable_methods(loaded.model):
-            raise BadRequest(400, no_attention_message(method, loaded.model))
-        raise BadRequest(400, f"method {method!r} is not offered by this server; choose from {', '.join(methods)}")
-    raw_layer = params.get("layer", "").strip()
-    task = model_task(loaded)
-    layer = None if raw_layer in ("", "auto") else raw_layer
-    if layer is None and task in TASK_TARGETS:
-        layer = default_layer(loaded.model)
-    elif layer is not None:
-        try:
-            resolve_module(loaded.model, layer)
-        except CamlensError as err:
-            raise BadRequest(400, f"{err} (GET /api/info lists the layers)") from None
-    num_classes = len(loaded.class_names)
-    top_limit = min(max_topk, num_classes)
-    topk = _int(params, "topk")
-    topk = 1 if topk is None else topk
-    if not 1 <= topk <= top_limit:
-        raise BadRequest(400, f"topk={topk} must be between 1 and {top_limit}")
-    category = _class(params.get("class", "").strip(), loaded.class_names)
-    target: int | TargetRecipe | None = category
-    recipe = _target(params.get("target", "").strip(), loaded, method, task)
-    if recipe is not None:
-        if recipe.kind in ("logit", "softmax", "sigmoid") and recipe.category is None and category is not None:
-            recipe = replace(recipe, category=category)
-        target, topk = recipe, 1
-    raw_alpha = params.get("alpha", "").strip() or "0.5"
-    try:
-        alpha = float(raw_alpha)
-    except ValueError:
-        alpha = math.nan
-    if not 0.0 <= alpha <= 1.0:
-        raise BadRequest(400, f"alpha={raw_alpha!r} must be a number between 0 and 1")
-    return Options(method, layer, target, 1 if target is not None else topk, alpha)
-
-
-def _target(raw: str, loaded: LoadedModel, method: str, task: str) -> TargetRecipe | None:
-    """The ``target`` field, checked against the model's task and the method; None when empty."""
-    if not raw:
-        if task == "segmentation" or (task == "detection" and method != "eigencam"):
-            raise BadRequest(
-                400,
-                f"a {task} model has no image-level classes: give target={TARGET_HINT[task]}"
-                + (" or method=eigencam" if task == "detection" else ""),
-            )
-        return None
-    try:
-        recipe = parse_target(raw, loaded.class_names)
-    except CamlensError as err:
-        raise BadRequest(400, str(err).replace(f"--target {raw!r}", f"target={raw!r}")) from None
-    if not issubclass(get_method(method), LayerExplainer):
-        raise BadRequest(
-            400,
-            f"method={method} explains classes (class=, topk=); target= needs a layer method "
-            "(gradcam, hirescam, eigencam, scorecam...)",
+        return ExplainRequest.parse(
+            loaded,
+            method=params.get("method"),
+            layers=[params.get("layer", "")],
+            topk=params.get("topk"),
+            category=params.get("class"),
+            target=params.get("target"),
+            alpha=params.get("alpha"),
+            caller=WEB,
+            offered=methods,
+            max_topk=max_topk,
         )
-    if recipe.kind not in TASK_TARGETS.get(task, CLASS_TARGETS):
-        raise BadRequest(400, f"target={raw!r} does not fit a {task} model's output; use {TARGET_HINT[task]}")
-    return recipe
-
-
-def _class(raw: str, names: list[str]) -> int | None:
-    """A class index, or a class label; None when empty."""
-    if not raw:
-        return None
-    if raw.lstrip("-").isdigit():
-        index = int(raw)
-        if not 0 <= index < len(names):
-            raise BadRequest(
-                400, f"class={index} is out of range: the model has {len(names)} classes (0..{len(names) - 1})"
-            )
-        return index
-    if raw in names:
-        return names.index(raw)
-    raise BadRequest(400, f"class={raw!r} is neither a class index nor a label (GET /api/info lists them)")
+    except RequestError as err:
+        raise BadRequest(400, str(err)) from None
 
 
 def _decode(
@@ -395,8 +295,8 @@ def create_app(
             "default_method": "cam" if "cam" in offered else offered[0],
             "layers": layer_names(loaded.model),
             "input_size": list(loaded.preprocess.size)[::-1] if loaded.preprocess.size else None,
-            "task": model_task(loaded),
-            "targets": TARGET_HINT[model_task(loaded)],
+            "task": task_of(loaded),
+            "targets": TARGET_HINT[task_of(loaded)],
             "limits": {
                 "max_upload_bytes": max_upload_bytes,
                 "max_pixels": max_pixels,
@@ -450,12 +350,12 @@ def create_app(
             raise BadRequest(400, "the file is empty (0 bytes)")
         x, shown, size = await in_pool(_decode, data, limits.max_pixels, limits.max_side, loaded, budget)
         del data
-        if isinstance(opts.target, TargetRecipe):
+        if opts.target is not None:
             try:
                 opts.target.check(*size)
             except CamlensError as err:
                 raise BadRequest(400, f"target: {err}") from None
-        key = JobKey(opts.method, opts.layer, opts.target, opts.topk, tuple(x.shape[1:]))
+        key = JobKey(opts.method, opts.layer, opts.explains, opts.topk, tuple(x.shape[1:]))
         try:
             row = await _answer(request, engine.submit(key, x, size))
         except CamlensError as err:
@@ -468,7 +368,7 @@ def create_app(
             row,
             loaded.class_names,
             alpha=opts.alpha,
-            predictions=model_task(loaded) == "classification",
+            predictions=task_of(loaded) == "classification",
         )
         return JSONResponse({"model": name, "method": opts.method, **body})
 
