@@ -264,6 +264,24 @@ def test_torchvision_with_frozen_parameters_gives_the_same_maps(method):
     torch.testing.assert_close(frozen, trainable, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("method", [GenericAttentionCAM, LeGrad])
+def test_several_classes_take_one_batched_backward(family, method, monkeypatch):
+    # the attention's backward must run under vmap (is_grads_batched): otherwise score_gradients falls back to one
+    # backward pass per explained class, K times the cost, with the same maps
+    model = FAMILIES[family]()
+    calls = []
+    grad = torch.autograd.grad
+
+    def counted(*args, **kwargs):
+        calls.append(kwargs.get("is_grads_batched", False))
+        return grad(*args, **kwargs)
+
+    monkeypatch.setattr(torch.autograd, "grad", counted)
+    method(model)(torch.randn(2, 3, 32, 32), topk=3)
+    assert calls == [True]
+
+
 def test_torchvision_attention_node_holds_the_in_projection():
     # the gradient methods read q, k, v from the fused attention's autograd node; if torch renamed what that node
     # saves, they would silently fall back to recomputing the projection: this test says so instead

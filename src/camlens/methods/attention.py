@@ -163,7 +163,8 @@ class _AttentionGradient(torch.autograd.Function):
         if weight is not None:
             grad = grad @ weight  # through out_proj: d(e W^T + b)/de
         heads, dim = v.shape[1], v.shape[-1]
-        g = grad.unflatten(-1, (heads, dim)).transpose(-3, -2).contiguous()  # (B, H, N, d)
+        # (B, H, N, d); reshape, not unflatten: this runs under vmap for several explained classes at once
+        g = grad.reshape(*grad.shape[:-1], heads, dim).transpose(-3, -2).contiguous()
         grad_attention = g @ v.transpose(-1, -2) if ctx.needs_input_grad[1] else None
         grad_v = attention.transpose(-1, -2) @ g if ctx.needs_input_grad[2] else None
         return None, grad_attention, grad_v, None
