@@ -293,6 +293,10 @@ def test_torchvision_attention_node_holds_the_in_projection():
     q, k, v = torch.nn.functional.linear(tokens, attention.in_proj_weight, attention.in_proj_bias).chunk(3, -1)
     for saved, recomputed in zip((node._saved_query, node._saved_key, node._saved_value), (q, k, v)):
         torch.testing.assert_close(saved, recomputed.unflatten(-1, (2, -1)).transpose(1, 2))
+    # an attention that ran its explicit path (weights asked for) has no such node, and the search must not walk
+    # back into the attention before it
+    explicit, _ = attention(out, out, out, need_weights=True)
+    assert _sdpa_node(explicit) is None
 
 
 def test_legrad_equals_torchcam_on_torchvision_vit():

@@ -6,21 +6,22 @@ A = softmax(q k^T / sqrt(d)).  Hooks recompute A from the attention's own q and 
 
 - timm ``Attention``: q and k from the ``q_norm`` / ``k_norm`` outputs, v from ``qkv``; the merged heads arrive at
   ``norm`` (an identity unless ``scale_norm``) before ``proj``;
-- torchvision ``EncoderBlock.self_attention`` (``nn.MultiheadAttention``): q, k, v from ``in_proj`` applied to
-  the block's normalized input, the output after ``out_proj``;
+- torchvision ``EncoderBlock.self_attention`` (``nn.MultiheadAttention``): with gradients, q, k, v as its fused
+  attention saved them for backward; without (or on its no-grad fast path), ``in_proj`` applied to the block's
+  normalized input; the output after ``out_proj``;
 - Hugging Face ``transformers`` (>= 5) ViT/DeiT attention: q, k, v from the ``q_proj``/``k_proj``/``v_proj``
   outputs, the merged heads at ``o_proj``.
 
 Gradient methods need d(score)/dA.  There the hook hands the network its own attention output, copied, through
 an autograd function whose backward is that of the explicit e = A v (through ``out_proj`` for torchvision) with
 respect to A and v: the logits do not change, and the gradient that reaches A is exactly d(score)/dA of
-softmax(q k^T / sqrt(d)) v, without computing A v in the forward pass.  With gradients, torchvision's fused
-attention saves its q, k, v for backward and the hook reads them there instead of recomputing the input
-projection.  Hooks live for one call only: nothing is left on the model afterwards.
+softmax(q k^T / sqrt(d)) v, without computing A v in the forward pass.  Hooks live for one call only: nothing
+is left on the model afterwards.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Sequence
 
@@ -170,26 +171,32 @@ class _AttentionGradient(torch.autograd.Function):
         return None, grad_attention, grad_v, None
 
 
-def _sdpa_node(output: Tensor, depth: int = 8) -> Any:
-    """The autograd node of the fused scaled-dot-product attention that ``output`` was computed from (found within
-    ``depth`` steps), when it saved its query, key and value and ran without mask, dropout or causality; else None."""
+_RESHAPING = re.compile(
+    r"(Transpose|Permute|View|UnsafeView|Reshape\w*|Clone|Squeeze\w*|Unsqueeze\w*|T|Addmm|Mm)Backward"
+)
+
+
+def _sdpa_node(output: Tensor) -> Any:
+    """The autograd node of the fused scaled-dot-product attention that ``output`` was computed from, when it saved
+    its query, key and value and ran without mask, dropout or causality; else None.  The search walks back only
+    through reshaping nodes and the output projection, so it never reaches an earlier block's attention."""
     frontier: list[Any] = [output.grad_fn]
     seen: set[int] = set()
-    for _ in range(depth):
-        following: list[Any] = []
-        for node in frontier:
-            if node is None or id(node) in seen:
-                continue
-            seen.add(id(node))
-            if "ScaledDotProduct" in type(node).__name__ and hasattr(node, "_saved_query"):
-                plain = (
-                    getattr(node, "_saved_attn_mask", None) is None
-                    and not getattr(node, "_saved_dropout_p", 0.0)
-                    and not getattr(node, "_saved_is_causal", False)
-                )
-                return node if plain else None
-            following.extend(n for n, _ in node.next_functions)
-        frontier = following
+    while frontier:
+        node = frontier.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        name = type(node).__name__
+        if "ScaledDotProduct" in name and hasattr(node, "_saved_query"):
+            plain = (
+                getattr(node, "_saved_attn_mask", None) is None
+                and not getattr(node, "_saved_dropout_p", 0.0)
+                and not getattr(node, "_saved_is_causal", False)
+            )
+            return node if plain else None
+        if _RESHAPING.match(name):
+            frontier.extend(n for n, _ in node.next_functions)
     return None
 
 
