@@ -16,6 +16,8 @@ t / t[forward] of that round, and beside it the ratio of the minimum times (the 
 Writes benchmarks/results/vit.json.
 
     python benchmarks/bench_vit.py                     # about 10 minutes on 2 busy cores
+    python benchmarks/bench_vit.py --threads 1         # on a shared machine: one thread is not stalled at every
+                                                       # parallel region by other jobs, so its ratios are steadier
     python benchmarks/bench_vit.py --device cuda       # the same ratios on a GPU (benchmarks/gpu.sh)
 """
 
