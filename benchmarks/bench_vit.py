@@ -3,25 +3,32 @@
 1. timm ``vit_small_patch16_224`` (random weights, batch 8, 224 px): a plain forward pass under torch.no_grad(),
    then attention rollout, Chefer et al.'s GAE (all 12 blocks), LeGrad (its default, the last 2 blocks, and all
    12), Grad-CAM and Eigen-CAM on the tokens of the last block's first norm (``blocks.11.norm1``).  CAM does not
-   apply: the model reads its class token, it has no GAP + linear head.
+   apply: the model reads its class token, it has no GAP + linear head.  Two reference rows say what a gradient
+   method cannot go below: the forward pass with autograd recording, and that pass plus one backward from the
+   explained logit to the first block's input (input gradients only, no parameter gradient), the pass GAE needs.
 2. torchvision ``vit_b_16`` (random weights, batch 8, 224 px): camlens's LeGrad against torchcam 0.5.0's ``LeGrad``
-   on the same blocks (the last 2), both explaining the top class, with the max difference of their raw maps.
+   on the same blocks (the last 2), both explaining the top class, each as a ratio to the forward pass of the same
+   model, with the max difference of their raw maps.
 
-Timings are interleaved (every callable once per round, in turn) and each ratio is the median over rounds of
-t / t[forward].  Writes benchmarks/results/vit.json.
+Every row runs with the same torch thread count.  Timings are interleaved (every callable once per round, in turn,
+after warm-up rounds), so changes in machine load hit all rows alike; each ratio is the median over rounds of
+t / t[forward] of that round, and beside it the ratio of the minimum times (the least disturbed run of each).
+Writes benchmarks/results/vit.json.
 
-    python benchmarks/bench_vit.py                     # a few minutes on 2 cores
+    python benchmarks/bench_vit.py                     # about 10 minutes on 2 busy cores
+    python benchmarks/bench_vit.py --threads 1         # on a shared machine: one thread is not stalled at every
+                                                       # parallel region by other jobs, so its ratios are steadier
     python benchmarks/bench_vit.py --device cuda       # the same ratios on a GPU (benchmarks/gpu.sh)
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
 from pathlib import Path
+from typing import Any, Callable
 
 import timm
 import torch
@@ -29,17 +36,30 @@ import torchvision
 from torchcam import methods as tc
 
 import camlens
-from camlens.hardware import UNITS, cpu_description, cpu_flags
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import header, interleaved, report  # noqa: E402
+from common import header, interleaved, write_result  # noqa: E402
+
+FORWARD = "forward (no_grad)"
 
 
-def ratios(times: dict[str, list[float]], baseline: str) -> dict[str, tuple[float, float]]:
-    base = times[baseline]
+def ratios(times: dict[str, list[float]]) -> dict[str, tuple[float, float, float]]:
+    """Per row: (median s, median over rounds of t / t[forward], min t / min t[forward])."""
+    base = times[FORWARD]
     return {
-        name: (statistics.median(ts), statistics.median(t / b for t, b in zip(ts, base))) for name, ts in times.items()
+        name: (
+            statistics.median(ts),
+            statistics.median(t / b for t, b in zip(ts, base)),
+            min(ts) / min(base),
+        )
+        for name, ts in times.items()
     }
+
+
+def show(times: dict[str, list[float]]) -> None:
+    print(f"{'what':<46}{'median s':>10}{'ratio':>8}{'of min':>8}")
+    for name, (seconds, median, of_min) in ratios(times).items():
+        print(f"{name:<46}{seconds:>10.4f}{median:>8.3f}{of_min:>8.3f}")
 
 
 def main() -> None:
@@ -47,10 +67,12 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "vit.json"))
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads, every row")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    header(f"vision transformer methods, batch {args.batch}, 224 px, {device}")
+    header(f"vision transformer methods, batch {args.batch}, 224 px, {device}, {torch.get_num_threads()} threads")
     load_before = os.getloadavg()
     torch.manual_seed(0)
     x = torch.randn(args.batch, 3, 224, 224, device=device)
@@ -70,10 +92,27 @@ def main() -> None:
         with torch.no_grad():
             small(x)
 
-    fns = {"forward (no_grad)": forward_small, **{name: (lambda e=e: e(x)) for name, e in explainers.items()}}
-    print(f"\n## timm vit_small_patch16_224, {args.repeats} rounds")
-    small_times = interleaved(fns, args.repeats)
-    report(small_times, "forward (no_grad)")
+    def forward_recording() -> None:
+        with torch.enable_grad():
+            small(x)
+
+    def forward_backward() -> None:
+        with torch.enable_grad():
+            tokens = small.norm_pre(small.patch_drop(small._pos_embed(small.patch_embed(x))))
+            tokens = tokens.detach().requires_grad_()
+            logits = small.forward_head(small.norm(small.blocks(tokens)))
+            top = logits.detach().argmax(1, keepdim=True)
+            torch.autograd.grad(logits.gather(1, top).sum(), tokens)
+
+    fns: dict[str, Callable[[], Any]] = {
+        FORWARD: forward_small,
+        "reference: forward with autograd recording": forward_recording,
+        "reference: forward + backward to block 0": forward_backward,
+        **{name: (lambda e=e: e(x)) for name, e in explainers.items()},
+    }
+    print(f"\n## timm vit_small_patch16_224, {args.repeats} rounds after {args.warmup} warm-up")
+    small_times = interleaved(fns, args.repeats, warmup=args.warmup)
+    show(small_times)
 
     big = torchvision.models.vit_b_16().eval().to(device)
     torch.nn.init.normal_(big.heads.head.weight, std=0.02)  # torchvision starts the head at zero: no gradient
@@ -94,51 +133,35 @@ def main() -> None:
     diff = float((ours(x, top).maps[:, 0] - torchcam_legrad()).abs().max())
     print(f"\n## torchvision vit_b_16, {args.repeats} rounds; max |camlens - torchcam| LeGrad map: {diff:.2e}")
     big_times = interleaved(
-        {"forward (no_grad)": forward_big, "camlens legrad": lambda: ours(x), "torchcam legrad": torchcam_legrad},
+        {FORWARD: forward_big, "camlens legrad (last 2 blocks)": lambda: ours(x), "torchcam legrad": torchcam_legrad},
         args.repeats,
+        warmup=args.warmup,
     )
-    report(big_times, "forward (no_grad)")
+    show(big_times)
+    versus = statistics.median(
+        c / t for c, t in zip(big_times["camlens legrad (last 2 blocks)"], big_times["torchcam legrad"])
+    )
+    print(f"camlens / torchcam LeGrad time, median over rounds: {versus:.3f}")
     load_after = os.getloadavg()
 
-    rows = [
-        ["vit_small_patch16_224", name, round(s, 4), round(r, 3)]
-        for name, (s, r) in ratios(small_times, "forward (no_grad)").items()
-    ]
-    rows += [
-        ["vit_b_16 (torchvision)", name, round(s, 4), round(r, 3)]
-        for name, (s, r) in ratios(big_times, "forward (no_grad)").items()
-    ]
-    machine = {
-        "cpu": cpu_description(),
-        "cores": os.cpu_count(),
-        "flags": [f for f in UNITS if f in cpu_flags()],
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "timm": timm.__version__,
-        "threads": torch.get_num_threads(),
-        "device": str(device),
-        "load_average_1min": [round(load_before[0], 2), round(load_after[0], 2)],
-    }
-    if device.type == "cuda":
-        machine["gpu"] = torch.cuda.get_device_name(device)
-    result = {
-        "title": f"Vision transformer methods against one forward pass (batch {args.batch}, 224 px, {device})",
-        "command": "python benchmarks/bench_vit.py" + (f" --device {args.device}" if args.device != "cpu" else ""),
-        "machine": machine,
-        "columns": ["model", "what", "median s", "ratio to forward"],
-        "rows": rows,
-        "notes": (
-            f"Random weights; {args.repeats} interleaved rounds, ratio = median over rounds of t / t[forward]. "
-            f"camlens and torchcam LeGrad maps differ by at most {diff:.1e} (raw). CAM does not apply to "
-            "vit_small (class-token head). GAE needs one backward to the first block, so it costs about a "
-            "forward more; LeGrad's backward stays inside its blocks. The machine was shared: 1-min load "
+    rows: list[list[Any]] = []
+    for model, times in (("vit_small_patch16_224 (timm)", small_times), ("vit_b_16 (torchvision)", big_times)):
+        for name, (seconds, median, of_min) in ratios(times).items():
+            rows.append([model, name, round(seconds, 4), round(median, 3), round(of_min, 3)])
+    write_result(
+        "vit",
+        f"Vision transformer methods against one forward pass (batch {args.batch}, 224 px, {device})",
+        ["model", "what", "median s", "ratio to forward (median)", "ratio of minimum times"],
+        rows,
+        notes=(
+            f"Random weights; {torch.get_num_threads()} torch threads for every row; {args.repeats} interleaved "
+            f"rounds after {args.warmup} warm-up; ratios to the forward pass of the same model. camlens's LeGrad "
+            f"took {versus:.2f}x the time of torchcam's (median over rounds), their raw maps differ by at most "
+            f"{diff:.1e}. CAM does not apply to vit_small (class-token head). The machine was shared: 1-min load "
             f"average {load_before[0]:.1f} before, {load_after[0]:.1f} after."
         ),
-    }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\nwrote {out}")
+        device=args.device,
+    )
 
 
 if __name__ == "__main__":

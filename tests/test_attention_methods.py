@@ -12,7 +12,7 @@ from torchcam import methods as tc
 
 from camlens import CamlensError, get_method
 from camlens.methods import AttentionRollout, GenericAttentionCAM, LeGrad
-from camlens.methods.attention import attention_rollout
+from camlens.methods.attention import _sdpa_node, attention_rollout
 
 try:
     import transformers
@@ -221,6 +221,82 @@ def test_legrad_matches_float64_reference(family, blocks):
     expected = ref_legrad(model64, outputs, attentions, classes, family, [1, 2] if blocks is None else blocks)
     assert result.maps.abs().max() > 0
     torch.testing.assert_close(result.maps.double(), expected.view(2, 2, 4, 4), rtol=1e-4, atol=1e-7)
+
+
+def test_rollout_without_class_token_reads_the_mean_row():
+    model = timm_vit(class_token=False, global_pool="avg")
+    x = torch.randn(2, 3, 32, 32)
+    _, _, attentions, _ = reference_pass(model, x, "timm")
+    n = attentions[0].shape[-1]
+    eye = torch.eye(n, dtype=torch.float64)
+    r = eye.expand(2, n, n)
+    for a in attentions:
+        a_hat = 0.5 * a.mean(1).detach() + 0.5 * eye
+        r = (a_hat / a_hat.sum(-1, keepdim=True)) @ r
+    result = AttentionRollout(model)(x)
+    assert n == 16
+    torch.testing.assert_close(result.maps.double().flatten(1), r.mean(1), rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_rollout_with_discard_ratio_equals_the_matrix_product(family):
+    # discarding needs each block's whole matrix (its threshold is over all entries): the explainer against the
+    # public attention_rollout on the float64 reference attentions
+    model = FAMILIES[family]()
+    x = torch.randn(2, 3, 32, 32)
+    _, _, attentions, _ = reference_pass(model, x, family)
+    expected = attention_rollout([a.detach() for a in attentions], discard_ratio=0.3)
+    result = AttentionRollout(model, discard_ratio=0.3)(x)
+    torch.testing.assert_close(result.maps.double().flatten(1), expected.double(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("method", [GenericAttentionCAM, LeGrad])
+def test_torchvision_with_frozen_parameters_gives_the_same_maps(method):
+    # frozen weights and an input without grad send nn.MultiheadAttention down its fast path, which saves no q, k, v
+    # for backward: the hook recomputes them from in_proj there instead of reading the fused attention's node
+    model = tv_vit()
+    x = torch.randn(2, 3, 32, 32)
+    classes = torch.tensor([[1, 4], [5, 0]])
+    trainable = method(model, blocks=3)(x, classes).maps
+    model.requires_grad_(False)
+    frozen = method(model, blocks=3)(x, classes).maps
+    assert trainable.abs().max() > 0
+    torch.testing.assert_close(frozen, trainable, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("method", [GenericAttentionCAM, LeGrad])
+def test_several_classes_take_one_batched_backward(family, method, monkeypatch):
+    # the attention's backward must run under vmap (is_grads_batched): otherwise score_gradients falls back to one
+    # backward pass per explained class, K times the cost, with the same maps
+    model = FAMILIES[family]()
+    calls = []
+    grad = torch.autograd.grad
+
+    def counted(*args, **kwargs):
+        calls.append(kwargs.get("is_grads_batched", False))
+        return grad(*args, **kwargs)
+
+    monkeypatch.setattr(torch.autograd, "grad", counted)
+    method(model)(torch.randn(2, 3, 32, 32), topk=3)
+    assert calls == [True]
+
+
+def test_torchvision_attention_node_holds_the_in_projection():
+    # the gradient methods read q, k, v from the fused attention's autograd node; if torch renamed what that node
+    # saves, they would silently fall back to recomputing the projection: this test says so instead
+    attention = tv_vit().encoder.layers[0].self_attention
+    tokens = torch.randn(2, 17, 16)
+    out, _ = attention(tokens, tokens, tokens, need_weights=False)
+    node = _sdpa_node(out)
+    assert node is not None
+    q, k, v = torch.nn.functional.linear(tokens, attention.in_proj_weight, attention.in_proj_bias).chunk(3, -1)
+    for saved, recomputed in zip((node._saved_query, node._saved_key, node._saved_value), (q, k, v)):
+        torch.testing.assert_close(saved, recomputed.unflatten(-1, (2, -1)).transpose(1, 2))
+    # an attention that ran its explicit path (weights asked for) has no such node, and the search must not walk
+    # back into the attention before it
+    explicit, _ = attention(out, out, out, need_weights=True)
+    assert _sdpa_node(explicit) is None
 
 
 def test_legrad_equals_torchcam_on_torchvision_vit():

@@ -6,20 +6,22 @@ A = softmax(q k^T / sqrt(d)).  Hooks recompute A from the attention's own q and 
 
 - timm ``Attention``: q and k from the ``q_norm`` / ``k_norm`` outputs, v from ``qkv``; the merged heads arrive at
   ``norm`` (an identity unless ``scale_norm``) before ``proj``;
-- torchvision ``EncoderBlock.self_attention`` (``nn.MultiheadAttention``): q, k, v from ``in_proj`` applied to
-  the block's normalized input, the output after ``out_proj``;
+- torchvision ``EncoderBlock.self_attention`` (``nn.MultiheadAttention``): with gradients, q, k, v as its fused
+  attention saved them for backward; without (or on its no-grad fast path), ``in_proj`` applied to the block's
+  normalized input; the output after ``out_proj``;
 - Hugging Face ``transformers`` (>= 5) ViT/DeiT attention: q, k, v from the ``q_proj``/``k_proj``/``v_proj``
   outputs, the merged heads at ``o_proj``.
 
-Gradient methods need d(score)/dA.  There the hook also recomputes the attention output e = A v (through
-``out_proj`` for torchvision) and hands the network ``out.detach() + (e - e.detach())``: its value is the fused
-output exactly (e - e.detach() is +0), so the logits do not change, and autograd sees only the explicit path, so
-the gradient that reaches A is exactly d(score)/dA of softmax(q k^T / sqrt(d)) v.  Hooks live for one call only:
-nothing is left on the model afterwards.
+Gradient methods need d(score)/dA.  There the hook hands the network its own attention output, copied, through
+an autograd function whose backward is that of the explicit e = A v (through ``out_proj`` for torchvision) with
+respect to A and v: the logits do not change, and the gradient that reaches A is exactly d(score)/dA of
+softmax(q k^T / sqrt(d)) v, without computing A v in the forward pass.  Hooks live for one call only: nothing
+is left on the model afterwards.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Sequence
 
@@ -141,22 +143,87 @@ def _first_tensor(args: tuple[Any, ...], kwargs: dict[str, Any], key: str) -> Te
     return args[0] if args else kwargs[key]
 
 
+class _AttentionGradient(torch.autograd.Function):
+    """Value: the network's own attention output ``fused``, copied (so the logits do not change).  Gradient: that of
+    the explicit e = merge_heads(A v) W^T with respect to A and v, exactly what autograd gives for e, without
+    computing e in the forward pass.  ``weight``: torchvision's ``out_proj`` weight where the output is read after
+    the output projection, None where it is read before (timm, Hugging Face).  ``fused`` gets no gradient."""
+
+    @staticmethod
+    def forward(fused: Tensor, attention: Tensor, v: Tensor, weight: Tensor | None) -> Tensor:
+        return fused.clone()
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
+        _, attention, v, weight = inputs
+        ctx.save_for_backward(attention, v, weight)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[None, Tensor | None, Tensor | None, None]:
+        attention, v, weight = ctx.saved_tensors
+        if weight is not None:
+            grad = grad @ weight  # through out_proj: d(e W^T + b)/de
+        heads, dim = v.shape[1], v.shape[-1]
+        # (B, H, N, d); reshape, not unflatten: this runs under vmap for several explained classes at once
+        g = grad.reshape(*grad.shape[:-1], heads, dim).transpose(-3, -2).contiguous()
+        grad_attention = g @ v.transpose(-1, -2) if ctx.needs_input_grad[1] else None
+        grad_v = attention.transpose(-1, -2) @ g if ctx.needs_input_grad[2] else None
+        return None, grad_attention, grad_v, None
+
+
+_RESHAPING = re.compile(
+    r"(Transpose|Permute|View|UnsafeView|Reshape\w*|Clone|Squeeze\w*|Unsqueeze\w*|T|Addmm|Mm)Backward"
+)
+
+
+def _sdpa_node(output: Tensor) -> Any:
+    """The autograd node of the fused scaled-dot-product attention that ``output`` was computed from, when it saved
+    its query, key and value and ran without mask, dropout or causality; else None.  The search walks back only
+    through reshaping nodes and the output projection, so it never reaches an earlier block's attention."""
+    frontier: list[Any] = [output.grad_fn]
+    seen: set[int] = set()
+    while frontier:
+        node = frontier.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        name = type(node).__name__
+        if "ScaledDotProduct" in name and hasattr(node, "_saved_query"):
+            plain = (
+                getattr(node, "_saved_attn_mask", None) is None
+                and not getattr(node, "_saved_dropout_p", 0.0)
+                and not getattr(node, "_saved_is_causal", False)
+            )
+            return node if plain else None
+        if _RESHAPING.match(name):
+            frontier.extend(n for n, _ in node.next_functions)
+    return None
+
+
 class _Recorder:
     """The hooks of one call: per site, the attention probabilities (B, H, N, N), passed to ``keep`` (which returns
-    what is stored), and optionally the block's output tokens.  ``graph``: the attention is recomputed in the autograd
-    graph and substituted into the network (value unchanged, see the module docstring); ``leaves``: sites whose block
-    input becomes a leaf that requires grad (no gradient flows below it, also with frozen parameters)."""
+    what is stored), and optionally the block's output tokens.
+
+    ``graph``: the attention is recomputed in the autograd graph and the network's attention output is replaced by
+    :class:`_AttentionGradient` (value unchanged, see the module docstring).  ``stop``: sites whose attention is a
+    leaf (computed without graph, then requiring grad) and whose v is detached: no gradient is wanted below them.
+    ``cut``: sites whose block input is detached, so a score read above the block does not reach its attention
+    through the residual stream.  ``last_rows``: the last site computes only its first ``last_rows`` query rows
+    (all a rollout from the class token reads of it)."""
 
     def __init__(
         self,
         sites: Sequence[AttentionSite],
         *,
         graph: bool,
-        leaves: Sequence[int] = (),
+        stop: Sequence[int] = (),
+        cut: Sequence[int] = (),
         keep: Callable[[Tensor], Tensor] = lambda a: a,
         block_outputs: bool = False,
+        last_rows: int | None = None,
     ) -> None:
-        self.graph, self.keep = graph, keep
+        self.graph, self.keep, self.stop = graph, keep, set(stop)
+        self.rows: list[int | None] = [last_rows if i == len(sites) - 1 else None for i in range(len(sites))]
         self.attentions: list[Tensor | None] = [None] * len(sites)
         self.outputs: list[Tensor | None] = [None] * len(sites)
         self._qkv: list[dict[str, Tensor]] = [{} for _ in sites]
@@ -164,8 +231,8 @@ class _Recorder:
         try:
             for i, site in enumerate(sites):
                 self._hook(i, site)
-                if i in leaves:
-                    self._handles.append(site.block.register_forward_pre_hook(self._leaf, with_kwargs=True))
+                if i in cut:
+                    self._handles.append(site.block.register_forward_pre_hook(self._cut, with_kwargs=True))
                 if block_outputs:
                     self._handles.append(site.block.register_forward_hook(self._output_hook(i)))
         except BaseException:
@@ -184,13 +251,11 @@ class _Recorder:
         self.close()
 
     @staticmethod
-    def _leaf(
-        block: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    def _cut(block: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
         if args:
-            return (args[0].detach().requires_grad_(), *args[1:]), kwargs
+            return (args[0].detach(), *args[1:]), kwargs
         key = next(k for k, v in kwargs.items() if isinstance(v, Tensor))
-        return args, {**kwargs, key: kwargs[key].detach().requires_grad_()}
+        return args, {**kwargs, key: kwargs[key].detach()}
 
     def _output_hook(self, i: int) -> Callable[..., None]:
         def hook(block: nn.Module, args: Any, output: Any) -> None:
@@ -204,19 +269,28 @@ class _Recorder:
 
         return hook
 
-    def _attend(self, i: int, q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor | None:
-        """Record A = softmax(q k^T * scale) of site i; in graph mode return e = A v (B, H, N, d)."""
-        b, h, n, d = q.shape
-        with torch.set_grad_enabled(self.graph and torch.is_grad_enabled()):
-            # contiguous (B H, N, d) and (B H, d, N) operands: CPU bmm is ~4x faster on them than on timm's
-            # permuted views; scaling q rather than q k^T touches N/d times fewer values
-            qs = (q * scale).contiguous().view(b * h, n, d)
-            kt = k.reshape(b * h, n, d).transpose(1, 2).contiguous()
-            attention = torch.softmax(torch.bmm(qs, kt), dim=-1).view(b, h, n, n)
-            self.attentions[i] = self.keep(attention)
-            if not self.graph:
-                return None
-            return torch.bmm(attention.view(b * h, n, n), v.reshape(b * h, n, -1)).view(b, h, n, -1)
+    def _attention(self, i: int, q: Tensor, k: Tensor, scale: float) -> Tensor:
+        """A = softmax(q k^T * scale) of site i (B, H, rows, N), recorded; in the graph unless site i stops it."""
+        b, h, n, d = k.shape
+        rows = self.rows[i] or q.shape[2]
+        tracked = self.graph and i not in self.stop and torch.is_grad_enabled()
+        with torch.set_grad_enabled(tracked):
+            # contiguous (B H, rows, d) and (B H, N, d) operands (the second read transposed by the BLAS): CPU bmm is
+            # several times faster on them than on timm's permuted views; scaling q rather than q k^T touches N/d
+            # times fewer values
+            qs = (q[:, :, :rows] * scale).reshape(b * h, rows, d)
+            attention = torch.softmax(torch.bmm(qs, k.reshape(b * h, n, d).transpose(1, 2)), dim=-1)
+            attention = attention.view(b, h, rows, n)
+        if self.graph and not tracked:
+            attention.requires_grad_()
+        self.attentions[i] = self.keep(attention)
+        return attention
+
+    def _replace(self, i: int, fused: Tensor, attention: Tensor, v: Tensor, weight: Tensor | None = None) -> Tensor:
+        """The network's attention output with the explicit path's gradient (:class:`_AttentionGradient`)."""
+        if i in self.stop:
+            v = v.detach()
+        return _AttentionGradient.apply(fused.detach(), attention, v, None if weight is None else weight.detach())
 
     def _hook(self, i: int, site: AttentionSite) -> None:
         m: Any = site.module  # submodules read by name, per library
@@ -228,10 +302,10 @@ class _Recorder:
 
             def merged_timm(module: nn.Module, args: tuple[Tensor, ...]) -> tuple[Tensor, ...] | None:
                 s = self._qkv[i]
+                attention = self._attention(i, s["q"], s["k"], site.scale)
                 v = s["qkv"].unflatten(-1, (3, site.heads, -1))[:, :, 2].transpose(1, 2)
-                e = self._attend(i, s["q"], s["k"], v, site.scale)
                 s.clear()
-                return None if e is None else (_substitute(args[0], e.transpose(1, 2).flatten(2)), *args[1:])
+                return (self._replace(i, args[0], attention, v), *args[1:]) if self.graph else None
 
             add(m.norm.register_forward_pre_hook(merged_timm))
         elif site.kind == "hf":
@@ -241,9 +315,9 @@ class _Recorder:
             def merged_hf(module: nn.Module, args: tuple[Tensor, ...]) -> tuple[Tensor, ...] | None:
                 s = self._qkv[i]
                 q, k, v = (_split_heads(s[n], site.heads) for n in ("q", "k", "v"))
-                e = self._attend(i, q, k, v, site.scale)
+                attention = self._attention(i, q, k, site.scale)
                 s.clear()
-                return None if e is None else (_substitute(args[0], e.transpose(1, 2).flatten(2)), *args[1:])
+                return (self._replace(i, args[0], attention, v), *args[1:]) if self.graph else None
 
             add(m.o_proj.register_forward_pre_hook(merged_hf))
         else:
@@ -254,22 +328,24 @@ class _Recorder:
                 kwargs: dict[str, Any],
                 output: tuple[Tensor, Tensor | None],
             ) -> tuple[Tensor, Tensor | None] | None:
-                query = _first_tensor(args, kwargs, "query")
-                q, k, v = (
-                    _split_heads(t, site.heads)
-                    for t in F.linear(query, module.in_proj_weight, module.in_proj_bias).chunk(3, -1)
-                )
-                e = self._attend(i, q, k, v, site.scale)
-                if e is None:
+                # with gradients the module's fused attention saved its q, k, v for backward: read them there
+                # rather than recompute the input projection; its fast path (no grad) leaves no node to read
+                node = _sdpa_node(output[0]) if self.graph and output[0].grad_fn is not None else None
+                if node is not None:
+                    q, k, v = node._saved_query, node._saved_key, node._saved_value
+                    scale = site.scale if node._saved_scale is None else float(node._saved_scale)
+                else:
+                    query = _first_tensor(args, kwargs, "query")
+                    with torch.set_grad_enabled(self.graph and i not in self.stop and torch.is_grad_enabled()):
+                        qkv = F.linear(query, module.in_proj_weight, module.in_proj_bias).chunk(3, -1)
+                    q, k, v = (_split_heads(t, site.heads) for t in qkv)
+                    scale = site.scale
+                attention = self._attention(i, q, k, scale)
+                if not self.graph:
                     return None
-                return _substitute(output[0], module.out_proj(e.transpose(1, 2).flatten(2))), output[1]
+                return self._replace(i, output[0], attention, v, module.out_proj.weight), output[1]
 
             add(m.register_forward_hook(after_mha, with_kwargs=True))
-
-
-def _substitute(fused: Tensor, explicit: Tensor) -> Tensor:
-    """The fused value, with the explicit computation's gradient: ``fused.detach() + (e - e.detach())``."""
-    return fused.detach() + (explicit - explicit.detach())
 
 
 def fuse_heads(attention: Tensor, head_fusion: str = "mean") -> Tensor:
@@ -350,10 +426,24 @@ def attention_rollout(
     """
     first = attentions[0]
     row = _query_row(first.shape[0], first.shape[-1], prefix_tokens, first.device)
-    for attention in reversed(attentions):  # row^T A_hat_L ... A_hat_1, from the left
-        row = torch.einsum(
-            "bi,bij->bj", row, rollout_matrix(fuse_heads(attention, head_fusion), discard_ratio, prefix_tokens)
-        )
+    return _roll_out(row, [fuse_heads(a, head_fusion) for a in attentions], discard_ratio, prefix_tokens)
+
+
+def _roll_out(row: Tensor, fused: Sequence[Tensor], discard_ratio: float, prefix_tokens: int) -> Tensor:
+    """row^T A_hat_L ... A_hat_1 from the left, vector times matrix, for head-fused attentions (B, N, N); the last
+    may hold only its first query rows (those where ``row`` is nonzero).  Without discarding, row^T A_hat =
+    0.5 (r^T A + r) with r = row / rowsum(0.5 A + 0.5 I): A_hat is never formed."""
+    if not 0.0 <= discard_ratio < 1.0:
+        raise CamlensError(f"discard_ratio={discard_ratio}: use a fraction in [0, 1)")
+    for attention in reversed(fused):
+        a = attention.float()
+        r = row[:, : a.shape[-2]]
+        if discard_ratio > 0:
+            row = torch.einsum("bi,bij->bj", r, rollout_matrix(a, discard_ratio, prefix_tokens))
+            continue
+        r = r / (0.5 * a.sum(-1) + 0.5)
+        row = 0.5 * torch.bmm(r[:, None], a)[:, 0]
+        row[:, : r.shape[1]] += 0.5 * r
     return row[:, prefix_tokens:]
 
 
@@ -484,18 +574,18 @@ class AttentionRollout(AttentionExplainer):
 
     def _relevance(self, x: Tensor, classes: ClassSpec, topk: int, prefix: int) -> tuple[Tensor, Tensor, Tensor]:
         def keep(attention: Tensor) -> Tensor:  # heads fused in the hook: (B, 1, N, N) stored, not (B, H, N, N)
-            return fuse_heads(attention.float(), self.head_fusion).unsqueeze(1)
+            return fuse_heads(attention, self.head_fusion).unsqueeze(1)
 
-        with _Recorder(self.sites(), graph=False, keep=keep) as rec, torch.no_grad():
+        # the class token's row of the product reads only the last block's prefix rows (not with discarding,
+        # whose threshold is over the whole matrix)
+        rows = prefix if prefix and not self.discard_ratio else None
+        with _Recorder(self.sites(), graph=False, keep=keep, last_rows=rows) as rec, torch.no_grad():
             output = self.model(x)
         logits = output_logits(output)
         chosen = select_classes(logits, classes, topk)
-        relevance = attention_rollout(
-            [a for a in rec.attentions if a is not None],
-            head_fusion="mean",
-            discard_ratio=self.discard_ratio,
-            prefix_tokens=prefix,
-        )
+        fused = [a[:, 0] for a in rec.attentions if a is not None]
+        row = _query_row(x.shape[0], fused[0].shape[-1], prefix, x.device)
+        relevance = _roll_out(row, fused, self.discard_ratio, prefix)
         return logits, chosen, relevance[:, None].expand(-1, chosen.shape[1], -1)
 
 
@@ -508,16 +598,21 @@ class _GradientAttention(AttentionExplainer):
         x: Tensor,
         classes: ClassSpec,
         topk: int,
-        leaves: Sequence[int],
+        stop: Sequence[int],
+        cut: Sequence[int],
         block_outputs: bool,
         scores: Callable[[Tensor, Tensor, _Recorder], Tensor],
     ) -> tuple[Tensor, Tensor, list[Tensor], list[Tensor]]:
-        """One forward pass with the attention in the graph, then d scores / d A_l for every site from one backward.
+        """One forward pass with the attention in the graph, then d scores / d A_l for every site from one backward
+        (input gradients only: no parameter gradient is computed).  ``stop``, ``cut``: see :class:`_Recorder`.
         Returns logits, classes, attentions (B, H, N, N) and their gradients (B, N, H, N, N)."""
         sites = self.sites()
         # the whole pass in grad mode, as a plain model(x): torchvision's attention takes another kernel without
         # grad, so a pass that switched modes midway would not give the caller's logits bit for bit
-        with _Recorder(sites, graph=True, leaves=leaves, block_outputs=block_outputs) as rec, torch.enable_grad():
+        with (
+            _Recorder(sites, graph=True, stop=stop, cut=cut, block_outputs=block_outputs) as rec,
+            torch.enable_grad(),
+        ):
             output = self.model(x)
         logits = output_logits(output)
         chosen = select_classes(logits.detach(), classes, topk)
@@ -545,15 +640,19 @@ class GenericAttentionCAM(_GradientAttention):
             x,
             classes,
             topk,
-            leaves=[0],
+            stop=[0],  # nothing below the first block's attention is needed
+            cut=[],
             block_outputs=False,
             scores=lambda logits, chosen, rec: logits.gather(1, chosen),
         )
-        row = _query_row(x.shape[0], attentions[0].shape[-1], prefix, x.device)
-        row = row[:, None].expand(-1, chosen.shape[1], -1)
+        b, count, heads, n = grads[0].shape[:4]
+        row = _query_row(b, n, prefix, x.device)[:, None].expand(-1, count, -1)
         for attention, grad in zip(reversed(attentions), reversed(grads)):  # row^T (I + A_bar_L) ... (I + A_bar_1)
-            a_bar = (grad.float() * attention.detach().float()[:, None]).clamp_min(0).mean(2)
-            row = row + torch.einsum("bni,bnij->bnj", row, a_bar)
+            # row^T A_bar = sum_{h, i} (row_i / H) (grad ⊙ A)^+_hij: one vector-matrix product over (h, i), the
+            # head mean never formed; the gradients are this call's own, so the product is taken in place
+            positive = grad.float().mul_(attention.detach().float()[:, None]).clamp_(min=0)
+            weights = (row / heads)[:, :, None, :].expand(-1, -1, heads, -1).reshape(b * count, 1, heads * n)
+            row = row + torch.bmm(weights, positive.reshape(b * count, heads * n, n)).view(b, count, n)
         return logits, chosen, row[..., prefix:]
 
 
@@ -566,8 +665,9 @@ class LeGrad(_GradientAttention):
     over heads h and query tokens i; map = mean_l E_l[patches] (the paper sums, then min-max normalizes: the same
     map after :func:`camlens.normalize`).  Attention values are not multiplied in.
 
-    ``blocks`` defaults to the last 2, the paper code's default (``layer_index=-2``).  Each block's input becomes
-    a leaf, so one backward of sum_l s_l gives every d s_l / d A_l at once (s_l' for l' > l no longer reaches A_l).
+    ``blocks`` defaults to the last 2, the paper code's default (``layer_index=-2``).  Each block's input is
+    detached and each A_l is a leaf, so one backward of sum_l s_l gives every d s_l / d A_l at once (s_l' for
+    l' > l no longer reaches A_l) and never leaves the blocks used.
     Equal to torchcam 0.5.0's ``LeGrad`` on torchvision's ViT (unnormalized) with the same blocks; also timm and
     Hugging Face ViTs.  ``score_projection`` maps tokens (B, N, C) to logits for other models.
     """
@@ -600,10 +700,11 @@ class LeGrad(_GradientAttention):
             tokens = [z for z in rec.outputs if z is not None]
             return torch.stack([project(z).gather(1, chosen) for z in tokens]).sum(0)
 
+        every = range(len(self.sites()))
         logits, chosen, _, grads = self._gradients(
-            x, classes, topk, leaves=range(len(self.sites())), block_outputs=True, scores=scores
+            x, classes, topk, stop=every, cut=every, block_outputs=True, scores=scores
         )
-        per_block = [g.float().clamp_min(0).mean((2, 3)) for g in grads]  # (B, N, keys)
+        per_block = [g.float().clamp_(min=0).mean((2, 3)) for g in grads]  # (B, N, keys)
         return logits, chosen, torch.stack(per_block).mean(0)[..., prefix:]
 
 
