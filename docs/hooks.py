@@ -87,12 +87,13 @@ def readme_block(name: str) -> str:
         Markdown text, ending in a newline.
     """
     result = _load(name)
-    cpu = result["machine"].get("cpu", "?")
-    cores = result["machine"].get("cores")
-    where = f"{cpu}, {cores} cores" if cores else cpu
-    load = result["machine"].get("load_average_1min")
+    described = result["machine"]
+    where = str(described.get("cpu", "?"))
+    if described.get("cores") and "cores" not in where:
+        where += f", {described['cores']} cores"
+    load = next((v for key, v in described.items() if key.startswith("load")), None)
     if load:
-        where += f", 1-min load average {'-'.join(map(str, load)) if isinstance(load, list) else load}"
+        where += f", 1-min load average {' / '.join(map(str, load)) if isinstance(load, list) else load}"
     return "\n".join([f"**{result['title']}**", "", *_table(result), "", f"`{result['command']}` on {where}."]) + "\n"
 
 

@@ -183,7 +183,7 @@ def test_readme_figures_block_is_replaced_from_its_file(tmp_path, monkeypatch) -
     text = "intro\n<!-- figures: t -->\nstale | 9 |\n<!-- /figures -->\nend\n"
     assert hooks.readme_with_figures(text) == (
         "intro\n<!-- figures: t -->\n**T**\n\n| a |\n|---|\n| 1 |\n\n"
-        "`python b.py` on X, 2 cores, 1-min load average 1.5-2.0.\n<!-- /figures -->\nend\n"
+        "`python b.py` on X, 2 cores, 1-min load average 1.5 / 2.0.\n<!-- /figures -->\nend\n"
     )
 
 
