@@ -4,7 +4,7 @@ timm's ``VisionTransformer`` without a class token and with ``global_pool="avg"`
 over the patch tokens t_p of the last block, so :class:`camlens.CAM` reads the map M_c(p) = sum_k w'_k^c t_p,k on
 the patch grid with mean_p M_c + b'_c = logit_c (the LayerNorm after pooling folded in, as for ConvNeXt), while the
 gradient, perturbation and attention methods explain the same network.  Small enough for two CPU cores: about
-360k parameters, 64 tokens at 64 px.
+370k parameters, 64 tokens at 64 px.
 """
 
 from __future__ import annotations
@@ -32,11 +32,13 @@ def vit_tiny_gap(
     ``mlp_ratio`` times the width, optional register tokens (Darcet et al., ICLR 2024), then the mean of the patch
     tokens -> LayerNorm -> linear.  Random initialization (timm's); there are no pretrained weights.
 
-    ``stem="conv"`` (default) embeds the patches with stride-2 3x3 convolutions (log2(patch_size) of them, widths
-    doubling up to ``embed_dim``, ReLU between) instead of one patch_size x patch_size projection: Xiao et al.,
-    NeurIPS 2021, "Early Convolutions Help Transformers See Better", who find it makes ViTs train faster and less
-    sensitive to the learning rate; ``stem="patch"`` is the plain projection.  Either way the tokens form the same
-    patch grid.
+    ``stem="conv"`` (default) embeds the patches as Xiao et al., NeurIPS 2021, "Early Convolutions Help
+    Transformers See Better" (their ViT_C stem): log2(patch_size) stride-2 3x3 convolutions, widths doubling up to
+    ``embed_dim``, each followed by BatchNorm and ReLU, then one 1x1 convolution to ``embed_dim``; they find it makes
+    ViTs train faster and less sensitive to the learning rate.  The normalization is what makes it train here:
+    without BatchNorm and the 1x1 projection, this network's loss stayed at ln 10 for the first 450 AdamW steps on
+    3000 built-in images (batch 64, lr 1e-3); with them it leaves ln 10 after about 150.  ``stem="patch"`` is the
+    plain patch_size x patch_size projection.  Either way the tokens form the same patch grid.
 
     Args:
         num_classes: outputs of the classifier.
@@ -81,11 +83,12 @@ def vit_tiny_gap(
         reg_tokens=reg_tokens,
     )
     if stem == "conv":
-        widths = [max(8, embed_dim >> (steps - i)) for i in range(1, steps)] + [embed_dim]
+        widths = [max(8, embed_dim >> (steps - i)) for i in range(1, steps + 1)]
         layers: list[nn.Module] = []
         for i, width in enumerate(widths):
-            layers.append(nn.Conv2d(widths[i - 1] if i else 3, width, 3, stride=2, padding=1))
-            if i < steps - 1:
-                layers.append(nn.ReLU(inplace=True))
+            layers.append(nn.Conv2d(widths[i - 1] if i else 3, width, 3, stride=2, padding=1, bias=False))
+            layers.append(nn.BatchNorm2d(width))
+            layers.append(nn.ReLU(inplace=True))
+        layers.append(nn.Conv2d(widths[-1], embed_dim, 1))
         model.patch_embed.proj = nn.Sequential(*layers)
     return model
