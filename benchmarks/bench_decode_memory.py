@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import os
-import platform
 import re
 import shutil
 import subprocess
@@ -25,8 +23,8 @@ import httpx
 import torch
 from PIL import Image
 
-from camlens.hardware import UNITS, cpu_description, cpu_flags
 from camlens.models import GapNet, Preprocess, save_checkpoint
+from common import write_result
 
 ROOT = Path(__file__).parents[1]
 SIZE = (7200, 5400)  # 38.9 MP, under the 40 MP per-file limit
@@ -151,26 +149,16 @@ def main() -> None:
                 f"warm {warm:.2f} GB; statuses {statuses}",
             ]
         )
-    result = {
-        "title": "Peak memory decoding 39-megapixel images",
-        "command": "PYTHONPATH=src python benchmarks/bench_decode_memory.py"
-        + (f" --files {args.files}" if args.files != 24 else ""),
-        "machine": {
-            "cpu": cpu_description(),
-            "cores": os.cpu_count(),
-            "flags": [f for f in UNITS if f in cpu_flags()],
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-        },
-        "columns": ["case", "images", "batch", "peak RSS (GB)", "seconds", "notes"],
-        "rows": rows,
-        "notes": "All-zero PNGs of 38 KB each. Before the decode budget (issue #24) the 24-file run at batch 16 "
-        "reached 12.8 GB and aborted, and 4 concurrent uploads took the server to 2.8-3.0 GB.",
-    }
-    out = ROOT / "benchmarks" / "results" / "decode_memory.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    write_result(
+        "decode_memory",
+        "Peak memory decoding 39-megapixel images",
+        ["case", "images", "batch", "peak RSS (GB)", "seconds", "notes"],
+        rows,
+        notes=(
+            "All-zero PNGs of 38 KB each. Before the decode budget (issue #24) the 24-file run at batch 16 "
+            "reached 12.8 GB and aborted, and 4 concurrent uploads took the server to 2.8-3.0 GB."
+        ),
+    )
 
 
 if __name__ == "__main__":

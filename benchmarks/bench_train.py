@@ -16,6 +16,8 @@ benchmark runs both loops after :func:`camlens.hardware.retain_freed_memory`, as
 
     python benchmarks/bench_train.py [--archs gapnet gapify-resnet18 ...] [--size 64] [--images 2048]
         [--batch 32] [--repeats 8] [--device cuda --channels-last --amp]
+
+Writes benchmarks/results/train_loop.json (``common.write_result``; ``train_loop_cuda`` on a GPU).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from camlens.hardware import retain_freed_memory
 from camlens.models import IMAGENET_MEAN, IMAGENET_STD, build_model
 from camlens.training import TrainConfig, TrainData, train
 from camlens.training.data import Split
-from common import header, sync
+from common import header, sync, write_result
 
 NETWORKS = {
     "gapnet": ("gapnet", {}),
@@ -161,6 +163,7 @@ def main() -> None:
         f"{'network':<18}{'plain img/s':>12}{'camlens img/s':>14}{'steps ratio':>24}{'run ratio':>24}"
         f"{'run CPU-time ratio':>24}{'end of epoch s':>16}"
     )
+    rows = []
     for name in args.archs:
         arch, options = NETWORKS[name]
         torch.manual_seed(0)
@@ -202,14 +205,49 @@ def main() -> None:
 
         plain = times["plain"]
         end_of_epoch = statistics.median(t - s for t, s in zip(times["camlens"], times["steps"]))
-        print(
-            f"{name:<18}{args.images / statistics.median(plain):>12.1f}"
-            f"{args.images / statistics.median(times['camlens']):>14.1f}"
-            f"{spread([s / p for s, p in zip(times['steps'], plain)]):>24}"
-            f"{spread([c / p for c, p in zip(times['camlens'], plain)]):>24}"
-            f"{spread([c / p for c, p in zip(cpu['camlens'], cpu['plain'])]):>24}{end_of_epoch:>16.3f}",
-            flush=True,
+        described = ", ".join(f"{key} {value}" for key, value in options.items() if key != "input_size")
+        rows.append(
+            [
+                f"{name} ({described})" if described else name,
+                round(args.images / statistics.median(plain), 1),
+                round(args.images / statistics.median(times["camlens"]), 1),
+                spread([s / p for s, p in zip(times["steps"], plain)]),
+                spread([c / p for c, p in zip(times["camlens"], plain)]),
+                spread([c / p for c, p in zip(cpu["camlens"], cpu["plain"])]),
+                round(end_of_epoch, 3),
+            ]
         )
+        print(f"{name:<18}" + "".join(f"{cell:>{w}}" for cell, w in zip(rows[-1][1:], (12, 14, 24, 24, 24, 16))))
+    reduced = [
+        f"--{key} {' '.join(map(str, default)) if isinstance(default, list) else default}"
+        for key in ("archs", "images", "repeats")
+        if getattr(args, key) != (default := parser.get_default(key))
+    ]
+    write_result(
+        "train_loop" + ("" if device.type == "cpu" else f"_{device.type}"),
+        f"One epoch of {args.images} images, camlens's train() against a plain PyTorch loop ({args.size} px, batch "
+        f"{args.batch}, {device.type})",
+        [
+            "network",
+            "plain img/s",
+            "camlens img/s",
+            "steps ratio",
+            "run ratio",
+            "run CPU-time ratio",
+            "end of epoch s",
+        ],
+        rows,
+        notes=(
+            f"Ratios are medians over {args.repeats} rounds of t(camlens) / t(plain) with their first and third "
+            "quartiles, after a warm-up epoch of each; the order alternates between rounds. steps: camlens's "
+            "training steps alone (EpochLog.train_seconds); run: the whole train() call (set-up, steps, one "
+            "validation pass over 32 images, the checkpoint files); end of epoch: run minus steps (median). Random "
+            f"uint8 images, 10 classes, AdamW, augmentation off, channels_last={channels_last}, amp={args.amp}, the "
+            f"same initial weights for both loops; freed memory retained (glibc mallopt): {retained}."
+            + (f" A smaller run than the script's defaults ({', '.join(reduced)})." if reduced else "")
+        ),
+        device=device.type,
+    )
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ import torch
 from camlens.hardware import UNITS, cpu_description, cpu_flags
 
 RESULTS = Path(__file__).resolve().parent / "results"
+LOAD_AT_START = os.getloadavg()[0]  # the machine is shared: results record its load when the benchmark began
 
 
 def header(title: str) -> None:
@@ -30,11 +31,13 @@ def header(title: str) -> None:
         f"python {platform.python_version()} | torch {torch.__version__} | torchvision {torchvision.__version__}"
     )
     print(f"# cpu: {cpu_description()}")
+    print(f"# load average (1 min): {os.getloadavg()[0]:.2f}")
 
 
 def machine(device: str = "cpu") -> dict[str, Any]:
     """This machine as the results files describe it: CPU name, cores, the flags the fast paths depend on,
-    torch's threads and versions, and the GPU when ``device`` is CUDA."""
+    torch's threads and versions, the 1-minute load average when the benchmark began and now, and the GPU when
+    ``device`` is CUDA."""
     import torchvision
 
     described: dict[str, Any] = {
@@ -45,6 +48,7 @@ def machine(device: str = "cpu") -> dict[str, Any]:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "torchvision": torchvision.__version__,
+        "load average (1 min), start / end": f"{LOAD_AT_START:.1f} / {os.getloadavg()[0]:.1f}",
     }
     if device.startswith("cuda") and torch.cuda.is_available():
         described["gpu"] = torch.cuda.get_device_name()

@@ -22,14 +22,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 from pathlib import Path
 
-import torch
-import torchvision
-
-from camlens.hardware import cpu_description
+from common import write_result
 
 ROWS = [
     ("cam", "cam", "vanilla CAM"),
@@ -126,31 +121,22 @@ def main() -> None:
         "training throughput vs CAM",
         "source / training time",
     ]
-    result = {
-        "title": "WSOL methods after 2020 on the built-in dataset, with the authors' published figures",
-        "command": "see benchmarks/wsol_after_2020.py (camlens train / evaluate per row)",
-        "machine": {
-            "cpu": cpu_description().split(", flags:")[0],
-            "cores": os.cpu_count() or 0,
-            "flags": [],
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "torchvision": torchvision.__version__,
-        },
-        "columns": columns,
-        "rows": rows + THEIRS,
-        "notes": "camlens rows: the built-in dataset (10 digit classes, synthetic scenes), gapnet from scratch, "
-        "64 px, 3000 training images, 4 epochs, batch 64, AdamW, the epoch kept by MaxBoxAccV2 on 200 "
-        "validation images, scored by camlens evaluate on the first 500 test images, in %.  Rows marked "
-        "'theirs' are the authors' published figures on CUB-200-2011 / ImageNet at 224 px with "
-        "ImageNet-pretrained backbones: a different dataset and scale, not comparable number for number.  "
-        "Training times were measured on 2 CPU cores shared with other jobs (load ~12).",
-    }
-    out = Path(__file__).resolve().parent / "results" / "wsol_after_2020.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
     print(json.dumps(rows, indent=1))
-    print(f"# results written to {out}")
+    write_result(
+        "wsol_after_2020",
+        "WSOL methods after 2020 on the built-in dataset, with the authors' published figures",
+        columns,
+        rows + THEIRS,
+        notes=(
+            "camlens rows: the built-in dataset (10 digit classes, synthetic scenes), gapnet from scratch, "
+            "64 px, 3000 training images, 4 epochs, batch 64, AdamW, the epoch kept by MaxBoxAccV2 on 200 "
+            "validation images, scored by camlens evaluate on the first 500 test images, in %.  Rows marked "
+            "'theirs' are the authors' published figures on CUB-200-2011 / ImageNet at 224 px with "
+            "ImageNet-pretrained backbones: a different dataset and scale, not comparable number for number.  "
+            "Training times were measured on 2 CPU cores shared with other jobs (load ~12)."
+        ),
+        command="see benchmarks/wsol_after_2020.py (camlens train / evaluate per row)",
+    )
 
 
 if __name__ == "__main__":

@@ -102,8 +102,8 @@ _GLIBC_ENV = ("MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_")
 def retain_freed_memory() -> bool:
     """Make glibc's ``malloc`` keep freed memory for reuse: no ``mmap`` per large block (``M_MMAP_MAX`` 0) and no
     trimming of the heap below 2 GiB of free space (``M_TRIM_THRESHOLD``), so a pass reuses the pages of the one
-    before instead of faulting in fresh zeroed ones.  EfficientNet-Lite0, batch 64 at 224 px on 2 cores: 5 passes
-    in 12.7 s (14.7 s of CPU time in the kernel, 8.0 million page faults), 3.4 s with this (no faults).  The process
+    before instead of faulting in fresh zeroed ones (``benchmarks/bench_allocator.py`` measures the page faults,
+    kernel CPU time and wall time it saves; the figures are on the documentation's benchmark pages).  The process
     keeps its peak memory until it exits, so the command line calls this for its batch commands and not for
     ``serve``.  Does nothing, and returns False, where the C library is not glibc or where the user set
     ``MALLOC_MMAP_MAX_`` or ``MALLOC_TRIM_THRESHOLD_`` (their choice stands)."""
