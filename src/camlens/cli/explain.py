@@ -193,20 +193,13 @@ def run(args: argparse.Namespace) -> int:
                 explainer,
                 paths,
                 out,
-                classes=request.category,
-                topk=request.topk,
-                batch_size=args.batch_size,
-                workers=args.workers,
-                max_pixels=args.max_pixels,
-                render=render,
+                **_file_options(args, request, render, bar),
                 run_key=run_key,
                 resume=not args.restart,
                 ctx=ctx,
-                on_error=lambda line: bar.write(f"camlens: skipped {line}", file=sys.stderr),
                 progress=bar.update,
                 target=request.target,
                 decode_budget=args.decode_budget,
-                overwrite=args.overwrite,
                 input_errors=missing,
                 save_maps=maps,
             )
@@ -225,6 +218,20 @@ def run(args: argparse.Namespace) -> int:
         )
     # a class absent from an image is an answer about that image, not a failed run: reported, exit status 0
     return 1 if summary.errors or missing else 0
+
+
+def _file_options(args: argparse.Namespace, request: ExplainRequest, render, bar) -> dict:
+    """The options of `explain_files` that image folders and the images beside videos share."""
+    return {
+        "classes": request.category,
+        "topk": request.topk,
+        "batch_size": args.batch_size,
+        "workers": args.workers,
+        "max_pixels": args.max_pixels,
+        "render": render,
+        "overwrite": args.overwrite,
+        "on_error": lambda line: bar.write(f"camlens: skipped {line}", file=sys.stderr),
+    }
 
 
 def _explain_videos(
@@ -267,19 +274,7 @@ def _explain_videos(
         )
         if images:
             done = explain_files(
-                loaded,
-                explainer,
-                images,
-                out,
-                classes=request.category,
-                topk=request.topk,
-                batch_size=args.batch_size,
-                workers=args.workers,
-                max_pixels=args.max_pixels,
-                render=render,
-                resume=False,
-                overwrite=args.overwrite,
-                on_error=lambda line: bar.write(f"camlens: skipped {line}", file=sys.stderr),
+                loaded, explainer, images, out, **_file_options(args, request, render, bar), resume=False
             )
             summary = Summary(done.records + summary.records, done.errors + summary.errors)
     summary.write(out)
