@@ -116,6 +116,7 @@ def main() -> None:
             "--batch-size",
             str(opts.batch_size),
             "--quiet",
+            "--overwrite",  # every repeat writes the same --json file again
         ] + (["--faithfulness", "--steps", "20"] if opts.faithfulness else [])
         jobs = {
             "evaluate": evaluate,
