@@ -272,8 +272,8 @@ def run_demo(
     )
     tick = time.perf_counter()
     tables: list[report.TableLike] = [
-        _localization_table(localization),
-        *([_methods_table(compared)] if compared else []),
+        localization_table(localization),
+        *([methods_table(compared)] if compared else []),
     ]
     tables += list(extra_tables(result) if callable(extra_tables) else (extra_tables or []))
     tables.append(_history_table(trained))
@@ -299,7 +299,15 @@ def compare_methods(loaded: LoadedModel, test_set, methods: Sequence[str], count
     return rows
 
 
-def _localization_table(result: dict) -> report.Table:
+def localization_table(result: dict) -> report.Table:
+    """The demo's localization table: the CAM's metrics beside the two image-blind baseline boxes.
+
+    Args:
+        result: ``evaluate_model``'s metrics with ``baselines`` (``summary.json``'s ``localization``).
+
+    Returns:
+        The table (title, header, rows, note).
+    """
     base = result["baselines"]
     rows = [
         (
@@ -322,7 +330,16 @@ def _localization_table(result: dict) -> report.Table:
     )
 
 
-def _methods_table(rows: list[dict]) -> report.Table:
+def methods_table(rows: list[dict]) -> report.Table:
+    """The demo's comparison of the CAM family: localization and faithfulness metrics and seconds per method.
+
+    Args:
+        rows: one metrics dict per method with ``method`` and ``seconds`` (``summary.json``'s ``methods``).
+
+    Returns:
+        The table (title, header, rows, note).
+    """
+
     def fmt(key: str, value: float | None) -> str:
         return "-" if value is None else f"{value:.3f}" if key in FRACTIONS else f"{value:.1f}"
 
