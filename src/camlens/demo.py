@@ -16,13 +16,14 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence, Union
+from typing import Callable, Sequence, Union
 
 import torch
 from torch import Tensor
 
 from . import report
 from .data.samples import BuiltinSamples
+from .demo_photos import COMPARE_PHOTOS, DEMO_METHODS, PhotoResult, run_photos
 from .evaluation import METRIC_ROWS, evaluate_model
 from .files import write_atomic
 from .hardware import cpu_description
@@ -32,26 +33,12 @@ from .metrics.faithfulness import FaithfulnessConfig
 from .models import LoadedModel
 from .training import TrainConfig, TrainResult, load_data, train
 
-if TYPE_CHECKING:
-    from .demo_photos import PhotoResult
-
 # 8 until the real part came: 6 keep the test accuracy (benchmarks/results/demo_phases.json) and pay for it
 DEMO_EPOCHS = 6
 DEMO_TRAIN = 6000
 DEMO_VAL = 500
 DEMO_TEST = 1000
 ZOOM = 3  # gallery tiles are drawn at 3x the 64-pixel images
-DEMO_METHODS = (
-    "cam",
-    "gradcam",
-    "gradcampp",
-    "xgradcam",
-    "layercam",
-    "hirescam",
-    "scorecam",
-    "ablationcam",
-    "eigencam",
-)
 DEMO_COMPARE = 50  # test images per method in the comparison
 # 10 deletion/insertion steps and ROAD at 3 percentages keep the comparison to seconds; the pointing game's usual
 # 15 px tolerance at 224 px becomes 4 px at 64 px
@@ -238,7 +225,6 @@ def run_demo(
 
     photos, skipped = None, "" if real else "not asked for"
     if real:
-        from .demo_photos import COMPARE_PHOTOS, run_photos
         from .errors import CamlensError
 
         try:

@@ -88,20 +88,23 @@ def _figure_image(fig) -> Image.Image:
     return Image.open(buffer).convert("RGB")
 
 
+DEMO_METHODS = (
+    "cam",
+    "gradcam",
+    "gradcampp",
+    "xgradcam",
+    "layercam",
+    "hirescam",
+    "scorecam",
+    "ablationcam",
+    "eigencam",
+)  # the CAM family the demo compares, on its trained network and on the photos
+
+
 def run_photos(
     loaded: LoadedModel | None = None,
     *,
-    methods: Sequence[str] = (
-        "cam",
-        "gradcam",
-        "gradcampp",
-        "xgradcam",
-        "layercam",
-        "hirescam",
-        "scorecam",
-        "ablationcam",
-        "eigencam",
-    ),
+    methods: Sequence[str] = DEMO_METHODS,
     compare: Sequence[str] = COMPARE_PHOTOS,
     log: Callable[[str], None] | None = print,
 ) -> PhotoResult:

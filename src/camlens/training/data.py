@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +25,9 @@ from ..data.annotations import AnnotationError
 from ..data.source import resolve_data
 from ..distributed import Context
 from ..errors import CamlensError
+
+if TYPE_CHECKING:
+    from .config import TrainConfig
 
 DEFAULT_SIZE = {"builtin": 64, "stl10": 96}
 
@@ -133,6 +136,29 @@ def load_data(
         str(path.resolve()),
         kind,
         resize,
+    )
+
+
+def config_data(config: TrainConfig) -> TrainData:
+    """:func:`load_data` with a run's data settings (the training loop and the search read them the same way).
+
+    Args:
+        config: the run's settings.
+
+    Returns:
+        The training and validation splits.
+    """
+    return load_data(
+        config.data,
+        image_size=config.image_size,
+        seed=config.seed,
+        num_train=config.num_train,
+        num_val=config.num_val,
+        val_fraction=config.val_fraction,
+        download=config.download,
+        images=config.images,
+        augment=config.augment,
+        resize_size=config.resize_size,
     )
 
 

@@ -48,7 +48,7 @@ from .checkpoint import (
     weights,
 )
 from .config import TrainConfig
-from .data import Augmentation, Split, TrainData, global_batches, load_batches, load_data, local_part
+from .data import Augmentation, Split, TrainData, config_data, global_batches, load_batches, local_part
 from .optim import Schedule, build_optimizer, training_groups
 from .select import localization_metrics, selection_record, selection_samples
 from .wsol.base import TrainingMethod
@@ -174,18 +174,7 @@ def train(
         raise CamlensError(f"amp (bfloat16 autocast) is for CUDA devices, not {device}")
     check_out(Path(config.out), config.resume, config.overwrite)
     torch.manual_seed(config.seed)
-    td = prepared or load_data(
-        config.data,
-        image_size=config.image_size,
-        seed=config.seed,
-        num_train=config.num_train,
-        num_val=config.num_val,
-        val_fraction=config.val_fraction,
-        download=config.download,
-        images=config.images,
-        augment=config.augment,
-        resize_size=config.resize_size,
-    )
+    td = prepared or config_data(config)
     if len(td.train) == 0 or len(td.val) == 0:
         raise CamlensError(f"--data {config.data}: the training or validation split is empty")
     remainder = len(td.train) % config.batch_size

@@ -31,7 +31,7 @@ from ..files import write_atomic
 from ..models import LoadedModel
 from .checkpoint import RESUME, STATE
 from .config import TrainConfig
-from .data import TrainData, load_data
+from .data import TrainData, config_data
 from .loop import train
 from .wsol import WSOL_METHODS, Param, get_wsol_method
 
@@ -260,18 +260,7 @@ def search(
     for name in dict.fromkeys(t.method for t in draws):  # bad parameters and inputs fail before any training
         get_wsol_method(name)
     out = Path(out)
-    data = load_data(
-        config.data,
-        image_size=config.image_size,
-        seed=config.seed,
-        num_train=config.num_train,
-        num_val=config.num_val,
-        val_fraction=config.val_fraction,
-        download=config.download,
-        images=config.images,
-        augment=config.augment,
-        resize_size=config.resize_size,
-    )
+    data = config_data(config)
     for t in draws:
         get_wsol_method(t.method, **t.params).check_input((data.image_size, data.image_size))
     samples = report_samples(config, data, test_data, test_split, num_test, test_images)
