@@ -22,13 +22,10 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
-import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
-from common import header, write_result
+from common import header, run_camlens, write_result
 
 METHODS = ("cam", "gradcam", "hirescam", "scorecam", "eigencam", "rollout", "gae", "legrad")
 COLUMNS = [
@@ -49,14 +46,6 @@ COLUMNS = [
 LOCALIZATION = ["top1_cls", "gt_known_loc", "maxboxacc", "maxboxacc_v2", "pxap"]
 FAITHFULNESS = ["average_drop", "increase_in_confidence", "deletion_auc", "insertion_auc", "road", "pointing_game"]
 PERCENT = {"average_drop", "increase_in_confidence"}
-
-
-def camlens(*args: str) -> float:
-    """Run ``python -m camlens ARGS`` (this interpreter), fail loudly, return its wall time in seconds."""
-    began = time.perf_counter()
-    print("$ camlens " + shlex.join(args), flush=True)
-    subprocess.run([sys.executable, "-m", "camlens", *args], check=True)
-    return time.perf_counter() - began
 
 
 def train_command(args: argparse.Namespace) -> list[str]:
@@ -126,7 +115,7 @@ def main() -> None:
     header(f"vit-tiny-gap on the built-in dataset: {args.epochs} epochs, {len(args.methods)} methods")
 
     command = train_command(args)
-    train_wall = None if args.reuse else camlens(*command, "--overwrite")
+    train_wall = None if args.reuse else run_camlens(*command, "--overwrite")
     state = json.loads((args.out / "train_state.json").read_text())
     history = state["history"]
     train_seconds = sum(h["seconds"] for h in history)
@@ -136,8 +125,8 @@ def main() -> None:
     rows = []
     for method in args.methods:
         loc_json, faith_json = args.out / f"localize-{method}.json", args.out / f"faithfulness-{method}.json"
-        seconds = camlens(*evaluate_command(method, checkpoint, args.num_images, loc_json, False))
-        seconds += camlens(*evaluate_command(method, checkpoint, args.faithfulness_images, faith_json, True))
+        seconds = run_camlens(*evaluate_command(method, checkpoint, args.num_images, loc_json, False))
+        seconds += run_camlens(*evaluate_command(method, checkpoint, args.faithfulness_images, faith_json, True))
         loc, faith = json.loads(loc_json.read_text()), json.loads(faith_json.read_text())
         cells = [rounded(loc.get(k), 2) for k in LOCALIZATION]
         cells += [rounded(faith.get(k), 2 if k in PERCENT else 4) for k in FAITHFULNESS]

@@ -8,6 +8,7 @@ import os
 import platform
 import shlex
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -95,6 +96,15 @@ def write_result(
     path.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
     print(f"# results written to {path}")
     return path
+
+
+def run_camlens(*args: str) -> float:
+    """Run ``python -m camlens ARGS`` with this interpreter as a user would, fail loudly, return its wall time in
+    seconds (start-up included)."""
+    began = time.perf_counter()
+    print("$ camlens " + shlex.join(args), flush=True)
+    subprocess.run([sys.executable, "-m", "camlens", *args], check=True)
+    return time.perf_counter() - began
 
 
 def sync() -> None:
