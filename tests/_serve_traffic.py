@@ -1,20 +1,15 @@
 """A public demo's traffic against a real `camlens serve` on loopback: valid uploads over every method and
 several layers, corrupt bodies and bad form values, from a few concurrent clients, with the server's resident
-memory sampled between windows.  Used by tests/test_serve_soak.py; run by hand to reproduce issue #16:
-
-    PYTHONPATH=src python tests/_serve_traffic.py --requests 1200 --every 100 [-- extra serve flags]
-"""
+memory read from /proc.  Used by tests/test_serve_soak.py and benchmarks/bench_serve_memory.py (issue #16)."""
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import io
 import random
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -136,29 +131,3 @@ async def drive(
     async with httpx.AsyncClient(timeout=timeout, limits=limits) as c:
         await asyncio.gather(*[client(c) for _ in range(clients)])
     return statuses
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--requests", type=int, default=1200)
-    parser.add_argument("--every", type=int, default=100, help="sample the server's RSS every N requests")
-    parser.add_argument("--clients", type=int, default=4)
-    parser.add_argument("serve_args", nargs="*", default=[])
-    args = parser.parse_args()
-    server = Server(["--arch", "resnet18", "--weights", "none", "--size", "32", *args.serve_args])
-    try:
-        mix = request_mix(args.requests)
-        start = time.perf_counter()
-        for i in range(0, len(mix), args.every):
-            statuses = asyncio.run(drive(server.url, mix[i : i + args.every], args.clients))
-            print(
-                f"{i + args.every:5d} requests  RSS {rss_bytes(server.proc.pid) / 2**20:7.1f} MiB  "
-                f"{time.perf_counter() - start:6.1f} s  {dict(sorted(statuses.items()))}",
-                flush=True,
-            )
-    finally:
-        server.stop()
-
-
-if __name__ == "__main__":
-    main()
