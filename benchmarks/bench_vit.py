@@ -149,7 +149,7 @@ def main() -> None:
         for name, (seconds, median, of_min) in ratios(times).items():
             rows.append([model, name, round(seconds, 4), round(median, 3), round(of_min, 3)])
     write_result(
-        "vit",
+        "vit" if device.type == "cpu" else f"vit_{device.type}",
         f"Vision transformer methods against one forward pass (batch {args.batch}, 224 px, {device})",
         ["model", "what", "median s", "ratio to forward (median)", "ratio of minimum times"],
         rows,

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Everything that needs a CUDA GPU, in one go: the CUDA tests, then the CAM and method benchmarks on the GPU,
-# with PyTorch's default TF32 convolutions, in plain float32, and with cuDNN's autotuning.  Logs go to OUTDIR.
+# with PyTorch's default TF32 convolutions, in plain float32, and with cuDNN's autotuning.  Logs go to OUTDIR; the
+# benchmarks write their tables to benchmarks/results/*_cuda*.json, which docs/benchmarks/gpu.md shows.
 #
 #     benchmarks/gpu.sh [OUTDIR]        # OUTDIR defaults to gpu-out
 set -u
@@ -19,5 +20,5 @@ $methods --no-tf32 --repeats 30 --scorecam-rounds 10 --scorecam-rows 64 2>&1 | t
 $methods --cudnn-benchmark --skip-gradient --scorecam-rounds 10 --scorecam-rows 64 2>&1 \
     | tee "$out/scorecam_cudnn_benchmark.log"
 # Vision transformer methods (rollout, GAE, LeGrad, Grad-CAM/Eigen-CAM on tokens) and torchcam's LeGrad, as ratios
-# to one forward pass on the GPU (writes its JSON beside the logs, not over the CPU figures in benchmarks/results).
-$py benchmarks/bench_vit.py --device cuda --repeats 20 --out "$out/vit.json" 2>&1 | tee "$out/vit.log"
+# to one forward pass on the GPU (benchmarks/results/vit_cuda.json, beside the CPU figures in vit.json).
+$py benchmarks/bench_vit.py --device cuda --repeats 20 2>&1 | tee "$out/vit.log"

@@ -4,6 +4,8 @@ A page writes ``<!-- benchmark: NAME -->`` on a line of its own; the hook replac
 command and the machine of ``benchmarks/results/NAME.json`` (schema: ``title``, ``command``, ``machine``,
 ``columns``, ``rows``, ``notes``; ``benchmarks/common.py``'s ``write_result`` writes it).  A marker naming a missing
 or malformed file, and a results file that no page shows, are errors, so ``mkdocs build --strict`` fails on both.
+``<!-- benchmark: NAME if-measured -->`` is for figures only some machines can make (a GPU): while the file is
+absent the page says it has not been measured, instead of failing.
 
 The README shows a few of the same tables, compact, between ``<!-- figures: NAME -->`` and ``<!-- /figures -->``:
 ``python docs/hooks.py`` rewrites those blocks from the results files, and ``tests/test_docs.py`` fails when a block
@@ -21,7 +23,7 @@ from typing import Any
 log = logging.getLogger("mkdocs.hooks.benchmarks")
 
 RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
-MARKER = re.compile(r"^<!-- benchmark: ([A-Za-z0-9_.-]+) -->$", re.M)
+MARKER = re.compile(r"^<!-- benchmark: ([A-Za-z0-9_.-]+)( if-measured)? -->$", re.M)
 README = RESULTS.parents[1] / "README.md"
 FIGURES = re.compile(r"^(<!-- figures: ([A-Za-z0-9_.-]+) -->\n).*?^(<!-- /figures -->)$", re.S | re.M)
 KEYS = ("title", "command", "machine", "columns", "rows", "notes")
@@ -109,6 +111,8 @@ def on_pre_build(config: Any) -> None:
 def on_page_markdown(markdown: str, page: Any, config: Any, files: Any) -> str:
     def replace(match: re.Match[str]) -> str:
         name = match.group(1)
+        if match.group(2) and not (RESULTS / f"{name}.json").exists():
+            return f"*Not measured yet: no run has written `benchmarks/results/{name}.json`.*\n"
         try:
             text = render(name)
         except (ValueError, json.JSONDecodeError) as exc:

@@ -220,3 +220,18 @@ def test_benchmark_hook_renders_a_results_file_and_rejects_a_malformed_one(tmp_p
     ):
         with pytest.raises(ValueError, match=message):
             hooks.render(name)
+
+
+def test_an_if_measured_marker_says_not_measured_until_its_file_exists(tmp_path, monkeypatch) -> None:
+    """A GPU table's marker: the page says the figures are missing instead of failing, and shows them once a
+    benchmark has written the file; a plain marker naming a missing file is still an error."""
+    hooks = _hooks(tmp_path, monkeypatch)
+    page = type("Page", (), {"file": type("File", (), {"src_uri": "benchmarks/gpu.md"})()})()
+    markdown = "<!-- benchmark: gpu_table if-measured -->\n"
+    assert hooks.on_page_markdown(markdown, page, None, None) == (
+        "*Not measured yet: no run has written `benchmarks/results/gpu_table.json`.*\n\n"
+    )
+    result = {"title": "on a GPU", "command": "benchmarks/gpu.sh", "machine": {"gpu": "G"}, "notes": ""}
+    (tmp_path / "gpu_table.json").write_text(json.dumps({**result, "columns": ["what"], "rows": [["cam"]]}))
+    assert "### on a GPU\n\n| what |\n|---|\n| cam |\n" in hooks.on_page_markdown(markdown, page, None, None)
+    assert "no benchmark results" in hooks.on_page_markdown("<!-- benchmark: absent -->\n", page, None, None)
