@@ -235,3 +235,16 @@ def test_an_if_measured_marker_says_not_measured_until_its_file_exists(tmp_path,
     (tmp_path / "gpu_table.json").write_text(json.dumps({**result, "columns": ["what"], "rows": [["cam"]]}))
     assert "### on a GPU\n\n| what |\n|---|\n| cam |\n" in hooks.on_page_markdown(markdown, page, None, None)
     assert "no benchmark results" in hooks.on_page_markdown("<!-- benchmark: absent -->\n", page, None, None)
+
+
+def test_every_results_file_names_a_benchmark_that_writes_it() -> None:
+    """No figure is hand-made: each results file's command or notes names a script under benchmarks/ that writes
+    its results through ``write_result`` (the tables of a GPU run come from gpu.sh's scripts the same way)."""
+    benchmarks = DOCS.parent / "benchmarks"
+    for path in sorted((benchmarks / "results").glob("*.json")):
+        result = json.loads(path.read_text(encoding="utf-8"))
+        scripts = set(re.findall(r"benchmarks/(\w+\.py)", result["command"] + " " + result["notes"]))
+        assert scripts, f"{path.name} names no benchmark script"
+        for script in scripts:
+            source = benchmarks / script
+            assert source.is_file() and "write_result(" in source.read_text(), f"{path.name}: {script}"
