@@ -17,7 +17,8 @@ benchmark runs both loops after :func:`camlens.hardware.retain_freed_memory`, as
     python benchmarks/bench_train.py [--archs gapnet gapify-resnet18 ...] [--size 64] [--images 2048]
         [--batch 32] [--repeats 8] [--device cuda --channels-last --amp]
 
-Writes benchmarks/results/train_loop.json (``common.write_result``; ``train_loop_cuda`` on a GPU).
+Writes benchmarks/results/train_loop.json (``common.write_result``; ``train_loop_cuda`` on a GPU, ``_amp`` added
+with ``--amp``).
 """
 
 from __future__ import annotations
@@ -224,7 +225,7 @@ def main() -> None:
         if getattr(args, key) != (default := parser.get_default(key))
     ]
     write_result(
-        "train_loop" + ("" if device.type == "cpu" else f"_{device.type}"),
+        "train_loop" + ("" if device.type == "cpu" else f"_{device.type}") + ("_amp" if args.amp else ""),
         f"One epoch of {args.images} images, camlens's train() against a plain PyTorch loop ({args.size} px, batch "
         f"{args.batch}, {device.type})",
         [

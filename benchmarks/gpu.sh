@@ -22,3 +22,10 @@ $methods --cudnn-benchmark --skip-gradient --scorecam-rounds 10 --scorecam-rows 
 # Vision transformer methods (rollout, GAE, LeGrad, Grad-CAM/Eigen-CAM on tokens) and torchcam's LeGrad, as ratios
 # to one forward pass on the GPU (benchmarks/results/vit_cuda.json, beside the CPU figures in vit.json).
 $py benchmarks/bench_vit.py --device cuda --repeats 20 2>&1 | tee "$out/vit.log"
+# The training half: the loop on the GPU against the CPU run, exact resumption, bfloat16 autocast in channels-last,
+# the CLI's train/evaluate on the GPU (tests/test_cuda_training.py), then the loop's throughput against a plain
+# PyTorch loop in float32 and with --amp --channels-last (train_loop_cuda, train_loop_cuda_amp).
+$py -m pytest tests/test_cuda_training.py -q -rs -p no:cacheprovider 2>&1 | tee "$out/cuda_training_tests.log"
+$py benchmarks/bench_train.py --device cuda --size 224 --images 1024 --batch 64 --repeats 5 2>&1 | tee "$out/train_fp32.log"
+$py benchmarks/bench_train.py --device cuda --size 224 --images 1024 --batch 64 --repeats 5 --channels-last --amp 2>&1 \
+    | tee "$out/train_amp.log"
