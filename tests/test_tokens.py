@@ -6,6 +6,8 @@ with its documented reshape_transform; CAM exact on GAP-over-patch-token heads; 
 from __future__ import annotations
 
 import functools
+import subprocess
+import sys
 import warnings
 
 import pytest
@@ -460,3 +462,19 @@ def test_vit_tiny_gap_checkpoint_rebuilds_the_same_network(tmp_path):
     assert loaded.model.arch_options == model.arch_options and torch.equal(loaded.model(x), model(x))
     with pytest.raises(CamlensError, match="no pretrained weights"):
         build_network("vit-tiny-gap", 3, "DEFAULT")
+
+
+def test_explaining_a_cnn_does_not_import_torchvision():
+    """token_layout recognises torchvision's ViT and Swin without importing torchvision, which took a second or
+    more on the first explanation of every other model (in `camlens serve`, before an expensive method's first
+    stop check: SIGTERM waited for it)."""
+    code = (
+        "import sys, torch, camlens\n"
+        "from torch import nn\n"
+        "m = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))\n"
+        "for name in ('cam', 'gradcam', 'scorecam', 'sscam'):\n"
+        "    camlens.get_method(name)(m.eval())(torch.rand(1, 3, 8, 8))\n"
+        "assert 'torchvision' not in sys.modules, 'explaining a CNN imported torchvision'\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-1500:]

@@ -12,6 +12,7 @@ of T tokens are class, distillation or register tokens, nor the grid of a non-sq
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -182,14 +183,16 @@ def _timm(model: nn.Module, size: tuple[int, int]) -> TokenLayout | None:
 
 
 def _torchvision(model: nn.Module, size: tuple[int, int]) -> TokenLayout | None:
-    from torchvision.models import SwinTransformer, VisionTransformer
-
-    if isinstance(model, VisionTransformer):
+    # A torchvision ViT or Swin can only exist once its module is imported; looking it up instead of importing
+    # torchvision spares every other model the import (about a second) on its first explanation.
+    vit = sys.modules.get("torchvision.models.vision_transformer")
+    swin = sys.modules.get("torchvision.models.swin_transformer")
+    if vit is not None and isinstance(model, vit.VisionTransformer):
         family = "torchvision VisionTransformer"
         _fixed(size, (model.image_size, model.image_size), family, "torchvision's ViT takes image_size only")
         patch = _pair(model.patch_size)
         return TokenLayout(1, _divided(size, patch, family), False, patch, _last_named(model, ("ln_1",)), family)
-    if isinstance(model, SwinTransformer):
+    if swin is not None and isinstance(model, swin.SwinTransformer):
         family = "torchvision SwinTransformer"
         patch = _pair(model.features[0][0].stride)  # the patch embedding: Conv2d(kernel = stride = patch)
         return TokenLayout(0, _divided(size, patch, family), True, patch, "norm", family, len(model.features) // 2)
