@@ -119,7 +119,8 @@ def main() -> None:
     notes = (
         "max |M_low - M_32| / max |M_32| over the maps of the top-2 classes (chosen by the float32 model), per "
         f"image; the small CNN's figures are the range over {args.seeds} random networks (2 random 16 px images "
-        "each); a map that is zero everywhere in float32 has no scale and is left out. bfloat16 keeps 8 significant bits, so one rounding is 2^-9 of a value; Ablation-CAM's weights are "
+        "each); a map that is zero everywhere in float32 has no scale and is left out. bfloat16 keeps 8 "
+        "significant bits, so one rounding is 2^-9 of a value; Ablation-CAM's weights are "
         "differences of two rounded scores, hence its looser bound. Where the terms of sum_k w_k A_k cancel (signed "
         "weights or gradients on signed activations) the same absolute error is larger relative to the map by the "
         "cancellation factor, which no bound covers. Made by python benchmarks/bench_mixed_precision.py."

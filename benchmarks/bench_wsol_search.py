@@ -108,7 +108,8 @@ def main() -> None:
     seconds = sum(t["train_seconds"] for t in summary["trials"])
     notes = (
         f"gapnet from scratch, 32 px, 3000 training images, {args.epochs} epochs of AdamW, {args.trials} trials per "
-        f"method (learning rate log-uniform in 1e-4..1e-2 and the method's parameters over their search ranges: Choe et al.'s for the six methods they compared), "
+        "method (learning rate log-uniform in 1e-4..1e-2 and the method's parameters over their search ranges: "
+        "Choe et al.'s for the six methods they compared), "
         f"every epoch scored by MaxBoxAccV2 on 200 val images, the best epoch of the best trial per method reported "
         f"on 500 test images (%). The {count} trials trained in {seconds:.0f} s in all (one torch thread; a rerun "
         "resumes the search in its folder and keeps these times). "
