@@ -20,7 +20,7 @@ from typing import Any
 
 from safetensors import safe_open
 
-from common import header, run_camlens, write_result
+from common import header, rounded, run_camlens, write_result
 
 COLUMNS = ["network", "val acc %", "GT-known Loc", "MaxBoxAccV2", "PxAP", "time (wall / CPU s)"]
 METRICS = ["gt_known_loc", "maxboxacc_v2", "pxap"]
@@ -58,10 +58,6 @@ def probe_val_accuracy(checkpoint: Path) -> float:
         return json.loads(f.metadata()["camlens"])["linear_probe"]["val_acc"]
 
 
-def percent(value: Any) -> Any:
-    return None if value is None else round(float(value), 1)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", type=Path, default=Path("runs/probe-builtin"))
@@ -88,10 +84,10 @@ def main() -> None:
     rows: list[list[Any]] = []
     for label, checkpoint, acc, seconds in zip(labels, checkpoints, accuracies, times):
         result = evaluate(checkpoint)
-        rows.append([label, percent(100 * acc), *[percent(result.get(k)) for k in METRICS], seconds])
+        rows.append([label, rounded(100 * acc), *[rounded(result.get(k)) for k in METRICS], seconds])
         print(rows[-1], flush=True)
     center, best = result["baselines"]["center_box"], result["baselines"]["best_fixed_box"]
-    pairs = [f"{percent(center[k])} / {percent(best[k])}" for k in METRICS[:2]]
+    pairs = [f"{rounded(center[k])} / {rounded(best[k])}" for k in METRICS[:2]]
     rows.append(["centred box / best fixed box (no model)", None, *pairs, None, None])
 
     notes = (

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from common import header, run_camlens, write_result
+from common import header, rounded, run_camlens, write_result
 
 COMMON = ["--data", "builtin", "--num-train", "3000", "--num-val", "200", "--quiet"]
 TRAIN = ["--epochs", "4", "--batch-size", "64", "--select-by", "maxboxacc_v2"]
@@ -116,10 +116,6 @@ def evaluate_command(checkpoint: Path) -> list[str]:
     return ["evaluate", "--checkpoint", str(checkpoint), "--data", "builtin", "--split", "test", "--num-images", "500"]
 
 
-def percent(value: Any) -> Any:
-    return None if value is None else round(float(value), 1)
-
-
 def train(row: Row, out: Path, retrain: bool) -> float:
     """Train ``row`` into ``out`` unless a finished run is there; the process's wall time in seconds."""
     wall = out / "wall_seconds.txt"
@@ -145,7 +141,7 @@ def main() -> None:
         metrics_file = out / "test-metrics.json"
         run_camlens(*evaluate_command(row.checkpoint(out)), "--json", str(metrics_file), "--quiet", "--overwrite")
         result = json.loads(metrics_file.read_text())
-        metrics = [percent(result.get(k)) for k in METRICS]
+        metrics = [rounded(result.get(k)) for k in METRICS]
         rows.append([row.label, f"{row.size} px ({row.grid})", *metrics, f"{seconds:.0f} s"])
         baselines[row.size] = result["baselines"]
         if not row.probe and result.get("best_threshold") is not None:
@@ -154,7 +150,7 @@ def main() -> None:
 
     for size, base in sorted(baselines.items()):
         center, best = base["center_box"], base["best_fixed_box"]
-        pairs = [f"{percent(center[k])} / {percent(best[k])}" for k in ("gt_known_loc", "maxboxacc", "maxboxacc_v2")]
+        pairs = [f"{rounded(center[k])} / {rounded(best[k])}" for k in ("gt_known_loc", "maxboxacc", "maxboxacc_v2")]
         rows.append([f"centred box / best fixed box, {size} px test images", None, None, *pairs, None, None])
 
     recipe = Row("NAME", "", 0, "", ("--arch", "ARCH", "..."))

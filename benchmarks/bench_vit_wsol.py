@@ -23,9 +23,8 @@ import argparse
 import json
 import shlex
 from pathlib import Path
-from typing import Any
 
-from common import header, run_camlens, write_result
+from common import header, rounded, run_camlens, write_result
 
 METHODS = ("cam", "gradcam", "hirescam", "scorecam", "eigencam", "rollout", "gae", "legrad")
 COLUMNS = [
@@ -94,10 +93,6 @@ def evaluate_command(method: str, checkpoint: Path, images: int, json_path: Path
         str(json_path),
         "--overwrite",
     ]
-
-
-def rounded(value: Any, digits: int) -> Any:
-    return None if value is None else round(float(value), digits)
 
 
 def main() -> None:

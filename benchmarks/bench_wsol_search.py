@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from camlens.training.wsol import WSOL_METHODS
-from common import header, run_camlens, write_result
+from common import header, rounded, run_camlens, write_result
 
 COLUMNS = ["method", "accuracy", "GT-known Loc", "MaxBoxAccV2", "PxAP"]
 COLUMNS += ["selected trial: MaxBoxAccV2 on val, lr, parameters", "val MaxBoxAccV2 of its trials"]
@@ -52,10 +52,6 @@ def search_command(args: argparse.Namespace) -> list[str]:
     ]
 
 
-def one_decimal(value: Any) -> Any:
-    return None if value is None else round(float(value), 1)
-
-
 def describe(trial: dict[str, Any]) -> str:
     params = ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in trial["params"].items())
     return f"{trial['trial']}: {trial['val_score']:.1f}, lr {trial['lr']:.2g}" + (f", {params}" if params else "")
@@ -78,31 +74,16 @@ def main() -> None:
     for method in (m for m in WSOL_METHODS if m in summary["best"]):
         best = trials[summary["best"][method]]
         test = best["test"]
-        metrics = [one_decimal(test[k]) for k in ("accuracy", "gt_known_loc", "maxboxacc_v2", "pxap")]
+        metrics = [rounded(test[k]) for k in ("accuracy", "gt_known_loc", "maxboxacc_v2", "pxap")]
         spread = sorted(t["val_score"] for t in summary["trials"] if t["method"] == method)
         rows.append([method, *metrics, describe(best), " / ".join(f"{v:.1f}" for v in spread)])
         print(rows[-1], flush=True)
-    center, fixed = summary["baselines"]["center_box"], summary["baselines"]["best_fixed_box"]
-    rows.append(
-        [
-            "center box (half width and height)",
-            None,
-            *[one_decimal(center[k]) for k in ("gt_known_loc", "maxboxacc_v2")],
-            None,
-            None,
-            None,
-        ]
-    )
-    rows.append(
-        [
-            "best fixed box (chosen on test: an upper bound)",
-            None,
-            *[one_decimal(fixed[k]) for k in ("gt_known_loc", "maxboxacc_v2")],
-            None,
-            None,
-            None,
-        ]
-    )
+    for label, box in (
+        ("center box (half width and height)", "center_box"),
+        ("best fixed box (chosen on test: an upper bound)", "best_fixed_box"),
+    ):
+        values = summary["baselines"][box]
+        rows.append([label, None, *[rounded(values[k]) for k in ("gt_known_loc", "maxboxacc_v2")], None, None, None])
 
     count = len(summary["trials"])
     seconds = sum(t["train_seconds"] for t in summary["trials"])

@@ -98,6 +98,11 @@ def write_result(
     return path
 
 
+def rounded(value: Any, digits: int = 1) -> Any:
+    """``value`` rounded for a results table; None (a metric not computed) stays None."""
+    return None if value is None else round(float(value), digits)
+
+
 def run_camlens(*args: str) -> float:
     """Run ``python -m camlens ARGS`` with this interpreter as a user would, fail loudly, return its wall time in
     seconds (start-up included)."""
